@@ -1,0 +1,134 @@
+"""The query interface: the one seam between storage and analyses.
+
+:class:`Backend` is implemented by the embedded store
+(``stagetrace.collector.query.EmbeddedBackend``) and by the Tempo + Loki +
+Prometheus backend (``stagetrace.forensics.grafana.GrafanaBackend``).
+Forensics reads only through it, so either can be swapped in.
+
+Time windows are half-open ``[start_ns, end_ns)`` in Unix nanoseconds; ``None``
+means unbounded on that side. Results are ordered by time unless stated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+from .model import Attributes, LogRecord, MetricSeries, Span, Trace, TraceSummary
+
+
+@dataclass(slots=True)
+class TraceQuery:
+    """Find traces that contain at least one span matching every given condition
+    (Tempo's spanset semantics). ``duration`` bounds apply to the matching span;
+    with ``root_only`` the matching span must be the trace's root."""
+
+    service: str | None = None
+    span_name: str | None = None
+    status: str | None = None  # "error" | "ok" | "unset"
+    min_duration_ns: int | None = None
+    max_duration_ns: int | None = None
+    attributes: Attributes = field(default_factory=dict)  # span or resource attribute equality
+    start_ns: int | None = None
+    end_ns: int | None = None
+    root_only: bool = False
+    limit: int | None = 20  # None = no limit (embedded store only; remote backends cap it)
+
+
+@dataclass(slots=True)
+class LogQuery:
+    trace_ids: Sequence[str] | None = None
+    start_ns: int | None = None
+    end_ns: int | None = None
+    min_severity: int | None = None  # OTLP SeverityNumber, e.g. 13 = WARN, 17 = ERROR
+    service: str | None = None
+    attributes: Attributes = field(default_factory=dict)
+    limit: int | None = 1000
+
+
+@dataclass(slots=True)
+class MetricQuery:
+    name: str | None = None  # None = every metric
+    attributes: Attributes = field(default_factory=dict)
+    service: str | None = None
+    start_ns: int | None = None
+    end_ns: int | None = None
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Read access to traces, logs and metrics."""
+
+    name: str  # "embedded" | "grafana"
+
+    def get_trace(self, trace_id: str, *, start_ns: int | None = None,
+                  end_ns: int | None = None) -> Trace | None:
+        """Spans of one trace plus the logs carrying its id; ``None`` if unknown.
+        A known window makes remote backends faster; it is never required."""
+        ...
+
+    def get_traces(self, trace_ids: Sequence[str], *, start_ns: int | None = None,
+                   end_ns: int | None = None, with_logs: bool = True) -> dict[str, Trace]:
+        """Bulk form of :meth:`get_trace`; unknown ids are absent from the result."""
+        ...
+
+    def search_traces(self, query: TraceQuery) -> list[TraceSummary]:
+        """Trace summaries, newest first, at most ``query.limit``."""
+        ...
+
+    def find_spans(self, query: TraceQuery) -> list[Span]:
+        """The matching spans themselves (not whole traces), oldest first."""
+        ...
+
+    def find_logs(self, query: LogQuery) -> list[LogRecord]:
+        """Log records, oldest first, at most ``query.limit``."""
+        ...
+
+    def metric_series(self, query: MetricQuery) -> list[MetricSeries]:
+        """One series per (metric, attributes, resource service), points oldest first."""
+        ...
+
+    def metric_names(self, *, start_ns: int | None = None, end_ns: int | None = None,
+                     service: str | None = None) -> list[str]:
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+def open_backend(*, kind: str | None = None, data_dir: str | None = None,
+                 tempo_url: str | None = None, loki_url: str | None = None,
+                 prometheus_url: str | None = None, tenant: str | None = None,
+                 headers: Sequence[str] = (), backend_config: str | None = None) -> Backend:
+    """Build the backend the CLI options (or env vars / config file) name.
+
+    Default: the embedded store under :func:`stagetrace.config.data_dir`.
+    Raises :class:`stagetrace.errors.UserError` for a bad selection.
+    """
+    from .errors import UserError
+
+    cfg: dict = {}
+    if backend_config:
+        import tomllib
+        try:
+            with open(backend_config, "rb") as fh:
+                cfg = tomllib.load(fh).get("backend", {})
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise UserError(f"cannot read backend config {backend_config}: {exc}") from None
+    kind = kind or cfg.get("kind") or "embedded"
+    if kind == "embedded":
+        from stagetrace.collector.query import EmbeddedBackend
+        from .config import data_dir as resolve_data_dir
+        return EmbeddedBackend(resolve_data_dir(data_dir or cfg.get("data_dir")))
+    if kind == "grafana":
+        hdrs = dict(cfg.get("headers", {}))
+        for h in headers:
+            name, sep, value = h.partition("=")
+            if not sep or not name.strip():
+                raise UserError(f"invalid --header {h!r}: expected NAME=VALUE")
+            hdrs[name.strip()] = value.strip()
+        from stagetrace.forensics.grafana import GrafanaBackend
+        return GrafanaBackend(tempo_url=tempo_url or cfg.get("tempo"), loki_url=loki_url or cfg.get("loki"),
+                              prometheus_url=prometheus_url or cfg.get("prometheus"),
+                              tenant=tenant or cfg.get("tenant"), headers=hdrs)
+    raise UserError(f"unknown backend {kind!r}: use 'embedded' or 'grafana'")

@@ -1,0 +1,58 @@
+"""Shared settings: the data-dir rule and small parsing helpers used by every command."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .errors import UserError
+from .semconv import ENV_DATA_DIR
+
+
+def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Resolve the store directory: ``--data-dir``, else ``$STAGETRACE_DATA_DIR``,
+    else ``$XDG_DATA_HOME/stagetrace``, else ``~/.local/share/stagetrace``.
+
+    Every command uses this one rule so a collector in one terminal and a query in
+    another agree without flags.
+    """
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get(ENV_DATA_DIR)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
+    return base / "stagetrace"
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h|d)?\s*$")
+_UNIT_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
+            "m": 60_000_000_000, "h": 3_600_000_000_000, "d": 86_400_000_000_000}
+
+
+def parse_duration_ns(text: str, default_unit: str = "ms") -> int:
+    """Parse ``500ms``, ``1.5s``, ``1h``, ``250`` (default unit) into nanoseconds."""
+    m = _DURATION_RE.match(text)
+    if not m:
+        raise UserError(f"invalid duration {text!r}: use a number with ns/us/ms/s/m/h/d, e.g. 500ms or 1h")
+    return int(float(m.group(1)) * _UNIT_NS[m.group(2) or default_unit])
+
+
+TRACE_ID_RE = re.compile(r"^[0-9a-fA-F]{32}$")
+
+
+def normalize_trace_id(text: str) -> str:
+    """Validate a trace id given by a user: 32 hex characters, returned lower-case.
+
+    Tempo search may drop leading zeros; ids of 1-31 hex digits are left-padded.
+    """
+    t = text.strip().lower()
+    if t.startswith("0x"):
+        t = t[2:]
+    if not t or len(t) > 32 or not re.fullmatch(r"[0-9a-f]+", t):
+        raise UserError(f"invalid trace id {text!r}: expected 32 hexadecimal characters")
+    if int(t, 16) == 0:
+        raise UserError(f"invalid trace id {text!r}: the all-zero id is not a valid trace id")
+    return t.rjust(32, "0")

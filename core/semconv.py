@@ -1,0 +1,69 @@
+"""The one place for attribute, metric and environment-variable names.
+
+OpenTelemetry semantic-convention names are used where they exist; the ``ml.*``
+names fill the gap for ML inference and are documented in
+``docs/semantic-conventions.md`` (kept in step with this module by a test).
+"""
+
+from __future__ import annotations
+
+# --- OpenTelemetry semantic conventions we read or write --------------------
+SERVICE_NAME = "service.name"
+SERVICE_VERSION = "service.version"
+SERVICE_INSTANCE_ID = "service.instance.id"
+SERVICE_NAMESPACE = "service.namespace"
+DEPLOYMENT_ENVIRONMENT = "deployment.environment.name"
+HOST_NAME = "host.name"
+HTTP_ROUTE = "http.route"
+HTTP_REQUEST_METHOD = "http.request.method"
+HTTP_RESPONSE_STATUS_CODE = "http.response.status_code"
+URL_FULL = "url.full"
+SERVER_ADDRESS = "server.address"
+SERVER_PORT = "server.port"
+PEER_SERVICE = "peer.service"
+EXCEPTION_TYPE = "exception.type"
+EXCEPTION_MESSAGE = "exception.message"
+EXCEPTION_STACKTRACE = "exception.stacktrace"
+EXCEPTION_EVENT = "exception"
+ERROR_TYPE = "error.type"
+CODE_FUNCTION = "code.function.name"
+
+# --- ML inference (no semantic convention yet; aligned with semconv#3420 and
+# OpenInference where they overlap) -------------------------------------------
+ML_STAGE = "ml.stage"  # feature_fetch | preprocess | inference | <user stage>
+ML_MODEL_NAME = "ml.model.name"
+ML_MODEL_VERSION = "ml.model.version"
+ML_MODEL_FRAMEWORK = "ml.model.framework"  # sklearn | xgboost | lightgbm | pytorch | onnxruntime | transformers | feast
+ML_BATCH_SIZE = "ml.batch.size"
+ML_INPUT_SHAPE = "ml.input.shape"
+ML_FEATURE_COUNT = "ml.feature.count"
+ML_INPUT_VALUE = "ml.input.value"  # opt-in only (payload capture)
+ML_OUTPUT_VALUE = "ml.output.value"  # opt-in only (payload capture)
+
+STAGE_FEATURE_FETCH = "feature_fetch"
+STAGE_PREPROCESS = "preprocess"
+STAGE_INFERENCE = "inference"
+CORE_STAGES = (STAGE_FEATURE_FETCH, STAGE_PREPROCESS, STAGE_INFERENCE)
+STAGE_OTHER = "other"  # forensics bucket for time outside any ML stage
+
+# --- Metrics -----------------------------------------------------------------
+METRIC_STAGE_DURATION = "ml.stage.duration"  # histogram, seconds
+METRIC_OUTCOME = "outcome"  # attribute on ml.stage.duration: ok | error
+
+# --- Log record attributes injected for formatters (logging.LogRecord fields) --
+LOG_TRACE_ID = "otelTraceID"  # same field names as opentelemetry-instrumentation-logging
+LOG_SPAN_ID = "otelSpanID"
+LOG_SERVICE_NAME = "otelServiceName"
+LOG_TRACE_SAMPLED = "otelTraceSampled"
+LOG_ML_STAGE = "ml_stage"
+
+# --- Environment variables (ours; OTEL_* ones keep their standard meaning) ----
+ENV_STAGES = "STAGETRACE_STAGES"
+ENV_CONFIG = "STAGETRACE_CONFIG"
+ENV_LOG_FORMAT = "STAGETRACE_LOG_FORMAT"  # json | text | off
+ENV_CAPTURE_PAYLOADS = "STAGETRACE_CAPTURE_PAYLOADS"  # opt-in: true
+ENV_DATA_DIR = "STAGETRACE_DATA_DIR"
+ENV_BACKEND = "STAGETRACE_BACKEND"  # embedded | grafana
+ENV_TEMPO_URL = "STAGETRACE_TEMPO_URL"
+ENV_LOKI_URL = "STAGETRACE_LOKI_URL"
+ENV_PROMETHEUS_URL = "STAGETRACE_PROMETHEUS_URL"

@@ -1,0 +1,58 @@
+"""The package layout and CLI contract every other part builds on."""
+
+import subprocess
+import sys
+
+import pytest
+
+from stagetrace import config
+from stagetrace.errors import UserError
+
+
+def test_subpackages_import_from_their_folders():
+    import stagetrace.collector
+    import stagetrace.forensics
+    import stagetrace.instrumentation
+
+    assert stagetrace.instrumentation.__file__.replace("\\", "/").endswith("instrumentation/__init__.py")
+    assert stagetrace.collector.__file__.replace("\\", "/").endswith("collector/__init__.py")
+    assert stagetrace.forensics.__file__.replace("\\", "/").endswith("forensics/__init__.py")
+
+
+def test_cli_help_lists_commands():
+    out = subprocess.run([sys.executable, "-m", "stagetrace.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    for name in ("collector", "trace", "investigate", "demo"):
+        assert name in out.stdout
+
+
+def test_data_dir_rule(monkeypatch, tmp_path):
+    monkeypatch.delenv("STAGETRACE_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert config.data_dir() == tmp_path / "xdg" / "stagetrace"
+    monkeypatch.setenv("STAGETRACE_DATA_DIR", str(tmp_path / "env"))
+    assert config.data_dir() == tmp_path / "env"
+    assert config.data_dir(tmp_path / "flag") == tmp_path / "flag"
+    monkeypatch.delenv("STAGETRACE_DATA_DIR")
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert config.data_dir() == tmp_path / "home" / ".local" / "share" / "stagetrace"
+
+
+@pytest.mark.parametrize("text,ns", [("500ms", 500_000_000), ("1.5s", 1_500_000_000), ("1h", 3_600_000_000_000), ("250", 250_000_000)])
+def test_parse_duration(text, ns):
+    assert config.parse_duration_ns(text) == ns
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "5 parsecs", "-1s"])
+def test_parse_duration_rejects(bad):
+    with pytest.raises(UserError):
+        config.parse_duration_ns(bad)
+
+
+def test_trace_id_normalisation():
+    assert config.normalize_trace_id("4BF92F3577B34DA6A3CE929D0E0E4736") == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert config.normalize_trace_id("abc") == "0" * 29 + "abc"  # Tempo search drops leading zeros
+    for bad in ["nothex", "0" * 32, "1" * 33, ""]:
+        with pytest.raises(UserError):
+            config.normalize_trace_id(bad)
