@@ -49,6 +49,19 @@ STAGE_OTHER = "other"  # forensics bucket for time outside any ML stage
 # --- Metrics -----------------------------------------------------------------
 METRIC_STAGE_DURATION = "ml.stage.duration"  # histogram, seconds
 METRIC_OUTCOME = "outcome"  # attribute on ml.stage.duration: ok | error
+OUTCOME_OK = "ok"
+OUTCOME_ERROR = "error"
+OUTCOME_CANCELLED = "cancelled"  # BaseException that is not an Exception (cancellation, exit)
+
+# --- Instrumentation scope ------------------------------------------------------
+INSTRUMENTATION_SCOPE = "stagetrace.instrumentation"
+# OTel semconv metrics the forensics test data and demo emit (read generically by forensics)
+METRIC_DB_CONNECTION_WAIT = "db.client.connection.wait_time"  # pool wait, seconds
+METRIC_PROCESS_CPU_UTILIZATION = "process.cpu.utilization"
+METRIC_PROCESS_MEMORY_USAGE = "process.memory.usage"
+
+# Feature-store partition a lookup hit (no semconv; the name the issues use)
+FEATURE_STORE_SHARD = "feature.store.shard"
 
 # --- Log record attributes injected for formatters (logging.LogRecord fields) --
 LOG_TRACE_ID = "otelTraceID"  # same field names as opentelemetry-instrumentation-logging
