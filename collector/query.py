@@ -1,0 +1,619 @@
+"""The query layer: :class:`EmbeddedBackend`, the :class:`stagetrace.backend.Backend`
+over the embedded store.
+
+Reads never block or disturb the collector: blocks are immutable files read with
+pyarrow (trace-by-id) and DuckDB (scans, in an in-memory connection over
+``read_parquet``; no database file is ever opened, so any number of reader
+processes can run beside the writer). Records acknowledged but not yet in a block
+are decoded from the write-ahead log, incrementally and cached per segment, so a
+new reader sees everything the moment the collector acknowledged it.
+
+Hot paths:
+
+- trace-by-id (:meth:`get_trace`, :meth:`get_traces`, logs by trace id): the
+  ``.tids.npy`` sidecar of each block says whether it holds the id; the Parquet
+  row-group statistics (blocks are sorted by trace id) say which row group; one
+  small row group is read. No scan.
+- time-window scans (:meth:`find_spans`, :meth:`search_traces`, :meth:`find_logs`,
+  :meth:`metric_series`): DuckDB with filter push-down on the indexed columns;
+  attribute filters are applied to the decoded records after that.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from opentelemetry.proto.logs.v1 import logs_pb2
+from opentelemetry.proto.metrics.v1 import metrics_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from stagetrace import semconv
+from stagetrace.backend import LogQuery, MetricQuery, TraceQuery
+from stagetrace.config import normalize_trace_id
+from stagetrace.errors import BackendError
+from stagetrace.model import (SPAN_KINDS, STATUS_CODES, LogRecord, MetricPoint, MetricSeries, Span, SpanEvent,
+                              SpanLink, Trace, TraceSummary)
+
+from . import otlp, store, wal
+from .store import LOGS, METRICS, SCHEMAS, SPANS
+
+_STATUS_OF = {"unset": 0, "ok": 1, "error": 2}
+_RETRIES = 5
+_INDEX_COLUMNS = ["trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "duration_ns",
+                  "status_code", "service"]
+
+
+class _Block:
+    """Cached read handles of one immutable block."""
+
+    __slots__ = ("ref", "pf", "rg_min", "rg_max", "tids")
+
+    def __init__(self, ref: store.BlockRef) -> None:
+        self.ref = ref
+        self.pf = pq.ParquetFile(ref.path, memory_map=True)
+        md = self.pf.metadata
+        self.rg_min: list[bytes] = []
+        self.rg_max: list[bytes] = []
+        if ref.table in (SPANS, LOGS):
+            col = md.schema.names.index("trace_id")
+            for i in range(md.num_row_groups):
+                st = md.row_group(i).column(col).statistics
+                self.rg_min.append(st.min if st is not None and st.has_min_max else b"")
+                self.rg_max.append(st.max if st is not None and st.has_min_max else b"\xff" * 17)
+            self.tids = np.load(ref.tids_path, mmap_mode="r") if ref.tids_path.exists() else None
+        else:
+            self.tids = None
+
+    def row_groups_for(self, tid: bytes) -> Iterator[int]:
+        i = bisect.bisect_right(self.rg_min, tid) - 1
+        while i >= 0 and self.rg_max[i] >= tid:
+            yield i
+            i -= 1
+
+    def holds(self, prefixes: np.ndarray) -> np.ndarray:
+        """Boolean mask over ``prefixes`` (uint64) of ids this block may hold."""
+        if self.tids is None:
+            return np.ones(len(prefixes), dtype=bool)
+        if len(self.tids) == 0:
+            return np.zeros(len(prefixes), dtype=bool)
+        pos = np.searchsorted(self.tids, prefixes)
+        pos = np.minimum(pos, len(self.tids) - 1)
+        return self.tids[pos] == prefixes
+
+
+class _Tail:
+    """Rows of one table still in the write-ahead log, decoded incrementally."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+        self.segments: dict[int, tuple[Path, int, list[pa.Table]]] = {}
+
+    def refresh(self, segments: list[tuple[int, Path]]) -> pa.Table:
+        keep = {seq for seq, _ in segments}
+        for seq in list(self.segments):
+            if seq not in keep:
+                del self.segments[seq]
+        for seq, path in segments:
+            _, offset, parts = self.segments.get(seq, (path, 0, []))
+            payloads = []
+            for end, payload in wal.read_records(path, offset):  # FileNotFoundError -> caller retries
+                payloads.append(payload)
+                offset = end
+            if payloads:
+                parts = parts + [store.build_table(self.table, payloads)]
+            self.segments[seq] = (path, offset, parts)
+        tables = [t for _, _, parts in self.segments.values() for t in parts]
+        if not tables:
+            return SCHEMAS[self.table].empty_table()
+        return pa.concat_tables(tables)
+
+
+@dataclass(slots=True)
+class _View:
+    blocks: list[_Block]
+    tail: pa.Table
+
+
+class EmbeddedBackend:
+    """Read-only access to a collector data dir (see module docstring).
+
+    Safe to open while a collector writes, from any number of processes; not
+    thread-safe (use one per thread). Unknown or empty data dirs read as empty.
+    """
+
+    name = "embedded"
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.data_dir = Path(data_dir).expanduser()
+        self._blocks: dict[Path, _Block] = {}
+        self._tails = {t: _Tail(t) for t in store.TABLES}
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._lock = threading.RLock()
+        self._resource_cache: dict[bytes, tuple[dict, str]] = {}
+        self._scope_cache: dict[bytes, tuple[str, str]] = {}
+
+    # --- plumbing ---------------------------------------------------------------
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            self._con = duckdb.connect(":memory:")
+            try:
+                self._con.execute("SET enable_object_cache = true")
+            except duckdb.Error:
+                pass
+        return self._con
+
+    def _view(self, table: str) -> _View:
+        snap = store.snapshot(self.data_dir, table)
+        blocks = []
+        live = set()
+        for ref in snap.blocks:
+            live.add(ref.path)
+            b = self._blocks.get(ref.path)
+            if b is None:
+                b = self._blocks[ref.path] = _Block(ref)
+            blocks.append(b)
+        for p in [p for p in self._blocks if p.parent == store.block_dir(self.data_dir, table) and p not in live]:
+            del self._blocks[p]
+        return _View(blocks, self._tails[table].refresh(snap.tail))
+
+    def _retry(self, fn: Callable[[], Any]) -> Any:
+        """Run a read; if compaction or a cut removed a file under it, re-read the catalogue."""
+        with self._lock:
+            last: Exception | None = None
+            for _ in range(_RETRIES):
+                try:
+                    return fn()
+                except FileNotFoundError as exc:
+                    last = exc
+                except (duckdb.IOException, OSError) as exc:
+                    if "No such file" not in str(exc) and "not found" not in str(exc).lower():
+                        raise BackendError(f"cannot read the store in {self.data_dir}: {exc}") from None
+                    last = exc
+                self._blocks.clear()
+            raise BackendError(f"the store in {self.data_dir} kept changing under the reader: {last}")
+
+    def _rows_by_trace(self, table: str, tids: Sequence[bytes], columns: list[str] | None = None) -> pa.Table:
+        def run() -> pa.Table:
+            view = self._view(table)
+            want = sorted(set(tids))
+            value_set = pa.array(want, pa.binary())
+            prefixes = np.array([store.prefix_of(t) for t in want], dtype=np.uint64)
+            parts = []
+            for b in view.blocks:
+                mask = b.holds(prefixes)
+                if not mask.any():
+                    continue
+                rgs: set[int] = set()
+                for t, hit in zip(want, mask):
+                    if hit:
+                        rgs.update(b.row_groups_for(t))
+                if not rgs:
+                    continue
+                t = b.pf.read_row_groups(sorted(rgs), columns=columns)
+                parts.append(t.filter(pc.is_in(t.column("trace_id"), value_set=value_set)))
+            tail = view.tail if columns is None else view.tail.select(columns)
+            if tail.num_rows:
+                parts.append(tail.filter(pc.is_in(tail.column("trace_id"), value_set=value_set)))
+            schema = SCHEMAS[table] if columns is None else pa.schema([SCHEMAS[table].field(c) for c in columns])
+            parts = [p.replace_schema_metadata(None).cast(schema) for p in parts]
+            return pa.concat_tables(parts) if parts else schema.empty_table()
+        return self._retry(run)
+
+    def _sql(self, table: str, select: str, where: list[str], params: list[Any], tail_order: str = "",
+             batch_rows: int = 8192) -> Iterator[pa.RecordBatch]:
+        """Run ``SELECT {select} FROM <blocks + WAL tail of table> WHERE ...`` (with
+        ``tail_order`` = ORDER/LIMIT clause) and yield Arrow record batches."""
+        def run() -> list[pa.RecordBatch]:
+            view = self._view(table)
+            sources = []
+            if view.blocks:
+                files = ", ".join("'" + str(b.ref.path).replace("'", "''") + "'" for b in view.blocks)
+                sources.append(f"SELECT * FROM read_parquet([{files}])")
+            tail_name = f"tail_{table}"
+            if view.tail.num_rows:
+                self.con.register(tail_name, view.tail)
+                sources.append(f"SELECT * FROM {tail_name}")
+            if not sources:
+                return []
+            cond = " AND ".join(where) if where else "TRUE"
+            sql = f"SELECT {select} FROM ({' UNION ALL '.join(sources)}) WHERE {cond} {tail_order}"
+            try:
+                reader = self.con.sql(sql, params=params).to_arrow_reader(batch_rows)
+                return list(reader)  # materialise inside the retry (files may vanish later)
+            finally:
+                if view.tail.num_rows:
+                    self.con.unregister(tail_name)
+        yield from self._retry(run)
+
+    def _resource(self, blob: bytes, table: str) -> tuple[dict, str]:
+        hit = self._resource_cache.get(blob)
+        if hit is None:
+            cls = {SPANS: trace_pb2.ResourceSpans, LOGS: logs_pb2.ResourceLogs, METRICS: metrics_pb2.ResourceMetrics}[table]
+            msg = cls.FromString(blob)
+            hit = self._resource_cache[blob] = (otlp.attributes(msg.resource.attributes), msg.schema_url)
+        return hit
+
+    def _scope(self, blob: bytes, table: str) -> tuple[str, str]:
+        hit = self._scope_cache.get(blob)
+        if hit is None:
+            cls = {SPANS: trace_pb2.ScopeSpans, LOGS: logs_pb2.ScopeLogs, METRICS: metrics_pb2.ScopeMetrics}[table]
+            msg = cls.FromString(blob)
+            hit = self._scope_cache[blob] = (msg.scope.name, msg.scope.version)
+        return hit
+
+    # --- rows -> model --------------------------------------------------------------
+
+    def _spans(self, rows: pa.Table | pa.RecordBatch) -> Iterator[Span]:
+        d = rows.to_pydict()
+        for i in range(rows.num_rows):
+            rest = trace_pb2.Span.FromString(d["rest"][i])
+            resource, _ = self._resource(d["resource"][i], SPANS)
+            scope_name, scope_version = self._scope(d["scope"][i], SPANS)
+            start = d["start_ns"][i]
+            yield Span(
+                trace_id=d["trace_id"][i].hex(), span_id=d["span_id"][i].hex(),
+                parent_span_id=d["parent_span_id"][i].hex(), name=d["name"][i],
+                kind=SPAN_KINDS[d["kind"][i]] if 0 <= d["kind"][i] < len(SPAN_KINDS) else "UNSPECIFIED",
+                start_ns=start, end_ns=start + d["duration_ns"][i],
+                status_code=STATUS_CODES[d["status_code"][i]] if 0 <= d["status_code"][i] < 3 else "UNSET",
+                status_message=rest.status.message,
+                attributes=otlp.attributes(rest.attributes),
+                events=[SpanEvent(e.name, e.time_unix_nano, otlp.attributes(e.attributes)) for e in rest.events],
+                links=[SpanLink(l.trace_id.hex(), l.span_id.hex(), otlp.attributes(l.attributes)) for l in rest.links],
+                resource=dict(resource), scope_name=scope_name, scope_version=scope_version)
+
+    def _logs(self, rows: pa.Table | pa.RecordBatch) -> Iterator[LogRecord]:
+        d = rows.to_pydict()
+        for i in range(rows.num_rows):
+            rest = logs_pb2.LogRecord.FromString(d["rest"][i])
+            resource, _ = self._resource(d["resource"][i], LOGS)
+            scope_name, _ = self._scope(d["scope"][i], LOGS)
+            yield LogRecord(
+                time_ns=d["time_ns"][i], observed_time_ns=d["observed_ns"][i],
+                severity_number=d["severity_number"][i], severity_text=d["severity_text"][i],
+                body=otlp.any_value(rest.body) if rest.HasField("body") else None,
+                attributes=otlp.attributes(rest.attributes),
+                trace_id=d["trace_id"][i].hex(), span_id=d["span_id"][i].hex(),
+                resource=dict(resource), scope_name=scope_name)
+
+    # --- Backend API ----------------------------------------------------------------
+
+    def get_trace(self, trace_id: str, *, start_ns: int | None = None, end_ns: int | None = None) -> Trace | None:
+        tid = normalize_trace_id(trace_id)
+        return self.get_traces([tid], start_ns=start_ns, end_ns=end_ns).get(tid)
+
+    def get_traces(self, trace_ids: Sequence[str], *, start_ns: int | None = None, end_ns: int | None = None,
+                   with_logs: bool = True) -> dict[str, Trace]:
+        """Spans (oldest first) and logs of each known id. The window is only a hint
+        for remote backends; the embedded store finds a trace without it."""
+        ids = [normalize_trace_id(t) for t in trace_ids]
+        if not ids:
+            return {}
+        raw = [bytes.fromhex(t) for t in ids]
+        by_trace: dict[str, list[Span]] = {}
+        for sp in self._spans(self._rows_by_trace(SPANS, raw)):
+            by_trace.setdefault(sp.trace_id, []).append(sp)
+        logs_by: dict[str, list[LogRecord]] = {}
+        if with_logs and by_trace:
+            for lr in self._logs(self._rows_by_trace(LOGS, [bytes.fromhex(t) for t in by_trace])):
+                logs_by.setdefault(lr.trace_id, []).append(lr)
+        out = {}
+        for tid in ids:
+            spans = by_trace.get(tid)
+            if not spans:
+                continue
+            spans.sort(key=lambda s: (s.start_ns, s.end_ns))
+            logs = sorted(logs_by.get(tid, []), key=lambda r: r.time_ns)
+            out[tid] = Trace(trace_id=tid, spans=spans, logs=logs)
+        return out
+
+    def _span_where(self, q: TraceQuery) -> tuple[list[str], list[Any], dict[str, Any]]:
+        where, params = [], []
+        attrs = dict(q.attributes)
+        service = q.service
+        if service is None and semconv.SERVICE_NAME in attrs and isinstance(attrs[semconv.SERVICE_NAME], str):
+            service = attrs.pop(semconv.SERVICE_NAME)
+        if service is not None:
+            where.append("service = ?")
+            params.append(service)
+        if q.span_name is not None:
+            where.append("name = ?")
+            params.append(q.span_name)
+        if q.status is not None:
+            code = _STATUS_OF.get(q.status.lower())
+            if code is None:
+                raise BackendError(f"unknown status {q.status!r}: use error, ok or unset")
+            where.append("status_code = ?")
+            params.append(code)
+        if q.min_duration_ns is not None:
+            where.append("duration_ns >= ?")
+            params.append(int(q.min_duration_ns))
+        if q.max_duration_ns is not None:
+            where.append("duration_ns <= ?")
+            params.append(int(q.max_duration_ns))
+        if q.start_ns is not None:
+            where.append("start_ns >= ?")
+            params.append(int(q.start_ns))
+        if q.end_ns is not None:
+            where.append("start_ns < ?")
+            params.append(int(q.end_ns))
+        if q.root_only:
+            where.append("octet_length(parent_span_id) = 0")
+        return where, params, attrs
+
+    def find_spans(self, query: TraceQuery) -> list[Span]:
+        """Spans matching every condition, oldest first, at most ``query.limit``.
+        A span matches the window when it starts inside it."""
+        where, params, attrs = self._span_where(query)
+        limit = query.limit
+        order = "ORDER BY start_ns, trace_id, span_id"
+        if not attrs and limit is not None:
+            order += f" LIMIT {int(limit)}"
+        out: list[Span] = []
+        for batch in self._sql(SPANS, "*", where, params, order):
+            for sp in self._spans(batch):
+                if attrs and not _attrs_match(attrs, sp.attributes, sp.resource):
+                    continue
+                out.append(sp)
+                if limit is not None and len(out) >= limit:
+                    return out
+        return out
+
+    def search_traces(self, query: TraceQuery) -> list[TraceSummary]:
+        """Traces with at least one span matching every condition (Tempo spanset
+        semantics), newest first by the matching span's start, at most ``query.limit``."""
+        where, params, attrs = self._span_where(query)
+        limit = query.limit
+        tids: list[bytes] = []
+        if not attrs:
+            lim = f" LIMIT {int(limit)}" if limit is not None else ""
+            for batch in self._sql(SPANS, "trace_id, max(start_ns) AS t", where, params,
+                                   f"GROUP BY trace_id ORDER BY t DESC, trace_id{lim}"):
+                tids.extend(batch.column(0).to_pylist())
+        else:
+            seen: set[bytes] = set()
+            for batch in self._sql(SPANS, "*", where, params, "ORDER BY start_ns DESC"):
+                for sp in self._spans(batch):
+                    tid = bytes.fromhex(sp.trace_id)
+                    if tid in seen or not _attrs_match(attrs, sp.attributes, sp.resource):
+                        continue
+                    seen.add(tid)
+                    tids.append(tid)
+                    if limit is not None and len(tids) >= limit:
+                        break
+                if limit is not None and len(tids) >= limit:
+                    break
+        if not tids:
+            return []
+        order = {t: i for i, t in enumerate(tids)}
+        summaries = self._summaries(tids)
+        summaries.sort(key=lambda s: order[bytes.fromhex(s.trace_id)])
+        return summaries
+
+    def _summaries(self, tids: list[bytes]) -> list[TraceSummary]:
+        rows = self._rows_by_trace(SPANS, tids, columns=_INDEX_COLUMNS + ["rest", "resource", "scope"])
+        d = rows.select(_INDEX_COLUMNS).to_pydict()
+        groups: dict[bytes, list[int]] = {}
+        for i, t in enumerate(d["trace_id"]):
+            groups.setdefault(t, []).append(i)
+        out = []
+        for tid, idx in groups.items():
+            starts = [d["start_ns"][i] for i in idx]
+            ends = [d["start_ns"][i] + d["duration_ns"][i] for i in idx]
+            roots = [i for i in idx if not d["parent_span_id"][i]]
+            root = min(roots or idx, key=lambda i: (d["start_ns"][i], -d["duration_ns"][i]))
+            root_span = next(self._spans(rows.slice(root, 1)))
+            t0 = min(starts)
+            out.append(TraceSummary(
+                trace_id=tid.hex(), root_service=root_span.service_name if roots else root_span.service_name,
+                root_name=root_span.name, start_ns=t0, duration_ns=max(0, max(ends) - t0), span_count=len(idx),
+                error=any(d["status_code"][i] == 2 for i in idx), root_attributes=root_span.attributes))
+        return out
+
+    def find_logs(self, query: LogQuery) -> list[LogRecord]:
+        """Log records oldest first (by event time, else observed time), at most ``query.limit``."""
+        attrs = dict(query.attributes)
+        service = query.service
+        if service is None and semconv.SERVICE_NAME in attrs and isinstance(attrs[semconv.SERVICE_NAME], str):
+            service = attrs.pop(semconv.SERVICE_NAME)
+        limit = query.limit
+        if query.trace_ids is not None:
+            ids = [bytes.fromhex(normalize_trace_id(t)) for t in query.trace_ids]
+            if not ids:
+                return []
+            recs = list(self._logs(self._rows_by_trace(LOGS, ids)))
+            recs = [r for r in recs if _log_match(r, query, service, attrs)]
+            recs.sort(key=lambda r: (r.time_ns, r.observed_time_ns))
+            return recs[:limit] if limit is not None else recs
+        where, params = [], []
+        if query.start_ns is not None:
+            where.append("time_ns >= ?")
+            params.append(int(query.start_ns))
+        if query.end_ns is not None:
+            where.append("time_ns < ?")
+            params.append(int(query.end_ns))
+        if query.min_severity is not None:
+            where.append("severity_number >= ?")
+            params.append(int(query.min_severity))
+        if service is not None:
+            where.append("service = ?")
+            params.append(service)
+        order = "ORDER BY time_ns, observed_ns"
+        if not attrs and limit is not None:
+            order += f" LIMIT {int(limit)}"
+        out: list[LogRecord] = []
+        for batch in self._sql(LOGS, "*", where, params, order):
+            for r in self._logs(batch):
+                if attrs and not _attrs_match(attrs, r.attributes, r.resource):
+                    continue
+                out.append(r)
+                if limit is not None and len(out) >= limit:
+                    return out
+        return out
+
+    def metric_series(self, query: MetricQuery) -> list[MetricSeries]:
+        """One series per (metric, point attributes, service), points oldest first.
+        ``attributes`` must all be present on the point (or its resource)."""
+        where, params = _metric_where(query.name, query.service, query.start_ns, query.end_ns)
+        series: dict[tuple[str, str, str], MetricSeries] = {}
+        keep: dict[tuple[str, str, str], bool] = {}
+        for batch in self._sql(METRICS, "*", where, params, "ORDER BY name, service, series, time_ns"):
+            d = batch.to_pydict()
+            for i in range(batch.num_rows):
+                key = (d["name"][i], d["series"][i], d["service"][i])
+                if key not in keep:
+                    resource, _ = self._resource(d["resource"][i], METRICS)
+                    point_attrs = json.loads(d["series"][i])
+                    keep[key] = _attrs_match(query.attributes, point_attrs, resource) if query.attributes else True
+                    if keep[key]:
+                        series[key] = MetricSeries(name=key[0], kind=d["kind"][i], attributes=point_attrs,
+                                                   resource=dict(resource), unit=d["unit"][i])
+                if not keep[key]:
+                    continue
+                s = series[key]
+                s.points.append(_metric_point(d, i, s))
+        out = list(series.values())
+        for s in out:
+            s.points.sort(key=lambda p: p.time_ns)
+        return out
+
+    def metric_names(self, *, start_ns: int | None = None, end_ns: int | None = None,
+                     service: str | None = None) -> list[str]:
+        where, params = _metric_where(None, service, start_ns, end_ns)
+        names: set[str] = set()
+        for batch in self._sql(METRICS, "DISTINCT name", where, params):
+            names.update(batch.column(0).to_pylist())
+        return sorted(names)
+
+    def stats(self) -> dict[str, int]:
+        """Row counts per table (blocks + WAL tail): for tests, benchmarks and debugging."""
+        out = {}
+        for table in store.TABLES:
+            n = 0
+            for batch in self._sql(table, "count(*)", [], []):
+                n += batch.column(0)[0].as_py()
+            out[table] = n
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+            self._blocks.clear()
+            self._tails = {t: _Tail(t) for t in store.TABLES}
+
+    def __enter__(self) -> "EmbeddedBackend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _metric_where(name: str | None, service: str | None, start_ns: int | None,
+                  end_ns: int | None) -> tuple[list[str], list[Any]]:
+    where, params = [], []
+    if name is not None:
+        where.append("name = ?")
+        params.append(name)
+    if service is not None:
+        where.append("service = ?")
+        params.append(service)
+    if start_ns is not None:
+        where.append("time_ns >= ?")
+        params.append(int(start_ns))
+    if end_ns is not None:
+        where.append("time_ns < ?")
+        params.append(int(end_ns))
+    return where, params
+
+
+def _same(have: Any, want: Any) -> bool:
+    if have == want and type(have) is not bool and type(want) is not bool:
+        return True
+    if isinstance(have, bool) or isinstance(want, bool):
+        return str(have).lower() == str(want).lower()
+    return str(have) == str(want)
+
+
+def _attrs_match(want: dict[str, Any], attrs: dict[str, Any], resource: dict[str, Any]) -> bool:
+    """Equality on each wanted key, looked up in the record's attributes, then its resource."""
+    for k, v in want.items():
+        if k in attrs:
+            if not _same(attrs[k], v):
+                return False
+        elif k in resource:
+            if not _same(resource[k], v):
+                return False
+        else:
+            return False
+    return True
+
+
+def _log_match(r: LogRecord, q: LogQuery, service: str | None, attrs: dict[str, Any]) -> bool:
+    if q.start_ns is not None and r.time_ns < q.start_ns:
+        return False
+    if q.end_ns is not None and r.time_ns >= q.end_ns:
+        return False
+    if q.min_severity is not None and r.severity_number < q.min_severity:
+        return False
+    if service is not None and r.service_name != service:
+        return False
+    return not attrs or _attrs_match(attrs, r.attributes, r.resource)
+
+
+_TEMPORALITY = {1: "DELTA", 2: "CUMULATIVE"}
+_POINT_TYPES = {"gauge": metrics_pb2.NumberDataPoint, "sum": metrics_pb2.NumberDataPoint,
+                "histogram": metrics_pb2.HistogramDataPoint,
+                "exponential_histogram": metrics_pb2.ExponentialHistogramDataPoint,
+                "summary": metrics_pb2.SummaryDataPoint}
+
+
+def _metric_point(d: dict[str, list], i: int, s: MetricSeries) -> MetricPoint:
+    kind = d["kind"][i]
+    p = _POINT_TYPES[kind].FromString(d["point"][i])
+    mp = MetricPoint(name=s.name, kind=kind, time_ns=d["time_ns"][i], value=d["value"][i],
+                     attributes=s.attributes, resource=s.resource, start_time_ns=d["start_ns"][i], unit=s.unit,
+                     is_monotonic=d["monotonic"][i],
+                     temporality=_TEMPORALITY.get(d["temporality"][i], "") if kind != "gauge" else "")
+    if kind == "histogram":
+        mp.count, mp.sum = p.count, p.sum if p.HasField("sum") else None
+        mp.bucket_counts, mp.explicit_bounds = list(p.bucket_counts), list(p.explicit_bounds)
+    elif kind == "exponential_histogram":
+        mp.count, mp.sum = p.count, p.sum if p.HasField("sum") else None
+        mp.explicit_bounds, mp.bucket_counts = exponential_to_explicit(p)
+    elif kind == "summary":
+        mp.count, mp.sum = p.count, p.sum
+    return mp
+
+
+def exponential_to_explicit(p: Any) -> tuple[list[float], list[int]]:
+    """Convert an exponential histogram point to explicit bounds, losslessly in counts:
+    bucket ``i`` of scale ``s`` is ``(base**i, base**(i+1)]`` with ``base = 2**(2**-s)``;
+    negative buckets mirror it and the zero bucket ends at ``zero_threshold``."""
+    base = 2.0 ** (2.0 ** -p.scale)
+    pairs: list[tuple[float, int]] = []  # (upper bound, count), ascending
+    neg = p.negative
+    for k in range(len(neg.bucket_counts) - 1, -1, -1):
+        idx = neg.offset + k
+        pairs.append((-(base ** idx), int(neg.bucket_counts[k])))
+    pairs.append((float(p.zero_threshold), int(p.zero_count)))
+    pos = p.positive
+    for k in range(len(pos.bucket_counts)):
+        idx = pos.offset + k
+        pairs.append((base ** (idx + 1), int(pos.bucket_counts[k])))
+    bounds = [ub for ub, _ in pairs]
+    counts = [c for _, c in pairs] + [0]  # (last bound, +inf) is empty by construction
+    return bounds, counts

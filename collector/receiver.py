@@ -1,0 +1,334 @@
+"""The receive layer: OTLP/gRPC and OTLP/HTTP in front of one :class:`Ingestor`.
+
+Both protocols share admission control, decoding, validation and the
+write-ahead append, so they answer the same request the same way. Status codes
+follow the OTLP specification (opentelemetry-proto/docs/specification.md):
+
+===========================  ==========================  =============================
+situation                    OTLP/HTTP                   OTLP/gRPC
+===========================  ==========================  =============================
+accepted (maybe partially)   200 + partial_success       OK + partial_success
+malformed body               400 (permanent)             INVALID_ARGUMENT (permanent)
+bad or missing token         401 (permanent)             UNAUTHENTICATED (permanent)
+body over the size limit     413 (permanent)             RESOURCE_EXHAUSTED, no RetryInfo
+too many requests in flight  429 + Retry-After           RESOURCE_EXHAUSTED + RetryInfo
+store behind / disk error    503 + Retry-After           UNAVAILABLE + RetryInfo
+===========================  ==========================  =============================
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import zlib
+from concurrent import futures
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from . import otlp, wal
+from .store import TABLE_OF_SIGNAL
+
+log = logging.getLogger("stagetrace.collector.receiver")
+
+GRPC_SERVICES = {
+    otlp.TRACES: "opentelemetry.proto.collector.trace.v1.TraceService",
+    otlp.LOGS: "opentelemetry.proto.collector.logs.v1.LogsService",
+    otlp.METRICS: "opentelemetry.proto.collector.metrics.v1.MetricsService",
+}
+HTTP_PATHS = {"/v1/traces": otlp.TRACES, "/v1/logs": otlp.LOGS, "/v1/metrics": otlp.METRICS}
+_REJECTED_FIELD = {otlp.TRACES: "rejected_spans", otlp.LOGS: "rejected_log_records",
+                   otlp.METRICS: "rejected_data_points"}
+
+
+@dataclass(slots=True)
+class Limits:
+    max_request_bytes: int = 16 << 20  # per request, after decompression
+    max_inflight: int = 16  # concurrent export requests per protocol
+    max_backlog_bytes: int = 256 << 20  # WAL not yet cut into blocks
+    retry_after_s: int = 1
+
+
+class ExportError(Exception):
+    """A refused request; ``kind`` picks the HTTP and gRPC status."""
+
+    def __init__(self, kind: str, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind  # malformed | unauthenticated | too_large | overloaded | unavailable
+        self.retry_after_s = retry_after_s
+
+
+_HTTP_STATUS = {"malformed": 400, "unauthenticated": 401, "too_large": 413, "overloaded": 429, "unavailable": 503,
+                "unsupported": 415}
+_GRPC_STATUS = {"malformed": grpc.StatusCode.INVALID_ARGUMENT, "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
+                "too_large": grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "unavailable": grpc.StatusCode.UNAVAILABLE, "unsupported": grpc.StatusCode.INVALID_ARGUMENT}
+_RPC_CODE = {"malformed": code_pb2.INVALID_ARGUMENT, "unauthenticated": code_pb2.UNAUTHENTICATED,
+             "too_large": code_pb2.RESOURCE_EXHAUSTED, "overloaded": code_pb2.RESOURCE_EXHAUSTED,
+             "unavailable": code_pb2.UNAVAILABLE, "unsupported": code_pb2.INVALID_ARGUMENT}
+
+
+class Ingestor:
+    """Decode, validate and durably append one export request; protocol-neutral."""
+
+    def __init__(self, writers: dict[str, wal.WalWriter], limits: Limits, token: str | None,
+                 backlog_bytes: Callable[[], int]) -> None:
+        self.writers = writers  # by store table
+        self.limits = limits
+        self.token = token
+        self._backlog_bytes = backlog_bytes
+        self.stats = {"requests": 0, "refused": 0, "accepted": 0, "rejected": 0}
+
+    def check_token(self, authorization: str | None) -> None:
+        if self.token is None:
+            return
+        expected = f"Bearer {self.token}"
+        if not authorization or not hmac.compare_digest(authorization.encode(), expected.encode()):
+            raise ExportError("unauthenticated", "missing or invalid bearer token")
+
+    def check_backlog(self) -> None:
+        if self._backlog_bytes() > self.limits.max_backlog_bytes:
+            raise ExportError("unavailable", "the store is behind (write-ahead log backlog over its limit); retry later",
+                              self.limits.retry_after_s)
+
+    def export(self, signal: str, body: bytes, *, json_body: bool) -> Any:
+        """Return the Export*ServiceResponse; raise :class:`ExportError` to refuse."""
+        self.stats["requests"] += 1
+        try:
+            req = otlp.decode(signal, body, json_body=json_body)
+        except otlp.MalformedPayload as exc:
+            raise ExportError("malformed", str(exc)) from None
+        v = otlp.validate(signal, req)
+        if v.accepted:
+            payload = body if (not json_body and not v.rejected) else req.SerializeToString()
+            try:
+                self.writers[TABLE_OF_SIGNAL[signal]].append(payload)
+            except OSError as exc:  # disk full, ...: nothing was acknowledged, the client retries
+                log.error("write-ahead log append failed: %s", exc)
+                raise ExportError("unavailable", f"cannot write to the store: {exc.strerror or exc}",
+                                  self.limits.retry_after_s * 5) from None
+        self.stats["accepted"] += v.accepted
+        self.stats["rejected"] += v.rejected
+        resp = otlp.RESPONSE_TYPES[signal]()
+        if v.rejected or v.message:
+            setattr(resp.partial_success, _REJECTED_FIELD[signal], v.rejected)
+            resp.partial_success.error_message = v.message
+        return resp
+
+
+def rpc_status(kind: str, message: str, retry_after_s: int | None) -> status_pb2.Status:
+    st = status_pb2.Status(code=_RPC_CODE[kind], message=message)
+    if retry_after_s is not None:
+        st.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_after_s)))
+    return st
+
+
+# --- OTLP/gRPC ------------------------------------------------------------------
+
+class _Status(grpc.Status):  # grpc.Status is an abstract attribute holder
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: tuple) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata
+
+
+def _abort(context: grpc.ServicerContext, exc: ExportError) -> None:
+    st = rpc_status(exc.kind, str(exc), exc.retry_after_s)
+    # grpc-status-details-bin carries google.rpc.Status with RetryInfo (what SDK exporters read)
+    context.abort_with_status(_Status(_GRPC_STATUS[exc.kind], str(exc),
+                                      (("grpc-status-details-bin", st.SerializeToString()),)))
+
+
+def _grpc_handler(ingestor: Ingestor, signal: str, slots: threading.BoundedSemaphore) -> grpc.RpcMethodHandler:
+    def export(body: bytes, context: grpc.ServicerContext) -> bytes:
+        if not slots.acquire(blocking=False):
+            ingestor.stats["refused"] += 1
+            _abort(context, ExportError("overloaded", "too many concurrent export requests; retry later",
+                                        ingestor.limits.retry_after_s))
+        try:
+            auth = None
+            for key, value in context.invocation_metadata():
+                if key == "authorization":
+                    auth = value
+            ingestor.check_token(auth)
+            ingestor.check_backlog()
+            return ingestor.export(signal, body, json_body=False).SerializeToString()
+        except ExportError as exc:
+            ingestor.stats["refused"] += 1
+            _abort(context, exc)
+        except Exception:  # a bug must not look like success
+            log.exception("unexpected error in gRPC %s export", signal)
+            _abort(context, ExportError("unavailable", "internal error", ingestor.limits.retry_after_s))
+        finally:
+            slots.release()
+        raise AssertionError("unreachable")
+
+    # raw bytes in and out: we decode ourselves, so a malformed message is
+    # INVALID_ARGUMENT (grpc's own deserializer failure would be INTERNAL).
+    return grpc.unary_unary_rpc_method_handler(export, request_deserializer=None, response_serializer=None)
+
+
+def start_grpc(ingestor: Ingestor, host: str, port: int) -> tuple[grpc.Server, int]:
+    limits = ingestor.limits
+    slots = threading.BoundedSemaphore(limits.max_inflight)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=limits.max_inflight + 4, thread_name_prefix="otlp-grpc"),
+        options=[("grpc.max_receive_message_length", limits.max_request_bytes),
+                 ("grpc.so_reuseport", 0)],  # a busy port must fail, not be shared
+        maximum_concurrent_rpcs=limits.max_inflight * 4,
+    )
+    handlers = []
+    for signal, service in GRPC_SERVICES.items():
+        handlers.append(grpc.method_handlers_generic_handler(service, {"Export": _grpc_handler(ingestor, signal, slots)}))
+    server.add_generic_rpc_handlers(tuple(handlers))
+    try:
+        bound = server.add_insecure_port(_join(host, port))
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        raise OSError(f"cannot listen for OTLP/gRPC on {_join(host, port)}: address in use or not available")
+    server.start()
+    return server, bound
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --- OTLP/HTTP ------------------------------------------------------------------
+
+class _OTLPHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: SDK exporters reuse one connection
+    server_version = "stagetrace-collector"
+    ingestor: Ingestor
+    slots: threading.BoundedSemaphore
+
+    def log_message(self, fmt: str, *args: Any) -> None:  # no per-request stderr noise
+        log.debug("http %s", fmt % args)
+
+    def _reply(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None,
+               close: bool = False) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _error(self, exc: ExportError, json_body: bool, close: bool = False) -> None:
+        st = rpc_status(exc.kind, str(exc), exc.retry_after_s)
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else {}
+        if json_body:
+            body, ctype = otlp.encode_json(st), "application/json"
+        else:
+            body, ctype = st.SerializeToString(), "application/x-protobuf"
+        self._reply(_HTTP_STATUS[exc.kind], body, ctype, headers, close=close)
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path in ("/", "/healthz"):
+            self._reply(200, b"ok\n", "text/plain")
+        else:
+            self._reply(404 if self.path not in HTTP_PATHS else 405, b"", "text/plain", close=True)
+
+    def do_POST(self) -> None:  # noqa: N802
+        path = self.path.split("?", 1)[0]
+        signal = HTTP_PATHS.get(path)
+        ctype = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+        json_body = ctype == "application/json"
+        length_text = self.headers.get("Content-Length")
+        if signal is None:
+            self._reply(404, f"unknown path {path}; use /v1/traces, /v1/logs or /v1/metrics\n".encode(),
+                        "text/plain", close=True)
+            return
+        try:
+            length = int(length_text) if length_text is not None else -1
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._reply(411, b"Content-Length required\n", "text/plain", close=True)
+            return
+        ing = self.ingestor
+        if length > ing.limits.max_request_bytes:
+            # refuse without reading the body; close since the rest of it is still on the wire
+            self._error(ExportError("too_large", f"request body of {length} bytes is over the limit of "
+                                                 f"{ing.limits.max_request_bytes}"), json_body, close=True)
+            return
+        if not self.slots.acquire(blocking=False):
+            ing.stats["refused"] += 1
+            self.rfile.read(length)
+            self._error(ExportError("overloaded", "too many concurrent export requests; retry later",
+                                    ing.limits.retry_after_s), json_body)
+            return
+        try:
+            body = self.rfile.read(length)
+            try:
+                ing.check_token(self.headers.get("Authorization"))
+                if ctype not in ("application/x-protobuf", "application/json", "application/protobuf"):
+                    raise ExportError("unsupported", f"unsupported Content-Type {ctype!r}: use "
+                                                     "application/x-protobuf or application/json")
+                encoding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
+                if encoding == "gzip":
+                    body = _gunzip(body, ing.limits.max_request_bytes)
+                elif encoding not in ("identity", ""):
+                    raise ExportError("unsupported", f"unsupported Content-Encoding {encoding!r}: use gzip")
+                ing.check_backlog()
+                resp = ing.export(signal, body, json_body=json_body)
+            except ExportError as exc:
+                ing.stats["refused"] += 1
+                self._error(exc, json_body)
+                return
+            except Exception:  # a bug must not kill the server nor look like success
+                log.exception("unexpected error while handling %s", path)
+                self._error(ExportError("unavailable", "internal error", ing.limits.retry_after_s), json_body)
+                return
+            if json_body:
+                self._reply(200, otlp.encode_json(resp), "application/json")
+            else:
+                self._reply(200, resp.SerializeToString(), "application/x-protobuf")
+        finally:
+            self.slots.release()
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ExportError("malformed", f"invalid gzip body: {exc}") from None
+    if len(out) > limit or d.unconsumed_tail:
+        raise ExportError("too_large", f"decompressed body is over the limit of {limit} bytes")
+    if not d.eof:
+        raise ExportError("malformed", "invalid gzip body: truncated")
+    return out
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = False  # a busy port must fail
+    request_queue_size = 64
+
+
+def start_http(ingestor: Ingestor, host: str, port: int) -> tuple[ThreadingHTTPServer, int, threading.Thread]:
+    handler = type("OTLPHandler", (_OTLPHandler,), {
+        "ingestor": ingestor, "slots": threading.BoundedSemaphore(ingestor.limits.max_inflight)})
+    if ":" in host:
+        import socket
+        _HTTPServer.address_family = socket.AF_INET6
+    try:
+        server = _HTTPServer((host, port), handler)
+    except OSError as exc:
+        raise OSError(f"cannot listen for OTLP/HTTP on {_join(host, port)}: {exc.strerror or exc}") from None
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                              name="otlp-http", daemon=True)
+    thread.start()
+    return server, server.server_address[1], thread

@@ -1,0 +1,157 @@
+"""The collector process: receivers + write-ahead log + the block maintainer thread."""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import wal
+from .receiver import Ingestor, Limits, start_grpc, start_http
+from .store import TABLES, BlockStore, StoreConfig, wal_dir
+
+log = logging.getLogger("stagetrace.collector")
+
+
+@dataclass(slots=True)
+class CollectorConfig:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    grpc_port: int = 4317
+    http_port: int = 4318
+    token: str | None = None
+    allow_remote: bool = False
+    fsync: bool = False
+    limits: Limits = field(default_factory=Limits)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    segment_bytes: int = 8 << 20
+    segment_age_s: float = 1.0
+    maintain_interval_s: float = 0.25
+    retention_interval_s: float = 60.0
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class DataDirLocked(RuntimeError):
+    pass
+
+
+class Collector:
+    """One running collector. ``start()`` binds and returns; ``stop()`` shuts down."""
+
+    def __init__(self, config: CollectorConfig) -> None:
+        self.config = config
+        self.data_dir = Path(config.data_dir).resolve()
+        self._stop = threading.Event()
+        self._lock_fd = -1
+        self.grpc_port = 0
+        self.http_port = 0
+
+    def _take_lock(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.data_dir / "collector.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise DataDirLocked(f"another collector is already writing to {self.data_dir}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd  # released by the kernel even on kill -9
+
+    def start(self) -> None:
+        cfg = self.config
+        self._take_lock()
+        self.store = BlockStore(self.data_dir, cfg.store)
+        self.writers = {t: wal.WalWriter(wal_dir(self.data_dir, t), self.store.next_seq(t),
+                                         segment_bytes=cfg.segment_bytes, segment_age_s=cfg.segment_age_s,
+                                         fsync=cfg.fsync) for t in TABLES}
+        self._backlog = 0
+        self.ingestor = Ingestor(self.writers, cfg.limits, cfg.token, lambda: self._backlog)
+        self._maintainer = threading.Thread(target=self._maintain, name="block-maintainer", daemon=True)
+        self._maintainer.start()
+        self.grpc_server = None
+        self.http_server = None
+        try:
+            self.grpc_server, self.grpc_port = start_grpc(self.ingestor, cfg.host, cfg.grpc_port)
+            self.http_server, self.http_port, self._http_thread = start_http(self.ingestor, cfg.host, cfg.http_port)
+        except BaseException:
+            self.stop(final_cut=False)
+            raise
+
+    def _measure_backlog(self) -> int:
+        total = 0
+        for t in TABLES:
+            for _, p in wal.list_segments(wal_dir(self.data_dir, t)):
+                try:
+                    total += p.stat().st_size
+                except FileNotFoundError:
+                    pass
+        return total
+
+    def _maintain(self) -> None:
+        """Cut closed segments into blocks, compact, apply retention; never dies."""
+        cfg = self.config
+        last_retention = 0.0
+        while not self._stop.is_set():
+            try:
+                for t in TABLES:
+                    w = self.writers[t]
+                    w.rotate_if_due()
+                    self.store.cut(t, w.active_seq)
+                    self._backlog = self._measure_backlog()
+                for t in TABLES:
+                    if self._stop.is_set():
+                        break
+                    self.store.compact(t)
+                if time.monotonic() - last_retention >= cfg.retention_interval_s:
+                    last_retention = time.monotonic()
+                    removed = self.store.enforce_retention()
+                    if removed:
+                        log.info("retention removed %d blocks", removed)
+                self._backlog = self._measure_backlog()
+            except Exception:  # keep serving: the WAL still holds everything acknowledged
+                log.exception("block maintenance failed; will retry")
+                self._stop.wait(2.0)
+            self._stop.wait(cfg.maintain_interval_s)
+
+    def wait(self) -> None:
+        while not self._stop.wait(0.5):
+            pass
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self, *, final_cut: bool = True, grace_s: float = 2.0) -> None:
+        """Stop receiving, close the WAL, and cut it into blocks if that is quick."""
+        self._stop.set()
+        if getattr(self, "http_server", None) is not None:
+            self.http_server.shutdown()
+            self.http_server.server_close()
+        if getattr(self, "grpc_server", None) is not None:
+            self.grpc_server.stop(grace_s).wait(grace_s + 1)
+        if getattr(self, "_maintainer", None) is not None:
+            self._maintainer.join(timeout=30)
+        for w in getattr(self, "writers", {}).values():
+            w.close()
+        if final_cut and hasattr(self, "store") and self._measure_backlog() <= 64 << 20:
+            for t in TABLES:
+                try:
+                    self.store.cut(t, 1 << 62)
+                except Exception:
+                    log.exception("final cut of %s failed; the WAL keeps the data", t)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1

@@ -1,0 +1,491 @@
+"""The store layer: write-ahead-log segments -> immutable, sorted Parquet blocks.
+
+Layout under the data dir (justified and measured in docs/architecture.md)::
+
+    wal/<signal>/<seq>.wal                 acknowledged requests, not yet in a block
+    blocks/<signal>/<lo>-<hi>.parquet      rows of WAL segments lo..hi, sorted
+    blocks/<signal>/<lo>-<hi>.tids.npy     sorted unique 8-byte trace-id prefixes (uint64)
+
+Rows keep the few columns queries filter on (ids, name, kind, times, status,
+service) as Parquet columns, and everything else about the record as its own
+OTLP protobuf (``rest``), so nothing is dropped and a read rebuilds the exact
+record. Resource and scope are stored per row as protobuf too; Parquet's
+dictionary encoding turns the repeats into a few bytes.
+
+Spans and logs are sorted by trace id in small row groups, so trace-by-id reads
+one row group of one block (the ``.tids.npy`` sidecar says which blocks hold the
+id without opening them). Blocks are immutable: a reader never sees a half
+written one (write to a temp name, fsync, rename), compaction writes the merged
+block before deleting its inputs, and the directory listing is the catalogue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from opentelemetry.proto.logs.v1 import logs_pb2
+from opentelemetry.proto.metrics.v1 import metrics_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from . import otlp, wal
+
+log = logging.getLogger("stagetrace.collector.store")
+
+SPANS, LOGS, METRICS = "spans", "logs", "metrics"
+# store table per OTLP signal
+TABLE_OF_SIGNAL = {otlp.TRACES: SPANS, otlp.LOGS: LOGS, otlp.METRICS: METRICS}
+TABLES = (SPANS, LOGS, METRICS)
+
+SPAN_SCHEMA = pa.schema([
+    ("trace_id", pa.binary()), ("span_id", pa.binary()), ("parent_span_id", pa.binary()),
+    ("name", pa.string()), ("kind", pa.int8()), ("start_ns", pa.int64()), ("duration_ns", pa.int64()),
+    ("status_code", pa.int8()), ("service", pa.string()),
+    ("rest", pa.binary()), ("resource", pa.binary()), ("scope", pa.binary()),
+])
+LOG_SCHEMA = pa.schema([
+    ("trace_id", pa.binary()), ("span_id", pa.binary()), ("time_ns", pa.int64()), ("observed_ns", pa.int64()),
+    ("severity_number", pa.int8()), ("severity_text", pa.string()), ("service", pa.string()),
+    ("rest", pa.binary()), ("resource", pa.binary()), ("scope", pa.binary()),
+])
+METRIC_SCHEMA = pa.schema([
+    ("name", pa.string()), ("kind", pa.string()), ("unit", pa.string()), ("service", pa.string()),
+    ("series", pa.string()), ("time_ns", pa.int64()), ("start_ns", pa.int64()), ("value", pa.float64()),
+    ("temporality", pa.int8()), ("monotonic", pa.bool_()),
+    ("point", pa.binary()), ("metric", pa.binary()), ("resource", pa.binary()), ("scope", pa.binary()),
+])
+SCHEMAS = {SPANS: SPAN_SCHEMA, LOGS: LOG_SCHEMA, METRICS: METRIC_SCHEMA}
+SORT_KEYS = {
+    SPANS: [("trace_id", "ascending"), ("start_ns", "ascending")],
+    LOGS: [("trace_id", "ascending"), ("time_ns", "ascending")],
+    METRICS: [("name", "ascending"), ("series", "ascending"), ("time_ns", "ascending")],
+}
+TIME_COLUMN = {SPANS: "start_ns", LOGS: "time_ns", METRICS: "time_ns"}
+ROW_GROUP_ROWS = {SPANS: 2048, LOGS: 4096, METRICS: 16384}
+_BLOCK_RE = re.compile(r"^(\d{16})-(\d{16})\.parquet$")
+_SERVICE = "service.name"
+
+
+# --- OTLP requests -> Arrow tables -------------------------------------------
+
+def _service(resource: Any) -> str:
+    for kv in resource.attributes:
+        if kv.key == _SERVICE:
+            return kv.value.string_value or str(otlp.any_value(kv.value))
+    return "unknown_service"
+
+
+def _span_columns(payloads: Iterable[bytes]) -> dict[str, list]:
+    cols: dict[str, list] = {f.name: [] for f in SPAN_SCHEMA}
+    tid_a, sid_a, pid_a = cols["trace_id"].append, cols["span_id"].append, cols["parent_span_id"].append
+    name_a, kind_a, start_a, dur_a = cols["name"].append, cols["kind"].append, cols["start_ns"].append, cols["duration_ns"].append
+    st_a, svc_a, rest_a, res_a, scope_a = (cols["status_code"].append, cols["service"].append, cols["rest"].append,
+                                           cols["resource"].append, cols["scope"].append)
+    for payload in payloads:
+        req = otlp.REQUEST_TYPES[otlp.TRACES].FromString(payload)
+        for rs in req.resource_spans:
+            res_blob = trace_pb2.ResourceSpans(resource=rs.resource, schema_url=rs.schema_url).SerializeToString()
+            service = _service(rs.resource)
+            for ss in rs.scope_spans:
+                scope_blob = trace_pb2.ScopeSpans(scope=ss.scope, schema_url=ss.schema_url).SerializeToString()
+                for sp in ss.spans:
+                    start, end = sp.start_time_unix_nano, sp.end_time_unix_nano
+                    tid_a(sp.trace_id)
+                    sid_a(sp.span_id)
+                    pid_a(sp.parent_span_id)
+                    name_a(sp.name)
+                    kind_a(sp.kind)
+                    start_a(start)
+                    dur_a(end - start)  # may be negative (skewed clock): kept as sent
+                    st_a(sp.status.code)
+                    svc_a(service)
+                    # The rest of the span, minus what the columns already hold.
+                    sp.trace_id = b""
+                    sp.span_id = b""
+                    sp.parent_span_id = b""
+                    sp.name = ""
+                    sp.kind = 0
+                    sp.start_time_unix_nano = 0
+                    sp.end_time_unix_nano = 0
+                    sp.status.code = 0
+                    rest_a(sp.SerializeToString())
+                    res_a(res_blob)
+                    scope_a(scope_blob)
+    return cols
+
+
+def _log_columns(payloads: Iterable[bytes]) -> dict[str, list]:
+    cols: dict[str, list] = {f.name: [] for f in LOG_SCHEMA}
+    for payload in payloads:
+        req = otlp.REQUEST_TYPES[otlp.LOGS].FromString(payload)
+        for rl in req.resource_logs:
+            res_blob = logs_pb2.ResourceLogs(resource=rl.resource, schema_url=rl.schema_url).SerializeToString()
+            service = _service(rl.resource)
+            for sl in rl.scope_logs:
+                scope_blob = logs_pb2.ScopeLogs(scope=sl.scope, schema_url=sl.schema_url).SerializeToString()
+                for lr in sl.log_records:
+                    cols["trace_id"].append(lr.trace_id)
+                    cols["span_id"].append(lr.span_id)
+                    # the model's time: event time, else observed time (and vice versa)
+                    cols["time_ns"].append(lr.time_unix_nano or lr.observed_time_unix_nano)
+                    cols["observed_ns"].append(lr.observed_time_unix_nano or lr.time_unix_nano)
+                    cols["severity_number"].append(lr.severity_number)
+                    cols["severity_text"].append(lr.severity_text)
+                    cols["service"].append(service)
+                    lr.trace_id = b""
+                    lr.span_id = b""
+                    lr.time_unix_nano = 0
+                    lr.observed_time_unix_nano = 0
+                    lr.severity_number = 0
+                    lr.severity_text = ""
+                    cols["rest"].append(lr.SerializeToString())
+                    cols["resource"].append(res_blob)
+                    cols["scope"].append(scope_blob)
+    return cols
+
+
+def series_key(attrs: dict[str, Any]) -> str:
+    return json.dumps(attrs, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def point_value(kind: str, p: Any) -> float:
+    if kind in ("gauge", "sum"):
+        return float(p.as_int) if p.WhichOneof("value") == "as_int" else float(p.as_double)
+    if p.count:
+        return float(p.sum) / p.count
+    return 0.0
+
+
+def _metric_columns(payloads: Iterable[bytes]) -> dict[str, list]:
+    cols: dict[str, list] = {f.name: [] for f in METRIC_SCHEMA}
+    for payload in payloads:
+        req = otlp.REQUEST_TYPES[otlp.METRICS].FromString(payload)
+        for rm in req.resource_metrics:
+            res_blob = metrics_pb2.ResourceMetrics(resource=rm.resource, schema_url=rm.schema_url).SerializeToString()
+            service = _service(rm.resource)
+            for sm in rm.scope_metrics:
+                scope_blob = metrics_pb2.ScopeMetrics(scope=sm.scope, schema_url=sm.schema_url).SerializeToString()
+                for m in sm.metrics:
+                    kind, points = otlp.metric_points(m)
+                    if kind is None:
+                        continue
+                    data = getattr(m, kind)
+                    temporality = getattr(data, "aggregation_temporality", 0)
+                    monotonic = bool(getattr(data, "is_monotonic", False))
+                    meta = metrics_pb2.Metric(name=m.name, description=m.description, unit=m.unit)
+                    meta.metadata.extend(m.metadata)
+                    meta_blob = meta.SerializeToString()
+                    for p in points:
+                        cols["name"].append(m.name)
+                        cols["kind"].append(kind)
+                        cols["unit"].append(m.unit)
+                        cols["service"].append(service)
+                        cols["series"].append(series_key(otlp.attributes(p.attributes)))
+                        cols["time_ns"].append(p.time_unix_nano)
+                        cols["start_ns"].append(p.start_time_unix_nano)
+                        cols["value"].append(point_value(kind, p))
+                        cols["temporality"].append(temporality)
+                        cols["monotonic"].append(monotonic)
+                        cols["point"].append(p.SerializeToString())
+                        cols["metric"].append(meta_blob)
+                        cols["resource"].append(res_blob)
+                        cols["scope"].append(scope_blob)
+    return cols
+
+
+_BUILDERS = {SPANS: _span_columns, LOGS: _log_columns, METRICS: _metric_columns}
+
+
+def build_table(table: str, payloads: Iterable[bytes]) -> pa.Table:
+    """Rows of the given WAL payloads (protobuf export requests) as an Arrow table."""
+    cols = _BUILDERS[table](payloads)
+    return pa.Table.from_pydict(cols, schema=SCHEMAS[table])
+
+
+def sort_table(table: str, t: pa.Table) -> pa.Table:
+    return t.sort_by(SORT_KEYS[table]) if t.num_rows > 1 else t
+
+
+def trace_prefixes(trace_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Sorted unique uint64 big-endian prefixes of the non-empty 16-byte trace ids."""
+    if isinstance(trace_ids, pa.ChunkedArray):
+        trace_ids = trace_ids.combine_chunks()
+    if len(trace_ids) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    full = pc.equal(pc.binary_length(trace_ids), 16)
+    ids = trace_ids.filter(full)
+    if len(ids) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    raw = pc.binary_slice(ids, 0, 8).cast(pa.binary(8)) if hasattr(pc, "binary_slice") else None
+    buf = np.frombuffer(raw.buffers()[1], dtype=">u8", count=len(raw), offset=raw.offset * 8) if raw is not None else \
+        np.array([int.from_bytes(b[:8], "big") for b in ids.to_pylist()], dtype=np.uint64)
+    return np.unique(buf.astype(np.uint64))
+
+
+def prefix_of(trace_id: bytes) -> int:
+    return int.from_bytes(trace_id[:8], "big")
+
+
+# --- blocks on disk ------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class BlockRef:
+    table: str
+    lo: int
+    hi: int
+    path: Path
+
+    @property
+    def tids_path(self) -> Path:
+        return self.path.with_name(self.path.name[: -len(".parquet")] + ".tids.npy")
+
+
+def block_dir(data_dir: Path, table: str) -> Path:
+    return data_dir / "blocks" / table
+
+
+def wal_dir(data_dir: Path, table: str) -> Path:
+    return data_dir / "wal" / table
+
+
+def list_blocks(data_dir: Path, table: str) -> list[BlockRef]:
+    """The live blocks of ``table``; blocks contained in a wider one (a compaction
+    that has not deleted its inputs yet) are left out so no row is counted twice."""
+    d = block_dir(data_dir, table)
+    try:
+        names = os.listdir(d)
+    except FileNotFoundError:
+        return []
+    refs = []
+    for name in names:
+        m = _BLOCK_RE.match(name)
+        if m:
+            refs.append(BlockRef(table, int(m.group(1)), int(m.group(2)), d / name))
+    # widest first, then drop any range inside an already kept one
+    refs.sort(key=lambda r: (r.lo, -r.hi))
+    kept: list[BlockRef] = []
+    for r in refs:
+        if kept and r.lo >= kept[-1].lo and r.hi <= kept[-1].hi:
+            continue
+        kept.append(r)
+    return kept
+
+
+@dataclass(slots=True)
+class Snapshot:
+    blocks: list[BlockRef]
+    tail: list[tuple[int, Path]]  # WAL segments not yet in any block
+
+
+def snapshot(data_dir: Path, table: str) -> Snapshot:
+    """A consistent view: WAL listed *before* blocks, so a segment cut meanwhile is
+    either still listed (and read, or found covered) or covered by a listed block."""
+    segs = wal.list_segments(wal_dir(data_dir, table))
+    blocks = list_blocks(data_dir, table)
+    tail = [(seq, p) for seq, p in segs if not any(b.lo <= seq <= b.hi for b in blocks)]
+    return Snapshot(blocks, tail)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_block(data_dir: Path, table: str, lo: int, hi: int, t: pa.Table, *, sort: bool = True) -> BlockRef:
+    """Write one immutable block (sorted, zstd, small row groups) atomically."""
+    d = block_dir(data_dir, table)
+    d.mkdir(parents=True, exist_ok=True)
+    if sort:
+        t = sort_table(table, t)
+    ref = BlockRef(table, lo, hi, d / f"{lo:016d}-{hi:016d}.parquet")
+    tmp = ref.path.with_name(ref.path.name + ".tmp")
+    tcol = t.column(TIME_COLUMN[table])
+    meta = {b"stagetrace.rows": str(t.num_rows).encode(),
+            b"stagetrace.min_time_ns": str(pc.min(tcol).as_py() or 0).encode(),
+            b"stagetrace.max_time_ns": str(pc.max(tcol).as_py() or 0).encode()}
+    t = t.replace_schema_metadata(meta)
+    pq.write_table(
+        t, tmp, compression="zstd", compression_level=3, row_group_size=ROW_GROUP_ROWS[table],
+        use_dictionary=["name", "service", "resource", "scope", "severity_text", "kind", "unit", "metric",
+                        "series", "status_code"],
+        write_statistics=["trace_id", "start_ns", "time_ns", "observed_ns", "name", "service"],
+        data_page_size=64 << 10,
+    )
+    _fsync_file(tmp)
+    if table in (SPANS, LOGS):
+        tids_tmp = ref.tids_path.with_name(ref.tids_path.name + ".tmp")
+        with open(tids_tmp, "wb") as fh:
+            np.save(fh, trace_prefixes(t.column("trace_id")))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tids_tmp, ref.tids_path)
+    os.replace(tmp, ref.path)  # the sidecar exists before the block becomes visible
+    wal._fsync_dir(d)
+    return ref
+
+
+def delete_block(ref: BlockRef) -> None:
+    for p in (ref.path, ref.tids_path):
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+
+
+def block_info(ref: BlockRef) -> tuple[int, int, int, int]:
+    """(rows, min_time_ns, max_time_ns, bytes on disk) from the footer."""
+    md = pq.read_metadata(ref.path)
+    kv = md.metadata or {}
+    size = ref.path.stat().st_size + (ref.tids_path.stat().st_size if ref.tids_path.exists() else 0)
+    return (int(kv.get(b"stagetrace.rows", md.num_rows)), int(kv.get(b"stagetrace.min_time_ns", 0)),
+            int(kv.get(b"stagetrace.max_time_ns", 0)), size)
+
+
+# --- the writer side: cut, compact, retain ------------------------------------
+
+@dataclass(slots=True)
+class StoreConfig:
+    retention_ns: int = 7 * 86_400 * 10**9  # 7 days
+    retention_bytes: int = 10 << 30  # 10 GiB over all blocks
+    max_block_rows: int = 1_000_000  # compaction stops merging at this size
+    compact_fan_in: int = 4
+
+
+class BlockStore:
+    """Owns blocks/ for the collector process: the only writer."""
+
+    def __init__(self, data_dir: Path, config: StoreConfig | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.config = config or StoreConfig()
+        self._info: dict[Path, tuple[int, int, int, int]] = {}
+        self._lock = threading.Lock()
+        for table in TABLES:
+            block_dir(self.data_dir, table).mkdir(parents=True, exist_ok=True)
+            wal_dir(self.data_dir, table).mkdir(parents=True, exist_ok=True)
+            for p in block_dir(self.data_dir, table).glob("*.tmp"):
+                p.unlink(missing_ok=True)  # a writer died mid-block; its WAL is still there
+
+    def next_seq(self, table: str) -> int:
+        segs = wal.list_segments(wal_dir(self.data_dir, table))
+        hi = max([s for s, _ in segs] + [b.hi for b in list_blocks(self.data_dir, table)] + [0])
+        return hi + 1
+
+    def _info_of(self, ref: BlockRef) -> tuple[int, int, int, int]:
+        info = self._info.get(ref.path)
+        if info is None:
+            info = self._info[ref.path] = block_info(ref)
+        return info
+
+    def cut(self, table: str, before_seq: int) -> BlockRef | None:
+        """Turn closed WAL segments (seq < ``before_seq``) into one block and delete them."""
+        snap = snapshot(self.data_dir, table)
+        segs = [(s, p) for s, p in snap.tail if s < before_seq]
+        if not segs:
+            return None
+        # also drop segments a block already covers (crash between block write and unlink)
+        t = build_table(table, (payload for _, p in segs for _, payload in wal.read_records(p)))
+        # an empty block is still written: it records that the range is done
+        ref = write_block(self.data_dir, table, segs[0][0], segs[-1][0], t)
+        for _, p in segs:
+            p.unlink(missing_ok=True)
+        self._drop_covered_segments(table)
+        return ref
+
+    def _drop_covered_segments(self, table: str) -> None:
+        blocks = list_blocks(self.data_dir, table)
+        for seq, p in wal.list_segments(wal_dir(self.data_dir, table)):
+            if any(b.lo <= seq <= b.hi for b in blocks):
+                p.unlink(missing_ok=True)
+
+    def compact(self, table: str) -> bool:
+        """Merge the first run of ``fan_in`` adjacent small blocks; True if merged."""
+        cfg = self.config
+        blocks = list_blocks(self.data_dir, table)
+        # remove inputs of a compaction that finished writing but died before deleting
+        all_refs = [BlockRef(table, int(m.group(1)), int(m.group(2)), p) for p in block_dir(self.data_dir, table).iterdir()
+                    if (m := _BLOCK_RE.match(p.name))]
+        live = {b.path for b in blocks}
+        for r in all_refs:
+            if r.path not in live:
+                delete_block(r)
+        def tier(rows: int) -> int:
+            t, cap = 0, 16384
+            while rows >= cap and t < 8:
+                t += 1
+                cap *= cfg.compact_fan_in
+            return t
+        run: list[BlockRef] = []
+        for b in blocks:
+            rows = self._info_of(b)[0]
+            if run and (tier(rows) != tier(self._info_of(run[0])[0]) or rows >= cfg.max_block_rows):
+                run = []
+            if rows >= cfg.max_block_rows:
+                continue
+            run.append(b)
+            if len(run) == cfg.compact_fan_in:
+                total = sum(self._info_of(r)[0] for r in run)
+                if total > cfg.max_block_rows:
+                    run = run[1:]
+                    continue
+                merged = pa.concat_tables([pq.read_table(r.path, schema=SCHEMAS[table]) for r in run])
+                new = write_block(self.data_dir, table, run[0].lo, run[-1].hi, merged.replace_schema_metadata(None))
+                for r in run:
+                    delete_block(r)
+                    self._info.pop(r.path, None)
+                log.debug("compacted %d %s blocks into %s", len(run), table, new.path.name)
+                return True
+        return False
+
+    def enforce_retention(self, now_ns: int | None = None) -> int:
+        """Delete whole blocks older than the age limit, then oldest-first over the size limit."""
+        now_ns = now_ns or time.time_ns()
+        cfg = self.config
+        removed = 0
+        everything: list[tuple[int, BlockRef, int]] = []
+        for table in TABLES:
+            for b in list_blocks(self.data_dir, table):
+                rows, tmin, tmax, size = self._info_of(b)
+                if cfg.retention_ns and tmax and tmax < now_ns - cfg.retention_ns:
+                    delete_block(b)
+                    self._info.pop(b.path, None)
+                    removed += 1
+                    continue
+                everything.append((tmax, b, size))
+        total = sum(s for _, _, s in everything)
+        if cfg.retention_bytes and total > cfg.retention_bytes:
+            for tmax, b, size in sorted(everything, key=lambda x: x[0]):
+                if total <= cfg.retention_bytes:
+                    break
+                delete_block(b)
+                self._info.pop(b.path, None)
+                total -= size
+                removed += 1
+        return removed
+
+    def disk_bytes(self) -> int:
+        total = 0
+        for root in (self.data_dir / "blocks", self.data_dir / "wal"):
+            for p in root.rglob("*"):
+                if p.is_file():
+                    total += p.stat().st_size
+        return total
+
+
+def payloads_of(segments: Sequence[tuple[int, Path]]) -> Iterable[bytes]:
+    for _, p in segments:
+        for _, payload in wal.read_records(p):
+            yield payload
