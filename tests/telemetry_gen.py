@@ -267,7 +267,7 @@ def _request(rnd, scenario, t0, faulty, api: _Service, feat: _Service, res: GenR
         # --- preprocess ----------------------------------------------------------------------
         pp = tr.start_span("preprocess", context=_ctx(root), start_time=cur, attributes={
             sc.ML_STAGE: sc.STAGE_PREPROCESS, sc.ML_BATCH_SIZE: batch})
-        d = _lognormal(rnd, 2 + 0.05 * batch)
+        d = _lognormal(rnd, 2 + 0.01 * batch)
         if scenario == "cpu_burn" and faulty and batch >= 64:
             d += batch * 3 * MS
             injected = True

@@ -1,0 +1,131 @@
+"""Log templates over-represented in a set of traces.
+
+Templates come from drain3's in-memory TemplateMiner (no persistence): the
+maintained implementation of the Drain parser. Numbers and hex ids are masked
+before mining so "took 512 ms" and "took 7 ms" share a template.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from drain3 import TemplateMiner
+from drain3.masking import MaskingInstruction
+from drain3.template_miner_config import TemplateMinerConfig
+
+from stagetrace.model import LogRecord, Trace
+
+from . import stats
+
+_MASKS = [
+    (r"\b[0-9a-fA-F]{16,}\b", "HEX"),
+    (r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?![\w.])", "NUM"),
+]
+
+
+class LogMiner:
+    def __init__(self) -> None:
+        cfg = TemplateMinerConfig()
+        cfg.masking_instructions = [MaskingInstruction(p, m) for p, m in _MASKS]
+        cfg.drain_sim_th = 0.5
+        cfg.drain_max_clusters = 5000  # bounded memory on pathological logs
+        cfg.profiling_enabled = False
+        self.miner = TemplateMiner(config=cfg)
+
+    def add(self, text: str) -> int:
+        return int(self.miner.add_log_message(text[:2000])["cluster_id"])
+
+    def template(self, cluster_id: int) -> str:
+        for c in self.miner.drain.clusters:
+            if c.cluster_id == cluster_id:
+                return c.get_template()
+        return ""
+
+    def templates(self) -> dict[int, str]:
+        return {c.cluster_id: c.get_template() for c in self.miner.drain.clusters}
+
+
+def body_text(rec: LogRecord) -> str:
+    b = rec.body
+    if isinstance(b, str):
+        return b
+    if isinstance(b, (dict, list)):
+        if isinstance(b, dict) and isinstance(b.get("message"), str):
+            return b["message"]
+        return json.dumps(b, sort_keys=True, default=str)
+    return "" if b is None else str(b)
+
+
+@dataclass(slots=True)
+class TemplateStat:
+    template: str
+    sel_traces: int
+    sel_n: int
+    base_traces: int
+    base_n: int
+    lines: int = 0
+    severity: str = ""
+    service: str = ""
+    examples: list[dict[str, str]] = field(default_factory=list)  # {"trace_id", "line"}
+    p: float = 1.0
+    p_adj: float = 1.0
+    significant: bool = False
+
+    @property
+    def sel_share(self) -> float:
+        return self.sel_traces / self.sel_n if self.sel_n else 0.0
+
+    @property
+    def base_share(self) -> float:
+        return self.base_traces / self.base_n if self.base_n else 0.0
+
+    @property
+    def delta(self) -> float:
+        return self.sel_share - self.base_share
+
+    @property
+    def lift(self) -> float:
+        return self.sel_share / max(self.base_share, 1 / (self.base_n + 1))
+
+    def evidence(self) -> dict[str, Any]:
+        return {"selection_share": self.sel_share, "baseline_share": self.base_share, "lift": self.lift,
+                "selection_count": self.sel_traces, "selection_total": self.sel_n,
+                "baseline_count": self.base_traces, "baseline_total": self.base_n, "lines": self.lines,
+                "severity": self.severity, "p_value": self.p, "p_adjusted": self.p_adj,
+                "example_trace_ids": [e["trace_id"] for e in self.examples], "example_lines": self.examples}
+
+
+def over_represented(selection: Sequence[Trace], baseline: Sequence[Trace], *, min_delta: float = 0.15,
+                     min_lift: float = 2.0, alpha: float = stats.ALPHA, max_results: int = 15) -> list[TemplateStat]:
+    """Templates whose share of traces is higher in ``selection`` than in ``baseline``."""
+    miner = LogMiner()
+    sel_ids = {t.trace_id for t in selection}
+    hits: dict[int, dict[str, Any]] = {}
+    for t in (*selection, *baseline):
+        for rec in t.logs:
+            text = body_text(rec)
+            if not text:
+                continue
+            cid = miner.add(text)
+            h = hits.setdefault(cid, {"sel": set(), "base": set(), "lines": 0, "sev": {}, "svc": {}, "ex": []})
+            (h["sel"] if t.trace_id in sel_ids else h["base"]).add(t.trace_id)
+            h["lines"] += 1
+            sev = rec.severity_text or str(rec.severity_number)
+            h["sev"][sev] = h["sev"].get(sev, 0) + 1
+            h["svc"][rec.service_name] = h["svc"].get(rec.service_name, 0) + 1
+            if t.trace_id in sel_ids and len(h["ex"]) < 3 and all(e["trace_id"] != t.trace_id for e in h["ex"]):
+                h["ex"].append({"trace_id": t.trace_id, "line": text[:300]})
+    templates = miner.templates()
+    out = []
+    for cid, h in hits.items():
+        st = TemplateStat(templates.get(cid, ""), len(h["sel"]), len(selection), len(h["base"]), len(baseline),
+                          h["lines"], max(h["sev"], key=h["sev"].get), max(h["svc"], key=h["svc"].get), h["ex"])
+        st.p = stats.share_test(st.sel_traces, st.sel_n, st.base_traces, st.base_n)
+        out.append(st)
+    for st, pa in zip(out, stats.bh_adjust([s.p for s in out])):
+        st.p_adj = pa
+        st.significant = pa < alpha and st.delta >= min_delta and st.lift >= min_lift
+    out.sort(key=lambda s: (not s.significant, -s.delta))
+    return [s for s in out if s.delta > 0][:max_results]

@@ -1,0 +1,310 @@
+"""``stagetrace investigate slow``: why are these requests slow?
+
+Selection: requests (entry spans) slower than the threshold. Baseline: the other
+requests in the window *and* every request before the onset, so the selection
+is judged against the service's healthy natural tail, not only against fast
+requests. Stage, service/edge, attribute, log, metric and timeline evidence
+are computed on bounded samples of whole traces and ranked into findings.
+
+A stage is only called a cause when something shows the slow requests are not
+just the natural tail: a significant onset, a significantly higher slow rate
+than before the window, or an attribute / log template that sets them apart.
+Otherwise the report says there is no significant difference.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any, Sequence
+
+import numpy as np
+
+from stagetrace import semconv
+from stagetrace.backend import Backend, MetricQuery
+from stagetrace.config import parse_duration_ns
+from stagetrace.errors import UserError
+from stagetrace.model import Span, Trace
+
+from . import attribution, attributes, logmining, metricevidence, stats, timeline
+from .progress import steps
+from .report import Finding, Report
+from .window import entry_spans, fmt_ms, fmt_time
+
+MAX_SELECTION = 300
+MAX_BASELINE = 600
+VERSION_KEYS = (semconv.SERVICE_VERSION, semconv.ML_MODEL_VERSION)
+
+
+def parse_threshold(threshold: str | int, durations: np.ndarray) -> tuple[int, str]:
+    if isinstance(threshold, int):
+        return threshold, fmt_ms(threshold)
+    text = str(threshold).strip().lower()
+    m = re.fullmatch(r"p(\d{1,2}(?:\.\d+)?)", text)
+    if m:
+        q = float(m.group(1))
+        if not 0 < q < 100:
+            raise UserError(f"invalid threshold {threshold!r}: percentile must be between p1 and p99.9")
+        return int(np.percentile(durations, q)), f"p{m.group(1)} ({fmt_ms(np.percentile(durations, q))})"
+    ns = parse_duration_ns(text)
+    return ns, fmt_ms(ns)
+
+
+def _sample(ids: Sequence[str], k: int, seed: str) -> list[str]:
+    ids = list(ids)
+    if len(ids) <= k:
+        return ids
+    return random.Random(seed).sample(ids, k)
+
+
+def investigate_slow(backend: Backend, *, service: str | None = None, route: str | None = None,
+                     start_ns: int | None = None, end_ns: int | None = None,
+                     threshold: str | int = "p95", progress: bool = False) -> Report:
+    query = {"service": service, "route": route, "threshold": str(threshold)}
+    with steps(7, progress) as bar:
+        bar.step("reading requests")
+        entries = entry_spans(backend, service=service, route=route, start_ns=start_ns, end_ns=end_ns)
+        if not entries:
+            r = Report("slow", "Slow requests", query=query, window={"start_ns": start_ns, "end_ns": end_ns})
+            r.verdict = ["No requests matched the window and filters, so there is nothing to explain."]
+            return r
+        w_start = start_ns if start_ns is not None else entries[0].start_ns
+        w_end = end_ns if end_ns is not None else max(s.start_ns for s in entries) + 1
+        dur = np.array([s.duration_ns for s in entries], dtype=np.int64)
+        t0 = np.array([s.start_ns for s in entries], dtype=np.int64)
+        thr_ns, thr_label = parse_threshold(threshold, dur)
+        slow = dur > thr_ns
+        report = Report("slow", f"Slow requests (over {thr_label})", query=query,
+                        window={"start_ns": w_start, "end_ns": w_end})
+        report.data.update({"threshold_ns": thr_ns, "threshold_label": thr_label,
+                            "counts": {"requests": int(dur.size), "slow": int(slow.sum())}})
+        # --- timeline and onset ---------------------------------------------------------
+        bar.step("finding the onset")
+        width = timeline.bucket_width(w_start, w_end)
+        e = timeline.edges(w_start, w_end, width)
+        k, n = timeline.counts(t0, slow, e)
+        errk, _ = timeline.counts(t0, [s.is_error for s in entries], e)
+        onset = timeline.detect_onset(k, n, e)
+        report.data["timeline"] = _timeline_data(e, k, n, errk, t0, dur)
+        if not slow.any():
+            report.verdict = [f"No request was slower than {thr_label} in the window; nothing to explain."]
+            return report
+        anomaly: list[str] = []
+        if onset and onset.significant:
+            anomaly.append(f"the slow rate rose from {onset.rate_before:.1%} to {onset.rate_after:.1%} "
+                           f"at {fmt_time(onset.time_ns)}")
+        elif start_ns is not None:
+            anomaly += _compare_before_window(backend, service, route, w_start, w_end, thr_ns, k.sum(), n.sum())
+        # --- samples ----------------------------------------------------------------------
+        bar.step("fetching sample traces")
+        onset_ns = onset.time_ns if onset and onset.significant else None
+        sel_pool = [s.trace_id for s, f in zip(entries, slow) if f and (onset_ns is None or s.start_ns >= onset_ns)]
+        base_pool = [s.trace_id for s, f in zip(entries, slow)
+                     if not f or (onset_ns is not None and s.start_ns < onset_ns)]
+        sel_ids = _sample(sel_pool, MAX_SELECTION, "selection")
+        base_ids = _sample(base_pool, MAX_BASELINE, "baseline")
+        fetched = backend.get_traces(sel_ids + base_ids, start_ns=w_start, end_ns=w_end + 600_000_000_000,
+                                     with_logs=True)
+        sel = [fetched[t] for t in sel_ids if t in fetched]
+        base = [fetched[t] for t in base_ids if t in fetched]
+        report.data["counts"].update({"selection": len(sel_pool), "baseline": len(base_pool),
+                                      "sampled_selection": len(sel), "sampled_baseline": len(base)})
+        report.data["latency_histogram"] = _histogram(dur[slow], dur[~slow], thr_ns)
+        # --- analyses --------------------------------------------------------------------------
+        bar.step("attributes and logs")
+        attr_stats = attributes.compare(sel, base)
+        log_stats = logmining.over_represented(sel, base)
+        if any(a.significant for a in attr_stats):
+            a = next(a for a in attr_stats if a.significant)
+            anomaly.append(f"{attributes.describe(a)}")
+        if any(s.significant for s in log_stats):
+            anomaly.append("log templates set the slow requests apart")
+        bar.step("critical paths")
+        sel_bd, base_bd = attribution.breakdown(sel), attribution.breakdown(base)
+        contrib = attribution.compare(sel_bd, base_bd)
+        for c in contrib:
+            c.significant = c.significant and bool(anomaly)
+        bar.step("metrics")
+        rate = np.where(n > 0, k / np.maximum(n, 1), np.nan)
+        if onset_ns is not None:
+            slow_periods = e[:-1] >= onset_ns
+        else:
+            base_rate = k.sum() / max(n.sum(), 1)
+            slow_periods = rate > base_rate
+        series = backend.metric_series(MetricQuery(start_ns=w_start, end_ns=w_end))
+        metric_stats = metricevidence.evidence(series, e, rate, slow_periods)
+        bar.step("versions")
+        changes = _version_changes(entries, sel + base, w_start, width, onset)
+        # --- findings ------------------------------------------------------------------------------
+        bar.step("ranking")
+        report.findings = _findings(contrib, attr_stats, log_stats, metric_stats, onset, changes, thr_label, bool(anomaly))
+        report.data["stage_breakdown"] = [
+            {"stage": c.key, "selection_mean_ms": c.sel_mean_ns / 1e6, "baseline_mean_ms": c.base_mean_ns / 1e6,
+             "excess_ms": c.excess_ns / 1e6, "share_of_excess": c.share} for c in contrib if c.level == "stage"]
+        report.data["operations"] = [
+            {"level": c.level, "key": c.key, "service": c.service, "selection_mean_ms": c.sel_mean_ns / 1e6,
+             "baseline_mean_ms": c.base_mean_ns / 1e6, "excess_ms": c.excess_ns / 1e6, "share_of_excess": c.share}
+            for c in contrib if c.level != "stage"][:10]
+        report.data["onset"] = onset.evidence() | {"significant": onset.significant} if onset else None
+        report.data["example_trace_ids"] = [b.trace_id for b in sorted(sel_bd, key=lambda b: -b.duration_ns)[:5]]
+        report.data["anomaly"] = anomaly
+        report.verdict = _verdict(report, thr_label, anomaly)
+        report.notes.append(f"Significance: Benjamini-Hochberg adjusted p < {stats.ALPHA} plus a minimum effect size; "
+                            f"samples of at most {MAX_SELECTION} slow and {MAX_BASELINE} baseline traces.")
+        return report
+
+
+def _compare_before_window(backend, service, route, w_start, w_end, thr_ns, k_in, n_in) -> list[str]:
+    """Slow rate in the window vs an equally long period before it (capped at 1 h)."""
+    span = min(w_end - w_start, 3_600_000_000_000)
+    before = entry_spans(backend, service=service, route=route, start_ns=w_start - span, end_ns=w_start)
+    if len(before) < 20:
+        return []
+    kb = sum(1 for s in before if s.duration_ns > thr_ns)
+    p = stats.share_test(int(k_in), int(n_in), kb, len(before))
+    rin, rb = k_in / max(n_in, 1), kb / len(before)
+    if p < stats.ALPHA and rin >= 2 * max(rb, 1e-9):
+        return [f"{rin:.1%} of requests were slow in the window vs {rb:.1%} before it"]
+    return []
+
+
+def _timeline_data(e, k, n, errk, t0, dur) -> dict[str, Any]:
+    idx = np.clip(np.searchsorted(e, t0, side="right") - 1, 0, len(e) - 2)
+    p95 = []
+    for b in range(len(e) - 1):
+        d = dur[idx == b]
+        p95.append(float(np.percentile(d, 95) / 1e6) if d.size else None)
+    return {"bucket_start_ns": [int(x) for x in e[:-1]], "bucket_width_ns": int(e[1] - e[0]),
+            "requests": n.tolist(), "slow": k.tolist(), "errors": errk.tolist(), "p95_ms": p95}
+
+
+def _histogram(sel: np.ndarray, base: np.ndarray, thr: int) -> dict[str, Any]:
+    allv = np.concatenate([sel, base]).astype(float)
+    lo, hi = max(allv.min(), 1e4), max(allv.max(), 1e5)
+    edges = np.geomspace(lo, hi * 1.0001, 31)
+    return {"edges_ms": (edges / 1e6).tolist(), "selection": np.histogram(sel, edges)[0].tolist(),
+            "baseline": np.histogram(base, edges)[0].tolist(), "threshold_ms": thr / 1e6}
+
+
+def _version_changes(entries: Sequence[Span], traces: Sequence[Trace], w_start, width, onset) -> list[dict]:
+    obs = []
+    for s in entries:
+        for key in VERSION_KEYS:
+            v = s.attributes.get(key, s.resource.get(key))
+            if v is not None:
+                obs.append((s.start_ns, key, str(v)))
+    for t in traces:
+        for s in t.spans:
+            for key in VERSION_KEYS:
+                v = s.attributes.get(key, s.resource.get(key))
+                if v is not None:
+                    obs.append((s.start_ns, key, str(v)))
+    new = timeline.new_in_window(timeline.first_seen(obs), w_start, width)
+    out = []
+    for f in new:
+        near = bool(onset and onset.significant and abs(f.first_ns - onset.time_ns) <= 3 * width)
+        out.append({"attribute": f.attribute, "value": f.value, "first_seen_ns": f.first_ns, "count": f.count,
+                    "near_onset": near})
+    return out
+
+
+def _confidence(p: float, support: int) -> str:
+    if p < 1e-6 and support >= 2:
+        return "high"
+    return "medium" if p < stats.ALPHA else "low"
+
+
+def _findings(contrib, attr_stats, log_stats, metric_stats, onset, changes, thr_label, anomalous) -> list[Finding]:
+    out: list[Finding] = []
+    support = sum(1 for group in (attr_stats, log_stats, metric_stats) if any(x.significant for x in group))
+    for c in contrib:
+        if c.excess_ns <= 0:
+            continue
+        if c.level == "stage":
+            what = f"{c.stage}"
+            score = c.share
+        elif c.level == "edge":
+            what = (f"the {c.key} edge (caller's client span minus {c.edge['callee']}'s server span: "
+                    f"network/queueing on {c.edge['callee']}'s side)")
+            score = c.share * 0.98
+        else:
+            what = f"{c.key}"
+            score = c.share * 0.98
+        score = min(score, 1.0)
+        summary = (f"{what} explains {min(c.share, 1.0):.0%} of the extra {fmt_ms(c.total_excess_ns)} of requests over "
+                   f"{thr_label} ({fmt_ms(c.sel_mean_ns)} vs {fmt_ms(c.base_mean_ns)} on the critical path)")
+        if c.level != "stage" and score < 0.05:
+            continue
+        out.append(Finding("stage", summary, score, c.significant, _confidence(c.p_adj, support + 1) if c.significant else "low",
+                           c.evidence() | {"level": c.level}, service=c.service, operation=c.operation,
+                           stage=c.stage, edge=c.edge))
+    for a in attr_stats[:12]:
+        out.append(Finding("attribute", attributes.describe(a), abs(a.delta), a.significant,
+                           _confidence(a.p_adj, support) if a.significant else "low", a.evidence(),
+                           attribute=a.attribute, value=a.value))
+    for s in log_stats[:6]:
+        out.append(Finding("log", f'log "{s.template}" in {s.sel_share:.0%} of slow requests vs '
+                                  f"{s.base_share:.0%} of baseline (lift {s.lift:.1f}x, {s.lines} lines)",
+                           s.delta, s.significant, _confidence(s.p_adj, support) if s.significant else "low",
+                           s.evidence(), service=s.service or None, template=s.template))
+    metric_stats = [m for m in metric_stats if m.significant][:6] + [m for m in metric_stats if not m.significant][:2]
+    for m in metric_stats:
+        direction = "rises" if m.rho > 0 else "falls"
+        lead = (f", leading by {m.lag} bucket(s)" if m.lag > 0 else f", lagging by {-m.lag} bucket(s)" if m.lag < 0 else "")
+        out.append(Finding("metric", f"{m.label} ({m.service}) {direction} with the slow-request rate "
+                                     f"(Spearman {m.rho:+.2f}{lead}); {_lvl(m.level_slow, m.unit)} in slow periods vs "
+                                     f"{_lvl(m.level_base, m.unit)} in baseline periods",
+                           abs(m.rho) * 0.9, m.significant, _confidence(m.p_adj, support) if m.significant else "low",
+                           m.evidence() | {"series": m.series}, service=m.service, metric=m.name))
+    if onset is not None and onset.significant:
+        out.append(Finding("change", f"Slowness began at {fmt_time(onset.time_ns)}: slow requests went from "
+                                     f"{onset.rate_before:.1%} to {onset.rate_after:.1%}", 0.3, True, "medium",
+                           onset.evidence()))
+    for ch in changes:
+        near = ch["near_onset"]
+        out.append(Finding("change", f"{ch['attribute']}={ch['value']} first seen at {fmt_time(ch['first_seen_ns'])}"
+                                     + (", near the onset" if near else ""), 0.35 if near else 0.1, near,
+                           "medium" if near else "low", ch, attribute=ch["attribute"], value=ch["value"]))
+    out.sort(key=lambda f: (not f.significant, -f.score))
+    return out
+
+
+def _lvl(v: float, unit: str) -> str:
+    if v != v:  # NaN
+        return "n/a"
+    if unit == "s":
+        return fmt_ms(v * 1e9)
+    if unit == "1":
+        return f"{v:.0%}"
+    return f"{v:.3g}{(' ' + unit) if unit and unit != 'By' else ''}" if unit != "By" else f"{v / 1e6:.0f} MB"
+
+
+def _verdict(report: Report, thr_label: str, anomaly: list[str]) -> list[str]:
+    c = report.data["counts"]
+    sig = report.significant_findings
+    causes = [f for f in sig if f.kind in ("stage", "attribute")]
+    if not causes:
+        return [f"No significant difference: the {c['slow']} requests over {thr_label} (of {c['requests']}) look like "
+                f"the natural tail of this service. No stage, attribute, log template or metric sets them apart "
+                f"(adjusted p < {stats.ALPHA} and a minimum effect size required)."]
+    lines = []
+    if anomaly:
+        lines.append(f"{c['slow']} of {c['requests']} requests were slower than {thr_label}; " + anomaly[0] + ".")
+    stage = next((f for f in causes if f.kind == "stage" and f.stage), None)
+    where = next((f for f in causes if f.kind == "stage" and not f.stage), None)
+    attr = next((f for f in causes if f.kind == "attribute"), None)
+    rank = 1
+    for f in (stage, where, attr):
+        if f is None:
+            continue
+        lines.append(f"{rank}. {f.summary} [confidence: {f.confidence}]")
+        rank += 1
+    support = [f for f in sig if f.kind in ("log", "metric")][:3]
+    for f in support:
+        lines.append(f"   supported by: {f.summary}")
+    for f in (x for x in sig if x.kind == "change" and x.attribute):
+        lines.append(f"   change nearby: {f.summary}")
+    ex = report.data.get("example_trace_ids") or []
+    if ex:
+        lines.append("Open an example: " + "; ".join(f"stagetrace trace {t}" for t in ex[:3]))
+    return lines

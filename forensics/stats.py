@@ -1,0 +1,117 @@
+"""Significance tests shared by the analyses.
+
+One bar for every finding, so "significant" means the same thing everywhere:
+a Benjamini-Hochberg adjusted p-value below :data:`ALPHA` *and* an effect size
+above a floor set per analysis. The effect floor is what keeps a large sample
+from calling a 1-point difference a cause; the p-value is what keeps a small
+sample from producing confident nonsense.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy import stats as _st
+
+ALPHA = 0.01
+
+
+def bh_adjust(pvalues: Sequence[float]) -> list[float]:
+    """Benjamini-Hochberg false-discovery-rate adjustment (monotone, capped at 1)."""
+    p = np.asarray(pvalues, dtype=float)
+    n = p.size
+    if n == 0:
+        return []
+    p = np.where(np.isnan(p), 1.0, p)
+    order = np.argsort(p)
+    ranked = p[order] * n / (np.arange(n) + 1)
+    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(n)
+    out[order] = np.minimum(ranked, 1.0)
+    return out.tolist()
+
+
+def share_test(a_hit: int, a_n: int, b_hit: int, b_n: int) -> float:
+    """One-sided p-value that the share in group A exceeds the share in group B
+    (Fisher's exact test; chi-square once every cell is large, where Fisher gets slow)."""
+    if a_n <= 0 or b_n <= 0:
+        return 1.0
+    table = [[a_hit, a_n - a_hit], [b_hit, b_n - b_hit]]
+    if min(a_hit, a_n - a_hit, b_hit, b_n - b_hit) >= 1000:
+        chi2, p, _, _ = _st.chi2_contingency(table, correction=True)
+        return p / 2 if a_hit / a_n > b_hit / b_n else 1.0
+    return float(_st.fisher_exact(table, alternative="greater")[1])
+
+
+def greater_test(a: Sequence[float], b: Sequence[float]) -> float:
+    """One-sided Mann-Whitney U p-value that values in A tend to be larger than in B."""
+    if len(a) < 3 or len(b) < 3:
+        return 1.0
+    a_arr, b_arr = np.asarray(a, float), np.asarray(b, float)
+    if np.all(a_arr == a_arr[0]) and np.all(b_arr == a_arr[0]):
+        return 1.0
+    return float(_st.mannwhitneyu(a_arr, b_arr, alternative="greater").pvalue)
+
+
+def distribution_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Two-sample Kolmogorov-Smirnov: (statistic D, p-value). D is the largest gap
+    between the two CDFs, a scale-free effect size for numeric attributes."""
+    if len(a) < 3 or len(b) < 3:
+        return 0.0, 1.0
+    r = _st.ks_2samp(np.asarray(a, float), np.asarray(b, float))
+    return float(r.statistic), float(r.pvalue)
+
+
+def correlation(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Spearman rank correlation and its p-value; robust to the skew of latency
+    and gauge series. (nan, 1) when either side is constant."""
+    if len(x) < 6:
+        return float("nan"), 1.0
+    xa, ya = np.asarray(x, float), np.asarray(y, float)
+    if np.ptp(xa) == 0 or np.ptp(ya) == 0:
+        return float("nan"), 1.0
+    r = _st.spearmanr(xa, ya)
+    rho, p = float(r.statistic), float(r.pvalue)
+    return (rho, p) if not math.isnan(rho) else (float("nan"), 1.0)
+
+
+def binomial_split(k: Sequence[int], n: Sequence[int], min_side: int = 2) -> tuple[int, float, float, float]:
+    """Best single change point in a rate series (``k`` hits out of ``n`` per bucket).
+
+    Scans every split, keeps the one with the largest binomial log-likelihood
+    gain, and tests it with Fisher's exact test (rate after > rate before),
+    Bonferroni-corrected for the number of splits scanned. Returns
+    ``(index of first bucket after the change, p, rate_before, rate_after)``;
+    index -1 when the series is too short.
+    """
+    k_arr, n_arr = np.asarray(k, float), np.asarray(n, float)
+    m = k_arr.size
+    if m < 2 * min_side or n_arr.sum() == 0:
+        return -1, 1.0, 0.0, 0.0
+    ck, cn = np.cumsum(k_arr), np.cumsum(n_arr)
+    K, N = ck[-1], cn[-1]
+
+    def ll(kk, nn):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p = np.where(nn > 0, kk / np.maximum(nn, 1), 0)
+            a = np.where(kk > 0, kk * np.log(np.where(p > 0, p, 1)), 0)
+            b = np.where(nn - kk > 0, (nn - kk) * np.log(np.where(p < 1, 1 - p, 1)), 0)
+        return a + b
+
+    idx = np.arange(min_side, m - min_side + 1)
+    kb, nb = ck[idx - 1], cn[idx - 1]
+    gain = ll(kb, nb) + ll(K - kb, N - nb)
+    # only increases matter: an onset, not a recovery
+    rate_b = np.where(nb > 0, kb / np.maximum(nb, 1), 0)
+    rate_a = np.where(N - nb > 0, (K - kb) / np.maximum(N - nb, 1), 0)
+    gain = np.where(rate_a > rate_b, gain, -np.inf)
+    if not np.isfinite(gain).any():
+        return -1, 1.0, float(K / N), float(K / N)
+    j = int(np.argmax(gain))
+    split = int(idx[j])
+    kb_, nb_ = int(kb[j]), int(nb[j])
+    p = share_test(int(K) - kb_, int(N) - nb_, kb_, nb_)
+    p = min(1.0, p * len(idx))
+    return split, p, float(rate_b[j]), float(rate_a[j])

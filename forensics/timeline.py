@@ -1,0 +1,89 @@
+"""When it began: the change point of a rate (slow requests, or errors), and the
+versions first seen near it.
+
+The window is cut into equal buckets; the onset is the single split that best
+explains the rate as "low before, higher after" (binomial likelihood), kept only
+when Fisher's test on before/after counts is significant after correcting for
+the number of splits scanned, and the rate at least doubled. A steady tail
+yields no onset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from . import stats
+
+MIN_BUCKET_NS = 10_000_000_000
+
+
+def bucket_width(start_ns: int, end_ns: int, buckets: int = 60) -> int:
+    return max(MIN_BUCKET_NS, (end_ns - start_ns) // buckets + 1)
+
+
+def edges(start_ns: int, end_ns: int, width: int) -> np.ndarray:
+    n = max(1, int(np.ceil((end_ns - start_ns) / width)))
+    return start_ns + width * np.arange(n + 1, dtype=np.int64)
+
+
+def counts(times_ns: Sequence[int], flags: Sequence[bool], e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per bucket: (hits, total)."""
+    t = np.asarray(times_ns, dtype=np.int64)
+    f = np.asarray(flags, dtype=bool)
+    idx = np.clip(np.searchsorted(e, t, side="right") - 1, 0, len(e) - 2)
+    n = np.bincount(idx, minlength=len(e) - 1)
+    k = np.bincount(idx, weights=f.astype(float), minlength=len(e) - 1).astype(int)
+    return k, n
+
+
+@dataclass(slots=True)
+class Onset:
+    index: int
+    time_ns: int
+    p: float
+    rate_before: float
+    rate_after: float
+    significant: bool
+
+    def evidence(self) -> dict[str, Any]:
+        return {"onset_ns": self.time_ns, "rate_before": self.rate_before, "rate_after": self.rate_after,
+                "p_value": self.p}
+
+
+def detect_onset(k: np.ndarray, n: np.ndarray, e: np.ndarray, *, min_ratio: float = 2.0,
+                 alpha: float = stats.ALPHA) -> Onset | None:
+    split, p, rb, ra = stats.binomial_split(k, n)
+    if split < 0:
+        return None
+    sig = p < alpha and ra >= min_ratio * max(rb, 1e-9) and ra - rb >= 0.02
+    return Onset(split, int(e[split]), p, rb, ra, sig)
+
+
+@dataclass(slots=True)
+class FirstSeen:
+    attribute: str
+    value: Any
+    first_ns: int
+    count: int
+
+
+def first_seen(observations: Iterable[tuple[int, str, Any]]) -> list[FirstSeen]:
+    """(time, attribute, value) observations -> first time each value appears."""
+    seen: dict[tuple[str, Any], FirstSeen] = {}
+    for t, k, v in observations:
+        fs = seen.get((k, v))
+        if fs is None:
+            seen[(k, v)] = FirstSeen(k, v, t, 1)
+        else:
+            fs.count += 1
+            if t < fs.first_ns:
+                fs.first_ns = t
+    return sorted(seen.values(), key=lambda f: f.first_ns)
+
+
+def new_in_window(entries: Sequence[FirstSeen], start_ns: int, width: int, min_count: int = 3) -> list[FirstSeen]:
+    """Values that appear only after the window began (a deploy or rollout inside it)."""
+    return [f for f in entries if f.first_ns >= start_ns + width and f.count >= min_count]

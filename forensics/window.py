@@ -1,0 +1,47 @@
+"""The requests an investigation looks at: entry spans in a time window.
+
+A request is a trace's root span; with ``--service`` it is that service's
+entry span (its root, or its SERVER/CONSUMER span when another service called
+it). Only these cheap rows are read for the whole window; full traces are
+fetched for bounded samples, which is what keeps 1M-span windows fast.
+"""
+
+from __future__ import annotations
+
+from stagetrace import semconv
+from stagetrace.backend import Backend, TraceQuery
+from stagetrace.model import Span
+
+
+def entry_spans(backend: Backend, *, service: str | None, route: str | None,
+                start_ns: int | None, end_ns: int | None) -> list[Span]:
+    attrs = {semconv.HTTP_ROUTE: route} if route else {}
+    roots = backend.find_spans(TraceQuery(service=service, attributes=dict(attrs), start_ns=start_ns,
+                                          end_ns=end_ns, root_only=True, limit=None))
+    if not roots and service:
+        spans = backend.find_spans(TraceQuery(service=service, attributes=dict(attrs), start_ns=start_ns,
+                                              end_ns=end_ns, limit=None))
+        roots = [s for s in spans if s.kind in ("SERVER", "CONSUMER")]
+    # one entry per trace (a service may be entered twice in one trace: keep the first)
+    seen: dict[str, Span] = {}
+    for s in roots:
+        cur = seen.get(s.trace_id)
+        if cur is None or s.start_ns < cur.start_ns:
+            seen[s.trace_id] = s
+    return sorted(seen.values(), key=lambda s: s.start_ns)
+
+
+def fmt_ms(ns: float) -> str:
+    ms = ns / 1e6
+    if ms >= 10_000:
+        return f"{ms / 1000:.1f} s"
+    if ms >= 100:
+        return f"{ms:.0f} ms"
+    if ms >= 1:
+        return f"{ms:.1f} ms"
+    return f"{ms * 1000:.0f} µs"
+
+
+def fmt_time(ns: int) -> str:
+    import datetime as _dt
+    return _dt.datetime.fromtimestamp(ns / 1e9, tz=_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
