@@ -60,10 +60,12 @@ def _env(name: str) -> dict:
 @click.option("--fsync", is_flag=True, default=False, **_env(semconv.ENV_COLLECTOR_FSYNC),
               help="fsync the write-ahead log before every acknowledgement (survives power loss; slower). "
                    "Without it acknowledged data survives a crash or kill -9 of the collector.")
+@click.option("--wal-segment-age", default="1s", show_default=True,
+              help="Close the write-ahead log segment after this long and store it as a Parquet block.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 def collector_cmd(host: str, grpc_port: int, http_port: int, data_dir: str | None, token: str | None,
                   allow_remote: bool, max_request_bytes: str, max_inflight: int, max_backlog_bytes: str,
-                  retention: str, retention_bytes: str, fsync: bool, log_level: str) -> None:
+                  retention: str, retention_bytes: str, fsync: bool, wal_segment_age: str, log_level: str) -> None:
     """Run the embedded OTLP receiver (gRPC + HTTP) and telemetry store.
 
     Prints one line when ready, then serves until SIGINT/SIGTERM:
@@ -87,7 +89,8 @@ def collector_cmd(host: str, grpc_port: int, http_port: int, data_dir: str | Non
         raise UserError("--max-request-bytes must be at least 1KiB")
     cfg = CollectorConfig(data_dir=resolve_data_dir(data_dir), host=host, grpc_port=grpc_port, http_port=http_port,
                           token=token, allow_remote=allow_remote, fsync=fsync, limits=limits,
-                          store=StoreConfig(retention_ns=retention_ns, retention_bytes=parse_size(retention_bytes)))
+                          store=StoreConfig(retention_ns=retention_ns, retention_bytes=parse_size(retention_bytes)),
+                          segment_age_s=parse_duration_ns(wal_segment_age, default_unit="s") / 1e9)
     collector = Collector(cfg)
     try:
         collector.start()
@@ -110,3 +113,39 @@ def collector_cmd(host: str, grpc_port: int, http_port: int, data_dir: str | Non
     finally:
         collector.stop()
         logging.getLogger("stagetrace.collector").info("stopped")
+
+
+@click.command("trace")
+@click.argument("trace_id")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help=f"Embedded store directory (default: ${semconv.ENV_DATA_DIR}, else $XDG_DATA_HOME/stagetrace).")
+@click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True)
+def trace_cmd(trace_id: str, data_dir: str | None, fmt: str) -> None:
+    """Print one trace from the embedded store: its spans and logs, raw, as JSON.
+
+    The minimal first user of the query interface; ``stagetrace trace`` from
+    stagetrace.forensics replaces it with the full report when installed.
+    """
+    import dataclasses
+    import json
+
+    from stagetrace.config import normalize_trace_id
+    from stagetrace.errors import NotFound
+    from .query import EmbeddedBackend
+
+    tid = normalize_trace_id(trace_id)
+    directory = resolve_data_dir(data_dir)
+    with EmbeddedBackend(directory) as backend:
+        trace = backend.get_trace(tid)
+    if trace is None:
+        raise NotFound(f"trace {tid} not found in {directory}")
+    click.echo(json.dumps(trace_to_json(trace), indent=2, sort_keys=False))
+
+
+def trace_to_json(trace: "object") -> dict:
+    """The raw joined trace as plain JSON (dataclass fields, ids in hex)."""
+    import dataclasses
+
+    d = dataclasses.asdict(trace)  # type: ignore[arg-type]
+    d["duration_ns"] = max(0, d["end_ns"] - d["start_ns"])
+    return d
