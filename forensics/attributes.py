@@ -70,6 +70,11 @@ class AttrStat:
         return ev
 
 
+# Outcomes of a failure, not causes: excluded when comparing failing with successful requests.
+OUTCOME_KEYS = frozenset({semconv.HTTP_RESPONSE_STATUS_CODE, semconv.ERROR_TYPE, semconv.METRIC_OUTCOME,
+                          "rpc.grpc.status_code", "otel.status_code"})
+
+
 def _usable(key: str) -> bool:
     return key not in _SKIP_KEYS and not key.startswith(_SKIP_PREFIXES)
 
@@ -96,7 +101,8 @@ def trace_attributes(trace: Trace) -> dict[str, set]:
 
 
 def compare(selection: Sequence[Trace], baseline: Sequence[Trace], *, min_delta: float = 0.15,
-            min_ks: float = 0.3, alpha: float = stats.ALPHA, max_results: int = 30) -> list[AttrStat]:
+            min_ks: float = 0.3, alpha: float = stats.ALPHA, max_results: int = 30,
+            exclude: frozenset[str] = frozenset()) -> list[AttrStat]:
     """Attribute values over-represented in ``selection``; sorted by significance
     then |Δ share|. Under-represented values are kept (never significant) so the
     ranking matches Drilldown's max |Δ share|."""
@@ -110,6 +116,8 @@ def compare(selection: Sequence[Trace], baseline: Sequence[Trace], *, min_delta:
             values.setdefault(k, set()).update(vs)
     results: list[AttrStat] = []
     for key, vals in values.items():
+        if key in exclude:
+            continue
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
         if numeric and len(vals) >= NUMERIC_MIN_DISTINCT:
             r = _numeric(key, sel, base)

@@ -1,0 +1,433 @@
+"""``stagetrace investigate errors``: failing requests grouped into incidents.
+
+1. Error events come from three sources, so spans without a status are not
+   missed: spans with ERROR status, exception span events, and ERROR logs.
+2. Each event gets a fingerprint: exception type + message template (drain3,
+   numbers masked) + top stack frames.
+3. Fingerprints that co-occur in the same traces (Jaccard >= 0.5), or burst
+   together in time when they carry no trace id, merge into one incident.
+4. Per incident, on a bounded sample of whole traces: the origin (the deepest
+   failing span, no failing descendant) versus the ancestors that failed
+   because of it, services / stages / operations, attributes over-represented
+   versus successful requests, the burst (onset) and first/last seen.
+5. Incidents are ranked by impact (failed requests). Background errors that
+   neither burst nor set themselves apart by an attribute are reported as
+   such, below the significance bar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from stagetrace import semconv
+from stagetrace.backend import Backend, LogQuery, TraceQuery
+from stagetrace.model import LogRecord, Span, Trace
+
+from . import attributes, stats, timeline
+from .critical_path import build_tree
+from .logmining import LogMiner, body_text
+from .progress import steps
+from .report import Finding, Report
+from .window import entry_spans, fmt_time
+
+MAX_ERROR_TRACES = 600
+MAX_SUCCESS_TRACES = 400
+TOP_FRAMES = 3
+_FRAME_RE = re.compile(r'File "([^"]+)", line \d+, in (\S+)')
+
+
+@dataclass(slots=True)
+class ErrorEvent:
+    time_ns: int
+    trace_id: str
+    span_id: str
+    service: str
+    operation: str
+    source: str  # span | exception | log
+    exc_type: str
+    message: str
+    frames: tuple[str, ...]
+    fingerprint: str = ""
+    template: str = ""
+
+
+def top_frames(stacktrace: str | None) -> tuple[str, ...]:
+    """Innermost frames first: where the exception was raised, not the framework around it."""
+    if not stacktrace:
+        return ()
+    frames = [f"{m.group(1).rsplit('/', 2)[-1] if '/' in m.group(1) else m.group(1)}:{m.group(2)}"
+              for m in _FRAME_RE.finditer(stacktrace)]
+    return tuple(reversed(frames))[:TOP_FRAMES]
+
+
+def _span_events(s: Span) -> list[ErrorEvent]:
+    out = []
+    for ev in s.events:
+        if ev.name == semconv.EXCEPTION_EVENT:
+            a = ev.attributes
+            out.append(ErrorEvent(ev.time_ns, s.trace_id, s.span_id, s.service_name, s.name, "exception",
+                                  str(a.get(semconv.EXCEPTION_TYPE, "")), str(a.get(semconv.EXCEPTION_MESSAGE, "")),
+                                  top_frames(a.get(semconv.EXCEPTION_STACKTRACE))))
+    if not out and s.is_error:
+        a = s.attributes
+        etype = a.get(semconv.ERROR_TYPE) or (f"HTTP {a[semconv.HTTP_RESPONSE_STATUS_CODE]}"
+                                              if semconv.HTTP_RESPONSE_STATUS_CODE in a else "error")
+        out.append(ErrorEvent(s.end_ns, s.trace_id, s.span_id, s.service_name, s.name, "span", str(etype),
+                              s.status_message or "", ()))
+    return out
+
+
+def _log_event(r: LogRecord) -> ErrorEvent:
+    a = r.attributes
+    return ErrorEvent(r.time_ns, r.trace_id, r.span_id, r.service_name, "", "log",
+                      str(a.get(semconv.EXCEPTION_TYPE, "")), body_text(r),
+                      top_frames(a.get(semconv.EXCEPTION_STACKTRACE)))
+
+
+@dataclass
+class Cluster:
+    fingerprints: list[str]
+    traces: set[str] = field(default_factory=set)
+    events: list[ErrorEvent] = field(default_factory=list)
+    origin: Counter = field(default_factory=Counter)
+    propagated: Counter = field(default_factory=Counter)
+    stages: Counter = field(default_factory=Counter)
+    attrs: list = field(default_factory=list)
+    onset: Any = None
+    counts: list[int] = field(default_factory=list)
+
+
+def investigate_errors(backend: Backend, *, service: str | None = None, start_ns: int | None = None,
+                       end_ns: int | None = None, progress: bool = False) -> Report:
+    query = {"service": service}
+    with steps(6, progress) as bar:
+        bar.step("reading requests")
+        entries = entry_spans(backend, service=service, route=None, start_ns=start_ns, end_ns=end_ns)
+        bar.step("reading errors")
+        err_spans = backend.find_spans(TraceQuery(service=service, status="error", start_ns=start_ns,
+                                                  end_ns=end_ns, limit=None))
+        err_logs = backend.find_logs(LogQuery(start_ns=start_ns, end_ns=end_ns, min_severity=17,
+                                              service=service, limit=None))
+        times = [s.start_ns for s in entries] + [s.start_ns for s in err_spans] + [r.time_ns for r in err_logs]
+        report = Report("errors", "Errors", query=query, window={"start_ns": start_ns, "end_ns": end_ns})
+        if not times:
+            report.verdict = ["No requests and no errors in the window."]
+            return report
+        w_start = start_ns if start_ns is not None else min(times)
+        w_end = end_ns if end_ns is not None else max(times) + 1
+        report.window = {"start_ns": w_start, "end_ns": w_end}
+        events = [e for s in err_spans for e in _span_events(s)] + [_log_event(r) for r in err_logs]
+        # --- fingerprints ------------------------------------------------------------------
+        bar.step("fingerprinting")
+        miner = LogMiner()
+        cids = [miner.add(e.message or e.exc_type or "error") for e in events]
+        tmpl = miner.templates()
+        for e, cid in zip(events, cids):
+            e.template = tmpl.get(cid, e.message)
+            key = "\x1f".join((e.exc_type, e.template, *e.frames))
+            e.fingerprint = hashlib.sha1(key.encode()).hexdigest()[:12]
+        total_requests = len(entries)
+        entry_by_trace = {s.trace_id: s for s in entries}
+        failed = {s.trace_id for s in entries if s.is_error}
+        width = timeline.bucket_width(w_start, w_end)
+        e_edges = timeline.edges(w_start, w_end, width)
+        req_k, req_n = timeline.counts([s.start_ns for s in entries], [s.is_error for s in entries], e_edges)
+        report.data["timeline"] = {"bucket_start_ns": [int(x) for x in e_edges[:-1]], "bucket_width_ns": int(width),
+                                   "requests": req_n.tolist(), "errors": req_k.tolist()}
+        if not events:
+            report.data["counts"] = {"requests": total_requests, "error_events": 0, "failed_requests": 0}
+            report.verdict = [f"No errors among {total_requests} requests in the window."]
+            return report
+        clusters = _merge(events, e_edges)
+        # --- whole traces for origin and attributes ---------------------------------------
+        bar.step("fetching sample traces")
+        err_tids = sorted({e.trace_id for e in events if e.trace_id})
+        rnd = random.Random(0)
+        err_sample = err_tids if len(err_tids) <= MAX_ERROR_TRACES else rnd.sample(err_tids, MAX_ERROR_TRACES)
+        ok_pool = [s.trace_id for s in entries if not s.is_error and s.trace_id not in set(err_tids)]
+        ok_sample = ok_pool if len(ok_pool) <= MAX_SUCCESS_TRACES else rnd.sample(ok_pool, MAX_SUCCESS_TRACES)
+        fetched = backend.get_traces(err_sample + ok_sample, start_ns=w_start, end_ns=w_end + 600_000_000_000)
+        successes = [fetched[t] for t in ok_sample if t in fetched]
+        fp_cluster = {fp: i for i, c in enumerate(clusters) for fp in c.fingerprints}
+        events_by_trace: dict[str, list[ErrorEvent]] = defaultdict(list)
+        for e in events:
+            if e.trace_id:
+                events_by_trace[e.trace_id].append(e)
+        # assign each failing trace to one incident: the one of its origin
+        for tid, evs in events_by_trace.items():
+            t = fetched.get(tid)
+            origin_ev = _origin(t, evs, clusters, fp_cluster) if t else None
+            if origin_ev is None:
+                origin_ev = max(evs, key=lambda e: len(e.frames) + (e.source != "log"))
+            c = clusters[fp_cluster[origin_ev.fingerprint]]
+            c.traces.add(tid)
+        for e in events:
+            if not e.trace_id:
+                clusters[fp_cluster[e.fingerprint]].events.append(e)
+        bar.step("comparing with successes")
+        owner = {t: i for i, c in enumerate(clusters) for t in c.traces}
+        for e in events:
+            if e.trace_id and e.trace_id in owner:
+                clusters[owner[e.trace_id]].events.append(e)
+        clusters = [c for c in clusters if c.events]
+        for c in clusters:
+            sample = [fetched[t] for t in c.traces if t in fetched]
+            for t in sample:
+                _origin_and_propagation(t, c, events_by_trace[t.trace_id])
+            c.attrs = attributes.compare(sample, successes, max_results=10,
+                                         exclude=attributes.OUTCOME_KEYS) if sample and successes else []
+            times_c = [entry_by_trace[t].start_ns if t in entry_by_trace else min(e.time_ns for e in events_by_trace[t])
+                       for t in c.traces] or [e.time_ns for e in c.events]
+            k, _ = timeline.counts(times_c, [True] * len(times_c), e_edges)
+            c.counts = k.tolist()
+            n = np.maximum(req_n, k)
+            c.onset = timeline.detect_onset(k, n, e_edges, min_ratio=3.0)
+        clusters.sort(key=lambda c: -(len(c.traces) or len(c.events)))
+        bar.step("ranking")
+        report.findings, report.data["clusters"] = _findings(clusters, total_requests, events_by_trace, entries,
+                                                             fetched, w_start, width)
+        report.data["timeline"]["clusters"] = [{"id": d["id"], "counts": c.counts}
+                                               for d, c in zip(report.data["clusters"], clusters)]
+        report.data["counts"] = {"requests": total_requests, "failed_requests": len(failed),
+                                 "error_events": len(events), "error_traces": len(err_tids),
+                                 "sampled_error_traces": len(err_sample), "sampled_successes": len(successes)}
+        report.verdict = _verdict(report)
+        report.notes.append(f"Error events: spans with ERROR status, exception events and ERROR logs. Samples of at "
+                            f"most {MAX_ERROR_TRACES} failing and {MAX_SUCCESS_TRACES} successful traces; "
+                            f"significance: adjusted p < {stats.ALPHA}.")
+        return report
+
+
+def _merge(events: Sequence[ErrorEvent], e_edges: np.ndarray) -> list[Cluster]:
+    """Union fingerprints that share traces (Jaccard >= 0.5) or, without trace ids, burst together."""
+    tr: dict[str, set[str]] = defaultdict(set)
+    times: dict[str, list[int]] = defaultdict(list)
+    for e in events:
+        if e.trace_id:
+            tr[e.fingerprint].add(e.trace_id)
+        times[e.fingerprint].append(e.time_ns)
+    fps = sorted(times, key=lambda f: -len(times[f]))
+    parent = {f: f for f in fps}
+
+    def find(f):
+        while parent[f] != f:
+            parent[f] = parent[parent[f]]
+            f = parent[f]
+        return f
+
+    by_trace: dict[str, list[str]] = defaultdict(list)
+    for f, ts in tr.items():
+        for t in ts:
+            by_trace[t].append(f)
+    pairs: Counter = Counter()
+    for fs in by_trace.values():
+        fs = sorted(set(fs))
+        if len(fs) > 20:
+            continue
+        for i in range(len(fs)):
+            for j in range(i + 1, len(fs)):
+                pairs[(fs[i], fs[j])] += 1
+    for (a, b), inter in pairs.items():
+        if inter / len(tr[a] | tr[b]) >= 0.5:
+            parent[find(a)] = find(b)
+    # fingerprints seen only in logs without a trace id: merge by burst shape
+    loose = [f for f in fps if not tr.get(f) and len(times[f]) >= 5]
+    if loose:
+        series = {f: timeline.counts(times[f], [True] * len(times[f]), e_edges)[0] for f in fps if len(times[f]) >= 5}
+        for f in loose:
+            best, best_r = None, 0.9
+            for g, s in series.items():
+                if g == f or find(g) == find(f):
+                    continue
+                r = float(np.corrcoef(series[f], s)[0, 1]) if np.std(series[f]) and np.std(s) else 0.0
+                if r >= best_r:
+                    best, best_r = g, r
+            if best is not None:
+                parent[find(f)] = find(best)
+    groups: dict[str, list[str]] = defaultdict(list)
+    for f in fps:
+        groups[find(f)].append(f)
+    return [Cluster(sorted(g, key=lambda f: -len(times[f]))) for g in groups.values()]
+
+
+def _error_spans(t: Trace, evs: Sequence[ErrorEvent]) -> set[str]:
+    """Spans that failed: ERROR status, an exception event, or an ERROR log emitted in them."""
+    ids = {s.span_id for s in t.spans if s.is_error or any(ev.name == semconv.EXCEPTION_EVENT for ev in s.events)}
+    ids |= {e.span_id for e in evs if e.span_id}
+    ids |= {r.span_id for r in t.logs if r.is_error and r.span_id}
+    return ids
+
+
+def _origin(t: Trace, evs, clusters, fp_cluster) -> ErrorEvent | None:
+    root, nodes, _ = build_tree(t.spans)
+    if root is None:
+        return None
+    bad = _error_spans(t, evs) & set(nodes)
+    leaves = [nodes[s] for s in bad if not any(_has_bad_desc(c, bad) for c in [nodes[s]])]
+    if not leaves:
+        return None
+    _depths(root)
+    deepest = max(leaves, key=lambda n: (n.depth, -n.span.start_ns))
+    mine = [e for e in evs if e.span_id == deepest.span.span_id]
+    if not mine:
+        return None
+    return max(mine, key=lambda e: (e.source == "exception", len(e.frames), e.source == "span"))
+
+
+def _depths(root) -> None:
+    stack = [root]
+    root.depth = 0
+    while stack:
+        n = stack.pop()
+        for c in n.children:
+            c.depth = n.depth + 1
+            stack.append(c)
+
+
+def _has_bad_desc(node, bad: set[str]) -> bool:
+    stack = list(node.children)
+    while stack:
+        n = stack.pop()
+        if n.span.span_id in bad:
+            return True
+        stack.extend(n.children)
+    return False
+
+
+def _origin_and_propagation(t: Trace, c: Cluster, evs) -> None:
+    root, nodes, _ = build_tree(t.spans)
+    if root is None:
+        return
+    _depths(root)
+    bad = _error_spans(t, evs) & set(nodes)
+    leaves = [nodes[s] for s in bad if not _has_bad_desc(nodes[s], bad)]
+    if not leaves:
+        return
+    origin = max(leaves, key=lambda n: (n.depth, -n.span.start_ns))
+    stage = None
+    p = origin
+    while p is not None and stage is None:
+        stage = p.span.stage
+        p = p.parent
+    c.origin[(origin.span.service_name, origin.span.name, stage or semconv.STAGE_OTHER)] += 1
+    p = origin.parent
+    while p is not None:
+        if p.span.span_id in bad:
+            c.propagated[(p.span.service_name, p.span.name)] += 1
+        p = p.parent
+    c.stages[stage or semconv.STAGE_OTHER] += 1
+
+
+def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fetched, w_start, width):
+    findings: list[Finding] = []
+    details: list[dict[str, Any]] = []
+    first_seen = timeline.first_seen(
+        [(s.start_ns, k, str(s.attributes.get(k, s.resource.get(k))))
+         for t in fetched.values() for s in t.spans for k in (semconv.SERVICE_VERSION, semconv.ML_MODEL_VERSION)
+         if s.attributes.get(k, s.resource.get(k)) is not None]
+        + [(s.start_ns, k, str(s.attributes.get(k, s.resource.get(k)))) for s in entries
+           for k in (semconv.SERVICE_VERSION, semconv.ML_MODEL_VERSION) if s.attributes.get(k, s.resource.get(k)) is not None])
+    new_versions = timeline.new_in_window(first_seen, w_start, width)
+    for i, c in enumerate(clusters):
+        fp_events: dict[str, list[ErrorEvent]] = defaultdict(list)
+        for e in c.events:
+            fp_events[e.fingerprint].append(e)
+        main = max((e for e in c.events if e.source != "log"), key=lambda e: (len(e.frames), e.source == "exception"),
+                   default=c.events[0])
+        log_tmpls = Counter(e.template for e in c.events if e.source == "log")
+        template = log_tmpls.most_common(1)[0][0] if log_tmpls else None
+        affected = len(c.traces) or len({e.time_ns for e in c.events})
+        rate = len(c.traces) / total if total else 0.0
+        sig_attrs = [a for a in c.attrs if a.significant]
+        burst = c.onset is not None and c.onset.significant
+        significant = bool(burst or sig_attrs)
+        times = sorted(e.time_ns for e in c.events)
+        origin = c.origin.most_common(1)[0][0] if c.origin else (main.service, main.operation, None)
+        origin_share = (c.origin.most_common(1)[0][1] / sum(c.origin.values())) if c.origin else None
+        cid = f"E{i + 1}"
+        name = f"{main.exc_type}: {main.template}" if main.exc_type else main.template
+        parts = [f"{name}: {affected} failed request{'s' if affected != 1 else ''} ({rate:.1%} of {total})",
+                 f"origin {origin[0]} '{origin[1]}'" + (f" (stage {origin[2]})" if origin[2] else "")]
+        if c.propagated:
+            parts.append("propagated to " + ", ".join(f"{s} '{o}'" for (s, o), _ in c.propagated.most_common(3)))
+        if sig_attrs:
+            parts.append(attributes.describe(sig_attrs[0], "the cluster", "successes"))
+        if burst:
+            parts.append(f"began at {fmt_time(c.onset.time_ns)}")
+        elif not significant:
+            parts.append("steady background errors, no burst and no distinguishing attribute")
+        examples_logs = [{"trace_id": e.trace_id, "line": e.message[:300]} for e in c.events if e.source == "log"][:3]
+        detail = {
+            "id": cid, "name": name, "fingerprints": [
+                {"fingerprint": fp, "exception_type": evs[0].exc_type, "template": evs[0].template,
+                 "frames": list(evs[0].frames), "source": evs[0].source, "count": len(evs)}
+                for fp, evs in sorted(fp_events.items(), key=lambda kv: -len(kv[1]))],
+            "count": len(c.events), "failed_requests": len(c.traces), "error_rate": rate,
+            "first_seen_ns": times[0], "last_seen_ns": times[-1], "burst_counts": c.counts,
+            "onset": (c.onset.evidence() | {"significant": c.onset.significant}) if c.onset else None,
+            "services": sorted({e.service for e in c.events}),
+            "operations": sorted({f"{e.service}: {e.operation}" for e in c.events if e.operation}),
+            "stages": dict(c.stages),
+            "origin": [{"service": s, "operation": o, "stage": st, "traces": n} for (s, o, st), n in c.origin.most_common(5)],
+            "propagated": [{"service": s, "operation": o, "traces": n} for (s, o), n in c.propagated.most_common(8)],
+            "attributes": [a.evidence() | {"attribute": a.attribute, "value": a.value, "significant": a.significant}
+                           for a in c.attrs[:8]],
+            "example_trace_ids": sorted(c.traces)[:5], "example_log_lines": examples_logs,
+            "log_templates": [{"template": t, "lines": n} for t, n in log_tmpls.most_common(5)],
+        }
+        details.append(detail)
+        top_attr = sig_attrs[0] if sig_attrs else None
+        p_best = min([a.p_adj for a in sig_attrs] + ([c.onset.p] if burst else []) + [1.0])
+        conf = ("high" if p_best < 1e-6 and origin_share and origin_share >= 0.8 else "medium") if significant else "low"
+        findings.append(Finding(
+            "error_cluster", "; ".join(parts), min(1.0, rate * 10) if significant else min(0.3, rate * 10), significant,
+            conf, {k: detail[k] for k in ("id", "count", "failed_requests", "error_rate", "first_seen_ns", "last_seen_ns",
+                                          "origin", "propagated", "services", "stages", "example_trace_ids",
+                                          "example_log_lines", "fingerprints")}
+            | {"origin_share": origin_share, "attributes": detail["attributes"][:3], "onset": detail["onset"]},
+            service=origin[0], operation=origin[1], stage=origin[2],
+            attribute=top_attr.attribute if top_attr else None, value=top_attr.value if top_attr else None,
+            template=template))
+        if significant and template:
+            ok_total = max(1, total - len(c.traces))
+            findings.append(Finding("log", f'ERROR log "{template}" in {log_tmpls[template]} lines of incident {cid} '
+                                           f"({name})", min(1.0, rate * 10) * 0.9, True, conf,
+                                    {"cluster": cid, "lines": log_tmpls[template], "example_lines": examples_logs,
+                                     "example_trace_ids": [x["trace_id"] for x in examples_logs]},
+                                    service=origin[0], template=template))
+        if significant:
+            for v in new_versions:
+                if v.first_ns <= times[0] + 3 * width and v.first_ns >= times[0] - 3 * width and (
+                        top_attr is None or top_attr.attribute == v.attribute):
+                    findings.append(Finding("change", f"{v.attribute}={v.value} first seen at {fmt_time(v.first_ns)}, "
+                                                      f"as incident {cid} began", min(1.0, rate * 10) * 0.8, True, "medium",
+                                            {"cluster": cid, "first_seen_ns": v.first_ns, "count": v.count},
+                                            attribute=v.attribute, value=v.value))
+    findings.sort(key=lambda f: (not f.significant, -f.score))
+    return findings, details
+
+
+def _verdict(report: Report) -> list[str]:
+    c = report.data["counts"]
+    sig = [f for f in report.findings if f.significant and f.kind == "error_cluster"]
+    quiet = [f for f in report.findings if not f.significant and f.kind == "error_cluster"]
+    lines = [f"{c['failed_requests']} of {c['requests']} requests failed; {c['error_events']} error events "
+             f"in {len(report.data['clusters'])} incident(s)."]
+    if not sig:
+        lines.append("No incident stands out: the errors are steady background errors with no burst and no "
+                     "attribute that sets them apart from successful requests.")
+    for rank, f in enumerate(sig, 1):
+        lines.append(f"{rank}. {f.summary} [confidence: {f.confidence}]")
+        ex = f.evidence.get("example_trace_ids") or []
+        if ex:
+            lines.append(f"   open: stagetrace trace {ex[0]}")
+    if sig and quiet:
+        lines.append(f"Also {len(quiet)} background incident(s) below the significance bar.")
+    return lines

@@ -1,0 +1,905 @@
+"""The Tempo + Loki + Prometheus backend: the same query interface as the embedded
+store, answered by the engines a team already runs at scale.
+
+Tempo gives traces (``/api/v2/traces/<id>``, falling back to ``/api/traces/<id>``)
+and TraceQL search (``/api/search``); Loki gives the logs of a trace
+(``/loki/api/v1/query_range`` filtering the ``trace_id`` structured metadata,
+always bounded by the trace's window); Prometheus gives metric series
+(``/api/v1/query_range`` plus the label/series APIs).
+
+The response parsers follow the shapes of real servers (recorded in
+``shared/samples``): ids are base64 in Tempo's trace JSON but hex (with leading
+zeros dropped) in search results, span kinds and status codes are enum names, int
+attribute values are strings, an unknown trace is a 404 with an empty body, and
+Loki flattens attribute names (``host.name`` -> ``host_name``) and merges index
+labels with structured metadata unless asked for the ``categorize-labels``
+encoding, which this client always asks for.
+
+What a remote backend cannot give back exactly (documented in docs/scale-out.md):
+Loki returns every attribute as a string with dots turned into underscores, so
+names are restored only for known semantic-convention names; Tempo search
+reports trace durations in whole milliseconds; Prometheus answers
+``query_range`` at step times, not at the original sample times.
+
+Every HTTP call has a timeout and a response-size cap; any failure (down, slow,
+4xx/5xx, bad JSON, partial result) is a :class:`stagetrace.errors.BackendError`
+with a one-line message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterable, Sequence
+
+import requests
+
+from stagetrace import semconv
+from stagetrace.backend import LogQuery, MetricQuery, TraceQuery
+from stagetrace.config import normalize_trace_id
+from stagetrace.errors import BackendError, UserError
+from stagetrace.model import (SPAN_KINDS, Attributes, LogRecord, MetricPoint, MetricSeries, Span, SpanEvent,
+                              SpanLink, Trace, TraceSummary)
+
+DEFAULT_TIMEOUT_S = 10.0
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # one trace or one page of logs; larger is refused, not buffered
+SEARCH_CAP = 5000  # traces per TraceQL search when the caller sets no limit
+LOKI_PAGE = 1000  # log lines per query_range call (Loki's default max is 5000)
+LOKI_MAX_PAGES = 50
+LOG_WINDOW_PAD_NS = 60 * 1_000_000_000  # logs of a span may be stamped by another host's clock
+DEFAULT_LOG_LOOKBACK_NS = 3600 * 1_000_000_000  # Loki's own default when no window is known
+MAX_POINTS_PER_SERIES = 1000
+FETCH_WORKERS = 8
+
+TENANT_HEADER = "X-Scope-OrgID"
+LOKI_ENCODING_HEADER = "X-Loki-Response-Encoding-Flags"
+LOKI_CATEGORIZE = "categorize-labels"
+
+_KIND_BY_NAME = {f"SPAN_KIND_{k}": k for k in SPAN_KINDS}
+_STATUS_BY_NAME = {"STATUS_CODE_UNSET": "UNSET", "STATUS_CODE_OK": "OK", "STATUS_CODE_ERROR": "ERROR"}
+_STATUS_BY_INT = {0: "UNSET", 1: "OK", 2: "ERROR"}
+_HEX_RE = re.compile(r"^[0-9a-fA-F]+$")
+
+# Loki's own additions to a record, not attributes of it.
+_LOKI_INTERNAL = {"detected_level", "__error__", "__error_details__", "__stream_shard__"}
+# Resource attribute namespaces (OTel semantic conventions): a flattened name under
+# one of these came from the resource.
+_RESOURCE_PREFIXES = ("service.", "deployment.", "host.", "k8s.", "container.", "cloud.", "process.", "os.",
+                      "telemetry.", "faas.", "device.", "webengine.")
+# OTel names a Loki label or structured-metadata key may stand for, besides the
+# ones in stagetrace.semconv. Loki turns every non [a-zA-Z0-9_] character into "_".
+_EXTRA_KNOWN_NAMES = (
+    "deployment.environment", "service.namespace", "host.id", "host.arch", "os.type", "process.pid",
+    "process.runtime.name", "process.runtime.version", "process.command", "process.executable.name",
+    "telemetry.sdk.name", "telemetry.sdk.language", "telemetry.sdk.version", "telemetry.auto.version",
+    "container.id", "container.name", "k8s.pod.name", "k8s.pod.uid", "k8s.namespace.name",
+    "k8s.deployment.name", "k8s.node.name", "k8s.container.name", "cloud.provider", "cloud.region",
+    "code.filepath", "code.lineno", "code.namespace", "code.file.path", "code.line.number",
+    "thread.id", "thread.name", "log.logger", "logger.name", "event.name",
+)
+
+
+def _flat(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def _known_names() -> dict[str, str]:
+    names = [v for k, v in vars(semconv).items()
+             if k.isupper() and isinstance(v, str) and "." in v and not k.startswith(("ENV_", "METRIC_"))]
+    return {_flat(n): n for n in (*names, *_EXTRA_KNOWN_NAMES)}
+
+
+_UNFLATTEN = _known_names()
+
+
+# --- HTTP --------------------------------------------------------------------------
+
+class _Http:
+    """One base URL of one engine: timeouts, headers, bounded bodies, one-line errors."""
+
+    def __init__(self, engine: str, base_url: str, session: requests.Session, headers: dict[str, str],
+                 timeout_s: float) -> None:
+        self.engine = engine
+        self.base = base_url.rstrip("/")
+        if not re.match(r"^https?://[^/]", self.base):
+            raise UserError(f"invalid {engine} URL {base_url!r}: expected http(s)://host[:port]")
+        self.session = session
+        self.headers = headers
+        self.timeout_s = timeout_s
+
+    def get(self, path: str, params: dict[str, Any] | None = None, *, headers: dict[str, str] | None = None,
+            ok_404: bool = False) -> tuple[int, bytes]:
+        url = self.base + path
+        hdrs = {**self.headers, **(headers or {})}
+        try:
+            with self.session.get(url, params=params, headers=hdrs, timeout=self.timeout_s, stream=True) as resp:
+                body = self._read(resp, path)
+                status = resp.status_code
+        except requests.Timeout:
+            raise BackendError(f"{self.engine} at {self.base} did not answer within {self.timeout_s:g} s "
+                               f"({path})") from None
+        except requests.ConnectionError as exc:
+            raise BackendError(f"{self.engine} at {self.base} is unreachable: {_reason(exc)}") from None
+        except requests.RequestException as exc:
+            raise BackendError(f"{self.engine} request {path} failed: {_reason(exc)}") from None
+        if status == 404 and ok_404:
+            return status, body
+        if status >= 400:
+            raise BackendError(f"{self.engine} answered HTTP {status} for {path}: {_first_line(body)}")
+        return status, body
+
+    def get_json(self, path: str, params: dict[str, Any] | None = None, **kw: Any) -> Any:
+        status, body = self.get(path, params, **kw)
+        if status == 404:
+            return None
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise BackendError(f"{self.engine} returned a body that is not JSON for {path}: "
+                               f"{_first_line(body)}") from None
+
+    def _read(self, resp: requests.Response, path: str) -> bytes:
+        chunks, size = [], 0
+        for chunk in resp.iter_content(chunk_size=256 * 1024):
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise BackendError(f"{self.engine} response for {path} exceeds {MAX_RESPONSE_BYTES >> 20} MiB; "
+                                   "narrow the time window or the query")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    for pat in (r"\[Errno -?\d+\] ([^'\")]+)", r"(Connection refused)", r"(Name or service not known)",
+                r"(timed out)"):
+        m = re.search(pat, text)
+        if m:
+            return m.group(1).strip()
+    return _first_line(text.encode())
+
+
+def _first_line(body: bytes | str, limit: int = 200) -> str:
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            obj = json.loads(text)
+            text = str(obj.get("error") or obj.get("message") or text)
+        except (ValueError, AttributeError):
+            pass
+    line = text.splitlines()[0] if text else "(empty body)"
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+# --- OTLP/JSON as Tempo returns it ----------------------------------------------------
+
+def _id_hex(value: Any, nbytes: int) -> str:
+    """Tempo's trace JSON has base64 ids (proto3 JSON mapping); OTLP/JSON has hex."""
+    if not value:
+        return ""
+    s = str(value)
+    if len(s) == 2 * nbytes and _HEX_RE.match(s):
+        return s.lower()
+    try:
+        raw = base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError):
+        raise BackendError(f"Tempo returned an id that is neither hex nor base64: {s[:40]!r}") from None
+    if raw == bytes(len(raw)):
+        return ""
+    return raw.hex().rjust(2 * nbytes, "0")
+
+
+def _any_value(v: dict[str, Any] | None) -> Any:
+    if not v:
+        return None
+    if "stringValue" in v:
+        return v["stringValue"]
+    if "intValue" in v:
+        return int(v["intValue"])  # int64 is a JSON string in the proto3 mapping
+    if "doubleValue" in v:
+        return float(v["doubleValue"])  # also "NaN", "Infinity"
+    if "boolValue" in v:
+        return bool(v["boolValue"])
+    if "arrayValue" in v:
+        return [_any_value(x) for x in (v["arrayValue"] or {}).get("values", [])]
+    if "kvlistValue" in v:
+        return {kv["key"]: _any_value(kv.get("value")) for kv in (v["kvlistValue"] or {}).get("values", [])}
+    if "bytesValue" in v:
+        return base64.b64decode(v["bytesValue"]).hex()
+    return None
+
+
+def _attrs(kvs: Iterable[dict[str, Any]] | None) -> Attributes:
+    return {kv["key"]: _any_value(kv.get("value")) for kv in kvs or ()}
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, int):
+        return SPAN_KINDS[v] if 0 <= v < len(SPAN_KINDS) else "UNSPECIFIED"
+    return _KIND_BY_NAME.get(str(v), "UNSPECIFIED")
+
+
+def _status(st: dict[str, Any] | None) -> tuple[str, str]:
+    st = st or {}
+    code = st.get("code", 0)
+    name = _STATUS_BY_INT.get(code, "UNSET") if isinstance(code, int) else _STATUS_BY_NAME.get(str(code), "UNSET")
+    return name, st.get("message", "") or ""
+
+
+def parse_tempo_trace(doc: Any) -> list[Span]:
+    """Spans of a Tempo trace-by-id answer, v1 (``batches``) or v2 (``trace.resourceSpans``),
+    oldest first (ties by end), as the embedded store orders them."""
+    if not isinstance(doc, dict):
+        raise BackendError("Tempo returned an unexpected trace document (not a JSON object)")
+    if "trace" in doc:
+        status = str(doc.get("status", "")).upper()
+        if status == "PARTIAL" or status == "TRACE_TOO_LARGE":
+            raise BackendError(f"Tempo returned a partial trace ({status.lower()}): "
+                               f"{doc.get('message') or 'some blocks could not be read'}")
+        doc = doc.get("trace") or {}
+    batches = doc.get("batches")
+    if batches is None:
+        batches = doc.get("resourceSpans", [])
+    spans: list[Span] = []
+    for rs in batches:
+        resource = _attrs((rs.get("resource") or {}).get("attributes"))
+        for ss in rs.get("scopeSpans") or rs.get("instrumentationLibrarySpans") or []:
+            scope = ss.get("scope") or ss.get("instrumentationLibrary") or {}
+            for sp in ss.get("spans", []):
+                code, message = _status(sp.get("status"))
+                spans.append(Span(
+                    trace_id=_id_hex(sp.get("traceId"), 16), span_id=_id_hex(sp.get("spanId"), 8),
+                    parent_span_id=_id_hex(sp.get("parentSpanId"), 8), name=sp.get("name", ""),
+                    kind=_kind(sp.get("kind", 0)),
+                    start_ns=int(sp.get("startTimeUnixNano", 0)), end_ns=int(sp.get("endTimeUnixNano", 0)),
+                    status_code=code, status_message=message, attributes=_attrs(sp.get("attributes")),
+                    events=[SpanEvent(e.get("name", ""), int(e.get("timeUnixNano", 0)), _attrs(e.get("attributes")))
+                            for e in sp.get("events", [])],
+                    links=[SpanLink(_id_hex(l.get("traceId"), 16), _id_hex(l.get("spanId"), 8),
+                                    _attrs(l.get("attributes"))) for l in sp.get("links", [])],
+                    resource=dict(resource), scope_name=scope.get("name", ""),
+                    scope_version=scope.get("version", "")))
+    spans.sort(key=lambda s: (s.start_ns, s.end_ns))
+    return spans
+
+
+def parse_tempo_search(doc: Any) -> list[tuple[TraceSummary, list[tuple[str, int]]]]:
+    """Search hits: a summary per trace plus the (span id, start) of its matched spans."""
+    if not isinstance(doc, dict):
+        raise BackendError("Tempo returned an unexpected search document (not a JSON object)")
+    out = []
+    for t in doc.get("traces") or []:
+        stats = t.get("serviceStats") or {}
+        matched: list[tuple[str, int]] = []
+        for ss in t.get("spanSets") or ([t["spanSet"]] if t.get("spanSet") else []):
+            for sp in ss.get("spans") or []:
+                matched.append((str(sp.get("spanID", "")).rjust(16, "0"), int(sp.get("startTimeUnixNano", 0))))
+        out.append((TraceSummary(
+            trace_id=normalize_trace_id(str(t["traceID"])),  # search may drop leading zeros
+            root_service=t.get("rootServiceName", ""), root_name=t.get("rootTraceName", ""),
+            start_ns=int(t.get("startTimeUnixNano", 0)),
+            duration_ns=int(t.get("durationMs", 0)) * 1_000_000,  # whole ms only in search results
+            span_count=sum(int(s.get("spanCount", 0)) for s in stats.values()) if stats else None,
+            error=any(int(s.get("errorCount", 0)) > 0 for s in stats.values()) if stats else None,
+        ), matched))
+    return out
+
+
+# --- Loki -----------------------------------------------------------------------------
+
+def _unflatten(key: str) -> str:
+    return _UNFLATTEN.get(key, key)
+
+
+def _severity_number(text: str) -> int:
+    t = text.upper()
+    for prefix, num in (("FATAL", 21), ("CRIT", 21), ("ERR", 17), ("WARN", 13), ("INFO", 9), ("DEBUG", 5),
+                        ("TRACE", 1)):
+        if t.startswith(prefix):
+            return num
+    return 0
+
+
+def _log_record(ts: str, line: str, labels: dict[str, str], metadata: dict[str, str]) -> LogRecord:
+    """One Loki entry back into the OTLP log model. ``labels`` are index labels (always
+    from resource attributes), ``metadata`` is structured metadata (trace context,
+    severity, scope, log attributes and the other resource attributes)."""
+    fields = {**labels, **metadata}
+    time_ns = int(ts)
+    sev_text = fields.pop("severity_text", "")
+    sev_num = fields.pop("severity_number", None)
+    level = fields.get("detected_level", "")
+    rec = LogRecord(
+        time_ns=time_ns, observed_time_ns=int(fields.pop("observed_timestamp", time_ns)),
+        severity_number=int(sev_num) if sev_num not in (None, "") else _severity_number(sev_text or level),
+        severity_text=sev_text, body=line,
+        trace_id=fields.pop("trace_id", "").lower(), span_id=fields.pop("span_id", "").lower(),
+        scope_name=fields.pop("scope_name", ""))
+    fields.pop("scope_version", None)
+    fields.pop("flags", None)
+    for key, value in fields.items():
+        if key in _LOKI_INTERNAL:
+            continue
+        name = _unflatten(key)
+        if key in labels or name.startswith(_RESOURCE_PREFIXES):
+            rec.resource[name] = value
+        else:
+            rec.attributes[name] = value
+    return rec
+
+
+def parse_loki_streams(doc: Any) -> list[LogRecord]:
+    """Records of a Loki ``query_range`` streams answer, either encoding, oldest first."""
+    if not isinstance(doc, dict) or doc.get("status") != "success":
+        err = doc.get("error") if isinstance(doc, dict) else None
+        raise BackendError(f"Loki query failed: {err or 'unexpected answer'}")
+    data = doc.get("data") or {}
+    if data.get("resultType") != "streams":
+        raise BackendError(f"Loki returned {data.get('resultType')!r} where log streams were expected")
+    categorized = LOKI_CATEGORIZE in (data.get("encodingFlags") or [])
+    out = []
+    for stream in data.get("result") or []:
+        labels = dict(stream.get("stream") or {})
+        for value in stream.get("values") or []:
+            meta: dict[str, str] = {}
+            if len(value) > 2 and isinstance(value[2], dict):
+                meta = {**(value[2].get("structuredMetadata") or {}), **(value[2].get("parsed") or {})}
+            if categorized:
+                out.append(_log_record(value[0], value[1], labels, meta))
+            else:
+                # Plain encoding merges labels and metadata; resource-ness is decided by name.
+                out.append(_log_record(value[0], value[1], {}, {**labels, **meta}))
+    out.sort(key=lambda r: (r.time_ns, r.observed_time_ns))
+    return out
+
+
+def _logql_str(s: str) -> str:
+    return json.dumps(s)  # a LogQL string literal has Go/JSON escaping
+
+
+# --- TraceQL --------------------------------------------------------------------------
+
+def _traceql_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)) and math.isfinite(v):
+        return repr(v)
+    return json.dumps(str(v))
+
+
+def _traceql_attr(name: str) -> str:
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", name):
+        return "." + name
+    return "." + json.dumps(name)
+
+
+def traceql(q: TraceQuery) -> str:
+    """The TraceQL spanset filter for a :class:`TraceQuery` (every condition on one span)."""
+    conds = []
+    attrs = dict(q.attributes)
+    service = q.service
+    if service is None and isinstance(attrs.get(semconv.SERVICE_NAME), str):
+        service = attrs.pop(semconv.SERVICE_NAME)
+    if service is not None:
+        conds.append(f"resource.service.name = {json.dumps(service)}")
+    if q.span_name is not None:
+        conds.append(f"name = {json.dumps(q.span_name)}")
+    if q.status is not None:
+        st = q.status.lower()
+        if st not in ("error", "ok", "unset"):
+            raise UserError(f"unknown status {q.status!r}: use error, ok or unset")
+        conds.append(f"status = {st}")
+    if q.min_duration_ns is not None:
+        conds.append(f"duration >= {int(q.min_duration_ns)}ns")
+    if q.max_duration_ns is not None:
+        conds.append(f"duration <= {int(q.max_duration_ns)}ns")
+    if q.root_only:
+        conds.append("nestedSetParent = -1")
+    for k, v in attrs.items():
+        conds.append(f"{_traceql_attr(k)} = {_traceql_value(v)}")
+    return "{ " + " && ".join(conds) + " }" if conds else "{ }"
+
+
+def _same(have: Any, want: Any) -> bool:
+    if isinstance(have, bool) or isinstance(want, bool):
+        return str(have).lower() == str(want).lower()
+    return have == want or str(have) == str(want)
+
+
+def _attrs_match(want: Attributes, attrs: Attributes, resource: Attributes) -> bool:
+    for k, v in want.items():
+        if k in attrs:
+            if not _same(attrs[k], v):
+                return False
+        elif k in resource:
+            if not _same(resource[k], v):
+                return False
+        else:
+            return False
+    return True
+
+
+def span_matches(sp: Span, q: TraceQuery) -> bool:
+    """The exact condition, checked on the fetched span (the embedded store's semantics:
+    a span is in the window when it starts inside it)."""
+    attrs = dict(q.attributes)
+    service = q.service
+    if service is None and isinstance(attrs.get(semconv.SERVICE_NAME), str):
+        service = attrs.pop(semconv.SERVICE_NAME)
+    if service is not None and sp.service_name != service:
+        return False
+    if q.span_name is not None and sp.name != q.span_name:
+        return False
+    if q.status is not None and sp.status_code != q.status.upper():
+        return False
+    if q.min_duration_ns is not None and sp.duration_ns < q.min_duration_ns:
+        return False
+    if q.max_duration_ns is not None and sp.duration_ns > q.max_duration_ns:
+        return False
+    if q.start_ns is not None and sp.start_ns < q.start_ns:
+        return False
+    if q.end_ns is not None and sp.start_ns >= q.end_ns:
+        return False
+    if q.root_only and sp.parent_span_id:
+        return False
+    return not attrs or _attrs_match(attrs, sp.attributes, sp.resource)
+
+
+# --- Prometheus -----------------------------------------------------------------------
+
+_PROM_RESERVED = {"__name__", "job", "instance", "le"}
+_UNIT_SUFFIXES = ("seconds", "milliseconds", "microseconds", "nanoseconds", "bytes", "kilobytes", "megabytes",
+                  "ratio", "percent", "celsius", "hertz", "meters", "volts", "amperes", "joules", "grams")
+
+
+def prom_name(name: str) -> str:
+    """An OTLP metric name as Prometheus' OTLP / remote-write translation spells it
+    (before unit and type suffixes)."""
+    n = re.sub(r"[^a-zA-Z0-9_:]", "_", name)
+    n = re.sub(r"__+", "_", n)
+    return ("_" + n) if n[:1].isdigit() else n
+
+
+def _prom_str(s: str) -> str:
+    return json.dumps(s)
+
+
+# --- the backend ----------------------------------------------------------------------
+
+class GrafanaBackend:
+    """Read traces from Tempo, logs from Loki and metrics from Prometheus.
+
+    Any of the three URLs may be omitted: a call that needs the missing engine raises
+    :class:`~stagetrace.errors.UserError` naming the flag to pass, except that
+    traces simply come without logs when no Loki URL is given. ``tenant`` is sent
+    as ``X-Scope-OrgID`` (Tempo, Loki and Prometheus-compatible stores such as
+    Mimir); ``headers`` (e.g. ``Authorization``) go to every engine.
+    """
+
+    name = "grafana"
+
+    def __init__(self, *, tempo_url: str | None = None, loki_url: str | None = None,
+                 prometheus_url: str | None = None, tenant: str | None = None,
+                 headers: dict[str, str] | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 search_cap: int = SEARCH_CAP) -> None:
+        if not (tempo_url or loki_url or prometheus_url):
+            raise UserError("the grafana backend needs at least one of --tempo, --loki, --prometheus "
+                            f"(or ${semconv.ENV_TEMPO_URL}, ${semconv.ENV_LOKI_URL}, ${semconv.ENV_PROMETHEUS_URL})")
+        if timeout_s <= 0:
+            raise UserError("the backend timeout must be positive")
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = "stagetrace"
+        hdrs = dict(headers or {})
+        if tenant:
+            hdrs[TENANT_HEADER] = tenant
+        self.timeout_s = timeout_s
+        self.search_cap = search_cap
+        self._tempo = _Http("Tempo", tempo_url, self.session, hdrs, timeout_s) if tempo_url else None
+        self._loki = _Http("Loki", loki_url, self.session, hdrs, timeout_s) if loki_url else None
+        self._prom = _Http("Prometheus", prometheus_url, self.session, hdrs, timeout_s) if prometheus_url else None
+        self._v2 = True  # Tempo serves /api/v2/traces (>= 2.6); cleared after a 404 fallback that works
+
+    # -- engines --------------------------------------------------------------------
+
+    def _need(self, http: _Http | None, flag: str, env: str) -> _Http:
+        if http is None:
+            raise UserError(f"this query needs {flag} URL (or ${env})")
+        return http
+
+    @property
+    def tempo(self) -> _Http:
+        return self._need(self._tempo, "--tempo", semconv.ENV_TEMPO_URL)
+
+    @property
+    def loki(self) -> _Http:
+        return self._need(self._loki, "--loki", semconv.ENV_LOKI_URL)
+
+    @property
+    def prometheus(self) -> _Http:
+        return self._need(self._prom, "--prometheus", semconv.ENV_PROMETHEUS_URL)
+
+    # -- traces ---------------------------------------------------------------------
+
+    def _trace_doc(self, tid: str, start_ns: int | None, end_ns: int | None) -> Any:
+        params: dict[str, Any] = {}
+        if start_ns is not None and end_ns is not None:
+            params = {"start": start_ns // 1_000_000_000, "end": -(-end_ns // 1_000_000_000) + 1}
+        if self._v2:
+            status, body = self.tempo.get(f"/api/v2/traces/{tid}", params, ok_404=True)
+            if status != 404:
+                return self._json(body, "Tempo", "/api/v2/traces")
+        # Tempo < 2.6 has no v2 route; both answer an unknown id with 404 (empty body).
+        status, body = self.tempo.get(f"/api/traces/{tid}", params, ok_404=True)
+        if status == 404:
+            return None
+        if self._v2 and body.strip():
+            self._v2 = False
+        return self._json(body, "Tempo", "/api/traces")
+
+    @staticmethod
+    def _json(body: bytes, engine: str, path: str) -> Any:
+        try:
+            return json.loads(body) if body.strip() else None
+        except ValueError:
+            raise BackendError(f"{engine} returned a body that is not JSON for {path}: {_first_line(body)}") from None
+
+    def _spans_of(self, tid: str, start_ns: int | None, end_ns: int | None) -> list[Span]:
+        doc = self._trace_doc(tid, start_ns, end_ns)
+        if doc is None:
+            return []
+        spans = parse_tempo_trace(doc)
+        bad = {s.trace_id for s in spans} - {tid}
+        if bad:
+            raise BackendError(f"Tempo returned spans of another trace ({sorted(bad)[0]}) for {tid}")
+        return spans
+
+    def get_trace(self, trace_id: str, *, start_ns: int | None = None,
+                  end_ns: int | None = None) -> Trace | None:
+        tid = normalize_trace_id(trace_id)
+        return self.get_traces([tid], start_ns=start_ns, end_ns=end_ns).get(tid)
+
+    def get_traces(self, trace_ids: Sequence[str], *, start_ns: int | None = None, end_ns: int | None = None,
+                   with_logs: bool = True) -> dict[str, Trace]:
+        ids = list(dict.fromkeys(normalize_trace_id(t) for t in trace_ids))
+        if not ids:
+            return {}
+        if len(ids) == 1:
+            results = [self._spans_of(ids[0], start_ns, end_ns)]
+        else:
+            with ThreadPoolExecutor(max_workers=min(FETCH_WORKERS, len(ids))) as pool:
+                results = list(pool.map(lambda t: self._spans_of(t, start_ns, end_ns), ids))
+        out: dict[str, Trace] = {}
+        for tid, spans in zip(ids, results):
+            if spans:
+                out[tid] = Trace(trace_id=tid, spans=spans)
+        if with_logs and out and self._loki is not None:
+            for tid, tr in out.items():
+                tr.logs = self._logs_for_traces([tid], tr.start_ns, tr.end_ns)
+        return out
+
+    def _search(self, q: TraceQuery, limit: int, spss: int) -> list[tuple[TraceSummary, list[tuple[str, int]]]]:
+        params: dict[str, Any] = {"q": traceql(q), "limit": limit, "spss": spss}
+        if q.start_ns is not None:
+            params["start"] = q.start_ns // 1_000_000_000
+        if q.end_ns is not None:
+            params["end"] = -(-q.end_ns // 1_000_000_000)
+        if "start" in params and "end" not in params:
+            params["end"] = int(time.time()) + 1
+        if "end" in params and "start" not in params:
+            params["start"] = 0
+        doc = self.tempo.get_json("/api/search", params)
+        hits = parse_tempo_search(doc)
+        metrics = (doc or {}).get("metrics") or {}
+        done, total = metrics.get("completedJobs"), metrics.get("totalJobs")
+        # Tempo stops early once it has `limit` traces; fewer hits *and* unfinished jobs is a partial answer.
+        if done is not None and total is not None and int(done) < int(total) and len(hits) < limit:
+            raise BackendError(f"Tempo search was partial ({done} of {total} jobs completed); "
+                               "retry, or narrow the time window")
+        return hits
+
+    def search_traces(self, query: TraceQuery) -> list[TraceSummary]:
+        """Summaries from Tempo's search, newest first by the matching span's start.
+        Durations are whole milliseconds (Tempo's ``durationMs``)."""
+        limit = min(query.limit, self.search_cap) if query.limit is not None else self.search_cap
+        hits = self._search(query, limit, spss=3)
+        hits.sort(key=lambda h: (-max((st for _, st in h[1]), default=h[0].start_ns), h[0].trace_id))
+        return [s for s, _ in hits[:limit]]
+
+    def find_spans(self, query: TraceQuery) -> list[Span]:
+        """Matching spans, oldest first. Tempo finds the traces; their full spans are then
+        fetched and every condition is checked on them, so the spans carry all their
+        attributes (a search hit only has the queried ones)."""
+        limit = min(query.limit, self.search_cap) if query.limit is not None else self.search_cap
+        hits = self._search(query, limit, spss=100)
+        if not hits:
+            return []
+        lo = min(h[0].start_ns for h in hits)
+        hi = max(h[0].start_ns + h[0].duration_ns for h in hits) + 1_000_000  # search durations are whole ms
+        traces = self.get_traces([h[0].trace_id for h in hits], start_ns=lo, end_ns=hi, with_logs=False)
+        out = [sp for tr in traces.values() for sp in tr.spans if span_matches(sp, query)]
+        out.sort(key=lambda s: (s.start_ns, s.trace_id, s.span_id))
+        return out[:query.limit] if query.limit is not None else out
+
+    # -- logs -----------------------------------------------------------------------
+
+    def _loki_range(self, logql: str, start_ns: int, end_ns: int, limit: int | None) -> list[LogRecord]:
+        """query_range, forward, paged until ``limit`` or the end of the window."""
+        out: list[LogRecord] = []
+        seen: set[tuple[int, str, str]] = set()
+        cursor = start_ns
+        for _ in range(LOKI_MAX_PAGES):
+            page = LOKI_PAGE if limit is None else min(LOKI_PAGE, limit - len(out))
+            params = {"query": logql, "start": cursor, "end": end_ns, "limit": page, "direction": "forward"}
+            doc = self.loki.get_json("/loki/api/v1/query_range", params,
+                                     headers={LOKI_ENCODING_HEADER: LOKI_CATEGORIZE})
+            recs = parse_loki_streams(doc)
+            new = 0
+            for r in recs:
+                key = (r.time_ns, r.span_id, str(r.body))
+                if key in seen:
+                    continue
+                seen.add(key)
+                out.append(r)
+                new += 1
+            if len(recs) < page or new == 0 or (limit is not None and len(out) >= limit):
+                break
+            cursor = recs[-1].time_ns  # inclusive: lines sharing the last timestamp are deduplicated
+        else:
+            raise BackendError(f"Loki returned more than {LOKI_MAX_PAGES * LOKI_PAGE} lines for {logql}; "
+                               "narrow the window or add filters")
+        out.sort(key=lambda r: (r.time_ns, r.observed_time_ns))
+        return out[:limit] if limit is not None else out
+
+    def _logs_for_traces(self, trace_ids: Sequence[str], start_ns: int, end_ns: int,
+                         service: str | None = None, limit: int | None = None) -> list[LogRecord]:
+        ids = [normalize_trace_id(t) for t in trace_ids]
+        selector = f"{{service_name={_logql_str(service)}}}" if service else '{service_name=~".+"}'
+        out: list[LogRecord] = []
+        for i in range(0, len(ids), 50):  # keep the LogQL (and URL) short
+            chunk = ids[i:i + 50]
+            filt = (f"| trace_id={_logql_str(chunk[0])}" if len(chunk) == 1
+                    else f"| trace_id=~{_logql_str('|'.join(chunk))}")
+            out.extend(self._loki_range(f"{selector} {filt}", start_ns - LOG_WINDOW_PAD_NS,
+                                        end_ns + LOG_WINDOW_PAD_NS, limit))
+        wanted = set(ids)
+        return [r for r in out if r.trace_id in wanted]
+
+    def find_logs(self, query: LogQuery) -> list[LogRecord]:
+        """Log records oldest first, at most ``query.limit``. Every Loki query is bounded:
+        by the given window, else by the traces' windows (looked up in Tempo), else by
+        the last hour (Loki's own default)."""
+        attrs = dict(query.attributes)
+        service = query.service
+        if service is None and isinstance(attrs.get(semconv.SERVICE_NAME), str):
+            service = attrs.pop(semconv.SERVICE_NAME)
+        start, end = query.start_ns, query.end_ns
+        if query.trace_ids is not None:
+            ids = [normalize_trace_id(t) for t in query.trace_ids]
+            if not ids:
+                return []
+            if start is None or end is None:
+                traces = self.get_traces(ids, start_ns=start, end_ns=end, with_logs=False)
+                if not traces:
+                    return []
+                lo = min(t.start_ns for t in traces.values())
+                hi = max(t.end_ns for t in traces.values())
+                start = lo if start is None else start
+                end = hi if end is None else end
+            recs = self._logs_for_traces(ids, start, end, service)
+        else:
+            now = time.time_ns()
+            end = end if end is not None else now
+            start = start if start is not None else end - DEFAULT_LOG_LOOKBACK_NS
+            selector = f"{{service_name={_logql_str(service)}}}" if service else '{service_name=~".+"}'
+            filters = "".join(f" | {_flat(k)}={_logql_str(str(v))}" for k, v in attrs.items()
+                              if not isinstance(v, (bool, float)))
+            recs = self._loki_range(selector + filters, start, end - 1,
+                                    None if (query.min_severity or attrs) else query.limit)
+        out = [r for r in recs if _log_matches(r, query, service, attrs)]
+        return out[:query.limit] if query.limit is not None else out
+
+    # -- metrics --------------------------------------------------------------------
+
+    def _prom_data(self, path: str, params: dict[str, Any]) -> Any:
+        doc = self.prometheus.get_json(path, params)
+        if not isinstance(doc, dict) or doc.get("status") != "success":
+            err = (doc or {}).get("error") if isinstance(doc, dict) else None
+            raise BackendError(f"Prometheus query failed: {err or 'unexpected answer'}")
+        if doc.get("warnings"):
+            raise BackendError(f"Prometheus returned a partial result: {doc['warnings'][0]}")
+        return doc.get("data")
+
+    def query_range(self, promql: str, start_ns: int, end_ns: int, step_s: float | None = None) -> list[dict]:
+        """Raw ``/api/v1/query_range`` matrix for a PromQL expression (for callers that
+        want PromQL, e.g. span-metric rates)."""
+        step = step_s or max(1.0, math.ceil((end_ns - start_ns) / 1e9 / MAX_POINTS_PER_SERIES))
+        data = self._prom_data("/api/v1/query_range", {"query": promql, "start": f"{start_ns / 1e9:.3f}",
+                                                        "end": f"{end_ns / 1e9:.3f}", "step": f"{step:g}"})
+        if (data or {}).get("resultType") != "matrix":
+            raise BackendError(f"Prometheus returned {(data or {}).get('resultType')!r} for a range query")
+        return data.get("result") or []
+
+    def _window(self, start_ns: int | None, end_ns: int | None) -> tuple[int, int]:
+        end = end_ns if end_ns is not None else time.time_ns()
+        start = start_ns if start_ns is not None else end - DEFAULT_LOG_LOOKBACK_NS
+        return start, end
+
+    @staticmethod
+    def _service_matcher(service: str | None) -> str:
+        # job is "<service.namespace>/<service.name>" or "<service.name>" in the OTLP translation.
+        return f', job=~{_prom_str("(.+/)?" + re.escape(service))}' if service else ""
+
+    def _resolve_names(self, name: str, start: int, end: int, service: str | None) -> dict[str, str]:
+        """Prometheus base names (suffix-free) for one requested name -> its kind."""
+        base = prom_name(name)
+        units = "|".join(_UNIT_SUFFIXES)
+        regex = f"{re.escape(base)}(_({units}))?(_total|_bucket|_sum|_count)?"
+        matcher = f'{{__name__=~{_prom_str(regex)}{self._service_matcher(service)}}}'
+        names = self._prom_data("/api/v1/label/__name__/values",
+                                {"match[]": matcher, "start": f"{start / 1e9:.3f}", "end": f"{end / 1e9:.3f}"}) or []
+        return _group_names(names)
+
+    def metric_series(self, query: MetricQuery) -> list[MetricSeries]:
+        """Series from ``query_range`` at a step that keeps at most 1000 points per
+        series. Points are Prometheus' evaluation at step times (latest sample within
+        the look-back), so timestamps are step-aligned, not the original ones."""
+        start, end = self._window(query.start_ns, query.end_ns)
+        if query.name is None:
+            names = {}
+            for n in self.metric_names(start_ns=start, end_ns=end, service=query.service):
+                names.update(self._resolve_names(n, start, end, query.service))
+        else:
+            names = self._resolve_names(query.name, start, end, query.service)
+        out: list[MetricSeries] = []
+        for full, kind in sorted(names.items()):
+            display = query.name if query.name is not None else full
+            out.extend(self._series(full, kind, display, query, start, end))
+        return out
+
+    def _series(self, full: str, kind: str, display: str, q: MetricQuery, start: int, end: int) -> list[MetricSeries]:
+        svc = self._service_matcher(q.service)
+        if kind == "histogram":
+            raw = {suffix: self.query_range(f'{{__name__="{full}_{suffix}"{svc}}}', start, end)
+                   for suffix in ("bucket", "sum", "count")}
+            return _histogram_series(display, raw, q.attributes, _unit_of(full))
+        metric = full + "_total" if kind == "sum" else full
+        out = []
+        for r in self.query_range(f'{{__name__="{metric}"{svc}}}', start, end):
+            attrs, resource = _prom_labels(r["metric"])
+            if q.attributes and not _attrs_match(q.attributes, attrs, resource):
+                continue
+            s = MetricSeries(name=display, kind=kind, attributes=attrs, resource=resource, unit=_unit_of(full))
+            for t, v in r.get("values") or []:
+                s.points.append(MetricPoint(name=display, kind=kind, time_ns=int(round(float(t) * 1e9)),
+                                            value=float(v), attributes=attrs, resource=resource, unit=s.unit,
+                                            is_monotonic=kind == "sum",
+                                            temporality="CUMULATIVE" if kind == "sum" else ""))
+            out.append(s)
+        return out
+
+    def metric_names(self, *, start_ns: int | None = None, end_ns: int | None = None,
+                     service: str | None = None) -> list[str]:
+        """Prometheus metric names (histogram and counter suffixes folded), e.g.
+        ``ml_stage_duration_seconds`` for the OTLP ``ml.stage.duration``; either
+        spelling is accepted by :meth:`metric_series`."""
+        start, end = self._window(start_ns, end_ns)
+        params: dict[str, Any] = {"start": f"{start / 1e9:.3f}", "end": f"{end / 1e9:.3f}"}
+        if service:
+            params["match[]"] = f'{{__name__=~".+"{self._service_matcher(service)}}}'
+        names = self._prom_data("/api/v1/label/__name__/values", params) or []
+        return sorted(_group_names(names))
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> "GrafanaBackend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _log_matches(r: LogRecord, q: LogQuery, service: str | None, attrs: Attributes) -> bool:
+    if q.start_ns is not None and r.time_ns < q.start_ns:
+        return False
+    if q.end_ns is not None and r.time_ns >= q.end_ns:
+        return False
+    if q.min_severity is not None and r.severity_number < q.min_severity:
+        return False
+    if service is not None and r.service_name != service:
+        return False
+    return not attrs or _attrs_match(attrs, r.attributes, r.resource)
+
+
+def _group_names(names: Iterable[str]) -> dict[str, str]:
+    """Fold Prometheus series names into base name -> kind (histogram | sum | gauge)."""
+    names = set(names)
+    out: dict[str, str] = {}
+    for n in names:
+        if n.endswith("_bucket") and n[:-7] + "_count" in names:
+            out[n[:-7]] = "histogram"
+    for n in names:
+        base = re.sub(r"_(bucket|sum|count)$", "", n)
+        if base in out:
+            continue
+        if n.endswith("_total"):
+            out[n[:-6]] = "sum"
+        else:
+            out.setdefault(n, "gauge")
+    return out
+
+
+def _unit_of(name: str) -> str:
+    m = re.search(r"_(" + "|".join(_UNIT_SUFFIXES) + r")$", name)
+    return {"seconds": "s", "milliseconds": "ms", "microseconds": "us", "nanoseconds": "ns",
+            "bytes": "By"}.get(m.group(1), m.group(1)) if m else ""
+
+
+def _prom_labels(labels: dict[str, str]) -> tuple[Attributes, Attributes]:
+    """Series labels -> (point attributes, resource). The OTLP translation puts
+    service.namespace/service.name in ``job`` and service.instance.id in ``instance``."""
+    attrs: Attributes = {}
+    resource: Attributes = {}
+    job = labels.get("job", "")
+    if job:
+        ns, _, svc = job.rpartition("/")
+        resource[semconv.SERVICE_NAME] = svc
+        if ns:
+            resource[semconv.SERVICE_NAMESPACE] = ns
+    if labels.get("instance"):
+        resource[semconv.SERVICE_INSTANCE_ID] = labels["instance"]
+    for k, v in labels.items():
+        if k in _PROM_RESERVED:
+            continue
+        name = _unflatten(k)
+        (resource if name.startswith(_RESOURCE_PREFIXES) else attrs)[name] = v
+    return attrs, resource
+
+
+def _histogram_series(display: str, raw: dict[str, list[dict]], want: Attributes, unit: str) -> list[MetricSeries]:
+    """Rebuild OTLP-style histogram points (per-bucket counts, bounds) from the
+    cumulative ``_bucket{le=...}``, ``_sum`` and ``_count`` series."""
+    groups: dict[tuple, dict[str, Any]] = {}
+
+    def key_of(metric: dict[str, str]) -> tuple:
+        return tuple(sorted((k, v) for k, v in metric.items() if k not in ("__name__", "le")))
+
+    for r in raw["bucket"]:
+        g = groups.setdefault(key_of(r["metric"]), {"labels": r["metric"], "buckets": {}, "sum": {}, "count": {}})
+        le = float(r["metric"].get("le", "+Inf"))
+        for t, v in r.get("values") or []:
+            g["buckets"].setdefault(float(t), {})[le] = float(v)
+    for part in ("sum", "count"):
+        for r in raw[part]:
+            g = groups.get(key_of(r["metric"]))
+            if g is not None:
+                for t, v in r.get("values") or []:
+                    g[part][float(t)] = float(v)
+    out = []
+    for g in groups.values():
+        attrs, resource = _prom_labels(g["labels"])
+        if want and not _attrs_match(want, attrs, resource):
+            continue
+        s = MetricSeries(name=display, kind="histogram", attributes=attrs, resource=resource, unit=unit)
+        for t in sorted(g["buckets"]):
+            cum = sorted(g["buckets"][t].items())
+            bounds = [le for le, _ in cum if math.isfinite(le)]
+            counts, prev = [], 0.0
+            for _, c in cum:
+                counts.append(int(round(c - prev)))
+                prev = c
+            count = g["count"].get(t, cum[-1][1] if cum else 0.0)
+            total = g["sum"].get(t)
+            s.points.append(MetricPoint(
+                name=display, kind="histogram", time_ns=int(round(t * 1e9)),
+                value=(total / count) if (total is not None and count) else 0.0,
+                attributes=attrs, resource=resource, unit=unit, is_monotonic=True, temporality="CUMULATIVE",
+                count=int(round(count)), sum=total, bucket_counts=counts, explicit_bounds=bounds))
+        out.append(s)
+    return out
