@@ -1,0 +1,334 @@
+"""``stagetrace demo`` end to end: collector -> services -> load -> flush -> forensics -> reports.
+
+Every step has a timeout, every child runs in its own process group and is
+stopped in ``finally`` (and on SIGTERM/SIGHUP/Ctrl-C, which become
+KeyboardInterrupt here), so a run never hangs and never leaves a process or a
+port behind.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from rich.console import Console
+
+from stagetrace import semconv
+from stagetrace.errors import UserError
+
+from . import procs
+from .scenarios import DESCRIPTIONS, ENV_DEMO_SCHEDULE_FILE, Schedule
+
+API_SERVICE = "fraud-api"
+FEATURE_SERVICE = "feature-store"
+# Zero code in the app: the stages are wired from outside (same list for both
+# services; a module a process never imports is never wrapped there).
+STAGES = ";".join([
+    "feature_fetch=stagetrace.demo.app:FeatureClient.get",
+    "preprocess=stagetrace.demo.app:preprocess",
+    "inference=stagetrace.demo.model:Scorer.score",
+    "feature_fetch=stagetrace.demo.features:OnlineStore.get",
+])
+# Standard OTel header capture turns the shard routing key into a span attribute.
+CAPTURED_HEADERS = "x-feature-shard"
+RUN_MARKER = ".stagetrace-demo-run"
+READY_TIMEOUT_S = 90.0
+FLUSH_TIMEOUT_S = 20.0
+
+
+@dataclass
+class DemoOptions:
+    scenarios: tuple[str, ...]
+    duration_s: float
+    out: Path
+    rate: float = 25.0
+    api_port: int = 0
+    keep_running: bool = False
+    progress: bool | None = None  # None = when stdout is a terminal
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    data_dir: Path
+    reports: dict[str, Path]
+    summary: dict[str, Any] = field(default_factory=dict)
+    pids: list[int] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)
+
+
+def check_dependencies() -> None:
+    missing = [name for mod, name in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("sklearn", "scikit-learn"))
+               if importlib.util.find_spec(mod) is None]
+    if missing:
+        raise UserError(f"the demo needs {', '.join(missing)}: install them with pip install 'stagetrace[demo]'")
+
+
+def otel_instrument_argv() -> list[str]:
+    """The real ``opentelemetry-instrument`` launcher of this environment."""
+    here = Path(sys.executable).parent / "opentelemetry-instrument"
+    if here.exists():
+        return [str(here)]
+    found = shutil.which("opentelemetry-instrument")
+    if found:
+        return [found]
+    if importlib.util.find_spec("opentelemetry.instrumentation.auto_instrumentation") is None:
+        raise UserError("opentelemetry-instrument is not installed: pip install opentelemetry-instrumentation")
+    # Same entry point the console script calls.
+    return [sys.executable, "-c", "import sys; from opentelemetry.instrumentation.auto_instrumentation import run; "
+            "sys.argv[0] = 'opentelemetry-instrument'; sys.exit(run())"]
+
+
+def service_env(service: str, otlp_grpc: str, schedule_file: Path, run_dir: Path,
+                extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The child's environment: ours, minus any OTEL_*/STAGETRACE_* of the caller
+    that would send the demo's telemetry elsewhere or change its sampling."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STAGETRACE_"))}
+    env.update({
+        "OTEL_SERVICE_NAME": service,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_grpc,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+        # Short export intervals so the telemetry is in the store seconds after the load.
+        "OTEL_BSP_SCHEDULE_DELAY": "500",
+        "OTEL_BLRP_SCHEDULE_DELAY": "500",
+        "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST": CAPTURED_HEADERS,
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST": CAPTURED_HEADERS,
+        semconv.ENV_STAGES: STAGES,
+        # The faults are placed once both services are up; they re-read this file.
+        ENV_DEMO_SCHEDULE_FILE: str(schedule_file),
+        "STAGETRACE_DEMO_RUN_DIR": str(run_dir),
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra or {})
+    return env
+
+
+def _resource(version: str) -> str:
+    return f"service.namespace=stagetrace-demo,service.version={version},deployment.environment.name=demo"
+
+
+@contextmanager
+def _signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM / SIGHUP stop the demo like Ctrl-C does, so cleanup runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _prepare_out(out: Path) -> tuple[Path, Path, Path]:
+    """``out/`` for reports; ``out/run/`` (data + logs) replaced on every run."""
+    out.mkdir(parents=True, exist_ok=True)
+    run_dir = out / "run"
+    if run_dir.exists():
+        if not (run_dir / RUN_MARKER).exists():
+            raise UserError(f"{run_dir} exists and was not made by stagetrace demo; choose another --out")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir()
+    (run_dir / RUN_MARKER).write_text("created by stagetrace demo; deleted by the next run\n")
+    data_dir = run_dir / "data"
+    log_dir = run_dir / "logs"
+    data_dir.mkdir()
+    log_dir.mkdir()
+    return run_dir, data_dir, log_dir
+
+
+def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
+    console = console or Console(highlight=False, soft_wrap=True)
+    progress = console.is_terminal if opts.progress is None else opts.progress
+    check_dependencies()
+    launcher = otel_instrument_argv()
+    if opts.api_port:
+        procs.check_port_free(opts.api_port, what="--api-port")
+    run_dir, data_dir, log_dir = _prepare_out(opts.out)
+    result = DemoResult(out=opts.out, data_dir=data_dir, reports={})
+
+    with _signals_as_interrupt(), procs.ProcessSet(log_dir) as children:
+        # 1. the collector
+        console.print(f"[bold]stagetrace demo[/] scenarios: {', '.join(opts.scenarios)}; "
+                      f"load {opts.duration_s:.0f} s at ~{opts.rate:.0f} req/s; output {opts.out}")
+        coll = _start_collector(children, data_dir, log_dir)
+        result.ports += [coll.grpc_port, coll.http_port]
+        console.print(f"  collector      grpc=127.0.0.1:{coll.grpc_port} http=127.0.0.1:{coll.http_port} "
+                      f"data_dir={data_dir}")
+
+        # 2. the services, under the real opentelemetry-instrument
+        feat_port = procs.free_port()
+        api_port = opts.api_port or procs.free_port()
+        canary_port = procs.free_port()
+        result.ports += [feat_port, api_port, canary_port]
+        grpc_url = f"http://127.0.0.1:{coll.grpc_port}"
+        uvicorn = [sys.executable, "-m", "uvicorn"]
+        common = ["--host", "127.0.0.1", "--no-access-log", "--timeout-graceful-shutdown", "5"]
+        schedule_file = run_dir / "schedule.json"
+
+        def spawn(name: str, service: str, target: str, port: int, extra_args: list[str],
+                  extra_env: dict[str, str]) -> procs.Child:
+            env = service_env(service, grpc_url, schedule_file, run_dir, extra_env)
+            return children.start(name, [*launcher, *uvicorn, target, "--port", str(port), *common, *extra_args], env)
+
+        feat_url = f"http://127.0.0.1:{feat_port}"
+        feat = spawn("feature-store", FEATURE_SERVICE, "stagetrace.demo.features:app", feat_port, [],
+                     {"OTEL_RESOURCE_ATTRIBUTES": _resource("0.9.0")})
+        api = spawn("fraud-api", API_SERVICE, "stagetrace.demo.app:app", api_port, ["--workers", "2"],
+                    {"FEATURE_SERVICE_URL": feat_url, "FRAUD_MODEL_VERSION": "v1",
+                     semconv.ENV_MODEL_VERSION: "v1", "OTEL_RESOURCE_ATTRIBUTES": _resource("1.4.2")})
+        # The canary: the same API, serving model v2, one worker; traffic reaches it only
+        # once scenario model-errors rolls it out.
+        canary = spawn("fraud-api-canary", API_SERVICE, "stagetrace.demo.app:app", canary_port, [],
+                       {"FEATURE_SERVICE_URL": feat_url, "FRAUD_MODEL_VERSION": "v2",
+                        semconv.ENV_MODEL_VERSION: "v2", "OTEL_RESOURCE_ATTRIBUTES": _resource("1.5.0-rc1")})
+        t0 = time.monotonic()
+        for child, port in ((feat, feat_port), (api, api_port), (canary, canary_port)):
+            procs.wait_http_ready(child, f"http://127.0.0.1:{port}/healthz", READY_TIMEOUT_S)
+        console.print(f"  {FEATURE_SERVICE:<14} http://127.0.0.1:{feat_port}  (pid {feat.pid})")
+        console.print(f"  {API_SERVICE:<14} http://127.0.0.1:{api_port}  (pid {api.pid}, 2 workers, model v1)")
+        console.print(f"  {API_SERVICE + ' canary':<14} http://127.0.0.1:{canary_port}  (pid {canary.pid}, model v2)"
+                      f"  ready in {time.monotonic() - t0:.1f} s")
+
+        # 3. the load, with the faults staggered in it
+        schedule = Schedule.plan(opts.scenarios, time.time() + 0.5, opts.duration_s)
+        _write_schedule(schedule_file, schedule)
+        for name, (lo, hi) in schedule.windows.items():
+            console.print(f"  fault {name:<15} +{lo - schedule.start:4.1f}s .. +{hi - schedule.start:4.1f}s  "
+                          f"{DESCRIPTIONS[name]}")
+        stats = _drive_load(console, progress, f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{canary_port}",
+                            coll.http_port, schedule, opts.rate)
+
+        # 4. flush: a graceful stop makes each SDK export what it holds
+        if not opts.keep_running:
+            for child in (api, canary, feat):
+                children.stop(child)
+        n_spans = _wait_for_telemetry(data_dir, schedule, console)
+
+        # 5. investigate, 6. write the reports
+        from .investigate import investigate
+        summary = investigate(data_dir, schedule, stats, opts.out, console, n_spans=n_spans)
+        result.reports = summary.pop("files")
+        result.summary = summary
+        result.pids = children.pids
+        (run_dir / "run.json").write_text(json.dumps({
+            "scenarios": list(opts.scenarios), "schedule": json.loads(schedule.to_env()),
+            "pids": result.pids, "ports": result.ports, "data_dir": str(data_dir),
+            "requests": stats.sent, "failed": stats.failed, "spans": n_spans, **summary}, indent=2))
+        if opts.keep_running:
+            console.print(f"\nServices keep running: API http://127.0.0.1:{api_port}/docs  "
+                          f"collector grpc=127.0.0.1:{coll.grpc_port}. Press Ctrl-C to stop.")
+            try:
+                while all(c.alive() for c in (api, canary, feat)):
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                pass
+    return result
+
+
+def _write_schedule(path: Path, schedule: Schedule) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(schedule.to_env())
+    tmp.replace(path)
+
+
+def _start_collector(children: procs.ProcessSet, data_dir: Path, log_dir: Path) -> Any:
+    try:
+        from stagetrace.collector.process import CollectorStartError, start_collector
+    except ImportError as exc:
+        raise UserError(f"the embedded collector is unavailable: {exc}") from None
+    # The caller's OTEL_*/STAGETRACE_* settings are for their apps, not this private collector.
+    try:
+        coll = start_collector(data_dir, grpc_port=0, http_port=0, timeout=30.0,
+                               env={semconv.ENV_COLLECTOR_TOKEN: "", semconv.ENV_DATA_DIR: str(data_dir)})
+    except CollectorStartError as exc:
+        raise UserError(f"the embedded collector did not start: {exc}") from None
+    children.adopt("collector", coll.proc, log_dir / "collector.log", stopper=lambda: _stop_collector(coll, log_dir))
+    return coll
+
+
+def _stop_collector(coll: Any, log_dir: Path) -> None:
+    try:
+        coll.stop(timeout=15.0)
+    finally:
+        # Keep its log with the others.
+        (log_dir / "collector.log").write_text(coll.stderr_text())
+
+
+def _drive_load(console: Console, progress: bool, api_url: str, canary_url: str, http_port: int,
+                schedule: Schedule, rate: float):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .loadgen import instrument_client, run_load
+
+    shutdown = instrument_client(f"http://127.0.0.1:{http_port}")
+    try:
+        total = schedule.end - schedule.start
+        last_phase = [""]
+        if progress:
+            bar = Progress(TextColumn("  load [cyan]{task.fields[phase]:<28}[/]"), BarColumn(),
+                           TextColumn("{task.fields[sent]:>5} req  {task.fields[failed]:>4} failed  "
+                                      "p95 {task.fields[p95]:>6.0f} ms"),
+                           TimeRemainingColumn(), console=console, transient=False)
+            with bar:
+                task = bar.add_task("load", total=total, phase="", sent=0, failed=0, p95=0.0)
+
+                def tick(stats, phase):
+                    bar.update(task, completed=min(total, time.time() - schedule.start), phase=phase,
+                               sent=stats.sent, failed=stats.failed, p95=stats.p95_ms())
+                return run_load(api_url, schedule, rate=rate, canary_url=canary_url, on_tick=tick)
+
+        def tick_plain(stats, phase):
+            if phase != last_phase[0]:
+                last_phase[0] = phase
+                console.print(f"  load +{max(0.0, time.time() - schedule.start):4.1f}s phase {phase}: "
+                              f"{stats.sent} sent, {stats.failed} failed")
+        return run_load(api_url, schedule, rate=rate, canary_url=canary_url, on_tick=tick_plain)
+    finally:
+        shutdown()
+
+
+def _wait_for_telemetry(data_dir: Path, schedule: Schedule, console: Console) -> int:
+    """Poll the store until the span count stops growing (bounded)."""
+    from stagetrace.backend import TraceQuery, open_backend
+
+    deadline = time.monotonic() + FLUSH_TIMEOUT_S
+    last, stable = -1, 0
+    count = 0
+    while time.monotonic() < deadline:
+        backend = open_backend(kind="embedded", data_dir=str(data_dir))
+        try:
+            count = len(backend.find_spans(TraceQuery(start_ns=int((schedule.start - 5) * 1e9), limit=None)))
+        finally:
+            backend.close()
+        if count > 0 and count == last:
+            stable += 1
+            if stable >= 2:
+                break
+        else:
+            stable = 0
+        last = count
+        time.sleep(0.5)
+    console.print(f"  telemetry      {count} spans stored")
+    if count == 0:
+        raise UserError("no spans reached the collector; see the logs under "
+                        f"{data_dir.parent / 'logs'}")
+    return count
