@@ -41,6 +41,7 @@ RESPONSE_TYPES: dict[str, type[Message]] = {
 # OTLP/JSON encodes these bytes fields as hex, not base64 (the one deviation from
 # the proto3 JSON mapping the spec makes); they never occur as attribute keys.
 _HEX_ID_FIELDS = frozenset({"traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"})
+_MAX_TIME = (1 << 63) - 1  # the store keeps times as int64 nanoseconds (until year 2262)
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
 _METRIC_DATA_FIELDS = ("gauge", "sum", "histogram", "exponential_histogram", "summary")
@@ -127,6 +128,8 @@ def _span_problem(sp: Any) -> str | None:
         return f"invalid span_id length {len(sid)} (want 8 non-zero bytes)" if len(sid) != 8 else "all-zero span_id"
     if len(pid) not in (0, 8):
         return f"invalid parent_span_id length {len(pid)} (want 0 or 8 bytes)"
+    if sp.start_time_unix_nano > _MAX_TIME or sp.end_time_unix_nano > _MAX_TIME:
+        return "timestamp out of range"
     return None
 
 
@@ -139,7 +142,8 @@ def _validate_traces(req: Any) -> Validation:
             for i, sp in enumerate(ss.spans):
                 tid, sid = sp.trace_id, sp.span_id
                 if (len(tid) == 16 and len(sid) == 8 and tid != _ZERO_TRACE and sid != _ZERO_SPAN
-                        and len(sp.parent_span_id) in (0, 8)):
+                        and len(sp.parent_span_id) in (0, 8)
+                        and sp.start_time_unix_nano <= _MAX_TIME and sp.end_time_unix_nano <= _MAX_TIME):
                     continue
                 bad.append(i)
                 if not first:
@@ -159,12 +163,14 @@ def _validate_logs(req: Any) -> Validation:
             bad = []
             for i, lr in enumerate(sl.log_records):
                 lt, ls = len(lr.trace_id), len(lr.span_id)
-                if lt in (0, 16) and ls in (0, 8):
+                if (lt in (0, 16) and ls in (0, 8) and lr.time_unix_nano <= _MAX_TIME
+                        and lr.observed_time_unix_nano <= _MAX_TIME):
                     continue
                 bad.append(i)
                 if not first:
                     first = (f"log record {i}: invalid trace_id length {lt} (want 0 or 16 bytes)" if lt not in (0, 16)
-                             else f"log record {i}: invalid span_id length {ls} (want 0 or 8 bytes)")
+                             else f"log record {i}: invalid span_id length {ls} (want 0 or 8 bytes)" if ls not in (0, 8)
+                             else f"log record {i}: timestamp out of range")
             for i in reversed(bad):
                 del sl.log_records[i]
             accepted += len(sl.log_records)
@@ -192,6 +198,9 @@ def _validate_metrics(req: Any) -> Validation:
                     problem = f"metric {m.name!r} has no data (gauge/sum/histogram/...)"
                 else:
                     for p in points:
+                        if p.time_unix_nano > _MAX_TIME or p.start_time_unix_nano > _MAX_TIME:
+                            problem = f"metric {m.name!r}: timestamp out of range"
+                            break
                         for ex in p.exemplars:
                             if len(ex.trace_id) not in (0, 16) or len(ex.span_id) not in (0, 8):
                                 problem = f"metric {m.name!r}: exemplar with invalid trace_id/span_id length"

@@ -110,7 +110,7 @@ class _Tail:
                 payloads.append(payload)
                 offset = end
             if payloads:
-                parts = parts + [store.build_table(self.table, payloads)]
+                parts = parts + [store.build_table_safe(self.table, payloads)[0]]
             self.segments[seq] = (path, offset, parts)
         tables = [t for _, _, parts in self.segments.values() for t in parts]
         if not tables:

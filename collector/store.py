@@ -50,19 +50,19 @@ TABLES = (SPANS, LOGS, METRICS)
 
 SPAN_SCHEMA = pa.schema([
     ("trace_id", pa.binary()), ("span_id", pa.binary()), ("parent_span_id", pa.binary()),
-    ("name", pa.string()), ("kind", pa.int8()), ("start_ns", pa.int64()), ("duration_ns", pa.int64()),
-    ("status_code", pa.int8()), ("service", pa.string()),
+    ("name", pa.string()), ("kind", pa.int32()), ("start_ns", pa.int64()), ("duration_ns", pa.int64()),
+    ("status_code", pa.int32()), ("service", pa.string()),
     ("rest", pa.binary()), ("resource", pa.binary()), ("scope", pa.binary()),
 ])
 LOG_SCHEMA = pa.schema([
     ("trace_id", pa.binary()), ("span_id", pa.binary()), ("time_ns", pa.int64()), ("observed_ns", pa.int64()),
-    ("severity_number", pa.int8()), ("severity_text", pa.string()), ("service", pa.string()),
+    ("severity_number", pa.int32()), ("severity_text", pa.string()), ("service", pa.string()),
     ("rest", pa.binary()), ("resource", pa.binary()), ("scope", pa.binary()),
 ])
 METRIC_SCHEMA = pa.schema([
     ("name", pa.string()), ("kind", pa.string()), ("unit", pa.string()), ("service", pa.string()),
     ("series", pa.string()), ("time_ns", pa.int64()), ("start_ns", pa.int64()), ("value", pa.float64()),
-    ("temporality", pa.int8()), ("monotonic", pa.bool_()),
+    ("temporality", pa.int32()), ("monotonic", pa.bool_()),
     ("point", pa.binary()), ("metric", pa.binary()), ("resource", pa.binary()), ("scope", pa.binary()),
 ])
 SCHEMAS = {SPANS: SPAN_SCHEMA, LOGS: LOG_SCHEMA, METRICS: METRIC_SCHEMA}
@@ -211,6 +211,21 @@ def build_table(table: str, payloads: Iterable[bytes]) -> pa.Table:
     """Rows of the given WAL payloads (protobuf export requests) as an Arrow table."""
     cols = _BUILDERS[table](payloads)
     return pa.Table.from_pydict(cols, schema=SCHEMAS[table])
+
+
+def build_table_safe(table: str, payloads: Sequence[bytes]) -> tuple[pa.Table, list[bytes]]:
+    """:func:`build_table`, but a payload that cannot be stored (validation should
+    make that impossible) is set aside and returned instead of failing the batch."""
+    try:
+        return build_table(table, payloads), []
+    except Exception:
+        good, bad = [], []
+        for p in payloads:
+            try:
+                good.append(build_table(table, [p]))
+            except Exception:
+                bad.append(p)
+        return (pa.concat_tables(good) if good else SCHEMAS[table].empty_table()), bad
 
 
 def sort_table(table: str, t: pa.Table) -> pa.Table:
@@ -396,8 +411,15 @@ class BlockStore:
         segs = [(s, p) for s, p in snap.tail if s < before_seq]
         if not segs:
             return None
-        # also drop segments a block already covers (crash between block write and unlink)
-        t = build_table(table, (payload for _, p in segs for _, payload in wal.read_records(p)))
+        t, bad = build_table_safe(table, [payload for _, p in segs for _, payload in wal.read_records(p)])
+        if bad:  # never silently: keep the raw records next to the store and say so
+            qdir = self.data_dir / "quarantine" / table
+            qdir.mkdir(parents=True, exist_ok=True)
+            qpath = qdir / f"{segs[0][0]:016d}-{segs[-1][0]:016d}.bin"
+            with open(qpath, "wb") as fh:
+                for payload in bad:
+                    fh.write(len(payload).to_bytes(4, "little") + payload)
+            log.error("%d %s request(s) could not be stored; raw copies kept in %s", len(bad), table, qpath)
         # an empty block is still written: it records that the range is done
         ref = write_block(self.data_dir, table, segs[0][0], segs[-1][0], t)
         for _, p in segs:
