@@ -1,0 +1,155 @@
+"""``stagetrace trace`` and ``stagetrace investigate slow|errors``.
+
+Thin: parse options, open the backend, call the public API, render, write.
+User mistakes (bad id, bad time, unknown trace) raise UserError, which
+``stagetrace.cli.main`` prints as one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from stagetrace.backend import open_backend
+from stagetrace.cli import backend_options, report_options
+from stagetrace.config import parse_duration_ns
+from stagetrace.errors import UserError
+
+
+def _backend(opts: dict):
+    return open_backend(kind=opts.get("backend"), data_dir=opts.get("data_dir"), tempo_url=opts.get("tempo_url"),
+                        loki_url=opts.get("loki_url"), prometheus_url=opts.get("prometheus_url"),
+                        tenant=opts.get("tenant"), headers=opts.get("headers") or (),
+                        backend_config=opts.get("backend_config"))
+
+
+def _emit(reports, fmt: str, output: str | None) -> None:
+    from . import render
+    if output:
+        text = render(reports, fmt)
+        try:
+            Path(output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"cannot write {output}: {exc.strerror or exc}") from None
+        click.echo(f"wrote {output}", err=True)
+        return
+    color = fmt == "text" and sys.stdout.isatty()
+    if fmt == "text":
+        from .render_text import render_text
+        import shutil
+        text = render_text([reports] if not isinstance(reports, list) else reports, color=color,
+                           width=max(100, shutil.get_terminal_size((140, 40)).columns) if color else 140)
+    else:
+        text = render(reports, fmt)
+    click.echo(text, nl=False)
+
+
+def parse_time_ns(text: str, option: str) -> int:
+    """ISO 8601 (UTC unless an offset is given), or Unix time in s / ms / ns."""
+    t = text.strip()
+    try:
+        x = float(t)
+    except ValueError:
+        try:
+            d = _dt.datetime.fromisoformat(t.replace("Z", "+00:00"))
+        except ValueError:
+            raise UserError(f"invalid {option} {text!r}: use ISO 8601 (2024-05-01T14:00:00Z) or Unix seconds") from None
+        if d.tzinfo is None:
+            d = d.replace(tzinfo=_dt.timezone.utc)
+        return int(d.timestamp() * 1e9)
+    if x > 1e17:
+        return int(x)
+    if x > 1e11:
+        return int(x * 1e6)
+    return int(x * 1e9)
+
+
+def resolve_window(since: str | None, from_: str | None, until: str | None) -> tuple[int, int]:
+    now = time.time_ns()
+    if since and (from_ or until):
+        raise UserError("use either --since or --from/--until, not both")
+    if from_ or until:
+        start = parse_time_ns(from_, "--from") if from_ else None
+        end = parse_time_ns(until, "--until") if until else now
+        if start is None:
+            raise UserError("--until needs --from")
+        if start >= end:
+            raise UserError("--from must be before --until")
+        return start, end
+    return now - parse_duration_ns(since or "1h", default_unit="m"), now
+
+
+def _window_options(func):
+    func = click.option("--until", "until", metavar="T", default=None, help="End of the window (default: now).")(func)
+    func = click.option("--from", "from_", metavar="T", default=None,
+                        help="Start of the window: ISO 8601 (UTC unless an offset is given) or Unix seconds.")(func)
+    func = click.option("--since", default=None, metavar="DURATION",
+                        help="Look back this far from now, e.g. 30m, 1h, 2d (default: 1h).")(func)
+    func = click.option("--service", default=None, help="Only requests served by this service (service.name).")(func)
+    return func
+
+
+@click.command("trace")
+@click.argument("trace_id")
+@report_options
+@backend_options
+def trace_cmd(trace_id: str, fmt: str, output: str | None, **opts) -> None:
+    """Show one trace: waterfall, critical path, self time per stage, logs under
+    their spans, and the services' metrics in the trace's window."""
+    from stagetrace.config import normalize_trace_id
+    from . import trace_report
+    tid = normalize_trace_id(trace_id)  # fail before touching the backend
+    backend = _backend(opts)
+    try:
+        report = trace_report(backend, tid)
+    finally:
+        backend.close()
+    _emit(report, fmt, output)
+
+
+@click.group("investigate")
+def investigate_group() -> None:
+    """Explain slow requests or cluster errors, joined across traces, logs and metrics."""
+
+
+@investigate_group.command("slow")
+@_window_options
+@click.option("--route", default=None, help="Only requests with this http.route, e.g. /predict.")
+@click.option("--threshold", default="p95", show_default=True,
+              help="Slow means slower than this: a duration (500ms) or a percentile of the window (p95).")
+@report_options
+@backend_options
+def slow_cmd(service, since, from_, until, route, threshold, fmt, output, **opts) -> None:
+    """Why are requests slow? Stage, service/edge, attribute, log, metric and timeline evidence."""
+    from . import investigate_slow
+    start, end = resolve_window(since, from_, until)
+    th = threshold.strip()
+    if not th.lower().startswith("p"):
+        parse_duration_ns(th)  # validate early: one line, exit 2
+    backend = _backend(opts)
+    try:
+        report = investigate_slow(backend, service=service, route=route, start_ns=start, end_ns=end,
+                                  threshold=th, progress=True)
+    finally:
+        backend.close()
+    _emit(report, fmt, output)
+
+
+@investigate_group.command("errors")
+@_window_options
+@report_options
+@backend_options
+def errors_cmd(service, since, from_, until, fmt, output, **opts) -> None:
+    """Group errors into incidents: fingerprints, origin vs propagated, attributes, bursts."""
+    from . import investigate_errors
+    start, end = resolve_window(since, from_, until)
+    backend = _backend(opts)
+    try:
+        report = investigate_errors(backend, service=service, start_ns=start, end_ns=end, progress=True)
+    finally:
+        backend.close()
+    _emit(report, fmt, output)
