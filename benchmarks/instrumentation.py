@@ -1,0 +1,132 @@
+"""Per-call cost of a stage span, side by side in one run.
+
+    .venv/bin/python benchmarks/instrumentation.py [--calls 20000] [--rounds 15]
+
+Variants (same trivial function body, so the figures are pure overhead):
+
+* bare            - the function, no tracing;
+* hand-written    - ``with tracer.start_as_current_span("preprocess", attributes={"ml.stage": ...})``;
+* stagetrace      - the function wrapped by stagetrace (span + ml.* attributes
+                    + ``ml.stage.duration`` histogram record);
+* no-SDK wrapped  - the wrapped function with no SDK configured (measured in a child
+                    process, since a tracer provider cannot be unset), next to
+                    the bare function in that same child.
+
+The SDK is configured as in production: BatchSpanProcessor and a periodic metric
+reader, each with an exporter that drops everything (we measure the app-side cost,
+not the network). Rounds interleave the variants; figures are medians over rounds.
+Targets (issue 2): stagetrace <= 1.10x hand-written; no-SDK overhead <= 1 us.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+
+def body(x):
+    return x + 1
+
+
+def per_call_ns(fn, calls: int) -> float:
+    t0 = time.perf_counter_ns()
+    for i in range(calls):
+        fn(i)
+    return (time.perf_counter_ns() - t0) / calls
+
+
+def _wrapped(stage: str):
+    """A module-level function wrapped exactly as a STAGETRACE_STAGES target would be."""
+    import types
+
+    from stagetrace.instrumentation import wrapping
+
+    mod = types.ModuleType("bench_target")
+    mod.body = body
+    wrapping.wrap(mod, "body", wrapping.StageSpec(stage, "body"))
+    return mod.body
+
+
+def child_no_sdk(calls: int, rounds: int) -> dict:
+    fn = _wrapped("preprocess")
+    res = {"bare": [], "nosdk": []}
+    for _ in range(rounds):
+        res["bare"].append(per_call_ns(body, calls))
+        res["nosdk"].append(per_call_ns(fn, calls))
+    return {k: statistics.median(v) for k, v in res.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calls", type=int, default=20000)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--child-no-sdk", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child_no_sdk:
+        print(json.dumps(child_no_sdk(a.calls * 5, a.rounds)))
+        return
+
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, PeriodicExportingMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class DropSpans(SpanExporter):
+        def export(self, spans):
+            return SpanExportResult.SUCCESS
+
+    class DropMetrics(MetricExporter):
+        def export(self, metrics_data, timeout_millis=10_000, **kw):
+            return MetricExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis=10_000):
+            return True
+
+        def shutdown(self, timeout_millis=30_000, **kw):
+            pass
+
+    tp = TracerProvider()
+    tp.add_span_processor(BatchSpanProcessor(DropSpans(), max_queue_size=1 << 16))
+    trace.set_tracer_provider(tp)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[PeriodicExportingMetricReader(DropMetrics(), 1000)]))
+    tracer = trace.get_tracer("bench")
+
+    def hand_written(x):
+        with tracer.start_as_current_span("preprocess body", attributes={"ml.stage": "preprocess"}):
+            return body(x)
+
+    wrapped = _wrapped("preprocess")
+    variants = {"bare": body, "hand-written": hand_written, "stagetrace": wrapped}
+    for fn in variants.values():  # warm-up
+        per_call_ns(fn, 2000)
+    samples = {k: [] for k in variants}
+    for _ in range(a.rounds):
+        for name, fn in variants.items():
+            samples[name].append(per_call_ns(fn, a.calls))
+    med = {k: statistics.median(v) for k, v in samples.items()}
+
+    out = subprocess.run([sys.executable, __file__, "--child-no-sdk", "--calls", str(a.calls), "--rounds", str(a.rounds)],
+                         capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    child = json.loads(out.stdout)
+
+    print(f"python {sys.version.split()[0]}, {a.rounds} rounds x {a.calls} calls, medians per call")
+    print(f"{'variant':<28}{'median':>12}{'vs bare':>12}{'vs hand-written':>18}")
+    for name in variants:
+        print(f"{name:<28}{med[name] / 1000:>10.3f}us{med[name] / med['bare']:>11.2f}x{med[name] / med['hand-written']:>17.2f}x")
+    print(f"{'bare (child, no SDK)':<28}{child['bare'] / 1000:>10.3f}us")
+    print(f"{'stagetrace (no SDK)':<28}{child['nosdk'] / 1000:>10.3f}us{child['nosdk'] / child['bare']:>11.2f}x")
+    ratio = med["stagetrace"] / med["hand-written"]
+    overhead = (child["nosdk"] - child["bare"]) / 1000
+    print()
+    print(f"stagetrace / hand-written = {ratio:.2f}x  (target <= 1.10x: {'met' if ratio <= 1.10 else 'MISSED'})")
+    print(f"no-SDK overhead = {overhead:.3f} us/call  (target <= 1 us: {'met' if overhead <= 1.0 else 'MISSED'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""StagetraceConfigurator: the SDK set-up plus log correlation, per worker process.
+
+* Providers, exporters, resource: the standard ``_OTelSDKConfigurator`` path,
+  so every ``OTEL_*`` variable keeps its standard meaning.
+* Log correlation (record factory), the OTLP log handler and the optional JSON
+  console format: ``stagetrace.instrumentation.logs``.
+* One ``service.instance.id`` per worker process. ``uvicorn --workers`` spawns
+  fresh interpreters, which run this configurator again and get a fresh id.
+  gunicorn forks workers from an already configured master: the SDK (>= 1.39)
+  refreshes the id and its export threads after fork; on older SDKs our
+  ``register_at_fork`` hook does it, so each worker is its own instance either way.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import uuid
+
+from opentelemetry import trace as trace_api
+from opentelemetry.sdk._configuration import _OTelSDKConfigurator
+
+from stagetrace import semconv
+
+from . import logs
+
+_logger = logging.getLogger("stagetrace.instrumentation")
+
+
+def _truthy(name: str, default: str = "false") -> bool:
+    return os.environ.get(name, default).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _logs_exported() -> bool:
+    names = os.environ.get("OTEL_LOGS_EXPORTER", "").strip().lower()
+    return bool(names) and names != "none"
+
+
+def _someone_else_exports_logs() -> bool:
+    """The user chose another OTLP log handler: the SDK's or the logging instrumentation's."""
+    if _truthy("OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED"):
+        return True
+    if _truthy("OTEL_PYTHON_LOG_AUTO_INSTRUMENTATION"):
+        disabled = [x.strip() for x in os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")]
+        return "logging" not in disabled and importlib.util.find_spec("opentelemetry.instrumentation.logging") is not None
+    return False
+
+
+def _instance_id(provider) -> str | None:
+    resource = getattr(provider, "resource", None)
+    return None if resource is None else resource.attributes.get(semconv.SERVICE_INSTANCE_ID)
+
+
+class _ForkGuard:
+    parent_id: str | None = None
+    registered = False
+
+
+def _after_fork_in_child() -> None:
+    """Give a forked worker its own service.instance.id if the SDK has not already."""
+    try:
+        from opentelemetry import metrics as metrics_api
+        from opentelemetry._logs import get_logger_provider
+        from opentelemetry.sdk.resources import Resource
+
+        tracer_provider = trace_api.get_tracer_provider()
+        if _ForkGuard.parent_id is None or _instance_id(tracer_provider) != _ForkGuard.parent_id:
+            return  # the SDK already refreshed it
+        fresh = Resource({semconv.SERVICE_INSTANCE_ID: str(uuid.uuid4())})
+        for provider in (tracer_provider, metrics_api.get_meter_provider(), get_logger_provider()):
+            update = getattr(provider, "_update_resource", None)
+            if callable(update):
+                update(fresh)
+            elif getattr(provider, "_resource", None) is not None:
+                provider._resource = provider._resource.merge(fresh)
+        _ForkGuard.parent_id = _instance_id(tracer_provider)
+    except Exception:
+        _logger.debug("stagetrace: could not refresh service.instance.id after fork", exc_info=True)
+
+
+class StagetraceConfigurator(_OTelSDKConfigurator):
+    """The standard SDK configuration, plus stagetrace's log correlation."""
+
+    def _configure(self, **kwargs) -> None:
+        # The SDK's own (deprecated) log handler only if the user asked for it by name.
+        if "OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED" not in os.environ:
+            kwargs.setdefault("setup_logging_handler", False)
+        resource_attributes = dict(kwargs.pop("resource_attributes", None) or {})
+        if semconv.SERVICE_INSTANCE_ID not in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", ""):
+            # Older SDKs have no service.instance.id detector; newer ones replace this per process.
+            resource_attributes.setdefault(semconv.SERVICE_INSTANCE_ID, str(uuid.uuid4()))
+        super()._configure(resource_attributes=resource_attributes, **kwargs)
+
+        try:
+            if _truthy(semconv.ENV_LOG_CORRELATION, "true"):
+                logs.install(otlp=_logs_exported() and not _someone_else_exports_logs())
+        except Exception:
+            _logger.warning("stagetrace: log correlation could not be installed", exc_info=True)
+
+        _ForkGuard.parent_id = _instance_id(trace_api.get_tracer_provider())
+        if hasattr(os, "register_at_fork") and not _ForkGuard.registered:
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+            _ForkGuard.registered = True

@@ -1,0 +1,160 @@
+"""StagetraceInstrumentor: library hooks + configured user-code stages.
+
+Nothing is imported or wrapped at instrument time. Each library hook and each
+``STAGETRACE_STAGES`` target registers a post-import hook; the wrapping happens
+the moment the app imports the module, and ``uninstrument()`` removes every
+wrapper and pending hook.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import reprlib
+from collections.abc import Collection
+from types import ModuleType
+from typing import Any
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+
+from stagetrace import semconv
+
+from . import (hook_feast, hook_lightgbm, hook_onnxruntime, hook_sklearn, hook_torch, hook_transformers,
+               hook_xgboost, importhook, logs, metrics, stages, wrapping)
+from .package import _hooked_libraries, _instruments
+
+_logger = logging.getLogger("stagetrace.instrumentation")
+
+HOOKS = (hook_sklearn, hook_xgboost, hook_lightgbm, hook_torch, hook_onnxruntime, hook_transformers, hook_feast)
+
+_PAYLOAD_LIMIT = 1024
+
+
+def capture_payload(span, stage: str, args: tuple, kwargs: dict, result: Any) -> None:
+    """The opt-in payload hook behind ``STAGETRACE_CAPTURE_PAYLOADS=true``:
+    a bounded repr of the first input and of the result."""
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = _PAYLOAD_LIMIT
+    r.maxlist = r.maxtuple = r.maxdict = 16
+    first = args[0] if args else (next(iter(kwargs.values())) if kwargs else None)
+    span.set_attribute(semconv.ML_INPUT_VALUE, r.repr(first)[:_PAYLOAD_LIMIT])
+    span.set_attribute(semconv.ML_OUTPUT_VALUE, r.repr(result)[:_PAYLOAD_LIMIT])
+
+
+def _load_payload_hook(spec: str):
+    mod, _, attr = spec.partition(":")
+    fn = importlib.import_module(mod)
+    for part in attr.split("."):
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise TypeError(f"{spec} is not callable")
+    return fn
+
+
+def _version_ok(dist: str) -> bool:
+    spec = _hooked_libraries.get(dist)
+    if not spec:
+        return True
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from packaging.specifiers import SpecifierSet
+
+        try:
+            v = version(dist)
+        except PackageNotFoundError:
+            return True  # vendored / renamed install: try anyway, wrapping is defensive
+        if SpecifierSet(spec).contains(v, prereleases=True):
+            return True
+        _logger.warning("stagetrace: %s %s is outside the supported range %s; its hook is off", dist, v, spec)
+        return False
+    except Exception:
+        return True
+
+
+def _library_callback(hook):
+    state = {"checked": None}
+
+    def callback(module: ModuleType) -> None:
+        if state["checked"] is None:
+            state["checked"] = _version_ok(hook.DIST)
+        if state["checked"]:
+            hook.on_import(module)
+
+    return callback
+
+
+def _stage_callback(target: stages.StageTarget):
+    def callback(module: ModuleType) -> None:
+        try:
+            owner, attr = stages.resolve(module, target.qualname)
+        except AttributeError as exc:
+            stages._warn(target.entry, target.source, f"{exc}")
+            return
+        if not wrapping.wrap(owner, attr, wrapping.StageSpec(target.stage, target.qualname)):
+            stages._warn(target.entry, target.source, f"{target.qualname} is not callable")
+
+    return callback
+
+
+class StagetraceInstrumentor(BaseInstrumentor):
+    """Spans for feature_fetch / preprocess / inference, from library hooks and config.
+
+    Keyword arguments to ``instrument()``: ``tracer_provider``, ``meter_provider``,
+    ``stages`` (a ``STAGETRACE_STAGES``-style string, replaces the env/config
+    sources), ``payload_hook`` (callable ``(span, stage, args, kwargs, result)``,
+    opt-in payload capture), ``libraries`` (iterable of hook names such as
+    ``"sklearn"``; default all).
+    """
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _instruments
+
+    def _instrument(self, **kwargs: Any) -> None:
+        wrapping.settings.explicit_provider = kwargs.get("tracer_provider")
+        metrics._state.explicit_provider = kwargs.get("meter_provider")
+        metrics.reset()
+        wrapping.settings.default_model_version = os.environ.get(semconv.ENV_MODEL_VERSION) or None
+        wrapping.settings.payload_hook = self._payload_hook(kwargs.get("payload_hook"))
+        logs.install_record_factory()
+
+        wanted = kwargs.get("libraries")
+        for hook in HOOKS:
+            if wanted is not None and hook.FRAMEWORK not in wanted and hook.DIST not in wanted:
+                continue
+            cb = _library_callback(hook)
+            for name, submodules in hook.WATCH:
+                importhook.when_imported(name, cb, submodules=submodules)
+
+        targets = stages.parse_list(kwargs["stages"], "stages=") if "stages" in kwargs else stages.load()
+        for target in targets:
+            if not stages.module_findable(target.module):
+                stages._warn(target.entry, target.source,
+                             f"module {target.module!r} not found (it will still be wrapped if it is imported later)")
+            importhook.when_imported(target.module, _stage_callback(target))
+
+    @staticmethod
+    def _payload_hook(explicit):
+        if explicit is not None:
+            return explicit
+        spec = os.environ.get(semconv.ENV_PAYLOAD_HOOK, "").strip()
+        if spec:
+            try:
+                return _load_payload_hook(spec)
+            except Exception as exc:
+                _logger.warning("stagetrace: %s=%s cannot be loaded (%s); payloads are not captured",
+                                semconv.ENV_PAYLOAD_HOOK, spec, exc)
+                return None
+        if wrapping.env_flag(semconv.ENV_CAPTURE_PAYLOADS):
+            return capture_payload
+        return None
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        importhook.clear()
+        wrapping.unwrap_all()
+        wrapping.settings.explicit_provider = None
+        wrapping.settings.payload_hook = None
+        metrics._state.explicit_provider = None
+        metrics.reset()
+        logs.uninstall_record_factory()

@@ -1,0 +1,203 @@
+"""User-code stages by configuration: ``stage=module:qualname`` entries.
+
+Sources, all merged (first occurrence of a target wins):
+
+1. ``STAGETRACE_STAGES`` — ``;``-separated entries;
+2. ``STAGETRACE_CONFIG=path.toml`` — its ``[tool.stagetrace]`` table (or top level);
+   otherwise ``[tool.stagetrace]`` in ``./pyproject.toml``.
+
+In TOML, ``stages`` may be the same ``;`` string, a list of ``"stage=module:qualname"``
+strings, or a table ``{stage = "module:qualname" | [..]}``.
+
+A bad entry gives one warning naming it and is skipped; the app always starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass
+from importlib.machinery import PathFinder
+from pathlib import Path
+from typing import Any
+
+from stagetrace import semconv
+
+_logger = logging.getLogger("stagetrace.instrumentation")
+
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_STAGE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_MODULE_RE = re.compile(rf"^{_IDENT}(\.{_IDENT})*$")
+_QUALNAME_RE = _MODULE_RE
+
+
+@dataclass(frozen=True)
+class StageTarget:
+    stage: str
+    module: str
+    qualname: str
+    entry: str  # the text as the user wrote it, for messages
+    source: str  # where it came from (env var or file)
+
+
+def _warn(entry: str, source: str, why: str) -> None:
+    _logger.warning("stagetrace: ignoring stage entry %r from %s: %s", entry, source, why)
+
+
+def parse_entry(entry: str, source: str) -> StageTarget | None:
+    """Parse ``stage=module:qualname``; warn and return None if malformed."""
+    text = entry.strip()
+    stage, eq, target = text.partition("=")
+    stage, target = stage.strip(), target.strip()
+    if not eq or not stage or not target:
+        _warn(text, source, "expected stage=module:qualname")
+        return None
+    if not _STAGE_RE.match(stage):
+        _warn(text, source, f"invalid stage name {stage!r}")
+        return None
+    module, colon, qualname = target.partition(":")
+    module, qualname = module.strip(), qualname.strip()
+    if not colon or not _MODULE_RE.match(module) or not _QUALNAME_RE.match(qualname):
+        _warn(text, source, "expected module:qualname, e.g. app.model:Scorer.score")
+        return None
+    return StageTarget(stage, module, qualname, text, source)
+
+
+def parse_list(text: str, source: str) -> list[StageTarget]:
+    out = []
+    for part in text.split(";"):
+        if part.strip():
+            t = parse_entry(part, source)
+            if t is not None:
+                out.append(t)
+    return out
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib  # type: ignore[no-redef]
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+def _from_table(stages: Any, source: str) -> list[StageTarget]:
+    if isinstance(stages, str):
+        return parse_list(stages, source)
+    out: list[StageTarget] = []
+    if isinstance(stages, list):
+        for item in stages:
+            if isinstance(item, str):
+                t = parse_entry(item, source)
+                if t:
+                    out.append(t)
+            else:
+                _warn(repr(item), source, "list items must be strings stage=module:qualname")
+        return out
+    if isinstance(stages, dict):
+        for stage, targets in stages.items():
+            for target in [targets] if isinstance(targets, str) else (targets if isinstance(targets, list) else [targets]):
+                if not isinstance(target, str):
+                    _warn(f"{stage}={target!r}", source, "target must be a string module:qualname")
+                    continue
+                t = parse_entry(f"{stage}={target}", source)
+                if t:
+                    out.append(t)
+        return out
+    _warn(repr(stages), source, "`stages` must be a string, a list or a table")
+    return out
+
+
+def from_file(path: Path, *, pyproject: bool) -> list[StageTarget]:
+    source = str(path)
+    try:
+        data = _load_toml(path)
+    except FileNotFoundError:
+        if not pyproject:
+            _logger.warning("stagetrace: %s=%s: file not found; no stages from it", semconv.ENV_CONFIG, path)
+        return []
+    except Exception as exc:
+        _logger.warning("stagetrace: cannot read %s (%s); no stages from it", path, exc)
+        return []
+    table = data.get("tool", {}).get("stagetrace") if isinstance(data.get("tool"), dict) else None
+    if table is None and not pyproject:
+        table = data
+    if not isinstance(table, dict) or "stages" not in table:
+        return []
+    return _from_table(table["stages"], source)
+
+
+def load(environ: dict[str, str] | None = None, cwd: Path | None = None) -> list[StageTarget]:
+    """All configured targets, de-duplicated by target (first source wins)."""
+    env = os.environ if environ is None else environ
+    targets: list[StageTarget] = []
+    if env.get(semconv.ENV_STAGES):
+        targets += parse_list(env[semconv.ENV_STAGES], semconv.ENV_STAGES)
+    if env.get(semconv.ENV_CONFIG):
+        targets += from_file(Path(env[semconv.ENV_CONFIG]).expanduser(), pyproject=False)
+    else:
+        targets += from_file((cwd or Path.cwd()) / "pyproject.toml", pyproject=True)
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for t in targets:
+        key = (t.module, t.qualname)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(t)
+    return out
+
+
+def module_findable(name: str) -> bool:
+    """Whether ``name`` can be imported, *without importing it or its parents*.
+
+    The current directory is searched too: uvicorn and gunicorn put it on
+    ``sys.path`` only after we have been loaded.
+    """
+    if name in sys.modules:
+        return True
+    parts = name.split(".")
+    path = list(sys.path)
+    cwd = os.getcwd()
+    if cwd not in path and "" not in path:
+        path.append(cwd)
+    search: list[str] | None = path
+    for i, part in enumerate(parts):
+        qual = ".".join(parts[: i + 1])
+        if qual in sys.modules:
+            mod = sys.modules[qual]
+            search = list(getattr(mod, "__path__", []) or [])
+            if i == len(parts) - 1:
+                return True
+            continue
+        try:
+            spec = PathFinder.find_spec(qual if i == 0 else qual, search)
+        except Exception:
+            return False
+        if spec is None:
+            # not found on the path: maybe a built-in, frozen or custom-finder module
+            if i == 0:
+                import importlib.util
+
+                try:
+                    return importlib.util.find_spec(parts[0]) is not None and len(parts) == 1
+                except Exception:
+                    return False
+            return False
+        search = list(spec.submodule_search_locations or [])
+    return True
+
+
+def resolve(module: Any, qualname: str) -> tuple[Any, str]:
+    """(owner, attribute name) for ``qualname`` inside ``module``; raises AttributeError."""
+    parts = qualname.split(".")
+    owner = module
+    for p in parts[:-1]:
+        owner = getattr(owner, p)
+    last = parts[-1]
+    if last not in getattr(owner, "__dict__", {}) and not hasattr(owner, last):
+        raise AttributeError(f"{getattr(owner, '__name__', owner)!s} has no attribute {last!r}")
+    return owner, last

@@ -1,0 +1,603 @@
+"""The one stage-span wrapper every hook and every configured target goes through.
+
+Design points, each one a promise in the issue:
+
+* **One logical call, one span.** A contextvar holds the innermost active stage.
+  A call whose stage equals it (Pipeline.predict -> estimator.predict, a Module
+  calling sub-modules, a user ``inference`` function calling ``model.predict``)
+  gets no span of its own; it only fills model attributes the outer span lacks.
+* **Never hurts the app.** Our own failures are caught and logged once; the
+  wrapped callable is called exactly once and its result or exception is passed
+  through untouched (``raise`` re-raises the very same object and traceback).
+* **Near-zero cost without an SDK.** Before anything else the wrapper reads the
+  global tracer-provider slot; while it is unset (or a no-op provider) the call
+  goes straight through.
+* **Every callable kind.** Functions, methods, class/static methods, coroutines,
+  generators and async generators; generator spans cover the whole iteration and
+  the span is made current only while the generator body runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import time
+import types
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import context as context_api
+from opentelemetry import trace as trace_api
+from opentelemetry.trace import NoOpTracerProvider, SpanKind, Status, StatusCode
+
+from stagetrace import semconv
+
+from . import metrics
+
+_logger = logging.getLogger("stagetrace.instrumentation")
+
+Describe = Callable[[Any, tuple, dict], Mapping[str, Any]]
+PayloadHook = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What a wrapped callable means: its stage, and how to describe a call."""
+
+    stage: str
+    qualname: str
+    framework: str | None = None
+    # Returns ml.* attributes for a call (model name, shapes). Never values.
+    describe: Describe | None = None
+    # Only create a span when the innermost active stage is this one
+    # (sklearn ``transform`` is preprocess only inside a Pipeline's inference).
+    only_inside: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @functools.cached_property
+    def base_attributes(self) -> dict[str, Any]:
+        """Attributes every span of this target carries (built once)."""
+        attrs: dict[str, Any] = {semconv.ML_STAGE: self.stage}
+        if self.framework:
+            # Library hooks: the span is named for the model, so say which method ran.
+            attrs[semconv.CODE_FUNCTION] = self.qualname
+            attrs[semconv.ML_MODEL_FRAMEWORK] = self.framework
+        attrs.update(self.extra)
+        return attrs
+
+    @functools.cached_property
+    def default_name(self) -> str:
+        return f"{self.stage} {self.qualname}"
+
+
+class _Frame:
+    """The innermost active stage in this context."""
+
+    __slots__ = ("stage", "span", "has_model")
+
+    def __init__(self, stage: str, span, has_model: bool) -> None:
+        self.stage = stage
+        self.span = span
+        self.has_model = has_model
+
+
+_current: ContextVar[_Frame | None] = ContextVar("stagetrace_stage", default=None)
+
+
+def current_stage() -> str | None:
+    """The innermost active ML stage, for log correlation."""
+    frame = _current.get()
+    return frame.stage if frame is not None else None
+
+
+def current_model_name() -> str | None:
+    frame = _current.get()
+    if frame is None:
+        return None
+    try:
+        return frame.span.attributes.get(semconv.ML_MODEL_NAME)  # SDK span
+    except Exception:
+        return None
+
+
+# --- configuration set by the instrumentor ------------------------------------
+class _Settings:
+    explicit_provider = None  # tracer_provider kwarg of instrument(); None = global
+    payload_hook: PayloadHook | None = None
+    default_model_version: str | None = None
+
+
+settings = _Settings()
+
+_tracer_cache: list = [None, None]  # [provider, tracer]
+
+
+def _tracer_or_none():
+    """The tracer to use, or None when tracing is not configured (the fast path)."""
+    provider = settings.explicit_provider or trace_api._TRACER_PROVIDER  # noqa: SLF001 - cheapest check there is
+    if provider is None or provider.__class__ is NoOpTracerProvider:
+        return None
+    if _tracer_cache[0] is provider:
+        return _tracer_cache[1]
+    try:
+        tracer = provider.get_tracer(semconv.INSTRUMENTATION_SCOPE, _version())
+    except Exception:
+        _internal_error("get_tracer", StageSpec("-", "tracer provider"))
+        return None
+    _tracer_cache[0] = provider
+    _tracer_cache[1] = tracer
+    return tracer
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("stagetrace")
+    except Exception:
+        return "0"
+
+
+_reported: set[str] = set()
+
+
+def _internal_error(where: str, spec: StageSpec) -> None:
+    """Log our own failure once per target, never raise."""
+    key = f"{where}:{spec.qualname}"
+    if key in _reported:
+        return
+    _reported.add(key)
+    _logger.warning("stagetrace: internal error in %s for %s; the call itself is unaffected", where, spec.qualname, exc_info=True)
+
+
+# --- input description (shapes and counts, never values) ----------------------
+def describe_input(x: Any) -> dict[str, Any]:
+    """``ml.batch.size``, ``ml.input.shape``, ``ml.feature.count`` for a model input."""
+    attrs: dict[str, Any] = {}
+    if x is None:
+        return attrs
+    shape = getattr(x, "shape", None)
+    if shape is not None and not callable(shape):
+        try:
+            dims = [int(d) if d is not None else -1 for d in tuple(shape)]
+        except Exception:
+            dims = None
+        if dims:
+            attrs[semconv.ML_INPUT_SHAPE] = dims
+            attrs[semconv.ML_BATCH_SIZE] = dims[0]
+            if len(dims) == 2:
+                attrs[semconv.ML_FEATURE_COUNT] = dims[1]
+        return attrs
+    if isinstance(x, (str, bytes)):
+        attrs[semconv.ML_BATCH_SIZE] = 1
+    elif isinstance(x, Mapping):
+        attrs[semconv.ML_BATCH_SIZE] = 1
+        attrs[semconv.ML_FEATURE_COUNT] = len(x)
+    elif isinstance(x, (list, tuple)):
+        attrs[semconv.ML_BATCH_SIZE] = len(x)
+        first = x[0] if x else None
+        if isinstance(first, Mapping) or (isinstance(first, (list, tuple)) and not isinstance(first, str)):
+            attrs[semconv.ML_FEATURE_COUNT] = len(first)
+    return attrs
+
+
+def first_arg(args: tuple, kwargs: dict, *names: str) -> Any:
+    if args:
+        return args[0]
+    for n in names:
+        if n in kwargs:
+            return kwargs[n]
+    return None
+
+
+# --- span lifecycle ------------------------------------------------------------
+class _Active:
+    """One open stage span."""
+
+    __slots__ = ("span", "ctx", "frame", "t0", "metric_attrs", "tokens")
+
+    def __init__(self, span, frame: _Frame, metric_attrs: dict) -> None:
+        self.span = span
+        self.ctx = trace_api.set_span_in_context(span)
+        self.frame = frame
+        self.metric_attrs = metric_attrs
+        self.t0 = time.perf_counter()
+        self.tokens = None
+
+    def enter(self) -> None:
+        self.tokens = (context_api.attach(self.ctx), _current.set(self.frame))
+
+    def exit(self) -> None:
+        tokens, self.tokens = self.tokens, None
+        if tokens is not None:
+            _current.reset(tokens[1])
+            context_api.detach(tokens[0])
+
+
+_metric_attr_cache: dict[tuple, dict] = {}
+
+
+def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
+    """Open a span for this call, or return None if the call is nested/not applicable."""
+    parent = _current.get()
+    if parent is not None and parent.stage == spec.stage:
+        if not parent.has_model and spec.describe is not None:
+            _enrich(parent, spec, instance, args, kwargs)
+        return None
+    if spec.only_inside is not None and (parent is None or parent.stage != spec.only_inside):
+        return None
+    attrs = dict(spec.base_attributes)
+    if spec.describe is not None:
+        try:
+            attrs.update(spec.describe(instance, args, kwargs))
+        except Exception:
+            _internal_error("describe", spec)
+    elif args:
+        first = args[0]
+        if first is not None and not isinstance(first, (int, float, bool)):
+            try:
+                attrs.update(describe_input(first))
+            except Exception:
+                _internal_error("describe", spec)
+    model = attrs.get(semconv.ML_MODEL_NAME)
+    version = attrs.get(semconv.ML_MODEL_VERSION)
+    if version is None and settings.default_model_version is not None:
+        version = attrs[semconv.ML_MODEL_VERSION] = settings.default_model_version
+    span = tracer.start_span(f"{spec.stage} {model}" if model else spec.default_name, kind=SpanKind.INTERNAL, attributes=attrs)
+    key = (spec.stage, model, version)
+    metric_attrs = _metric_attr_cache.get(key)
+    if metric_attrs is None:
+        metric_attrs = {semconv.ML_STAGE: spec.stage}
+        if model:
+            metric_attrs[semconv.ML_MODEL_NAME] = model
+        if version:
+            metric_attrs[semconv.ML_MODEL_VERSION] = version
+        if len(_metric_attr_cache) < 4096:
+            _metric_attr_cache[key] = metric_attrs
+    return _Active(span, _Frame(spec.stage, span, model is not None), metric_attrs)
+
+
+def _enrich(parent: _Frame, spec: StageSpec, instance, args, kwargs) -> None:
+    """A nested same-stage call (e.g. sklearn under a user ``inference`` stage):
+    give the one outer span the model attributes it lacks instead of a new span."""
+    parent.has_model = True
+    try:
+        span = parent.span
+        existing = getattr(span, "attributes", None) or {}
+        attrs = dict(spec.describe(instance, args, kwargs)) if spec.describe else {}
+        if spec.framework:
+            attrs.setdefault(semconv.ML_MODEL_FRAMEWORK, spec.framework)
+        for k, v in attrs.items():
+            if k not in existing and v is not None:
+                span.set_attribute(k, v)
+    except Exception:
+        _internal_error("enrich", spec)
+
+
+def _end(active: _Active, spec: StageSpec, exc: BaseException | None, args, kwargs, result=None) -> None:
+    try:
+        span = active.span
+        outcome = semconv.OUTCOME_OK
+        if exc is not None:
+            if isinstance(exc, Exception):
+                outcome = semconv.OUTCOME_ERROR
+                span.record_exception(exc)
+                span.set_attribute(semconv.ERROR_TYPE, type(exc).__qualname__)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            else:
+                outcome = semconv.OUTCOME_CANCELLED
+        elif settings.payload_hook is not None:
+            try:
+                settings.payload_hook(span, spec.stage, args, kwargs, result)
+            except Exception:
+                _internal_error("payload hook", spec)
+        elapsed = time.perf_counter() - active.t0
+        span.end()
+        metrics.record(elapsed, active.metric_attrs, outcome)
+    except Exception:
+        _internal_error("end", spec)
+
+
+# --- the wrappers for each callable kind --------------------------------------
+# Plain closures, not wrapt proxies: a wrapt FunctionWrapper costs ~1.5 us per
+# call even with its C extension, more than the whole no-SDK budget. Each
+# wrapper reads the provider slot inline before anything else.
+_trace_mod = trace_api
+_NOOP = NoOpTracerProvider
+
+
+def _exit_quietly(active: _Active, spec: StageSpec) -> None:
+    try:
+        active.exit()
+    except Exception:
+        _internal_error("context detach", spec)
+
+
+def _safe_begin(tracer, spec, instance, args, kwargs) -> _Active | None:
+    try:
+        return _begin(tracer, spec, instance, args, kwargs)
+    except Exception:
+        _internal_error("begin", spec)
+        return None
+
+
+def _safe_enter(active: _Active | None, spec: StageSpec) -> None:
+    if active is not None:
+        try:
+            active.enter()
+        except Exception:
+            _internal_error("context attach", spec)
+
+
+def _sync_call(spec: StageSpec, tracer, fn, instance, dargs, args, kwargs):
+    active = _safe_begin(tracer, spec, instance, dargs, kwargs)
+    if active is None:
+        return fn(*args, **kwargs)
+    _safe_enter(active, spec)
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        _exit_quietly(active, spec)
+        _end(active, spec, exc, dargs, kwargs)
+        raise
+    _exit_quietly(active, spec)
+    _end(active, spec, None, dargs, kwargs, result)
+    return result
+
+
+async def _async_call(spec: StageSpec, tracer, fn, instance, dargs, args, kwargs):
+    active = _safe_begin(tracer, spec, instance, dargs, kwargs)
+    if active is None:
+        return await fn(*args, **kwargs)
+    _safe_enter(active, spec)
+    try:
+        result = await fn(*args, **kwargs)
+    except BaseException as exc:
+        _exit_quietly(active, spec)
+        _end(active, spec, exc, dargs, kwargs)
+        raise
+    _exit_quietly(active, spec)
+    _end(active, spec, None, dargs, kwargs, result)
+    return result
+
+
+def _gen_call(spec: StageSpec, fn, instance, dargs, args, kwargs):
+    """Drive the wrapped generator: the span starts at the first next() and ends when
+    iteration ends; it is current only while the generator body runs, never in the
+    consumer between items."""
+    gen = fn(*args, **kwargs)
+    tracer = _tracer_or_none()
+    if tracer is None:
+        return (yield from gen)
+    active = _safe_begin(tracer, spec, instance, dargs, kwargs)
+    if active is None:
+        return (yield from gen)
+    send_value, throw_exc = None, None
+    while True:
+        _safe_enter(active, spec)
+        try:
+            if throw_exc is not None:
+                exc, throw_exc = throw_exc, None
+                value = gen.throw(exc)
+            else:
+                value = gen.send(send_value)
+        except StopIteration as stop:
+            _exit_quietly(active, spec)
+            _end(active, spec, None, dargs, kwargs, stop.value)
+            return stop.value
+        except BaseException as exc:
+            _exit_quietly(active, spec)
+            _end(active, spec, exc, dargs, kwargs)
+            raise
+        _exit_quietly(active, spec)
+        try:
+            send_value = yield value
+        except GeneratorExit:
+            try:
+                gen.close()
+            finally:
+                _end(active, spec, None, dargs, kwargs)
+            raise
+        except BaseException as exc:
+            throw_exc = exc
+
+
+def _make_asyncgen(spec: StageSpec, fn, is_method: bool):
+    @functools.wraps(fn)
+    async def wrapper(*args, **kwargs):
+        agen = fn(*args, **kwargs)
+        tracer = _tracer_or_none()
+        instance, dargs = (args[0], args[1:]) if is_method and args else (None, args)
+        active = _safe_begin(tracer, spec, instance, dargs, kwargs) if tracer is not None else None
+        send_value, throw_exc = None, None
+        while True:
+            _safe_enter(active, spec)
+            try:
+                if throw_exc is not None:
+                    exc, throw_exc = throw_exc, None
+                    value = await agen.athrow(exc)
+                else:
+                    value = await agen.asend(send_value)
+            except StopAsyncIteration:
+                if active is not None:
+                    _exit_quietly(active, spec)
+                    _end(active, spec, None, dargs, kwargs)
+                return
+            except BaseException as exc:
+                if active is not None:
+                    _exit_quietly(active, spec)
+                    _end(active, spec, exc, dargs, kwargs)
+                raise
+            if active is not None:
+                _exit_quietly(active, spec)
+            try:
+                send_value = yield value
+            except GeneratorExit:
+                try:
+                    await agen.aclose()
+                finally:
+                    if active is not None:
+                        _end(active, spec, None, dargs, kwargs)
+                raise
+            except BaseException as exc:
+                throw_exc = exc
+
+    return wrapper
+
+
+def _kind(fn: Any) -> str:
+    if inspect.isasyncgenfunction(fn):
+        return "asyncgen"
+    if inspect.iscoroutinefunction(fn):
+        return "async"
+    if inspect.isgeneratorfunction(fn):
+        return "gen"
+    return "sync"
+
+
+def make_function_wrapper(fn: Callable, spec: StageSpec, is_method: bool) -> Callable:
+    """A wrapper with ``fn``'s kind (so ``inspect``/FastAPI still see a coroutine or
+    generator function) and metadata. ``is_method``: the first argument is self/cls."""
+    kind = _kind(fn)
+    settings_ = settings
+    tm = _trace_mod
+
+    if kind == "sync":
+        if is_method:
+            @functools.wraps(fn)
+            def wrapper(*args, **kwargs):
+                provider = settings_.explicit_provider or tm._TRACER_PROVIDER
+                if provider is None or provider.__class__ is _NOOP:
+                    return fn(*args, **kwargs)
+                tracer = _tracer_or_none()
+                return _sync_call(spec, tracer, fn, args[0] if args else None, args[1:], args, kwargs)
+        else:
+            @functools.wraps(fn)
+            def wrapper(*args, **kwargs):
+                provider = settings_.explicit_provider or tm._TRACER_PROVIDER
+                if provider is None or provider.__class__ is _NOOP:
+                    return fn(*args, **kwargs)
+                tracer = _tracer_or_none()
+                return _sync_call(spec, tracer, fn, None, args, args, kwargs)
+    elif kind == "async":
+        @functools.wraps(fn)
+        async def wrapper(*args, **kwargs):
+            tracer = _tracer_or_none()
+            if tracer is None:
+                return await fn(*args, **kwargs)
+            instance, dargs = (args[0], args[1:]) if is_method and args else (None, args)
+            return await _async_call(spec, tracer, fn, instance, dargs, args, kwargs)
+    elif kind == "gen":
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            instance, dargs = (args[0], args[1:]) if is_method and args else (None, args)
+            return (yield from _gen_call(spec, fn, instance, dargs, args, kwargs))
+    else:
+        wrapper = _make_asyncgen(spec, fn, is_method)
+    wrapper.__stagetrace_spec__ = spec  # type: ignore[attr-defined]
+    return wrapper
+
+
+class _WrappedDescriptor:
+    """For method descriptors that are not plain functions (e.g. sklearn's
+    ``available_if``): bind through the original descriptor, so ``hasattr`` keeps
+    its meaning, then wrap the bound callable."""
+
+    def __init__(self, raw: Any, spec: StageSpec) -> None:
+        self.__wrapped__ = raw
+        self._spec = spec
+        self._kind = _kind(_underlying(raw))
+        for attr in ("__doc__", "__name__", "__qualname__", "__module__"):
+            try:
+                setattr(self, attr, getattr(raw, attr))
+            except AttributeError:
+                pass
+
+    def __get__(self, obj, objtype=None):
+        bound = self.__wrapped__.__get__(obj, objtype)
+        if obj is None or self._kind != "sync":
+            return make_function_wrapper(bound, self._spec, False) if self._kind != "sync" else bound
+        return functools.partial(_bound_sync, self._spec, bound, obj)
+
+    def __set_name__(self, owner, name):
+        set_name = getattr(self.__wrapped__, "__set_name__", None)
+        if set_name is not None:
+            set_name(owner, name)
+
+
+def _bound_sync(spec: StageSpec, bound, obj, *args, **kwargs):
+    provider = settings.explicit_provider or _trace_mod._TRACER_PROVIDER
+    if provider is None or provider.__class__ is _NOOP:
+        return bound(*args, **kwargs)
+    return _sync_call(spec, _tracer_or_none(), bound, obj, args, args, kwargs)
+
+
+def _underlying(obj: Any) -> Any:
+    """The plain function behind a class/static method or a descriptor."""
+    for attr in ("__func__", "fn", "func"):
+        inner = getattr(obj, attr, None)
+        if inner is not None and callable(inner):
+            return inner
+    return obj
+
+
+# --- wrap / unwrap registry ------------------------------------------------------
+_wrapped: dict[tuple[int, str], tuple[Any, str, Any]] = {}
+
+
+def is_wrapped(owner: Any, attr: str) -> bool:
+    return (id(owner), attr) in _wrapped
+
+
+def wrap(owner: Any, attr: str, spec: StageSpec) -> bool:
+    """Replace ``owner.attr`` (a class or module attribute) by its stage wrapper; idempotent.
+
+    Returns False (and changes nothing) if the attribute is not something we can wrap.
+    """
+    key = (id(owner), attr)
+    if key in _wrapped:
+        return True
+    in_dict = attr in getattr(owner, "__dict__", {})
+    raw = owner.__dict__[attr] if in_dict else getattr(owner, attr)
+    is_class = isinstance(owner, type)
+    if isinstance(raw, staticmethod):
+        new: Any = staticmethod(make_function_wrapper(raw.__func__, spec, False))
+    elif isinstance(raw, classmethod):
+        new = classmethod(make_function_wrapper(raw.__func__, spec, True))
+    elif isinstance(raw, types.FunctionType):
+        new = make_function_wrapper(raw, spec, is_class)
+    elif is_class and hasattr(type(raw), "__get__") and not isinstance(raw, types.BuiltinFunctionType):
+        new = _WrappedDescriptor(raw, spec)
+    elif callable(raw):  # builtins, bound methods, callable objects at module level
+        new = make_function_wrapper(raw, spec, False)
+    else:
+        return False
+    setattr(owner, attr, new)
+    # Inherited attributes are restored by deleting our override.
+    _wrapped[key] = (owner, attr, raw if in_dict else _INHERITED)
+    return True
+
+
+_INHERITED = object()
+
+
+def unwrap_all() -> None:
+    """Restore every original callable we replaced."""
+    for owner, attr, original in list(_wrapped.values()):
+        try:
+            if original is _INHERITED:
+                delattr(owner, attr)
+            else:
+                setattr(owner, attr, original)
+        except Exception:
+            _logger.debug("stagetrace: could not unwrap %r.%s", owner, attr, exc_info=True)
+    _wrapped.clear()
+    _tracer_cache[0] = _tracer_cache[1] = None
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")

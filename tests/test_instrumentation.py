@@ -1,0 +1,726 @@
+"""Unit tests for stagetrace.instrumentation: wrapping, nesting, config, hooks, logs, metrics.
+
+Spans go to the real SDK with an in-memory exporter; every library hook is tested
+against the real library except Feast (see test_feast_hook_stand_in).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import logging.config
+import subprocess
+import sys
+import textwrap
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+from stagetrace import semconv
+from stagetrace.instrumentation import logs, stages, wrapping
+from stagetrace.instrumentation.instrumentor import StagetraceInstrumentor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Telemetry:
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.provider = TracerProvider(resource=Resource.create({"service.name": "unit-svc"}))
+        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+        self.tracer = self.provider.get_tracer("test")
+
+    def spans(self, stage: str | None = None):
+        out = list(self.exporter.get_finished_spans())
+        return [s for s in out if stage is None or s.attributes.get(semconv.ML_STAGE) == stage]
+
+    def stage_spans(self):
+        return [s for s in self.spans() if semconv.ML_STAGE in s.attributes]
+
+    def durations(self):
+        points = []
+        data = self.reader.get_metrics_data()
+        for rm in data.resource_metrics if data else []:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    if m.name == semconv.METRIC_STAGE_DURATION:
+                        assert m.unit == "s"
+                        points += [(dict(p.attributes), p.count) for p in m.data.data_points]
+        return points
+
+
+@pytest.fixture
+def tel():
+    t = Telemetry()
+    yield t
+
+
+def instrument(tel: Telemetry, **kw):
+    inst = StagetraceInstrumentor()
+    inst.instrument(tracer_provider=tel.provider, meter_provider=tel.meter_provider, **kw)
+    return inst
+
+
+@pytest.fixture
+def instrumented(tel):
+    inst = instrument(tel, stages="")
+    yield tel
+    inst.uninstrument()
+
+
+def write_module(tmp_path: Path, name: str, source: str) -> None:
+    path = tmp_path / (name.replace(".", "/") + ".py")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for parent in list(path.parents)[: name.count(".")]:
+        (parent / "__init__.py").touch()
+    path.write_text(textwrap.dedent(source))
+
+
+@pytest.fixture
+def modpath(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name, mod in list(sys.modules.items()):  # forget only the modules written by the test
+        if str(getattr(mod, "__file__", None) or "").startswith(str(tmp_path)):
+            sys.modules.pop(name, None)
+
+
+# --- dotted-path wrapping of every callable kind ----------------------------------
+TARGET_SOURCE = '''
+import logging
+log = logging.getLogger("userapp")
+
+def clean(x):
+    log.info("cleaning")
+    return [v * 2 for v in x]
+
+class FeatureClient:
+    def get(self, key):
+        return {"a": 1, "b": 2, "key": key}
+
+    @classmethod
+    def build(cls, n):
+        return cls.__name__ + str(n)
+
+    @staticmethod
+    def normalise(x):
+        return x.lower()
+
+    class Inner:
+        def deep(self):
+            return "deep"
+
+async def score(x):
+    await asyncio_sleep0()
+    return sum(x)
+
+def rows(n):
+    for i in range(n):
+        yield i
+    return "done"
+
+async def arows(n):
+    for i in range(n):
+        yield i
+
+async def asyncio_sleep0():
+    import asyncio
+    await asyncio.sleep(0)
+'''
+
+STAGES = ";".join([
+    "preprocess=userapp.mod:clean",
+    "feature_fetch=userapp.mod:FeatureClient.get",
+    "feature_fetch=userapp.mod:FeatureClient.build",
+    "preprocess=userapp.mod:FeatureClient.normalise",
+    "custom_stage=userapp.mod:FeatureClient.Inner.deep",
+    "inference=userapp.mod:score",
+    "preprocess=userapp.mod:rows",
+    "preprocess=userapp.mod:arows",
+])
+
+
+def test_every_callable_kind_is_wrapped_at_import_not_before(tel, modpath):
+    write_module(modpath, "userapp.mod", TARGET_SOURCE)
+    inst = instrument(tel, stages=STAGES)
+    try:
+        assert "userapp.mod" not in sys.modules  # instrumenting imports nothing
+        from userapp import mod
+
+        assert mod.clean([1, 2]) == [2, 4]
+        client = mod.FeatureClient()
+        assert client.get(7) == {"a": 1, "b": 2, "key": 7}
+        assert mod.FeatureClient.build(3) == "FeatureClient3"
+        assert client.build(4) == "FeatureClient4"
+        assert mod.FeatureClient.normalise("X") == "x" and client.normalise("Y") == "y"
+        assert mod.FeatureClient.Inner().deep() == "deep"
+        assert asyncio.run(mod.score([1, 2, 3])) == 6
+        gen = mod.rows(3)
+        assert list(gen) == [0, 1, 2]
+
+        async def consume():
+            return [i async for i in mod.arows(2)]
+
+        assert asyncio.run(consume()) == [0, 1]
+
+        names = sorted(s.name for s in tel.stage_spans())
+        assert names == sorted([
+            "preprocess clean", "feature_fetch FeatureClient.get", "feature_fetch FeatureClient.build",
+            "feature_fetch FeatureClient.build", "preprocess FeatureClient.normalise",
+            "preprocess FeatureClient.normalise", "custom_stage FeatureClient.Inner.deep", "inference score",
+            "preprocess rows", "preprocess arows",
+        ])
+        by_name = {s.name: s for s in tel.stage_spans()}
+        assert by_name["preprocess clean"].attributes[semconv.ML_BATCH_SIZE] == 2
+        assert by_name["custom_stage FeatureClient.Inner.deep"].attributes[semconv.ML_STAGE] == "custom_stage"
+        import inspect
+
+        assert inspect.iscoroutinefunction(mod.score)  # FastAPI must still see a coroutine function
+        assert inspect.isgeneratorfunction(mod.rows) and inspect.isasyncgenfunction(mod.arows)
+    finally:
+        inst.uninstrument()
+    from userapp import mod as again
+
+    assert not hasattr(again.clean, "__stagetrace_spec__")  # uninstrument restored originals
+    assert not hasattr(again.FeatureClient.__dict__["build"].__func__, "__stagetrace_spec__")
+
+
+def test_generator_span_is_current_only_inside_the_body(tel, modpath):
+    write_module(modpath, "genmod", '''
+from opentelemetry import trace
+def produce():
+    for i in range(2):
+        yield trace.get_current_span().get_span_context().span_id
+''')
+    inst = instrument(tel, stages="preprocess=genmod:produce")
+    try:
+        import genmod
+        from opentelemetry import trace
+
+        with tel.tracer.start_as_current_span("consumer") as consumer:
+            ids_inside = []
+            for value in genmod.produce():
+                ids_inside.append(value)
+                # between items the consumer's span is current, not the generator's
+                assert trace.get_current_span() is consumer
+        (gen_span,) = tel.spans("preprocess")
+        assert set(ids_inside) == {gen_span.context.span_id}
+        assert gen_span.parent.span_id == consumer.get_span_context().span_id
+    finally:
+        inst.uninstrument()
+
+
+# --- exceptions pass through unchanged ------------------------------------------------
+class ScoringError(Exception):
+    pass
+
+
+def test_exceptions_pass_through_unchanged_and_are_recorded(tel, modpath):
+    write_module(modpath, "failing", '''
+def boom(x):
+    raise LookupError("missing key " + str(x))
+
+async def aboom():
+    raise ValueError("async failure")
+
+def gboom():
+    yield 1
+    raise KeyError("gen failure")
+''')
+    inst = instrument(tel, stages="inference=failing:boom;inference=failing:aboom;preprocess=failing:gboom")
+    try:
+        import failing
+
+        with pytest.raises(LookupError) as info:
+            failing.boom(5)
+        assert str(info.value) == "missing key 5"
+        assert info.value.__cause__ is None and info.value.__context__ is None
+        frames = [f.name for f in traceback.extract_tb(info.value.__traceback__)]
+        assert frames[-1] == "boom"  # the original raise site is still the last frame
+        with pytest.raises(ValueError, match="async failure"):
+            asyncio.run(failing.aboom())
+        g = failing.gboom()
+        assert next(g) == 1
+        with pytest.raises(KeyError):
+            next(g)
+        spans = {s.name: s for s in tel.stage_spans()}
+        for name, etype in (("inference boom", "LookupError"), ("inference aboom", "ValueError"), ("preprocess gboom", "KeyError")):
+            span = spans[name]
+            assert span.status.status_code is StatusCode.ERROR
+            assert span.attributes[semconv.ERROR_TYPE] == etype
+            assert [e.name for e in span.events] == ["exception"]
+            assert span.events[0].attributes["exception.type"] == etype
+        outcomes = {(a[semconv.ML_STAGE], a[semconv.METRIC_OUTCOME]) for a, _ in tel.durations()}
+        assert ("inference", "error") in outcomes
+    finally:
+        inst.uninstrument()
+
+
+def test_our_internal_failure_never_breaks_the_call(tel):
+    calls = []
+
+    def describe_that_fails(instance, args, kwargs):
+        raise RuntimeError("bug in stagetrace")
+
+    class Owner:
+        def work(self, x):
+            calls.append(x)
+            return x * 3
+
+    inst = instrument(tel, stages="")
+    try:
+        wrapping.wrap(Owner, "work", wrapping.StageSpec("inference", "Owner.work", "custom", describe_that_fails))
+        assert Owner().work(2) == 6
+        assert calls == [2]  # called exactly once
+
+        class BrokenProvider(TracerProvider):
+            def get_tracer(self, *a, **k):
+                raise RuntimeError("tracer unavailable")
+
+        wrapping.settings.explicit_provider = BrokenProvider()
+        wrapping._tracer_cache[0] = None
+        with pytest.raises(RuntimeError):  # sanity: the provider really is broken
+            wrapping.settings.explicit_provider.get_tracer("x")
+        assert Owner().work(3) == 9
+        assert calls == [2, 3]
+    finally:
+        inst.uninstrument()
+
+
+def test_broken_tracer_does_not_break_the_call():
+    class BrokenTracer:
+        def start_span(self, *a, **k):
+            raise RuntimeError("exporter exploded")
+
+    spec = wrapping.StageSpec("inference", "f")
+    assert wrapping._sync_call(spec, BrokenTracer(), lambda x: x + 1, None, (1,), (1,), {}) == 2
+    with pytest.raises(ZeroDivisionError):
+        wrapping._sync_call(spec, BrokenTracer(), lambda x: 1 / x, None, (0,), (0,), {})
+
+
+def test_no_sdk_configured_means_no_spans_and_same_results(modpath):
+    write_module(modpath, "nosdk_mod", "def f(x):\n    return x * 2\n")
+    code = textwrap.dedent(f'''
+        import sys
+        sys.path.insert(0, {str(modpath)!r})
+        from opentelemetry import trace
+        from stagetrace.instrumentation.instrumentor import StagetraceInstrumentor
+        StagetraceInstrumentor().instrument(stages="preprocess=nosdk_mod:f")
+        import nosdk_mod
+        assert getattr(nosdk_mod.f, "__stagetrace_spec__", None) is not None, "not wrapped"
+        assert nosdk_mod.f(21) == 42
+        assert trace._TRACER_PROVIDER is None
+        print("ok")
+    ''')
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+# --- no duplicate spans ---------------------------------------------------------------
+def test_user_stage_calling_a_hooked_model_is_one_span_with_model_attributes(tel, modpath):
+    from sklearn.linear_model import LogisticRegression
+
+    write_module(modpath, "scorer", '''
+class Scorer:
+    def __init__(self, model):
+        self.model = model
+    def score(self, X):
+        return self.model.predict_proba(X)[:, 1]
+''')
+    inst = instrument(tel, stages="inference=scorer:Scorer.score")
+    try:
+        import scorer
+
+        X = np.random.default_rng(0).random((30, 4))
+        model = LogisticRegression().fit(X, X[:, 0] > 0.5)
+        tel.exporter.clear()
+        scorer.Scorer(model).score(X[:5])
+        (span,) = tel.stage_spans()
+        assert span.name == "inference Scorer.score"
+        assert span.attributes[semconv.ML_MODEL_FRAMEWORK] == "sklearn"
+        assert span.attributes[semconv.ML_MODEL_NAME] == "LogisticRegression"
+        assert span.attributes[semconv.ML_BATCH_SIZE] == 5
+    finally:
+        inst.uninstrument()
+
+
+# --- bad config entries ----------------------------------------------------------------
+def test_bad_entries_warn_once_each_and_the_rest_still_works(tel, modpath, caplog):
+    write_module(modpath, "goodmod", "def ok(x):\n    return x\n")
+    bad = ["nonsense", "preprocess=", "=goodmod:ok", "preprocess=goodmod", "inference=no_such_module_xyz:f",
+           "inference=goodmod:missing_attr", "bad stage=goodmod:ok", "preprocess=goodmod:ok.__x__-"]
+    caplog.set_level(logging.WARNING, logger="stagetrace.instrumentation")
+    inst = instrument(tel, stages=";".join(bad + ["preprocess=goodmod:ok"]))
+    try:
+        import goodmod
+
+        assert goodmod.ok(3) == 3
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        for entry in bad:
+            matching = [w for w in warnings if repr(entry.strip()) in w]
+            assert len(matching) == 1, (entry, warnings)
+        assert len(warnings) == len(bad)
+        assert [s.name for s in tel.stage_spans()] == ["preprocess ok"]
+    finally:
+        inst.uninstrument()
+
+
+def test_config_from_pyproject_and_config_file(tmp_path):
+    (tmp_path / "pyproject.toml").write_text(textwrap.dedent('''
+        [tool.stagetrace.stages]
+        feature_fetch = "app.features:FeatureClient.get"
+        preprocess = ["app.prep:clean", "app.prep:scale"]
+    '''))
+    got = stages.load(environ={}, cwd=tmp_path)
+    assert [(t.stage, t.module, t.qualname) for t in got] == [
+        ("feature_fetch", "app.features", "FeatureClient.get"), ("preprocess", "app.prep", "clean"), ("preprocess", "app.prep", "scale")]
+    cfg = tmp_path / "stagetrace.toml"
+    cfg.write_text('[tool.stagetrace]\nstages = ["inference=app.model:Scorer.score", "preprocess=app.prep:clean"]\n')
+    env = {"STAGETRACE_CONFIG": str(cfg), "STAGETRACE_STAGES": "preprocess=app.prep:clean;custom=app.x:y"}
+    got = stages.load(environ=env, cwd=tmp_path)  # env first, then the config file; pyproject ignored
+    assert [(t.stage, t.qualname) for t in got] == [("preprocess", "clean"), ("custom", "y"), ("inference", "Scorer.score")]
+    (tmp_path / "top.toml").write_text('stages = "inference=m:f"\n')
+    assert [t.module for t in stages.load(environ={"STAGETRACE_CONFIG": str(tmp_path / "top.toml")})] == ["m"]
+
+
+def test_module_findable_does_not_import(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_module(tmp_path, "pkg_nf.sub", "raise SystemExit('imported!')\n")
+    (tmp_path / "pkg_nf" / "__init__.py").write_text("raise SystemExit('imported!')\n")
+    assert stages.module_findable("pkg_nf.sub")  # found via the cwd, nothing executed
+    assert not stages.module_findable("pkg_nf.nope")
+    assert "pkg_nf" not in sys.modules
+
+
+# --- library hooks ------------------------------------------------------------------------
+def _data(n=40, d=4):
+    rng = np.random.default_rng(1)
+    X = rng.random((n, d)).astype(np.float32)
+    return X, (X[:, 0] + X[:, 1] > 1).astype(int)
+
+
+def test_sklearn_pipeline_one_inference_span_with_nested_preprocess(instrumented):
+    tel = instrumented
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = _data()
+    pipe = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y)
+    assert tel.stage_spans() == []  # fit makes no stage spans (transform outside inference)
+    pipe.predict_proba(X[:7])
+    spans = tel.stage_spans()
+    inference = [s for s in spans if s.attributes[semconv.ML_STAGE] == "inference"]
+    pre = [s for s in spans if s.attributes[semconv.ML_STAGE] == "preprocess"]
+    assert len(inference) == 1 and len(pre) == 1, [s.name for s in spans]
+    assert inference[0].name == "inference Pipeline"
+    assert pre[0].name == "preprocess StandardScaler"
+    assert pre[0].parent.span_id == inference[0].context.span_id
+    a = inference[0].attributes
+    assert a[semconv.ML_MODEL_FRAMEWORK] == "sklearn" and a[semconv.ML_BATCH_SIZE] == 7
+    assert a[semconv.ML_FEATURE_COUNT] == 4 and tuple(a[semconv.ML_INPUT_SHAPE]) == (7, 4)
+    tel.exporter.clear()
+    pipe.predict(X[:2])
+    pipe.decision_function(X[:2])
+    assert [s.name for s in tel.spans("inference")] == ["inference Pipeline", "inference Pipeline"]
+    tel.exporter.clear()
+    StandardScaler().fit(X).transform(X)  # a transform outside inference: no span
+    assert tel.stage_spans() == []
+
+
+def test_sklearn_estimator_alone(instrumented):
+    tel = instrumented
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, y = _data()
+    clf = RandomForestClassifier(n_estimators=3, random_state=0).fit(X, y)
+    tel.exporter.clear()
+    clf.predict(X[:3])  # predict calls predict_proba internally: still one span
+    (span,) = tel.stage_spans()
+    assert span.name == "inference RandomForestClassifier"
+    assert span.attributes[semconv.CODE_FUNCTION].endswith(".predict")
+    points = tel.durations()
+    assert any(a[semconv.ML_MODEL_NAME] == "RandomForestClassifier" and a[semconv.METRIC_OUTCOME] == "ok" for a, _ in points)
+
+
+def test_xgboost_hook(instrumented):
+    tel = instrumented
+    import xgboost as xgb
+
+    X, y = _data()
+    clf = xgb.XGBClassifier(n_estimators=3, max_depth=2).fit(X, y)
+    tel.exporter.clear()
+    clf.predict_proba(X[:5])
+    (span,) = tel.stage_spans()  # XGBClassifier -> Booster.inplace_predict: one span
+    assert span.name == "inference XGBClassifier" and span.attributes[semconv.ML_MODEL_FRAMEWORK] == "xgboost"
+    assert span.attributes[semconv.ML_BATCH_SIZE] == 5
+    tel.exporter.clear()
+    clf.get_booster().predict(xgb.DMatrix(X[:6]))
+    (span,) = tel.stage_spans()
+    assert span.name == "inference Booster" and span.attributes[semconv.ML_BATCH_SIZE] == 6
+    assert span.attributes[semconv.ML_FEATURE_COUNT] == 4
+
+
+def test_lightgbm_hook(instrumented):
+    tel = instrumented
+    import lightgbm as lgb
+
+    X, y = _data(80)
+    clf = lgb.LGBMClassifier(n_estimators=3, min_child_samples=2, verbose=-1).fit(X, y)
+    tel.exporter.clear()
+    clf.predict(X[:4])
+    (span,) = tel.stage_spans()
+    assert span.name == "inference LGBMClassifier" and span.attributes[semconv.ML_MODEL_FRAMEWORK] == "lightgbm"
+    tel.exporter.clear()
+    clf.booster_.predict(X[:3])
+    (span,) = tel.stage_spans()
+    assert span.name == "inference Booster" and span.attributes[semconv.ML_BATCH_SIZE] == 3
+
+
+def test_torch_top_level_module_only(instrumented):
+    tel = instrumented
+    import torch
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return torch.relu(self.lin(x))
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.Sequential(Block(), Block())
+            self.head = torch.nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.head(self.blocks(x))
+
+    net = Net().eval()
+    with torch.no_grad():
+        out = net(torch.zeros(3, 4))
+    assert out.shape == (3, 1)
+    (span,) = tel.stage_spans()  # 7 module calls, one span
+    assert span.name == "inference Net" and span.attributes[semconv.ML_MODEL_FRAMEWORK] == "pytorch"
+    assert tuple(span.attributes[semconv.ML_INPUT_SHAPE]) == (3, 4)
+
+
+def test_onnxruntime_hook(instrumented, tmp_path):
+    tel = instrumented
+    import onnxruntime as ort
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = _data()
+    onx = to_onnx(LogisticRegression().fit(X, y), X[:1])
+    path = tmp_path / "fraud.onnx"
+    path.write_bytes(onx.SerializeToString())
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    tel.exporter.clear()
+    sess.run(None, {sess.get_inputs()[0].name: X[:6]})
+    (span,) = tel.stage_spans()
+    assert span.name == "inference fraud.onnx" and span.attributes[semconv.ML_MODEL_FRAMEWORK] == "onnxruntime"
+    assert span.attributes[semconv.ML_BATCH_SIZE] == 6
+
+
+def _tiny_text_pipeline():
+    """A randomly initialised BERT and a WordLevel tokenizer built locally: no hub access."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast, pipeline
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "card", "fraud"])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+    fast.name_or_path = "tiny-tokenizer"
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=16, max_position_embeddings=32, num_labels=2)
+    cfg._name_or_path = "tiny-bert"
+    model = BertForSequenceClassification(cfg).eval()
+    return fast, pipeline("text-classification", model=model, tokenizer=fast, device=-1)
+
+
+def test_transformers_pipeline_and_tokenizer(instrumented):
+    tel = instrumented
+    tok, clf = _tiny_text_pipeline()
+    tel.exporter.clear()
+    out = clf(["good card", "bad fraud"])
+    assert len(out) == 2
+    spans = tel.stage_spans()
+    inference = [s for s in spans if s.attributes[semconv.ML_STAGE] == "inference"]
+    pre = [s for s in spans if s.attributes[semconv.ML_STAGE] == "preprocess"]
+    assert len(inference) == 1, [s.name for s in spans]  # the BERT forward (torch) adds no span
+    assert inference[0].name == "inference tiny-bert" and inference[0].attributes[semconv.ML_BATCH_SIZE] == 2
+    assert pre and all(p.parent.span_id == inference[0].context.span_id for p in pre)
+    assert all(p.attributes[semconv.ML_MODEL_FRAMEWORK] == "transformers" for p in pre)
+    tel.exporter.clear()
+    tok(["good", "bad card"])
+    (span,) = tel.stage_spans()
+    assert span.name == "preprocess tiny-tokenizer" and span.attributes[semconv.ML_BATCH_SIZE] == 2
+
+
+def test_feast_hook_stand_in(tel, modpath):
+    """Feast is not installed in CI (heavy dependency tree); the hook is tested against a
+    stand-in ``feast.feature_store.FeatureStore`` with the real method signature."""
+    write_module(modpath, "feast.feature_store", '''
+class FeatureStore:
+    def __init__(self, repo_path=None):
+        self.repo_path = repo_path
+    def get_online_features(self, features, entity_rows, full_feature_names=False):
+        return {"rows": len(entity_rows), "features": list(features)}
+''')
+    sys.modules.pop("feast", None)
+    inst = instrument(tel, stages="")
+    try:
+        from feast.feature_store import FeatureStore
+
+        store = FeatureStore(".")
+        out = store.get_online_features(features=["card:amount_7d", "card:country"], entity_rows=[{"card": 1}, {"card": 2}])
+        assert out == {"rows": 2, "features": ["card:amount_7d", "card:country"]}
+        (span,) = tel.stage_spans()
+        assert span.name == "feature_fetch FeatureStore.get_online_features"
+        assert span.attributes[semconv.ML_FEATURE_COUNT] == 2 and span.attributes[semconv.ML_BATCH_SIZE] == 2
+        assert "card:amount_7d" not in str(dict(span.attributes))  # names/values never recorded
+    finally:
+        inst.uninstrument()
+
+
+def test_uninstrument_removes_every_library_wrapper(tel):
+    import torch
+    from sklearn.linear_model import _base
+
+    inst = instrument(tel, stages="")
+    assert hasattr(_base.LinearClassifierMixin.__dict__["predict"], "__stagetrace_spec__")
+    assert hasattr(torch.nn.Module.__dict__["__call__"], "__stagetrace_spec__")
+    inst.uninstrument()
+    assert not hasattr(_base.LinearClassifierMixin.__dict__["predict"], "__stagetrace_spec__")
+    assert not hasattr(torch.nn.Module.__dict__["__call__"], "__stagetrace_spec__")
+    assert not wrapping._wrapped
+
+
+# --- payloads ------------------------------------------------------------------------------
+def test_payloads_not_recorded_by_default_and_opt_in_hook(tel, modpath):
+    write_module(modpath, "paymod", "def score(x):\n    return {'p': 0.9}\n")
+    inst = instrument(tel, stages="inference=paymod:score")
+    try:
+        import paymod
+
+        paymod.score({"card_number": "4111-secret"})
+        (span,) = tel.stage_spans()
+        assert "4111-secret" not in json.dumps({k: str(v) for k, v in span.attributes.items()})
+    finally:
+        inst.uninstrument()
+    sys.modules.pop("paymod")
+    tel.exporter.clear()
+    seen = []
+    inst = instrument(tel, stages="inference=paymod:score",
+                      payload_hook=lambda span, stage, args, kwargs, result: seen.append((stage, args, result)))
+    try:
+        import paymod
+
+        paymod.score({"amount": 3})
+        assert seen == [("inference", ({"amount": 3},), {"p": 0.9})]
+    finally:
+        inst.uninstrument()
+
+
+# --- log correlation ----------------------------------------------------------------------
+def test_logging_configured_before_instrumentation_gets_ids(tel, modpath):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s trace=%(otelTraceID)s span=%(otelSpanID)s stage=%(ml_stage)s svc=%(otelServiceName)s"))
+    log = logging.getLogger("userapp")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    write_module(modpath, "userapp.mod", TARGET_SOURCE)
+    from opentelemetry import trace
+
+    trace.set_tracer_provider(tel.provider) if trace._TRACER_PROVIDER is None else None
+    inst = instrument(tel, stages="preprocess=userapp.mod:clean")
+    try:
+        from userapp import mod
+
+        mod.clean([1])
+        log.info("outside")
+        (span,) = tel.spans("preprocess")
+        lines = stream.getvalue().splitlines()
+        ctx = span.get_span_context()
+        assert lines[0] == f"cleaning trace={ctx.trace_id:032x} span={ctx.span_id:016x} stage=preprocess svc={logs.service_name()}"
+        assert lines[1].startswith("outside trace= span= stage= svc=")  # no fake ids outside spans
+    finally:
+        inst.uninstrument()
+        log.removeHandler(handler)
+
+
+def test_json_formatter_fields_and_dictconfig(tel):
+    stream = io.StringIO()
+    logging.config.dictConfig({
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "stagetrace.instrumentation.logs.JsonFormatter"}},
+        "handlers": {"s": {"class": "logging.StreamHandler", "stream": stream, "formatter": "json"}},
+        "loggers": {"jsonapp": {"handlers": ["s"], "level": "INFO", "propagate": False}},
+    })
+    log = logging.getLogger("jsonapp")
+    logs.install_record_factory()
+    try:
+        with tel.tracer.start_as_current_span("req") as span:
+            try:
+                raise ValueError("bad input")
+            except ValueError:
+                log.exception("scoring failed")
+        log.warning("no span here")
+        first, second = [json.loads(x) for x in stream.getvalue().splitlines()]
+        ctx = span.get_span_context()
+        assert first["trace_id"] == f"{ctx.trace_id:032x}" and first["span_id"] == f"{ctx.span_id:016x}"
+        assert first["level"] == "ERROR" and first["logger"] == "jsonapp" and first["message"] == "scoring failed"
+        assert "ValueError: bad input" in first["exception"] and first["timestamp"].endswith("Z")
+        assert "trace_id" not in second and "span_id" not in second
+    finally:
+        logs.uninstall_record_factory()
+        logging.getLogger("jsonapp").handlers.clear()
+
+
+def test_json_mode_reformats_uvicorn_loggers_after_dictconfig(tel):
+    import uvicorn.config
+
+    root = logging.getLogger()
+    saved = list(root.handlers), root.level
+    try:
+        logs.install(otlp=False, log_format="json")
+        logging.config.dictConfig(uvicorn.config.LOGGING_CONFIG)  # what uvicorn does at start-up
+        for name in ("uvicorn.error", "uvicorn.access"):
+            handlers = logging.getLogger(name).handlers or logging.getLogger("uvicorn").handlers
+            assert handlers and all(isinstance(h.formatter, logs.JsonFormatter) for h in handlers)
+        assert any(isinstance(h.formatter, logs.JsonFormatter) for h in root.handlers)
+    finally:
+        logs.uninstall()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+            logging.getLogger(name).handlers.clear()
+
+
+def test_docs_list_every_ml_name_and_every_default():
+    doc = (ROOT / "docs" / "semantic-conventions.md").read_text()
+    names = [v for k, v in vars(semconv).items() if k.isupper() and isinstance(v, str) and v.startswith("ml.")]
+    assert names and [n for n in names if f"`{n}`" not in doc] == []
+    from stagetrace.instrumentation.distro import DEFAULTS
+
+    guide = (ROOT / "docs" / "instrumentation.md").read_text()
+    assert [k for k, v in DEFAULTS.items() if f"`{k}`" not in guide or f"`{v}`" not in guide] == []
