@@ -159,12 +159,47 @@ def test_images_pinned_healthchecks_limits(compose):
 
 def test_demo_and_load_generator_services(compose):
     services = compose["services"]
-    for name in ("fraud-api", "feature-svc", "loadgen"):
+    for name in ("fraud-api", "fraud-api-canary", "feature-store", "loadgen"):
         assert name in services, name
+    for name in ("fraud-api", "fraud-api-canary", "feature-store"):
         env = services[name]["environment"]
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otelcol:4317"
-        assert env["OTEL_SERVICE_NAME"] == name
-    assert services["fraud-api"]["command"][:2] == ["opentelemetry-instrument", "uvicorn"]
+        assert services[name]["command"][:2] == ["opentelemetry-instrument", "uvicorn"]
+    assert services["fraud-api"]["environment"]["FRAUD_MODEL_VERSION"] == "v1"
+    assert services["fraud-api-canary"]["environment"]["FRAUD_MODEL_VERSION"] == "v2"
+    assert services["loadgen"]["environment"]["LOADGEN_OTLP_HTTP_ENDPOINT"] == "http://otelcol:4318"
+
+
+def test_demo_services_match_the_demo_code(compose):
+    """The compose stack runs the code of stagetrace.demo: same uvicorn targets, the
+    same zero-code stage wiring and service names as `stagetrace demo`."""
+    import ast
+    import importlib
+
+    runner = importlib.import_module("stagetrace.demo.runner")
+    services = compose["services"]
+    for name in ("fraud-api", "fraud-api-canary", "feature-store"):
+        target = services[name]["command"][2]
+        module, _, attr = target.partition(":")
+        path = ROOT / "demo" / (module.rsplit(".", 1)[1] + ".py")
+        assert module.startswith("stagetrace.demo.") and path.is_file(), target
+        tree = ast.parse(path.read_text())
+        assert any(isinstance(n, ast.Assign) and any(getattr(t, "id", None) == attr for t in n.targets)
+                   for n in tree.body), f"{target}: no top-level {attr}"
+        env = services[name]["environment"]
+        assert env["STAGETRACE_STAGES"] == runner.STAGES
+        assert env["OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST"] == runner.CAPTURED_HEADERS
+    assert services["fraud-api"]["environment"]["OTEL_SERVICE_NAME"] == runner.API_SERVICE
+    assert services["feature-store"]["environment"]["OTEL_SERVICE_NAME"] == runner.FEATURE_SERVICE
+    # The load generator script imports only what the demo package provides.
+    script = COMPOSE_DIR / "demo" / "loadgen.py"
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["loadgen"]["volumes"]}
+    assert (COMPOSE_DIR / mounts[services["loadgen"]["command"][1]]).resolve() == script
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module.startswith("stagetrace."):
+            mod = importlib.import_module(node.module)
+            for alias in node.names:
+                assert hasattr(mod, alias.name), f"{node.module}.{alias.name}"
 
 
 def test_collector_service_uses_the_repo_config(compose):
