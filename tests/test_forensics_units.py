@@ -1,0 +1,105 @@
+"""Forensics pieces on hand-made data: broken traces render, the statistics
+refuse to call noise a cause, and the report schema holds."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+import telemetry_gen as gen
+from stagetrace import semconv
+from stagetrace.errors import NotFound, UserError
+from stagetrace.forensics import render, stats, trace_report
+from stagetrace.forensics.attributes import compare
+from stagetrace.forensics.cli import parse_time_ns, resolve_window
+from stagetrace.model import LogRecord, Span, SpanEvent, Trace
+
+MS = 1_000_000
+T = "cd" * 16
+
+
+def _span(sid, parent, start, end, name, service="api", **attrs):
+    return Span(T, sid.rjust(16, "0"), parent.rjust(16, "0") if parent else "", name, "INTERNAL", start * MS, end * MS,
+                attributes=attrs, resource={semconv.SERVICE_NAME: service})
+
+
+def test_broken_trace_renders_in_every_format_with_orphans_shown():
+    spans = [_span("1", "", 0, 100, "root"), _span("2", "1", 5, 30, "fetch", **{semconv.ML_STAGE: "feature_fetch"}),
+             _span("7", "99", 40, 90, "lost-parent", service="worker"),
+             _span("8", "1", 90, 140, "skewed")]  # overflows the root: clamped
+    spans[2].events.append(SpanEvent("exception", 80 * MS, {semconv.EXCEPTION_TYPE: "ValueError",
+                                                             semconv.EXCEPTION_MESSAGE: "bad input"}))
+    logs = [LogRecord(50 * MS, 50 * MS, 13, "WARN", "slow worker", trace_id=T, span_id="7".rjust(16, "0"),
+                      resource={semconv.SERVICE_NAME: "worker"}),
+            LogRecord(10 * MS, 10 * MS, 9, "INFO", "no span id", trace_id=T, resource={semconv.SERVICE_NAME: "api"})]
+    b = gen.MemoryBackend(spans, logs, [])
+    rep = trace_report(b, T)
+    d = rep.data
+    assert d["broken"] and d["orphans"] == ["7".rjust(16, "0")]
+    assert "0000000000000008" in d["clamped"]
+    orphan = next(s for s in d["spans"] if s["name"] == "lost-parent")
+    assert orphan["orphan"] and orphan["logs"][0]["body"] == "slow worker" and orphan["logs"][0]["marked"]
+    assert d["unattached_logs"][0]["body"] == "no span id"
+    text = render(rep, "text")
+    assert "orphan" in text and "slow worker" in text and "ValueError" in text and "Broken trace" in text
+    assert "(orphan)" in render(rep, "md") and "(orphan)" in render(rep, "html")
+    assert json.loads(render(rep, "json"))["data"]["broken"] is True
+
+
+def test_unknown_and_invalid_trace_ids():
+    b = gen.MemoryBackend([], [], [])
+    with pytest.raises(NotFound):
+        trace_report(b, "ab" * 16)
+    with pytest.raises(UserError):
+        trace_report(b, "not-a-trace")
+
+
+def test_noise_is_not_significant():
+    rnd = random.Random(1)
+    traces = []
+    for i in range(400):
+        sp = Span(f"{i:032x}", "1".rjust(16, "0"), "", "op", "SERVER", 0, 1,
+                  attributes={"region": rnd.choice("abcd"), "batch": rnd.randint(1, 500)},
+                  resource={semconv.SERVICE_NAME: "svc"})
+        traces.append(Trace(sp.trace_id, [sp]))
+    res = compare(traces[:40], traces[40:])
+    assert res and not any(r.significant for r in res)
+
+
+def test_real_difference_is_significant_and_small_samples_are_not():
+    def tr(i, region):
+        sp = Span(f"{i:032x}", "1".rjust(16, "0"), "", "op", "SERVER", 0, 1, attributes={"region": region},
+                  resource={semconv.SERVICE_NAME: "svc"})
+        return Trace(sp.trace_id, [sp])
+    sel = [tr(i, "eu") for i in range(30)]
+    base = [tr(100 + i, "eu" if i % 10 == 0 else "us") for i in range(300)]
+    top = compare(sel, base)[0]
+    assert (top.attribute, top.value, top.significant) == ("region", "eu", True)
+    # 2 of 2 vs 1 of 10 is a big share difference, but not evidence
+    small = compare(sel[:2], base[:10])
+    assert not any(r.significant for r in small)
+
+
+def test_bh_adjust_and_change_point():
+    assert stats.bh_adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.04, 0.04])
+    k = [0] * 20 + [8] * 10
+    n = [50] * 30
+    split, p, rb, ra = stats.binomial_split(k, n)
+    assert split == 20 and p < 1e-6 and rb == 0 and ra == pytest.approx(0.16)
+    flat = stats.binomial_split([2] * 30, [50] * 30)
+    assert flat[1] > 0.01
+
+
+def test_time_window_options():
+    assert parse_time_ns("2024-05-01T14:00:00Z", "--from") == 1714572000 * 10**9
+    assert parse_time_ns("1714572000", "--from") == 1714572000 * 10**9
+    with pytest.raises(UserError):
+        parse_time_ns("yesterday-ish", "--from")
+    with pytest.raises(UserError):
+        resolve_window("1h", "2024-05-01T14:00:00Z", None)
+    with pytest.raises(UserError):
+        resolve_window(None, "2024-05-01T15:00:00Z", "2024-05-01T14:00:00Z")
+    s, e = resolve_window("30m", None, None)
+    assert e - s == 30 * 60 * 10**9
