@@ -53,6 +53,19 @@ OUTCOME_OK = "ok"
 OUTCOME_ERROR = "error"
 OUTCOME_CANCELLED = "cancelled"  # BaseException that is not an Exception (cancellation, exit)
 
+# --- Scale-out path (collector/otelcol/*.yaml, compose/, docs/scale-out.md) -----
+# Tail sampling in the gateway Collector records the deciding policy (errors | slow |
+# baseline) and, for the probabilistic baseline share, the adjusted count 1/p.
+TAILSAMPLING_POLICY = "tailsampling.policy"
+SAMPLING_ADJUSTED_COUNT = "sampling.adjusted_count"
+SAMPLING_POLICY_BASELINE = "baseline"
+# spanmetrics connector output in Prometheus (names since Collector v0.109)
+METRIC_SPANMETRICS_CALLS = "traces_span_metrics_calls_total"
+METRIC_SPANMETRICS_DURATION = "traces_span_metrics_duration_seconds"
+ENV_TENANT = "STAGETRACE_TENANT"  # X-Scope-OrgID for Tempo/Loki/Mimir
+ENV_SLOW_THRESHOLD_MS = "STAGETRACE_SLOW_THRESHOLD_MS"  # Collector tail sampling: slow trace threshold
+ENV_BASELINE_SAMPLE_PERCENT = "STAGETRACE_BASELINE_SAMPLE_PERCENT"  # Collector tail sampling: baseline share
+
 # --- Instrumentation scope ------------------------------------------------------
 INSTRUMENTATION_SCOPE = "stagetrace.instrumentation"
 # OTel semconv metrics the forensics test data and demo emit (read generically by forensics)

@@ -17,6 +17,8 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
+from stagetrace import semconv
+
 OTELCOL_DIR = Path(__file__).resolve().parents[1] / "collector" / "otelcol"
 BASES = ["otelcol-gateway.yaml", "otelcol-single.yaml"]
 OVERLAY = "fanout-stagetrace.yaml"
@@ -271,7 +273,7 @@ def test_env_placeholders_resolve_to_typed_defaults(name):
 
 
 def test_env_vars_override_defaults():
-    env = {"STAGETRACE_SLOW_THRESHOLD_MS": "750", "STAGETRACE_BASELINE_SAMPLE_PERCENT": "25",
+    env = {semconv.ENV_SLOW_THRESHOLD_MS: "750", semconv.ENV_BASELINE_SAMPLE_PERCENT: "25",
            "TEMPO_OTLP_ENDPOINT": "tempo.obs:4317", "LOKI_OTLP_ENDPOINT": "https://loki.obs:3100/otlp",
            "TEMPO_OTLP_INSECURE": "false"}
     cfg = _resolved(CONFIGS["otelcol-gateway.yaml"], env)
@@ -295,7 +297,8 @@ def test_gateway_tail_sampling_policies():
     assert ts["policies"][1]["latency"]["threshold_ms"] == 500
     assert 0 < ts["policies"][2]["probabilistic"]["sampling_percentage"] <= 100
     raw = (OTELCOL_DIR / "otelcol-gateway.yaml").read_text()
-    assert "threshold_ms: ${env:STAGETRACE_SLOW_THRESHOLD_MS:-500}" in raw
+    assert f"threshold_ms: ${{env:{semconv.ENV_SLOW_THRESHOLD_MS}:-500}}" in raw
+    assert f"sampling_percentage: ${{env:{semconv.ENV_BASELINE_SAMPLE_PERCENT}:-10}}" in raw
     # Span metrics are computed before sampling; Tempo only gets the sampled pipeline.
     pipes = cfg["service"]["pipelines"]
     assert "tail_sampling" not in pipes["traces"]["processors"]
@@ -345,3 +348,17 @@ def test_fanout_overlay_adds_stagetrace_without_touching_base(name):
     env = {"STAGETRACE_COLLECTOR_TOKEN": "s3cret"}
     hdr = _resolved(CONFIGS[f"{name}+{OVERLAY}"], env)["exporters"]["otlp/stagetrace"]["headers"]
     assert hdr["authorization"] == "Bearer s3cret"
+
+
+def test_sampling_weights_use_the_shared_names():
+    """transform/sampling writes the names forensics reads (stagetrace.semconv), and
+    the adjusted count only on spans of the probabilistic policy."""
+    cfg = _resolved(CONFIGS["otelcol-gateway.yaml"])
+    names = [p["name"] for p in cfg["processors"]["tail_sampling"]["policies"] if p["type"] == "probabilistic"]
+    assert names == [semconv.SAMPLING_POLICY_BASELINE]
+    stmts = cfg["processors"]["transform/sampling"]["trace_statements"][0]["statements"]
+    assert f'set(attributes["{semconv.TAILSAMPLING_POLICY}"], instrumentation_scope.attributes["{semconv.TAILSAMPLING_POLICY}"])' in stmts[0]
+    assert stmts[1].startswith(f'set(attributes["{semconv.SAMPLING_ADJUSTED_COUNT}"], Double(100) / Double(10))')
+    assert stmts[1].endswith(f'where attributes["{semconv.TAILSAMPLING_POLICY}"] == "{semconv.SAMPLING_POLICY_BASELINE}"')
+    compose = (OTELCOL_DIR.parents[1] / "compose" / "docker-compose.yml").read_text()
+    assert "--feature-gates=+processor.tailsamplingprocessor.recordpolicy" in compose
