@@ -264,39 +264,42 @@ class _OTLPHandler(BaseHTTPRequestHandler):
                                                  f"{ing.limits.max_request_bytes}"), json_body, close=True)
             return
         if not self.slots.acquire(blocking=False):
+            # refuse without buffering the body (memory stays bounded), and close
             ing.stats["refused"] += 1
-            self.rfile.read(length)
             self._error(ExportError("overloaded", "too many concurrent export requests; retry later",
-                                    ing.limits.retry_after_s), json_body)
+                                    ing.limits.retry_after_s), json_body, close=True)
             return
+        # the slot covers reading + decoding + the WAL append (what holds memory), not
+        # the reply: a client that got its answer can send again at once
+        error: ExportError | None = None
+        resp = None
         try:
             body = self.rfile.read(length)
-            try:
-                ing.check_token(self.headers.get("Authorization"))
-                if ctype not in ("application/x-protobuf", "application/json", "application/protobuf"):
-                    raise ExportError("unsupported", f"unsupported Content-Type {ctype!r}: use "
-                                                     "application/x-protobuf or application/json")
-                encoding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
-                if encoding == "gzip":
-                    body = _gunzip(body, ing.limits.max_request_bytes)
-                elif encoding not in ("identity", ""):
-                    raise ExportError("unsupported", f"unsupported Content-Encoding {encoding!r}: use gzip")
-                ing.check_backlog()
-                resp = ing.export(signal, body, json_body=json_body)
-            except ExportError as exc:
-                ing.stats["refused"] += 1
-                self._error(exc, json_body)
-                return
-            except Exception:  # a bug must not kill the server nor look like success
-                log.exception("unexpected error while handling %s", path)
-                self._error(ExportError("unavailable", "internal error", ing.limits.retry_after_s), json_body)
-                return
-            if json_body:
-                self._reply(200, otlp.encode_json(resp), "application/json")
-            else:
-                self._reply(200, resp.SerializeToString(), "application/x-protobuf")
+            ing.check_token(self.headers.get("Authorization"))
+            if ctype not in ("application/x-protobuf", "application/json", "application/protobuf"):
+                raise ExportError("unsupported", f"unsupported Content-Type {ctype!r}: use "
+                                                 "application/x-protobuf or application/json")
+            encoding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
+            if encoding == "gzip":
+                body = _gunzip(body, ing.limits.max_request_bytes)
+            elif encoding not in ("identity", ""):
+                raise ExportError("unsupported", f"unsupported Content-Encoding {encoding!r}: use gzip")
+            ing.check_backlog()
+            resp = ing.export(signal, body, json_body=json_body)
+        except ExportError as exc:
+            ing.stats["refused"] += 1
+            error = exc
+        except Exception:  # a bug must not kill the server nor look like success
+            log.exception("unexpected error while handling %s", path)
+            error = ExportError("unavailable", "internal error", ing.limits.retry_after_s)
         finally:
             self.slots.release()
+        if error is not None:
+            self._error(error, json_body)
+        elif json_body:
+            self._reply(200, otlp.encode_json(resp), "application/json")
+        else:
+            self._reply(200, resp.SerializeToString(), "application/x-protobuf")
 
 
 def _gunzip(body: bytes, limit: int) -> bytes:

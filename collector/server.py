@@ -1,4 +1,4 @@
-"""The collector process: receivers + write-ahead log + the block maintainer thread."""
+"""The collector process: receivers + write-ahead log, and the block maintainer child process."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import fcntl
 import ipaddress
 import logging
 import os
+import subprocess
+import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import wal
+from .maintainer import Maintainer, lock_data_dir
 from .receiver import Ingestor, Limits, start_grpc, start_http
 from .store import TABLES, BlockStore, StoreConfig, wal_dir
 
@@ -32,6 +34,7 @@ class CollectorConfig:
     segment_bytes: int = 8 << 20
     segment_age_s: float = 1.0
     maintain_interval_s: float = 0.25
+    maintainer_process: bool = True  # build blocks in a child process (own core, own GIL)
     retention_interval_s: float = 60.0
 
 
@@ -80,8 +83,11 @@ class Collector:
                                          fsync=cfg.fsync) for t in TABLES}
         self._backlog = 0
         self.ingestor = Ingestor(self.writers, cfg.limits, cfg.token, lambda: self._backlog)
-        self._maintainer = threading.Thread(target=self._maintain, name="block-maintainer", daemon=True)
-        self._maintainer.start()
+        self._child: subprocess.Popen | None = None
+        self._maint: Maintainer | None = None
+        self._start_maintainer()
+        self._housekeeper = threading.Thread(target=self._housekeep, name="housekeeper", daemon=True)
+        self._housekeeper.start()
         self.grpc_server = None
         self.http_server = None
         try:
@@ -101,31 +107,36 @@ class Collector:
                     pass
         return total
 
-    def _maintain(self) -> None:
-        """Cut closed segments into blocks, compact, apply retention; never dies."""
+    def _start_maintainer(self) -> None:
         cfg = self.config
-        last_retention = 0.0
+        if not cfg.maintainer_process:
+            self._maint = Maintainer(self.data_dir, cfg.store, interval_s=cfg.maintain_interval_s,
+                                     retention_interval_s=cfg.retention_interval_s)
+            threading.Thread(target=self._maint.run, name="block-maintainer", daemon=True).start()
+            return
+        st = cfg.store
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", "stagetrace.collector.maintainer", "--data-dir", str(self.data_dir),
+             "--parent-pid", str(os.getpid()), "--retention-ns", str(st.retention_ns),
+             "--retention-bytes", str(st.retention_bytes), "--max-block-rows", str(st.max_block_rows),
+             "--interval", str(cfg.maintain_interval_s),
+             "--log-level", logging.getLevelName(logging.getLogger().getEffectiveLevel())],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+    def _housekeep(self) -> None:
+        """Rotate WAL segments by age, measure the backlog, keep the maintainer alive."""
         while not self._stop.is_set():
             try:
-                for t in TABLES:
-                    w = self.writers[t]
+                for w in self.writers.values():
                     w.rotate_if_due()
-                    self.store.cut(t, w.active_seq)
-                    self._backlog = self._measure_backlog()
-                for t in TABLES:
-                    if self._stop.is_set():
-                        break
-                    self.store.compact(t)
-                if time.monotonic() - last_retention >= cfg.retention_interval_s:
-                    last_retention = time.monotonic()
-                    removed = self.store.enforce_retention()
-                    if removed:
-                        log.info("retention removed %d blocks", removed)
                 self._backlog = self._measure_backlog()
-            except Exception:  # keep serving: the WAL still holds everything acknowledged
-                log.exception("block maintenance failed; will retry")
-                self._stop.wait(2.0)
-            self._stop.wait(cfg.maintain_interval_s)
+                child = self._child
+                if child is not None and child.poll() is not None and not self._stop.is_set():
+                    log.error("block maintainer exited with %s; restarting it", child.returncode)
+                    self._start_maintainer()
+            except Exception:
+                log.exception("housekeeping failed; will retry")
+            self._stop.wait(0.1)
 
     def wait(self) -> None:
         while not self._stop.wait(0.5):
@@ -142,16 +153,30 @@ class Collector:
             self.http_server.server_close()
         if getattr(self, "grpc_server", None) is not None:
             self.grpc_server.stop(grace_s).wait(grace_s + 1)
-        if getattr(self, "_maintainer", None) is not None:
-            self._maintainer.join(timeout=30)
+        if getattr(self, "_housekeeper", None) is not None:
+            self._housekeeper.join(timeout=5)
         for w in getattr(self, "writers", {}).values():
             w.close()
+        if getattr(self, "_maint", None) is not None:
+            self._maint.stop_event.set()
+        child = getattr(self, "_child", None)
+        if child is not None and child.poll() is None:
+            child.terminate()  # finishes the block it is writing, then exits
+            try:
+                child.wait(60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(10)
         if final_cut and hasattr(self, "store") and self._measure_backlog() <= 64 << 20:
-            for t in TABLES:
-                try:
-                    self.store.cut(t, 1 << 62)
-                except Exception:
-                    log.exception("final cut of %s failed; the WAL keeps the data", t)
+            fd = lock_data_dir(self.data_dir, lambda: True)
+            try:
+                for t in TABLES:
+                    try:
+                        self.store.cut(t, 1 << 62)
+                    except Exception:
+                        log.exception("final cut of %s failed; the WAL keeps the data", t)
+            finally:
+                os.close(fd)
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1

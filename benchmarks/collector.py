@@ -1,0 +1,304 @@
+"""Benchmark the embedded collector: ingest, trace-by-id lookup, bytes on disk.
+
+    .venv/bin/python benchmarks/collector.py            # full run (1M and 10M spans)
+    .venv/bin/python benchmarks/collector.py --quick    # smaller, for a smoke test
+
+1. Ingest: a `stagetrace collector` subprocess; CLIENTS client processes each
+   build SPANS_PER_CLIENT unique spans with the OTel SDK *before* the clock starts
+   (8 attributes each, 4 spans per trace), then push them with the real SDK
+   exporter (OTLP/gRPC, then OTLP/HTTP protobuf) in batches of 512. Throughput =
+   spans / wall time from the first request to the last acknowledgement. The
+   collector's own CPU seconds (utime+stime of the process, /proc) are measured
+   from start until every WAL segment has been cut into Parquet blocks, so they
+   include storing, not just receiving.
+2. Bytes on disk per span: the blocks written by run 1 (real SDK spans), after
+   the collector stopped and compacted; WAL included if any is left.
+3. Trace-by-id: stores of 1M and 10M spans are bulk-loaded through the store's own
+   block writer (`store.write_block`, the same code the collector cuts with), from
+   synthetic spans (8 spans per trace, 8 attributes, rest-of-span protobufs drawn
+   from a pool of 20k distinct ones, so these stores are not used for bytes/span).
+   A fresh EmbeddedBackend then looks up random existing ids; first-query latency
+   (cold reader) is reported apart from the p50/p99 of the warm ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BATCH = 512
+ATTRS = 8
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- client process -----------------------------------------------------------
+
+def client_main(protocol: str, endpoint: str, n_spans: int, seed: int, ready_file: str, go_file: str) -> None:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+    import random
+
+    rnd = random.Random(seed)
+    mem = InMemorySpanExporter()
+    tp = TracerProvider(resource=Resource.create({"service.name": f"bench-{seed % 3}", "service.version": "1.4.0",
+                                                  "host.name": f"node-{seed}", "deployment.environment.name": "bench"}))
+    tp.add_span_processor(SimpleSpanProcessor(mem))
+    tracer = tp.get_tracer("stagetrace.bench", "0.1.0")
+    stages = ["feature_fetch", "preprocess", "inference"]
+    made = 0
+    while made < n_spans:
+        status = rnd.choice([200] * 30 + [500])
+        with tracer.start_as_current_span("POST /predict", kind=SpanKind.SERVER, attributes={
+                "http.request.method": "POST", "http.route": "/predict", "http.response.status_code": status,
+                "server.address": "api.internal", "server.port": 8080, "ml.model.name": "fraud-xgb",
+                "ml.model.version": "3", "user_agent.original": "python-requests/2.32"}):
+            made += 1
+            for st in stages:
+                with tracer.start_as_current_span(st, attributes={
+                        "ml.stage": st, "ml.model.name": "fraud-xgb", "ml.model.version": "3",
+                        "ml.batch.size": rnd.choice([1, 8, 32]), "ml.feature.count": 42,
+                        "code.function.name": f"app.{st}", "thread.id": rnd.randint(1, 8),
+                        "ml.input.shape": "1x42"}):
+                    made += 1
+    spans = mem.get_finished_spans()[:n_spans]
+    batches = [spans[i:i + BATCH] for i in range(0, len(spans), BATCH)]
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        exp = OTLPSpanExporter(endpoint=endpoint, insecure=True)
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        exp = OTLPSpanExporter(endpoint=endpoint + "/v1/traces")
+    Path(ready_file).write_text("ready")
+    while not os.path.exists(go_file):
+        time.sleep(0.005)
+    t0 = time.perf_counter()
+    failed = 0
+    for b in batches:
+        if exp.export(b) != SpanExportResult.SUCCESS:
+            failed += len(b)
+    t1 = time.perf_counter()
+    print(f"{len(spans)} {failed} {t0!r} {t1!r}", flush=True)
+
+
+# --- ingest -------------------------------------------------------------------
+
+def bench_ingest(protocol: str, clients: int, per_client: int, workdir: Path) -> dict:
+    from stagetrace.collector import store
+    from stagetrace.collector.process import start_collector
+    from stagetrace.collector.query import EmbeddedBackend
+
+    data = workdir / f"ingest-{protocol}"
+    c = start_collector(data, extra_args=["--log-level", "warning"])
+    ep = c.grpc_endpoint if protocol == "grpc" else c.http_endpoint
+    go = workdir / f"go-{protocol}"
+    procs = []
+    for i in range(clients):
+        ready = workdir / f"ready-{protocol}-{i}"
+        procs.append((subprocess.Popen([sys.executable, __file__, "--client", protocol, ep, str(per_client), str(i + 1),
+                                        str(ready), str(go)], stdout=subprocess.PIPE, text=True), ready))
+    while not all(r.exists() for _, r in procs):
+        time.sleep(0.05)
+    cpu0 = _cpu_seconds(c.pid)
+    go.write_text("go")
+    results = []
+    for p, _ in procs:
+        out, _ = p.communicate(timeout=1800)
+        n, failed, t0, t1 = out.split()
+        results.append((int(n), int(failed), float(t0), float(t1)))
+    # storing is part of ingest: wait until every closed WAL segment is a block
+    while len(store.snapshot(data, store.SPANS).tail) > 1:
+        time.sleep(0.05)
+    cpu1 = _cpu_seconds(c.pid)
+    sent = sum(r[0] for r in results)
+    failed = sum(r[1] for r in results)
+    wall = max(r[3] for r in results) - min(r[2] for r in results)
+    c.stop(timeout=300)
+    with EmbeddedBackend(data) as b:
+        stored = b.stats()["spans"]
+    blocks = list((data / "blocks" / "spans").glob("*.parquet"))
+    disk = sum(p.stat().st_size for p in (data / "blocks" / "spans").iterdir()) + \
+        sum(p.stat().st_size for p in (data / "wal" / "spans").iterdir())
+    return {"protocol": protocol, "sent": sent, "failed": failed, "stored": stored, "wall_s": wall,
+            "spans_per_s": (sent - failed) / wall, "cpu_s": cpu1 - cpu0,
+            "cpu_s_per_100k": (cpu1 - cpu0) / (sent - failed) * 100_000, "bytes_per_span": disk / max(1, stored),
+            "blocks": len(blocks), "data": data}
+
+
+def compact_fully(data: Path) -> tuple[int, float]:
+    """Run the store's compaction to a fixed point (what the collector does in the background)."""
+    from stagetrace.collector import store
+    bs = store.BlockStore(data)
+    while bs.compact(store.SPANS):
+        pass
+    files = [p for p in (data / "blocks" / "spans").iterdir()]
+    n_rows = 0
+    import pyarrow.parquet as pq
+    for p in files:
+        if p.suffix == ".parquet":
+            n_rows += pq.read_metadata(p).num_rows
+    return len([p for p in files if p.suffix == ".parquet"]), sum(p.stat().st_size for p in files) / max(1, n_rows)
+
+
+# --- lookup ---------------------------------------------------------------------
+
+def bulk_load(data: Path, n_spans: int, block_rows: int = 1_000_000, seed: int = 7) -> list[bytes]:
+    """Write n_spans synthetic spans as blocks of block_rows through store.write_block."""
+    import numpy as np
+    import pyarrow as pa
+    from opentelemetry.proto.common.v1 import common_pb2
+    from opentelemetry.proto.resource.v1 import resource_pb2
+    from opentelemetry.proto.trace.v1 import trace_pb2
+    from stagetrace.collector import store
+
+    rng = np.random.default_rng(seed)
+    pool = []
+    for i in range(20_000):
+        sp = trace_pb2.Span()
+        for k, v in (("http.request.method", "POST"), ("http.route", f"/r{i % 7}"), ("ml.stage", ["feature_fetch", "preprocess", "inference"][i % 3]),
+                     ("ml.model.name", "fraud-xgb"), ("ml.model.version", str(i % 4))):
+            sp.attributes.add(key=k, value=common_pb2.AnyValue(string_value=v))
+        for k, v in (("http.response.status_code", 200 if i % 31 else 500), ("ml.batch.size", int(rng.integers(1, 64))),
+                     ("thread.id", i % 16)):
+            sp.attributes.add(key=k, value=common_pb2.AnyValue(int_value=v))
+        pool.append(sp.SerializeToString())
+    pool_arr = pa.array(pool, pa.binary())
+    res = [trace_pb2.ResourceSpans(resource=resource_pb2.Resource(attributes=[common_pb2.KeyValue(
+        key="service.name", value=common_pb2.AnyValue(string_value=f"svc-{j}"))])).SerializeToString() for j in range(4)]
+    scope = trace_pb2.ScopeSpans().SerializeToString()
+    names = ["POST /predict", "feature_fetch", "preprocess", "inference", "GET /features", "db.query", "cache.get", "score"]
+    sample_ids: list[bytes] = []
+    t = 1_790_000_000_000_000_000
+    seq = 1
+    for lo in range(0, n_spans, block_rows):
+        n = min(block_rows, n_spans - lo)
+        per = 8
+        n_tr = (n + per - 1) // per
+        tids = rng.bytes(16 * n_tr)
+        sids = rng.bytes(8 * n)
+        tid_idx = np.repeat(np.arange(n_tr), per)[:n]
+        tid_arr = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n_tr, [None, pa.py_buffer(tids)]).take(
+            pa.array(tid_idx)).cast(pa.binary())
+        sid_arr = pa.FixedSizeBinaryArray.from_buffers(pa.binary(8), n, [None, pa.py_buffer(sids)]).cast(pa.binary())
+        is_root = (np.arange(n) % per) == 0
+        root_pos = (np.arange(n) // per) * per
+        parent = sid_arr.take(pa.array(root_pos))
+        parent = pa.array([b"" if r else p for r, p in zip(is_root.tolist(), parent.to_pylist())], pa.binary())
+        starts = t + np.sort(rng.integers(0, 600 * 10**9, n)).astype(np.int64)
+        t += 600 * 10**9
+        table = pa.table({
+            "trace_id": tid_arr, "span_id": sid_arr, "parent_span_id": parent,
+            "name": pa.array(np.array(names)[np.arange(n) % per]),
+            "kind": pa.array(np.where(is_root, 2, 1).astype(np.int32)),
+            "start_ns": pa.array(starts), "duration_ns": pa.array(rng.integers(10**5, 10**9, n).astype(np.int64)),
+            "status_code": pa.array((rng.random(n) < 0.01).astype(np.int32) * 2),
+            "service": pa.array([f"svc-{j}" for j in rng.integers(0, 4, n)]),
+            "rest": pool_arr.take(pa.array(rng.integers(0, len(pool), n))),
+            "resource": pa.array([res[j] for j in rng.integers(0, 4, n)], pa.binary()),
+            "scope": pa.array([scope] * n, pa.binary()),
+        }, schema=store.SPAN_SCHEMA)
+        pick = rng.integers(0, n_tr, 200)
+        sample_ids.extend(tids[16 * i:16 * i + 16] for i in pick)
+        store.write_block(data, store.SPANS, seq, seq, table)
+        seq += 1
+    return sample_ids
+
+
+def bench_lookup(data: Path, ids: list[bytes], n_queries: int) -> dict:
+    import random
+    from stagetrace.collector.query import EmbeddedBackend
+
+    rnd = random.Random(3)
+    b = EmbeddedBackend(data)
+    first_id = ids[0].hex()
+    t0 = time.perf_counter()
+    tr = b.get_trace(first_id)
+    cold = time.perf_counter() - t0
+    assert tr is not None and len(tr.spans) == 8, (first_id, tr)
+    lat = []
+    for _ in range(n_queries):
+        tid = rnd.choice(ids).hex()
+        t0 = time.perf_counter()
+        tr = b.get_trace(tid)
+        lat.append(time.perf_counter() - t0)
+        assert tr is not None and len(tr.spans) == 8
+    t0 = time.perf_counter()
+    miss = b.get_trace("0123456789abcdef0123456789abcdef")
+    miss_s = time.perf_counter() - t0
+    assert miss is None
+    # bulk form: the forensics pattern (a sample of 200 traces at once)
+    sample = [i.hex() for i in rnd.sample(ids, min(200, len(ids)))]
+    t0 = time.perf_counter()
+    got = b.get_traces(sample, with_logs=True)
+    bulk = time.perf_counter() - t0
+    assert len(got) == len(set(sample))
+    b.close()
+    lat.sort()
+    return {"cold_ms": cold * 1e3, "p50_ms": statistics.median(lat) * 1e3,
+            "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3, "miss_ms": miss_s * 1e3,
+            "bulk200_ms": bulk * 1e3, "blocks": len(list((data / "blocks" / "spans").glob("*.parquet"))),
+            "disk_mb": sum(p.stat().st_size for p in (data / "blocks" / "spans").iterdir()) / 1e6}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--clients", type=int, default=2)
+    ap.add_argument("--spans-per-client", type=int, default=None)
+    ap.add_argument("--skip-ingest", action="store_true")
+    ap.add_argument("--skip-lookup", action="store_true")
+    ap.add_argument("--sizes", default=None, help="comma-separated store sizes for lookup, e.g. 1000000,10000000")
+    args = ap.parse_args()
+    per_client = args.spans_per_client or (20_000 if args.quick else 100_000)
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([100_000, 1_000_000] if args.quick
+                                                                          else [1_000_000, 10_000_000])
+    workdir = Path(tempfile.mkdtemp(prefix="stagetrace-bench-"))
+    print(f"# stagetrace collector benchmark  (python {sys.version.split()[0]}, {os.cpu_count()} cpus, {workdir})")
+    try:
+        if not args.skip_ingest:
+            print(f"\n## ingest: {args.clients} SDK client processes x {per_client} spans, batches of {BATCH}, 8 attributes/span")
+            print(f"{'protocol':<8} {'spans':>8} {'failed':>6} {'stored':>8} {'wall s':>7} {'spans/s':>9} "
+                  f"{'coll. CPU s':>11} {'CPU s/100k':>10} {'B/span':>7} {'B/span compacted':>17}")
+            for proto in ("grpc", "http"):
+                r = bench_ingest(proto, args.clients, per_client, workdir)
+                nblocks, bps = compact_fully(r["data"])
+                print(f"{proto:<8} {r['sent']:>8} {r['failed']:>6} {r['stored']:>8} {r['wall_s']:>7.2f} "
+                      f"{r['spans_per_s']:>9.0f} {r['cpu_s']:>11.2f} {r['cpu_s_per_100k']:>10.2f} "
+                      f"{r['bytes_per_span']:>7.1f} {bps:>11.1f} ({nblocks} blk)")
+                shutil.rmtree(r["data"], ignore_errors=True)
+        if not args.skip_lookup:
+            print("\n## trace-by-id: bulk-loaded stores (store.write_block), 8 spans/trace, fresh reader")
+            print(f"{'spans':>10} {'blocks':>6} {'MB':>7} {'load s':>7} {'cold ms':>8} {'p50 ms':>7} {'p99 ms':>7} "
+                  f"{'miss ms':>8} {'200 traces ms':>13}")
+            for n in sizes:
+                d = workdir / f"lookup-{n}"
+                t0 = time.perf_counter()
+                ids = bulk_load(d, n)
+                load = time.perf_counter() - t0
+                r = bench_lookup(d, ids, 300 if args.quick else 1000)
+                print(f"{n:>10} {r['blocks']:>6} {r['disk_mb']:>7.1f} {load:>7.1f} {r['cold_ms']:>8.1f} {r['p50_ms']:>7.2f} "
+                      f"{r['p99_ms']:>7.2f} {r['miss_ms']:>8.2f} {r['bulk200_ms']:>13.1f}")
+                shutil.rmtree(d, ignore_errors=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--client":
+        client_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7])
+    else:
+        main()
