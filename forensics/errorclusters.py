@@ -139,8 +139,10 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
         width = timeline.bucket_width(w_start, w_end)
         e_edges = timeline.edges(w_start, w_end, width)
         req_k, req_n = timeline.counts([s.start_ns for s in entries], [s.is_error for s in entries], e_edges)
-        report.data["timeline"] = {"bucket_start_ns": [int(x) for x in e_edges[:-1]], "bucket_width_ns": int(width),
-                                   "requests": req_n.tolist(), "errors": req_k.tolist()}
+        report.data["timeline"] = timeline.request_timeline(
+            e_edges, np.zeros_like(req_k), req_n, req_k, np.array([s.start_ns for s in entries], dtype=np.int64),
+            np.array([s.duration_ns for s in entries], dtype=np.int64))
+        del report.data["timeline"]["slow"]
         if not events:
             report.data["counts"] = {"requests": total_requests, "error_events": 0, "failed_requests": 0}
             report.verdict = [f"No errors among {total_requests} requests in the window."]

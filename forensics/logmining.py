@@ -11,13 +11,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from drain3 import TemplateMiner
-from drain3.masking import MaskingInstruction
-from drain3.template_miner_config import TemplateMinerConfig
-
 from stagetrace.model import LogRecord, Trace
 
-from . import stats
+# drain3 and scipy are imported where used: `stagetrace trace` needs body_text only
+# and must start fast.
 
 _MASKS = [
     (r"\b[0-9a-fA-F]{16,}\b", "HEX"),
@@ -27,6 +24,9 @@ _MASKS = [
 
 class LogMiner:
     def __init__(self) -> None:
+        from drain3 import TemplateMiner
+        from drain3.masking import MaskingInstruction
+        from drain3.template_miner_config import TemplateMinerConfig
         cfg = TemplateMinerConfig()
         cfg.masking_instructions = [MaskingInstruction(p, m) for p, m in _MASKS]
         cfg.drain_sim_th = 0.5
@@ -98,8 +98,10 @@ class TemplateStat:
 
 
 def over_represented(selection: Sequence[Trace], baseline: Sequence[Trace], *, min_delta: float = 0.15,
-                     min_lift: float = 2.0, alpha: float = stats.ALPHA, max_results: int = 15) -> list[TemplateStat]:
+                     min_lift: float = 2.0, alpha: float | None = None, max_results: int = 15) -> list[TemplateStat]:
     """Templates whose share of traces is higher in ``selection`` than in ``baseline``."""
+    from . import stats
+    alpha = stats.ALPHA if alpha is None else alpha
     miner = LogMiner()
     sel_ids = {t.trace_id for t in selection}
     hits: dict[int, dict[str, Any]] = {}

@@ -72,7 +72,7 @@ def _investigation(r: Report) -> str:
     if "stage_breakdown" in d:
         out.append("<h2>Critical-path self time per stage</h2>" + _stages(d["stage_breakdown"]))
     if "timeline" in d:
-        title = "Errors and latency over time" if r.kind == "slow" else "Errors over time"
+        title = "Errors and latency over time"
         out.append(f"<h2>{title}</h2>" + _timeline(d["timeline"], r.kind))
     for c in d.get("clusters", []):
         out.append(f"<h2>Incident {_e(c['id'])}: {_e(c['name'])}</h2><ul>")

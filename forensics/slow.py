@@ -85,7 +85,7 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         k, n = timeline.counts(t0, slow, e)
         errk, _ = timeline.counts(t0, [s.is_error for s in entries], e)
         onset = timeline.detect_onset(k, n, e)
-        report.data["timeline"] = _timeline_data(e, k, n, errk, t0, dur)
+        report.data["timeline"] = timeline.request_timeline(e, k, n, errk, t0, dur)
         if not slow.any():
             report.verdict = [f"No request was slower than {thr_label} in the window; nothing to explain."]
             return report
@@ -166,16 +166,6 @@ def _compare_before_window(backend, service, route, w_start, w_end, thr_ns, k_in
     if p < stats.ALPHA and rin >= 2 * max(rb, 1e-9):
         return [f"{rin:.1%} of requests were slow in the window vs {rb:.1%} before it"]
     return []
-
-
-def _timeline_data(e, k, n, errk, t0, dur) -> dict[str, Any]:
-    idx = np.clip(np.searchsorted(e, t0, side="right") - 1, 0, len(e) - 2)
-    p95 = []
-    for b in range(len(e) - 1):
-        d = dur[idx == b]
-        p95.append(float(np.percentile(d, 95) / 1e6) if d.size else None)
-    return {"bucket_start_ns": [int(x) for x in e[:-1]], "bucket_width_ns": int(e[1] - e[0]),
-            "requests": n.tolist(), "slow": k.tolist(), "errors": errk.tolist(), "p95_ms": p95}
 
 
 def _histogram(sel: np.ndarray, base: np.ndarray, thr: int) -> dict[str, Any]:

@@ -87,3 +87,14 @@ def first_seen(observations: Iterable[tuple[int, str, Any]]) -> list[FirstSeen]:
 def new_in_window(entries: Sequence[FirstSeen], start_ns: int, width: int, min_count: int = 3) -> list[FirstSeen]:
     """Values that appear only after the window began (a deploy or rollout inside it)."""
     return [f for f in entries if f.first_ns >= start_ns + width and f.count >= min_count]
+
+
+def request_timeline(e, k, n, errk, t0, dur) -> dict[str, Any]:
+    """Per bucket: requests, slow (``k``), errors and p95 latency, for the timeline chart."""
+    idx = np.clip(np.searchsorted(e, t0, side="right") - 1, 0, len(e) - 2)
+    p95 = []
+    for b in range(len(e) - 1):
+        d = dur[idx == b]
+        p95.append(float(np.percentile(d, 95) / 1e6) if d.size else None)
+    return {"bucket_start_ns": [int(x) for x in e[:-1]], "bucket_width_ns": int(e[1] - e[0]),
+            "requests": n.tolist(), "slow": k.tolist(), "errors": errk.tolist(), "p95_ms": p95}
