@@ -46,7 +46,7 @@ class FakeGrafanaStack(ThreadingHTTPServer):
         self.trace_doc: dict | None = None  # a modified copy of the recorded v2 trace answer
         self.raw: dict[str, bytes] = {}  # path prefix -> 200 body as is
         self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     @property

@@ -65,7 +65,7 @@ class _Exporter(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def prom():
     exporter = ThreadingHTTPServer(("127.0.0.1", 0), _Exporter)
-    threading.Thread(target=exporter.serve_forever, daemon=True).start()
+    threading.Thread(target=exporter.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     server = start_prometheus([{"job_name": JOB, "scrape_interval": "1s",
                                 "static_configs": [{"targets": [f"127.0.0.1:{exporter.server_address[1]}"]}]}])
     try:
