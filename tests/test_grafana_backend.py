@@ -320,16 +320,22 @@ def embedded(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def remote():
+def remote_urls():
     """Recorded Tempo + Loki answers, and a real (empty: the input has no metrics) Prometheus."""
     s = FakeGrafanaStack()
     prom = start_prometheus([])
     try:
-        with GrafanaBackend(tempo_url=s.url, loki_url=s.url, prometheus_url=prom.url, timeout_s=5) as b:
-            yield b
+        yield {"tempo": s.url, "loki": s.url, "prometheus": prom.url}
     finally:
         prom.stop()
         s.close()
+
+
+@pytest.fixture(scope="module")
+def remote(remote_urls):
+    with GrafanaBackend(tempo_url=remote_urls["tempo"], loki_url=remote_urls["loki"],
+                        prometheus_url=remote_urls["prometheus"], timeout_s=5) as b:
+        yield b
 
 
 def test_same_trace_and_logs_as_embedded(embedded, remote):
@@ -364,3 +370,28 @@ def test_same_forensics_results_on_both_backends(embedded, remote):
     err_e = _report(forensics.investigate_errors(embedded, **win))
     assert err_r == err_e
     assert err_e["findings"], "the recorded trace has a failing inference span: errors must find it"
+
+
+def test_cli_selects_grafana_by_env_and_config_file(embedded, remote_urls, tmp_path):
+    """`stagetrace trace` prints the same JSON report from the embedded store and from
+    Tempo+Loki+Prometheus selected by STAGETRACE_* variables or a --backend-config file."""
+    import os
+
+    def run(args, env_extra):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STAGETRACE_")}
+        env.update(env_extra)
+        out = subprocess.run([sys.executable, "-m", "stagetrace.cli", "trace", TRACE_ID, "--format", "json", *args],
+                             capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        doc = json.loads(out.stdout)
+        doc.pop("generated_at_ns")
+        return doc
+
+    want = run(["--data-dir", str(embedded.data_dir)], {})
+    by_env = run([], {"STAGETRACE_BACKEND": "grafana", "STAGETRACE_TEMPO_URL": remote_urls["tempo"],
+                      "STAGETRACE_LOKI_URL": remote_urls["loki"],
+                      "STAGETRACE_PROMETHEUS_URL": remote_urls["prometheus"]})
+    assert by_env == want
+    cfg = tmp_path / "backend.toml"
+    cfg.write_text('[backend]\nkind = "grafana"\n' + "".join(f'{k} = "{v}"\n' for k, v in remote_urls.items()))
+    assert run(["--backend-config", str(cfg)], {}) == want
