@@ -31,6 +31,7 @@ bench: deps
 	$(VENV)/bin/python benchmarks/instrumentation.py
 	$(VENV)/bin/python benchmarks/collector.py
 	$(VENV)/bin/python benchmarks/forensics.py
+	$(VENV)/bin/python benchmarks/grafana_backend.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info stagetrace-demo
