@@ -14,6 +14,7 @@ Otherwise the report says there is no significant difference.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from typing import Any, Sequence
@@ -105,8 +106,10 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         base_ids = _sample(base_pool, MAX_BASELINE, "baseline")
         fetched = backend.get_traces(sel_ids + base_ids, start_ns=w_start, end_ns=w_end + 600_000_000_000,
                                      with_logs=True)
-        sel = [fetched[t] for t in sel_ids if t in fetched]
-        base = [fetched[t] for t in base_ids if t in fetched]
+        entry_of = {s.trace_id: s for s in entries}
+        # With --service S called by others, the request is S's entry span: analyse its subtree only.
+        sel = [_subtree(fetched[t], entry_of[t]) for t in sel_ids if t in fetched]
+        base = [_subtree(fetched[t], entry_of[t]) for t in base_ids if t in fetched]
         report.data["counts"].update({"selection": len(sel_pool), "baseline": len(base_pool),
                                       "sampled_selection": len(sel), "sampled_baseline": len(base)})
         report.data["latency_histogram"] = _histogram(dur[slow], dur[~slow], thr_ns)
@@ -152,6 +155,33 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         report.notes.append(f"Significance: Benjamini-Hochberg adjusted p < {stats.ALPHA} plus a minimum effect size; "
                             f"samples of at most {MAX_SELECTION} slow and {MAX_BASELINE} baseline traces.")
         return report
+
+
+def _subtree(trace: Trace, entry: Span) -> Trace:
+    if not entry.parent_span_id:
+        return trace
+    kids: dict[str, list[Span]] = {}
+    for s in trace.spans:
+        kids.setdefault(s.parent_span_id, []).append(s)
+    keep, stack = [], [entry.span_id]
+    seen = set()
+    by_id = {s.span_id: s for s in trace.spans}
+    while stack:
+        sid = stack.pop()
+        if sid in seen or sid not in by_id:
+            continue
+        seen.add(sid)
+        keep.append(by_id[sid])
+        stack.extend(c.span_id for c in kids.get(sid, []))
+    logs = [r for r in trace.logs if r.span_id in seen]
+    # keep the ML stage the caller gave this call (a feature service's work is feature_fetch)
+    p = by_id.get(entry.parent_span_id)
+    hops = 0
+    while p is not None and p.stage is None and hops < 1000:
+        p, hops = by_id.get(p.parent_span_id), hops + 1
+    if p is not None and p.stage and entry.stage is None and keep:
+        keep[0] = dataclasses.replace(keep[0], attributes=keep[0].attributes | {semconv.ML_STAGE: p.stage})
+    return Trace(trace.trace_id, keep, logs)
 
 
 def _compare_before_window(backend, service, route, w_start, w_end, thr_ns, k_in, n_in) -> list[str]:

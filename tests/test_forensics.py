@@ -140,6 +140,11 @@ def test_absolute_threshold_and_route_filter(store):
     rep = _slow(store, "slow_shard", threshold="250ms", route="/predict")
     assert rep.data["threshold_ns"] == 250_000_000
     assert rep.findings[0].significant
+    # a service called by others: its SERVER spans are the requests, its subtree is analysed
+    callee = _slow(store, "slow_shard", service="feature-service")
+    assert callee.data["counts"]["requests"] == store["results"]["slow_shard"].requests
+    assert callee.findings[0].significant and callee.findings[0].stage == semconv.STAGE_FEATURE_FETCH
+    assert not any(f.service == "fraud-api" for f in callee.findings if f.kind == "stage")
     none = _slow(store, "slow_shard", route="/nope")
     assert none.findings == [] and "No requests matched" in none.verdict[0]
 
