@@ -144,8 +144,13 @@ class _Http:
                                f"{_first_line(body)}") from None
 
     def _read(self, resp: requests.Response, path: str) -> bytes:
+        # `timeout` bounds the connect and each read; this bounds a server that drips.
+        deadline = time.monotonic() + 3 * self.timeout_s
         chunks, size = [], 0
         for chunk in resp.iter_content(chunk_size=256 * 1024):
+            if time.monotonic() > deadline:
+                raise BackendError(f"{self.engine} at {self.base} did not finish its answer within "
+                                   f"{3 * self.timeout_s:g} s ({path})")
             size += len(chunk)
             if size > MAX_RESPONSE_BYTES:
                 raise BackendError(f"{self.engine} response for {path} exceeds {MAX_RESPONSE_BYTES >> 20} MiB; "
@@ -581,8 +586,15 @@ class GrafanaBackend:
             if spans:
                 out[tid] = Trace(trace_id=tid, spans=spans)
         if with_logs and out and self._loki is not None:
-            for tid, tr in out.items():
-                tr.logs = self._logs_for_traces([tid], tr.start_ns, tr.end_ns)
+            def logs_of(tr: Trace) -> list[LogRecord]:
+                return self._logs_for_traces([tr.trace_id], tr.start_ns, tr.end_ns)
+            if len(out) == 1:
+                logs = [logs_of(next(iter(out.values())))]
+            else:
+                with ThreadPoolExecutor(max_workers=min(FETCH_WORKERS, len(out))) as pool:
+                    logs = list(pool.map(logs_of, out.values()))
+            for tr, recs in zip(out.values(), logs):
+                tr.logs = recs
         return out
 
     def _search(self, q: TraceQuery, limit: int, spss: int) -> list[tuple[TraceSummary, list[tuple[str, int]]]]:
@@ -807,6 +819,24 @@ class GrafanaBackend:
         self.close()
 
 
+def _log_attrs_match(want: Attributes, r: LogRecord) -> bool:
+    """Like the span match, but a name Loki flattened and we could not restore
+    (``my.attr`` stored as ``my_attr``) is found under its flattened spelling."""
+    for k, v in want.items():
+        for key in (k, _flat(k)):
+            if key in r.attributes:
+                have = r.attributes[key]
+                break
+            if key in r.resource:
+                have = r.resource[key]
+                break
+        else:
+            return False
+        if not _same(have, v):
+            return False
+    return True
+
+
 def _log_matches(r: LogRecord, q: LogQuery, service: str | None, attrs: Attributes) -> bool:
     if q.start_ns is not None and r.time_ns < q.start_ns:
         return False
@@ -816,7 +846,7 @@ def _log_matches(r: LogRecord, q: LogQuery, service: str | None, attrs: Attribut
         return False
     if service is not None and r.service_name != service:
         return False
-    return not attrs or _attrs_match(attrs, r.attributes, r.resource)
+    return not attrs or _log_attrs_match(attrs, r)
 
 
 def _group_names(names: Iterable[str]) -> dict[str, str]:

@@ -15,6 +15,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from dataclasses import asdict
 
@@ -395,3 +396,27 @@ def test_cli_selects_grafana_by_env_and_config_file(embedded, remote_urls, tmp_p
     cfg = tmp_path / "backend.toml"
     cfg.write_text('[backend]\nkind = "grafana"\n' + "".join(f'{k} = "{v}"\n' for k, v in remote_urls.items()))
     assert run(["--backend-config", str(cfg)], {}) == want
+
+
+def test_log_filter_on_a_name_loki_flattened(backend, stack):
+    # "scope.shard" is no known name: Loki stores it as scope_shard and it stays so.
+    doc = json.loads(recording("loki/loki_query_range_by_trace_categorized.json"))
+    doc["data"]["result"][0]["values"][0][2]["structuredMetadata"]["scope_shard"] = "7"
+    stack.raw["/loki/api/v1/query_range"] = json.dumps(doc).encode()
+    recs = backend.find_logs(LogQuery(start_ns=T0, end_ns=T1, attributes={"scope.shard": "7"}))
+    assert [r.attributes["scope_shard"] for r in recs] == ["7"]
+    q = stack.last("/loki/api/v1/query_range")["query"]["query"]
+    assert q == '{service_name=~".+"} | scope_shard="7"'
+
+
+def test_slow_body_hits_the_overall_deadline(stack):
+    class Drip:
+        def iter_content(self, chunk_size):
+            while True:
+                time.sleep(0.05)
+                yield b"x"
+    from stagetrace.forensics.grafana import _Http
+    import requests
+    h = _Http("Tempo", stack.url, requests.Session(), {}, timeout_s=0.1)
+    with pytest.raises(BackendError, match="did not finish its answer within 0.3 s"):
+        h._read(Drip(), "/api/search")
