@@ -777,7 +777,10 @@ class GrafanaBackend:
         return out
 
     def _series(self, full: str, kind: str, display: str, q: MetricQuery, start: int, end: int) -> list[MetricSeries]:
-        svc = self._service_matcher(q.service)
+        # Attribute equality as label matchers too (Prometheus filters; the exact check follows).
+        svc = self._service_matcher(q.service) + "".join(
+            f", {prom_name(k)}={_prom_str(str(v))}" for k, v in q.attributes.items()
+            if isinstance(v, (str, int)) and not isinstance(v, bool) and k != semconv.SERVICE_NAME)
         if kind == "histogram":
             raw = {suffix: self.query_range(f'{{__name__="{full}_{suffix}"{svc}}}', start, end)
                    for suffix in ("bucket", "sum", "count")}
