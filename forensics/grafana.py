@@ -673,6 +673,8 @@ class GrafanaBackend:
     def _logs_for_traces(self, trace_ids: Sequence[str], start_ns: int, end_ns: int,
                          service: str | None = None, limit: int | None = None) -> list[LogRecord]:
         ids = [normalize_trace_id(t) for t in trace_ids]
+        # Every service, not only those with spans in the trace: a service whose spans were
+        # lost (broken trace) still logged with the trace id, and its logs fill that gap.
         selector = f"{{service_name={_logql_str(service)}}}" if service else '{service_name=~".+"}'
         out: list[LogRecord] = []
         for i in range(0, len(ids), 50):  # keep the LogQL (and URL) short
