@@ -235,6 +235,9 @@ def _confidence(p: float, support: int) -> str:
 
 
 def _findings(contrib, attr_stats, log_stats, metric_stats, onset, changes, thr_label, anomalous) -> list[Finding]:
+    """Causes (where the time went, which attribute sets requests apart) score at
+    full weight; logs (x0.9) and metrics (x0.9 of |rho|) are supporting evidence
+    and rank below a cause of equal strength."""
     out: list[Finding] = []
     support = sum(1 for group in (attr_stats, log_stats, metric_stats) if any(x.significant for x in group))
     for c in contrib:
@@ -265,7 +268,7 @@ def _findings(contrib, attr_stats, log_stats, metric_stats, onset, changes, thr_
     for s in log_stats[:6]:
         out.append(Finding("log", f'log "{s.template}" in {s.sel_share:.0%} of slow requests vs '
                                   f"{s.base_share:.0%} of baseline (lift {s.lift:.1f}x, {s.lines} lines)",
-                           s.delta, s.significant, _confidence(s.p_adj, support) if s.significant else "low",
+                           s.delta * 0.9, s.significant, _confidence(s.p_adj, support) if s.significant else "low",
                            s.evidence(), service=s.service or None, template=s.template))
     metric_stats = [m for m in metric_stats if m.significant][:6] + [m for m in metric_stats if not m.significant][:2]
     for m in metric_stats:

@@ -103,3 +103,39 @@ def test_time_window_options():
         resolve_window(None, "2024-05-01T15:00:00Z", "2024-05-01T14:00:00Z")
     s, e = resolve_window("30m", None, None)
     assert e - s == 30 * 60 * 10**9
+
+
+def test_errors_without_span_status_are_found_from_logs_and_origin_is_deepest():
+    """The failing span has no status (a library that only logs); its ERROR log
+    fills the gap, so the origin is that span, not the API span that returned 500."""
+    from stagetrace.forensics import investigate_errors
+    spans, logs = [], []
+    for i in range(60):
+        tid = f"{i + 1:032x}"
+        root = Span(tid, f"{1:016x}", "", "POST /predict", "SERVER", i * 10**9, i * 10**9 + 50 * MS,
+                    resource={semconv.SERVICE_NAME: "api"}, attributes={"tenant": "acme" if i % 3 == 0 else "other"})
+        child = Span(tid, f"{2:016x}", f"{1:016x}", "score", "INTERNAL", i * 10**9 + 5 * MS, i * 10**9 + 40 * MS,
+                     resource={semconv.SERVICE_NAME: "api"}, attributes={semconv.ML_STAGE: "inference"})
+        if i % 3 == 0 and i >= 30:  # fails from t=30s on, for tenant acme only
+            root.status_code = "ERROR"
+            logs.append(LogRecord(i * 10**9 + 30 * MS, 0, 17, "ERROR", f"model crashed on row {i}", trace_id=tid,
+                                  span_id=f"{2:016x}", resource={semconv.SERVICE_NAME: "api"}))
+        spans += [root, child]
+    b = gen.MemoryBackend(spans, logs, [])
+    rep = investigate_errors(b)
+    top = rep.findings[0]
+    assert top.kind == "error_cluster"
+    assert (top.service, top.operation, top.stage) == ("api", "score", "inference")
+    assert top.evidence["propagated"][0]["operation"] == "POST /predict"
+    assert top.evidence["failed_requests"] == 10
+    assert top.template and "model crashed on row" in top.template
+
+
+def test_findings_are_in_rank_order_and_progress_is_quiet_when_piped(capsys):
+    b, _ = gen.memory_backend("cpu_burn", minutes=10, per_minute=60)
+    from stagetrace.forensics import investigate_slow
+    rep = investigate_slow(b, progress=True)  # pytest's stderr is not a terminal
+    assert capsys.readouterr().err == ""
+    keys = [(not f.significant, -f.score) for f in rep.findings]
+    assert keys == sorted(keys)
+    assert rep.findings[0].stage == semconv.STAGE_PREPROCESS
