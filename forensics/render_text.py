@@ -45,11 +45,16 @@ def _investigation(con: Console, r: Report) -> None:
         t = Table(title="Findings (rank order)", show_lines=False, expand=False)
         for col in ("#", "kind", "sig", "conf", "score", "summary"):
             t.add_column(col, overflow="fold")
-        for i, f in enumerate(r.findings, 1):
+        shown = [f for f in r.findings if f.significant]
+        shown += [f for f in r.findings if not f.significant][:max(3, 8 - len(shown))]
+        for i, f in enumerate(shown, 1):
             style = None if f.significant else "dim"
             t.add_row(str(i), f.kind, "yes" if f.significant else "no", f.confidence or "", f"{f.score:.2f}",
                       f.summary, style=style)
         con.print(t)
+        if len(shown) < len(r.findings):
+            con.print(f"({len(r.findings) - len(shown)} more below the significance bar: --format json lists all)",
+                      style="dim")
     if r.data.get("stage_breakdown"):
         t = Table(title="Critical-path self time per stage (mean)")
         for col in ("stage", "slow", "baseline", "excess", "share of excess"):

@@ -256,8 +256,8 @@ def _findings(contrib, attr_stats, log_stats, metric_stats, onset, changes, thr_
         score = min(score, 1.0)
         summary = (f"{what} explains {min(c.share, 1.0):.0%} of the extra {fmt_ms(c.total_excess_ns)} of requests over "
                    f"{thr_label} ({fmt_ms(c.sel_mean_ns)} vs {fmt_ms(c.base_mean_ns)} on the critical path)")
-        if c.level != "stage" and score < 0.05:
-            continue
+        if score < 0.05 and not c.significant:
+            continue  # explains next to nothing: noise in the report
         out.append(Finding("stage", summary, score, c.significant, _confidence(c.p_adj, support + 1) if c.significant else "low",
                            c.evidence() | {"level": c.level}, service=c.service, operation=c.operation,
                            stage=c.stage, edge=c.edge))
@@ -265,7 +265,7 @@ def _findings(contrib, attr_stats, log_stats, metric_stats, onset, changes, thr_
         out.append(Finding("attribute", attributes.describe(a), abs(a.delta), a.significant,
                            _confidence(a.p_adj, support) if a.significant else "low", a.evidence(),
                            attribute=a.attribute, value=a.value))
-    for s in log_stats[:6]:
+    for s in [x for x in log_stats if x.significant or x.delta >= 0.05][:6]:
         out.append(Finding("log", f'log "{s.template}" in {s.sel_share:.0%} of slow requests vs '
                                   f"{s.base_share:.0%} of baseline (lift {s.lift:.1f}x, {s.lines} lines)",
                            s.delta * 0.9, s.significant, _confidence(s.p_adj, support) if s.significant else "low",
