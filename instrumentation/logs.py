@@ -222,13 +222,10 @@ class OtlpLogHandler(logging.Handler):
             self.handleError(record)
 
     def flush(self) -> None:
-        provider = get_logger_provider()
-        flush = getattr(provider, "force_flush", None)
-        if callable(flush):
-            try:
-                flush()
-            except Exception:
-                pass
+        """Deliberately a no-op. ``dictConfig`` flushes every handler ever created
+        (uvicorn calls it at start-up); a blocking OTLP force-flush there stalls the
+        app for the exporter's whole retry budget when the collector is down. The
+        LoggerProvider flushes its batches itself, and at exit."""
 
 
 # --- installation into the logging tree ------------------------------------------

@@ -18,19 +18,21 @@ BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 
 
 class _State:
-    provider = None
     histogram = None
     explicit_provider = None  # meter_provider kwarg of instrument()
 
 
 _state = _State()
-_attr_cache: dict[tuple, dict] = {}
+_attr_cache: dict[tuple, dict[str, dict]] = {}
 
 
 def _histogram():
+    # Cached for good: from the global (proxy) provider it is a proxy instrument
+    # that starts delegating as soon as an SDK is installed.
+    hist = _state.histogram
+    if hist is not None:
+        return hist
     provider = _state.explicit_provider or metrics_api.get_meter_provider()
-    if provider is _state.provider and _state.histogram is not None:
-        return _state.histogram
     meter = provider.get_meter(semconv.INSTRUMENTATION_SCOPE)
     try:
         hist = meter.create_histogram(
@@ -41,24 +43,32 @@ def _histogram():
         )
     except TypeError:  # API older than the advisory parameter
         hist = meter.create_histogram(semconv.METRIC_STAGE_DURATION, unit="s")
-    _state.provider, _state.histogram = provider, hist
+    _state.histogram = hist
     return hist
 
 
-def record(seconds: float, stage_attrs: dict, outcome: str) -> None:
-    """Record one stage duration; ``stage_attrs`` holds stage, model name/version."""
-    key = (tuple(stage_attrs.items()), outcome)
-    attrs = _attr_cache.get(key)
-    if attrs is None:
-        if len(_attr_cache) > 4096:  # bounded: model names come from user code
-            _attr_cache.clear()
-        attrs = dict(stage_attrs)
-        attrs[semconv.METRIC_OUTCOME] = outcome
-        _attr_cache[key] = attrs
-    _histogram().record(seconds, attrs)
+def attributes_for(stage: str, model: str | None, version: str | None) -> dict[str, dict]:
+    """Attribute dicts per outcome for one (stage, model, version), built once."""
+    key = (stage, model, version)
+    per_outcome = _attr_cache.get(key)
+    if per_outcome is None:
+        base = {semconv.ML_STAGE: stage}
+        if model:
+            base[semconv.ML_MODEL_NAME] = model
+        if version:
+            base[semconv.ML_MODEL_VERSION] = version
+        per_outcome = {o: {**base, semconv.METRIC_OUTCOME: o}
+                       for o in (semconv.OUTCOME_OK, semconv.OUTCOME_ERROR, semconv.OUTCOME_CANCELLED)}
+        if len(_attr_cache) < 4096:  # bounded: model names come from user code
+            _attr_cache[key] = per_outcome
+    return per_outcome
+
+
+def record(seconds: float, per_outcome: dict[str, dict], outcome: str) -> None:
+    """Record one stage duration with the attributes for ``outcome``."""
+    _histogram().record(seconds, per_outcome[outcome])
 
 
 def reset() -> None:
-    _state.provider = None
     _state.histogram = None
     _attr_cache.clear()

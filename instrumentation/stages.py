@@ -192,12 +192,18 @@ def module_findable(name: str) -> bool:
 
 
 def resolve(module: Any, qualname: str) -> tuple[Any, str]:
-    """(owner, attribute name) for ``qualname`` inside ``module``; raises AttributeError."""
+    """(owner, attribute name) for ``qualname`` inside ``module``; raises AttributeError.
+
+    Called while the module is still initialising, so the message is ours:
+    Python's would blame a circular import.
+    """
     parts = qualname.split(".")
     owner = module
-    for p in parts[:-1]:
-        owner = getattr(owner, p)
-    last = parts[-1]
-    if last not in getattr(owner, "__dict__", {}) and not hasattr(owner, last):
-        raise AttributeError(f"{getattr(owner, '__name__', owner)!s} has no attribute {last!r}")
-    return owner, last
+    path = module.__name__
+    for i, p in enumerate(parts):
+        if p not in getattr(owner, "__dict__", {}) and not hasattr(type(owner), p) and not (isinstance(owner, type) and hasattr(owner, p)):
+            raise AttributeError(f"{path} has no attribute {p!r}")
+        if i < len(parts) - 1:
+            owner = getattr(owner, p)
+            path = f"{path}.{p}"
+    return owner, parts[-1]

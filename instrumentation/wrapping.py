@@ -218,9 +218,6 @@ class _Active:
             context_api.detach(tokens[0])
 
 
-_metric_attr_cache: dict[tuple, dict] = {}
-
-
 def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
     """Open a span for this call, or return None if the call is nested/not applicable."""
     parent = _current.get()
@@ -248,16 +245,7 @@ def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
     if version is None and settings.default_model_version is not None:
         version = attrs[semconv.ML_MODEL_VERSION] = settings.default_model_version
     span = tracer.start_span(f"{spec.stage} {model}" if model else spec.default_name, kind=SpanKind.INTERNAL, attributes=attrs)
-    key = (spec.stage, model, version)
-    metric_attrs = _metric_attr_cache.get(key)
-    if metric_attrs is None:
-        metric_attrs = {semconv.ML_STAGE: spec.stage}
-        if model:
-            metric_attrs[semconv.ML_MODEL_NAME] = model
-        if version:
-            metric_attrs[semconv.ML_MODEL_VERSION] = version
-        if len(_metric_attr_cache) < 4096:
-            _metric_attr_cache[key] = metric_attrs
+    metric_attrs = metrics.attributes_for(spec.stage, model, version)
     return _Active(span, _Frame(spec.stage, span, model is not None), metric_attrs)
 
 

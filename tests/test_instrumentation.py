@@ -724,3 +724,63 @@ def test_docs_list_every_ml_name_and_every_default():
 
     guide = (ROOT / "docs" / "instrumentation.md").read_text()
     assert [k for k, v in DEFAULTS.items() if f"`{k}`" not in guide or f"`{v}`" not in guide] == []
+
+
+def test_dictconfig_never_blocks_on_otlp_flush(monkeypatch):
+    """uvicorn's dictConfig flushes every handler ever created; with the collector down a
+    blocking OTLP force-flush there used to stall start-up for the exporter's retry budget."""
+
+    class Provider:
+        def get_logger(self, *a, **k):
+            raise AssertionError("not used")
+
+        def force_flush(self, *a, **k):
+            raise AssertionError("flush must not reach the provider")
+
+    monkeypatch.setattr(logs, "get_logger_provider", lambda: Provider())
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    try:
+        logs.install(otlp=True, log_format="text")
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+        assert logs._inst.otlp_handler in root.handlers  # kept across dictConfig
+    finally:
+        logs.uninstall()
+        root.handlers[:] = saved
+
+
+PROBE = """
+import json, logging, os, sys
+from opentelemetry import trace
+from stagetrace.instrumentation import importhook, logs
+print(json.dumps({
+    "env": {k: os.environ.get(k) for k in ("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_LOGS_EXPORTER",
+                                            "OTEL_EXPORTER_OTLP_PROTOCOL", "STAGETRACE_LOG_CORRELATION")},
+    "hooks_active": importhook._finder in sys.meta_path,
+    "factory": logs._factory.installed is not None and logging.getLogRecordFactory() is not logging.LogRecord,
+    "otlp_handler": logs._inst.otlp_handler in logging.getLogger().handlers,
+    "instance_id": trace.get_tracer_provider().resource.attributes.get("service.instance.id"),
+}))
+"""
+
+
+def _probe(**env_extra):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STAGETRACE_"))}
+    env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_SERVICE_NAME": "probe", **env_extra})
+    exe = Path(sys.executable).parent / "opentelemetry-instrument"
+    out = subprocess.run([str(exe), sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_distro_defaults_user_overrides_and_disable_switch():
+    got = _probe(OTEL_LOGS_EXPORTER="none", OTEL_EXPORTER_OTLP_PROTOCOL="grpc")
+    assert got["env"] == {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_METRICS_EXPORTER": "otlp", "OTEL_LOGS_EXPORTER": "none",
+                          "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "STAGETRACE_LOG_CORRELATION": "true"}
+    assert got["hooks_active"] and got["factory"] and got["instance_id"]
+    assert not got["otlp_handler"]  # the user turned log export off
+    assert _probe()["otlp_handler"]  # on by default
+    off = _probe(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="stagetrace")
+    assert not off["hooks_active"]

@@ -30,6 +30,7 @@ from otlp_sink import OtlpSink
 APP_DIR = Path(__file__).parent / "apps"
 BIN = Path(sys.executable).parent
 STAGES = "feature_fetch=mlapp:FeatureClient.get;preprocess=mlapp:preprocess;inference=mlapp:Scorer.score"
+BAD_ENTRIES = ("preprocess=no_such_module_e2e:clean", "inference=mlapp:NoSuchScorer.score")
 SERVER, CLIENT = 2, 3  # OTLP span kinds
 
 
@@ -49,7 +50,8 @@ def start_app(server: str, workers: int, sink: OtlpSink, port: int) -> subproces
         "OTEL_BLRP_SCHEDULE_DELAY": "200",
         "OTEL_METRIC_EXPORT_INTERVAL": "500",
         "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "otel,process",
-        "STAGETRACE_STAGES": STAGES,
+        # two bad entries: each gives one warning naming it, and the app still starts
+        "STAGETRACE_STAGES": STAGES + ";" + ";".join(BAD_ENTRIES),
         "STAGETRACE_LOG_FORMAT": "json",
         "PYTHONUNBUFFERED": "1",
     })
@@ -190,3 +192,8 @@ def test_zero_code_stage_spans_logs_and_workers(server, workers):
         assert {"feature_fetch", "preprocess", "inference"} <= {m.attributes["ml.stage"] for m in metric}
         assert all(m.attributes["outcome"] == "ok" for m in metric)
         assert "Traceback" not in err, err[-3000:]
+        warnings = [j["message"] for j in json_lines if j.get("logger") == "stagetrace.instrumentation"]
+        for entry in BAD_ENTRIES:  # one per entry per process (workers each load the config)
+            n = len([w for w in warnings if repr(entry) in w])
+            assert n == 1 if workers == 1 else n >= 1, warnings
+        assert not [w for w in warnings if "circular import" in w]
