@@ -38,14 +38,57 @@ ATTRS = 8
 
 
 def _cpu_seconds(pid: int) -> float:
+    """utime+stime of the collector and its live children (the block maintainer)."""
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = int(fields[11]) + int(fields[12])
+    try:
+        kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    except OSError:
+        kids = []
+    for kid in kids:
+        try:
+            with open(f"/proc/{kid}/stat") as fh:
+                f = fh.read().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])
+        except OSError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 # --- client process -----------------------------------------------------------
 
-def client_main(protocol: str, endpoint: str, n_spans: int, seed: int, ready_file: str, go_file: str) -> None:
+def _replay(protocol: str, endpoint: str, spans, batches, ready_file: str, go_file: str) -> None:
+    """Send the exact request bytes the SDK exporter builds (its own encoder, run
+    before the clock) over the same transports, so the collector, not the Python
+    SDK's ~100 us/span encoder, is what is measured."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    bodies = [encode_spans(b).SerializeToString() for b in batches]
+    if protocol == "grpc":
+        import grpc
+        channel = grpc.insecure_channel(endpoint)
+        call = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+        send = lambda body: call(body, timeout=60) is not None
+    else:
+        import requests
+        session = requests.Session()
+        url = endpoint + "/v1/traces"
+        send = lambda body: session.post(url, data=body, headers={"Content-Type": "application/x-protobuf"},
+                                         timeout=60).status_code == 200
+    Path(ready_file).write_text("ready")
+    while not os.path.exists(go_file):
+        time.sleep(0.005)
+    t0 = time.perf_counter()
+    failed = 0
+    for body, b in zip(bodies, batches):
+        if not send(body):
+            failed += len(b)
+    t1 = time.perf_counter()
+    print(f"{len(spans)} {failed} {t0!r} {t1!r}", flush=True)
+
+
+def client_main(protocol: str, endpoint: str, n_spans: int, seed: int, ready_file: str, go_file: str,
+                replay: bool = False) -> None:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
@@ -77,6 +120,8 @@ def client_main(protocol: str, endpoint: str, n_spans: int, seed: int, ready_fil
                     made += 1
     spans = mem.get_finished_spans()[:n_spans]
     batches = [spans[i:i + BATCH] for i in range(0, len(spans), BATCH)]
+    if replay:
+        return _replay(protocol, endpoint, spans, batches, ready_file, go_file)
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         exp = OTLPSpanExporter(endpoint=endpoint, insecure=True)
@@ -97,20 +142,21 @@ def client_main(protocol: str, endpoint: str, n_spans: int, seed: int, ready_fil
 
 # --- ingest -------------------------------------------------------------------
 
-def bench_ingest(protocol: str, clients: int, per_client: int, workdir: Path) -> dict:
+def bench_ingest(protocol: str, clients: int, per_client: int, workdir: Path, replay: bool = False) -> dict:
     from stagetrace.collector import store
     from stagetrace.collector.process import start_collector
     from stagetrace.collector.query import EmbeddedBackend
 
-    data = workdir / f"ingest-{protocol}"
+    data = workdir / f"ingest-{protocol}-{'replay' if replay else 'sdk'}"
     c = start_collector(data, extra_args=["--log-level", "warning"])
     ep = c.grpc_endpoint if protocol == "grpc" else c.http_endpoint
-    go = workdir / f"go-{protocol}"
+    go = workdir / f"go-{protocol}-{replay}"
     procs = []
     for i in range(clients):
-        ready = workdir / f"ready-{protocol}-{i}"
+        ready = workdir / f"ready-{protocol}-{replay}-{i}"
         procs.append((subprocess.Popen([sys.executable, __file__, "--client", protocol, ep, str(per_client), str(i + 1),
-                                        str(ready), str(go)], stdout=subprocess.PIPE, text=True), ready))
+                                        str(ready), str(go), "replay" if replay else "sdk"],
+                                       stdout=subprocess.PIPE, text=True), ready))
     while not all(r.exists() for _, r in procs):
         time.sleep(0.05)
     cpu0 = _cpu_seconds(c.pid)
@@ -123,6 +169,7 @@ def bench_ingest(protocol: str, clients: int, per_client: int, workdir: Path) ->
     # storing is part of ingest: wait until every closed WAL segment is a block
     while len(store.snapshot(data, store.SPANS).tail) > 1:
         time.sleep(0.05)
+    stored_at = time.perf_counter()
     cpu1 = _cpu_seconds(c.pid)
     sent = sum(r[0] for r in results)
     failed = sum(r[1] for r in results)
@@ -134,6 +181,7 @@ def bench_ingest(protocol: str, clients: int, per_client: int, workdir: Path) ->
     disk = sum(p.stat().st_size for p in (data / "blocks" / "spans").iterdir()) + \
         sum(p.stat().st_size for p in (data / "wal" / "spans").iterdir())
     return {"protocol": protocol, "sent": sent, "failed": failed, "stored": stored, "wall_s": wall,
+            "stored_per_s": (sent - failed) / (stored_at - min(r[2] for r in results)),
             "spans_per_s": (sent - failed) / wall, "cpu_s": cpu1 - cpu0,
             "cpu_s_per_100k": (cpu1 - cpu0) / (sent - failed) * 100_000, "bytes_per_span": disk / max(1, stored),
             "blocks": len(blocks), "data": data}
@@ -263,7 +311,7 @@ def main() -> None:
     ap.add_argument("--skip-lookup", action="store_true")
     ap.add_argument("--sizes", default=None, help="comma-separated store sizes for lookup, e.g. 1000000,10000000")
     args = ap.parse_args()
-    per_client = args.spans_per_client or (20_000 if args.quick else 100_000)
+    per_client = args.spans_per_client or (20_000 if args.quick else 150_000)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([100_000, 1_000_000] if args.quick
                                                                           else [1_000_000, 10_000_000])
     workdir = Path(tempfile.mkdtemp(prefix="stagetrace-bench-"))
@@ -271,13 +319,14 @@ def main() -> None:
     try:
         if not args.skip_ingest:
             print(f"\n## ingest: {args.clients} SDK client processes x {per_client} spans, batches of {BATCH}, 8 attributes/span")
-            print(f"{'protocol':<8} {'spans':>8} {'failed':>6} {'stored':>8} {'wall s':>7} {'spans/s':>9} "
+            print(f"{'client':<11} {'spans':>8} {'failed':>6} {'stored':>8} {'wall s':>7} {'acked/s':>9} {'in blocks/s':>11} "
                   f"{'coll. CPU s':>11} {'CPU s/100k':>10} {'B/span':>7} {'B/span compacted':>17}")
-            for proto in ("grpc", "http"):
-                r = bench_ingest(proto, args.clients, per_client, workdir)
+            for proto, replay in (("grpc", False), ("http", False), ("grpc", True), ("http", True)):
+                r = bench_ingest(proto, args.clients, per_client, workdir, replay)
                 nblocks, bps = compact_fully(r["data"])
-                print(f"{proto:<8} {r['sent']:>8} {r['failed']:>6} {r['stored']:>8} {r['wall_s']:>7.2f} "
-                      f"{r['spans_per_s']:>9.0f} {r['cpu_s']:>11.2f} {r['cpu_s_per_100k']:>10.2f} "
+                label = proto + ("-replay" if replay else "-sdk")
+                print(f"{label:<11} {r['sent']:>8} {r['failed']:>6} {r['stored']:>8} {r['wall_s']:>7.2f} "
+                      f"{r['spans_per_s']:>9.0f} {r['stored_per_s']:>11.0f} {r['cpu_s']:>11.2f} {r['cpu_s_per_100k']:>10.2f} "
                       f"{r['bytes_per_span']:>7.1f} {bps:>11.1f} ({nblocks} blk)")
                 shutil.rmtree(r["data"], ignore_errors=True)
         if not args.skip_lookup:
@@ -299,6 +348,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
-        client_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7])
+        client_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7],
+                    sys.argv[8] == "replay")
     else:
         main()

@@ -110,15 +110,12 @@ def _span_columns(payloads: Iterable[bytes]) -> dict[str, list]:
                     dur_a(end - start)  # may be negative (skewed clock): kept as sent
                     st_a(sp.status.code)
                     svc_a(service)
-                    # The rest of the span, minus what the columns already hold.
+                    # The whole span minus its ids: random ids are what compresses worst, so
+                    # they live only in their columns (sorted, run-length friendly); clearing
+                    # the other indexed fields too would save a few bytes for ~30% more CPU.
                     sp.trace_id = b""
                     sp.span_id = b""
                     sp.parent_span_id = b""
-                    sp.name = ""
-                    sp.kind = 0
-                    sp.start_time_unix_nano = 0
-                    sp.end_time_unix_nano = 0
-                    sp.status.code = 0
                     rest_a(sp.SerializeToString())
                     res_a(res_blob)
                     scope_a(scope_blob)
@@ -145,10 +142,6 @@ def _log_columns(payloads: Iterable[bytes]) -> dict[str, list]:
                     cols["service"].append(service)
                     lr.trace_id = b""
                     lr.span_id = b""
-                    lr.time_unix_nano = 0
-                    lr.observed_time_unix_nano = 0
-                    lr.severity_number = 0
-                    lr.severity_text = ""
                     cols["rest"].append(lr.SerializeToString())
                     cols["resource"].append(res_blob)
                     cols["scope"].append(scope_blob)
@@ -228,24 +221,36 @@ def build_table_safe(table: str, payloads: Sequence[bytes]) -> tuple[pa.Table, l
         return (pa.concat_tables(good) if good else SCHEMAS[table].empty_table()), bad
 
 
+def _id_keys(ids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Two big-endian uint64 halves of 16-byte ids (empty -> 0, 0): a numeric sort key
+    that orders exactly like the bytes."""
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    n = len(ids)
+    full = pc.fill_null(pc.equal(pc.binary_length(ids), 16), False)
+    padded = pc.if_else(full, ids, pa.scalar(bytes(16), pa.binary()))
+    fixed = padded.cast(pa.binary(16))
+    raw = np.frombuffer(fixed.buffers()[1], dtype=">u8", count=2 * n, offset=fixed.offset * 16).reshape(n, 2)
+    return raw[:, 0].astype(np.uint64), raw[:, 1].astype(np.uint64)
+
+
 def sort_table(table: str, t: pa.Table) -> pa.Table:
-    return t.sort_by(SORT_KEYS[table]) if t.num_rows > 1 else t
+    if t.num_rows <= 1:
+        return t
+    if table in (SPANS, LOGS):  # numpy lexsort: several times faster than Arrow's sort on binary
+        hi, lo = _id_keys(t.column("trace_id"))
+        tcol = t.column(TIME_COLUMN[table]).to_numpy()
+        return t.take(pa.array(np.lexsort((tcol, lo, hi))))
+    return t.sort_by(SORT_KEYS[table])
 
 
 def trace_prefixes(trace_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Sorted unique uint64 big-endian prefixes of the non-empty 16-byte trace ids."""
-    if isinstance(trace_ids, pa.ChunkedArray):
-        trace_ids = trace_ids.combine_chunks()
     if len(trace_ids) == 0:
         return np.zeros(0, dtype=np.uint64)
-    full = pc.equal(pc.binary_length(trace_ids), 16)
-    ids = trace_ids.filter(full)
-    if len(ids) == 0:
-        return np.zeros(0, dtype=np.uint64)
-    raw = pc.binary_slice(ids, 0, 8).cast(pa.binary(8)) if hasattr(pc, "binary_slice") else None
-    buf = np.frombuffer(raw.buffers()[1], dtype=">u8", count=len(raw), offset=raw.offset * 8) if raw is not None else \
-        np.array([int.from_bytes(b[:8], "big") for b in ids.to_pylist()], dtype=np.uint64)
-    return np.unique(buf.astype(np.uint64))
+    hi, lo = _id_keys(trace_ids)
+    present = (hi != 0) | (lo != 0)
+    return np.unique(hi[present])
 
 
 def prefix_of(trace_id: bytes) -> int:
