@@ -26,7 +26,7 @@ th{background:#f2f4f8}.dim{color:#8a93a6}.sig{font-weight:600}.err{color:#c0262d
 svg{background:#fff;border:1px solid #e3e6ee;margin:6px 0}.mono{font-family:ui-monospace,Menlo,monospace;font-size:12px}
 .legend span{display:inline-block;margin-right:14px}.sw{display:inline-block;width:10px;height:10px;margin-right:4px}
 """
-SEL, BASE, ERR, CRIT, NORM = "#d9482b", "#3a6ee8", "#c0262d", "#d9482b", "#7aa2f7"
+SEL, BASE, ERR, CRIT, NORM = "#d9482b", "#3a6ee8", "#8b0a12", "#f08c2b", "#7aa2f7"
 
 
 def _e(x: object) -> str:
@@ -222,18 +222,23 @@ def _waterfall(d: dict) -> str:
         x = L + (W - L - 10) * max(0.0, s["offset_ms"]) / total
         w = max(1.0, (W - L - 10) * s["duration_ms"] / total)
         w = min(w, W - 10 - x)
-        col = ERR if s["status"] == "ERROR" else CRIT if s["critical"] else NORM
+        col = CRIT if s["critical"] else NORM
+        stroke = f" stroke='{ERR}' stroke-width='2' stroke-dasharray='4 2'" if s["status"] == "ERROR" else ""
         label = ("  " * s["depth"]) + ("★ " if s["critical"] else "") + s["name"]
         bold = ' font-weight="bold"' if s["critical"] else ""
         orphan = ' <tspan fill="#b0338a">(orphan)</tspan>' if s["orphan"] else ""
         out.append(f"<text x='{4 + 10 * s['depth']}' y='{y + 11}'{bold}>"
                    f"{_e(label.strip())} <tspan fill='#8a93a6'>{_e(s['service'])}</tspan>{orphan}</text>")
-        out.append(f"<rect x='{x:.1f}' y='{y}' width='{w:.1f}' height='{rowh - 5}' fill='{col}' rx='2'>"
+        out.append(f"<rect x='{x:.1f}' y='{y}' width='{w:.1f}' height='{rowh - 5}' fill='{col}'{stroke} rx='2'>"
                    f"<title>{_e(s['name'])}: {s['duration_ms']:.2f} ms, self on critical path {s['self_ms']:.2f} ms</title></rect>")
         for lg in s["logs"]:
             if lg["marked"]:
                 lx = L + (W - L - 10) * max(0.0, lg["offset_ms"]) / total
                 out.append(f"<circle cx='{lx:.1f}' cy='{y + 6}' r='3' fill='#f0a500'><title>{_e(lg['body'])}</title></circle>")
+    out.append(f"<rect x='120' y='3' width='10' height='10' fill='{CRIT}'/><text x='134' y='12'>critical path</text>"
+               f"<rect x='220' y='3' width='10' height='10' fill='{NORM}'/><text x='234' y='12'>other spans</text>"
+               f"<rect x='310' y='3' width='10' height='10' fill='#fff' stroke='{ERR}' stroke-width='2'/>"
+               f"<text x='324' y='12'>error</text>")
     out.append(f"<text x='{L}' y='12'>0 ms</text><text x='{W - 10}' y='12' text-anchor='end'>{total:.1f} ms</text>")
     out.append("</svg>")
     return "".join(out)
