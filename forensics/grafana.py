@@ -33,7 +33,9 @@ import binascii
 import json
 import math
 import re
+import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Sequence
 
@@ -55,6 +57,11 @@ LOG_WINDOW_PAD_NS = 60 * 1_000_000_000  # logs of a span may be stamped by anoth
 DEFAULT_LOG_LOOKBACK_NS = 3600 * 1_000_000_000  # Loki's own default when no window is known
 MAX_POINTS_PER_SERIES = 1000
 FETCH_WORKERS = 8
+LOG_TRACES_PER_QUERY = 50  # trace ids per LogQL regex filter
+# Trace documents fetched by one backend (one CLI run): an investigation reads the same
+# traces several times. Kept briefly, since a recent trace may still be growing.
+TRACE_CACHE_SIZE = 20_000
+TRACE_CACHE_TTL_S = 120.0
 
 TENANT_HEADER = "X-Scope-OrgID"
 LOKI_ENCODING_HEADER = "X-Loki-Response-Encoding-Flags"
@@ -511,6 +518,8 @@ class GrafanaBackend:
         self._loki = _Http("Loki", loki_url, self.session, hdrs, timeout_s) if loki_url else None
         self._prom = _Http("Prometheus", prometheus_url, self.session, hdrs, timeout_s) if prometheus_url else None
         self._v2 = True  # Tempo serves /api/v2/traces (>= 2.6); cleared after a 404 fallback that works
+        self._cache: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     # -- engines --------------------------------------------------------------------
 
@@ -557,10 +566,23 @@ class GrafanaBackend:
             raise BackendError(f"{engine} returned a body that is not JSON for {path}: {_first_line(body)}") from None
 
     def _spans_of(self, tid: str, start_ns: int | None, end_ns: int | None) -> list[Span]:
-        doc = self._trace_doc(tid, start_ns, end_ns)
+        now = time.monotonic()
+        with self._cache_lock:
+            hit = self._cache.get(tid)
+            if hit is not None and now - hit[0] < TRACE_CACHE_TTL_S:
+                self._cache.move_to_end(tid)
+                doc = hit[1]
+            else:
+                doc = None
         if doc is None:
-            return []
-        spans = parse_tempo_trace(doc)
+            doc = self._trace_doc(tid, start_ns, end_ns)
+            if doc is None:
+                return []
+            with self._cache_lock:
+                self._cache[tid] = (now, doc)
+                while len(self._cache) > TRACE_CACHE_SIZE:
+                    self._cache.popitem(last=False)
+        spans = parse_tempo_trace(doc)  # fresh objects on every call, as the embedded store gives
         bad = {s.trace_id for s in spans} - {tid}
         if bad:
             raise BackendError(f"Tempo returned spans of another trace ({sorted(bad)[0]}) for {tid}")
@@ -586,15 +608,24 @@ class GrafanaBackend:
             if spans:
                 out[tid] = Trace(trace_id=tid, spans=spans)
         if with_logs and out and self._loki is not None:
-            def logs_of(tr: Trace) -> list[LogRecord]:
-                return self._logs_for_traces([tr.trace_id], tr.start_ns, tr.end_ns)
-            if len(out) == 1:
-                logs = [logs_of(next(iter(out.values())))]
+            # One Loki query per 50 traces close in time (bounded by their joint window),
+            # not one per trace: an investigation reads hundreds of sample traces.
+            ordered = sorted(out.values(), key=lambda t: t.start_ns)
+            chunks = [ordered[i:i + LOG_TRACES_PER_QUERY] for i in range(0, len(ordered), LOG_TRACES_PER_QUERY)]
+
+            def logs_of(chunk: list[Trace]) -> list[LogRecord]:
+                return self._logs_for_traces([t.trace_id for t in chunk], min(t.start_ns for t in chunk),
+                                             max(t.end_ns for t in chunk))
+            if len(chunks) == 1:
+                found = logs_of(chunks[0])
             else:
-                with ThreadPoolExecutor(max_workers=min(FETCH_WORKERS, len(out))) as pool:
-                    logs = list(pool.map(logs_of, out.values()))
-            for tr, recs in zip(out.values(), logs):
-                tr.logs = recs
+                with ThreadPoolExecutor(max_workers=min(FETCH_WORKERS, len(chunks))) as pool:
+                    found = [r for part in pool.map(logs_of, chunks) for r in part]
+            by_trace: dict[str, list[LogRecord]] = {}
+            for r in found:
+                by_trace.setdefault(r.trace_id, []).append(r)
+            for tr in out.values():
+                tr.logs = sorted(by_trace.get(tr.trace_id, []), key=lambda r: (r.time_ns, r.observed_time_ns))
         return out
 
     def _search(self, q: TraceQuery, limit: int, spss: int) -> list[tuple[TraceSummary, list[tuple[str, int]]]]:
@@ -677,8 +708,8 @@ class GrafanaBackend:
         # lost (broken trace) still logged with the trace id, and its logs fill that gap.
         selector = f"{{service_name={_logql_str(service)}}}" if service else '{service_name=~".+"}'
         out: list[LogRecord] = []
-        for i in range(0, len(ids), 50):  # keep the LogQL (and URL) short
-            chunk = ids[i:i + 50]
+        for i in range(0, len(ids), LOG_TRACES_PER_QUERY):  # keep the LogQL (and URL) short
+            chunk = ids[i:i + LOG_TRACES_PER_QUERY]
             filt = (f"| trace_id={_logql_str(chunk[0])}" if len(chunk) == 1
                     else f"| trace_id=~{_logql_str('|'.join(chunk))}")
             out.extend(self._loki_range(f"{selector} {filt}", start_ns - LOG_WINDOW_PAD_NS,
