@@ -306,6 +306,9 @@ def _verdict(report: Report, thr_label: str, anomaly: list[str]) -> list[str]:
     c = report.data["counts"]
     sig = report.significant_findings
     causes = [f for f in sig if f.kind in ("stage", "attribute")]
+    if not causes and c.get("slow", 0) < 10:
+        return [f"No significant difference, and too few slow requests ({c['slow']} over {thr_label}, of "
+                f"{c['requests']}) to tell a cause from chance. Widen the window or lower the threshold."]
     if not causes:
         return [f"No significant difference: the {c['slow']} requests over {thr_label} (of {c['requests']}) look like "
                 f"the natural tail of this service. No stage, attribute, log template or metric sets them apart "
