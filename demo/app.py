@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 import requests
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
 from .model import FEATURES, Scorer, train_model
@@ -59,6 +59,8 @@ class FeatureClient:
         self.timeout_s = timeout_s
         self.retries = retries
         self.session = requests.Session()
+        # As many pooled connections as the server has request threads.
+        self.session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=40))
 
     def get(self, account_id: int) -> dict:
         shard = account_id % N_SHARDS
@@ -114,7 +116,7 @@ def preprocess(transactions: list[Transaction], features: dict) -> np.ndarray:
     if len(transactions) >= LARGE_BATCH and SCHEDULE.active(CPU_PREPROCESS):
         # The regression: a per-batch velocity feature recomputed naively, cost grows with the batch.
         log.info("computing velocity features for a batch of %d transactions", len(transactions))
-        _burn_cpu(0.004 * len(transactions))
+        _burn_cpu(0.006 * len(transactions))
     return X
 
 
@@ -135,9 +137,9 @@ def predict(req: PredictRequest) -> dict:
     X = preprocess(req.transactions, feats)
     try:
         scores = scorer.score(X)
-    except Exception:
+    except Exception as exc:
         log.exception("scoring failed for account %s with model %s", req.account_id, scorer.version)
-        raise
+        raise HTTPException(500, f"model {scorer.version} failed: {type(exc).__name__}") from exc
     flagged = int((scores > 0.5).sum())
     if flagged:
         log.info("flagged %d of %d transactions for account %s", flagged, len(scores), req.account_id)

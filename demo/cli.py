@@ -27,7 +27,7 @@ _SCENARIO_HELP = "; ".join(f"{i + 1}/{name}: {DESCRIPTIONS[name]}" for i, name i
               help="How long to drive load (the whole run adds ~20 s of start-up and analysis).")
 @click.option("--out", type=click.Path(file_okay=False), default="./stagetrace-demo", show_default=True,
               help="Directory for report.html, report.md, report.json (and run/ with the store and logs).")
-@click.option("--rate", type=click.FloatRange(1, 500), default=25.0, show_default=True,
+@click.option("--rate", type=click.FloatRange(1, 500), default=20.0, show_default=True,
               help="Requests per second sent to the API.")
 @click.option("--api-port", type=click.IntRange(0, 65535), default=0, show_default=True,
               help="Port for the fraud API on 127.0.0.1 (0 = a free one).")

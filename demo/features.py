@@ -37,12 +37,13 @@ log = logging.getLogger("feature_store")
 N_USERS = 5000
 POOL_SIZE = 2  # connections per shard
 POOL_TIMEOUT_S = 1.5  # then 503 and the client retries
-CACHE_SIZE = 400  # entries per shard
+CACHE_SIZE = 1000  # entries per shard: the whole (small) shard fits, as in a healthy online store
 BASE_MISS_RATE = 0.03  # healthy background: new or expired users
 POOL_WAIT_GAUGE = "feature_store.pool.wait_time"  # ours: recent mean wait per shard
 POOL_WAIT_HISTOGRAM = "db.client.connection.wait_time"  # the OTel semantic-convention metric
 POOL_NAME_ATTR = "db.client.connection.pool.name"
 SHARD_ATTR = "feature.store.shard"
+_COLUMNS = ("user_avg_amount", "user_txn_30d", "account_age_days", "chargebacks_90d")
 
 
 def _seed_database(path: Path, n_users: int = N_USERS, seed: int = 11) -> None:
@@ -109,6 +110,17 @@ class OnlineStore:
         self.caches: dict[int, OrderedDict[int, dict]] = {s: OrderedDict() for s in range(N_SHARDS)}
         self._lock = threading.Lock()
         self._rng = random.Random(5)
+        self._warm(path)
+
+    def _warm(self, path: Path) -> None:
+        """Load every shard into its cache at start-up, as a warm replica would be."""
+        con = sqlite3.connect(path)
+        try:
+            for uid, shard, *vals in con.execute("SELECT user_id, shard, user_avg_amount, user_txn_30d, "
+                                                 "account_age_days, chargebacks_90d FROM user_features"):
+                self.caches[shard][uid] = dict(zip(_COLUMNS, vals))
+        finally:
+            con.close()
 
     def get(self, user_id: int, shard: int) -> dict | None:
         """The user's features, from cache or from the shard's database."""
@@ -133,12 +145,12 @@ class OnlineStore:
             if degraded:
                 # The injected fault: a slow replica that gets slower while the
                 # incident lasts (I/O wait, so it holds the connection, not the CPU).
-                time.sleep(min(0.8, 0.25 + 0.05 * self.schedule.elapsed_in(SLOW_SHARD)) * self._rng.uniform(0.8, 1.2))
+                time.sleep(min(0.8, 0.35 + 0.08 * self.schedule.elapsed_in(SLOW_SHARD)) * self._rng.uniform(0.8, 1.2))
         finally:
             pool.release(con)
         if row is None:
             return None
-        feats = dict(zip(("user_avg_amount", "user_txn_30d", "account_age_days", "chargebacks_90d"), row))
+        feats = dict(zip(_COLUMNS, row))
         with self._lock:
             cache = self.caches[shard]
             cache[user_id] = feats

@@ -18,7 +18,6 @@ from .loadgen import LoadStats
 from .scenarios import CPU_PREPROCESS, MODEL_ERRORS, SLOW_SHARD, Schedule
 
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
-TOP_N = 3
 
 
 def _example_ids(finding: Any) -> list[str]:
@@ -96,14 +95,34 @@ def investigate(data_dir: Path, schedule: Schedule, stats: LoadStats, out: Path,
         files[fmt] = path
 
     summary = {
-        "slow_causes": [f.summary for f in slow.significant_findings[:TOP_N]],
-        "error_causes": [f.summary for f in errors.significant_findings[:TOP_N]],
+        "slow_causes": _headlines(slow),
+        "error_causes": _headlines(errors),
         "slow_verdict": list(slow.verdict), "error_verdict": list(errors.verdict),
         "traces": traces,
     }
     _print_summary(console, summary, schedule, data_dir, files, stats, n_spans)
     summary["files"] = files
     return summary
+
+
+def _headlines(report: Any, n: int = 4) -> list[str]:
+    """The best significant finding of each kind, in rank order: one stage, one
+    attribute, one log template... reads better than three takes on one stage."""
+    seen: set[str] = set()
+    out = []
+    for f in report.significant_findings:
+        if f.kind in seen and f.kind != "error_cluster":
+            continue
+        seen.add(f.kind)
+        out.append(_shorten(f.summary))
+        if len(out) == n:
+            break
+    return out
+
+
+def _shorten(text: str, limit: int = 220) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _print_summary(console: Console, s: dict[str, Any], schedule: Schedule, data_dir: Path,

@@ -11,6 +11,7 @@ a slow and of a failed request without any tracing code in the services.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -153,25 +154,27 @@ def run_load(api_url: str, schedule: Schedule, *, rate: float, canary_url: str |
     return stats
 
 
-def instrument_client(otlp_http_endpoint: str, schedule_delay_ms: int = 500) -> Callable[[], None]:
+def instrument_client(otlp_http_endpoint: str, schedule_delay_ms: int = 500) -> Callable[[bool], None]:
     """Instrument ``requests`` in this process, exporting client spans over
-    OTLP/HTTP; returns a function that flushes and un-instruments."""
+    OTLP/HTTP; returns ``shutdown(flush=True)``, which un-instruments and flushes."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.instrumentation.requests import RequestsInstrumentor
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create({"service.name": CLIENT_SERVICE_NAME}))
-    provider.add_span_processor(BatchSpanProcessor(
-        OTLPSpanExporter(endpoint=otlp_http_endpoint.rstrip("/") + "/v1/traces", timeout=5),
-        schedule_delay_millis=schedule_delay_ms))
+    # Stable HTTP semantic conventions, like the services (read once, at instrumentation).
+    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
+    provider = TracerProvider(resource=Resource.create({"service.name": CLIENT_SERVICE_NAME}), shutdown_on_exit=False)
+    exporter = OTLPSpanExporter(endpoint=otlp_http_endpoint.rstrip("/") + "/v1/traces", timeout=5)
+    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=schedule_delay_ms))
     instrumentor = RequestsInstrumentor()
     instrumentor.instrument(tracer_provider=provider)
 
-    def shutdown() -> None:
+    def shutdown(flush: bool = True) -> None:
         instrumentor.uninstrument()
-        provider.force_flush(timeout_millis=5000)
-        provider.shutdown()
+        if flush:  # else: interrupted, drop what is queued rather than retry a dead collector
+            provider.force_flush(timeout_millis=5000)
+            provider.shutdown()
 
     return shutdown

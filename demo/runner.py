@@ -51,7 +51,7 @@ class DemoOptions:
     scenarios: tuple[str, ...]
     duration_s: float
     out: Path
-    rate: float = 25.0
+    rate: float = 20.0
     api_port: int = 0
     keep_running: bool = False
     progress: bool | None = None  # None = when stdout is a terminal
@@ -68,8 +68,15 @@ class DemoResult:
 
 
 def check_dependencies() -> None:
-    missing = [name for mod, name in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("sklearn", "scikit-learn"))
-               if importlib.util.find_spec(mod) is None]
+    """The `demo` extra: say which part is missing and how to get it."""
+    missing = []
+    for mod, name in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("sklearn", "scikit-learn")):
+        try:  # find, not import: the driver never needs them itself
+            found = importlib.util.find_spec(mod) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
     if missing:
         raise UserError(f"the demo needs {', '.join(missing)}: install them with pip install 'stagetrace[demo]'")
 
@@ -104,6 +111,10 @@ def service_env(service: str, otlp_grpc: str, schedule_file: Path, run_dir: Path
         "OTEL_BSP_SCHEDULE_DELAY": "500",
         "OTEL_BLRP_SCHEDULE_DELAY": "500",
         "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+        # The stable HTTP semantic conventions (http.response.status_code, url.full, ...).
+        "OTEL_SEMCONV_STABILITY_OPT_IN": "http",
+        # Health checks are the orchestrator's, not user traffic.
+        "OTEL_PYTHON_FASTAPI_EXCLUDED_URLS": "healthz",
         "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST": CAPTURED_HEADERS,
         "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST": CAPTURED_HEADERS,
         semconv.ENV_STAGES: STAGES,
@@ -164,6 +175,11 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
         procs.check_port_free(opts.api_port, what="--api-port")
     run_dir, data_dir, log_dir = _prepare_out(opts.out)
     result = DemoResult(out=opts.out, data_dir=data_dir, reports={})
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+
+    def mark(step: str) -> None:
+        timings[step] = round(time.monotonic() - started, 2)
 
     with _signals_as_interrupt(), procs.ProcessSet(log_dir) as children:
         # 1. the collector
@@ -172,7 +188,8 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
         coll = _start_collector(children, data_dir, log_dir)
         result.ports += [coll.grpc_port, coll.http_port]
         console.print(f"  collector      grpc=127.0.0.1:{coll.grpc_port} http=127.0.0.1:{coll.http_port} "
-                      f"data_dir={data_dir}")
+                      f"data_dir={data_dir}  (pid {coll.pid})")
+        mark("collector")
 
         # 2. the services, under the real opentelemetry-instrument
         feat_port = procs.free_port()
@@ -181,7 +198,9 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
         result.ports += [feat_port, api_port, canary_port]
         grpc_url = f"http://127.0.0.1:{coll.grpc_port}"
         uvicorn = [sys.executable, "-m", "uvicorn"]
-        common = ["--host", "127.0.0.1", "--no-access-log", "--timeout-graceful-shutdown", "5"]
+        # Keep-alive longer than the client's idle gaps: no reset races on reused connections.
+        common = ["--host", "127.0.0.1", "--no-access-log", "--timeout-graceful-shutdown", "5",
+                  "--timeout-keep-alive", "75"]
         schedule_file = run_dir / "schedule.json"
 
         def spawn(name: str, service: str, target: str, port: int, extra_args: list[str],
@@ -208,6 +227,7 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
         console.print(f"  {API_SERVICE + ' canary':<14} http://127.0.0.1:{canary_port}  (pid {canary.pid}, model v2)"
                       f"  ready in {time.monotonic() - t0:.1f} s")
 
+        mark("services")
         # 3. the load, with the faults staggered in it
         schedule = Schedule.plan(opts.scenarios, time.time() + 0.5, opts.duration_s)
         _write_schedule(schedule_file, schedule)
@@ -217,22 +237,29 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
         stats = _drive_load(console, progress, f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{canary_port}",
                             coll.http_port, schedule, opts.rate)
 
-        # 4. flush: a graceful stop makes each SDK export what it holds
-        if not opts.keep_running:
-            for child in (api, canary, feat):
-                children.stop(child)
+        mark("load")
+        # 4. flush: the services export every 0.5 s; wait until the store stops
+        # growing *before* stopping them (uvicorn re-raises SIGTERM after its
+        # graceful shutdown, so an SDK's exit-time flush does not run).
         n_spans = _wait_for_telemetry(data_dir, schedule, console)
+        mark("telemetry")
+        if not opts.keep_running:
+            children.stop_many([api, canary, feat])
+        mark("flush")
 
         # 5. investigate, 6. write the reports
         from .investigate import investigate
         summary = investigate(data_dir, schedule, stats, opts.out, console, n_spans=n_spans)
+        mark("forensics")
         result.reports = summary.pop("files")
         result.summary = summary
         result.pids = children.pids
         (run_dir / "run.json").write_text(json.dumps({
             "scenarios": list(opts.scenarios), "schedule": json.loads(schedule.to_env()),
             "pids": result.pids, "ports": result.ports, "data_dir": str(data_dir),
-            "requests": stats.sent, "failed": stats.failed, "spans": n_spans, **summary}, indent=2))
+            "requests": stats.sent, "failed": stats.failed, "spans": n_spans, "timings_s": timings,
+            **summary}, indent=2, default=str))
+        console.print(f"[dim]done in {time.monotonic() - started:.0f} s[/]")
         if opts.keep_running:
             console.print(f"\nServices keep running: API http://127.0.0.1:{api_port}/docs  "
                           f"collector grpc=127.0.0.1:{coll.grpc_port}. Press Ctrl-C to stop.")
@@ -280,6 +307,7 @@ def _drive_load(console: Console, progress: bool, api_url: str, canary_url: str,
     from .loadgen import instrument_client, run_load
 
     shutdown = instrument_client(f"http://127.0.0.1:{http_port}")
+    flush = True
     try:
         total = schedule.end - schedule.start
         last_phase = [""]
@@ -302,33 +330,43 @@ def _drive_load(console: Console, progress: bool, api_url: str, canary_url: str,
                 console.print(f"  load +{max(0.0, time.time() - schedule.start):4.1f}s phase {phase}: "
                               f"{stats.sent} sent, {stats.failed} failed")
         return run_load(api_url, schedule, rate=rate, canary_url=canary_url, on_tick=tick_plain)
+    except BaseException:
+        flush = False  # interrupted: nobody will read these spans
+        raise
     finally:
-        shutdown()
+        shutdown(flush)
 
 
 def _wait_for_telemetry(data_dir: Path, schedule: Schedule, console: Console) -> int:
-    """Poll the store until the span count stops growing (bounded)."""
+    """Poll the store until the count of the *last* spans (those that started in
+    the final seconds of the load, the ones still in the SDKs' queues) stops
+    growing; bounded by FLUSH_TIMEOUT_S. Returns the total span count."""
     from stagetrace.backend import TraceQuery, open_backend
 
+    tail = TraceQuery(start_ns=int((schedule.end - 3) * 1e9), limit=None)
     deadline = time.monotonic() + FLUSH_TIMEOUT_S
     last, stable = -1, 0
-    count = 0
+    time.sleep(0.5)  # one export interval
     while time.monotonic() < deadline:
         backend = open_backend(kind="embedded", data_dir=str(data_dir))
         try:
-            count = len(backend.find_spans(TraceQuery(start_ns=int((schedule.start - 5) * 1e9), limit=None)))
+            count = len(backend.find_spans(tail))
         finally:
             backend.close()
         if count > 0 and count == last:
             stable += 1
-            if stable >= 2:
+            if stable >= 2:  # unchanged for two export intervals
                 break
         else:
             stable = 0
         last = count
         time.sleep(0.5)
-    console.print(f"  telemetry      {count} spans stored")
-    if count == 0:
-        raise UserError("no spans reached the collector; see the logs under "
-                        f"{data_dir.parent / 'logs'}")
-    return count
+    backend = open_backend(kind="embedded", data_dir=str(data_dir))
+    try:
+        total = len(backend.find_spans(TraceQuery(start_ns=int((schedule.start - 5) * 1e9), limit=None)))
+    finally:
+        backend.close()
+    console.print(f"  telemetry      {total} spans stored")
+    if total == 0:
+        raise UserError(f"no spans reached the collector; see the logs under {data_dir.parent / 'logs'}")
+    return total

@@ -1,0 +1,253 @@
+"""`stagetrace demo` end to end, for real: the embedded collector, the feature
+service and the fraud API (2 workers + a v2 canary) under the real
+`opentelemetry-instrument`, load from instrumented `requests`, then the
+forensics on what arrived over OTLP. Nothing is mocked.
+
+The demo injects known causes; the test asserts the report names them, and
+that no process or port survives a run, a Ctrl-C or a failed start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+DEMO = [sys.executable, "-m", "stagetrace.cli", "demo", "--no-progress"]
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STAGETRACE_"))}
+    env.update(extra)
+    return env
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _procs_mentioning(marker: str) -> list[str]:
+    """Live processes whose command line or environment mentions ``marker`` (our
+    unique tmp dir): every child the demo starts carries it, in an argument
+    (the collector's --data-dir) or in its environment (the services)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            cmdline = (d / "cmdline").read_bytes()
+            environ = (d / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmdline + environ and _alive(int(d.name)):
+            found.append(f"{d.name}: {cmdline.replace(bytes(1), b' ')[:200]!r}")
+    return found
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _assert_nothing_left(marker: str, pids: list[int], ports: list[int]) -> None:
+    deadline = time.monotonic() + 5  # the kernel may need a moment to reap
+    while time.monotonic() < deadline and (_procs_mentioning(marker) or any(map(_alive, pids))):
+        time.sleep(0.2)
+    assert not _procs_mentioning(marker), "processes survived the demo"
+    assert not [p for p in pids if _alive(p)], "child pids survived the demo"
+    assert not [p for p in ports if _port_open(p)], "ports left open"
+
+
+class _Charts(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.charts: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "svg":
+            chart = dict(attrs).get("data-chart")
+            if chart:
+                self.charts.append(chart)
+
+
+def test_demo_finds_the_injected_causes(tmp_path: Path) -> None:
+    out = tmp_path / "demo-out"
+    proc = subprocess.Popen([*DEMO, "--duration", "18s", "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=_clean_env(), start_new_session=True)
+    try:
+        stdout, _ = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("stagetrace demo did not finish within 180 s")
+    assert proc.returncode == 0, stdout[-4000:]
+    run = json.loads((out / "run" / "run.json").read_text())
+    _assert_nothing_left(str(tmp_path), run["pids"], run["ports"])
+
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["kind"] == "bundle"
+    reports = doc["reports"]
+    slow = next(r for r in reports if r["kind"] == "slow")
+    errors = next(r for r in reports if r["kind"] == "errors")
+
+    # Slow requests: the top finding is the slow feature fetch, and the shard is named.
+    sig = [f for f in slow["findings"] if f["significant"]]
+    assert sig, slow["verdict"]
+    # (the stage itself, or the feature-store operation inside it, may rank first)
+    assert sig[0]["kind"] == "stage", sig[0]
+    assert sig[0]["stage"] == "feature_fetch" or "feature_fetch" in (sig[0]["operation"] or ""), sig[0]
+    assert any(f["kind"] == "stage" and f["stage"] == "feature_fetch" for f in sig[:3]), [f["summary"] for f in sig[:3]]
+    shard = [f for f in sig[:5] if f["kind"] == "attribute" and "shard" in (f["attribute"] or "")]
+    assert shard and str(shard[0]["value"]) == "7", [f["summary"] for f in sig[:5]]
+    assert any(f["kind"] == "log" and "cache miss" in (f["template"] or "") for f in sig), \
+        "the cache-miss warnings of the slow shard are not among the evidence"
+
+    # Errors: the top incident is the v2 canary's exception, with its origin span.
+    top = errors["findings"][0]
+    assert top["kind"] == "error_cluster" and top["significant"], top["summary"]
+    assert top["service"] == "fraud-api" and top["stage"] == "inference", top
+    assert "Scorer.score" in top["operation"] and "ValueError" in top["summary"]
+    origin = top["evidence"]["origin"][0]
+    assert "Scorer.score" in origin["operation"] and origin["stage"] == "inference"
+    # ...propagated up to the API's server span and the client's span.
+    assert {"fraud-api", "loadgen"} <= {p["service"] for p in top["evidence"]["propagated"]}
+    sig_attrs = {(a["attribute"], str(a["value"])) for a in top["evidence"]["attributes"] if a["significant"]}
+    assert sig_attrs & {("ml.model.version", "v2"), ("service.version", "1.5.0-rc1")}, sig_attrs
+    # The store agrees: every example trace of the cluster is a v2 request whose
+    # inference failed and whose client span is an error.
+    from stagetrace.backend import open_backend
+    backend = open_backend(kind="embedded", data_dir=run["data_dir"])
+    try:
+        for tid in top["evidence"]["example_trace_ids"][:5]:
+            t = backend.get_trace(tid)
+            assert t is not None
+            inference = [s for s in t.spans if s.attributes.get("ml.stage") == "inference"]
+            assert inference and all(s.attributes.get("ml.model.version") == "v2" and s.is_error for s in inference)
+            assert any(s.service_name == "loadgen" and s.kind == "CLIENT" and s.is_error for s in t.spans)
+    finally:
+        backend.close()
+
+    # One slow and one failed request opened as traces; the summary says what to run next.
+    assert sorted(run["traces"]) == ["failed", "slow"]
+    assert sum(r["kind"] == "trace" for r in reports) == 2
+    assert f"stagetrace trace {run['traces']['slow']} --data-dir" in stdout
+
+    parser = _Charts()
+    parser.feed((out / "report.html").read_text())
+    assert {"latency-histogram", "stage-breakdown", "timeline", "waterfall"} <= set(parser.charts), parser.charts
+    assert "feature_fetch" in (out / "report.md").read_text()
+
+
+def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    proc = subprocess.Popen([*DEMO, "--duration", "30s", "--out", str(tmp_path / "o")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=_clean_env(), start_new_session=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    seen: list[str] = []
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                assert proc.poll() is None, "demo exited early:\n" + "".join(seen)
+                continue
+            seen.append(line)
+            if "phase baseline" in line:  # services up, load running
+                break
+        else:
+            pytest.fail("the demo never started its load:\n" + "".join(seen))
+        time.sleep(2)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = "".join(seen)
+    assert rc == 130, text
+    pids = [int(p) for p in re.findall(r"\(pid (\d+)", text)]
+    ports = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", text)]
+    assert len(pids) == 4 and len(ports) == 5, text  # collector, feature store, API, canary
+    _assert_nothing_left(str(tmp_path), pids, ports)
+
+
+def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run([*DEMO, "--api-port", str(port), "--out", str(tmp_path)], capture_output=True,
+                           text=True, env=_clean_env(), timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "already in use" in r.stderr and str(port) in r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_missing_demo_extra_says_what_to_install(tmp_path: Path) -> None:
+    # Hide scikit-learn from the demo process as if the `demo` extra were not installed.
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'sklearn' or name.startswith('sklearn.'):\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, _Hide())\n")
+    env = _clean_env(PYTHONPATH=str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([*DEMO, "--out", str(tmp_path / "o")], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "scikit-learn" in r.stderr and "stagetrace[demo]" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o" / "run").exists()  # nothing was started
+
+
+def test_failed_service_start_is_reported_and_cleaned_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service that dies at start-up: one clear message, and the collector
+    that was already running is stopped too."""
+    from rich.console import Console
+
+    from stagetrace.demo import runner
+    from stagetrace.errors import UserError
+
+    # A launcher that fails the way a broken install would (exit status 3).
+    monkeypatch.setattr(runner, "otel_instrument_argv",
+                        lambda: [sys.executable, "-c", "import sys; print('ImportError: boom'); sys.exit(3)"])
+    opts = runner.DemoOptions(scenarios=("baseline",), duration_s=5, out=tmp_path / "o", progress=False)
+    with open(os.devnull, "w") as sink, pytest.raises(UserError) as err:
+        runner.run_demo(opts, Console(file=sink))
+    msg = str(err.value)
+    assert "exited with code 3 during start-up" in msg and "\n" not in msg
+    _assert_nothing_left(str(tmp_path), [], [])
+
+
+def test_scenario_names_and_schedule() -> None:
+    from stagetrace.demo.scenarios import FAULTS, Schedule, parse_scenarios
+    from stagetrace.errors import UserError
+
+    assert parse_scenarios("all") == FAULTS
+    assert parse_scenarios("1,model-errors") == ("slow-shard", "model-errors")
+    with pytest.raises(UserError):
+        parse_scenarios("slow-disk")
+    with pytest.raises(UserError):
+        parse_scenarios("baseline,1")
+    s = Schedule.plan(FAULTS, 1000.0, 100.0)
+    assert s.onset == 1030.0  # a clean period comes first
+    assert s.phase(1010.0) == "baseline" and s.active("slow-shard", 1031.0)
+    assert not (s.active("slow-shard", 1080.0) and s.active("cpu-preprocess", 1080.0))  # latency faults apart
+    assert Schedule.from_json(s.to_env()) == s
+    assert Schedule.plan(("baseline",), 0.0, 10.0).windows == {}
