@@ -1,12 +1,12 @@
 """The fraud-scoring API: ``POST /predict`` scores a batch of card transactions.
 
-Plain application code, **no tracing code**. Run it the way the README says:
+Plain application code, **no tracing code**. ``stagetrace demo`` runs it as
 
-    STAGETRACE_STAGES='feature_fetch=stagetrace.demo.app:FeatureClient.get;preprocess=stagetrace.demo.app:preprocess;inference=stagetrace.demo.model:Scorer.score' \\
+    STAGETRACE_CONFIG=.../stagetrace/demo/stagetrace.toml \\
     opentelemetry-instrument uvicorn stagetrace.demo.app:app --workers 2
 
 and the spans per stage, the logs with trace ids and the metrics come from
-``opentelemetry-instrument`` alone.
+``opentelemetry-instrument`` alone (the stages are listed in ``stagetrace.toml``).
 
 Per request: fetch the account's features from the feature service
 (:class:`FeatureClient`, over HTTP), :func:`preprocess` the batch into a matrix,

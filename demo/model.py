@@ -6,7 +6,7 @@
   transaction with a missing feature. That is the bug scenario 2 ships.
 
 Plain application code: no tracing. ``Scorer.score`` becomes the ``inference``
-stage through ``STAGETRACE_STAGES`` and the scikit-learn hook.
+stage through ``stagetrace.toml`` (``STAGETRACE_CONFIG``) and the scikit-learn hook.
 """
 
 from __future__ import annotations

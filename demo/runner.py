@@ -31,14 +31,8 @@ from .scenarios import DESCRIPTIONS, ENV_DEMO_SCHEDULE_FILE, Schedule
 
 API_SERVICE = "fraud-api"
 FEATURE_SERVICE = "feature-store"
-# Zero code in the app: the stages are wired from outside (same list for both
-# services; a module a process never imports is never wrapped there).
-STAGES = ";".join([
-    "feature_fetch=stagetrace.demo.app:FeatureClient.get",
-    "preprocess=stagetrace.demo.app:preprocess",
-    "inference=stagetrace.demo.model:Scorer.score",
-    "feature_fetch=stagetrace.demo.features:OnlineStore.get",
-])
+# Zero code in the app: the stages are wired from outside, by a [tool.stagetrace] file.
+STAGES_CONFIG = Path(__file__).with_name("stagetrace.toml")
 # Standard OTel header capture turns the shard routing key into a span attribute.
 CAPTURED_HEADERS = "x-feature-shard"
 RUN_MARKER = ".stagetrace-demo-run"
@@ -117,7 +111,7 @@ def service_env(service: str, otlp_grpc: str, schedule_file: Path, run_dir: Path
         "OTEL_PYTHON_FASTAPI_EXCLUDED_URLS": "healthz",
         "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST": CAPTURED_HEADERS,
         "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST": CAPTURED_HEADERS,
-        semconv.ENV_STAGES: STAGES,
+        semconv.ENV_CONFIG: str(STAGES_CONFIG),
         # The faults are placed once both services are up; they re-read this file.
         ENV_DEMO_SCHEDULE_FILE: str(schedule_file),
         "STAGETRACE_DEMO_RUN_DIR": str(run_dir),
@@ -206,7 +200,9 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
         def spawn(name: str, service: str, target: str, port: int, extra_args: list[str],
                   extra_env: dict[str, str]) -> procs.Child:
             env = service_env(service, grpc_url, schedule_file, run_dir, extra_env)
-            return children.start(name, [*launcher, *uvicorn, target, "--port", str(port), *common, *extra_args], env)
+            # cwd = the run dir: no pyproject.toml of the caller's project is picked up.
+            return children.start(name, [*launcher, *uvicorn, target, "--port", str(port), *common, *extra_args], env,
+                                  cwd=str(run_dir))
 
         feat_url = f"http://127.0.0.1:{feat_port}"
         feat = spawn("feature-store", FEATURE_SERVICE, "stagetrace.demo.features:app", feat_port, [],
