@@ -8,6 +8,7 @@ answers the same trace, ingested over OTLP/HTTP JSON by a `stagetrace collector`
 subprocess. Figures are medians; the ratio is remote/embedded.
 
     .venv/bin/python benchmarks/grafana_backend.py [--spans 2000] [--logs 2000] [--repeat 15]
+        [--minutes 10 --per-minute 60]   # size of the generated incident for the investigations
 """
 
 from __future__ import annotations
@@ -96,7 +97,11 @@ def main() -> None:
     ap.add_argument("--spans", type=int, default=2000)
     ap.add_argument("--logs", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--minutes", type=float, default=10)
+    ap.add_argument("--per-minute", type=int, default=60)
     args = ap.parse_args()
+    import logging
+    logging.getLogger("stagetrace.forensics.grafana").setLevel(logging.ERROR)  # "no Prometheus URL" is expected
     if not (SAMPLES / "README.md").is_file():
         sys.exit(f"recorded samples not found at {SAMPLES}")
 
@@ -130,8 +135,14 @@ def main() -> None:
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{srv.server_address[1]}"
     remote = GrafanaBackend(tempo_url=url, loki_url=url)
-    t_remote = median_s(lambda: remote.get_trace(TRACE_ID), args.repeat)
-    t_remote_nologs = median_s(lambda: remote.get_traces([TRACE_ID], with_logs=False), args.repeat)
+    def fresh(fn):
+        def run():
+            remote._cache.clear()  # measure a fetch, not the per-backend trace cache
+            return fn()
+        return run
+    t_remote = median_s(fresh(lambda: remote.get_trace(TRACE_ID)), args.repeat)
+    t_remote_nologs = median_s(fresh(lambda: remote.get_traces([TRACE_ID], with_logs=False)), args.repeat)
+    t_cached = median_s(lambda: remote.get_traces([TRACE_ID], with_logs=False), args.repeat)
 
     with tempfile.TemporaryDirectory() as d, start_collector(d) as c:
         req = urllib.request.Request(c.http_endpoint + "/v1/traces", data=json.dumps(otlp_in).encode(),
@@ -148,13 +159,58 @@ def main() -> None:
             t_emb_nologs = median_s(lambda: emb.get_traces([TRACE_ID], with_logs=False), args.repeat)
     srv.shutdown()
 
+    inv = investigation(args.minutes, args.per_minute, max(3, args.repeat // 5))
+
     print(f"trace of {n_spans} spans, {n_lines} log lines, median of {args.repeat} runs")
     print(f"  parse Tempo v2 trace JSON      {t_parse * 1e3:8.1f} ms  ({n_spans / t_parse:,.0f} spans/s)")
     print(f"  parse Loki categorized streams {t_loki * 1e3:8.1f} ms  ({n_lines / t_loki:,.0f} lines/s)")
     print(f"  get_trace spans only: grafana (local HTTP) {t_remote_nologs * 1e3:8.1f} ms   "
           f"embedded {t_emb_nologs * 1e3:8.1f} ms   ratio {t_remote_nologs / t_emb_nologs:5.2f}")
+    print(f"  get_trace spans only, trace cached in the backend: {t_cached * 1e3:8.1f} ms (parse only)")
     print(f"  get_trace with logs:  grafana (local HTTP) {t_remote * 1e3:8.1f} ms   "
           f"embedded {t_emb * 1e3:8.1f} ms   ratio {t_remote / t_emb:5.2f}")
+    print(f"investigations over a generated slow-shard incident ({inv['requests']} requests), "
+          f"median of {inv['repeat']} runs")
+    for name in ("investigate_slow", "investigate_errors"):
+        r, e = inv[name]
+        print(f"  {name:<19} grafana (data-set server) {r:6.2f} s   embedded {e:6.2f} s   ratio {r / e:5.2f}"
+              f"   ({inv[name + '_requests']} HTTP requests)")
+
+
+def investigation(minutes: float, per_minute: int, repeat: int) -> dict:
+    """investigate slow/errors on both backends over the same generated incident. The
+    remote side is the tests' data-set server (recorded Tempo/Loki shapes, our query
+    evaluation), in this process: its encoding work shares the GIL with the client, so
+    the remote figures include the server's cost. No metrics are sent to either side."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import telemetry_gen as gen
+    from grafana_fakes import DatasetStack
+    from test_grafana_backend import _NoMetrics
+    from stagetrace import forensics
+    from stagetrace.backend import LogQuery, TraceQuery
+    from stagetrace.collector.process import start_collector
+    from stagetrace.collector.query import EmbeddedBackend
+    from stagetrace.forensics.grafana import GrafanaBackend
+
+    out: dict = {"repeat": repeat}
+    with tempfile.TemporaryDirectory() as d, start_collector(d) as c:
+        res = gen.generate("slow_shard", _NoMetrics(gen.OtlpExporters(http_endpoint=c.http_endpoint)),
+                           minutes=minutes, per_minute=per_minute)
+        out["requests"] = res.requests
+        with EmbeddedBackend(c.data_dir) as emb:
+            stack = DatasetStack(emb.find_spans(TraceQuery(limit=None)), emb.find_logs(LogQuery(limit=None)))
+            win = dict(start_ns=res.start_ns, end_ns=res.end_ns)
+            for name in ("investigate_slow", "investigate_errors"):
+                fn = getattr(forensics, name)
+                n = len(stack.requests)
+
+                def remote_run() -> None:
+                    with GrafanaBackend(tempo_url=stack.url, loki_url=stack.url) as remote:  # fresh: no cache
+                        fn(remote, **win)
+                out[name] = (median_s(remote_run, repeat), median_s(lambda: fn(emb, **win), repeat))
+                out[name + "_requests"] = (len(stack.requests) - n) // (repeat + 1)
+            stack.close()
+    return out
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import math
 import re
 import threading
@@ -47,6 +48,8 @@ from stagetrace.config import normalize_trace_id
 from stagetrace.errors import BackendError, UserError
 from stagetrace.model import (SPAN_KINDS, Attributes, LogRecord, MetricPoint, MetricSeries, Span, SpanEvent,
                               SpanLink, Trace, TraceSummary)
+
+log = logging.getLogger("stagetrace.forensics.grafana")
 
 DEFAULT_TIMEOUT_S = 10.0
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # one trace or one page of logs; larger is refused, not buffered
@@ -489,9 +492,10 @@ def _prom_str(s: str) -> str:
 class GrafanaBackend:
     """Read traces from Tempo, logs from Loki and metrics from Prometheus.
 
-    Any of the three URLs may be omitted: a call that needs the missing engine raises
-    :class:`~stagetrace.errors.UserError` naming the flag to pass, except that
-    traces simply come without logs when no Loki URL is given. ``tenant`` is sent
+    Any of the three URLs may be omitted. Without Tempo, trace queries raise
+    :class:`~stagetrace.errors.UserError` naming the flag to pass; without Loki or
+    Prometheus, log or metric queries return nothing and a one-line warning says so
+    (once per backend), so an investigation still runs on the evidence it has. ``tenant`` is sent
     as ``X-Scope-OrgID`` (Tempo, Loki and Prometheus-compatible stores such as
     Mimir); ``headers`` (e.g. ``Authorization``) go to every engine.
     """
@@ -520,6 +524,7 @@ class GrafanaBackend:
         self._v2 = True  # Tempo serves /api/v2/traces (>= 2.6); cleared after a 404 fallback that works
         self._cache: OrderedDict[str, tuple[float, Any]] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._warned: set[str] = set()
 
     # -- engines --------------------------------------------------------------------
 
@@ -527,6 +532,13 @@ class GrafanaBackend:
         if http is None:
             raise UserError(f"this query needs {flag} URL (or ${env})")
         return http
+
+    def _missing(self, engine: str, flag: str, env: str, what: str) -> None:
+        """Traces are the core; logs and metrics are evidence. A run without Loki or
+        Prometheus goes on without that evidence and says so once, on stderr."""
+        if engine not in self._warned:
+            self._warned.add(engine)
+            log.warning("stagetrace: no %s URL (%s or $%s): %s skipped", engine, flag, env, what)
 
     @property
     def tempo(self) -> _Http:
@@ -607,6 +619,8 @@ class GrafanaBackend:
         for tid, spans in zip(ids, results):
             if spans:
                 out[tid] = Trace(trace_id=tid, spans=spans)
+        if with_logs and out and self._loki is None:
+            self._missing("Loki", "--loki", semconv.ENV_LOKI_URL, "log evidence")
         if with_logs and out and self._loki is not None:
             # One Loki query per 50 traces close in time (bounded by their joint window),
             # not one per trace: an investigation reads hundreds of sample traces.
@@ -720,7 +734,10 @@ class GrafanaBackend:
     def find_logs(self, query: LogQuery) -> list[LogRecord]:
         """Log records oldest first, at most ``query.limit``. Every Loki query is bounded:
         by the given window, else by the traces' windows (looked up in Tempo), else by
-        the last hour (Loki's own default)."""
+        the last hour (Loki's own default). Without a Loki URL: none (warned once)."""
+        if self._loki is None:
+            self._missing("Loki", "--loki", semconv.ENV_LOKI_URL, "log evidence")
+            return []
         attrs = dict(query.attributes)
         service = query.service
         if service is None and isinstance(attrs.get(semconv.SERVICE_NAME), str):
@@ -795,7 +812,11 @@ class GrafanaBackend:
     def metric_series(self, query: MetricQuery) -> list[MetricSeries]:
         """Series from ``query_range`` at a step that keeps at most 1000 points per
         series. Points are Prometheus' evaluation at step times (latest sample within
-        the look-back), so timestamps are step-aligned, not the original ones."""
+        the look-back), so timestamps are step-aligned, not the original ones.
+        Without a Prometheus URL: none (warned once)."""
+        if self._prom is None:
+            self._missing("Prometheus", "--prometheus", semconv.ENV_PROMETHEUS_URL, "metric evidence")
+            return []
         start, end = self._window(query.start_ns, query.end_ns)
         if query.name is None:
             names = {}
@@ -838,6 +859,9 @@ class GrafanaBackend:
         """Prometheus metric names (histogram and counter suffixes folded), e.g.
         ``ml_stage_duration_seconds`` for the OTLP ``ml.stage.duration``; either
         spelling is accepted by :meth:`metric_series`."""
+        if self._prom is None:
+            self._missing("Prometheus", "--prometheus", semconv.ENV_PROMETHEUS_URL, "metric evidence")
+            return []
         start, end = self._window(start_ns, end_ns)
         params: dict[str, Any] = {"start": f"{start / 1e9:.3f}", "end": f"{end / 1e9:.3f}"}
         if service:

@@ -21,7 +21,7 @@ from dataclasses import asdict
 
 import pytest
 
-from stagetrace.backend import LogQuery, TraceQuery, open_backend
+from stagetrace.backend import LogQuery, MetricQuery, TraceQuery, open_backend
 from stagetrace.errors import BackendError, UserError
 from stagetrace.forensics.grafana import GrafanaBackend, parse_loki_streams, parse_tempo_trace, traceql
 
@@ -285,8 +285,8 @@ def test_selection_and_bad_urls(stack, monkeypatch):
         GrafanaBackend()
     with pytest.raises(UserError, match="invalid Tempo URL"):
         GrafanaBackend(tempo_url="tempo:3200")
-    with pytest.raises(UserError, match="--loki"):
-        GrafanaBackend(tempo_url=stack.url).find_logs(LogQuery(start_ns=T0, end_ns=T1))
+    with pytest.raises(UserError, match="--tempo"):
+        GrafanaBackend(loki_url=stack.url).get_trace(TRACE_ID)
     b = open_backend(kind="grafana", tempo_url=stack.url, loki_url=stack.url, tenant="acme",
                      headers=["Authorization=Basic eA=="])
     assert isinstance(b, GrafanaBackend)
@@ -534,3 +534,16 @@ def test_same_investigations_on_a_generated_incident(scenario):
     assert all(int(r["query"]["end"]) - int(r["query"]["start"]) <= res.end_ns - res.start_ns + 10**12
                for r in stack.requests if r["path"] == "/loki/api/v1/query_range")
     assert any("nestedSetParent = -1" in r["query"]["q"] for r in stack.requests if r["path"] == "/api/search")
+
+
+def test_missing_loki_or_prometheus_means_no_evidence_and_one_warning(stack, caplog):
+    b = GrafanaBackend(tempo_url=stack.url)
+    with caplog.at_level("WARNING", logger="stagetrace.forensics.grafana"):
+        assert b.find_logs(LogQuery(start_ns=T0, end_ns=T1)) == []
+        assert b.find_logs(LogQuery(start_ns=T0, end_ns=T1)) == []
+        assert b.metric_names() == [] and b.metric_series(MetricQuery(name="x")) == []
+        assert b.get_trace(TRACE_ID).logs == []
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs == ["stagetrace: no Loki URL (--loki or $STAGETRACE_LOKI_URL): log evidence skipped",
+                    "stagetrace: no Prometheus URL (--prometheus or $STAGETRACE_PROMETHEUS_URL): metric evidence skipped"]
+    assert not any(r["path"].startswith("/loki") for r in stack.requests)
