@@ -93,7 +93,7 @@ def _stage_callback(target: stages.StageTarget):
             stages._warn(target.entry, target.source, f"{exc}")
             return
         if not wrapping.wrap(owner, attr, wrapping.StageSpec(target.stage, target.qualname)):
-            stages._warn(target.entry, target.source, f"{target.qualname} is not callable")
+            stages._warn(target.entry, target.source, f"{target.qualname} is not a function or method")
 
     return callback
 

@@ -64,9 +64,13 @@ def attributes_for(stage: str, model: str | None, version: str | None) -> dict[s
     return per_outcome
 
 
-def record(seconds: float, per_outcome: dict[str, dict], outcome: str) -> None:
-    """Record one stage duration with the attributes for ``outcome``."""
-    _histogram().record(seconds, per_outcome[outcome])
+def record(seconds: float, per_outcome: dict[str, dict], outcome: str, context=None) -> None:
+    """Record one stage duration with the attributes for ``outcome``.
+
+    ``context`` is the stage span's context, so exemplars (when the SDK's exemplar
+    filter keeps them) point at the stage span that took this long.
+    """
+    _histogram().record(seconds, per_outcome[outcome], context=context)
 
 
 def reset() -> None:

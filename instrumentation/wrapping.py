@@ -285,7 +285,7 @@ def _end(active: _Active, spec: StageSpec, exc: BaseException | None, args, kwar
                 _internal_error("payload hook", spec)
         elapsed = time.perf_counter() - active.t0
         span.end()
-        metrics.record(elapsed, active.metric_attrs, outcome)
+        metrics.record(elapsed, active.metric_attrs, outcome, active.ctx)
     except Exception:
         _internal_error("end", spec)
 
@@ -552,6 +552,8 @@ def wrap(owner: Any, attr: str, spec: StageSpec) -> bool:
     in_dict = attr in getattr(owner, "__dict__", {})
     raw = owner.__dict__[attr] if in_dict else getattr(owner, attr)
     is_class = isinstance(owner, type)
+    if isinstance(raw, type):
+        return False  # replacing a class by a function would break isinstance(); name a method
     if isinstance(raw, staticmethod):
         new: Any = staticmethod(make_function_wrapper(raw.__func__, spec, False))
     elif isinstance(raw, classmethod):

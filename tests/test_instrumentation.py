@@ -359,15 +359,17 @@ class Scorer:
 
 # --- bad config entries ----------------------------------------------------------------
 def test_bad_entries_warn_once_each_and_the_rest_still_works(tel, modpath, caplog):
-    write_module(modpath, "goodmod", "def ok(x):\n    return x\n")
+    write_module(modpath, "goodmod", "def ok(x):\n    return x\n\nclass Klass:\n    pass\n\nLIMIT = 3\n")
     bad = ["nonsense", "preprocess=", "=goodmod:ok", "preprocess=goodmod", "inference=no_such_module_xyz:f",
-           "inference=goodmod:missing_attr", "bad stage=goodmod:ok", "preprocess=goodmod:ok.__x__-"]
+           "inference=goodmod:missing_attr", "bad stage=goodmod:ok", "preprocess=goodmod:ok.__x__-",
+           "inference=goodmod:Klass", "inference=goodmod:LIMIT", "inference=goodmod:Klass.nope"]
     caplog.set_level(logging.WARNING, logger="stagetrace.instrumentation")
     inst = instrument(tel, stages=";".join(bad + ["preprocess=goodmod:ok"]))
     try:
         import goodmod
 
         assert goodmod.ok(3) == 3
+        assert isinstance(goodmod.Klass(), goodmod.Klass) and goodmod.LIMIT == 3  # left alone
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         for entry in bad:
             matching = [w for w in warnings if repr(entry.strip()) in w]
@@ -649,9 +651,6 @@ def test_logging_configured_before_instrumentation_gets_ids(tel, modpath):
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     write_module(modpath, "userapp.mod", TARGET_SOURCE)
-    from opentelemetry import trace
-
-    trace.set_tracer_provider(tel.provider) if trace._TRACER_PROVIDER is None else None
     inst = instrument(tel, stages="preprocess=userapp.mod:clean")
     try:
         from userapp import mod
@@ -780,7 +779,24 @@ def test_distro_defaults_user_overrides_and_disable_switch():
     assert got["env"] == {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_METRICS_EXPORTER": "otlp", "OTEL_LOGS_EXPORTER": "none",
                           "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "STAGETRACE_LOG_CORRELATION": "true"}
     assert got["hooks_active"] and got["factory"] and got["instance_id"]
-    assert not got["otlp_handler"]  # the user turned log export off
-    assert _probe()["otlp_handler"]  # on by default
+    assert not got["otlp_handler"]  # the user turned log export off (on by default: see the e2e test)
     off = _probe(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="stagetrace")
     assert not off["hooks_active"]
+
+
+def test_stage_duration_exemplar_points_at_the_stage_span(tel, modpath):
+    write_module(modpath, "exmod", "def fetch(key):\n    return {'k': key}\n")
+    inst = instrument(tel, stages="feature_fetch=exmod:fetch")
+    try:
+        import exmod
+
+        exmod.fetch("c1")
+        (span,) = tel.spans("feature_fetch")
+        data = tel.reader.get_metrics_data()
+        points = [p for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+                  if m.name == semconv.METRIC_STAGE_DURATION for p in m.data.data_points]
+        (point,) = points
+        assert point.attributes[semconv.ML_STAGE] == "feature_fetch" and point.attributes["outcome"] == "ok"
+        assert any(e.span_id == span.context.span_id and e.trace_id == span.context.trace_id for e in point.exemplars)
+    finally:
+        inst.uninstrument()

@@ -110,14 +110,14 @@ def test_zero_code_stage_spans_logs_and_workers(server, workers):
             session_free = requests  # a fresh connection per request so workers share the load
             for i in range(200 if workers > 1 else 3):
                 cid = 1000 + i
-                r = session_free.get(f"http://127.0.0.1:{port}/score/{cid}", headers={"Connection": "close"}, timeout=10)
+                r = session_free.get(f"http://127.0.0.1:{port}/score/{cid}", headers={"Connection": "close"}, timeout=30)
                 assert r.status_code == 200, r.text
                 pids.add(r.json()["pid"])
                 customers.append(cid)
                 if (workers == 1 and len(customers) >= 3) or (len(pids) >= workers and len(customers) >= 4):
                     break
             assert len(pids) == workers, f"requests reached {len(pids)} of {workers} workers"
-            r = session_free.get(f"http://127.0.0.1:{port}/raw/5", timeout=10)
+            r = session_free.get(f"http://127.0.0.1:{port}/raw/5", timeout=30)
             assert r.status_code == 200
             client_tp.force_flush()
 
