@@ -172,7 +172,8 @@ def test_demo_and_load_generator_services(compose):
 
 def test_demo_services_match_the_demo_code(compose):
     """The compose stack runs the code of stagetrace.demo: same uvicorn targets, the
-    same zero-code stage wiring and service names as `stagetrace demo`."""
+    same zero-code stage wiring (the demo's [tool.stagetrace] file) and service names
+    as `stagetrace demo`."""
     import ast
     import importlib
 
@@ -187,7 +188,9 @@ def test_demo_services_match_the_demo_code(compose):
         assert any(isinstance(n, ast.Assign) and any(getattr(t, "id", None) == attr for t in n.targets)
                    for n in tree.body), f"{target}: no top-level {attr}"
         env = services[name]["environment"]
-        assert env["STAGETRACE_STAGES"] == runner.STAGES
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in services[name]["volumes"]}
+        assert (COMPOSE_DIR / mounts[env["STAGETRACE_CONFIG"]]).resolve() == runner.STAGES_CONFIG.resolve()
+        assert "STAGETRACE_STAGES" not in env  # one source of stage wiring, as in the demo
         assert env["OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST"] == runner.CAPTURED_HEADERS
     assert services["fraud-api"]["environment"]["OTEL_SERVICE_NAME"] == runner.API_SERVICE
     assert services["feature-store"]["environment"]["OTEL_SERVICE_NAME"] == runner.FEATURE_SERVICE

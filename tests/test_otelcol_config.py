@@ -362,3 +362,13 @@ def test_sampling_weights_use_the_shared_names():
     assert stmts[1].endswith(f'where attributes["{semconv.TAILSAMPLING_POLICY}"] == "{semconv.SAMPLING_POLICY_BASELINE}"')
     compose = (OTELCOL_DIR.parents[1] / "compose" / "docker-compose.yml").read_text()
     assert "--feature-gates=+processor.tailsamplingprocessor.recordpolicy" in compose
+
+
+@pytest.mark.parametrize("name", BASES)
+def test_own_metrics_reachable_by_the_compose_prometheus(name):
+    cfg = _resolved(CONFIGS[name])
+    reader = cfg["service"]["telemetry"]["metrics"]["readers"][0]["pull"]["exporter"]["prometheus"]
+    prom = yaml.safe_load((OTELCOL_DIR.parents[1] / "compose" / "prometheus" / "prometheus.yml").read_text())
+    targets = [t for job in prom["scrape_configs"] if job["job_name"] == "otelcol"
+               for sc in job["static_configs"] for t in sc["targets"]]
+    assert reader["host"] == "0.0.0.0" and targets == [f"otelcol:{reader['port']}"]
