@@ -41,6 +41,8 @@ class _Exporter(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/spanmetrics":
+            return self._spanmetrics()
         with _Exporter.lock:
             _Exporter.scrapes += 1
             s = state(_Exporter.scrapes)
@@ -54,6 +56,18 @@ class _Exporter(BaseHTTPRequestHandler):
             lines.append(f'ml_stage_duration_seconds_bucket{{ml_stage="inference",le="{le}"}} {cum}')
         lines += [f'ml_stage_duration_seconds_sum{{ml_stage="inference"}} {s["sum"]}',
                   f'ml_stage_duration_seconds_count{{ml_stage="inference"}} {s["count"]}']
+        self._reply(lines)
+
+    def _spanmetrics(self) -> None:
+        """What the Collector's spanmetrics connector writes (remote write or OTLP into
+        Prometheus): job = "<service.namespace>/<service.name>", ML dimensions as labels."""
+        labels = ('job="stagetrace-demo/fraud-api",service_name="fraud-api",span_name="Scorer.score",'
+                  'span_kind="SPAN_KIND_INTERNAL",ml_stage="inference",ml_model_name="fraud",')
+        self._reply(["# TYPE traces_span_metrics_calls_total counter",
+                     f'traces_span_metrics_calls_total{{{labels}ml_model_version="v1",status_code="STATUS_CODE_UNSET"}} 90',
+                     f'traces_span_metrics_calls_total{{{labels}ml_model_version="v2",status_code="STATUS_CODE_ERROR"}} 7'])
+
+    def _reply(self, lines: list[str]) -> None:
         body = ("\n".join(lines) + "\n").encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; version=0.0.4")
@@ -66,8 +80,10 @@ class _Exporter(BaseHTTPRequestHandler):
 def prom():
     exporter = ThreadingHTTPServer(("127.0.0.1", 0), _Exporter)
     threading.Thread(target=exporter.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    server = start_prometheus([{"job_name": JOB, "scrape_interval": "1s",
-                                "static_configs": [{"targets": [f"127.0.0.1:{exporter.server_address[1]}"]}]}])
+    target = [{"targets": [f"127.0.0.1:{exporter.server_address[1]}"]}]
+    server = start_prometheus([{"job_name": JOB, "scrape_interval": "1s", "static_configs": target},
+                               {"job_name": "spanmetrics", "scrape_interval": "1s", "metrics_path": "/spanmetrics",
+                                "honor_labels": True, "static_configs": target}])
     try:
         b = GrafanaBackend(prometheus_url=server.url, timeout_s=10)
         deadline = time.monotonic() + 30
@@ -157,3 +173,16 @@ def test_prometheus_errors_are_one_line(prom):
     down = GrafanaBackend(prometheus_url="http://127.0.0.1:9", timeout_s=2)
     with pytest.raises(BackendError, match="Prometheus at http://127.0.0.1:9 is unreachable"):
         down.metric_names()
+
+
+def test_span_metrics_names_and_job_namespace(prom):
+    b, _ = prom
+    series = b.metric_series(MetricQuery(name="traces.span.metrics.calls", service="fraud-api", **_window()))
+    assert {s.attributes["ml.model.version"] for s in series} == {"v1", "v2"}
+    (err,) = [s for s in series if s.attributes["status_code"] == "STATUS_CODE_ERROR"]
+    assert err.kind == "sum" and err.points[-1].value == 7
+    assert err.resource["service.name"] == "fraud-api" and err.resource["service.namespace"] == "stagetrace-demo"
+    assert err.attributes["ml.stage"] == "inference" and err.attributes["ml.model.name"] == "fraud"
+    only_v2 = b.metric_series(MetricQuery(name="traces_span_metrics_calls", attributes={"ml.model.version": "v2"},
+                                          **_window()))
+    assert [s.attributes["status_code"] for s in only_v2] == ["STATUS_CODE_ERROR"]
