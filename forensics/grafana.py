@@ -36,7 +36,7 @@ import math
 import re
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Sequence
 
@@ -690,25 +690,30 @@ class GrafanaBackend:
     def _loki_range(self, logql: str, start_ns: int, end_ns: int, limit: int | None) -> list[LogRecord]:
         """query_range, forward, paged until ``limit`` or the end of the window."""
         out: list[LogRecord] = []
-        seen: set[tuple[int, str, str]] = set()
         cursor = start_ns
+        at_cursor: Counter = Counter()  # lines of the previous page stamped `cursor`
         for _ in range(LOKI_MAX_PAGES):
             page = LOKI_PAGE if limit is None else min(LOKI_PAGE, limit - len(out))
             params = {"query": logql, "start": cursor, "end": end_ns, "limit": page, "direction": "forward"}
             doc = self.loki.get_json("/loki/api/v1/query_range", params,
                                      headers={LOKI_ENCODING_HEADER: LOKI_CATEGORIZE})
             recs = parse_loki_streams(doc)
-            new = 0
+            # The next page starts at the last timestamp (inclusive), so the lines already
+            # read at that timestamp come again: skip them once each, keep true duplicates.
+            skip = Counter(at_cursor)
             for r in recs:
-                key = (r.time_ns, r.span_id, str(r.body))
-                if key in seen:
+                key = _entry_key(r)
+                if r.time_ns == cursor and skip[key] > 0:
+                    skip[key] -= 1
                     continue
-                seen.add(key)
                 out.append(r)
-                new += 1
-            if len(recs) < page or new == 0 or (limit is not None and len(out) >= limit):
+            if len(recs) < page or (limit is not None and len(out) >= limit):
                 break
-            cursor = recs[-1].time_ns  # inclusive: lines sharing the last timestamp are deduplicated
+            if recs[-1].time_ns == cursor and recs[0].time_ns == cursor:
+                raise BackendError(f"Loki has more than {page} lines at one timestamp for {logql}; "
+                                   "add filters")
+            cursor = recs[-1].time_ns
+            at_cursor = Counter(_entry_key(r) for r in recs if r.time_ns == cursor)
         else:
             raise BackendError(f"Loki returned more than {LOKI_MAX_PAGES * LOKI_PAGE} lines for {logql}; "
                                "narrow the window or add filters")
@@ -877,6 +882,12 @@ class GrafanaBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _entry_key(r: LogRecord) -> tuple:
+    return (r.time_ns, r.trace_id, r.span_id, str(r.body), r.severity_number,
+            tuple(sorted((k, str(v)) for k, v in r.attributes.items())),
+            tuple(sorted((k, str(v)) for k, v in r.resource.items())))
 
 
 def _log_attrs_match(want: Attributes, r: LogRecord) -> bool:

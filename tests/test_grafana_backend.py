@@ -547,3 +547,35 @@ def test_missing_loki_or_prometheus_means_no_evidence_and_one_warning(stack, cap
     assert msgs == ["stagetrace: no Loki URL (--loki or $STAGETRACE_LOKI_URL): log evidence skipped",
                     "stagetrace: no Prometheus URL (--prometheus or $STAGETRACE_PROMETHEUS_URL): metric evidence skipped"]
     assert not any(r["path"].startswith("/loki") for r in stack.requests)
+
+
+def test_loki_paging_keeps_every_line_once(monkeypatch):
+    """Pages of 4 lines over lines that share timestamps (3 at most), exact duplicates
+    included; a page that cannot get past one timestamp is an error, not a silent cut."""
+    import copy as _copy
+
+    from grafana_fakes import DatasetStack
+    import stagetrace.forensics.grafana as grafana
+
+    logs = parse_loki_streams(json.loads(recording("loki/loki_query_range_by_trace_categorized.json")))
+    twin = _copy.deepcopy(logs[1])  # an exact duplicate line (a log call in a loop)
+    other = _copy.deepcopy(logs[1])
+    other.body = "another line, same nanosecond"
+    late = _copy.deepcopy(logs[3])
+    late.body = "last line twin"
+    data = sorted([*logs, twin, other, late, _copy.deepcopy(late)], key=lambda r: r.time_ns)
+    spans = parse_tempo_trace(json.loads(recording("tempo/tempo_trace_v2.json")))
+    stack = DatasetStack(spans, data)
+    monkeypatch.setattr(grafana, "LOKI_PAGE", 4)
+    try:
+        b = GrafanaBackend(tempo_url=stack.url, loki_url=stack.url)
+        got = b.find_logs(LogQuery(start_ns=T0, end_ns=T1, limit=None))
+        key = lambda r: (r.time_ns, str(r.body))
+        assert sorted(map(key, got)) == sorted(map(key, data)) and len(got) == 8
+        assert len([r for r in stack.requests if r["path"] == "/loki/api/v1/query_range"]) >= 4
+        assert b.get_trace(TRACE_ID).logs == b.find_logs(LogQuery(trace_ids=[TRACE_ID], limit=None))
+        monkeypatch.setattr(grafana, "LOKI_PAGE", 2)
+        with pytest.raises(BackendError, match="more than 2 lines at one timestamp"):
+            b.find_logs(LogQuery(start_ns=T0, end_ns=T1, limit=None))
+    finally:
+        stack.close()
