@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -145,13 +146,17 @@ class ProcessSet:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        # Ctrl-C during shutdown must not leave children behind: finish the job.
-        # After a failure or an interrupt nobody waits for their telemetry: be quick.
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # A second Ctrl-C (or a SIGTERM) during shutdown must not leave children
+        # behind: finish the job first. After a failure or an interrupt nobody
+        # waits for their telemetry, so be quick.
+        sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        main = threading.current_thread() is threading.main_thread()
+        old = {s: signal.signal(s, signal.SIG_IGN) for s in sigs} if main else {}
         try:
             self.stop_all(grace_s=8.0 if exc_type is None else 2.0)
         finally:
-            signal.signal(signal.SIGINT, old)
+            for s, h in old.items():
+                signal.signal(s, h)
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -167,6 +167,8 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
     launcher = otel_instrument_argv()
     if opts.api_port:
         procs.check_port_free(opts.api_port, what="--api-port")
+    # Absolute: the children run in the run dir and get these paths in their environment.
+    opts.out = opts.out.expanduser().resolve()
     run_dir, data_dir, log_dir = _prepare_out(opts.out)
     result = DemoResult(out=opts.out, data_dir=data_dir, reports={})
     started = time.monotonic()

@@ -90,7 +90,8 @@ class _Charts(HTMLParser):
 
 def test_demo_finds_the_injected_causes(tmp_path: Path) -> None:
     out = tmp_path / "demo-out"
-    proc = subprocess.Popen([*DEMO, "--duration", "18s", "--out", str(out)], stdout=subprocess.PIPE,
+    # A relative --out, as users type it (the services run elsewhere and must still find it).
+    proc = subprocess.Popen([*DEMO, "--duration", "18s", "--out", "demo-out"], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=_clean_env(), start_new_session=True)
     try:
         stdout, _ = proc.communicate(timeout=180)
