@@ -117,7 +117,8 @@ class _Http:
         self.engine = engine
         self.base = base_url.rstrip("/")
         if not re.match(r"^https?://[^/]", self.base):
-            raise UserError(f"invalid {engine} URL {base_url!r}: expected http(s)://host[:port]")
+            raise UserError(f"invalid {engine} URL {_redact(base_url)!r}: expected http(s)://host[:port]")
+        self.shown = _redact(self.base)  # for messages: never print credentials from the URL
         self.session = session
         self.headers = headers
         self.timeout_s = timeout_s
@@ -131,10 +132,10 @@ class _Http:
                 body = self._read(resp, path)
                 status = resp.status_code
         except requests.Timeout:
-            raise BackendError(f"{self.engine} at {self.base} did not answer within {self.timeout_s:g} s "
+            raise BackendError(f"{self.engine} at {self.shown} did not answer within {self.timeout_s:g} s "
                                f"({path})") from None
         except requests.ConnectionError as exc:
-            raise BackendError(f"{self.engine} at {self.base} is unreachable: {_reason(exc)}") from None
+            raise BackendError(f"{self.engine} at {self.shown} is unreachable: {_reason(exc)}") from None
         except requests.RequestException as exc:
             raise BackendError(f"{self.engine} request {path} failed: {_reason(exc)}") from None
         if status == 404 and ok_404:
@@ -159,7 +160,7 @@ class _Http:
         chunks, size = [], 0
         for chunk in resp.iter_content(chunk_size=256 * 1024):
             if time.monotonic() > deadline:
-                raise BackendError(f"{self.engine} at {self.base} did not finish its answer within "
+                raise BackendError(f"{self.engine} at {self.shown} did not finish its answer within "
                                    f"{3 * self.timeout_s:g} s ({path})")
             size += len(chunk)
             if size > MAX_RESPONSE_BYTES:
@@ -167,6 +168,10 @@ class _Http:
                                    "narrow the time window or the query")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1***@", url)
 
 
 def _reason(exc: Exception) -> str:

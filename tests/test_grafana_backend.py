@@ -579,3 +579,13 @@ def test_loki_paging_keeps_every_line_once(monkeypatch):
             b.find_logs(LogQuery(start_ns=T0, end_ns=T1, limit=None))
     finally:
         stack.close()
+
+
+def test_credentials_in_urls_are_not_printed():
+    b = GrafanaBackend(tempo_url=f"http://admin:s3cret@127.0.0.1:{_closed_port()}", timeout_s=2)
+    with pytest.raises(BackendError) as e:
+        b.get_trace(TRACE_ID)
+    assert "s3cret" not in str(e.value) and "http://***@127.0.0.1:" in str(e.value)
+    with pytest.raises(UserError) as e:
+        GrafanaBackend(loki_url="ftp://u:s3cret@loki")
+    assert "s3cret" not in str(e.value)
