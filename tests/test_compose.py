@@ -284,6 +284,17 @@ def test_prometheus_config_and_rules_pass_promtool(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_alert_rules_fire_as_intended():
+    """`promtool test rules`: given span-metric series, the error-rate and p95 alerts fire
+    with the right severity, labels and text, and not before their `for:` period."""
+    exe = _promtool()
+    tests = sorted((COMPOSE_DIR / "prometheus" / "tests").glob("*_test.yml"))
+    assert tests
+    out = subprocess.run([exe, "test", "rules", *map(str, tests)], capture_output=True, text=True, timeout=120,
+                         cwd=COMPOSE_DIR / "prometheus" / "tests")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+
+
 def test_prometheus_flags_and_alert_rules(compose):
     cmd = compose["services"]["prometheus"]["command"]
     assert "--web.enable-remote-write-receiver" in cmd
