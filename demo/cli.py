@@ -23,7 +23,7 @@ _SCENARIO_HELP = "; ".join(f"{i + 1}/{name}: {DESCRIPTIONS[name]}" for i, name i
 @click.command("demo")
 @click.option("--scenario", default="all", show_default=True, metavar="NAME[,NAME]",
               help=f"Which faults to inject: all (staggered after a clean period), or a list of {_SCENARIO_HELP}.")
-@click.option("--duration", default="40s", show_default=True,
+@click.option("--duration", default="35s", show_default=True,
               help="How long to drive load (the whole run adds ~20 s of start-up and analysis).")
 @click.option("--out", type=click.Path(file_okay=False), default="./stagetrace-demo", show_default=True,
               help="Directory for report.html, report.md, report.json (and run/ with the store and logs).")
@@ -39,7 +39,7 @@ def demo_cmd(scenario: str, duration: str, out: str, rate: float, api_port: int,
 
     \b
     Example:
-      stagetrace demo                          # all faults, ~70 s
+      stagetrace demo                          # all faults, about 60-80 s
       stagetrace demo --scenario slow-shard --duration 20s
     """
     from .runner import DemoOptions, run_demo
