@@ -800,3 +800,60 @@ def test_stage_duration_exemplar_points_at_the_stage_span(tel, modpath):
         assert any(e.span_id == span.context.span_id and e.trace_id == span.context.trace_id for e in point.exemplars)
     finally:
         inst.uninstrument()
+
+
+def test_generator_closed_early_and_thrown_into(tel, modpath):
+    write_module(modpath, "genmod2", '''
+def stream(n):
+    try:
+        for i in range(n):
+            try:
+                yield i
+            except ValueError:
+                yield -1
+    finally:
+        pass
+''')
+    inst = instrument(tel, stages="preprocess=genmod2:stream")
+    try:
+        import genmod2
+
+        g = genmod2.stream(10)
+        assert next(g) == 0
+        assert g.throw(ValueError("skip")) == -1  # throw() reaches the wrapped generator
+        assert next(g) == 1
+        g.close()  # consumer stops early: span ends, no error
+        (span,) = tel.spans("preprocess")
+        assert span.end_time is not None and span.status.status_code is not StatusCode.ERROR
+    finally:
+        inst.uninstrument()
+
+
+def test_payload_capture_env_opt_in_and_model_version_default(tel, modpath, monkeypatch):
+    write_module(modpath, "envmod", "def score(x):\n    return {'p': 0.25}\n\ndef hook(span, stage, args, kwargs, result):\n    span.set_attribute('custom.seen', stage)\n")
+    monkeypatch.setenv("STAGETRACE_CAPTURE_PAYLOADS", "true")
+    monkeypatch.setenv("STAGETRACE_MODEL_VERSION", "2026-11-01")
+    inst = instrument(tel, stages="inference=envmod:score")
+    try:
+        import envmod
+
+        envmod.score(["x" * 5000])
+        (span,) = tel.stage_spans()
+        assert span.attributes[semconv.ML_OUTPUT_VALUE] == "{'p': 0.25}"
+        assert 0 < len(span.attributes[semconv.ML_INPUT_VALUE]) <= 1024  # bounded
+        assert span.attributes[semconv.ML_MODEL_VERSION] == "2026-11-01"
+        assert any(a.get(semconv.ML_MODEL_VERSION) == "2026-11-01" for a, _ in tel.durations())
+    finally:
+        inst.uninstrument()
+    tel.exporter.clear()
+    monkeypatch.delenv("STAGETRACE_CAPTURE_PAYLOADS")
+    monkeypatch.setenv("STAGETRACE_PAYLOAD_HOOK", "envmod:hook")
+    inst = instrument(tel, stages="inference=envmod:score")
+    try:
+        import envmod
+
+        envmod.score([1])
+        (span,) = tel.stage_spans()
+        assert span.attributes["custom.seen"] == "inference" and semconv.ML_INPUT_VALUE not in span.attributes
+    finally:
+        inst.uninstrument()
