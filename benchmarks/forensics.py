@@ -76,7 +76,26 @@ import json, resource, sys, time
 from stagetrace.collector.query import EmbeddedBackend
 from stagetrace.forensics import investigate_slow, investigate_errors, trace_report, render
 data_dir, what, start, end = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-b = EmbeddedBackend(data_dir)
+
+
+class Timed:
+    """Wall time spent inside backend calls, to split backend from analysis."""
+    def __init__(self, inner):
+        self.inner, self.spent, self.name = inner, {}, inner.name
+
+    def __getattr__(self, attr):
+        fn = getattr(self.inner, attr)
+        def call(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.spent[attr] = self.spent.get(attr, 0.0) + time.perf_counter() - t
+        return call
+
+
+b = Timed(EmbeddedBackend(data_dir))
+cpu0 = resource.getrusage(resource.RUSAGE_SELF)
 t = time.perf_counter()
 if what == "slow":
     r = investigate_slow(b, start_ns=start, end_ns=end)
@@ -93,7 +112,10 @@ else:
         times.append(time.perf_counter() - t1)
     r = None
 el = time.perf_counter() - t
-res = {"seconds": el, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+ru = resource.getrusage(resource.RUSAGE_SELF)
+res = {"seconds": el, "peak_rss_mb": ru.ru_maxrss / 1024,
+       "cpu_seconds": ru.ru_utime + ru.ru_stime - cpu0.ru_utime - cpu0.ru_stime,
+       "backend_seconds": {k: round(v, 2) for k, v in b.spent.items()}}
 if r is not None:
     res["top"] = [f.summary for f in r.findings[:3]]
     res["significant"] = sum(f.significant for f in r.findings)
@@ -134,8 +156,11 @@ def main() -> None:
         for what in ("slow", "errors"):
             r = child(data_dir, what, s, e)
             rows.append((what, r))
-            print(f"investigate {what:6}: {r['seconds']:6.2f} s, peak RSS {r['peak_rss_mb']:7.0f} MB, "
-                  f"{r['significant']} significant findings; top: {r['top'][0] if r['top'] else '-'}")
+            inside = sum(r["backend_seconds"].values())
+            print(f"investigate {what:6}: {r['seconds']:6.2f} s wall ({r['cpu_seconds']:.2f} s CPU), peak RSS "
+                  f"{r['peak_rss_mb']:5.0f} MB; {inside:.2f} s inside backend calls {r['backend_seconds']}, "
+                  f"{r['seconds'] - inside:.2f} s analysis; {r['significant']} significant findings")
+            print(f"    top: {r['top'][0] if r['top'] else '-'}")
         # trace lookups: ids of random traces from the window
         from stagetrace.backend import TraceQuery
         from stagetrace.collector.query import EmbeddedBackend

@@ -37,8 +37,8 @@ from .progress import steps
 from .report import Finding, Report
 from .window import entry_spans, fmt_time
 
-MAX_ERROR_TRACES = 600
-MAX_SUCCESS_TRACES = 400
+MAX_ERROR_TRACES = 300
+MAX_SUCCESS_TRACES = 300
 TOP_FRAMES = 3
 _FRAME_RE = re.compile(r'File "([^"]+)", line \d+, in (\S+)')
 
@@ -153,7 +153,8 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
         err_tids = sorted({e.trace_id for e in events if e.trace_id})
         rnd = random.Random(0)
         err_sample = err_tids if len(err_tids) <= MAX_ERROR_TRACES else rnd.sample(err_tids, MAX_ERROR_TRACES)
-        ok_pool = [s.trace_id for s in entries if not s.is_error and s.trace_id not in set(err_tids)]
+        err_set = set(err_tids)
+        ok_pool = [s.trace_id for s in entries if not s.is_error and s.trace_id not in err_set]
         ok_sample = ok_pool if len(ok_pool) <= MAX_SUCCESS_TRACES else rnd.sample(ok_pool, MAX_SUCCESS_TRACES)
         fetched = backend.get_traces(err_sample + ok_sample, start_ns=w_start, end_ns=w_end + 600_000_000_000)
         successes = [fetched[t] for t in ok_sample if t in fetched]

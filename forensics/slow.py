@@ -32,8 +32,8 @@ from .progress import steps
 from .report import Finding, Report
 from .window import entry_spans, fmt_ms, fmt_time
 
-MAX_SELECTION = 300
-MAX_BASELINE = 600
+MAX_SELECTION = 200
+MAX_BASELINE = 400
 VERSION_KEYS = (semconv.SERVICE_VERSION, semconv.ML_MODEL_VERSION)
 
 
