@@ -60,7 +60,9 @@ class _Block:
 
     def __init__(self, ref: store.BlockRef) -> None:
         self.ref = ref
-        self.pf = pq.ParquetFile(ref.path, memory_map=True)
+        schema = SCHEMAS[ref.table]
+        self.pf = pq.ParquetFile(ref.path, memory_map=True, read_dictionary=[
+            c for c in store.DICT_COLUMNS if c in schema.names and schema.field(c).type in (pa.string(), pa.binary())])
         md = self.pf.metadata
         self.rg_min: list[bytes] = []
         self.rg_max: list[bytes] = []

@@ -72,7 +72,10 @@ SORT_KEYS = {
     METRICS: [("name", "ascending"), ("series", "ascending"), ("time_ns", "ascending")],
 }
 TIME_COLUMN = {SPANS: "start_ns", LOGS: "time_ns", METRICS: "time_ns"}
-ROW_GROUP_ROWS = {SPANS: 2048, LOGS: 4096, METRICS: 16384}
+ROW_GROUP_ROWS = {SPANS: 1024, LOGS: 2048, METRICS: 16384}  # small: trace-by-id reads one
+# Columns written (and read back) dictionary-encoded: readers keep them as dictionaries
+# so a row group's resources are not copied out once per row.
+DICT_COLUMNS = ("name", "service", "resource", "scope", "severity_text", "unit", "metric", "series", "kind")
 _BLOCK_RE = re.compile(r"^(\d{16})-(\d{16})\.parquet$")
 _SERVICE = "service.name"
 
@@ -340,8 +343,7 @@ def write_block(data_dir: Path, table: str, lo: int, hi: int, t: pa.Table, *, so
     t = t.replace_schema_metadata(meta)
     pq.write_table(
         t, tmp, compression="zstd", compression_level=3, row_group_size=ROW_GROUP_ROWS[table],
-        use_dictionary=["name", "service", "resource", "scope", "severity_text", "kind", "unit", "metric",
-                        "series", "status_code"],
+        use_dictionary=list(DICT_COLUMNS) + ["status_code", "severity_number"],
         write_statistics=["trace_id", "start_ns", "time_ns", "observed_ns", "name", "service"],
         data_page_size=64 << 10,
     )
