@@ -408,3 +408,39 @@ def _dash_uids(node):
     elif isinstance(node, list):
         for v in node:
             yield from _dash_uids(v)
+
+
+_GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "1m", "$service": "fraud-api", "$stage": "inference",
+                 "$model_version": ".*", "$__tags": 'service_name="fraud-api", ml_stage="inference"'}
+
+
+def _promql_of_grafana(expr: str) -> str:
+    for var, value in sorted(_GRAFANA_VARS.items(), key=lambda kv: -len(kv[0])):
+        expr = expr.replace(var, value)
+    assert "$" not in expr, f"unsubstituted Grafana variable in {expr!r}"
+    return expr
+
+
+def test_dashboard_and_correlation_promql_parses(datasources, tmp_path):
+    """Every PromQL in the dashboards, the trace-to-metrics links and the alert annotation
+    query, with Grafana's variables filled in, is parsed by the real promtool."""
+    exprs = []
+    for f in sorted((GRAFANA / "dashboards").glob("*.json")):
+        dash = json.loads(f.read_text())
+        for p in dash["panels"]:
+            for t in p.get("targets", []):
+                if t.get("datasource", {}).get("uid") == "prometheus":
+                    exprs.append(t["expr"])
+        exprs += [a["expr"] for a in dash.get("annotations", {}).get("list", []) if "expr" in a]
+        exprs += [v["query"]["query"].replace("label_values(", "count by (x) (").rsplit(",", 1)[0] + ")"
+                  for v in dash["templating"]["list"]]
+    tempo = next(d for d in datasources if d["uid"] == "tempo")
+    # Grafana's own unescaping turns $$__tags back into $__tags (the span's tags as matchers).
+    exprs += [_grafana_unescape(q["query"]) for q in tempo["jsonData"]["tracesToMetrics"]["queries"]]
+    assert len(exprs) >= 10
+    rules = {"groups": [{"name": "grafana-queries", "rules": [
+        {"record": f"grafana:query_{i}", "expr": _promql_of_grafana(e)} for i, e in enumerate(exprs)]}]}
+    path = tmp_path / "grafana-queries.yml"
+    path.write_text(yaml.safe_dump(rules))
+    out = subprocess.run([_promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
