@@ -547,8 +547,9 @@ def wrap(owner: Any, attr: str, spec: StageSpec) -> bool:
     Returns False (and changes nothing) if the attribute is not something we can wrap.
     """
     key = (id(owner), attr)
-    if key in _wrapped:
-        return True
+    entry = _wrapped.get(key)
+    if entry is not None and entry[0] is owner and getattr(owner, "__dict__", {}).get(attr) is entry[3]:
+        return True  # already ours (a reload re-executes the module and replaces it: wrap again)
     in_dict = attr in getattr(owner, "__dict__", {})
     raw = owner.__dict__[attr] if in_dict else getattr(owner, attr)
     is_class = isinstance(owner, type)
@@ -568,7 +569,7 @@ def wrap(owner: Any, attr: str, spec: StageSpec) -> bool:
         return False
     setattr(owner, attr, new)
     # Inherited attributes are restored by deleting our override.
-    _wrapped[key] = (owner, attr, raw if in_dict else _INHERITED)
+    _wrapped[key] = (owner, attr, raw if in_dict else _INHERITED, new)
     return True
 
 
@@ -577,8 +578,10 @@ _INHERITED = object()
 
 def unwrap_all() -> None:
     """Restore every original callable we replaced."""
-    for owner, attr, original in list(_wrapped.values()):
+    for owner, attr, original, ours in list(_wrapped.values()):
         try:
+            if getattr(owner, "__dict__", {}).get(attr) is not ours:
+                continue  # replaced since (module reloaded): leave the newer object alone
             if original is _INHERITED:
                 delattr(owner, attr)
             else:

@@ -859,3 +859,20 @@ def test_payload_capture_env_opt_in_and_model_version_default(tel, modpath, monk
         assert span.attributes["custom.seen"] == "inference" and semconv.ML_INPUT_VALUE not in span.attributes
     finally:
         inst.uninstrument()
+
+
+def test_reloaded_module_is_wrapped_again(tel, modpath):
+    import importlib
+
+    write_module(modpath, "reloadmod", "def f(x):\n    return x + 1\n")
+    inst = instrument(tel, stages="preprocess=reloadmod:f")
+    try:
+        import reloadmod
+
+        assert reloadmod.__spec__.loader.__class__.__name__ != "_HookLoader"  # the real loader is put back
+        importlib.reload(reloadmod)
+        assert reloadmod.f(1) == 2
+        assert [s.name for s in tel.stage_spans()] == ["preprocess f"]
+    finally:
+        inst.uninstrument()
+    assert not hasattr(reloadmod.f, "__stagetrace_spec__")
