@@ -33,9 +33,16 @@ class LogMiner:
         cfg.drain_max_clusters = 5000  # bounded memory on pathological logs
         cfg.profiling_enabled = False
         self.miner = TemplateMiner(config=cfg)
+        self._seen: dict[str, int] = {}
 
     def add(self, text: str) -> int:
-        return int(self.miner.add_log_message(text[:2000])["cluster_id"])
+        # Identical lines are common (the same error thousands of times): mine each text once.
+        cid = self._seen.get(text)
+        if cid is None:
+            cid = int(self.miner.add_log_message(text[:2000])["cluster_id"])
+            if len(self._seen) < 200_000:  # bounded memory
+                self._seen[text] = cid
+        return cid
 
     def template(self, cluster_id: int) -> str:
         for c in self.miner.drain.clusters:
