@@ -86,7 +86,7 @@ LOG_ML_STAGE = "ml_stage"
 # --- Environment variables (ours; OTEL_* ones keep their standard meaning) ----
 ENV_STAGES = "STAGETRACE_STAGES"
 ENV_CONFIG = "STAGETRACE_CONFIG"
-ENV_LOG_FORMAT = "STAGETRACE_LOG_FORMAT"  # json | text | off
+ENV_LOG_FORMAT = "STAGETRACE_LOG_FORMAT"  # json | text (default: your own format is left alone)
 ENV_LOG_CORRELATION = "STAGETRACE_LOG_CORRELATION"  # true (default) | false: ids on every LogRecord
 ENV_CAPTURE_PAYLOADS = "STAGETRACE_CAPTURE_PAYLOADS"  # opt-in: true
 ENV_PAYLOAD_HOOK = "STAGETRACE_PAYLOAD_HOOK"  # opt-in: module:function called with inputs/outputs
