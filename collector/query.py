@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,10 +57,11 @@ _INDEX_COLUMNS = ["trace_id", "span_id", "parent_span_id", "name", "kind", "star
 class _Block:
     """Cached read handles of one immutable block."""
 
-    __slots__ = ("ref", "pf", "rg_min", "rg_max", "tids")
+    __slots__ = ("ref", "pf", "rg_min", "rg_max", "tids", "ino")
 
     def __init__(self, ref: store.BlockRef) -> None:
         self.ref = ref
+        self.ino = os.stat(ref.path).st_ino
         schema = SCHEMAS[ref.table]
         self.pf = pq.ParquetFile(ref.path, memory_map=True, read_dictionary=[
             c for c in store.DICT_COLUMNS if c in schema.names and schema.field(c).type in (pa.string(), pa.binary())])
@@ -98,22 +100,23 @@ class _Tail:
 
     def __init__(self, table: str) -> None:
         self.table = table
-        self.segments: dict[int, tuple[Path, int, list[pa.Table]]] = {}
+        self.segments: dict[tuple[int, int], tuple[Path, int, list[pa.Table]]] = {}
 
     def refresh(self, segments: list[tuple[int, Path]]) -> pa.Table:
-        keep = {seq for seq, _ in segments}
-        for seq in list(self.segments):
-            if seq not in keep:
-                del self.segments[seq]
-        for seq, path in segments:
-            _, offset, parts = self.segments.get(seq, (path, 0, []))
+        keyed = [((seq, os.stat(path).st_ino), path) for seq, path in segments]  # FileNotFoundError -> retry
+        keep = {key for key, _ in keyed}
+        for key in list(self.segments):
+            if key not in keep:
+                del self.segments[key]
+        for key, path in keyed:
+            _, offset, parts = self.segments.get(key, (path, 0, []))
             payloads = []
             for end, payload in wal.read_records(path, offset):  # FileNotFoundError -> caller retries
                 payloads.append(payload)
                 offset = end
             if payloads:
                 parts = parts + [store.build_table_safe(self.table, payloads)[0]]
-            self.segments[seq] = (path, offset, parts)
+            self.segments[key] = (path, offset, parts)
         tables = [t for _, _, parts in self.segments.values() for t in parts]
         if not tables:
             return SCHEMAS[self.table].empty_table()
@@ -163,7 +166,7 @@ class EmbeddedBackend:
         for ref in snap.blocks:
             live.add(ref.path)
             b = self._blocks.get(ref.path)
-            if b is None:
+            if b is None or b.ino != os.stat(ref.path).st_ino:  # same name, new file (seq reuse)
                 b = self._blocks[ref.path] = _Block(ref)
             blocks.append(b)
         for p in [p for p in self._blocks if p.parent == store.block_dir(self.data_dir, table) and p not in live]:

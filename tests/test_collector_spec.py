@@ -292,3 +292,15 @@ def test_port_in_use_and_locked_data_dir_fail_clearly(tmp_path):
     with start_collector(tmp_path / "b"):
         with pytest.raises(CollectorStartError, match="another collector"):
             start_collector(tmp_path / "b")
+
+
+def test_flags_have_env_equivalents(tmp_path):
+    env = {"STAGETRACE_TOKEN": "from-env", "STAGETRACE_MAX_REQUEST_BYTES": "2KiB", "STAGETRACE_DATA_DIR": str(tmp_path)}
+    with start_collector(tmp_path, env=env) as c:
+        small, _ = span_request("spec-env", 1)
+        big, _ = span_request("spec-env", 1, name="y" * 4000)
+        auth = {**PB, "Authorization": "Bearer from-env"}
+        assert post(c.http_endpoint + "/v1/traces", small.SerializeToString(), PB)[0] == 401
+        assert post(c.http_endpoint + "/v1/traces", big.SerializeToString(), auth)[0] == 413
+        assert post(c.http_endpoint + "/v1/traces", small.SerializeToString(), auth)[0] == 200
+        assert count_spans(c.data_dir, "spec-env") == 1
