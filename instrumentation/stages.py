@@ -14,6 +14,7 @@ A bad entry gives one warning naming it and is skipped; the app always starts.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
@@ -152,42 +153,38 @@ def load(environ: dict[str, str] | None = None, cwd: Path | None = None) -> list
 
 
 def module_findable(name: str) -> bool:
-    """Whether ``name`` can be imported, *without importing it or its parents*.
+    """Whether ``name`` can be imported, *without executing it or any parent not yet imported*.
 
-    The current directory is searched too: uvicorn and gunicorn put it on
+    Uses the full import machinery (so editable installs and other custom finders
+    count) wherever the parent is already imported, and plain path search below
+    that. The current directory is searched too: uvicorn and gunicorn put it on
     ``sys.path`` only after we have been loaded.
     """
     if name in sys.modules:
         return True
     parts = name.split(".")
-    path = list(sys.path)
-    cwd = os.getcwd()
-    if cwd not in path and "" not in path:
-        path.append(cwd)
-    search: list[str] | None = path
-    for i, part in enumerate(parts):
+    locations: list[str] = []
+    for i in range(len(parts)):
         qual = ".".join(parts[: i + 1])
-        if qual in sys.modules:
-            mod = sys.modules[qual]
-            search = list(getattr(mod, "__path__", []) or [])
-            if i == len(parts) - 1:
-                return True
+        module = sys.modules.get(qual)
+        if module is not None:
+            locations = list(getattr(module, "__path__", None) or [])
             continue
         try:
-            spec = PathFinder.find_spec(qual if i == 0 else qual, search)
+            if i == 0 or ".".join(parts[:i]) in sys.modules:
+                # the parent is imported (or there is none): find_spec executes nothing
+                spec = importlib.util.find_spec(qual)
+                if spec is None and i == 0:
+                    spec = PathFinder.find_spec(qual, [os.getcwd()])
+            else:
+                spec = PathFinder.find_spec(qual, locations)
         except Exception:
             return False
         if spec is None:
-            # not found on the path: maybe a built-in, frozen or custom-finder module
-            if i == 0:
-                import importlib.util
-
-                try:
-                    return importlib.util.find_spec(parts[0]) is not None and len(parts) == 1
-                except Exception:
-                    return False
             return False
-        search = list(spec.submodule_search_locations or [])
+        locations = list(spec.submodule_search_locations or [])
+        if i < len(parts) - 1 and not locations:
+            return False  # a plain module cannot have submodules
     return True
 
 

@@ -405,6 +405,8 @@ def test_module_findable_does_not_import(tmp_path, monkeypatch):
     assert stages.module_findable("pkg_nf.sub")  # found via the cwd, nothing executed
     assert not stages.module_findable("pkg_nf.nope")
     assert "pkg_nf" not in sys.modules
+    # packages mapped by a custom finder (our own editable install maps stagetrace.demo to demo/)
+    assert stages.module_findable("stagetrace.demo.model") and not stages.module_findable("stagetrace.nope_xyz")
 
 
 # --- library hooks ------------------------------------------------------------------------
