@@ -145,6 +145,20 @@ def test_demo_finds_the_injected_causes(tmp_path: Path) -> None:
     finally:
         backend.close()
 
+    # The clean period before the first fault, investigated on its own, names no cause.
+    from stagetrace.forensics import investigate_errors, investigate_slow
+    sched = run["schedule"]
+    onset = min(w[0] for w in sched["windows"].values())
+    clean = (int(sched["start"] * 1e9), int(onset * 1e9))
+    backend = open_backend(kind="embedded", data_dir=run["data_dir"])
+    try:
+        for r in (investigate_slow(backend, start_ns=clean[0], end_ns=clean[1]),
+                  investigate_errors(backend, start_ns=clean[0], end_ns=clean[1])):
+            assert r.data["counts"]["requests"] > 50, r.data["counts"]
+            assert not r.significant_findings, [f.summary for f in r.significant_findings]
+    finally:
+        backend.close()
+
     # One slow and one failed request opened as traces; the summary says what to run next.
     assert sorted(run["traces"]) == ["failed", "slow"]
     assert sum(r["kind"] == "trace" for r in reports) == 2
@@ -156,7 +170,7 @@ def test_demo_finds_the_injected_causes(tmp_path: Path) -> None:
     assert "feature_fetch" in (out / "report.md").read_text()
 
 
-def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
+def test_ctrl_c_during_the_load_stops_everything(tmp_path: Path) -> None:
     proc = subprocess.Popen([*DEMO, "--duration", "30s", "--out", str(tmp_path / "o")], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=_clean_env(), start_new_session=True)
     lines: queue.Queue[str] = queue.Queue()
