@@ -331,12 +331,8 @@ def _origin_and_propagation(t: Trace, c: Cluster, evs) -> None:
 def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fetched, w_start, width):
     findings: list[Finding] = []
     details: list[dict[str, Any]] = []
-    first_seen = timeline.first_seen(
-        [(s.start_ns, k, str(s.attributes.get(k, s.resource.get(k))))
-         for t in fetched.values() for s in t.spans for k in (semconv.SERVICE_VERSION, semconv.ML_MODEL_VERSION)
-         if s.attributes.get(k, s.resource.get(k)) is not None]
-        + [(s.start_ns, k, str(s.attributes.get(k, s.resource.get(k)))) for s in entries
-           for k in (semconv.SERVICE_VERSION, semconv.ML_MODEL_VERSION) if s.attributes.get(k, s.resource.get(k)) is not None])
+    first_seen = timeline.versions_first_seen(
+        list(entries) + [s for t in fetched.values() for s in t.spans], (semconv.SERVICE_VERSION, semconv.ML_MODEL_VERSION))
     new_versions = timeline.new_in_window(first_seen, w_start, width)
     for i, c in enumerate(clusters):
         fp_events: dict[str, list[ErrorEvent]] = defaultdict(list)

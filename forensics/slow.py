@@ -207,19 +207,8 @@ def _histogram(sel: np.ndarray, base: np.ndarray, thr: int) -> dict[str, Any]:
 
 
 def _version_changes(entries: Sequence[Span], traces: Sequence[Trace], w_start, width, onset) -> list[dict]:
-    obs = []
-    for s in entries:
-        for key in VERSION_KEYS:
-            v = s.attributes.get(key, s.resource.get(key))
-            if v is not None:
-                obs.append((s.start_ns, key, str(v)))
-    for t in traces:
-        for s in t.spans:
-            for key in VERSION_KEYS:
-                v = s.attributes.get(key, s.resource.get(key))
-                if v is not None:
-                    obs.append((s.start_ns, key, str(v)))
-    new = timeline.new_in_window(timeline.first_seen(obs), w_start, width)
+    spans = list(entries) + [s for t in traces for s in t.spans]
+    new = timeline.new_in_window(timeline.versions_first_seen(spans, VERSION_KEYS), w_start, width)
     out = []
     for f in new:
         near = bool(onset and onset.significant and abs(f.first_ns - onset.time_ns) <= 3 * width)

@@ -84,6 +84,36 @@ def first_seen(observations: Iterable[tuple[int, str, Any]]) -> list[FirstSeen]:
     return sorted(seen.values(), key=lambda f: f.first_ns)
 
 
+def versions_first_seen(spans: Iterable[Any], keys: Sequence[str]) -> list[FirstSeen]:
+    """First time each value of ``keys`` (span attribute, else resource) appears:
+    one pass, no intermediate tuples (this runs over every request of the window)."""
+    seen: dict[tuple[str, str], FirstSeen] = {}
+    for s in spans:
+        a, r, t = s.attributes, s.resource, s.start_ns
+        for k in keys:
+            v = a.get(k)
+            if v is None:
+                v = r.get(k)
+                if v is None:
+                    continue
+            fs = seen.get((k, v))
+            if fs is None:
+                seen[(k, v)] = FirstSeen(k, str(v), t, 1)
+            else:
+                fs.count += 1
+                if t < fs.first_ns:
+                    fs.first_ns = t
+    merged: dict[tuple[str, str], FirstSeen] = {}
+    for fs in seen.values():  # 2 and "2" are one version
+        m = merged.get((fs.attribute, fs.value))
+        if m is None:
+            merged[(fs.attribute, fs.value)] = fs
+        else:
+            m.count += fs.count
+            m.first_ns = min(m.first_ns, fs.first_ns)
+    return sorted(merged.values(), key=lambda f: f.first_ns)
+
+
 def new_in_window(entries: Sequence[FirstSeen], start_ns: int, width: int, min_count: int = 3) -> list[FirstSeen]:
     """Values that appear only after the window began (a deploy or rollout inside it)."""
     return [f for f in entries if f.first_ns >= start_ns + width and f.count >= min_count]
