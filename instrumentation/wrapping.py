@@ -567,7 +567,10 @@ def wrap(owner: Any, attr: str, spec: StageSpec) -> bool:
         new = make_function_wrapper(raw, spec, False)
     else:
         return False
-    setattr(owner, attr, new)
+    try:
+        setattr(owner, attr, new)
+    except (TypeError, AttributeError):
+        return False  # an extension type (e.g. sklearn's Cython Tree) cannot be patched
     # Inherited attributes are restored by deleting our override.
     _wrapped[key] = (owner, attr, raw if in_dict else _INHERITED, new)
     return True

@@ -605,11 +605,19 @@ class FeatureStore:
         inst.uninstrument()
 
 
-def test_uninstrument_removes_every_library_wrapper(tel):
+def test_uninstrument_removes_every_library_wrapper(tel, caplog):
+    import lightgbm  # noqa: F401 - every hooked library loaded, so every hook runs
+    import onnxruntime  # noqa: F401
+    import sklearn.ensemble  # noqa: F401
+    import sklearn.tree  # noqa: F401 - has a Cython Tree.predict that cannot be patched
     import torch
+    import transformers.pipelines  # noqa: F401
+    import xgboost  # noqa: F401
     from sklearn.linear_model import _base
 
+    caplog.set_level(logging.DEBUG, logger="stagetrace")
     inst = instrument(tel, stages="")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []  # every hook ran cleanly
     assert hasattr(_base.LinearClassifierMixin.__dict__["predict"], "__stagetrace_spec__")
     assert hasattr(torch.nn.Module.__dict__["__call__"], "__stagetrace_spec__")
     inst.uninstrument()
