@@ -769,6 +769,8 @@ print(json.dumps({
     "factory": logs._factory.installed is not None and logging.getLogRecordFactory() is not logging.LogRecord,
     "otlp_handler": logs._inst.otlp_handler in logging.getLogger().handlers,
     "instance_id": trace.get_tracer_provider().resource.attributes.get("service.instance.id"),
+    "ml_imported": [m for m in ("sklearn", "torch", "xgboost", "lightgbm", "onnxruntime", "transformers", "feast",
+                                "numpy") if m in sys.modules],
 }))
 """
 
@@ -791,6 +793,7 @@ def test_distro_defaults_user_overrides_and_disable_switch():
     assert got["env"] == {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_METRICS_EXPORTER": "otlp", "OTEL_LOGS_EXPORTER": "none",
                           "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "STAGETRACE_LOG_CORRELATION": "true"}
     assert got["hooks_active"] and got["factory"] and got["instance_id"]
+    assert got["ml_imported"] == []  # hooks wait for the app's own imports
     assert not got["otlp_handler"]  # the user turned log export off (on by default: see the e2e test)
     off = _probe(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="stagetrace,fastapi,requests,logging")
     assert not off["hooks_active"]
