@@ -79,7 +79,7 @@ data_dir, what, start, end = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys
 
 
 class Timed:
-    """Wall time spent inside backend calls, to split backend from analysis."""
+    # wall time spent inside backend calls, to split backend from analysis
     def __init__(self, inner):
         self.inner, self.spent, self.name = inner, {}, inner.name
 
