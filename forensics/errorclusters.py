@@ -164,9 +164,12 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
             if e.trace_id:
                 events_by_trace[e.trace_id].append(e)
         # assign each failing trace to one incident: the one of its origin
+        failures: dict[str, _Failure | None] = {}
         for tid, evs in events_by_trace.items():
             t = fetched.get(tid)
-            origin_ev = _origin(t, evs, clusters, fp_cluster) if t else None
+            if t is not None:
+                failures[tid] = _failure(t, evs)
+            origin_ev = _origin_event(failures.get(tid), evs)
             if origin_ev is None:
                 origin_ev = max(evs, key=lambda e: len(e.frames) + (e.source != "log"))
             c = clusters[fp_cluster[origin_ev.fingerprint]]
@@ -183,7 +186,7 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
         for c in clusters:
             sample = [fetched[t] for t in c.traces if t in fetched]
             for t in sample:
-                _origin_and_propagation(t, c, events_by_trace[t.trace_id])
+                _record(failures.get(t.trace_id), c)
             c.attrs = attributes.compare(sample, successes, max_results=10,
                                          exclude=attributes.OUTCOME_KEYS) if sample and successes else []
             times_c = [entry_by_trace[t].start_ns if t in entry_by_trace else min(e.time_ns for e in events_by_trace[t])
@@ -268,17 +271,38 @@ def _error_spans(t: Trace, evs: Sequence[ErrorEvent]) -> set[str]:
     return ids
 
 
-def _origin(t: Trace, evs, clusters, fp_cluster) -> ErrorEvent | None:
+@dataclass(slots=True)
+class _Failure:
+    """Where one failing trace's error started (origin) and which ancestors failed with it."""
+
+    origin: Any  # critical_path.Node
+    propagated: list[Any]
+
+
+def _failure(t: Trace, evs: Sequence[ErrorEvent]) -> _Failure | None:
+    """The origin is the deepest failing span with no failing descendant (ties: the
+    earliest); the failing ancestors are where it propagated."""
     root, nodes, _ = build_tree(t.spans)
     if root is None:
         return None
+    _depths(root)
     bad = _error_spans(t, evs) & set(nodes)
-    leaves = [nodes[s] for s in bad if not any(_has_bad_desc(c, bad) for c in [nodes[s]])]
+    leaves = [nodes[s] for s in bad if not _has_bad_desc(nodes[s], bad)]
     if not leaves:
         return None
-    _depths(root)
-    deepest = max(leaves, key=lambda n: (n.depth, -n.span.start_ns))
-    mine = [e for e in evs if e.span_id == deepest.span.span_id]
+    origin = max(leaves, key=lambda n: (n.depth, -n.span.start_ns))
+    up, p = [], origin.parent
+    while p is not None:
+        if p.span.span_id in bad:
+            up.append(p)
+        p = p.parent
+    return _Failure(origin, up)
+
+
+def _origin_event(f: _Failure | None, evs: Sequence[ErrorEvent]) -> ErrorEvent | None:
+    if f is None:
+        return None
+    mine = [e for e in evs if e.span_id == f.origin.span.span_id]
     if not mine:
         return None
     return max(mine, key=lambda e: (e.source == "exception", len(e.frames), e.source == "span"))
@@ -304,28 +328,18 @@ def _has_bad_desc(node, bad: set[str]) -> bool:
     return False
 
 
-def _origin_and_propagation(t: Trace, c: Cluster, evs) -> None:
-    root, nodes, _ = build_tree(t.spans)
-    if root is None:
+def _record(f: _Failure | None, c: Cluster) -> None:
+    if f is None:
         return
-    _depths(root)
-    bad = _error_spans(t, evs) & set(nodes)
-    leaves = [nodes[s] for s in bad if not _has_bad_desc(nodes[s], bad)]
-    if not leaves:
-        return
-    origin = max(leaves, key=lambda n: (n.depth, -n.span.start_ns))
-    stage = None
-    p = origin
+    origin = f.origin
+    stage, p = None, origin
     while p is not None and stage is None:
-        stage = p.span.stage
-        p = p.parent
-    c.origin[(origin.span.service_name, origin.span.name, stage or semconv.STAGE_OTHER)] += 1
-    p = origin.parent
-    while p is not None:
-        if p.span.span_id in bad:
-            c.propagated[(p.span.service_name, p.span.name)] += 1
-        p = p.parent
-    c.stages[stage or semconv.STAGE_OTHER] += 1
+        stage, p = p.span.stage, p.parent
+    stage = stage or semconv.STAGE_OTHER
+    c.origin[(origin.span.service_name, origin.span.name, stage)] += 1
+    for a in f.propagated:
+        c.propagated[(a.span.service_name, a.span.name)] += 1
+    c.stages[stage] += 1
 
 
 def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fetched, w_start, width):

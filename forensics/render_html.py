@@ -187,6 +187,9 @@ def _trace(r: Report) -> str:
            f"{d['span_count']} spans, {d['log_count']} logs, started {_e(d['start'])}"
            + (" &mdash; <b class='err'>broken trace</b>: orphans shown under the root" if d["broken"] else "") + "</p>"]
     out.append("<h2>Waterfall</h2>" + _waterfall(d))
+    if len(d["spans"]) > MAX_WATERFALL_ROWS:
+        out.append(f"<p class='dim'>First {MAX_WATERFALL_ROWS} of {len(d['spans'])} spans in tree order; "
+                   "the JSON report has all of them.</p>")
     out.append("<h2>Self time per stage on the critical path</h2><table><tr><th>stage</th><th>self time</th><th>share</th></tr>")
     out += [f"<tr><td>{_e(x['stage'])}</td><td>{_e(fmt_ms(x['self_ms'] * 1e6))}</td><td>{x['share']:.0%}</td></tr>"
             for x in d["stage_self_time"]]
@@ -211,8 +214,11 @@ def _trace(r: Report) -> str:
     return "\n".join(out)
 
 
+MAX_WATERFALL_ROWS = 1500  # a 50k-span trace must not become a 50 MB page
+
+
 def _waterfall(d: dict) -> str:
-    rows = d["spans"]
+    rows = d["spans"][:MAX_WATERFALL_ROWS]
     W, rowh, L = 1000, 18, 360
     H = 24 + rowh * len(rows)
     total = max(d["duration_ms"], 1e-9)
