@@ -136,3 +136,12 @@ def test_edge_time_blamed_on_callee_side():
     assert blame[("edge", "features", "api->features")] == 90
     assert blame[("operation", "features", "GET /features")] == 10
     assert blame[("operation", "api", "1")] == 10
+
+
+def test_uninstrumented_callee_is_named_by_peer_service():
+    cp = critical_path([
+        sp("1", "", 0, 100, service="api", kind="SERVER"),
+        sp("2", "1", 10, 90, name="SELECT", service="api", kind="CLIENT", **{semconv.PEER_SERVICE: "postgres"}),
+    ])
+    blame = {k: v // MS for k, v in cp.by_blame().items()}
+    assert blame[("edge", "postgres", "api->postgres")] == 80

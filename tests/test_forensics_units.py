@@ -139,3 +139,25 @@ def test_findings_are_in_rank_order_and_progress_is_quiet_when_piped(capsys):
     keys = [(not f.significant, -f.score) for f in rep.findings]
     assert keys == sorted(keys)
     assert rep.findings[0].stage == semconv.STAGE_PREPROCESS
+
+
+def test_error_logs_without_trace_ids_merge_by_burst():
+    """Two log-only error messages (no trace context) that burst together form one
+    incident; a steady unrelated one stays apart."""
+    from stagetrace.forensics import investigate_errors
+    spans, logs = [], []
+    for i in range(300):  # 5 minutes of requests, one per second
+        tid = f"{i + 1:032x}"
+        spans.append(Span(tid, f"{1:016x}", "", "GET /", "SERVER", i * 10**9, i * 10**9 + 5 * MS,
+                          resource={semconv.SERVICE_NAME: "api"}))
+    svc = {semconv.SERVICE_NAME: "worker"}
+    for i in range(200, 260):  # burst of two co-occurring messages
+        logs.append(LogRecord(i * 10**9, 0, 17, "ERROR", f"connection reset by peer 10.0.0.{i % 7}", resource=svc))
+        logs.append(LogRecord(i * 10**9 + MS, 0, 17, "ERROR", f"retry budget exhausted after {i % 5} tries", resource=svc))
+    for i in range(0, 300, 30):  # steady background
+        logs.append(LogRecord(i * 10**9, 0, 17, "ERROR", "disk almost full", resource=svc))
+    rep = investigate_errors(gen.MemoryBackend(spans, sorted(logs, key=lambda r: r.time_ns), []))
+    clusters = rep.data["clusters"]
+    burst = next(c for c in clusters if any("connection reset" in f["template"] for f in c["fingerprints"]))
+    assert any("retry budget" in f["template"] for f in burst["fingerprints"])
+    assert not any("disk almost full" in f["template"] for f in burst["fingerprints"])
