@@ -14,10 +14,12 @@ class _Quiet:
 
 class _Bar:
     def __init__(self, progress, task) -> None:
-        self.progress, self.task = progress, task
+        self.progress, self.task, self.started = progress, task, False
 
     def step(self, description: str) -> None:
-        self.progress.update(self.task, advance=1, description=description)
+        """Start the next step: the previous one is done."""
+        self.progress.update(self.task, advance=1 if self.started else 0, description=description)
+        self.started = True
 
 
 @contextmanager

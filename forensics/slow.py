@@ -62,7 +62,7 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
                      start_ns: int | None = None, end_ns: int | None = None,
                      threshold: str | int = "p95", progress: bool = False) -> Report:
     query = {"service": service, "route": route, "threshold": str(threshold)}
-    with steps(7, progress) as bar:
+    with steps(8, progress) as bar:
         bar.step("reading requests")
         entries = entry_spans(backend, service=service, route=route, start_ns=start_ns, end_ns=end_ns)
         if not entries:
