@@ -66,7 +66,7 @@ def investigate(data_dir: Path, schedule: Schedule, stats: LoadStats, out: Path,
     from stagetrace.errors import NotFound
     from stagetrace.forensics import investigate_errors, investigate_slow, render, trace_report
 
-    start_ns = int((schedule.start - 1) * 1e9)
+    start_ns = int(schedule.start * 1e9)  # the warm-up before it is not part of the story
     end_ns = int((schedule.end + 30) * 1e9)
     backend = open_backend(kind="embedded", data_dir=str(data_dir))
     try:
@@ -114,10 +114,19 @@ def _headlines(report: Any, n: int = 4) -> list[str]:
         if f.kind in seen and f.kind != "error_cluster":
             continue
         seen.add(f.kind)
-        out.append(_shorten(f.summary))
+        out.append(_shorten_cluster(f.summary) if f.kind == "error_cluster" else _shorten(f.summary))
         if len(out) == n:
             break
     return out
+
+
+def _shorten_cluster(text: str) -> str:
+    """Keep the counts, origin and attributes of an incident; shorten only its
+    exception message (library messages can run to a paragraph)."""
+    m = re.match(r"^(.*?)(: \d+ failed requests? .*)$", " ".join(str(text).split()))
+    if not m:
+        return _shorten(text)
+    return _shorten(m.group(1), 90) + _shorten(m.group(2), 260)
 
 
 def _shorten(text: str, limit: int = 220) -> str:

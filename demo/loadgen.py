@@ -154,6 +154,23 @@ def run_load(api_url: str, schedule: Schedule, *, rate: float, canary_url: str |
     return stats
 
 
+def warm_up(urls: list[str], requests_per_url: int = 16, timeout_s: float = 30.0) -> None:
+    """A few requests to each backend before the measured load, as a rollout's
+    readiness traffic would: the first requests of a fresh Python worker are
+    slow (lazy imports, first model call, new connections; here also the
+    client's first span export) and would otherwise look like an incident in
+    the clean period. Sent before the schedule starts, so they are outside the
+    investigated window."""
+    workload = Workload(Schedule(start=0.0, end=0.0), seed=1)
+    with requests.Session() as session, ThreadPoolExecutor(max_workers=6) as pool:
+        def one(url: str) -> None:
+            try:
+                session.post(url.rstrip("/") + "/predict", json=workload.next_request(), timeout=timeout_s)
+            except requests.RequestException:
+                pass  # the load itself reports a backend that does not answer
+        list(pool.map(one, [u for u in urls for _ in range(requests_per_url)]))
+
+
 def instrument_client(otlp_http_endpoint: str, schedule_delay_ms: int = 500) -> Callable[[bool], None]:
     """Instrument ``requests`` in this process, exporting client spans over
     OTLP/HTTP; returns ``shutdown(flush=True)``, which un-instruments and flushes."""

@@ -225,17 +225,35 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
         console.print(f"  {API_SERVICE + ' canary':<14} http://127.0.0.1:{canary_port}  (pid {canary.pid}, model v2)"
                       f"  ready in {time.monotonic() - t0:.1f} s")
 
-        mark("services")
-        # 3. the load, with the faults staggered in it
-        schedule = Schedule.plan(opts.scenarios, time.time() + 0.5, opts.duration_s)
-        _write_schedule(schedule_file, schedule)
-        for name, (lo, hi) in schedule.windows.items():
-            console.print(f"  fault {name:<15} +{lo - schedule.start:4.1f}s .. +{hi - schedule.start:4.1f}s  "
-                          f"{DESCRIPTIONS[name]}")
-        stats = _drive_load(console, progress, f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{canary_port}",
-                            coll.http_port, schedule, opts.rate)
-
+        # 3. the load, with the faults staggered in it, from an instrumented client
+        from .loadgen import instrument_client, warm_up
+        shutdown_client = instrument_client(f"http://127.0.0.1:{coll.http_port}")
+        flush_client = True
+        try:
+            # Warm-up first: fresh workers (and this client's first export) are slow, and
+            # that must not look like an incident in the clean period.
+            warm_up([f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{canary_port}"])
+            mark("services")
+            schedule = Schedule.plan(opts.scenarios, time.time() + 1.0, opts.duration_s)
+            _write_schedule(schedule_file, schedule)
+            for name, (lo, hi) in schedule.windows.items():
+                console.print(f"  fault {name:<15} +{lo - schedule.start:4.1f}s .. +{hi - schedule.start:4.1f}s  "
+                              f"{DESCRIPTIONS[name]}")
+            stats = _drive_load(console, progress, f"http://127.0.0.1:{api_port}",
+                                f"http://127.0.0.1:{canary_port}", schedule, opts.rate)
+        except BaseException:
+            flush_client = False  # interrupted or failed: nobody will read these spans
+            raise
+        finally:
+            shutdown_client(flush_client)
         mark("load")
+        for child in (feat, api, canary):  # a report on a run whose service died would mislead
+            if not child.alive():
+                raise UserError(f"{child.name} exited during the run with code {child.proc.returncode}: "
+                                f"{child.last_error_line()} (log: {child.log_path})")
+        if coll.poll() is not None:
+            raise UserError(f"the collector exited during the run with code {coll.poll()} "
+                            f"(log: {log_dir / 'collector.log'})")
         # 4. flush: the services export every 0.5 s; wait until the store stops
         # growing *before* stopping them (uvicorn re-raises SIGTERM after its
         # graceful shutdown, so an SDK's exit-time flush does not run).
@@ -298,41 +316,34 @@ def _stop_collector(coll: Any, log_dir: Path) -> None:
         (log_dir / "collector.log").write_text(coll.stderr_text())
 
 
-def _drive_load(console: Console, progress: bool, api_url: str, canary_url: str, http_port: int,
-                schedule: Schedule, rate: float):
+def _drive_load(console: Console, progress: bool, api_url: str, canary_url: str, schedule: Schedule,
+                rate: float):
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .loadgen import instrument_client, run_load
+    from .loadgen import run_load
 
-    shutdown = instrument_client(f"http://127.0.0.1:{http_port}")
-    flush = True
-    try:
-        total = schedule.end - schedule.start
-        last_phase = [""]
-        if progress:
-            bar = Progress(TextColumn("  load [cyan]{task.fields[phase]:<28}[/]"), BarColumn(),
-                           TextColumn("{task.fields[sent]:>5} req  {task.fields[failed]:>4} failed  "
-                                      "p95 {task.fields[p95]:>6.0f} ms"),
-                           TimeRemainingColumn(), console=console, transient=False)
-            with bar:
-                task = bar.add_task("load", total=total, phase="", sent=0, failed=0, p95=0.0)
+    total = schedule.end - schedule.start
+    if progress:
+        bar = Progress(TextColumn("  load"), BarColumn(bar_width=20), TimeRemainingColumn(),
+                       TextColumn("{task.fields[sent]:>5} req {task.fields[failed]:>3} failed "
+                                  "p95 {task.fields[p95]:>5.0f} ms  [cyan]{task.fields[phase]}[/]"),
+                       console=console, transient=False)
+        with bar:
+            task = bar.add_task("load", total=total, phase="", sent=0, failed=0, p95=0.0)
 
-                def tick(stats, phase):
-                    bar.update(task, completed=min(total, time.time() - schedule.start), phase=phase,
-                               sent=stats.sent, failed=stats.failed, p95=stats.p95_ms())
-                return run_load(api_url, schedule, rate=rate, canary_url=canary_url, on_tick=tick)
+            def tick(stats, phase):
+                bar.update(task, completed=min(total, time.time() - schedule.start), phase=phase,
+                           sent=stats.sent, failed=stats.failed, p95=stats.p95_ms())
+            return run_load(api_url, schedule, rate=rate, canary_url=canary_url, on_tick=tick)
 
-        def tick_plain(stats, phase):
-            if phase != last_phase[0]:
-                last_phase[0] = phase
-                console.print(f"  load +{max(0.0, time.time() - schedule.start):4.1f}s phase {phase}: "
-                              f"{stats.sent} sent, {stats.failed} failed")
-        return run_load(api_url, schedule, rate=rate, canary_url=canary_url, on_tick=tick_plain)
-    except BaseException:
-        flush = False  # interrupted: nobody will read these spans
-        raise
-    finally:
-        shutdown(flush)
+    last_phase = [""]
+
+    def tick_plain(stats, phase):
+        if phase != last_phase[0]:
+            last_phase[0] = phase
+            console.print(f"  load +{max(0.0, time.time() - schedule.start):4.1f}s phase {phase}: "
+                          f"{stats.sent} sent, {stats.failed} failed")
+    return run_load(api_url, schedule, rate=rate, canary_url=canary_url, on_tick=tick_plain)
 
 
 def _wait_for_telemetry(data_dir: Path, schedule: Schedule, console: Console) -> int:
