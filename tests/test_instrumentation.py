@@ -1,7 +1,7 @@
 """Unit tests for stagetrace.instrumentation: wrapping, nesting, config, hooks, logs, metrics.
 
 Spans go to the real SDK with an in-memory exporter; every library hook is tested
-against the real library except Feast (see test_feast_hook_stand_in).
+against the real library (Feast with a local sqlite-backed repo, no network).
 """
 
 from __future__ import annotations
@@ -579,34 +579,45 @@ def test_transformers_pipeline_and_tokenizer(instrumented):
     assert span.name == "preprocess tiny-tokenizer" and span.attributes[semconv.ML_BATCH_SIZE] == 2
 
 
-def test_feast_hook_stand_in(tel, modpath):
-    """Feast is not installed in CI (heavy dependency tree); the hook is tested against a
-    stand-in ``feast.feature_store.FeatureStore`` with the real method signature."""
-    write_module(modpath, "feast.feature_store", '''
-class FeatureStore:
-    def __init__(self, repo_path=None):
-        self.repo_path = repo_path
-    def get_online_features(self, features, entity_rows, full_feature_names=False):
-        return {"rows": len(entity_rows), "features": list(features)}
-''')
-    sys.modules.pop("feast", None)
+def test_feast_hook(tel, tmp_path, monkeypatch):
+    """The real Feast: a local repo (sqlite online store, file registry), no network."""
+    monkeypatch.setenv("FEAST_USAGE", "False")
+    from datetime import datetime, timedelta, timezone
+
+    import pandas as pd
+    from feast import Entity, FeatureStore, FeatureView, Field, FileSource, ValueType
+    from feast.types import Float32
+
+    (tmp_path / "feature_store.yaml").write_text(
+        f"project: fraud\nregistry: {tmp_path}/registry.db\nprovider: local\n"
+        f"online_store:\n  type: sqlite\n  path: {tmp_path}/online.db\nentity_key_serialization_version: 3\n")
+    rows = pd.DataFrame({"card_id": [1, 2, 3], "amount_7d": [10.0, 20.0, 30.0], "country_risk": [0.1, 0.2, 0.3],
+                         "event_timestamp": [datetime.now(timezone.utc)] * 3})
+    rows.to_parquet(tmp_path / "cards.parquet")
+    store = FeatureStore(repo_path=str(tmp_path))
+    card = Entity(name="card", join_keys=["card_id"], value_type=ValueType.INT64)
+    view = FeatureView(name="card_stats", entities=[card], ttl=timedelta(days=1), online=True,
+                       schema=[Field(name="amount_7d", dtype=Float32), Field(name="country_risk", dtype=Float32)],
+                       source=FileSource(path=str(tmp_path / "cards.parquet"), timestamp_field="event_timestamp"))
+    store.apply([card, view])
+    store.write_to_online_store("card_stats", rows)
     inst = instrument(tel, stages="")
     try:
-        from feast.feature_store import FeatureStore
-
-        store = FeatureStore(".")
-        out = store.get_online_features(features=["card:amount_7d", "card:country"], entity_rows=[{"card": 1}, {"card": 2}])
-        assert out == {"rows": 2, "features": ["card:amount_7d", "card:country"]}
+        out = store.get_online_features(features=["card_stats:amount_7d", "card_stats:country_risk"],
+                                        entity_rows=[{"card_id": 1}, {"card_id": 2}]).to_dict()
+        assert out["amount_7d"] == [10.0, 20.0]
         (span,) = tel.stage_spans()
         assert span.name == "feature_fetch FeatureStore.get_online_features"
+        assert span.attributes[semconv.ML_MODEL_FRAMEWORK] == "feast"
         assert span.attributes[semconv.ML_FEATURE_COUNT] == 2 and span.attributes[semconv.ML_BATCH_SIZE] == 2
-        assert "card:amount_7d" not in str(dict(span.attributes))  # names/values never recorded
+        assert "amount_7d" not in str(dict(span.attributes))  # feature names/values are not recorded
     finally:
         inst.uninstrument()
 
 
 def test_uninstrument_removes_every_library_wrapper(tel, caplog):
-    import lightgbm  # noqa: F401 - every hooked library loaded, so every hook runs
+    import feast.feature_store  # noqa: F401 - every hooked library loaded, so every hook runs
+    import lightgbm  # noqa: F401
     import onnxruntime  # noqa: F401
     import sklearn.ensemble  # noqa: F401
     import sklearn.tree  # noqa: F401 - has a Cython Tree.predict that cannot be patched
