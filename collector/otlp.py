@@ -12,7 +12,6 @@ reports as OTLP ``partial_success``.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from dataclasses import dataclass
 from typing import Any

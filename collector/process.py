@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -37,6 +36,7 @@ class CollectorProcess:
         self.http_port = http_port
         self.data_dir = data_dir
         self._stderr_path = stderr_path
+        self._stderr_cache: str | None = None
 
     @property
     def pid(self) -> int:
@@ -53,6 +53,9 @@ class CollectorProcess:
         return f"http://{self.host}:{self.http_port}"
 
     def stderr_text(self) -> str:
+        """What the collector wrote to stderr (kept after it stopped)."""
+        if self._stderr_cache is not None:
+            return self._stderr_cache
         try:
             return self._stderr_path.read_text(errors="replace")
         except OSError:
@@ -83,6 +86,9 @@ class CollectorProcess:
     def _close(self) -> None:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+        if self._stderr_cache is None:
+            self._stderr_cache = self.stderr_text()
+            self._stderr_path.unlink(missing_ok=True)
 
     def __enter__(self) -> "CollectorProcess":
         return self
@@ -126,20 +132,24 @@ def start_collector(data_dir: str | os.PathLike[str], *, host: str = "127.0.0.1"
     reader = threading.Thread(target=_read, daemon=True)
     reader.start()
     reader.join(timeout)
+    timed_out = reader.is_alive()
     line = line_box[0].strip() if line_box else ""
     m = _READY_RE.match(line)
     if not m:
-        if proc.poll() is None:
+        exited = proc.poll()
+        if exited is None:
             proc.kill()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             pass
-        time.sleep(0.05)
         err = stderr_path.read_text(errors="replace").strip()
-        why = (f"exited with code {proc.returncode}" if not line_box or proc.returncode not in (None, -9)
-               else f"printed no ready line within {timeout:.0f}s")
-        if line and not m:
+        stderr_path.unlink(missing_ok=True)
+        if timed_out and exited is None:
+            why = f"printed no ready line within {timeout:.0f}s (killed)"
+        else:
+            why = f"exited with code {proc.returncode}"
+        if line:
             why += f"; unexpected output {line!r}"
         raise CollectorStartError(f"stagetrace collector {why}: {err.splitlines()[-1] if err else '(no stderr)'}")
     gh, gp, hh, hp, dd = m.groups()

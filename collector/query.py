@@ -27,7 +27,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import duckdb
 import numpy as np
@@ -50,6 +50,7 @@ from .store import LOGS, METRICS, SCHEMAS, SPANS
 
 _STATUS_OF = {"unset": 0, "ok": 1, "error": 2}
 _RETRIES = 5
+_REST_CACHE_MAX = 200_000  # distinct span bodies kept decoded per reader
 _INDEX_COLUMNS = ["trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "duration_ns",
                   "status_code", "service"]
 
@@ -146,6 +147,7 @@ class EmbeddedBackend:
         self._lock = threading.RLock()
         self._resource_cache: dict[bytes, tuple[dict, str]] = {}
         self._scope_cache: dict[bytes, tuple[str, str]] = {}
+        self._rest_cache: dict[bytes, tuple[str, dict, list, list]] = {}
 
     # --- plumbing ---------------------------------------------------------------
 
@@ -260,23 +262,37 @@ class EmbeddedBackend:
 
     # --- rows -> model --------------------------------------------------------------
 
+    def _rest(self, blob: bytes) -> tuple[str, dict, list, list]:
+        """(status message, attributes, events, links) of a span's stored protobuf,
+        decoded once per distinct blob (spans of one endpoint mostly share it)."""
+        hit = self._rest_cache.get(blob)
+        if hit is None:
+            rest = trace_pb2.Span.FromString(blob)
+            hit = (rest.status.message, otlp.attributes(rest.attributes),
+                   [(e.name, e.time_unix_nano, otlp.attributes(e.attributes)) for e in rest.events],
+                   [(l.trace_id.hex(), l.span_id.hex(), otlp.attributes(l.attributes)) for l in rest.links])
+            if len(self._rest_cache) >= _REST_CACHE_MAX:
+                self._rest_cache.clear()
+            self._rest_cache[blob] = hit
+        return hit
+
     def _spans(self, rows: pa.Table | pa.RecordBatch) -> Iterator[Span]:
         d = rows.to_pydict()
-        for i in range(rows.num_rows):
-            rest = trace_pb2.Span.FromString(d["rest"][i])
-            resource, _ = self._resource(d["resource"][i], SPANS)
-            scope_name, scope_version = self._scope(d["scope"][i], SPANS)
-            start = d["start_ns"][i]
+        n_kinds = len(SPAN_KINDS)
+        for tid, sid, pid, name, kind, start, dur, code, rest_blob, res_blob, scope_blob in zip(
+                d["trace_id"], d["span_id"], d["parent_span_id"], d["name"], d["kind"], d["start_ns"],
+                d["duration_ns"], d["status_code"], d["rest"], d["resource"], d["scope"]):
+            message, attrs, events, links = self._rest(rest_blob)
+            resource, _ = self._resource(res_blob, SPANS)
+            scope_name, scope_version = self._scope(scope_blob, SPANS)
             yield Span(
-                trace_id=d["trace_id"][i].hex(), span_id=d["span_id"][i].hex(),
-                parent_span_id=d["parent_span_id"][i].hex(), name=d["name"][i],
-                kind=SPAN_KINDS[d["kind"][i]] if 0 <= d["kind"][i] < len(SPAN_KINDS) else "UNSPECIFIED",
-                start_ns=start, end_ns=start + d["duration_ns"][i],
-                status_code=STATUS_CODES[d["status_code"][i]] if 0 <= d["status_code"][i] < 3 else "UNSET",
-                status_message=rest.status.message,
-                attributes=otlp.attributes(rest.attributes),
-                events=[SpanEvent(e.name, e.time_unix_nano, otlp.attributes(e.attributes)) for e in rest.events],
-                links=[SpanLink(l.trace_id.hex(), l.span_id.hex(), otlp.attributes(l.attributes)) for l in rest.links],
+                trace_id=tid.hex(), span_id=sid.hex(), parent_span_id=pid.hex(), name=name,
+                kind=SPAN_KINDS[kind] if 0 <= kind < n_kinds else "UNSPECIFIED",
+                start_ns=start, end_ns=start + dur,
+                status_code=STATUS_CODES[code] if 0 <= code < 3 else "UNSET",
+                status_message=message, attributes=dict(attrs),
+                events=[SpanEvent(n, t, dict(a)) for n, t, a in events] if events else [],
+                links=[SpanLink(t, s, dict(a)) for t, s, a in links] if links else [],
                 resource=dict(resource), scope_name=scope_name, scope_version=scope_version)
 
     def _logs(self, rows: pa.Table | pa.RecordBatch) -> Iterator[LogRecord]:

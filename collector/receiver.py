@@ -24,7 +24,6 @@ import threading
 import zlib
 from concurrent import futures
 from dataclasses import dataclass
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
@@ -324,11 +323,12 @@ class _HTTPServer(ThreadingHTTPServer):
 def start_http(ingestor: Ingestor, host: str, port: int) -> tuple[ThreadingHTTPServer, int, threading.Thread]:
     handler = type("OTLPHandler", (_OTLPHandler,), {
         "ingestor": ingestor, "slots": threading.BoundedSemaphore(ingestor.limits.max_inflight)})
+    cls = _HTTPServer
     if ":" in host:
         import socket
-        _HTTPServer.address_family = socket.AF_INET6
+        cls = type("_HTTPServer6", (_HTTPServer,), {"address_family": socket.AF_INET6})
     try:
-        server = _HTTPServer((host, port), handler)
+        server = cls((host, port), handler)
     except OSError as exc:
         raise OSError(f"cannot listen for OTLP/HTTP on {_join(host, port)}: {exc.strerror or exc}") from None
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
