@@ -133,7 +133,10 @@ def healthz() -> dict:
 
 @app.post("/predict")
 def predict(req: PredictRequest) -> dict:
-    feats = features.get(req.account_id)
+    try:
+        feats = features.get(req.account_id)
+    except requests.RequestException as exc:
+        raise HTTPException(503, f"feature store unavailable: {type(exc).__name__}") from exc
     X = preprocess(req.transactions, feats)
     try:
         scores = scorer.score(X)

@@ -24,7 +24,7 @@ _SCENARIO_HELP = "; ".join(f"{i + 1}/{name}: {DESCRIPTIONS[name]}" for i, name i
 @click.option("--scenario", default="all", show_default=True, metavar="NAME[,NAME]",
               help=f"Which faults to inject: all (staggered after a clean period), or a list of {_SCENARIO_HELP}.")
 @click.option("--duration", default="35s", show_default=True,
-              help="How long to drive load (the whole run adds ~20 s of start-up and analysis).")
+              help="How long to drive load (start-up and analysis add ~20-40 s).")
 @click.option("--out", type=click.Path(file_okay=False), default="./stagetrace-demo", show_default=True,
               help="Directory for report.html, report.md, report.json (and run/ with the store and logs).")
 @click.option("--rate", type=click.FloatRange(1, 500), default=20.0, show_default=True,
