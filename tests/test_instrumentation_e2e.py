@@ -65,7 +65,7 @@ def start_app(server: str, workers: int, sink: OtlpSink, port: int) -> subproces
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def wait_ready(proc: subprocess.Popen, port: int, timeout: float = 45) -> None:
+def wait_ready(proc: subprocess.Popen, port: int, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -76,7 +76,8 @@ def wait_ready(proc: subprocess.Popen, port: int, timeout: float = 45) -> None:
                     return
         except OSError:
             time.sleep(0.2)
-    pytest.fail("app did not become ready")
+    out, err = stop(proc)
+    pytest.fail(f"app did not become ready in {timeout:.0f} s:\n{err[-3000:]}")
 
 
 def stop(proc: subprocess.Popen) -> tuple[str, str]:
@@ -109,7 +110,7 @@ def test_zero_code_stage_spans_logs_and_workers(server, workers):
             customers = []
             # A fresh connection per request, until every worker has answered (a worker
             # still starting up under load simply has not accepted yet).
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 90
             while len(customers) < 3 or len(pids) < workers:
                 assert time.monotonic() < deadline, f"requests reached {len(pids)} of {workers} workers"
                 cid = 1000 + len(customers)
