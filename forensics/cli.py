@@ -20,7 +20,24 @@ from stagetrace.config import parse_duration_ns
 from stagetrace.errors import UserError
 
 
-def _backend(opts: dict):
+def _backend(opts: dict, *, warn: bool = True):
+    backend = _open(opts)
+    note = _missing_store(backend)
+    if note and warn:
+        click.echo(f"stagetrace: note: {note}", err=True)
+    return backend
+
+
+def _missing_store(backend) -> str | None:
+    """The embedded store reads a missing dir as empty; say so, or a typo in
+    --data-dir looks like "no data"."""
+    d = getattr(backend, "data_dir", None)
+    if d is not None and not Path(d).exists():
+        return f"no store at {d} (start `stagetrace collector`, or pass --data-dir)"
+    return None
+
+
+def _open(opts: dict):
     return open_backend(kind=opts.get("backend"), data_dir=opts.get("data_dir"), tempo_url=opts.get("tempo_url"),
                         loki_url=opts.get("loki_url"), prometheus_url=opts.get("prometheus_url"),
                         tenant=opts.get("tenant"), headers=opts.get("headers") or (),
@@ -103,9 +120,13 @@ def trace_cmd(trace_id: str, fmt: str, output: str | None, **opts) -> None:
     from stagetrace.config import normalize_trace_id
     from . import trace_report
     tid = normalize_trace_id(trace_id)  # fail before touching the backend
-    backend = _backend(opts)
+    from stagetrace.errors import NotFound
+    backend = _backend(opts, warn=False)
     try:
         report = trace_report(backend, tid)
+    except NotFound as exc:
+        note = _missing_store(backend)
+        raise NotFound(f"{exc}: {note}" if note else str(exc)) from None
     finally:
         backend.close()
     _emit(report, fmt, output)
@@ -128,8 +149,9 @@ def slow_cmd(service, since, from_, until, route, threshold, fmt, output, **opts
     from . import investigate_slow
     start, end = resolve_window(since, from_, until)
     th = threshold.strip()
-    if not th.lower().startswith("p"):
-        parse_duration_ns(th)  # validate early: one line, exit 2
+    from .slow import parse_threshold
+    import numpy as np
+    parse_threshold(th, np.array([1]))  # validate before touching the backend: one line, exit 2
     backend = _backend(opts)
     try:
         report = investigate_slow(backend, service=service, route=route, start_ns=start, end_ns=end,

@@ -41,7 +41,7 @@ def parse_threshold(threshold: str | int, durations: np.ndarray) -> tuple[int, s
     if isinstance(threshold, int):
         return threshold, fmt_ms(threshold)
     text = str(threshold).strip().lower()
-    m = re.fullmatch(r"p(\d{1,2}(?:\.\d+)?)", text)
+    m = re.fullmatch(r"p(\d+(?:\.\d+)?)", text)
     if m:
         q = float(m.group(1))
         if not 0 < q < 100:
