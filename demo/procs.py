@@ -159,6 +159,33 @@ class ProcessSet:
                 signal.signal(s, h)
 
 
+_WATCHDOG = """
+import os, signal, sys, time
+pid = int(sys.argv[1])
+def stop(*_):
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+while True:
+    time.sleep(1)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        sys.exit(0)
+"""
+
+
+def guard(children: ProcessSet, child: Child) -> Child:
+    """For a child started by somebody else without PR_SET_PDEATHSIG (the
+    collector): a tiny watchdog of ours that has it, and passes the SIGTERM on,
+    so even a ``kill -9`` of the demo leaves nothing running."""
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONDONTWRITEBYTECODE": "1"}
+    return children.start(f"{child.name}-watchdog", [sys.executable, "-I", "-c", _WATCHDOG, str(child.pid)], env)
+
+
 def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)

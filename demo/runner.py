@@ -304,7 +304,9 @@ def _start_collector(children: procs.ProcessSet, data_dir: Path, log_dir: Path) 
                                env={semconv.ENV_COLLECTOR_TOKEN: "", semconv.ENV_DATA_DIR: str(data_dir)})
     except CollectorStartError as exc:
         raise UserError(f"the embedded collector did not start: {exc}") from None
-    children.adopt("collector", coll.proc, log_dir / "collector.log", stopper=lambda: _stop_collector(coll, log_dir))
+    child = children.adopt("collector", coll.proc, log_dir / "collector.log",
+                           stopper=lambda: _stop_collector(coll, log_dir))
+    procs.guard(children, child)
     return coll
 
 
