@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 
 from .loadgen import LoadStats
-from .scenarios import CPU_PREPROCESS, MODEL_ERRORS, SLOW_SHARD, Schedule
+from .scenarios import Schedule
 
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
