@@ -143,9 +143,25 @@ def _signals_as_interrupt() -> Iterator[None]:
             signal.signal(s, h)
 
 
+def _lock_out(out: Path) -> Any:
+    """One demo per output directory: a second one would delete the first's store."""
+    import fcntl
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fh = open(out / ".stagetrace-demo.lock", "w")
+    except OSError as exc:
+        raise UserError(f"cannot use --out {out}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise UserError(f"another stagetrace demo is running with --out {out}; wait for it or choose another") from None
+    return fh
+
+
 def _prepare_out(out: Path) -> tuple[Path, Path, Path]:
     """``out/`` for reports; ``out/run/`` (data + logs) replaced on every run."""
-    out.mkdir(parents=True, exist_ok=True)
     run_dir = out / "run"
     if run_dir.exists():
         if not (run_dir / RUN_MARKER).exists():
@@ -169,6 +185,14 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
         procs.check_port_free(opts.api_port, what="--api-port")
     # Absolute: the children run in the run dir and get these paths in their environment.
     opts.out = opts.out.expanduser().resolve()
+    lock = _lock_out(opts.out)
+    try:
+        return _run(opts, console, progress, launcher)
+    finally:
+        lock.close()
+
+
+def _run(opts: DemoOptions, console: Console, progress: bool, launcher: list[str]) -> DemoResult:
     run_dir, data_dir, log_dir = _prepare_out(opts.out)
     result = DemoResult(out=opts.out, data_dir=data_dir, reports={})
     started = time.monotonic()
