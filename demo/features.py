@@ -39,9 +39,8 @@ POOL_SIZE = 2  # connections per shard
 POOL_TIMEOUT_S = 1.5  # then 503 and the client retries
 CACHE_SIZE = 1000  # entries per shard: the whole (small) shard fits, as in a healthy online store
 BASE_MISS_RATE = 0.03  # healthy background: new or expired users
-POOL_WAIT_GAUGE = "feature_store.pool.wait_time"  # ours: recent mean wait per shard
-POOL_WAIT_HISTOGRAM = "db.client.connection.wait_time"  # the OTel semantic-convention metric
-POOL_NAME_ATTR = "db.client.connection.pool.name"
+POOL_WAIT_GAUGE = "feature_store.pool.wait_time"  # recent mean wait per shard
+POOL_NAME_ATTR = "db.client.connection.pool.name"  # OTel semantic-convention attribute
 SHARD_ATTR = "feature.store.shard"
 _COLUMNS = ("user_avg_amount", "user_txn_30d", "account_age_days", "chargebacks_90d")
 
@@ -61,8 +60,6 @@ def _seed_database(path: Path, n_users: int = N_USERS, seed: int = 11) -> None:
 
 
 _meter = metrics.get_meter("stagetrace.demo.features")
-_wait_histogram = _meter.create_histogram(
-    POOL_WAIT_HISTOGRAM, unit="s", description="Time it took to obtain an open connection from the pool")
 
 
 class _ShardPool:
@@ -89,7 +86,6 @@ class _ShardPool:
 
     def _record(self, wait: float) -> None:
         self.recent_waits.append((time.time(), wait))
-        _wait_histogram.record(wait, {POOL_NAME_ATTR: self.name, SHARD_ATTR: str(self.shard)})
 
     def release(self, con: sqlite3.Connection) -> None:
         self._free.put(con)

@@ -44,6 +44,7 @@ class Child:
     log_path: Path
     own_group: bool = True  # started by us in its own process group
     stopper: Callable[[], object] | None = None  # how to stop a child somebody else started
+    is_guard: bool = False  # a watchdog: stopped last, after what it guards
 
     @property
     def pid(self) -> int:
@@ -139,8 +140,9 @@ class ProcessSet:
     def stop_all(self, grace_s: float = 8.0) -> None:
         # Services first (they flush to the collector on the way out), the collector last.
         live = [c for c in self.children if c.alive() or (c.own_group and _group_alive(c.pid))]
-        self.stop_many([c for c in live if c.own_group], grace_s)
+        self.stop_many([c for c in live if c.own_group and not c.is_guard], grace_s)
         self.stop_many([c for c in live if not c.own_group], grace_s)
+        self.stop_many([c for c in live if c.is_guard], grace_s)
 
     def __enter__(self) -> "ProcessSet":
         return self
@@ -183,7 +185,9 @@ def guard(children: ProcessSet, child: Child) -> Child:
     collector): a tiny watchdog of ours that has it, and passes the SIGTERM on,
     so even a ``kill -9`` of the demo leaves nothing running."""
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONDONTWRITEBYTECODE": "1"}
-    return children.start(f"{child.name}-watchdog", [sys.executable, "-I", "-c", _WATCHDOG, str(child.pid)], env)
+    watchdog = children.start(f"{child.name}-watchdog", [sys.executable, "-I", "-c", _WATCHDOG, str(child.pid)], env)
+    watchdog.is_guard = True
+    return watchdog
 
 
 def _signal_group(pgid: int, sig: int) -> None:

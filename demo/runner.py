@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from rich.console import Console
 
@@ -29,6 +29,7 @@ from stagetrace.errors import UserError
 from . import procs
 from .scenarios import DESCRIPTIONS, ENV_DEMO_SCHEDULE_FILE, Schedule
 
+T = TypeVar("T")
 API_SERVICE = "fraud-api"
 FEATURE_SERVICE = "feature-store"
 # Zero code in the app: the stages are wired from outside, by a [tool.stagetrace] file.
@@ -205,7 +206,7 @@ def _run(opts: DemoOptions, console: Console, progress: bool, launcher: list[str
         # 1. the collector
         console.print(f"[bold]stagetrace demo[/] scenarios: {', '.join(opts.scenarios)}; "
                       f"load {opts.duration_s:.0f} s at ~{opts.rate:.0f} req/s; output {opts.out}")
-        coll = _start_collector(children, data_dir, log_dir)
+        coll, coll_children = _start_collector(children, data_dir, log_dir)
         result.ports += [coll.grpc_port, coll.http_port]
         console.print(f"  collector      grpc=127.0.0.1:{coll.grpc_port} http=127.0.0.1:{coll.http_port} "
                       f"data_dir={data_dir}  (pid {coll.pid})")
@@ -285,11 +286,15 @@ def _run(opts: DemoOptions, console: Console, progress: bool, launcher: list[str
         mark("telemetry")
         if not opts.keep_running:
             children.stop_many([api, canary, feat])
+            # The collector too: on SIGTERM it cuts its write-ahead log into blocks,
+            # and the analyses then read a store that no longer changes under them.
+            for child in coll_children:  # the collector, then its watchdog
+                children.stop(child)
         mark("flush")
 
         # 5. investigate, 6. write the reports
         from .investigate import investigate
-        summary = investigate(data_dir, schedule, stats, opts.out, console, n_spans=n_spans)
+        summary = _retry_store(lambda: investigate(data_dir, schedule, stats, opts.out, console, n_spans=n_spans))
         mark("forensics")
         result.reports = summary.pop("files")
         result.summary = summary
@@ -330,8 +335,8 @@ def _start_collector(children: procs.ProcessSet, data_dir: Path, log_dir: Path) 
         raise UserError(f"the embedded collector did not start: {exc}") from None
     child = children.adopt("collector", coll.proc, log_dir / "collector.log",
                            stopper=lambda: _stop_collector(coll, log_dir))
-    procs.guard(children, child)
-    return coll
+    watchdog = procs.guard(children, child)
+    return coll, [child, watchdog]
 
 
 def _stop_collector(coll: Any, log_dir: Path) -> None:
@@ -372,22 +377,45 @@ def _drive_load(console: Console, progress: bool, api_url: str, canary_url: str,
     return run_load(api_url, schedule, rate=rate, canary_url=canary_url, on_tick=tick_plain)
 
 
+def _retry_store(read: Callable[[], T], attempts: int = 3) -> T:
+    """Reading a store the collector is still writing can race with its
+    compaction; such a read is simply repeated."""
+    from stagetrace.errors import BackendError
+
+    for attempt in range(attempts):
+        try:
+            return read()
+        except BackendError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.3)
+    raise AssertionError("unreachable")
+
+
+def _count_spans(data_dir: Path, query: Any) -> int:
+    from stagetrace.backend import open_backend
+
+    def read() -> int:
+        backend = open_backend(kind="embedded", data_dir=str(data_dir))
+        try:
+            return len(backend.find_spans(query))
+        finally:
+            backend.close()
+    return _retry_store(read)
+
+
 def _wait_for_telemetry(data_dir: Path, schedule: Schedule, console: Console) -> int:
     """Poll the store until the count of the *last* spans (those that started in
     the final seconds of the load, the ones still in the SDKs' queues) stops
     growing; bounded by FLUSH_TIMEOUT_S. Returns the total span count."""
-    from stagetrace.backend import TraceQuery, open_backend
+    from stagetrace.backend import TraceQuery
 
     tail = TraceQuery(start_ns=int((schedule.end - 3) * 1e9), limit=None)
     deadline = time.monotonic() + FLUSH_TIMEOUT_S
     last, stable = -1, 0
     time.sleep(0.5)  # one export interval
     while time.monotonic() < deadline:
-        backend = open_backend(kind="embedded", data_dir=str(data_dir))
-        try:
-            count = len(backend.find_spans(tail))
-        finally:
-            backend.close()
+        count = _count_spans(data_dir, tail)
         if count > 0 and count == last:
             stable += 1
             if stable >= 2:  # unchanged for two export intervals
@@ -396,11 +424,7 @@ def _wait_for_telemetry(data_dir: Path, schedule: Schedule, console: Console) ->
             stable = 0
         last = count
         time.sleep(0.5)
-    backend = open_backend(kind="embedded", data_dir=str(data_dir))
-    try:
-        total = len(backend.find_spans(TraceQuery(start_ns=int((schedule.start - 5) * 1e9), limit=None)))
-    finally:
-        backend.close()
+    total = _count_spans(data_dir, TraceQuery(start_ns=int((schedule.start - 5) * 1e9), limit=None))
     console.print(f"  telemetry      {total} spans stored")
     if total == 0:
         raise UserError(f"no spans reached the collector; see the logs under {data_dir.parent / 'logs'}")
