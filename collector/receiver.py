@@ -180,7 +180,7 @@ def start_grpc(ingestor: Ingestor, host: str, port: int) -> tuple[grpc.Server, i
         futures.ThreadPoolExecutor(max_workers=limits.max_inflight + 4, thread_name_prefix="otlp-grpc"),
         options=[("grpc.max_receive_message_length", limits.max_request_bytes),
                  ("grpc.so_reuseport", 0)],  # a busy port must fail, not be shared
-        maximum_concurrent_rpcs=limits.max_inflight * 4,
+        maximum_concurrent_rpcs=limits.max_inflight * 2,  # queued messages are memory too
     )
     handlers = []
     for signal, service in GRPC_SERVICES.items():
@@ -318,6 +318,28 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = False  # a busy port must fail
     request_queue_size = 64
+    max_connections = 256  # one thread per open connection: cap them, idle ones included
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._conn_slots = threading.BoundedSemaphore(self.max_connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._conn_slots.acquire(blocking=False):
+            try:  # over the cap: a retryable answer without starting a thread
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+                                b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._conn_slots.release()
 
 
 def start_http(ingestor: Ingestor, host: str, port: int) -> tuple[ThreadingHTTPServer, int, threading.Thread]:
