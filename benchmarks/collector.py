@@ -38,21 +38,29 @@ ATTRS = 8
 
 
 def _cpu_seconds(pid: int) -> float:
-    """utime+stime of the collector and its live children (the block maintainer)."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    total = int(fields[11]) + int(fields[12])
-    try:
-        kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
-    except OSError:
-        kids = []
-    for kid in kids:
+    """utime+stime of the collector and all its live descendants (maintainer, its workers)."""
+    def own(p: int) -> int:
         try:
-            with open(f"/proc/{kid}/stat") as fh:
+            with open(f"/proc/{p}/stat") as fh:
                 f = fh.read().rsplit(")", 1)[1].split()
-            total += int(f[11]) + int(f[12])
+            return int(f[11]) + int(f[12])
+        except OSError:
+            return 0
+
+    def kids(p: int) -> list[int]:
+        out = []
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                out += [int(k) for k in open(f"/proc/{p}/task/{task}/children").read().split()]
         except OSError:
             pass
+        return out
+
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += own(p)
+        todo += kids(p)
     return total / os.sysconf("SC_CLK_TCK")
 
 
@@ -308,6 +316,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--spans-per-client", type=int, default=None)
     ap.add_argument("--skip-ingest", action="store_true")
+    ap.add_argument("--only", default=None, help="ingest runs to do, e.g. grpc-replay,http-replay")
     ap.add_argument("--skip-lookup", action="store_true")
     ap.add_argument("--sizes", default=None, help="comma-separated store sizes for lookup, e.g. 1000000,10000000")
     args = ap.parse_args()
@@ -322,6 +331,8 @@ def main() -> None:
             print(f"{'client':<11} {'spans':>8} {'failed':>6} {'stored':>8} {'wall s':>7} {'acked/s':>9} {'in blocks/s':>11} "
                   f"{'coll. CPU s':>11} {'CPU s/100k':>10} {'B/span':>7} {'B/span compacted':>17}")
             for proto, replay in (("grpc", False), ("http", False), ("grpc", True), ("http", True)):
+                if args.only and f"{proto}-{'replay' if replay else 'sdk'}" not in args.only.split(","):
+                    continue
                 r = bench_ingest(proto, args.clients, per_client, workdir, replay)
                 nblocks, bps = compact_fully(r["data"])
                 label = proto + ("-replay" if replay else "-sdk")

@@ -18,11 +18,13 @@ from __future__ import annotations
 import argparse
 import fcntl
 import logging
+import multiprocessing
 import os
 import signal
 import sys
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from . import wal
@@ -33,8 +35,11 @@ log = logging.getLogger("stagetrace.collector.maintainer")
 
 class Maintainer:
     def __init__(self, data_dir: Path, config: StoreConfig, *, interval_s: float = 0.25,
-                 retention_interval_s: float = 60.0) -> None:
+                 retention_interval_s: float = 60.0, workers: int = 1) -> None:
         self.store = BlockStore(data_dir, config)
+        # a backlog is cut by `workers` processes at once (spawned lazily: idle collectors pay nothing)
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
         self.data_dir = Path(data_dir)
         self.interval_s = interval_s
         self.retention_interval_s = retention_interval_s
@@ -46,9 +51,21 @@ class Maintainer:
         for t in TABLES:
             segs = wal.list_segments(wal_dir(self.data_dir, t))
             if len(segs) > 1:
-                if self.store.cut(t, segs[-1][0]) is not None:
+                if self.store.cut(t, segs[-1][0], pool=self._pool_if_backlog(segs)) is not None:
                     n += 1
         return n
+
+    def _pool_if_backlog(self, segs: list) -> ProcessPoolExecutor | None:
+        if self.workers < 2 or len(segs) < 3:
+            return None
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def step(self) -> bool:
         """One round of work; True if there may be more to do right away."""
@@ -77,6 +94,7 @@ class Maintainer:
                 self.stop_event.wait(2.0)
             if not busy:
                 self.stop_event.wait(self.interval_s)
+        self.close()
 
 
 def lock_data_dir(data_dir: Path, alive: "callable[[], bool]") -> int:
@@ -101,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retention-bytes", type=int, required=True)
     ap.add_argument("--max-block-rows", type=int, required=True)
     ap.add_argument("--interval", type=float, default=0.25)
+    ap.add_argument("--workers", type=int, default=1)  # 2 did not help on 2 shared cores (docs/benchmarks.md)
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -115,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     if fd < 0:
         return 0
     m = Maintainer(data_dir, StoreConfig(retention_ns=args.retention_ns, retention_bytes=args.retention_bytes,
-                                         max_block_rows=args.max_block_rows), interval_s=args.interval)
+                                         max_block_rows=args.max_block_rows), interval_s=args.interval,
+                   workers=args.workers)
     signal.signal(signal.SIGTERM, lambda *_: m.stop_event.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the collector decides when we stop
     m.run(alive)

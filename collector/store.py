@@ -415,27 +415,31 @@ class BlockStore:
             info = self._info[ref.path] = block_info(ref)
         return info
 
-    def cut(self, table: str, before_seq: int) -> BlockRef | None:
-        """Turn closed WAL segments (seq < ``before_seq``) into one block and delete them."""
+    def cut(self, table: str, before_seq: int, pool: Any = None, parallel_bytes: int = 16 << 20) -> BlockRef | None:
+        """Turn closed WAL segments (seq < ``before_seq``) into blocks and delete them.
+
+        With an executor ``pool`` and a backlog over ``parallel_bytes``, contiguous
+        halves of the segments are built in two worker processes at once (two
+        blocks with adjacent ranges; compaction merges them later)."""
         snap = snapshot(self.data_dir, table)
         segs = [(s, p) for s, p in snap.tail if s < before_seq]
         if not segs:
             return None
-        t, bad = build_table_safe(table, [payload for _, p in segs for _, payload in wal.read_records(p)])
-        if bad:  # never silently: keep the raw records next to the store and say so
-            qdir = self.data_dir / "quarantine" / table
-            qdir.mkdir(parents=True, exist_ok=True)
-            qpath = qdir / f"{segs[0][0]:016d}-{segs[-1][0]:016d}.bin"
-            with open(qpath, "wb") as fh:
-                for payload in bad:
-                    fh.write(len(payload).to_bytes(4, "little") + payload)
-            log.error("%d %s request(s) could not be stored; raw copies kept in %s", len(bad), table, qpath)
-        # an empty block is still written: it records that the range is done
-        ref = write_block(self.data_dir, table, segs[0][0], segs[-1][0], t)
+        groups = [segs]
+        if pool is not None and len(segs) >= 2:
+            size = sum(p.stat().st_size for _, p in segs)
+            if size >= parallel_bytes:
+                half = len(segs) // 2
+                groups = [segs[:half], segs[half:]]
+        if len(groups) == 1:
+            refs = [cut_segments(self.data_dir, table, segs)]
+        else:
+            futures = [pool.submit(cut_segments, self.data_dir, table, g) for g in groups]
+            refs = [f.result() for f in futures]
         for _, p in segs:
             p.unlink(missing_ok=True)
         self._drop_covered_segments(table)
-        return ref
+        return refs[-1]
 
     def _drop_covered_segments(self, table: str) -> None:
         blocks = list_blocks(self.data_dir, table)
@@ -515,6 +519,21 @@ class BlockStore:
                 if p.is_file():
                     total += p.stat().st_size
         return total
+
+
+def cut_segments(data_dir: Path, table: str, segs: Sequence[tuple[int, Path]]) -> BlockRef:
+    """Write the block of WAL segments ``segs`` (contiguous); the caller deletes them."""
+    t, bad = build_table_safe(table, [payload for _, p in segs for _, payload in wal.read_records(p)])
+    if bad:  # never silently: keep the raw records next to the store and say so
+        qdir = Path(data_dir) / "quarantine" / table
+        qdir.mkdir(parents=True, exist_ok=True)
+        qpath = qdir / f"{segs[0][0]:016d}-{segs[-1][0]:016d}.bin"
+        with open(qpath, "wb") as fh:
+            for payload in bad:
+                fh.write(len(payload).to_bytes(4, "little") + payload)
+        log.error("%d %s request(s) could not be stored; raw copies kept in %s", len(bad), table, qpath)
+    # an empty block is still written: it records that the range is done
+    return write_block(Path(data_dir), table, segs[0][0], segs[-1][0], t)
 
 
 def payloads_of(segments: Sequence[tuple[int, Path]]) -> Iterable[bytes]:
