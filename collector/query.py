@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import time
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,12 +185,14 @@ class EmbeddedBackend:
                     return fn()
                 except FileNotFoundError as exc:
                     last = exc
-                except (duckdb.IOException, OSError) as exc:
-                    if "No such file" not in str(exc) and "not found" not in str(exc).lower():
-                        raise BackendError(f"cannot read the store in {self.data_dir}: {exc}") from None
+                except (duckdb.IOException, OSError, pa.ArrowException) as exc:
+                    # most likely a block deleted by compaction/retention after we listed it
+                    # (DuckDB: "No files found that match the pattern ..."); a real I/O
+                    # problem fails the same way every time and is reported below
                     last = exc
                 self._blocks.clear()
-            raise BackendError(f"the store in {self.data_dir} kept changing under the reader: {last}")
+                time.sleep(0.01)
+            raise BackendError(f"cannot read the store in {self.data_dir}: {last}")
 
     def _rows_by_trace(self, table: str, tids: Sequence[bytes], columns: list[str] | None = None) -> pa.Table:
         def run() -> pa.Table:
