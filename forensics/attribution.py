@@ -13,15 +13,17 @@ service is that service's problem, not the caller's self time.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from stagetrace import semconv
 from stagetrace.model import Trace
 
 from . import stats
-from .critical_path import critical_path
+from .critical_path import blame_key, critical_path
 
 
 @dataclass(slots=True)
@@ -30,6 +32,9 @@ class Breakdown:
     duration_ns: int
     by_stage: dict[str, int]
     by_blame: dict[tuple[str, str, str], int]
+    # blame key -> ML stage of its spans on the critical path (own ml.stage, else the
+    # nearest ancestor's); absent when they have none
+    stage_of: dict[tuple[str, str, str], str] = field(default_factory=dict)
 
 
 def breakdown(traces: Sequence[Trace]) -> list[Breakdown]:
@@ -38,8 +43,19 @@ def breakdown(traces: Sequence[Trace]) -> list[Breakdown]:
         cp = critical_path(t)
         if cp.root is None:
             continue
-        out.append(Breakdown(t.trace_id, cp.duration_ns, cp.by_stage(), cp.by_blame()))
+        stage_of: dict[tuple[str, str, str], str] = {}
+        for sid in cp.self_ns:
+            node = cp.nodes[sid]
+            if node.stage != semconv.STAGE_OTHER:
+                stage_of.setdefault(blame_key(node), node.stage)
+        out.append(Breakdown(t.trace_id, cp.duration_ns, cp.by_stage(), cp.by_blame(), stage_of))
     return out
+
+
+def _stage_of(key: tuple[str, str, str], rows: Sequence[Breakdown]) -> str | None:
+    """The stage an operation or edge belongs to: the most common one over the traces."""
+    seen = Counter(b.stage_of[key] for b in rows if key in b.stage_of)
+    return seen.most_common(1)[0][0] if seen else None
 
 
 @dataclass(slots=True)
@@ -68,18 +84,27 @@ class Contribution:
 
 
 def compare(sel: Sequence[Breakdown], base: Sequence[Breakdown], *, min_share: float = 0.2,
-            alpha: float = stats.ALPHA) -> list[Contribution]:
-    """Contributions of every stage, operation and edge to the excess mean latency."""
+            alpha: float = stats.ALPHA, weights: Mapping[str, float] | None = None) -> list[Contribution]:
+    """Contributions of every stage, operation and edge to the excess mean latency.
+
+    ``weights`` (trace id -> adjusted count, tail-sampled data) make the means
+    weighted, so the decomposition stays exact; the Mann-Whitney test keeps the
+    stored values (a sampled baseline over-represents its slow tail and errors,
+    which only makes the test more conservative)."""
     if not sel or not base:
         return []
-    total = float(np.mean([b.duration_ns for b in sel]) - np.mean([b.duration_ns for b in base]))
+    sw = np.array([weights.get(b.trace_id, 1.0) for b in sel], float) if weights else None
+    bw = np.array([weights.get(b.trace_id, 1.0) for b in base], float) if weights else None
+    total = float(stats.weighted_mean([b.duration_ns for b in sel], sw)
+                  - stats.weighted_mean([b.duration_ns for b in base], bw))
     rows: list[Contribution] = []
 
     def add(level, key, getter, **kw):
         s = np.array([getter(b) for b in sel], float)
         bb = np.array([getter(b) for b in base], float)
-        excess = float(s.mean() - bb.mean())
-        c = Contribution(level, key, sel_mean_ns=float(s.mean()), base_mean_ns=float(bb.mean()), excess_ns=excess,
+        s_mean, b_mean = stats.weighted_mean(s, sw), stats.weighted_mean(bb, bw)
+        excess = s_mean - b_mean
+        c = Contribution(level, key, sel_mean_ns=s_mean, base_mean_ns=b_mean, excess_ns=excess,
                          share=excess / total if total > 0 else 0.0, total_excess_ns=total, **kw)
         c.p = stats.greater_test(s, bb)
         order = np.argsort(-s)
@@ -97,7 +122,7 @@ def compare(sel: Sequence[Breakdown], base: Sequence[Breakdown], *, min_share: f
             caller, _, callee = op.partition("->")
             edge = {"caller": caller, "callee": callee}
         add(level, op if level == "edge" else f"{svc}: {op}", lambda b, key=key: b.by_blame.get(key, 0),
-            service=svc, operation=None if level == "edge" else op, stage=None, edge=edge)
+            service=svc, operation=None if level == "edge" else op, stage=_stage_of(key, (*sel, *base)), edge=edge)
     for c, pa in zip(rows, stats.bh_adjust([r.p for r in rows])):
         c.p_adj = pa
         c.significant = pa < alpha and c.share >= min_share and total > 0

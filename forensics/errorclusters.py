@@ -34,8 +34,8 @@ from . import attributes, stats, timeline
 from .critical_path import build_tree
 from .logmining import LogMiner, body_text
 from .progress import steps
-from .report import Finding, Report
-from .window import entry_spans, fmt_time
+from .report import Finding, Report, headline
+from .window import entry_spans, fmt_time, sampling_weights
 
 MAX_ERROR_TRACES = 300
 MAX_SUCCESS_TRACES = 300
@@ -136,13 +136,33 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
         total_requests = len(entries)
         entry_by_trace = {s.trace_id: s for s in entries}
         failed = {s.trace_id for s in entries if s.is_error}
-        width = timeline.bucket_width(w_start, w_end)
+        # Tail-sampled data: every failing trace is kept (weight 1), successes only p % of the
+        # time (weight 1/p), so rates over stored requests need the weights; {} = unsampled.
+        wmap = sampling_weights(entries)
+        est_total = sum(wmap.get(s.trace_id, 1.0) for s in entries) if wmap else float(total_requests)
+        width = timeline.bucket_width(w_start, w_end, n_requests=len(entries) or len(times))
         e_edges = timeline.edges(w_start, w_end, width)
-        req_k, req_n = timeline.counts([s.start_ns for s in entries], [s.is_error for s in entries], e_edges)
-        report.data["timeline"] = timeline.request_timeline(
-            e_edges, np.zeros_like(req_k), req_n, req_k, np.array([s.start_ns for s in entries], dtype=np.int64),
-            np.array([s.duration_ns for s in entries], dtype=np.int64))
+        t_entries = [s.start_ns for s in entries]
+        req_k, req_n = timeline.counts(t_entries, [s.is_error for s in entries], e_edges)
+        w_entries = [wmap.get(s.trace_id, 1.0) for s in entries] if wmap else None
+        req_nw = None
+        if w_entries is not None:
+            req_kw, req_nw = timeline.weighted_counts(t_entries, [s.is_error for s in entries], w_entries, e_edges)
+            report.data["timeline"] = timeline.request_timeline(
+                e_edges, np.zeros_like(req_kw), req_nw, req_kw, np.array(t_entries, dtype=np.int64),
+                np.array([s.duration_ns for s in entries], dtype=np.int64), w_entries)
+        else:
+            report.data["timeline"] = timeline.request_timeline(
+                e_edges, np.zeros_like(req_k), req_n, req_k, np.array(t_entries, dtype=np.int64),
+                np.array([s.duration_ns for s in entries], dtype=np.int64))
         del report.data["timeline"]["slow"]
+        report.data["sampling"] = {"weighted": bool(wmap)}
+        if wmap:
+            wv = np.array(w_entries)
+            report.data["sampling"].update({
+                "attribute": semconv.SAMPLING_ADJUSTED_COUNT, "stored_requests": total_requests,
+                "estimated_requests": est_total, "weighted_requests": int((wv != 1.0).sum()),
+                "max_adjusted_count": float(wv.max())})
         if not events:
             report.data["counts"] = {"requests": total_requests, "error_events": 0, "failed_requests": 0}
             report.verdict = [f"No errors among {total_requests} requests in the window."]
@@ -187,27 +207,38 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
             sample = [fetched[t] for t in c.traces if t in fetched]
             for t in sample:
                 _record(failures.get(t.trace_id), c)
-            c.attrs = attributes.compare(sample, successes, max_results=10,
-                                         exclude=attributes.OUTCOME_KEYS) if sample and successes else []
+            c.attrs = attributes.compare(sample, successes, max_results=10, exclude=attributes.OUTCOME_KEYS,
+                                         weights=wmap or None) if sample and successes else []
             times_c = [entry_by_trace[t].start_ns if t in entry_by_trace else min(e.time_ns for e in events_by_trace[t])
                        for t in c.traces] or [e.time_ns for e in c.events]
             k, _ = timeline.counts(times_c, [True] * len(times_c), e_edges)
             c.counts = k.tolist()
             n = np.maximum(req_n, k)
-            c.onset = timeline.detect_onset(k, n, e_edges, min_ratio=3.0)
+            if wmap:  # the test on stored counts, the rates (effect floor) weighted
+                kw, _ = timeline.weighted_counts(times_c, [True] * len(times_c),
+                                                 [wmap.get(t, 1.0) for t in c.traces] or [1.0] * len(times_c), e_edges)
+                c.onset = timeline.detect_onset(k, n, e_edges, min_ratio=3.0, weighted=(kw, np.maximum(req_nw, kw)))
+            else:
+                c.onset = timeline.detect_onset(k, n, e_edges, min_ratio=3.0)
         clusters.sort(key=lambda c: -(len(c.traces) or len(c.events)))
         bar.step("ranking")
         report.findings, report.data["clusters"] = _findings(clusters, total_requests, events_by_trace, entries,
-                                                             fetched, w_start, width)
+                                                             fetched, w_start, width, wmap)
         report.data["timeline"]["clusters"] = [{"id": d["id"], "counts": c.counts}
                                                for d, c in zip(report.data["clusters"], clusters)]
         report.data["counts"] = {"requests": total_requests, "failed_requests": len(failed),
                                  "error_events": len(events), "error_traces": len(err_tids),
                                  "sampled_error_traces": len(err_sample), "sampled_successes": len(successes)}
+        if wmap:
+            report.data["counts"].update({"estimated_requests": est_total,
+                                          "estimated_failed_requests": sum(wmap.get(t, 1.0) for t in failed)})
         report.verdict = _verdict(report)
         report.notes.append(f"Error events: spans with ERROR status, exception events and ERROR logs. Samples of at "
                             f"most {MAX_ERROR_TRACES} failing and {MAX_SUCCESS_TRACES} successful traces; "
                             f"significance: adjusted p < {stats.ALPHA}.")
+        if wmap:
+            from .slow import mark_weighted
+            mark_weighted(report)
         return report
 
 
@@ -342,8 +373,30 @@ def _record(f: _Failure | None, c: Cluster) -> None:
     c.stages[stage] += 1
 
 
-def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fetched, w_start, width):
+def _short_name(e: ErrorEvent) -> str:
+    """The incident's name for a one-sentence summary: exception type and the first
+    line of the message template, cut at ~120 characters. The miner joins lines
+    with spaces, so the first line is cut from the template by its word count."""
+    msg, tmpl = e.message or "", e.template or ""
+    lines = [ln for ln in msg.splitlines() if ln.strip()]
+    if len(lines) > 1 and tmpl:
+        words = tmpl.split()
+        n = len(lines[0].split())
+        tmpl = " ".join(words[:n]) + (" …" if n < len(words) else "")
+    text = headline(tmpl)
+    if text.endswith(" …"):
+        text = text[:-2] + "…"
+    return f"{e.exc_type}: {text}" if e.exc_type else text
+
+
+def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fetched, w_start, width,
+              wmap: dict[str, float] | None = None):
+    """``wmap`` (trace id -> adjusted count, tail-sampled data): error rates are
+    Σ w(failed in cluster) / Σ w(requests), i.e. rates among the requests served."""
     findings: list[Finding] = []
+    wmap = wmap or {}
+    est_total = sum(wmap.get(s.trace_id, 1.0) for s in entries) if wmap else total
+    total_label = f"~{est_total:.0f}" if wmap else f"{total}"
     details: list[dict[str, Any]] = []
     first_seen = timeline.versions_first_seen(
         list(entries) + [s for t in fetched.values() for s in t.spans], (semconv.SERVICE_VERSION, semconv.ML_MODEL_VERSION))
@@ -357,7 +410,7 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fet
         log_tmpls = Counter(e.template for e in c.events if e.source == "log")
         template = log_tmpls.most_common(1)[0][0] if log_tmpls else None
         affected = len(c.traces) or len({e.time_ns for e in c.events})
-        rate = len(c.traces) / total if total else 0.0
+        rate = (sum(wmap.get(t, 1.0) for t in c.traces) / est_total if wmap else len(c.traces) / total) if total else 0.0
         sig_attrs = [a for a in c.attrs if a.significant]
         burst = c.onset is not None and c.onset.significant
         significant = bool(burst or sig_attrs)
@@ -366,7 +419,8 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fet
         origin_share = (c.origin.most_common(1)[0][1] / sum(c.origin.values())) if c.origin else None
         cid = f"E{i + 1}"
         name = f"{main.exc_type}: {main.template}" if main.exc_type else main.template
-        parts = [f"{name}: {affected} failed request{'s' if affected != 1 else ''} ({rate:.1%} of {total})",
+        short = _short_name(main)
+        parts = [f"{short}: {affected} failed request{'s' if affected != 1 else ''} ({rate:.1%} of {total_label})",
                  f"origin {origin[0]} '{origin[1]}'" + (f" (stage {origin[2]})" if origin[2] else "")]
         if c.propagated:
             parts.append("propagated to " + ", ".join(f"{s} '{o}'" for (s, o), _ in c.propagated.most_common(3)))
@@ -404,21 +458,25 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fet
             conf, {k: detail[k] for k in ("id", "count", "failed_requests", "error_rate", "first_seen_ns", "last_seen_ns",
                                           "origin", "propagated", "services", "stages", "example_trace_ids",
                                           "example_log_lines", "fingerprints")}
-            | {"origin_share": origin_share, "attributes": detail["attributes"][:3], "onset": detail["onset"]},
+            | {"origin_share": origin_share, "attributes": detail["attributes"][:3], "onset": detail["onset"],
+               "name": name, "message": main.message},
             service=origin[0], operation=origin[1], stage=origin[2],
             attribute=top_attr.attribute if top_attr else None, value=top_attr.value if top_attr else None,
             template=template))
         if significant and template:
             ok_total = max(1, total - len(c.traces))
-            findings.append(Finding("log", f'ERROR log "{template}" in {log_tmpls[template]} lines of incident {cid} '
-                                           f"({name})", min(1.0, rate * 10) * 0.9, True, conf,
+            findings.append(Finding("log", f'ERROR log "{headline(template)}" in {log_tmpls[template]} lines of incident {cid} '
+                                           f"({short})", min(1.0, rate * 10) * 0.9, True, conf,
                                     {"cluster": cid, "lines": log_tmpls[template], "example_lines": examples_logs,
                                      "example_trace_ids": [x["trace_id"] for x in examples_logs]},
                                     service=origin[0], template=template))
         if significant:
+            # a version is linked to the incident if any distinguishing attribute (or a
+            # perfectly confounded alias of one) is that version key, not only the top one
+            linked = {a.attribute for a in sig_attrs} | {k for a in sig_attrs for k, _ in a.aliases}
             for v in new_versions:
-                if v.first_ns <= times[0] + 3 * width and v.first_ns >= times[0] - 3 * width and (
-                        top_attr is None or top_attr.attribute == v.attribute):
+                if abs(v.first_ns - times[0]) <= timeline.near_ns(width) and (
+                        top_attr is None or v.attribute in linked):
                     findings.append(Finding("change", f"{v.attribute}={v.value} first seen at {fmt_time(v.first_ns)}, "
                                                       f"as incident {cid} began", min(1.0, rate * 10) * 0.8, True, "medium",
                                             {"cluster": cid, "first_seen_ns": v.first_ns, "count": v.count},
@@ -431,8 +489,13 @@ def _verdict(report: Report) -> list[str]:
     c = report.data["counts"]
     sig = [f for f in report.findings if f.significant and f.kind == "error_cluster"]
     quiet = [f for f in report.findings if not f.significant and f.kind == "error_cluster"]
-    lines = [f"{c['failed_requests']} of {c['requests']} requests failed; {c['error_events']} error events "
-             f"in {len(report.data['clusters'])} incident(s)."]
+    if "estimated_requests" in c:  # tail-sampled: estimates for the requests served
+        head = (f"~{c['estimated_failed_requests']:.0f} of ~{c['estimated_requests']:.0f} requests failed "
+                f"({c['estimated_failed_requests'] / max(c['estimated_requests'], 1e-9):.1%}, re-weighted for tail "
+                f"sampling; {c['failed_requests']} of {c['requests']} stored)")
+    else:
+        head = f"{c['failed_requests']} of {c['requests']} requests failed"
+    lines = [f"{head}; {c['error_events']} error events in {len(report.data['clusters'])} incident(s)."]
     if not sig:
         lines.append("No incident stands out: the errors are steady background errors with no burst and no "
                      "attribute that sets them apart from successful requests.")

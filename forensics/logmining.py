@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from stagetrace.model import LogRecord, Trace
 
@@ -79,13 +79,21 @@ class TemplateStat:
     p: float = 1.0
     p_adj: float = 1.0
     significant: bool = False
+    # Tail-sampled data: (Σ adjusted_count of traces with the template, of the group); None = unweighted
+    sel_w: tuple[float, float] | None = None
+    base_w: tuple[float, float] | None = None
+    neff: tuple[float, float] | None = None
 
     @property
     def sel_share(self) -> float:
+        if self.sel_w is not None:
+            return self.sel_w[0] / self.sel_w[1] if self.sel_w[1] else 0.0
         return self.sel_traces / self.sel_n if self.sel_n else 0.0
 
     @property
     def base_share(self) -> float:
+        if self.base_w is not None:
+            return self.base_w[0] / self.base_w[1] if self.base_w[1] else 0.0
         return self.base_traces / self.base_n if self.base_n else 0.0
 
     @property
@@ -97,16 +105,25 @@ class TemplateStat:
         return self.sel_share / max(self.base_share, 1 / (self.base_n + 1))
 
     def evidence(self) -> dict[str, Any]:
-        return {"selection_share": self.sel_share, "baseline_share": self.base_share, "lift": self.lift,
-                "selection_count": self.sel_traces, "selection_total": self.sel_n,
-                "baseline_count": self.base_traces, "baseline_total": self.base_n, "lines": self.lines,
-                "severity": self.severity, "p_value": self.p, "p_adjusted": self.p_adj,
-                "example_trace_ids": [e["trace_id"] for e in self.examples], "example_lines": self.examples}
+        ev = {"selection_share": self.sel_share, "baseline_share": self.base_share, "lift": self.lift,
+              "selection_count": self.sel_traces, "selection_total": self.sel_n,
+              "baseline_count": self.base_traces, "baseline_total": self.base_n, "lines": self.lines,
+              "severity": self.severity, "p_value": self.p, "p_adjusted": self.p_adj,
+              "example_trace_ids": [e["trace_id"] for e in self.examples], "example_lines": self.examples}
+        if self.sel_w is not None and self.base_w is not None:
+            ev.update({"sampling_weighted": True, "selection_weighted_count": self.sel_w[0],
+                       "selection_weighted_total": self.sel_w[1], "baseline_weighted_count": self.base_w[0],
+                       "baseline_weighted_total": self.base_w[1],
+                       "selection_effective_n": self.neff[0] if self.neff else None,
+                       "baseline_effective_n": self.neff[1] if self.neff else None})
+        return ev
 
 
 def over_represented(selection: Sequence[Trace], baseline: Sequence[Trace], *, min_delta: float = 0.15,
-                     min_lift: float = 2.0, alpha: float | None = None, max_results: int = 15) -> list[TemplateStat]:
-    """Templates whose share of traces is higher in ``selection`` than in ``baseline``."""
+                     min_lift: float = 2.0, alpha: float | None = None, max_results: int = 15,
+                     weights: Mapping[str, float] | None = None) -> list[TemplateStat]:
+    """Templates whose share of traces is higher in ``selection`` than in ``baseline``.
+    ``weights`` (trace id -> adjusted count) as in :func:`attributes.compare`."""
     from . import stats
     alpha = stats.ALPHA if alpha is None else alpha
     miner = LogMiner()
@@ -128,10 +145,21 @@ def over_represented(selection: Sequence[Trace], baseline: Sequence[Trace], *, m
                 h["ex"].append({"trace_id": t.trace_id, "line": text[:300]})
     templates = miner.templates()
     out = []
+    if weights:
+        w = lambda tid: float(weights.get(tid, 1.0))  # noqa: E731
+        s_tot, b_tot = sum(w(t.trace_id) for t in selection), sum(w(t.trace_id) for t in baseline)
+        neff = (stats.effective_n([w(t.trace_id) for t in selection]),
+                stats.effective_n([w(t.trace_id) for t in baseline]))
     for cid, h in hits.items():
         st = TemplateStat(templates.get(cid, ""), len(h["sel"]), len(selection), len(h["base"]), len(baseline),
                           h["lines"], max(h["sev"], key=h["sev"].get), max(h["svc"], key=h["svc"].get), h["ex"])
-        st.p = stats.share_test(st.sel_traces, st.sel_n, st.base_traces, st.base_n)
+        if weights:
+            st.sel_w = (sum(w(t) for t in h["sel"]), s_tot)
+            st.base_w = (sum(w(t) for t in h["base"]), b_tot)
+            st.neff = neff
+            st.p = stats.weighted_share_test(st.sel_share, neff[0], st.base_share, neff[1])
+        else:
+            st.p = stats.share_test(st.sel_traces, st.sel_n, st.base_traces, st.base_n)
         out.append(st)
     for st, pa in zip(out, stats.bh_adjust([s.p for s in out])):
         st.p_adj = pa

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 SCHEMA_NAME = "stagetrace.report"
 # Bump the minor version for additive changes, the major one for anything that
 # could break a script reading the previous version.
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 FINDING_KINDS = ("stage", "attribute", "log", "metric", "error_cluster", "change")
 REPORT_KINDS = ("trace", "slow", "errors")
@@ -99,6 +99,18 @@ def to_json(reports: Sequence[Report], indent: int | None = 2) -> str:
         doc = {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "kind": "bundle",
                "generated_at_ns": time.time_ns(), "reports": [r.to_dict() for r in reports]}
     return json.dumps(doc, indent=indent, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def headline(text: Any, limit: int = 120) -> str:
+    """A message fit for a one-sentence ``summary``: its first non-empty line,
+    cut at ``limit`` characters with an ellipsis. Exception messages can be whole
+    paragraphs (sklearn's NaN ValueError); the full text belongs in ``evidence``."""
+    s = str(text) if text is not None else ""
+    line = next((ln.strip() for ln in s.splitlines() if ln.strip()), "")
+    more = line != s.strip()
+    if len(line) > limit:
+        line, more = line[: limit - 1].rstrip(), True
+    return line + "…" if more else line
 
 
 def _num(x: float) -> float | None:

@@ -29,15 +29,19 @@ from stagetrace.model import Span, Trace
 
 from . import attribution, attributes, logmining, metricevidence, stats, timeline
 from .progress import steps
-from .report import Finding, Report
-from .window import entry_spans, fmt_ms, fmt_time
+from .report import Finding, Report, headline
+from .window import entry_spans, fmt_ms, fmt_time, sampling_weights
 
 MAX_SELECTION = 200
 MAX_BASELINE = 400
 VERSION_KEYS = (semconv.SERVICE_VERSION, semconv.ML_MODEL_VERSION)
 
 
-def parse_threshold(threshold: str | int, durations: np.ndarray) -> tuple[int, str]:
+def parse_threshold(threshold: str | int, durations: np.ndarray,
+                    weights: np.ndarray | None = None) -> tuple[int, str]:
+    """``weights`` (adjusted counts, tail-sampled data) make a percentile threshold
+    the percentile of all requests, not of the stored ones (where every slow
+    request is kept but only p % of the others, so the stored p95 sits far too high)."""
     if isinstance(threshold, int):
         return threshold, fmt_ms(threshold)
     text = str(threshold).strip().lower()
@@ -46,7 +50,8 @@ def parse_threshold(threshold: str | int, durations: np.ndarray) -> tuple[int, s
         q = float(m.group(1))
         if not 0 < q < 100:
             raise UserError(f"invalid threshold {threshold!r}: percentile must be between p1 and p99.9")
-        return int(np.percentile(durations, q)), f"p{m.group(1)} ({fmt_ms(np.percentile(durations, q))})"
+        v = stats.weighted_quantile(durations, q, weights)
+        return int(v), f"p{m.group(1)} ({fmt_ms(v)})"
     ns = parse_duration_ns(text)
     return ns, fmt_ms(ns)
 
@@ -73,20 +78,35 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         w_end = end_ns if end_ns is not None else max(s.start_ns for s in entries) + 1
         dur = np.array([s.duration_ns for s in entries], dtype=np.int64)
         t0 = np.array([s.start_ns for s in entries], dtype=np.int64)
-        thr_ns, thr_label = parse_threshold(threshold, dur)
+        # Tail-sampled data (Tempo behind the gateway Collector): each stored request
+        # stands for its adjusted count; {} = unsampled, every analysis unweighted.
+        wmap = sampling_weights(entries)
+        warr = np.array([wmap.get(s.trace_id, 1.0) for s in entries]) if wmap else None
+        thr_ns, thr_label = parse_threshold(threshold, dur, warr)
         slow = dur > thr_ns
         report = Report("slow", f"Slow requests (over {thr_label})", query=query,
                         window={"start_ns": w_start, "end_ns": w_end})
         report.data.update({"threshold_ns": thr_ns, "threshold_label": thr_label,
                             "counts": {"requests": int(dur.size), "slow": int(slow.sum())}})
+        report.data["sampling"] = _sampling_info(warr)
+        if warr is not None:
+            report.data["counts"].update({"estimated_requests": float(warr.sum()),
+                                          "estimated_slow": float(warr[slow].sum())})
         # --- timeline and onset ---------------------------------------------------------
         bar.step("finding the onset")
-        width = timeline.bucket_width(w_start, w_end)
+        width = timeline.bucket_width(w_start, w_end, n_requests=len(entries))
         e = timeline.edges(w_start, w_end, width)
         k, n = timeline.counts(t0, slow, e)
         errk, _ = timeline.counts(t0, [s.is_error for s in entries], e)
-        onset = timeline.detect_onset(k, n, e)
-        report.data["timeline"] = timeline.request_timeline(e, k, n, errk, t0, dur)
+        if warr is not None:
+            kw, nw = timeline.weighted_counts(t0, slow, warr, e)
+            errw, _ = timeline.weighted_counts(t0, [s.is_error for s in entries], warr, e)
+            onset = timeline.detect_onset(k, n, e, weighted=(kw, nw))
+            report.data["timeline"] = timeline.request_timeline(e, kw, nw, errw, t0, dur, warr)
+        else:
+            kw, nw = k, n
+            onset = timeline.detect_onset(k, n, e)
+            report.data["timeline"] = timeline.request_timeline(e, k, n, errk, t0, dur)
         if not slow.any():
             report.verdict = [f"No request was slower than {thr_label} in the window; nothing to explain."]
             return report
@@ -95,7 +115,8 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
             anomaly.append(f"the slow rate rose from {onset.rate_before:.1%} to {onset.rate_after:.1%} "
                            f"at {fmt_time(onset.time_ns)}")
         elif start_ns is not None:
-            anomaly += _compare_before_window(backend, service, route, w_start, w_end, thr_ns, k.sum(), n.sum())
+            anomaly += _compare_before_window(backend, service, route, w_start, w_end, thr_ns, k.sum(), n.sum(),
+                                              kw.sum(), nw.sum())
         # --- samples ----------------------------------------------------------------------
         bar.step("fetching sample traces")
         onset_ns = onset.time_ns if onset and onset.significant else None
@@ -112,11 +133,12 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         base = [_subtree(fetched[t], entry_of[t]) for t in base_ids if t in fetched]
         report.data["counts"].update({"selection": len(sel_pool), "baseline": len(base_pool),
                                       "sampled_selection": len(sel), "sampled_baseline": len(base)})
-        report.data["latency_histogram"] = _histogram(dur[slow], dur[~slow], thr_ns)
+        report.data["latency_histogram"] = _histogram(dur[slow], dur[~slow], thr_ns,
+                                                      None if warr is None else (warr[slow], warr[~slow]))
         # --- analyses --------------------------------------------------------------------------
         bar.step("attributes and logs")
-        attr_stats = attributes.compare(sel, base)
-        log_stats = logmining.over_represented(sel, base)
+        attr_stats = attributes.compare(sel, base, weights=wmap or None)
+        log_stats = logmining.over_represented(sel, base, weights=wmap or None)
         if any(a.significant for a in attr_stats):
             a = next(a for a in attr_stats if a.significant)
             anomaly.append(f"{attributes.describe(a)}")
@@ -124,15 +146,15 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
             anomaly.append("log templates set the slow requests apart")
         bar.step("critical paths")
         sel_bd, base_bd = attribution.breakdown(sel), attribution.breakdown(base)
-        contrib = attribution.compare(sel_bd, base_bd)
+        contrib = attribution.compare(sel_bd, base_bd, weights=wmap or None)
         for c in contrib:
             c.significant = c.significant and bool(anomaly)
         bar.step("metrics")
-        rate = np.where(n > 0, k / np.maximum(n, 1), np.nan)
+        rate = np.where(nw > 0, kw / np.where(nw > 0, nw, 1), np.nan)
         if onset_ns is not None:
             slow_periods = e[:-1] >= onset_ns
         else:
-            base_rate = k.sum() / max(n.sum(), 1)
+            base_rate = kw.sum() / max(nw.sum(), 1)
             slow_periods = rate > base_rate
         series = backend.metric_series(MetricQuery(start_ns=w_start, end_ns=w_end))
         metric_stats = metricevidence.evidence(series, e, rate, slow_periods)
@@ -154,7 +176,30 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         report.verdict = _verdict(report, thr_label, anomaly)
         report.notes.append(f"Significance: Benjamini-Hochberg adjusted p < {stats.ALPHA} plus a minimum effect size; "
                             f"samples of at most {MAX_SELECTION} slow and {MAX_BASELINE} baseline traces.")
+        if warr is not None:
+            mark_weighted(report)
         return report
+
+
+def _sampling_info(warr: np.ndarray | None) -> dict[str, Any]:
+    if warr is None:
+        return {"weighted": False}
+    return {"weighted": True, "attribute": semconv.SAMPLING_ADJUSTED_COUNT, "stored_requests": int(warr.size),
+            "estimated_requests": float(warr.sum()), "weighted_requests": int((warr != 1.0).sum()),
+            "max_adjusted_count": float(warr.max())}
+
+
+def mark_weighted(report: Report) -> None:
+    """Say in every finding and in the notes that the numbers are re-weighted."""
+    for f in report.findings:
+        f.evidence["sampling_weighted"] = True
+    info = report.data.get("sampling") or {}
+    report.notes.append(
+        f"Tail-sampled data: {info.get('weighted_requests', 0)} of {info.get('stored_requests', 0)} stored requests carry "
+        f"{semconv.SAMPLING_ADJUSTED_COUNT} (up to {info.get('max_adjusted_count', 1):g}); percentiles, shares, rates and "
+        f"means are weighted by it (Horvitz-Thompson; missing = 1) to stand for the ~{info.get('estimated_requests', 0):.0f} "
+        f"requests served. Significance tests use the stored counts (Kish effective sample sizes for weighted shares), "
+        f"never the inflated estimates.")
 
 
 def _subtree(trace: Trace, entry: Span) -> Trace:
@@ -184,8 +229,11 @@ def _subtree(trace: Trace, entry: Span) -> Trace:
     return Trace(trace.trace_id, keep, logs)
 
 
-def _compare_before_window(backend, service, route, w_start, w_end, thr_ns, k_in, n_in) -> list[str]:
-    """Slow rate in the window vs an equally long period before it (capped at 1 h)."""
+def _compare_before_window(backend, service, route, w_start, w_end, thr_ns, k_in, n_in,
+                           kw_in=None, nw_in=None) -> list[str]:
+    """Slow rate in the window vs an equally long period before it (capped at 1 h).
+    The test runs on stored counts; the rates compared (the effect) are the
+    weighted ones when the data is tail-sampled (``kw_in``/``nw_in``)."""
     span = min(w_end - w_start, 3_600_000_000_000)
     before = entry_spans(backend, service=service, route=route, start_ns=w_start - span, end_ns=w_start)
     if len(before) < 20:
@@ -193,15 +241,25 @@ def _compare_before_window(backend, service, route, w_start, w_end, thr_ns, k_in
     kb = sum(1 for s in before if s.duration_ns > thr_ns)
     p = stats.share_test(int(k_in), int(n_in), kb, len(before))
     rin, rb = k_in / max(n_in, 1), kb / len(before)
+    bw = sampling_weights(before)
+    if nw_in is not None and (bw or nw_in != n_in):
+        w_before = [bw.get(s.trace_id, 1.0) for s in before]
+        rin = float(kw_in) / max(float(nw_in), 1e-9)
+        rb = sum(w for s, w in zip(before, w_before) if s.duration_ns > thr_ns) / max(sum(w_before), 1e-9)
     if p < stats.ALPHA and rin >= 2 * max(rb, 1e-9):
         return [f"{rin:.1%} of requests were slow in the window vs {rb:.1%} before it"]
     return []
 
 
-def _histogram(sel: np.ndarray, base: np.ndarray, thr: int) -> dict[str, Any]:
+def _histogram(sel: np.ndarray, base: np.ndarray, thr: int, weights=None) -> dict[str, Any]:
+    """Counts per latency bin; with ``weights`` (selection, baseline) estimated counts, rounded."""
     allv = np.concatenate([sel, base]).astype(float)
     lo, hi = max(allv.min(), 1e4), max(allv.max(), 1e5)
     edges = np.geomspace(lo, hi * 1.0001, 31)
+    if weights is not None:
+        hs = [int(round(x)) for x in np.histogram(sel, edges, weights=weights[0])[0]]
+        hb = [int(round(x)) for x in np.histogram(base, edges, weights=weights[1])[0]]
+        return {"edges_ms": (edges / 1e6).tolist(), "selection": hs, "baseline": hb, "threshold_ms": thr / 1e6}
     return {"edges_ms": (edges / 1e6).tolist(), "selection": np.histogram(sel, edges)[0].tolist(),
             "baseline": np.histogram(base, edges)[0].tolist(), "threshold_ms": thr / 1e6}
 
@@ -211,7 +269,7 @@ def _version_changes(entries: Sequence[Span], traces: Sequence[Trace], w_start, 
     new = timeline.new_in_window(timeline.versions_first_seen(spans, VERSION_KEYS), w_start, width)
     out = []
     for f in new:
-        near = bool(onset and onset.significant and abs(f.first_ns - onset.time_ns) <= 3 * width)
+        near = bool(onset and onset.significant and abs(f.first_ns - onset.time_ns) <= timeline.near_ns(width))
         out.append({"attribute": f.attribute, "value": f.value, "first_seen_ns": f.first_ns, "count": f.count,
                     "near_onset": near})
     return out
@@ -255,7 +313,7 @@ def _findings(contrib, attr_stats, log_stats, metric_stats, onset, changes, thr_
                            _confidence(a.p_adj, support) if a.significant else "low", a.evidence(),
                            attribute=a.attribute, value=a.value))
     for s in [x for x in log_stats if x.significant or x.delta >= 0.05][:6]:
-        out.append(Finding("log", f'log "{s.template}" in {s.sel_share:.0%} of slow requests vs '
+        out.append(Finding("log", f'log "{headline(s.template)}" in {s.sel_share:.0%} of slow requests vs '
                                   f"{s.base_share:.0%} of baseline (lift {s.lift:.1f}x, {s.lines} lines)",
                            s.delta * 0.9, s.significant, _confidence(s.p_adj, support) if s.significant else "low",
                            s.evidence(), service=s.service or None, template=s.template))
@@ -292,10 +350,12 @@ def _lvl(v: float, unit: str) -> str:
 
 
 def _verdict(report: Report, thr_label: str, anomaly: list[str]) -> list[str]:
-    c = report.data["counts"]
+    c = dict(report.data["counts"])
+    if "estimated_requests" in c:  # tail-sampled: speak of the requests served, not of those stored
+        c.update(requests=f"~{c['estimated_requests']:.0f}", slow=f"~{c['estimated_slow']:.0f}")
     sig = report.significant_findings
     causes = [f for f in sig if f.kind in ("stage", "attribute")]
-    if not causes and c.get("slow", 0) < 10:
+    if not causes and report.data["counts"].get("slow", 0) < 10:  # stored ones: the sample size
         return [f"No significant difference, and too few slow requests ({c['slow']} over {thr_label}, of "
                 f"{c['requests']}) to tell a cause from chance. Widen the window or lower the threshold."]
     if not causes:
@@ -305,8 +365,9 @@ def _verdict(report: Report, thr_label: str, anomaly: list[str]) -> list[str]:
     lines = []
     if anomaly:
         lines.append(f"{c['slow']} of {c['requests']} requests were slower than {thr_label}; " + anomaly[0] + ".")
-    stage = next((f for f in causes if f.kind == "stage" and f.stage), None)
-    where = next((f for f in causes if f.kind == "stage" and not f.stage), None)
+    # stage level vs operation/edge level (operations carry their stage too)
+    stage = next((f for f in causes if f.kind == "stage" and f.evidence.get("level") == "stage"), None)
+    where = next((f for f in causes if f.kind == "stage" and f.evidence.get("level") != "stage"), None)
     attr = next((f for f in causes if f.kind == "attribute"), None)
     rank = 1
     for f in (stage, where, attr):

@@ -115,3 +115,68 @@ def binomial_split(k: Sequence[int], n: Sequence[int], min_side: int = 2) -> tup
     p = share_test(int(K) - kb_, int(N) - nb_, kb_, nb_)
     p = min(1.0, p * len(idx))
     return split, p, float(rate_b[j]), float(rate_a[j])
+
+
+# --- Tail-sampled data: Horvitz-Thompson weights ------------------------------------------
+# Behind the gateway Collector's tail sampling, a stored trace stands for
+# ``sampling.adjusted_count`` traces (1 / keep probability; absent = 1). Estimates
+# (quantiles, shares, rates, means) use these weights; significance tests use the
+# Kish effective sample size, so a weighted sample never looks bigger than it is.
+# With uniform weights (unsampled data) every helper reduces exactly to the
+# unweighted computation, so the embedded store's results do not change.
+
+
+def is_uniform(weights: Sequence[float] | np.ndarray | None) -> bool:
+    if weights is None:
+        return True
+    w = np.asarray(weights, float)
+    return w.size == 0 or bool(np.all(w == w.flat[0]))
+
+
+def weighted_quantile(values: Sequence[float], q: float, weights: Sequence[float] | None = None) -> float:
+    """The ``q``-th percentile (0-100) of the population the weighted sample
+    stands for: the inverted weighted CDF (the smallest value whose cumulative
+    weight reaches q %). Uniform weights give numpy's default (linear) percentile,
+    i.e. exactly what an unweighted analysis computes."""
+    v = np.asarray(values, float)
+    if v.size == 0:
+        return float("nan")
+    if is_uniform(weights):
+        return float(np.percentile(v, q))
+    return float(np.percentile(v, q, weights=np.asarray(weights, float), method="inverted_cdf"))
+
+
+def weighted_mean(values: Sequence[float], weights: Sequence[float] | None = None) -> float:
+    v = np.asarray(values, float)
+    if v.size == 0:
+        return float("nan")
+    if is_uniform(weights):
+        return float(v.mean())
+    return float(np.average(v, weights=np.asarray(weights, float)))
+
+
+def effective_n(weights: Sequence[float]) -> float:
+    """Kish's effective sample size (Σw)² / Σw²: n for equal weights, less when
+    a few heavy traces carry the estimate."""
+    w = np.asarray(weights, float)
+    s2 = float((w * w).sum())
+    return float(w.sum()) ** 2 / s2 if s2 > 0 else 0.0
+
+
+def weighted_share_test(a_share: float, a_neff: float, b_share: float, b_neff: float) -> float:
+    """One-sided p-value that share A exceeds share B, for weighted shares:
+    :func:`share_test` on effective counts (share x Kish n, rounded). Equal
+    weights give the raw counts back, hence the same p-value as before."""
+    an, bn = int(round(a_neff)), int(round(b_neff))
+    return share_test(int(round(a_share * an)), an, int(round(b_share * bn)), bn)
+
+
+def ks_pvalue(d: float, n_a: float, n_b: float) -> float:
+    """Asymptotic two-sample Kolmogorov-Smirnov p-value for statistic ``d`` at
+    (effective) sample sizes ``n_a``, ``n_b`` (used for weighted ECDFs, where
+    ``ks_2samp`` does not apply)."""
+    if n_a < 3 or n_b < 3 or d <= 0:
+        return 1.0
+    from scipy.special import kolmogorov
+    en = n_a * n_b / (n_a + n_b)
+    return float(min(1.0, kolmogorov(np.sqrt(en) * d)))

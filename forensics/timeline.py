@@ -17,11 +17,28 @@ import numpy as np
 
 from . import stats
 
-MIN_BUCKET_NS = 10_000_000_000
+MIN_BUCKET_NS = 1_000_000_000  # finer than a metric export interval is pointless
+MIN_PER_BUCKET = 20  # requests per bucket on average, so a bucket's rate means something
+NEAR_MIN_NS = 5_000_000_000  # "near the onset" never narrower than this, however fine the buckets
 
 
-def bucket_width(start_ns: int, end_ns: int, buckets: int = 60) -> int:
-    return max(MIN_BUCKET_NS, (end_ns - start_ns) // buckets + 1)
+def bucket_width(start_ns: int, end_ns: int, buckets: int = 60, n_requests: int | None = None,
+                 min_per_bucket: int = MIN_PER_BUCKET) -> int:
+    """Up to ``buckets`` buckets over the window, but never under 1 s nor, when
+    ``n_requests`` is known, so narrow that a bucket holds fewer than
+    ``min_per_bucket`` requests on average: a 40 s run at 20 req/s gets 40
+    one-second buckets (enough for an onset and a metric correlation), a sparse
+    one gets fewer, wider buckets. Without ``n_requests`` the old 10 s floor holds."""
+    span = max(0, end_ns - start_ns)
+    width = max(MIN_BUCKET_NS, span // buckets + 1)
+    if n_requests is None:
+        return max(width, 10 * MIN_BUCKET_NS)
+    return max(width, span * min_per_bucket // max(n_requests, 1) + 1)
+
+
+def near_ns(width: int) -> int:
+    """How close to an onset a version change counts as "near" it (3 buckets, at least 5 s)."""
+    return max(3 * width, NEAR_MIN_NS)
 
 
 def edges(start_ns: int, end_ns: int, width: int) -> np.ndarray:
@@ -39,6 +56,17 @@ def counts(times_ns: Sequence[int], flags: Sequence[bool], e: np.ndarray) -> tup
     return k, n
 
 
+def weighted_counts(times_ns: Sequence[int], flags: Sequence[bool], weights: Sequence[float],
+                    e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per bucket: (Σ weight of hits, Σ weight): estimated counts for tail-sampled data."""
+    t = np.asarray(times_ns, dtype=np.int64)
+    f = np.asarray(flags, dtype=bool)
+    w = np.asarray(weights, dtype=float)
+    idx = np.clip(np.searchsorted(e, t, side="right") - 1, 0, len(e) - 2)
+    return (np.bincount(idx, weights=w * f, minlength=len(e) - 1),
+            np.bincount(idx, weights=w, minlength=len(e) - 1))
+
+
 @dataclass(slots=True)
 class Onset:
     index: int
@@ -54,10 +82,19 @@ class Onset:
 
 
 def detect_onset(k: np.ndarray, n: np.ndarray, e: np.ndarray, *, min_ratio: float = 2.0,
-                 alpha: float = stats.ALPHA) -> Onset | None:
+                 alpha: float = stats.ALPHA, weighted: tuple[np.ndarray, np.ndarray] | None = None) -> Onset | None:
+    """``weighted`` = per-bucket (Σ w of hits, Σ w) for tail-sampled data: the split
+    and its p-value come from the stored counts (a valid test: with a keep
+    probability that does not change over time, the stored rate changes only if
+    the real one does), the rates and the effect floor from the weighted ones."""
     split, p, rb, ra = stats.binomial_split(k, n)
     if split < 0:
         return None
+    if weighted is not None:
+        kw, nw = np.asarray(weighted[0], float), np.asarray(weighted[1], float)
+        nb, na = nw[:split].sum(), nw[split:].sum()
+        rb = float(kw[:split].sum() / nb) if nb > 0 else 0.0
+        ra = float(kw[split:].sum() / na) if na > 0 else 0.0
     sig = p < alpha and ra >= min_ratio * max(rb, 1e-9) and ra - rb >= 0.02
     return Onset(split, int(e[split]), p, rb, ra, sig)
 
@@ -119,12 +156,17 @@ def new_in_window(entries: Sequence[FirstSeen], start_ns: int, width: int, min_c
     return [f for f in entries if f.first_ns >= start_ns + width and f.count >= min_count]
 
 
-def request_timeline(e, k, n, errk, t0, dur) -> dict[str, Any]:
-    """Per bucket: requests, slow (``k``), errors and p95 latency, for the timeline chart."""
+def request_timeline(e, k, n, errk, t0, dur, weights=None) -> dict[str, Any]:
+    """Per bucket: requests, slow (``k``), errors and p95 latency, for the timeline chart.
+    With ``weights`` (tail-sampled data) the counts passed in are estimates and are
+    rounded, and the p95 is the weighted one."""
     idx = np.clip(np.searchsorted(e, t0, side="right") - 1, 0, len(e) - 2)
+    w = None if weights is None else np.asarray(weights, float)
     p95 = []
     for b in range(len(e) - 1):
-        d = dur[idx == b]
-        p95.append(float(np.percentile(d, 95) / 1e6) if d.size else None)
+        sel = idx == b
+        d = dur[sel]
+        p95.append(float(stats.weighted_quantile(d, 95, None if w is None else w[sel]) / 1e6) if d.size else None)
+    as_int = (lambda a: [int(round(x)) for x in np.asarray(a, float)]) if w is not None else (lambda a: a.tolist())
     return {"bucket_start_ns": [int(x) for x in e[:-1]], "bucket_width_ns": int(e[1] - e[0]),
-            "requests": n.tolist(), "slow": k.tolist(), "errors": errk.tolist(), "p95_ms": p95}
+            "requests": as_int(n), "slow": as_int(k), "errors": as_int(errk), "p95_ms": p95}

@@ -31,6 +31,28 @@ def entry_spans(backend: Backend, *, service: str | None, route: str | None,
     return sorted(seen.values(), key=lambda s: s.start_ns)
 
 
+def adjusted_count(span: Span) -> float:
+    """How many requests this stored request stands for: the gateway Collector's
+    ``sampling.adjusted_count`` (1/p on the probabilistic baseline share of tail
+    sampling, set on every span of the trace), 1 when absent or unusable, so
+    unsampled data (the embedded store) is weighted 1 throughout."""
+    v = span.attributes.get(semconv.SAMPLING_ADJUSTED_COUNT)
+    if v is None:
+        return 1.0
+    try:
+        w = float(v)
+    except (TypeError, ValueError):
+        return 1.0
+    return w if w >= 1.0 and w == w and w != float("inf") else 1.0
+
+
+def sampling_weights(entries: list[Span]) -> dict[str, float]:
+    """Trace id -> adjusted count of its entry span; empty when nothing was sampled
+    (every weight 1), so callers can tell weighted from unweighted analyses."""
+    w = {s.trace_id: adjusted_count(s) for s in entries}
+    return w if any(x != 1.0 for x in w.values()) else {}
+
+
 def fmt_ms(ns: float) -> str:
     ms = ns / 1e6
     if ms >= 10_000:

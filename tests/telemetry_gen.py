@@ -27,6 +27,14 @@ store timeouts. At ``onset`` one injected cause begins:
 
 Everything is seeded, trace and span ids included, so a scenario always
 produces the same data.
+
+``tail_sampling=TailSampling(...)`` stores only what the gateway Collector
+(collector/otelcol/otelcol-gateway.yaml) would keep: every trace with an error
+span, every trace lasting at least ``slow_ms``, and ``percent`` % of the rest
+(decided on the trace id), with the span attributes its ``transform/sampling``
+step sets (``tailsampling.policy`` on kept spans, ``sampling.adjusted_count =
+100 / percent`` on the probabilistic share). Logs and metrics are not sampled,
+as in the gateway. The whole population's truth stays in the GenResult.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.metrics.export import (Gauge, Metric, MetricsData, NumberDataPoint,
                                               ResourceMetrics, ScopeMetrics)
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -81,18 +89,86 @@ class GenResult:
     faulty_trace_ids: list[str] = field(default_factory=list)
     error_trace_ids: list[str] = field(default_factory=list)
     all_trace_ids: list[str] = field(default_factory=list)
+    durations_ns: list[int] = field(default_factory=list)  # root span duration, aligned with all_trace_ids
+    kept: dict[str, str] = field(default_factory=dict)  # tail sampling only: trace id -> deciding policy
+
+
+@dataclass
+class TailSampling:
+    """The gateway Collector's tail_sampling policies (errors -> slow -> baseline)."""
+
+    slow_ms: float = 500.0
+    percent: float = 10.0
+
+
+class _TailSampler:
+    """Buffers each trace's finished spans (across the services' providers) until its
+    root ends (last, in this generator), then decides like the Collector's
+    tail_sampling processor and forwards the kept spans to their exporters."""
+
+    def __init__(self, cfg: TailSampling, res: "GenResult") -> None:
+        self.cfg, self.res = cfg, res
+        self.pending: dict[int, list] = {}
+
+    def wrap(self, inner: SpanProcessor) -> SpanProcessor:
+        sampler = self
+
+        class _P(SpanProcessor):
+            def on_start(self, span, parent_context=None):
+                inner.on_start(span, parent_context)
+
+            def on_end(self, span):
+                sampler.on_end(span, inner)
+
+            def shutdown(self):
+                inner.shutdown()
+
+            def force_flush(self, timeout_millis: int = 30000):
+                return inner.force_flush(timeout_millis)
+        return _P()
+
+    def on_end(self, span: ReadableSpan, inner: SpanProcessor) -> None:
+        tid = span.context.trace_id
+        self.pending.setdefault(tid, []).append((span, inner))
+        if span.parent is None:
+            self._decide(tid)
+
+    def _decide(self, tid: int) -> None:
+        spans = self.pending.pop(tid)
+        start = min(s.start_time for s, _ in spans)
+        end = max(s.end_time for s, _ in spans)
+        attrs: dict = {}
+        if any(s.status.status_code == StatusCode.ERROR for s, _ in spans):
+            policy = "errors"
+        elif end - start >= self.cfg.slow_ms * MS:
+            policy = "slow"
+        elif (tid >> 64) % 1_000_000 < self.cfg.percent * 10_000:  # probabilistic, on the trace id
+            policy = sc.SAMPLING_POLICY_BASELINE
+            attrs[sc.SAMPLING_ADJUSTED_COUNT] = 100.0 / self.cfg.percent
+        else:
+            return
+        self.res.kept[_hex(tid, 32)] = policy
+        attrs[sc.TAILSAMPLING_POLICY] = policy
+        for s, inner in spans:
+            inner.on_end(ReadableSpan(
+                name=s.name, context=s.context, parent=s.parent, resource=s.resource,
+                attributes={**dict(s.attributes or {}), **attrs}, events=s.events, links=s.links, kind=s.kind,
+                status=s.status, start_time=s.start_time, end_time=s.end_time,
+                instrumentation_scope=s.instrumentation_scope))
 
 
 class _Service:
     """Providers for one service instance (own resource), exporting via the given factories."""
 
-    def __init__(self, name: str, instance: str, version: str, ids: IdGenerator, exporters) -> None:
+    def __init__(self, name: str, instance: str, version: str, ids: IdGenerator, exporters,
+                 sampler: _TailSampler | None = None) -> None:
         self.resource = Resource.create({sc.SERVICE_NAME: name, sc.SERVICE_VERSION: version,
                                          sc.SERVICE_INSTANCE_ID: instance, sc.HOST_NAME: f"host-{instance}",
                                          sc.DEPLOYMENT_ENVIRONMENT: "test"})
         self.tp = TracerProvider(resource=self.resource, id_generator=ids)
-        self.tp.add_span_processor(BatchSpanProcessor(exporters.span(), max_queue_size=200_000,
-                                                      max_export_batch_size=2000, schedule_delay_millis=200))
+        bsp = BatchSpanProcessor(exporters.span(), max_queue_size=200_000,
+                                 max_export_batch_size=2000, schedule_delay_millis=200)
+        self.tp.add_span_processor(sampler.wrap(bsp) if sampler else bsp)
         self.lp = LoggerProvider(resource=self.resource)
         self.lp.add_log_record_processor(BatchLogRecordProcessor(exporters.log(), max_queue_size=200_000,
                                                                  max_export_batch_size=2000, schedule_delay_millis=200))
@@ -146,8 +222,10 @@ def _hex(i: int, width: int) -> str:
 
 
 def generate(scenario: str, exporters, *, minutes: float = 20, per_minute: int = 60,
-             onset_fraction: float = 0.5, seed: int = 7, end_ns: int | None = None) -> GenResult:
-    """Emit ``minutes`` of history ending at ``end_ns`` (default: now)."""
+             onset_fraction: float = 0.5, seed: int = 7, end_ns: int | None = None,
+             tail_sampling: TailSampling | None = None, metric_step_s: int = 10) -> GenResult:
+    """Emit ``minutes`` of history ending at ``end_ns`` (default: now); with
+    ``tail_sampling``, store only the spans the gateway Collector would keep."""
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}")
     rnd = random.Random(f"{scenario}:{seed}")
@@ -155,9 +233,10 @@ def generate(scenario: str, exporters, *, minutes: float = 20, per_minute: int =
     end_ns = end_ns or time.time_ns()
     start_ns = end_ns - int(minutes * 60e9)
     onset_ns = start_ns + int((end_ns - start_ns) * onset_fraction)
-    api = [_Service(API, f"api-{i}", "1.4.2", ids, exporters) for i in range(2)]
-    feat = _Service(FEATURES, "features-0", "2.0.1", ids, exporters)
     res = GenResult(scenario, start_ns, end_ns, onset_ns)
+    sampler = _TailSampler(tail_sampling, res) if tail_sampling else None
+    api = [_Service(API, f"api-{i}", "1.4.2", ids, exporters, sampler) for i in range(2)]
+    feat = _Service(FEATURES, "features-0", "2.0.1", ids, exporters, sampler)
     n = int(minutes * per_minute)
     res.requests = n
     for i in range(n):
@@ -165,7 +244,7 @@ def generate(scenario: str, exporters, *, minutes: float = 20, per_minute: int =
         _request(rnd, scenario, t, t >= onset_ns, api[i % 2], feat, res)
     for s in (*api, feat):
         s.flush()
-    res.metric_points = _metrics(rnd, scenario, exporters, api, feat, start_ns, end_ns, onset_ns)
+    res.metric_points = _metrics(rnd, scenario, exporters, api, feat, start_ns, end_ns, onset_ns, metric_step_s)
     for s in (*api, feat):
         s.shutdown()
     return res
@@ -315,6 +394,7 @@ def _request(rnd, scenario, t0, faulty, api: _Service, feat: _Service, res: GenR
         root.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, 200)
         _log(api, root, end - 50_000, SeverityNumber.INFO, f"POST /predict 200 in {(end - t0) // MS} ms", res)
     root.end(end)
+    res.durations_ns.append(end - t0)
     if injected:
         res.faulty_trace_ids.append(tid)
 
