@@ -114,38 +114,3 @@ def collector_cmd(host: str, grpc_port: int, http_port: int, data_dir: str | Non
         collector.stop()
         logging.getLogger("stagetrace.collector").info("stopped")
 
-
-@click.command("trace")
-@click.argument("trace_id")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help=f"Embedded store directory (default: ${semconv.ENV_DATA_DIR}, else $XDG_DATA_HOME/stagetrace).")
-@click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True)
-def trace_cmd(trace_id: str, data_dir: str | None, fmt: str) -> None:
-    """Print one trace from the embedded store: its spans and logs, raw, as JSON.
-
-    The minimal first user of the query interface; ``stagetrace trace`` from
-    stagetrace.forensics replaces it with the full report when installed.
-    """
-    import dataclasses
-    import json
-
-    from stagetrace.config import normalize_trace_id
-    from stagetrace.errors import NotFound
-    from .query import EmbeddedBackend
-
-    tid = normalize_trace_id(trace_id)
-    directory = resolve_data_dir(data_dir)
-    with EmbeddedBackend(directory) as backend:
-        trace = backend.get_trace(tid)
-    if trace is None:
-        raise NotFound(f"trace {tid} not found in {directory}")
-    click.echo(json.dumps(trace_to_json(trace), indent=2, sort_keys=False))
-
-
-def trace_to_json(trace: "object") -> dict:
-    """The raw joined trace as plain JSON (dataclass fields, ids in hex)."""
-    import dataclasses
-
-    d = dataclasses.asdict(trace)  # type: ignore[arg-type]
-    d["duration_ns"] = max(0, d["end_ns"] - d["start_ns"])
-    return d

@@ -50,7 +50,7 @@ from . import otlp, store, wal
 from .store import LOGS, METRICS, SCHEMAS, SPANS
 
 _STATUS_OF = {"unset": 0, "ok": 1, "error": 2}
-_RETRIES = 5
+_RETRIES = 12  # ~1.5 s of back-off in total before giving up
 _REST_CACHE_MAX = 200_000  # distinct span bodies kept decoded per reader
 _INDEX_COLUMNS = ["trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "duration_ns",
                   "status_code", "service"]
@@ -179,19 +179,21 @@ class EmbeddedBackend:
     def _retry(self, fn: Callable[[], Any]) -> Any:
         """Run a read; if compaction or a cut removed a file under it, re-read the catalogue."""
         with self._lock:
+            import duckdb
+            import pyarrow as pa
+
             last: Exception | None = None
-            for _ in range(_RETRIES):
+            for attempt in range(_RETRIES):
                 try:
                     return fn()
-                except FileNotFoundError as exc:
-                    last = exc
                 except (duckdb.IOException, OSError, pa.ArrowException) as exc:
                     # most likely a block deleted by compaction/retention after we listed it
-                    # (DuckDB: "No files found that match the pattern ..."); a real I/O
-                    # problem fails the same way every time and is reported below
+                    # (FileNotFoundError; DuckDB: "No files found that match the pattern ...").
+                    # Re-list from scratch: cached handles may name deleted files. A real I/O
+                    # problem fails the same way every time and is reported below.
                     last = exc
                 self._blocks.clear()
-                time.sleep(0.01)
+                time.sleep(min(0.2, 0.005 * 2 ** attempt))  # compaction of a big block takes a while
             raise BackendError(f"cannot read the store in {self.data_dir}: {last}")
 
     def _rows_by_trace(self, table: str, tids: Sequence[bytes], columns: list[str] | None = None) -> pa.Table:

@@ -43,13 +43,7 @@ class LazyGroup(click.Group):
             return None
         module, attr, short_help = spec
         try:
-            try:
-                cmd = getattr(importlib.import_module(module), attr)
-            except ModuleNotFoundError as missing:
-                # Until stagetrace.forensics.cli exists, `trace` is the collector's raw JSON dump.
-                if cmd_name != "trace" or missing.name != module:
-                    raise
-                from stagetrace.collector.cli import trace_cmd as cmd
+            cmd = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:
             # Keep `--help` usable while a part is missing, and say what is missing.
             @click.command(cmd_name, help=short_help, context_settings={"ignore_unknown_options": True})
