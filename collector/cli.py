@@ -63,9 +63,14 @@ def _env(name: str) -> dict:
 @click.option("--wal-segment-age", default="1s", show_default=True,
               help="Close the write-ahead log segment after this long and store it as a Parquet block.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@click.option("--parent-pid", type=int, default=None, hidden=True,
+              help="Stop when this process dies (set by stagetrace.collector.process.start_collector).")
+@click.option("--pdeathsig", is_flag=True, default=False, hidden=True,
+              help="With --parent-pid: also ask Linux for PR_SET_PDEATHSIG.")
 def collector_cmd(host: str, grpc_port: int, http_port: int, data_dir: str | None, token: str | None,
                   allow_remote: bool, max_request_bytes: str, max_inflight: int, max_backlog_bytes: str,
-                  retention: str, retention_bytes: str, fsync: bool, wal_segment_age: str, log_level: str) -> None:
+                  retention: str, retention_bytes: str, fsync: bool, wal_segment_age: str, log_level: str,
+                  parent_pid: int | None, pdeathsig: bool) -> None:
     """Run the embedded OTLP receiver (gRPC + HTTP) and telemetry store.
 
     Prints one line when ready, then serves until SIGINT/SIGTERM:
@@ -104,6 +109,9 @@ def collector_cmd(host: str, grpc_port: int, http_port: int, data_dir: str | Non
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    if parent_pid is not None:  # after the handlers: the parent's death is a graceful SIGTERM
+        from .process import exit_with_parent
+        exit_with_parent(parent_pid, use_prctl=pdeathsig)
     h = f"[{host}]" if ":" in host else host
     sys.stdout.write(f"stagetrace collector ready grpc={h}:{collector.grpc_port} http={h}:{collector.http_port} "
                      f"data_dir={collector.data_dir}\n")

@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=float, default=0.25)
     ap.add_argument("--workers", type=int, default=1)  # 2 did not help on 2 shared cores (docs/benchmarks.md)
     ap.add_argument("--log-level", default="INFO")
+    ap.add_argument("--pdeathsig", action="store_true")  # see process.exit_with_parent
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -138,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
                    workers=args.workers)
     signal.signal(signal.SIGTERM, lambda *_: m.stop_event.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the collector decides when we stop
+    from .process import exit_with_parent
+    # a cut in progress may finish; beyond 3 s exit hard (blocks are renamed into place, WAL kept)
+    exit_with_parent(parent, use_prctl=args.pdeathsig, hard_exit_after_s=3.0)
     m.run(alive)
     return 0
 

@@ -15,10 +15,46 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
 _READY_RE = re.compile(r"^stagetrace collector ready grpc=(\S+):(\d+) http=(\S+):(\d+) data_dir=(.+)$")
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def exit_with_parent(parent_pid: int, *, sig: int = signal.SIGTERM, use_prctl: bool = True,
+                     hard_exit_after_s: float = 10.0, poll_s: float = 0.2) -> None:
+    """Make this process leave when ``parent_pid`` (the process that started it) dies.
+
+    Why both mechanisms: ``PR_SET_PDEATHSIG`` (Linux) signals us the moment the parent
+    dies, but it fires when the parent's *thread* that forked us exits, so it is only
+    asked for (``use_prctl``) when that thread is the parent's main thread; a watcher
+    thread polling ``getppid()`` covers every other case and other platforms. ``sig``
+    goes through this process's own handler (a graceful stop); if that has not ended
+    the process ``hard_exit_after_s`` later, it exits hard (the WAL and the
+    rename-into-place blocks make that safe)."""
+    if use_prctl and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watcher below still works
+
+    def _watch() -> None:
+        while os.getppid() == parent_pid:  # re-parented (to init or a subreaper) = parent gone
+            time.sleep(poll_s)
+        try:
+            os.kill(os.getpid(), sig)
+        finally:
+            time.sleep(hard_exit_after_s)
+            os._exit(1)
+
+    threading.Thread(target=_watch, name="parent-watch", daemon=True).start()
 
 
 class CollectorStartError(RuntimeError):
@@ -65,23 +101,34 @@ class CollectorProcess:
         return self.proc.poll()
 
     def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM (the collector closes its WAL and cuts it into blocks), then SIGKILL."""
+        """SIGTERM (the collector closes its WAL, cuts it into blocks and stops its
+        maintainer), then SIGKILL to the whole process group: nothing is left behind."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self._killpg()
                 self.proc.wait(10)
+        self._killpg()  # a maintainer that outlived a collector killed meanwhile
         self._close()
         return self.proc.returncode
 
     def kill9(self) -> None:
-        """SIGKILL without warning: what the durability guarantee is about."""
+        """SIGKILL without warning to the collector and its maintainer (the process
+        group): what the durability guarantee is about."""
         if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
+            self._killpg()
             self.proc.wait(10)
         self._close()
+
+    def _killpg(self) -> None:
+        # the collector leads its own process group (start_new_session); the group
+        # id stays reserved while any member lives, so this cannot hit a stranger
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def _close(self) -> None:
         if self.proc.stdout is not None:
@@ -114,6 +161,10 @@ def start_collector(data_dir: str | os.PathLike[str], *, host: str = "127.0.0.1"
             "--http-port", str(http_port), "--data-dir", str(data_dir)]
     if token is not None:
         args += ["--token", token]
+    # die with us: parent watch always, PR_SET_PDEATHSIG only from the main thread (see exit_with_parent)
+    args += ["--parent-pid", str(os.getpid())]
+    if threading.current_thread() is threading.main_thread():
+        args.append("--pdeathsig")
     args += list(extra_args)
     full_env = dict(os.environ)
     full_env.update(env or {})
@@ -122,7 +173,7 @@ def start_collector(data_dir: str | os.PathLike[str], *, host: str = "127.0.0.1"
     stderr_path = Path(stderr_name)
     with os.fdopen(fd, "wb") as stderr_file:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr_file, stdin=subprocess.DEVNULL,
-                                env=full_env, text=True)
+                                env=full_env, text=True, start_new_session=True)
     line_box: list[str] = []
 
     def _read() -> None:

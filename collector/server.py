@@ -120,6 +120,8 @@ class Collector:
              "--parent-pid", str(os.getpid()), "--retention-ns", str(st.retention_ns),
              "--retention-bytes", str(st.retention_bytes), "--max-block-rows", str(st.max_block_rows),
              "--interval", str(cfg.maintain_interval_s),
+             # PR_SET_PDEATHSIG fires when the forking *thread* ends: only ask for it from the main thread
+             *(["--pdeathsig"] if threading.current_thread() is threading.main_thread() else []),
              "--log-level", logging.getLevelName(logging.getLogger().getEffectiveLevel())],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
