@@ -1,7 +1,7 @@
 """Metric series that move with the slow-request (or error) rate.
 
 Each series is resampled to the analysis buckets (mean per bucket; counters as
-a per-second rate), then rank-correlated with the rate at lags of up to a few
+a per-second rate; histograms as the mean of each interval's observations), then rank-correlated with the rate at lags of up to a few
 buckets either way: a connection pool filling up usually *leads* latency.
 The lag scan is Bonferroni-corrected, series are BH-corrected together. The
 level of the series in slow periods versus baseline periods is reported
@@ -49,15 +49,55 @@ class MetricStat:
                 "unit": self.unit, "attributes": self.attributes, "service": self.service}
 
 
-def resample(series: MetricSeries, e: np.ndarray) -> np.ndarray:
-    pts = series.points
+_DISTRIBUTIONS = ("histogram", "exponential_histogram", "summary")
+
+
+def point_values(series: MetricSeries) -> tuple[np.ndarray, np.ndarray]:
+    """(time, value) per point, as a level that can be compared over time.
+
+    - gauges, non-monotonic sums: the value;
+    - monotonic CUMULATIVE sums: the per-second rate between consecutive points;
+    - histograms (and summaries): the mean of the observations *in each interval*:
+      Δsum / Δcount between consecutive CUMULATIVE points, sum / count of a DELTA
+      point. A cumulative running mean (sum / count since start) only drifts
+      towards the long-run mean and correlates with anything that trends.
+
+    A counter reset (the count or value goes down, or the start time changes)
+    starts a new run: the point after it counts from zero. Intervals without
+    observations (Δcount = 0) carry no value."""
+    pts = sorted(series.points, key=lambda p: p.time_ns)
     t = np.array([p.time_ns for p in pts], dtype=np.int64)
     v = np.array([p.value for p in pts], dtype=float)
-    if series.kind == "sum" and any(p.is_monotonic for p in pts) and pts[0].temporality != "DELTA" and len(pts) > 1:
+    delta = pts[0].temporality == "DELTA"
+    if series.kind in _DISTRIBUTIONS and all(p.count is not None and p.sum is not None for p in pts):
+        c = np.array([float(p.count) for p in pts])
+        sm = np.array([float(p.sum) for p in pts])
+        if delta:
+            ok = c > 0
+            return t[ok], sm[ok] / c[ok]
+        if len(pts) < 2:
+            return t[:0], v[:0]
+        st = np.array([p.start_time_ns for p in pts], dtype=np.int64)
+        dc, ds = np.diff(c), np.diff(sm)
+        reset = (dc < 0) | ((st[1:] != st[:-1]) & (st[1:] > 0))  # start time 0 = unknown
+        dc, ds = np.where(reset, c[1:], dc), np.where(reset, sm[1:], ds)
+        ok = dc > 0
+        return t[1:][ok], ds[ok] / dc[ok]
+    if series.kind == "sum" and any(p.is_monotonic for p in pts) and not delta and len(pts) > 1:
+        st = np.array([p.start_time_ns for p in pts], dtype=np.int64)
         dt = np.diff(t) / 1e9
         dv = np.diff(v)
-        ok = (dt > 0) & (dv >= 0)  # a negative step is a counter reset
-        t, v = t[1:][ok], (dv[ok] / dt[ok])
+        restarted = (st[1:] != st[:-1]) & (st[1:] > 0)  # start time 0 = unknown
+        ok = (dt > 0) & (dv >= 0) & ~restarted  # a negative step or a new start time is a counter reset
+        return t[1:][ok], dv[ok] / dt[ok]
+    return t, v
+
+
+def resample(series: MetricSeries, e: np.ndarray) -> np.ndarray:
+    """Mean of :func:`point_values` per bucket of ``e``; NaN where no point fell."""
+    if not series.points:
+        return np.full(len(e) - 1, np.nan)
+    t, v = point_values(series)
     out = np.full(len(e) - 1, np.nan)
     if t.size == 0:
         return out
