@@ -54,10 +54,14 @@ def start_app(server: str, workers: int, sink: OtlpSink, port: int) -> subproces
         "STAGETRACE_STAGES": STAGES + ";" + ";".join(BAD_ENTRIES),
         "STAGETRACE_LOG_FORMAT": "json",
         "PYTHONUNBUFFERED": "1",
+        "PYTHONFAULTHANDLER": "1",  # thread stacks on SIGABRT, used when the test fails
     })
     if server == "uvicorn":
         cmd = ["opentelemetry-instrument", "uvicorn", "mlapp:app", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", str(workers), "--no-access-log"]
+               "--workers", str(workers), "--no-access-log",
+               # uvicorn's supervisor SIGKILLs a worker that misses a 5 s health ping; on a starved
+               # 2-core machine a worker importing sklearn can, and requests then time out.
+               "--timeout-worker-healthcheck", "60"]
     else:
         cmd = ["opentelemetry-instrument", "gunicorn", "-k", "uvicorn.workers.UvicornWorker", "-w", str(workers),
                "-b", f"127.0.0.1:{port}", "mlapp:app"]
@@ -69,20 +73,40 @@ def wait_ready(proc: subprocess.Popen, port: int, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"app exited early ({proc.returncode}):\n{proc.stderr.read()[-3000:]}")
+            pytest.fail(f"app exited early ({proc.returncode}; its output is printed below)")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
                 if r.status == 200:
                     return
         except OSError:
             time.sleep(0.2)
-    out, err = stop(proc)
-    pytest.fail(f"app did not become ready in {timeout:.0f} s:\n{err[-3000:]}")
+    pytest.fail(f"app did not become ready in {timeout:.0f} s (its output is printed below)")
 
 
-def stop(proc: subprocess.Popen) -> tuple[str, str]:
+def _group_pids(pgid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def stop(proc: subprocess.Popen, dump_stacks: bool = False) -> tuple[str, str]:
+    """Stop the app's process group; with dump_stacks, first make every process print
+    all its thread stacks (faulthandler on SIGABRT) so a failure shows where they were."""
     import signal
 
+    if dump_stacks:
+        for pid in _group_pids(proc.pid):
+            try:
+                os.kill(pid, signal.SIGABRT)
+            except OSError:
+                pass
+        time.sleep(1)
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -104,6 +128,7 @@ def test_zero_code_stage_spans_logs_and_workers(server, workers):
         client_tp = TracerProvider(resource=Resource.create({"service.name": "e2e-client"}))
         client_tp.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=sink.grpc_endpoint, insecure=True)))
         RequestsInstrumentor().instrument(tracer_provider=client_tp)
+        failed = True
         try:
             wait_ready(proc, port)
             pids: set[int] = set()
@@ -130,10 +155,14 @@ def test_zero_code_stage_spans_logs_and_workers(server, workers):
                     m.name == "ml.stage.duration" for m in store.metrics)
 
             assert sink.wait_for(complete, timeout=30), "telemetry did not arrive"
+            failed = False
         finally:
             RequestsInstrumentor().uninstrument()
             client_tp.shutdown()
-            out, err = stop(proc)
+            out, err = stop(proc, dump_stacks=failed)
+            if failed:
+                print("--- app stdout (tail) ---\n" + out[-3000:])
+                print("--- app stderr (tail) ---\n" + err[-12000:])
 
         spans, logs_ = list(sink.store.spans), list(sink.store.logs)
         by_id = {s.span_id: s for s in spans}
