@@ -28,6 +28,24 @@ from . import logs
 _logger = logging.getLogger("stagetrace.instrumentation")
 
 
+# Modules the OTLP/HTTP exporter imports lazily on its first request (requests'
+# netrc lookup). Imported here, in the main thread, so an export thread of a
+# gunicorn master is never half-way through an import when a worker is forked:
+# a worker importing the same module would wait forever on a lock whose owner
+# does not exist in the child.
+_LAZY_EXPORT_IMPORTS = ("netrc", "shlex")
+
+
+def _prewarm_exporter_imports() -> None:
+    import importlib
+
+    for name in _LAZY_EXPORT_IMPORTS:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            pass
+
+
 def _truthy(name: str, default: str = "false") -> bool:
     return os.environ.get(name, default).strip().lower() in ("1", "true", "yes", "on")
 
@@ -90,6 +108,7 @@ class StagetraceConfigurator(_OTelSDKConfigurator):
         if semconv.SERVICE_INSTANCE_ID not in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", ""):
             # Older SDKs have no service.instance.id detector; newer ones replace this per process.
             resource_attributes.setdefault(semconv.SERVICE_INSTANCE_ID, str(uuid.uuid4()))
+        _prewarm_exporter_imports()
         super()._configure(resource_attributes=resource_attributes, **kwargs)
 
         try:

@@ -782,6 +782,7 @@ print(json.dumps({
     "instance_id": trace.get_tracer_provider().resource.attributes.get("service.instance.id"),
     "ml_imported": [m for m in ("sklearn", "torch", "xgboost", "lightgbm", "onnxruntime", "transformers", "feast",
                                 "numpy") if m in sys.modules],
+    "prewarmed": all(m in sys.modules for m in ("netrc", "shlex")),
 }))
 """
 
@@ -805,6 +806,7 @@ def test_distro_defaults_user_overrides_and_disable_switch():
                           "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "STAGETRACE_LOG_CORRELATION": "true"}
     assert got["hooks_active"] and got["factory"] and got["instance_id"]
     assert got["ml_imported"] == []  # hooks wait for the app's own imports
+    assert got["prewarmed"]  # no lazy import left for an export thread to be in when gunicorn forks
     assert not got["otlp_handler"]  # the user turned log export off (on by default: see the e2e test)
     off = _probe(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="stagetrace,fastapi,requests,logging")
     assert not off["hooks_active"]
