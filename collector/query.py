@@ -21,19 +21,19 @@ Hot paths:
 
 from __future__ import annotations
 
+import array
 import bisect
 import json
 import os
+import sys
 import time
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
@@ -121,7 +121,7 @@ class _Tail:
             self.segments[key] = (path, offset, parts)
         tables = [t for _, _, parts in self.segments.values() for t in parts]
         if not tables:
-            return SCHEMAS[self.table].empty_table()
+            return pa.Table.from_batches([], SCHEMAS[self.table])
         return pa.concat_tables(tables)
 
 
@@ -144,7 +144,7 @@ class EmbeddedBackend:
         self.data_dir = Path(data_dir).expanduser()
         self._blocks: dict[Path, _Block] = {}
         self._tails = {t: _Tail(t) for t in store.TABLES}
-        self._con: duckdb.DuckDBPyConnection | None = None
+        self._con: Any = None  # duckdb.DuckDBPyConnection, made on the first scan
         self._lock = threading.RLock()
         self._resource_cache: dict[bytes, tuple[dict, str]] = {}
         self._scope_cache: dict[bytes, tuple[str, str]] = {}
@@ -153,8 +153,10 @@ class EmbeddedBackend:
     # --- plumbing ---------------------------------------------------------------
 
     @property
-    def con(self) -> duckdb.DuckDBPyConnection:
+    def con(self) -> Any:
         if self._con is None:
+            import duckdb  # ~0.1-0.2 s to import: only scans need it, not trace-by-id
+
             self._con = duckdb.connect(":memory:")
             try:
                 self._con.execute("SET enable_object_cache = true")
@@ -179,14 +181,13 @@ class EmbeddedBackend:
     def _retry(self, fn: Callable[[], Any]) -> Any:
         """Run a read; if compaction or a cut removed a file under it, re-read the catalogue."""
         with self._lock:
-            import duckdb
-            import pyarrow as pa
-
             last: Exception | None = None
             for attempt in range(_RETRIES):
                 try:
                     return fn()
-                except (duckdb.IOException, OSError, pa.ArrowException) as exc:
+                except Exception as exc:
+                    if not _vanished_file_error(exc):
+                        raise
                     # most likely a block deleted by compaction/retention after we listed it
                     # (FileNotFoundError; DuckDB: "No files found that match the pattern ...").
                     # Re-list from scratch: cached handles may name deleted files. A real I/O
@@ -200,7 +201,6 @@ class EmbeddedBackend:
         def run() -> pa.Table:
             view = self._view(table)
             want = sorted(set(tids))
-            value_set = pa.array(want, pa.binary())
             prefixes = np.array([store.prefix_of(t) for t in want], dtype=np.uint64)
             parts = []
             for b in view.blocks:
@@ -214,13 +214,17 @@ class EmbeddedBackend:
                 if not rgs:
                     continue
                 t = b.pf.read_row_groups(sorted(rgs), columns=columns)
-                parts.append(t.filter(pc.is_in(t.column("trace_id"), value_set=value_set)))
+                parts.extend(_sorted_runs(t, want))
             tail = view.tail if columns is None else view.tail.select(columns)
             if tail.num_rows:
-                parts.append(tail.filter(pc.is_in(tail.column("trace_id"), value_set=value_set)))
+                import pyarrow.compute as pc
+
+                parts.append(tail.filter(pc.is_in(tail.column("trace_id"), value_set=_binary_array(want))))
             schema = SCHEMAS[table] if columns is None else pa.schema([SCHEMAS[table].field(c) for c in columns])
-            parts = [p.replace_schema_metadata(None).cast(schema) for p in parts]
-            return pa.concat_tables(parts) if parts else schema.empty_table()
+            parts = [p.replace_schema_metadata(None) for p in parts]
+            if len({p.schema for p in parts}) > 1:  # blocks read dictionary columns as dictionaries, the WAL tail not
+                parts = [p.cast(schema) for p in parts]  # (casting imports pyarrow.compute: only when needed)
+            return pa.concat_tables(parts) if parts else pa.Table.from_batches([], schema)
         return self._retry(run)
 
     def _sql(self, table: str, select: str, where: list[str], params: list[Any], tail_order: str = "",
@@ -546,6 +550,42 @@ class EmbeddedBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _vanished_file_error(exc: BaseException) -> bool:
+    """An error a file deleted under a read produces (or a real I/O error, which
+    repeats and is reported after the retries)."""
+    if isinstance(exc, (OSError, pa.ArrowException)):
+        return True
+    duckdb = sys.modules.get("duckdb")  # not imported at all on the trace-by-id path
+    return duckdb is not None and isinstance(exc, duckdb.IOException)
+
+
+def _binary_array(values: Sequence[bytes]) -> pa.Array:
+    """``pa.array(values, pa.binary())`` built from buffers: converting Python objects
+    makes pyarrow probe for pandas, a 0.3-0.5 s import ``stagetrace trace`` avoids."""
+    offsets = array.array("i", [0])
+    for v in values:
+        offsets.append(offsets[-1] + len(v))
+    return pa.Array.from_buffers(pa.binary(), len(values), [None, pa.py_buffer(offsets.tobytes()),
+                                                             pa.py_buffer(b"".join(values))])
+
+
+def _sorted_runs(t: pa.Table, want: list[bytes]) -> list[pa.Table]:
+    """The rows of ``t`` (sorted by trace id: a block's row groups) whose id is in
+    ``want`` (sorted), as zero-copy slices; no compute kernel, no Python-object array."""
+    ids = t.column("trace_id").to_pylist()
+    if any(a > b for a, b in zip(ids, ids[1:])):  # not sorted (never written so; be safe)
+        import pyarrow.compute as pc
+
+        return [t.filter(pc.is_in(t.column("trace_id"), value_set=_binary_array(want)))]
+    out = []
+    for tid in want:
+        lo = bisect.bisect_left(ids, tid)
+        hi = bisect.bisect_right(ids, tid, lo)
+        if hi > lo:
+            out.append(t.slice(lo, hi - lo))
+    return out
 
 
 def _metric_where(name: str | None, service: str | None, start_ns: int | None,

@@ -33,7 +33,6 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
@@ -233,6 +232,8 @@ def _id_keys(ids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(ids, pa.ChunkedArray):
         ids = ids.combine_chunks()
     n = len(ids)
+    import pyarrow.compute as pc  # writer side only: readers of trace-by-id never pay its import
+
     full = pc.fill_null(pc.equal(pc.binary_length(ids), 16), False)
     padded = pc.if_else(full, ids, pa.scalar(bytes(16), pa.binary()))
     fixed = padded.cast(pa.binary(16))
@@ -339,6 +340,8 @@ def write_block(data_dir: Path, table: str, lo: int, hi: int, t: pa.Table, *, so
         t = sort_table(table, t)
     ref = BlockRef(table, lo, hi, d / f"{lo:016d}-{hi:016d}.parquet")
     tmp = ref.path.with_name(ref.path.name + ".tmp")
+    import pyarrow.compute as pc
+
     tcol = t.column(TIME_COLUMN[table])
     meta = {b"stagetrace.rows": str(t.num_rows).encode(),
             b"stagetrace.min_time_ns": str(pc.min(tcol).as_py() or 0).encode(),
