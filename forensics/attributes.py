@@ -223,7 +223,7 @@ def compare(selection: Sequence[Trace], baseline: Sequence[Trace], *, min_delta:
     for r, pa in zip(results, adj):
         r.p_adj = pa
         effect_ok = (r.ks_d >= min_ks and r.delta >= min_delta) if r.numeric else r.delta >= min_delta
-        r.significant = pa < alpha and effect_ok
+        r.significant = pa < alpha and effect_ok and r.sel_hits >= stats.MIN_SUPPORT
     results.sort(key=_rank_key)
     return _collapse_aliases(results, hits)[:max_results]
 

@@ -163,6 +163,7 @@ def over_represented(selection: Sequence[Trace], baseline: Sequence[Trace], *, m
         out.append(st)
     for st, pa in zip(out, stats.bh_adjust([s.p for s in out])):
         st.p_adj = pa
-        st.significant = pa < alpha and st.delta >= min_delta and st.lift >= min_lift
+        st.significant = (pa < alpha and st.delta >= min_delta and st.lift >= min_lift
+                          and st.sel_traces >= stats.MIN_SUPPORT)
     out.sort(key=lambda s: (not s.significant, -s.delta))
     return [s for s in out if s.delta > 0][:max_results]

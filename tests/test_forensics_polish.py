@@ -314,3 +314,31 @@ def test_error_summary_is_one_sentence_and_the_full_message_stays_in_evidence():
     assert any("scikit-learn.org" in fp["template"] for fp in top.evidence["fingerprints"])
     for f in rep.findings:
         assert "\n" not in f.summary and len(f.summary) < 600, f.summary
+
+
+# --- found while checking the demo's clean period: anecdotes are not evidence -----------------
+
+def test_a_template_or_value_in_two_slow_requests_is_not_significant():
+    """The demo's clean 5 s: 6 slow requests of 120, 2 of them with a "slow feature
+    fetch" line that no fast one has. Fisher + BH call that significant; two
+    requests are the healthy tail, not a cause (and must not unlock stage blame)."""
+    from stagetrace.forensics import logmining
+    from stagetrace.model import LogRecord
+
+    def tr(i, marked):
+        t = _trace(i, {"shard": "7" if marked else "0"})
+        if marked:
+            t.logs.append(LogRecord(0, 0, 13, "WARN", f"slow feature fetch for account {i} from shard 7: 480 ms",
+                                    trace_id=t.trace_id, span_id=t.spans[0].span_id,
+                                    resource={semconv.SERVICE_NAME: "api"}))
+        return t
+    sel = [tr(i, i < 2) for i in range(6)]
+    base = [tr(100 + i, False) for i in range(114)]
+    logs = logmining.over_represented(sel, base)
+    assert logs and logs[0].sel_traces == 2 and logs[0].p_adj < 0.01 and not logs[0].significant
+    attrs = [a for a in compare(sel, base) if a.attribute == "shard" and a.value == "7"]
+    assert attrs and attrs[0].p_adj < 0.01 and not attrs[0].significant
+    # the same share over enough requests is evidence
+    sel5 = [tr(i, i < 5) for i in range(15)]
+    assert logmining.over_represented(sel5, base)[0].significant
+    assert [a for a in compare(sel5, base) if a.attribute == "shard" and a.value == "7"][0].significant
