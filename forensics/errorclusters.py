@@ -140,7 +140,7 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
         # time (weight 1/p), so rates over stored requests need the weights; {} = unsampled.
         wmap = sampling_weights(entries)
         est_total = sum(wmap.get(s.trace_id, 1.0) for s in entries) if wmap else float(total_requests)
-        width = timeline.bucket_width(w_start, w_end, n_requests=len(entries) or len(times))
+        width = timeline.analysis_width(w_start, w_end, [s.start_ns for s in entries] or times)
         e_edges = timeline.edges(w_start, w_end, width)
         t_entries = [s.start_ns for s in entries]
         req_k, req_n = timeline.counts(t_entries, [s.is_error for s in entries], e_edges)

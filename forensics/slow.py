@@ -94,7 +94,7 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
                                           "estimated_slow": float(warr[slow].sum())})
         # --- timeline and onset ---------------------------------------------------------
         bar.step("finding the onset")
-        width = timeline.bucket_width(w_start, w_end, n_requests=len(entries))
+        width = timeline.analysis_width(w_start, w_end, t0)
         e = timeline.edges(w_start, w_end, width)
         k, n = timeline.counts(t0, slow, e)
         errk, _ = timeline.counts(t0, [s.is_error for s in entries], e)

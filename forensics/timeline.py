@@ -36,6 +36,21 @@ def bucket_width(start_ns: int, end_ns: int, buckets: int = 60, n_requests: int 
     return max(width, span * min_per_bucket // max(n_requests, 1) + 1)
 
 
+def analysis_width(start_ns: int, end_ns: int, times_ns: Sequence[int], buckets: int = 60,
+                   max_buckets: int = 240) -> int:
+    """Bucket width for a window whose requests are ``times_ns``: sized on the span
+    the requests actually cover (a window that runs on past the last request, as
+    ``--until`` often does, must not dilute the buckets), at most ``max_buckets``
+    over the whole window."""
+    t = np.asarray(times_ns, dtype=np.int64)
+    if t.size == 0:
+        return bucket_width(start_ns, end_ns, buckets, n_requests=0)
+    lo, hi = max(start_ns, int(t.min())), min(end_ns, int(t.max()) + 1)
+    if hi <= lo:
+        lo, hi = start_ns, end_ns
+    return max(bucket_width(lo, hi, buckets, n_requests=int(t.size)), (end_ns - start_ns) // max_buckets + 1)
+
+
 def near_ns(width: int) -> int:
     """How close to an onset a version change counts as "near" it (3 buckets, at least 5 s)."""
     return max(3 * width, NEAR_MIN_NS)

@@ -165,6 +165,11 @@ def test_bucket_width_adapts_to_window_and_request_count():
     assert timeline.bucket_width(0, 40 * S, n_requests=100) >= 8 * S  # sparse: >= 20 requests per bucket
     assert timeline.bucket_width(0, 5 * S, n_requests=10**6) == timeline.MIN_BUCKET_NS  # never under 1 s
     assert timeline.bucket_width(0, 3600 * S, n_requests=10**6) == 60 * S + 1  # long windows: 60 buckets
+    # the demo investigates until 30 s after the load stops: size the buckets on the requests, not the window
+    times = np.linspace(0, 18 * S, 377).astype(np.int64)
+    assert timeline.analysis_width(0, 48 * S, times) == 1 * S
+    assert timeline.analysis_width(0, 3600 * S, times) == 3600 * S // 240 + 1  # at most 240 buckets
+    assert timeline.analysis_width(0, 1200 * S, np.linspace(0, 1200 * S, 1200).astype(np.int64)) == 20 * S + 1
 
 
 # --- 3. cumulative histograms ------------------------------------------------------------------
