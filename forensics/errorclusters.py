@@ -474,7 +474,7 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fet
             # a version is linked to the incident if any distinguishing attribute (or a
             # perfectly confounded alias of one) is that version key, not only the top one
             linked = {a.attribute for a in sig_attrs} | {k for a in sig_attrs for k, _ in a.aliases}
-            for v in new_versions:
+            for v in sorted(new_versions, key=lambda v: attributes.attribute_priority(v.attribute)):  # model first
                 if abs(v.first_ns - times[0]) <= timeline.near_ns(width) and (
                         top_attr is None or v.attribute in linked):
                     findings.append(Finding("change", f"{v.attribute}={v.value} first seen at {fmt_time(v.first_ns)}, "

@@ -268,7 +268,7 @@ def _version_changes(entries: Sequence[Span], traces: Sequence[Trace], w_start, 
     spans = list(entries) + [s for t in traces for s in t.spans]
     new = timeline.new_in_window(timeline.versions_first_seen(spans, VERSION_KEYS), w_start, width)
     out = []
-    for f in new:
+    for f in sorted(new, key=lambda f: attributes.attribute_priority(f.attribute)):  # model version first on ties
         near = bool(onset and onset.significant and abs(f.first_ns - onset.time_ns) <= timeline.near_ns(width))
         out.append({"attribute": f.attribute, "value": f.value, "first_seen_ns": f.first_ns, "count": f.count,
                     "near_onset": near})

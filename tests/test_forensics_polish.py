@@ -120,6 +120,8 @@ def test_errors_name_the_model_version_and_keep_its_first_seen_change():
     assert (top.attribute, top.value) == (semconv.ML_MODEL_VERSION, "v2"), top.summary
     assert "ml.model.version=v2 (same requests as service.version=1.5.0-rc1" in top.summary
     changes = {(f.attribute, f.value) for f in rep.findings if f.kind == "change" and f.significant}
+    first_change = next(f for f in rep.findings if f.kind == "change")
+    assert (first_change.attribute, first_change.value) == (semconv.ML_MODEL_VERSION, "v2")  # the model first
     assert (semconv.ML_MODEL_VERSION, "v2") in changes, [f.summary for f in rep.findings]
     # the deployment's version is confounded with the model version: its change is kept too
     assert (semconv.SERVICE_VERSION, "1.5.0-rc1") in changes
