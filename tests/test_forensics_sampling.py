@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 import telemetry_gen as gen
+from stagetrace.forensics.report import SCHEMA_VERSION
 from stagetrace import semconv
 from stagetrace.model import Span, Trace
 from stagetrace.forensics import investigate_errors, investigate_slow, render
@@ -68,7 +69,7 @@ def _entries(store, name):
 def _valid(report):
     doc = json.loads(render(report, "json"))
     jsonschema.validate(doc, SCHEMA)
-    assert doc["schema_version"] == "1.1"
+    assert doc["schema_version"] == SCHEMA_VERSION
     return doc
 
 
