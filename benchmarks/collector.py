@@ -13,6 +13,9 @@
    include storing, not just receiving.
 2. Bytes on disk per span: the blocks written by run 1 (real SDK spans), after
    the collector stopped and compacted; WAL included if any is left.
+4. `stagetrace trace ID` as a fresh process over a bulk-loaded 1M-span store
+   (the forensics issue's <= 300 ms), median/p90/min of N interleaved runs beside
+   `python -c pass` and the unavoidable imports (--skip-cli to leave it out).
 3. Trace-by-id: stores of 1M and 10M spans are bulk-loaded through the store's own
    block writer (`store.write_block`, the same code the collector cuts with), from
    synthetic spans (8 spans per trace, 8 attributes, rest-of-span protobufs drawn
@@ -310,6 +313,35 @@ def bench_lookup(data: Path, ids: list[bytes], n_queries: int) -> dict:
             "disk_mb": sum(p.stat().st_size for p in (data / "blocks" / "spans").iterdir()) / 1e6}
 
 
+def bench_cli(data: Path, ids: list[bytes], runs: int) -> list[tuple[str, float, float, float]]:
+    """Wall time of fresh processes, median/p90/min of ``runs`` (hyperfine-style, run
+    interleaved so machine load hits every command alike): the `stagetrace trace`
+    CLI next to the bare interpreter and the imports it cannot avoid."""
+    tid = ids[0].hex()
+    py = sys.executable
+    cmds = {
+        "python -c pass": [py, "-c", "pass"],
+        "python -c 'import pyarrow.parquet'": [py, "-c", "import pyarrow.parquet"],
+        "python -c 'import duckdb'": [py, "-c", "import duckdb"],
+        "stagetrace trace ID --format json": [py, "-m", "stagetrace.cli", "trace", tid, "--data-dir", str(data),
+                                              "--format", "json"],
+        "stagetrace trace ID (text)": [py, "-m", "stagetrace.cli", "trace", tid, "--data-dir", str(data)],
+    }
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    for k, c in cmds.items():  # warm the page cache once
+        subprocess.run(c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    for _ in range(runs):
+        for k, c in cmds.items():
+            t0 = time.perf_counter()
+            subprocess.run(c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+            times[k].append(time.perf_counter() - t0)
+    out = []
+    for k, ts in times.items():
+        ts.sort()
+        out.append((k, statistics.median(ts) * 1e3, ts[min(len(ts) - 1, int(len(ts) * 0.9))] * 1e3, ts[0] * 1e3))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -319,6 +351,9 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="ingest runs to do, e.g. grpc-replay,http-replay")
     ap.add_argument("--skip-lookup", action="store_true")
     ap.add_argument("--sizes", default=None, help="comma-separated store sizes for lookup, e.g. 1000000,10000000")
+    ap.add_argument("--cli-spans", type=int, default=1_000_000, help="store size for the `stagetrace trace` runs")
+    ap.add_argument("--cli-runs", type=int, default=15)
+    ap.add_argument("--skip-cli", action="store_true")
     args = ap.parse_args()
     per_client = args.spans_per_client or (20_000 if args.quick else 150_000)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([100_000, 1_000_000] if args.quick
@@ -353,6 +388,15 @@ def main() -> None:
                 print(f"{n:>10} {r['blocks']:>6} {r['disk_mb']:>7.1f} {load:>7.1f} {r['cold_ms']:>8.1f} {r['p50_ms']:>7.2f} "
                       f"{r['p99_ms']:>7.2f} {r['miss_ms']:>8.2f} {r['bulk200_ms']:>13.1f}")
                 shutil.rmtree(d, ignore_errors=True)
+        if not args.skip_cli:
+            n = args.cli_spans
+            print(f"\n## `stagetrace trace ID` as a fresh process, {n} spans stored; median of {args.cli_runs} runs")
+            d = workdir / f"cli-{n}"
+            ids = bulk_load(d, n)
+            print(f"{'command':<40} {'median ms':>9} {'p90 ms':>7} {'min ms':>7}")
+            for k, med, p90, lo in bench_cli(d, ids, args.cli_runs):
+                print(f"{k:<40} {med:>9.0f} {p90:>7.0f} {lo:>7.0f}")
+            shutil.rmtree(d, ignore_errors=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
