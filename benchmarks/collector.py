@@ -313,6 +313,64 @@ def bench_lookup(data: Path, ids: list[bytes], n_queries: int) -> dict:
             "disk_mb": sum(p.stat().st_size for p in (data / "blocks" / "spans").iterdir()) / 1e6}
 
 
+def bench_blocks(workdir: Path, segments: int, per_segment: int = 16_384) -> dict:
+    """CPU of turning the WAL into blocks, in this process: ``segments`` WAL segments of
+    SDK-shaped spans (8 attributes, 4 names, one resource/scope per 512-span request),
+    each cut as it closes and compacted after, as the maintainer does under a steady
+    ~16k spans/s. Only cut + compaction is timed (process CPU), not building payloads."""
+    import random
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+    from opentelemetry.proto.common.v1 import common_pb2
+    from opentelemetry.proto.resource.v1 import resource_pb2
+    from stagetrace.collector import store, wal
+
+    def kv(k, v):
+        value = common_pb2.AnyValue(string_value=v) if isinstance(v, str) else common_pb2.AnyValue(int_value=v)
+        return common_pb2.KeyValue(key=k, value=value)
+
+    rnd = random.Random(1)
+    payloads = []
+    for _ in range(per_segment // BATCH):
+        req = trace_service_pb2.ExportTraceServiceRequest()
+        rs = req.resource_spans.add(resource=resource_pb2.Resource(attributes=[
+            kv("service.name", "bench-1"), kv("service.version", "1.4.0"), kv("host.name", "node-1"),
+            kv("telemetry.sdk.language", "python"), kv("telemetry.sdk.name", "opentelemetry")]))
+        ss = rs.scope_spans.add()
+        ss.scope.name, ss.scope.version = "stagetrace.bench", "0.1.0"
+        t0 = 1_790_000_000_000_000_000
+        for i in range(BATCH):
+            st = ["feature_fetch", "preprocess", "inference"][i % 3]
+            sp = ss.spans.add(trace_id=rnd.randbytes(16), span_id=rnd.randbytes(8),
+                              parent_span_id=rnd.randbytes(8) if i % 4 else b"",
+                              name=["POST /predict", "feature_fetch", "preprocess", "inference"][i % 4],
+                              kind=2 if i % 4 == 0 else 1, start_time_unix_nano=t0 + i * 1000,
+                              end_time_unix_nano=t0 + i * 1000 + rnd.randint(1, 10**8))
+            sp.attributes.extend([kv("ml.stage", st), kv("ml.model.name", "fraud-xgb"), kv("ml.model.version", "3"),
+                                  kv("ml.batch.size", rnd.choice([1, 8, 32])), kv("ml.feature.count", 42),
+                                  kv("code.function.name", "app." + st), kv("thread.id", rnd.randint(1, 8)),
+                                  kv("ml.input.shape", "1x42")])
+        payloads.append(req.SerializeToString())
+    store.build_table(store.SPANS, payloads[:1], dictionaries=True)  # warm-up (first-use imports)
+    d = workdir / "blocks-bench"
+    bs = store.BlockStore(d, store.StoreConfig())
+    w = wal.WalWriter(store.wal_dir(d, store.SPANS), bs.next_seq(store.SPANS), segment_bytes=1 << 40)
+    cpu = 0.0
+    for _ in range(segments):
+        for p in payloads:
+            w.append(p)
+        w.rotate()
+        c0 = time.process_time()
+        bs.cut(store.SPANS, w.active_seq)
+        while bs.compact(store.SPANS):
+            pass
+        cpu += time.process_time() - c0
+    w.close()
+    n = segments * len(payloads) * BATCH
+    out = {"spans": n, "cpu_s": cpu, "per_cpu_s": n / cpu, "blocks": len(store.list_blocks(d, store.SPANS))}
+    shutil.rmtree(d, ignore_errors=True)
+    return out
+
+
 def bench_cli(data: Path, ids: list[bytes], runs: int) -> list[tuple[str, float, float, float]]:
     """Wall time of fresh processes, median/p90/min of ``runs`` (hyperfine-style, run
     interleaved so machine load hits every command alike): the `stagetrace trace`
@@ -354,6 +412,8 @@ def main() -> None:
     ap.add_argument("--cli-spans", type=int, default=1_000_000, help="store size for the `stagetrace trace` runs")
     ap.add_argument("--cli-runs", type=int, default=15)
     ap.add_argument("--skip-cli", action="store_true")
+    ap.add_argument("--blocks", type=int, default=0, metavar="SEGMENTS",
+                    help="also time cut + compaction of SEGMENTS 16k-span WAL segments in-process (e.g. 48)")
     args = ap.parse_args()
     per_client = args.spans_per_client or (20_000 if args.quick else 150_000)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([100_000, 1_000_000] if args.quick
@@ -388,6 +448,11 @@ def main() -> None:
                 print(f"{n:>10} {r['blocks']:>6} {r['disk_mb']:>7.1f} {load:>7.1f} {r['cold_ms']:>8.1f} {r['p50_ms']:>7.2f} "
                       f"{r['p99_ms']:>7.2f} {r['miss_ms']:>8.2f} {r['bulk200_ms']:>13.1f}")
                 shutil.rmtree(d, ignore_errors=True)
+        if args.blocks:
+            r = bench_blocks(workdir, args.blocks)
+            print(f"\n## block building: {args.blocks} WAL segments of 16384 spans, cut + compaction after each")
+            print(f"{r['spans']} spans: {r['cpu_s']:.2f} CPU s -> {r['per_cpu_s']:,.0f} spans per CPU-second "
+                  f"({r['blocks']} blocks)")
         if not args.skip_cli:
             n = args.cli_spans
             print(f"\n## `stagetrace trace ID` as a fresh process, {n} spans stored; median of {args.cli_runs} runs")
