@@ -19,6 +19,7 @@ from stagetrace import semconv
 from stagetrace.model import MetricSeries
 
 from . import stats
+from .metricnames import SeriesKey, display_names
 
 MAX_LAG = 3
 
@@ -37,16 +38,19 @@ class MetricStat:
     p_adj: float = 1.0
     significant: bool = False
     series: list[float | None] = field(default_factory=list)
+    display: str = ""  # short distinguishing name (metricnames), set by evidence()
 
     @property
     def label(self) -> str:
+        """The full label set; summaries and tables use :attr:`display`."""
         attrs = ",".join(f"{k}={v}" for k, v in sorted(self.attributes.items()))
         return f"{self.name}{{{attrs}}}" if attrs else self.name
 
     def evidence(self) -> dict[str, Any]:
         return {"correlation": self.rho, "lag_buckets": self.lag, "p_value": self.p, "p_adjusted": self.p_adj,
                 "level_in_slow_periods": self.level_slow, "level_in_baseline_periods": self.level_base,
-                "unit": self.unit, "attributes": self.attributes, "service": self.service}
+                "unit": self.unit, "attributes": self.attributes, "service": self.service,
+                "display_name": self.display or self.label}
 
 
 _DISTRIBUTIONS = ("histogram", "exponential_histogram", "summary")
@@ -110,11 +114,20 @@ def resample(series: MetricSeries, e: np.ndarray) -> np.ndarray:
     return out
 
 
+def _labels(s: MetricSeries) -> dict[str, Any]:
+    """The series' labels plus its instance id (a resource attribute), the full set kept in the evidence."""
+    inst = s.resource.get(semconv.SERVICE_INSTANCE_ID)
+    return dict(s.attributes) | ({semconv.SERVICE_INSTANCE_ID: inst} if inst else {})
+
+
 def evidence(series: Sequence[MetricSeries], e: np.ndarray, rate: np.ndarray, slow_mask: np.ndarray, *,
              min_rho: float = 0.5, alpha: float = stats.ALPHA, min_points: int = 8) -> list[MetricStat]:
     """``rate``: per-bucket slow (or error) rate, NaN where no requests;
     ``slow_mask``: buckets counted as slow periods for the level comparison."""
     out: list[MetricStat] = []
+    # Siblings for display names are every series of the window, not only those that correlate.
+    keyed = [s for s in series if s.points]
+    names = dict(zip(map(id, keyed), display_names([SeriesKey(s.service_name, s.name, _labels(s)) for s in keyed])))
     for s in series:
         if not s.points:
             continue
@@ -138,12 +151,10 @@ def evidence(series: Sequence[MetricSeries], e: np.ndarray, rate: np.ndarray, sl
         lag, rho, p = best
         p = min(1.0, p * (2 * MAX_LAG + 1))
         ms, mb = m[slow_mask & ~np.isnan(m)], m[~slow_mask & ~np.isnan(m)]
-        inst = s.resource.get(semconv.SERVICE_INSTANCE_ID)
-        attrs = dict(s.attributes) | ({semconv.SERVICE_INSTANCE_ID: inst} if inst else {})
-        out.append(MetricStat(s.name, s.service_name, attrs, s.unit, lag, rho, p,
+        out.append(MetricStat(s.name, s.service_name, _labels(s), s.unit, lag, rho, p,
                               float(ms.mean()) if ms.size else float("nan"),
                               float(mb.mean()) if mb.size else float("nan"),
-                              series=[None if np.isnan(x) else float(x) for x in m]))
+                              series=[None if np.isnan(x) else float(x) for x in m], display=names.get(id(s), "")))
     for st, pa in zip(out, stats.bh_adjust([s.p for s in out])):
         st.p_adj = pa
         st.significant = pa < alpha and abs(st.rho) >= min_rho

@@ -14,15 +14,22 @@ import html
 import json
 from typing import Sequence
 
+from .metricnames import limit_series
+from .render_text import METRIC_ROWS_PER_METRIC
 from .report import Report, to_json
 from .window import fmt_ms, fmt_time
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330;max-width:1200px}
 h1{font-size:22px;margin:32px 0 6px}h2{font-size:17px;margin:22px 0 6px}
-table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #d5d9e2;padding:3px 8px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;margin:8px 0;max-width:100%}td,th{border:1px solid #d5d9e2;padding:3px 8px;text-align:left;vertical-align:top}
+td{overflow-wrap:anywhere;word-break:break-word}td.num,th.num{white-space:nowrap;text-align:right}
+table.findings{width:100%;table-layout:fixed}table.findings col.summary{width:auto}
+table.findings td:not(:last-child),table.findings th{white-space:nowrap;overflow-wrap:normal;word-break:normal}
+code,.mono{overflow-wrap:anywhere;word-break:break-word;white-space:pre-wrap}
 th{background:#f2f4f8}.dim{color:#8a93a6}.sig{font-weight:600}.err{color:#c0262d}.warn{color:#a76b00}
-.verdict{background:#f6f8fb;border-left:4px solid #3a6ee8;padding:8px 12px;white-space:pre-wrap}
+.verdict{background:#f6f8fb;border-left:4px solid #3a6ee8;padding:8px 12px;white-space:pre-wrap;overflow-wrap:anywhere;word-break:break-word}
+section,ul,li,p{overflow-wrap:anywhere;max-width:100%}svg{max-width:100%;height:auto}
 svg{background:#fff;border:1px solid #e3e6ee;margin:6px 0}.mono{font-family:ui-monospace,Menlo,monospace;font-size:12px}
 .legend span{display:inline-block;margin-right:14px}.sw{display:inline-block;width:10px;height:10px;margin-right:4px}
 """
@@ -60,8 +67,10 @@ def _investigation(r: Report) -> str:
         out.append(f"<p class='dim'>window {_e(fmt_time(w['start_ns']))} .. {_e(fmt_time(w['end_ns']))}</p>")
     out.append("<h2>Verdict</h2><div class='verdict'>" + _e("\n".join(r.verdict)) + "</div>")
     if r.findings:
-        out.append("<h2>Findings</h2><table><tr><th>#</th><th>kind</th><th>significant</th><th>confidence</th>"
-                   "<th>score</th><th>summary</th></tr>")
+        # fixed layout: narrow columns sized here, the summary takes the rest and wraps
+        out.append("<h2>Findings</h2><table class='findings'><colgroup><col style='width:3em'><col style='width:7.5em'>"
+                   "<col style='width:7.5em'><col style='width:7.5em'><col style='width:4.5em'><col class='summary'></colgroup>"
+                   "<tr><th>#</th><th>kind</th><th>significant</th><th>confidence</th><th>score</th><th>summary</th></tr>")
         for i, f in enumerate(r.findings, 1):
             cls = "sig" if f.significant else "dim"
             out.append(f"<tr class='{cls}'><td>{i}</td><td>{_e(f.kind)}</td><td>{'yes' if f.significant else 'no'}</td>"
@@ -203,13 +212,20 @@ def _trace(r: Report) -> str:
                        f"<td>{_e(sev)}</td><td class='mono'>{_e(text)}</td></tr>")
     out.append("</table>")
     if d["metrics"]:
-        out.append("<h2>Metrics around the trace</h2><table><tr><th>service</th><th>metric</th><th>points</th><th>min</th><th>max</th></tr>")
-        for m in d["metrics"]:
-            if "error" in m:
-                continue
-            vals = [p["value"] for p in m["points"]]
-            out.append(f"<tr><td>{_e(m['service'])}</td><td>{_e(m['name'])} {_e(m.get('instance') or '')}</td>"
-                       f"<td>{len(vals)}</td><td>{min(vals):.4g}</td><td>{max(vals):.4g}</td></tr>")
+        out.append("<h2>Metrics around the trace</h2><p class='dim'>Most varying series first; labels shown are those that "
+                   "differ between series of one metric.</p><table class='wrap'><tr><th>series</th><th>points</th>"
+                   "<th>min</th><th>max</th></tr>")
+        for kind, m in limit_series(d["metrics"], METRIC_ROWS_PER_METRIC):
+            if kind == "error":
+                out.append(f"<tr><td colspan='4' class='err'>{_e(m['service'])}: metrics unavailable: {_e(m['error'])}</td></tr>")
+            elif kind == "more":
+                out.append(f"<tr class='dim'><td colspan='4'>+{m['hidden']} more {_e(m['service'])} {_e(m['name'])} series "
+                           "(the JSON report lists all)</td></tr>")
+            else:
+                vals = [p["value"] for p in m["points"]] or [float("nan")]
+                full = ", ".join(f"{k}={v}" for k, v in sorted(m["attributes"].items()))
+                out.append(f"<tr><td title='{_e(full)}'>{_e(m['display_name'])}</td>"
+                           f"<td>{len(m['points'])}</td><td>{min(vals):.4g}</td><td>{max(vals):.4g}</td></tr>")
         out.append("</table>")
     return "\n".join(out)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from .metricnames import limit_series
+from .render_text import METRIC_ROWS_PER_METRIC
 from .report import Report
 from .window import fmt_ms, fmt_time
 
@@ -86,11 +88,14 @@ def _trace(r: Report) -> list[str]:
             out.append(f"- {s['service']} `{s['name']}`")
             out += [f"  - +{t:.1f} ms {_cell(text)}" for t, text in sorted(items)]
     if d["metrics"]:
-        out += ["", "## Metrics around the trace\n", "| service | metric | points | min | max |", "|---|---|---|---|---|"]
-        for m in d["metrics"]:
-            if "error" in m:
-                continue
-            vals = [p["value"] for p in m["points"]]
-            out.append(f"| {m['service']} | {m['name']} {m.get('instance') or ''} | {len(vals)} | {min(vals):.4g} | {max(vals):.4g} |")
+        out += ["", "## Metrics around the trace (most varying series first)\n", "| series | points | min | max |", "|---|---|---|---|"]
+        for kind, m in limit_series(d["metrics"], METRIC_ROWS_PER_METRIC):
+            if kind == "error":
+                out.append(f"| {_cell(m['service'])}: metrics unavailable: {_cell(m['error'])} | | | |")
+            elif kind == "more":
+                out.append(f"| _+{m['hidden']} more {_cell(m['service'])} {_cell(m['name'])} series (JSON lists all)_ | | | |")
+            else:
+                vals = [p["value"] for p in m["points"]] or [float("nan")]
+                out.append(f"| {_cell(m['display_name'])} | {len(m['points'])} | {min(vals):.4g} | {max(vals):.4g} |")
     out.append("")
     return out

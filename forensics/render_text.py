@@ -9,11 +9,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .metricnames import limit_series
 from .report import Report
 from .window import fmt_ms, fmt_time
 
 _SEV_STYLE = {"ERROR": "bold red", "FATAL": "bold red", "CRITICAL": "bold red", "WARN": "yellow", "WARNING": "yellow"}
 BAR = 36
+METRIC_ROWS_PER_METRIC = 4  # per service and metric; the rest is one "+N more" row
 
 
 def render_text(reports: Sequence[Report], color: bool = False, width: int = 140) -> str:
@@ -130,18 +132,22 @@ def _trace(con: Console, r: Report) -> None:
         for lg in d["unattached_logs"]:
             con.print(f"  +{lg['offset_ms']:.1f}ms {lg['severity']} {lg['body']}")
     if d["metrics"]:
-        mt = Table(title="Metric points of the trace's services around its window")
-        for col in ("service", "metric", "points", "min", "max", "last"):
-            mt.add_column(col)
-        for m in d["metrics"]:
-            if "error" in m:
-                mt.add_row(m["service"], f"unavailable: {m['error']}", "", "", "", "")
-                continue
-            vals = [p["value"] for p in m["points"]]
-            label = m["name"] + ("{" + ",".join(f"{k}={v}" for k, v in m["attributes"].items()) + "}" if m["attributes"] else "")
-            if m.get("instance"):
-                label += f" @{m['instance']}"
-            mt.add_row(m["service"], label, str(len(vals)), f"{min(vals):.4g}", f"{max(vals):.4g}", f"{vals[-1]:.4g}")
+        mt = Table(title="Metric points of the trace's services around its window (most varying series first)")
+        mt.add_column("series", overflow="fold")
+        for col in ("points", "min", "max", "last"):
+            mt.add_column(col, justify="right")
+        for kind, m in limit_series(d["metrics"], METRIC_ROWS_PER_METRIC):
+            if kind == "error":
+                mt.add_row(f"{m['service']}: metrics unavailable: {m['error']}", "", "", "", "")
+            elif kind == "more":
+                mt.add_row(Text(f"  +{m['hidden']} more {m['service']} {m['name']} series (--format json lists all)",
+                                style="dim"), "", "", "", "")
+            else:
+                vals = [p["value"] for p in m["points"]]
+                if not vals:
+                    mt.add_row(m["display_name"], "0", "", "", "")
+                    continue
+                mt.add_row(m["display_name"], str(len(vals)), f"{min(vals):.4g}", f"{max(vals):.4g}", f"{vals[-1]:.4g}")
         con.print(mt)
     for n in r.notes:
         con.print(n, style="magenta")

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 SCHEMA_NAME = "stagetrace.report"
 # Bump the minor version for additive changes, the major one for anything that
 # could break a script reading the previous version.
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 
 FINDING_KINDS = ("stage", "attribute", "log", "metric", "error_cluster", "change")
 REPORT_KINDS = ("trace", "slow", "errors")

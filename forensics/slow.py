@@ -321,7 +321,7 @@ def _findings(contrib, attr_stats, log_stats, metric_stats, onset, changes, thr_
     for m in metric_stats:
         direction = "rises" if m.rho > 0 else "falls"
         lead = (f", leading by {m.lag} bucket(s)" if m.lag > 0 else f", lagging by {-m.lag} bucket(s)" if m.lag < 0 else "")
-        out.append(Finding("metric", f"{m.label} ({m.service}) {direction} with the slow-request rate "
+        out.append(Finding("metric", f"{m.display or m.label} {direction} with the slow-request rate "
                                      f"(Spearman {m.rho:+.2f}{lead}); {_lvl(m.level_slow, m.unit)} in slow periods vs "
                                      f"{_lvl(m.level_base, m.unit)} in baseline periods",
                            abs(m.rho) * 0.9, m.significant, _confidence(m.p_adj, support) if m.significant else "low",

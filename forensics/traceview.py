@@ -18,6 +18,7 @@ from stagetrace.errors import NotFound
 
 from .critical_path import critical_path
 from .logmining import body_text
+from .metricnames import SeriesKey, display_names
 from .report import Finding, Report
 from .window import fmt_ms, fmt_time
 
@@ -81,6 +82,11 @@ def build_trace_report(backend: Backend, trace_id: str) -> Report:
                             "instance": inst,
                             "points": [{"time_ns": p.time_ns, "offset_ms": (p.time_ns - t0) / 1e6, "value": p.value}
                                        for p in ms.points]})
+    # Short names that keep only the labels telling sibling series apart (full labels stay in "attributes").
+    named = [m for m in metrics if "error" not in m]
+    for m, dn in zip(named, display_names([SeriesKey(m["service"], m["name"], dict(m["attributes"]) | (
+            {semconv.SERVICE_INSTANCE_ID: m["instance"]} if m["instance"] else {})) for m in named])):
+        m["display_name"] = dn
     by_stage = cp.by_stage()
     total = max(1, sum(by_stage.values()))
     report = Report("trace", f"Trace {tid}", query={"trace_id": tid},
