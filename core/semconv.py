@@ -91,6 +91,7 @@ ENV_LOG_CORRELATION = "STAGETRACE_LOG_CORRELATION"  # true (default) | false: id
 ENV_CAPTURE_PAYLOADS = "STAGETRACE_CAPTURE_PAYLOADS"  # opt-in: true
 ENV_PAYLOAD_HOOK = "STAGETRACE_PAYLOAD_HOOK"  # opt-in: module:function called with inputs/outputs
 ENV_MODEL_VERSION = "STAGETRACE_MODEL_VERSION"  # default ml.model.version when the library has none
+ENV_SIGNAL_FLUSH_TIMEOUT = "STAGETRACE_SIGNAL_FLUSH_TIMEOUT"  # seconds to flush telemetry on SIGTERM (default 2; 0 = off)
 ENV_DATA_DIR = "STAGETRACE_DATA_DIR"
 ENV_BACKEND = "STAGETRACE_BACKEND"  # embedded | grafana
 ENV_TEMPO_URL = "STAGETRACE_TEMPO_URL"

@@ -9,6 +9,8 @@
   gunicorn forks workers from an already configured master: the SDK (>= 1.39)
   refreshes the id and its export threads after fork; on older SDKs our
   ``register_at_fork`` hook does it, so each worker is its own instance either way.
+* Flush on SIGTERM: ``stagetrace.instrumentation.shutdown`` (uvicorn and its
+  gunicorn workers end with a SIG_DFL re-raise that skips atexit).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 
 from stagetrace import semconv
 
-from . import logs
+from . import importhook, logs, shutdown
 
 _logger = logging.getLogger("stagetrace.instrumentation")
 
@@ -116,6 +118,14 @@ class StagetraceConfigurator(_OTelSDKConfigurator):
                 logs.install(otlp=_logs_exported() and not _someone_else_exports_logs())
         except Exception:
             _logger.warning("stagetrace: log correlation could not be installed", exc_info=True)
+
+        # Flush on SIGTERM where the process would otherwise die without atexit
+        # (uvicorn re-raises the signal to SIG_DFL after its graceful shutdown).
+        try:
+            shutdown.install()
+            importhook.when_imported("uvicorn.server", shutdown.patch_uvicorn_server)
+        except Exception:
+            _logger.warning("stagetrace: flush-on-SIGTERM could not be installed", exc_info=True)
 
         _ForkGuard.parent_id = _instance_id(trace_api.get_tracer_provider())
         if hasattr(os, "register_at_fork") and not _ForkGuard.registered:

@@ -40,7 +40,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(server: str, workers: int, sink: OtlpSink, port: int) -> subprocess.Popen:
+def start_app(server: str, workers: int, sink: OtlpSink, port: int,
+              extra_env: dict[str, str] | None = None, output=None) -> subprocess.Popen:
+    """Start the app; its stdout/stderr go to pipes, or both to the file ``output``
+    (a test that does not read while the app runs must not let a pipe fill up)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STAGETRACE_"))}
     env.update({
         "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
@@ -56,6 +59,7 @@ def start_app(server: str, workers: int, sink: OtlpSink, port: int) -> subproces
         "PYTHONUNBUFFERED": "1",
         "PYTHONFAULTHANDLER": "1",  # thread stacks on SIGABRT, used when the test fails
     })
+    env.update(extra_env or {})
     if server == "uvicorn":
         cmd = ["opentelemetry-instrument", "uvicorn", "mlapp:app", "--host", "127.0.0.1", "--port", str(port),
                "--workers", str(workers), "--no-access-log",
@@ -65,8 +69,9 @@ def start_app(server: str, workers: int, sink: OtlpSink, port: int) -> subproces
     else:
         cmd = ["opentelemetry-instrument", "gunicorn", "-k", "uvicorn.workers.UvicornWorker", "-w", str(workers),
                "-b", f"127.0.0.1:{port}", "mlapp:app"]
-    return subprocess.Popen([str(BIN / cmd[0])] + cmd[1:], cwd=APP_DIR, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen([str(BIN / cmd[0])] + cmd[1:], cwd=APP_DIR, env=env,
+                            stdout=output or subprocess.PIPE, stderr=subprocess.STDOUT if output else subprocess.PIPE,
+                            text=True, start_new_session=True)
 
 
 def wait_ready(proc: subprocess.Popen, port: int, timeout: float = 90) -> None:
