@@ -40,7 +40,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from stagetrace import semconv
-from stagetrace.backend import LogQuery, MetricQuery, TraceQuery
+from stagetrace.backend import LogQuery, MetricQuery, TraceQuery, attributes_match
 from stagetrace.config import normalize_trace_id
 from stagetrace.errors import BackendError
 from stagetrace.model import (SPAN_KINDS, STATUS_CODES, LogRecord, MetricPoint, MetricSeries, Span, SpanEvent,
@@ -394,7 +394,7 @@ class EmbeddedBackend:
         out: list[Span] = []
         for batch in self._sql(SPANS, "*", where, params, order):
             for sp in self._spans(batch):
-                if attrs and not _attrs_match(attrs, sp.attributes, sp.resource):
+                if attrs and not attributes_match(attrs, sp.attributes, sp.resource):
                     continue
                 out.append(sp)
                 if limit is not None and len(out) >= limit:
@@ -417,7 +417,7 @@ class EmbeddedBackend:
             for batch in self._sql(SPANS, "*", where, params, "ORDER BY start_ns DESC"):
                 for sp in self._spans(batch):
                     tid = bytes.fromhex(sp.trace_id)
-                    if tid in seen or not _attrs_match(attrs, sp.attributes, sp.resource):
+                    if tid in seen or not attributes_match(attrs, sp.attributes, sp.resource):
                         continue
                     seen.add(tid)
                     tids.append(tid)
@@ -486,7 +486,7 @@ class EmbeddedBackend:
         out: list[LogRecord] = []
         for batch in self._sql(LOGS, "*", where, params, order):
             for r in self._logs(batch):
-                if attrs and not _attrs_match(attrs, r.attributes, r.resource):
+                if attrs and not attributes_match(attrs, r.attributes, r.resource):
                     continue
                 out.append(r)
                 if limit is not None and len(out) >= limit:
@@ -506,7 +506,7 @@ class EmbeddedBackend:
                 if key not in keep:
                     resource, _ = self._resource(d["resource"][i], METRICS)
                     point_attrs = json.loads(d["series"][i])
-                    keep[key] = _attrs_match(query.attributes, point_attrs, resource) if query.attributes else True
+                    keep[key] = attributes_match(query.attributes, point_attrs, resource) if query.attributes else True
                     if keep[key]:
                         series[key] = MetricSeries(name=key[0], kind=d["kind"][i], attributes=point_attrs,
                                                    resource=dict(resource), unit=d["unit"][i])
@@ -606,28 +606,6 @@ def _metric_where(name: str | None, service: str | None, start_ns: int | None,
     return where, params
 
 
-def _same(have: Any, want: Any) -> bool:
-    if have == want and type(have) is not bool and type(want) is not bool:
-        return True
-    if isinstance(have, bool) or isinstance(want, bool):
-        return str(have).lower() == str(want).lower()
-    return str(have) == str(want)
-
-
-def _attrs_match(want: dict[str, Any], attrs: dict[str, Any], resource: dict[str, Any]) -> bool:
-    """Equality on each wanted key, looked up in the record's attributes, then its resource."""
-    for k, v in want.items():
-        if k in attrs:
-            if not _same(attrs[k], v):
-                return False
-        elif k in resource:
-            if not _same(resource[k], v):
-                return False
-        else:
-            return False
-    return True
-
-
 def _log_match(r: LogRecord, q: LogQuery, service: str | None, attrs: dict[str, Any]) -> bool:
     if q.start_ns is not None and r.time_ns < q.start_ns:
         return False
@@ -637,7 +615,7 @@ def _log_match(r: LogRecord, q: LogQuery, service: str | None, attrs: dict[str, 
         return False
     if service is not None and r.service_name != service:
         return False
-    return not attrs or _attrs_match(attrs, r.attributes, r.resource)
+    return not attrs or attributes_match(attrs, r.attributes, r.resource)
 
 
 _TEMPORALITY = {1: "DELTA", 2: "CUMULATIVE"}

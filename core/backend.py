@@ -12,7 +12,7 @@ means unbounded on that side. Results are ordered by time unless stated.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 from .model import Attributes, LogRecord, MetricSeries, Span, Trace, TraceSummary
 
@@ -53,6 +53,30 @@ class MetricQuery:
     service: str | None = None
     start_ns: int | None = None
     end_ns: int | None = None
+
+
+
+def value_equals(have: Any, want: Any) -> bool:
+    """Attribute equality as every backend applies it to ``*Query.attributes``:
+    exact, else by text (a CLI gives ``"500"`` for an int 500), booleans case-blind
+    (``"true"`` matches ``True``, as TraceQL and LogQL spell them)."""
+    if isinstance(have, bool) or isinstance(want, bool):
+        return str(have).lower() == str(want).lower()
+    return have == want or str(have) == str(want)
+
+
+def attributes_match(want: Attributes, attrs: Attributes, resource: Attributes) -> bool:
+    """Every wanted key equals the record's attribute, else its resource attribute."""
+    for k, v in want.items():
+        if k in attrs:
+            have = attrs[k]
+        elif k in resource:
+            have = resource[k]
+        else:
+            return False
+        if not value_equals(have, v):
+            return False
+    return True
 
 
 @runtime_checkable

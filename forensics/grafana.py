@@ -43,7 +43,7 @@ from typing import Any, Iterable, Sequence
 import requests
 
 from stagetrace import semconv
-from stagetrace.backend import LogQuery, MetricQuery, TraceQuery
+from stagetrace.backend import LogQuery, MetricQuery, TraceQuery, attributes_match, value_equals
 from stagetrace.config import normalize_trace_id
 from stagetrace.errors import BackendError, UserError
 from stagetrace.model import (SPAN_KINDS, Attributes, LogRecord, MetricPoint, MetricSeries, Span, SpanEvent,
@@ -428,25 +428,6 @@ def traceql(q: TraceQuery) -> str:
     return "{ " + " && ".join(conds) + " }" if conds else "{ }"
 
 
-def _same(have: Any, want: Any) -> bool:
-    if isinstance(have, bool) or isinstance(want, bool):
-        return str(have).lower() == str(want).lower()
-    return have == want or str(have) == str(want)
-
-
-def _attrs_match(want: Attributes, attrs: Attributes, resource: Attributes) -> bool:
-    for k, v in want.items():
-        if k in attrs:
-            if not _same(attrs[k], v):
-                return False
-        elif k in resource:
-            if not _same(resource[k], v):
-                return False
-        else:
-            return False
-    return True
-
-
 def span_matches(sp: Span, q: TraceQuery) -> bool:
     """The exact condition, checked on the fetched span (the embedded store's semantics:
     a span is in the window when it starts inside it)."""
@@ -470,7 +451,7 @@ def span_matches(sp: Span, q: TraceQuery) -> bool:
         return False
     if q.root_only and sp.parent_span_id:
         return False
-    return not attrs or _attrs_match(attrs, sp.attributes, sp.resource)
+    return not attrs or attributes_match(attrs, sp.attributes, sp.resource)
 
 
 # --- Prometheus -----------------------------------------------------------------------
@@ -853,7 +834,7 @@ class GrafanaBackend:
         out = []
         for r in self.query_range(f'{{__name__="{metric}"{svc}}}', start, end):
             attrs, resource = _prom_labels(r["metric"])
-            if q.attributes and not _attrs_match(q.attributes, attrs, resource):
+            if q.attributes and not attributes_match(q.attributes, attrs, resource):
                 continue
             s = MetricSeries(name=display, kind=kind, attributes=attrs, resource=resource, unit=_unit_of(full))
             for t, v in r.get("values") or []:
@@ -908,7 +889,7 @@ def _log_attrs_match(want: Attributes, r: LogRecord) -> bool:
                 break
         else:
             return False
-        if not _same(have, v):
+        if not value_equals(have, v):
             return False
     return True
 
@@ -992,7 +973,7 @@ def _histogram_series(display: str, raw: dict[str, list[dict]], want: Attributes
     out = []
     for g in groups.values():
         attrs, resource = _prom_labels(g["labels"])
-        if want and not _attrs_match(want, attrs, resource):
+        if want and not attributes_match(want, attrs, resource):
             continue
         s = MetricSeries(name=display, kind="histogram", attributes=attrs, resource=resource, unit=unit)
         for t in sorted(g["buckets"]):

@@ -56,3 +56,14 @@ def test_trace_id_normalisation():
     for bad in ["nothex", "0" * 32, "1" * 33, ""]:
         with pytest.raises(UserError):
             config.normalize_trace_id(bad)
+
+
+def test_query_attribute_semantics_shared_by_backends():
+    from stagetrace.backend import attributes_match, value_equals
+
+    assert value_equals(500, "500") and value_equals(True, "true") and not value_equals(True, "1")
+    assert attributes_match({"ml.model.version": "v2"}, {"ml.model.version": "v2"}, {})
+    # span attributes win over resource attributes of the same name
+    assert not attributes_match({"k": "a"}, {"k": "b"}, {"k": "a"})
+    assert attributes_match({"service.name": "api"}, {}, {"service.name": "api"})
+    assert not attributes_match({"missing": "x"}, {"k": "x"}, {})
