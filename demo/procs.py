@@ -44,7 +44,6 @@ class Child:
     log_path: Path
     own_group: bool = True  # started by us in its own process group
     stopper: Callable[[], object] | None = None  # how to stop a child somebody else started
-    is_guard: bool = False  # a watchdog: stopped last, after what it guards
 
     @property
     def pid(self) -> int:
@@ -140,9 +139,8 @@ class ProcessSet:
     def stop_all(self, grace_s: float = 8.0) -> None:
         # Services first (they flush to the collector on the way out), the collector last.
         live = [c for c in self.children if c.alive() or (c.own_group and _group_alive(c.pid))]
-        self.stop_many([c for c in live if c.own_group and not c.is_guard], grace_s)
+        self.stop_many([c for c in live if c.own_group], grace_s)
         self.stop_many([c for c in live if not c.own_group], grace_s)
-        self.stop_many([c for c in live if c.is_guard], grace_s)
 
     def __enter__(self) -> "ProcessSet":
         return self
@@ -159,35 +157,6 @@ class ProcessSet:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
-
-
-_WATCHDOG = """
-import os, signal, sys, time
-pid = int(sys.argv[1])
-def stop(*_):
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    sys.exit(0)
-signal.signal(signal.SIGTERM, stop)
-while True:
-    time.sleep(1)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        sys.exit(0)
-"""
-
-
-def guard(children: ProcessSet, child: Child) -> Child:
-    """For a child started by somebody else without PR_SET_PDEATHSIG (the
-    collector): a tiny watchdog of ours that has it, and passes the SIGTERM on,
-    so even a ``kill -9`` of the demo leaves nothing running."""
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONDONTWRITEBYTECODE": "1"}
-    watchdog = children.start(f"{child.name}-watchdog", [sys.executable, "-I", "-c", _WATCHDOG, str(child.pid)], env)
-    watchdog.is_guard = True
-    return watchdog
 
 
 def _signal_group(pgid: int, sig: int) -> None:

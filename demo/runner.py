@@ -280,15 +280,15 @@ def _run(opts: DemoOptions, console: Console, progress: bool, launcher: list[str
             raise UserError(f"the collector exited during the run with code {coll.poll()} "
                             f"(log: {log_dir / 'collector.log'})")
         # 4. flush: the services export every 0.5 s; wait until the store stops
-        # growing *before* stopping them (uvicorn re-raises SIGTERM after its
-        # graceful shutdown, so an SDK's exit-time flush does not run).
+        # growing before stopping them, so the analyses see every request's telemetry
+        # (the instrumentation also flushes on SIGTERM, but waiting is the proof).
         n_spans = _wait_for_telemetry(data_dir, schedule, console)
         mark("telemetry")
         if not opts.keep_running:
             children.stop_many([api, canary, feat])
             # The collector too: on SIGTERM it cuts its write-ahead log into blocks,
             # and the analyses then read a store that no longer changes under them.
-            for child in coll_children:  # the collector, then its watchdog
+            for child in coll_children:
                 children.stop(child)
         mark("flush")
 
@@ -333,10 +333,11 @@ def _start_collector(children: procs.ProcessSet, data_dir: Path, log_dir: Path) 
                                env={semconv.ENV_COLLECTOR_TOKEN: "", semconv.ENV_DATA_DIR: str(data_dir)})
     except CollectorStartError as exc:
         raise UserError(f"the embedded collector did not start: {exc}") from None
+    # start_collector gives the collector (and its block maintainer) a parent-death
+    # signal and its own process group, so even a kill -9 of the demo leaves nothing.
     child = children.adopt("collector", coll.proc, log_dir / "collector.log",
                            stopper=lambda: _stop_collector(coll, log_dir))
-    watchdog = procs.guard(children, child)
-    return coll, [child, watchdog]
+    return coll, [child]
 
 
 def _stop_collector(coll: Any, log_dir: Path) -> None:
