@@ -25,7 +25,7 @@ from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 
 from stagetrace import semconv
 
-from . import importhook, logs, shutdown
+from . import logs, shutdown
 
 _logger = logging.getLogger("stagetrace.instrumentation")
 
@@ -122,8 +122,7 @@ class StagetraceConfigurator(_OTelSDKConfigurator):
         # Flush on SIGTERM where the process would otherwise die without atexit
         # (uvicorn re-raises the signal to SIG_DFL after its graceful shutdown).
         try:
-            shutdown.install()
-            importhook.when_imported("uvicorn.server", shutdown.patch_uvicorn_server)
+            shutdown.setup()
         except Exception:
             _logger.warning("stagetrace: flush-on-SIGTERM could not be installed", exc_info=True)
 

@@ -12,14 +12,16 @@ server set), we install one that force-flushes the tracer, logger and meter
 providers, bounded in time, then restores ``SIG_DFL`` and re-raises the signal:
 the process still dies of the same signal, with the same exit status. uvicorn
 chains to it because it re-raises to the handler it found. gunicorn's
-``UvicornWorker`` resets its signals to ``SIG_DFL`` after the fork, so we also
-install (same rule) when a uvicorn ``Server`` starts capturing signals.
+``UvicornWorker`` resets its signals to ``SIG_DFL`` after the fork, so in forked
+children we also install (same rule) when a uvicorn ``Server`` starts capturing
+signals.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from types import ModuleType
@@ -29,6 +31,8 @@ from opentelemetry import trace as trace_api
 from opentelemetry._logs import get_logger_provider
 
 from stagetrace import semconv
+
+from . import importhook
 
 DEFAULT_TIMEOUT_S = 2.0
 MAX_TIMEOUT_S = 30.0
@@ -158,3 +162,28 @@ def patch_uvicorn_server(module: ModuleType) -> None:
     capture_signals.__qualname__ = getattr(original, "__qualname__", "capture_signals")
     capture_signals.__doc__ = original.__doc__
     server_cls.capture_signals = capture_signals
+
+
+class _Fork:
+    registered = False
+
+
+def _after_fork_in_child() -> None:
+    # gunicorn's master imported the worker class (and uvicorn.server) before forking.
+    try:
+        module = sys.modules.get("uvicorn.server")
+        if module is not None:
+            patch_uvicorn_server(module)
+        else:
+            importhook.when_imported("uvicorn.server", patch_uvicorn_server)
+    except Exception:
+        pass
+
+
+def setup() -> None:
+    """Called by the configurator once the SDK is configured: install where SIGTERM is
+    SIG_DFL now, and in forked workers when their uvicorn Server starts."""
+    install()
+    if hasattr(os, "register_at_fork") and not _Fork.registered:
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _Fork.registered = True

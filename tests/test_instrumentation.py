@@ -770,9 +770,9 @@ def test_dictconfig_never_blocks_on_otlp_flush(monkeypatch):
 
 
 PROBE = """
-import json, logging, os, sys
+import json, logging, os, signal, sys
 from opentelemetry import trace
-from stagetrace.instrumentation import importhook, logs
+from stagetrace.instrumentation import importhook, logs, shutdown
 print(json.dumps({
     "env": {k: os.environ.get(k) for k in ("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_LOGS_EXPORTER",
                                             "OTEL_EXPORTER_OTLP_PROTOCOL", "STAGETRACE_LOG_CORRELATION")},
@@ -783,6 +783,7 @@ print(json.dumps({
     "ml_imported": [m for m in ("sklearn", "torch", "xgboost", "lightgbm", "onnxruntime", "transformers", "feast",
                                 "numpy") if m in sys.modules],
     "prewarmed": all(m in sys.modules for m in ("netrc", "shlex")),
+    "sigterm_flush": shutdown.installed(signal.SIGTERM),
 }))
 """
 
@@ -808,6 +809,7 @@ def test_distro_defaults_user_overrides_and_disable_switch():
     assert got["ml_imported"] == []  # hooks wait for the app's own imports
     assert got["prewarmed"]  # no lazy import left for an export thread to be in when gunicorn forks
     assert not got["otlp_handler"]  # the user turned log export off (on by default: see the e2e test)
+    assert got["sigterm_flush"]  # SIGTERM was SIG_DFL: our flushing handler is on it (test_instrumentation_shutdown.py)
     off = _probe(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="stagetrace,fastapi,requests,logging")
     assert not off["hooks_active"]
 
