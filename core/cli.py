@@ -11,7 +11,6 @@ so ``stagetrace --help`` and ``stagetrace trace`` stay fast:
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 import sys
@@ -46,10 +45,12 @@ class LazyGroup(click.Group):
             cmd = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:
             # Keep `--help` usable while a part is missing, and say what is missing.
+            # (`exc` is unbound once the except block ends, so keep its text.)
+            reason = str(exc)
             @click.command(cmd_name, help=short_help, context_settings={"ignore_unknown_options": True})
             @click.argument("args", nargs=-1, type=click.UNPROCESSED)
             def unavailable(args: tuple[str, ...]) -> None:
-                raise UserError(f"'{cmd_name}' is unavailable: {exc}")
+                raise UserError(f"'{cmd_name}' is unavailable: {reason}")
             return unavailable
         return cmd
 

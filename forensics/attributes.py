@@ -59,15 +59,11 @@ class AttrStat:
 
     @property
     def sel_share(self) -> float:
-        if self.sel_w is not None:
-            return self.sel_w[0] / self.sel_w[1] if self.sel_w[1] else 0.0
-        return self.sel_hits / self.sel_n if self.sel_n else 0.0
+        return stats.share(self.sel_hits, self.sel_n, self.sel_w)
 
     @property
     def base_share(self) -> float:
-        if self.base_w is not None:
-            return self.base_w[0] / self.base_w[1] if self.base_w[1] else 0.0
-        return self.base_hits / self.base_n if self.base_n else 0.0
+        return stats.share(self.base_hits, self.base_n, self.base_w)
 
     @property
     def delta(self) -> float:
@@ -252,9 +248,9 @@ def _numeric(key: str, sel, base) -> AttrStat | None:
     le_b = np.searchsorted(b_sorted, cuts, side="right") / b_arr.size
     i_ge, i_le = int(np.argmax(ge_s - ge_b)), int(np.argmax(le_s - le_b))
     if ge_s[i_ge] - ge_b[i_ge] >= le_s[i_le] - le_b[i_le]:
-        c, label, sel_mask = cuts[i_ge], f">= {_fmt(cuts[i_ge])}", lambda v: v >= cuts[i_ge]
+        label, sel_mask = f">= {_fmt(cuts[i_ge])}", lambda v: v >= cuts[i_ge]
     else:
-        c, label, sel_mask = cuts[i_le], f"<= {_fmt(cuts[i_le])}", lambda v: v <= cuts[i_le]
+        label, sel_mask = f"<= {_fmt(cuts[i_le])}", lambda v: v <= cuts[i_le]
     sh = [tid for tid, v in sv if sel_mask(v)]
     bh = sum(1 for _, v in bv if sel_mask(v))
     return AttrStat(key, label, len(sh), len(sv), bh, len(bv), p=p, numeric=True, ks_d=d,

@@ -464,7 +464,6 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fet
             attribute=top_attr.attribute if top_attr else None, value=top_attr.value if top_attr else None,
             template=template))
         if significant and template:
-            ok_total = max(1, total - len(c.traces))
             findings.append(Finding("log", f'ERROR log "{headline(template)}" in {log_tmpls[template]} lines of incident {cid} '
                                            f"({short})", min(1.0, rate * 10) * 0.9, True, conf,
                                     {"cluster": cid, "lines": log_tmpls[template], "example_lines": examples_logs,

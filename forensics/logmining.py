@@ -86,15 +86,13 @@ class TemplateStat:
 
     @property
     def sel_share(self) -> float:
-        if self.sel_w is not None:
-            return self.sel_w[0] / self.sel_w[1] if self.sel_w[1] else 0.0
-        return self.sel_traces / self.sel_n if self.sel_n else 0.0
+        from .stats import share  # scipy stays out of `stagetrace trace`'s imports
+        return share(self.sel_traces, self.sel_n, self.sel_w)
 
     @property
     def base_share(self) -> float:
-        if self.base_w is not None:
-            return self.base_w[0] / self.base_w[1] if self.base_w[1] else 0.0
-        return self.base_traces / self.base_n if self.base_n else 0.0
+        from .stats import share  # scipy stays out of `stagetrace trace`'s imports
+        return share(self.base_traces, self.base_n, self.base_w)
 
     @property
     def delta(self) -> float:

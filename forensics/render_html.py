@@ -11,7 +11,6 @@ a ticket. Every chart is an ``<svg data-chart="...">``:
 from __future__ import annotations
 
 import html
-import json
 from typing import Sequence
 
 from .metricnames import limit_series
@@ -129,7 +128,7 @@ def _histogram(h: dict) -> str:
         x = L + i * bw
         out.append(f"<text x='{x:.1f}' y='{H - B + 14}' text-anchor='middle'>{edges[i]:.3g}</text>")
     out.append(f"<text x='{W / 2}' y='{H - 6}' text-anchor='middle'>latency (ms, log scale)</text>")
-    out.append(f"<text x='8' y='14'>share of requests</text>")
+    out.append("<text x='8' y='14'>share of requests</text>")
     out.append(f"<rect x='{W - 220}' y='8' width='10' height='10' fill='{SEL}'/><text x='{W - 206}' y='17'>slow (selection)</text>"
                f"<rect x='{W - 110}' y='8' width='10' height='10' fill='{BASE}'/><text x='{W - 96}' y='17'>baseline</text>")
     out.append("</svg>")

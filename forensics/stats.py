@@ -36,6 +36,14 @@ def bh_adjust(pvalues: Sequence[float]) -> list[float]:
     return out.tolist()
 
 
+def share(hits: int, n: int, weighted: tuple[float, float] | None = None) -> float:
+    """Share of a group holding a value: ``hits / n``, or Σweight(hits) / Σweight(group)
+    on tail-sampled data (``weighted``), 0 for an empty group."""
+    if weighted is not None:
+        return weighted[0] / weighted[1] if weighted[1] else 0.0
+    return hits / n if n else 0.0
+
+
 def share_test(a_hit: int, a_n: int, b_hit: int, b_n: int) -> float:
     """One-sided p-value that the share in group A exceeds the share in group B
     (Fisher's exact test; chi-square once every cell is large, where Fisher gets slow)."""

@@ -67,3 +67,14 @@ def test_query_attribute_semantics_shared_by_backends():
     assert not attributes_match({"k": "a"}, {"k": "b"}, {"k": "a"})
     assert attributes_match({"service.name": "api"}, {}, {"service.name": "api"})
     assert not attributes_match({"missing": "x"}, {"k": "x"}, {})
+
+
+def test_a_missing_subcommand_module_is_one_line_not_a_traceback(monkeypatch, capsys):
+    from stagetrace import cli
+
+    monkeypatch.setitem(cli._COMMANDS, "ghost", ("stagetrace.no_such_module", "cmd", "A part that is not installed."))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["ghost", "--anything"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'ghost' is unavailable" in err[0] and "no_such_module" in err[0]
