@@ -15,7 +15,7 @@ from typing import Sequence
 
 from .metricnames import limit_series
 from .render_text import METRIC_ROWS_PER_METRIC
-from .report import Report, to_json
+from .report import Report, headline, to_json
 from .window import fmt_ms, fmt_time
 
 _CSS = """
@@ -83,7 +83,7 @@ def _investigation(r: Report) -> str:
         title = "Errors and latency over time"
         out.append(f"<h2>{title}</h2>" + _timeline(d["timeline"], r.kind))
     for c in d.get("clusters", []):
-        out.append(f"<h2>Incident {_e(c['id'])}: {_e(c['name'])}</h2><ul>")
+        out.append(f"<h2 title='{_e(c['name'])}'>Incident {_e(c['id'])}: {_e(headline(c['name']))}</h2><ul>")
         out.append(f"<li>{c['failed_requests']} failed requests ({c['error_rate']:.1%}), {c['count']} events; first seen "
                    f"{_e(fmt_time(c['first_seen_ns']))}, last seen {_e(fmt_time(c['last_seen_ns']))}</li>")
         for o in c["origin"][:2]:

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from .metricnames import limit_series
 from .render_text import METRIC_ROWS_PER_METRIC
-from .report import Report
+from .report import Report, headline
 from .window import fmt_ms, fmt_time
 
 
@@ -44,7 +44,7 @@ def render_md(reports: Sequence[Report]) -> str:
                                f"{row['excess_ms']:+.1f} ms | {row['share_of_excess']:.0%} |")
                 out.append("")
             for c in r.data.get("clusters", []):
-                out.append(f"## Incident {c['id']}: {_cell(c['name'])}\n")
+                out.append(f"## Incident {c['id']}: {_cell(headline(c['name']))}\n")
                 out.append(f"- {c['failed_requests']} failed requests ({c['error_rate']:.1%}), {c['count']} events")
                 out.append(f"- first seen {fmt_time(c['first_seen_ns'])}, last seen {fmt_time(c['last_seen_ns'])}")
                 for o in c["origin"][:2]:

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .metricnames import limit_series
-from .report import Report
+from .report import Report, headline
 from .window import fmt_ms, fmt_time
 
 _SEV_STYLE = {"ERROR": "bold red", "FATAL": "bold red", "CRITICAL": "bold red", "WARN": "yellow", "WARNING": "yellow"}
@@ -67,7 +67,7 @@ def _investigation(con: Console, r: Report) -> None:
         con.print(t)
     for c in r.data.get("clusters", []):
         con.print()
-        con.print(Text(f"Incident {c['id']}: {c['name']}", style="bold"))
+        con.print(Text(f"Incident {c['id']}: {headline(c['name'])}", style="bold"))
         con.print(f"  {c['failed_requests']} failed requests ({c['error_rate']:.1%}), {c['count']} events, "
                   f"first {fmt_time(c['first_seen_ns'])}, last {fmt_time(c['last_seen_ns'])}")
         for o in c["origin"][:2]:

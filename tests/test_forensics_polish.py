@@ -321,6 +321,12 @@ def test_error_summary_is_one_sentence_and_the_full_message_stays_in_evidence():
     assert any("scikit-learn.org" in fp["template"] for fp in top.evidence["fingerprints"])
     for f in rep.findings:
         assert "\n" not in f.summary and len(f.summary) < 600, f.summary
+    # Incident headings are one line too, in every format; HTML keeps the whole name as a tooltip.
+    from stagetrace.forensics import render
+    for fmt in ("md", "text", "html"):
+        heading = next(ln for ln in render(rep, fmt).splitlines() if "Incident E1" in ln)
+        visible = heading.split("title=")[0] + heading.split(">", 1)[-1] if fmt == "html" else heading
+        assert "Input X contains NaN." in visible and "scikit-learn.org" not in visible, (fmt, heading)
 
 
 # --- found while checking the demo's clean period: anecdotes are not evidence -----------------
