@@ -109,7 +109,11 @@ def headline(text: Any, limit: int = 120) -> str:
     line = next((ln.strip() for ln in s.splitlines() if ln.strip()), "")
     more = line != s.strip()
     if len(line) > limit:
-        line, more = line[: limit - 1].rstrip(), True
+        cut = line[: limit - 1]
+        space = cut.rfind(" ")
+        if space > limit * 0.6:  # end on a whole word when one is near
+            cut = cut[:space]
+        line, more = cut.rstrip(), True
     return line + "…" if more else line
 
 

@@ -296,6 +296,7 @@ def test_headline():
     assert headline("short message") == "short message"
     assert headline("\n\n  second line first\nthird") == "second line first…"
     assert headline(None) == ""
+    assert headline("word " * 40) == ("word " * 23).rstrip() + "…"  # cut on a word boundary
 
 
 def test_error_summary_is_one_sentence_and_the_full_message_stays_in_evidence():
