@@ -10,6 +10,8 @@ alongside, since "pool wait 410 ms vs 2 ms" is what an on-call engineer reads.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -157,6 +159,9 @@ def evidence(series: Sequence[MetricSeries], e: np.ndarray, rate: np.ndarray, sl
                               series=[None if np.isnan(x) else float(x) for x in m], display=names.get(id(s), "")))
     for st, pa in zip(out, stats.bh_adjust([s.p for s in out])):
         st.p_adj = pa
-        st.significant = pa < alpha and abs(st.rho) >= min_rho
+        # A series with no points in slow or in baseline periods "moves with" the rate only
+        # by appearing or vanishing with it (a canary's metrics): no level to compare, no cause.
+        st.significant = (pa < alpha and abs(st.rho) >= min_rho
+                          and not math.isnan(st.level_slow) and not math.isnan(st.level_base))
     out.sort(key=lambda s: (not s.significant, -abs(s.rho)))
     return out

@@ -14,6 +14,7 @@ telemetry generator (tests/telemetry_gen.py) where the whole investigation is.
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import numpy as np
@@ -356,3 +357,26 @@ def test_a_template_or_value_in_two_slow_requests_is_not_significant():
     sel5 = [tr(i, i < 5) for i in range(15)]
     assert logmining.over_represented(sel5, base)[0].significant
     assert [a for a in compare(sel5, base) if a.attribute == "shard" and a.value == "7"][0].significant
+
+
+def test_a_series_that_only_exists_in_slow_periods_is_not_a_cause():
+    """A v2 canary's metrics appear exactly when the trouble starts, so they 'correlate'
+    with the slow rate by existing; with no baseline level there is nothing to compare."""
+    from stagetrace.forensics import metricevidence
+    from stagetrace.model import MetricPoint
+
+    n = 40
+    e = np.arange(n + 1, dtype=np.int64) * S
+    rate = np.array([0.0] * 20 + [0.1 + 0.02 * i for i in range(20)])
+    slow_mask = rate > 0.05
+
+    def gauge(values_by_bucket):
+        pts = [MetricPoint("g", "gauge", i * S + S // 2, v) for i, v in values_by_bucket]
+        return MetricSeries("g", "gauge", {}, {semconv.SERVICE_NAME: "api"}, pts)
+
+    only_when_slow = gauge([(i, 1.0 + rate[i]) for i in range(20, n)])
+    always_there = gauge([(i, 1.0 + rate[i]) for i in range(n)])
+    res = metricevidence.evidence([only_when_slow], e, rate, slow_mask, min_points=8)
+    assert res and abs(res[0].rho) > 0.9 and math.isnan(res[0].level_base) and not res[0].significant
+    res = metricevidence.evidence([always_there], e, rate, slow_mask, min_points=8)
+    assert res and res[0].significant
