@@ -40,7 +40,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from stagetrace import semconv
-from stagetrace.backend import LogQuery, MetricQuery, TraceQuery, attributes_match
+from stagetrace.backend import LogQuery, MetricQuery, TraceQuery, attributes_match, log_in_query
 from stagetrace.config import normalize_trace_id
 from stagetrace.errors import BackendError
 from stagetrace.model import (SPAN_KINDS, STATUS_CODES, LogRecord, MetricPoint, MetricSeries, Span, SpanEvent,
@@ -607,15 +607,7 @@ def _metric_where(name: str | None, service: str | None, start_ns: int | None,
 
 
 def _log_match(r: LogRecord, q: LogQuery, service: str | None, attrs: dict[str, Any]) -> bool:
-    if q.start_ns is not None and r.time_ns < q.start_ns:
-        return False
-    if q.end_ns is not None and r.time_ns >= q.end_ns:
-        return False
-    if q.min_severity is not None and r.severity_number < q.min_severity:
-        return False
-    if service is not None and r.service_name != service:
-        return False
-    return not attrs or attributes_match(attrs, r.attributes, r.resource)
+    return log_in_query(r, q, service) and (not attrs or attributes_match(attrs, r.attributes, r.resource))
 
 
 _TEMPORALITY = {1: "DELTA", 2: "CUMULATIVE"}

@@ -79,6 +79,19 @@ def attributes_match(want: Attributes, attrs: Attributes, resource: Attributes) 
     return True
 
 
+
+def log_in_query(r: LogRecord, q: LogQuery, service: str | None) -> bool:
+    """The window, severity and service conditions of a :class:`LogQuery` (attribute
+    equality is checked separately: remote backends may have renamed attributes)."""
+    if q.start_ns is not None and r.time_ns < q.start_ns:
+        return False
+    if q.end_ns is not None and r.time_ns >= q.end_ns:
+        return False
+    if q.min_severity is not None and r.severity_number < q.min_severity:
+        return False
+    return service is None or r.service_name == service
+
+
 @runtime_checkable
 class Backend(Protocol):
     """Read access to traces, logs and metrics."""

@@ -43,7 +43,7 @@ from typing import Any, Iterable, Sequence
 import requests
 
 from stagetrace import semconv
-from stagetrace.backend import LogQuery, MetricQuery, TraceQuery, attributes_match, value_equals
+from stagetrace.backend import LogQuery, MetricQuery, TraceQuery, attributes_match, log_in_query, value_equals
 from stagetrace.config import normalize_trace_id
 from stagetrace.errors import BackendError, UserError
 from stagetrace.model import (SPAN_KINDS, Attributes, LogRecord, MetricPoint, MetricSeries, Span, SpanEvent,
@@ -895,15 +895,7 @@ def _log_attrs_match(want: Attributes, r: LogRecord) -> bool:
 
 
 def _log_matches(r: LogRecord, q: LogQuery, service: str | None, attrs: Attributes) -> bool:
-    if q.start_ns is not None and r.time_ns < q.start_ns:
-        return False
-    if q.end_ns is not None and r.time_ns >= q.end_ns:
-        return False
-    if q.min_severity is not None and r.severity_number < q.min_severity:
-        return False
-    if service is not None and r.service_name != service:
-        return False
-    return not attrs or _log_attrs_match(attrs, r)
+    return log_in_query(r, q, service) and (not attrs or _log_attrs_match(attrs, r))
 
 
 def _group_names(names: Iterable[str]) -> dict[str, str]:
