@@ -282,7 +282,14 @@ def sort_table(table: str, t: pa.Table) -> pa.Table:
         hi, lo = _id_keys(t.column("trace_id"))
         tcol = t.column(TIME_COLUMN[table]).to_numpy()
         return t.take(pa.array(np.lexsort((tcol, lo, hi))))
-    return t.sort_by(SORT_KEYS[table])
+    # Arrow cannot sort by several keys when one is a dictionary (the block builder's
+    # name/series columns): sort on decoded copies of the keys, take from the original.
+    import pyarrow.compute as pc
+
+    keys = SORT_KEYS[table]
+    decoded = pa.table({k: (pc.cast(t.column(k), t.schema.field(k).type.value_type)
+                            if pa.types.is_dictionary(t.schema.field(k).type) else t.column(k)) for k, _ in keys})
+    return t.take(pc.sort_indices(decoded, sort_keys=keys))
 
 
 def trace_prefixes(trace_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
