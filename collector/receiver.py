@@ -19,6 +19,7 @@ store behind / disk error    503 + Retry-After           UNAVAILABLE + RetryInfo
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import threading
 import zlib
@@ -31,7 +32,7 @@ import grpc
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from . import otlp, wal
+from . import otlp, queryapi, wal
 from .store import TABLE_OF_SIGNAL
 
 log = logging.getLogger("stagetrace.collector.receiver")
@@ -207,6 +208,7 @@ class _OTLPHandler(BaseHTTPRequestHandler):
     server_version = "stagetrace-collector"
     ingestor: Ingestor
     slots: threading.BoundedSemaphore
+    query: Any = None  # queryapi.QueryService, when this collector serves queries
 
     def log_message(self, fmt: str, *args: Any) -> None:  # no per-request stderr noise
         log.debug("http %s", fmt % args)
@@ -245,6 +247,9 @@ class _OTLPHandler(BaseHTTPRequestHandler):
         ctype = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
         json_body = ctype == "application/json"
         length_text = self.headers.get("Content-Length")
+        if signal is None and self.query is not None and path.startswith(queryapi.PREFIX):
+            self._serve_query(path[len(queryapi.PREFIX):], length_text)
+            return
         if signal is None:
             self._reply(404, f"unknown path {path}; use /v1/traces, /v1/logs or /v1/metrics\n".encode(),
                         "text/plain", close=True)
@@ -301,6 +306,24 @@ class _OTLPHandler(BaseHTTPRequestHandler):
             self._reply(200, resp.SerializeToString(), "application/x-protobuf")
 
 
+    def _serve_query(self, method: str, length_text: str | None) -> None:
+        try:
+            length = int(length_text or "0")
+        except ValueError:
+            length = -1
+        if not 0 <= length <= queryapi.MAX_QUERY_BYTES:
+            self._reply(413, b'{"error": "query body too large"}', "application/json", close=True)
+            return
+        body = self.rfile.read(length)
+        try:
+            self.ingestor.check_token(self.headers.get("Authorization"))
+        except ExportError as exc:
+            self._reply(401, json.dumps({"error": str(exc)}).encode(), "application/json")
+            return
+        status, answer = self.query.call(method, body)
+        self._reply(status, answer, "application/json")
+
+
 def _gunzip(body: bytes, limit: int) -> bytes:
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
@@ -342,9 +365,10 @@ class _HTTPServer(ThreadingHTTPServer):
             self._conn_slots.release()
 
 
-def start_http(ingestor: Ingestor, host: str, port: int) -> tuple[ThreadingHTTPServer, int, threading.Thread]:
+def start_http(ingestor: Ingestor, host: str, port: int,
+               query: Any = None) -> tuple[ThreadingHTTPServer, int, threading.Thread]:
     handler = type("OTLPHandler", (_OTLPHandler,), {
-        "ingestor": ingestor, "slots": threading.BoundedSemaphore(ingestor.limits.max_inflight)})
+        "ingestor": ingestor, "slots": threading.BoundedSemaphore(ingestor.limits.max_inflight), "query": query})
     cls = _HTTPServer
     if ":" in host:
         import socket

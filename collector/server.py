@@ -1,4 +1,5 @@
-"""The collector process: receivers + write-ahead log, and the block maintainer child process."""
+"""The collector process: receivers + write-ahead log, the block maintainer child
+process, and the query service readers use while it runs (:mod:`.queryapi`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import wal
+from . import queryapi, wal
 from .maintainer import Maintainer, lock_data_dir
 from .receiver import Ingestor, Limits, start_grpc, start_http
 from .store import TABLES, BlockStore, StoreConfig, wal_dir
@@ -36,6 +37,7 @@ class CollectorConfig:
     maintain_interval_s: float = 0.25
     maintainer_process: bool = True  # build blocks in a child process (own core, own GIL)
     retention_interval_s: float = 60.0
+    serve_queries: bool = True  # answer `stagetrace trace` lookups warm (queryapi)
 
 
 def is_loopback(host: str) -> bool:
@@ -90,12 +92,17 @@ class Collector:
         self._housekeeper.start()
         self.grpc_server = None
         self.http_server = None
+        self.query = queryapi.QueryService(self.data_dir) if cfg.serve_queries else None
         try:
             self.grpc_server, self.grpc_port = start_grpc(self.ingestor, cfg.host, cfg.grpc_port)
-            self.http_server, self.http_port, self._http_thread = start_http(self.ingestor, cfg.host, cfg.http_port)
+            self.http_server, self.http_port, self._http_thread = start_http(self.ingestor, cfg.host, cfg.http_port,
+                                                                             self.query)
         except BaseException:
             self.stop(final_cut=False)
             raise
+        if self.query is not None:
+            queryapi.write_discovery(self.data_dir, cfg.host, self.http_port)
+            self.query.warm()
 
     def _measure_backlog(self) -> int:
         total = 0
@@ -150,11 +157,14 @@ class Collector:
     def stop(self, *, final_cut: bool = True, grace_s: float = 2.0) -> None:
         """Stop receiving, close the WAL, and cut it into blocks if that is quick."""
         self._stop.set()
+        queryapi.remove_discovery(self.data_dir)
         if getattr(self, "http_server", None) is not None:
             self.http_server.shutdown()
             self.http_server.server_close()
         if getattr(self, "grpc_server", None) is not None:
             self.grpc_server.stop(grace_s).wait(grace_s + 1)
+        if getattr(self, "query", None) is not None:
+            self.query.close()
         if getattr(self, "_housekeeper", None) is not None:
             self._housekeeper.join(timeout=5)
         for w in getattr(self, "writers", {}).values():

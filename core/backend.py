@@ -154,9 +154,10 @@ def open_backend(*, kind: str | None = None, data_dir: str | None = None,
             raise UserError(f"cannot read backend config {backend_config}: {exc}") from None
     kind = kind or cfg.get("kind") or "embedded"
     if kind == "embedded":
-        from stagetrace.collector.query import EmbeddedBackend
+        # served by the running collector when there is one (warm, no pyarrow here)
+        from stagetrace.collector.client import open_embedded
         from .config import data_dir as resolve_data_dir
-        return EmbeddedBackend(resolve_data_dir(data_dir or cfg.get("data_dir")))
+        return open_embedded(resolve_data_dir(data_dir or cfg.get("data_dir")))
     if kind == "grafana":
         hdrs = dict(cfg.get("headers", {}))
         for h in headers:
