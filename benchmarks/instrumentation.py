@@ -6,17 +6,22 @@ Variants (same trivial function body, so the figures are pure overhead):
 
 * bare            - the function, no tracing;
 * hand-written    - ``with tracer.start_as_current_span("preprocess", attributes={"ml.stage": ...})``;
-* hand-written + histogram - the same block plus the ``ml.stage.duration``-style
-                    histogram record stagetrace also does (equal telemetry by hand);
+* hand-written + histogram - the same block plus an SDK ``Histogram.record`` with the
+                    same bounds and attributes, inside the span so its exemplar
+                    links to it (equal telemetry by hand);
 * stagetrace      - the function wrapped by stagetrace (span + ml.* attributes
-                    + ``ml.stage.duration`` histogram record);
+                    + ``ml.stage.duration`` record: pre-aggregated in process,
+                    exported by the same periodic reader);
 * no-SDK wrapped  - the wrapped function with no SDK configured (measured in a child
                     process, since a tracer provider cannot be unset), next to
                     the bare function in that same child.
 
 The SDK is configured as in production: BatchSpanProcessor and a periodic metric
 reader, each with an exporter that drops everything (we measure the app-side cost,
-not the network). Rounds interleave the variants; figures are medians over rounds.
+not the network). The reader collects every 250 ms (``--export-ms``), so the
+collection of both histograms happens during the measured rounds (its thread shares
+the GIL with them); the cost of one collect of stagetrace's pre-aggregated histogram
+is printed separately. Rounds interleave the variants; figures are medians over rounds.
 Targets (issue 2): stagetrace <= 1.10x hand-written; no-SDK overhead <= 1 us.
 """
 
@@ -67,6 +72,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--export-ms", type=float, default=250)
     ap.add_argument("--child-no-sdk", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child_no_sdk:
@@ -84,7 +90,10 @@ def main() -> None:
             return SpanExportResult.SUCCESS
 
     class DropMetrics(MetricExporter):
+        exports = 0
+
         def export(self, metrics_data, timeout_millis=10_000, **kw):
+            DropMetrics.exports += 1
             return MetricExportResult.SUCCESS
 
         def force_flush(self, timeout_millis=10_000):
@@ -96,25 +105,28 @@ def main() -> None:
     tp = TracerProvider()
     tp.add_span_processor(BatchSpanProcessor(DropSpans(), max_queue_size=1 << 16))
     trace.set_tracer_provider(tp)
-    metrics.set_meter_provider(MeterProvider(metric_readers=[PeriodicExportingMetricReader(DropMetrics(), 1000)]))
+    reader = PeriodicExportingMetricReader(DropMetrics(), a.export_ms)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
     tracer = trace.get_tracer("bench")
 
     def hand_written(x):
         with tracer.start_as_current_span("preprocess body", attributes={"ml.stage": "preprocess"}):
             return body(x)
 
-    hist = metrics.get_meter("bench").create_histogram("bench.stage.duration", unit="s")
+    from stagetrace.instrumentation import metrics as st_metrics
+
+    hist = metrics.get_meter("bench").create_histogram("bench.stage.duration", unit="s",
+                                                        explicit_bucket_boundaries_advisory=list(st_metrics.BUCKETS_S))
     hist_attrs = {"ml.stage": "preprocess", "outcome": "ok"}
 
     def hand_written_metric(x):
-        t0 = time.perf_counter()
         with tracer.start_as_current_span("preprocess body", attributes={"ml.stage": "preprocess"}):
+            t0 = time.perf_counter()
             r = body(x)
-        hist.record(time.perf_counter() - t0, hist_attrs)
+            hist.record(time.perf_counter() - t0, hist_attrs)  # span current: exemplar links to it
         return r
 
     wrapped = _wrapped("preprocess")
-    from stagetrace.instrumentation import metrics as st_metrics
 
     real_record = st_metrics.record
 
@@ -134,6 +146,8 @@ def main() -> None:
             samples[name].append(per_call_ns(fn, a.calls))
         st_metrics.record = real_record
     med = {k: statistics.median(v) for k, v in samples.items()}
+    exports_during_rounds = DropMetrics.exports
+    collect_us = _collect_cost_us(reader, st_metrics)
 
     out = subprocess.run([sys.executable, __file__, "--child-no-sdk", "--calls", str(a.calls), "--rounds", str(a.rounds)],
                          capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
@@ -154,6 +168,27 @@ def main() -> None:
     print(f"* diagnostic only: stagetrace's span path without its histogram record = "
           f"{med['stagetrace, histogram off*'] / med['hand-written']:.2f}x hand-written")
     print(f"no-SDK overhead = {overhead:.3f} us/call  (target <= 1 us: {'met' if overhead <= 1.0 else 'MISSED'})")
+    print(f"ml.stage.duration path: {st_metrics._state.path}; periodic exports during the rounds: "
+          f"{exports_during_rounds} (every {a.export_ms:g} ms)")
+    if collect_us is not None:
+        print(f"one collect of the pre-aggregated histogram (1 series, into the reader's MetricsData): "
+              f"{collect_us:.1f} us = {collect_us / (a.export_ms * 10):.4f} % of run time at this interval")
+
+
+def _collect_cost_us(reader, st_metrics, n: int = 2000) -> float | None:
+    """Median cost of what our hook adds to one collect (points + MetricsData rebuild)."""
+    agg = st_metrics._state.fast
+    if agg is None or not agg.readers:
+        return None
+    r = agg.readers[0]
+    data = r.orig(reader, timeout_millis=10_000)  # the SDK's own collect, for a realistic MetricsData
+    times = []
+    for _ in range(n):
+        agg.record(0.001, st_metrics.attributes_for("preprocess", None, None)["ok"], None, None)
+        t0 = time.perf_counter_ns()
+        agg.inject(r, data)
+        times.append(time.perf_counter_ns() - t0)
+    return statistics.median(times) / 1000
 
 
 if __name__ == "__main__":

@@ -285,7 +285,7 @@ def _end(active: _Active, spec: StageSpec, exc: BaseException | None, args, kwar
                 _internal_error("payload hook", spec)
         elapsed = time.perf_counter() - active.t0
         span.end()
-        metrics.record(elapsed, active.metric_attrs, outcome, active.ctx)
+        metrics.record(elapsed, active.metric_attrs, outcome, active.ctx, span)
     except Exception:
         _internal_error("end", spec)
 
