@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -173,15 +174,40 @@ def main() -> None:
         tt = r["trace_times"][1:]  # first call includes opening the store
         print(f"trace report+render (in process): median {statistics.median(tt) * 1e3:.0f} ms, "
               f"max {max(tt) * 1e3:.0f} ms, first (cold) {r['trace_times'][0] * 1e3:.0f} ms over {len(tt) + 1} traces")
-        cli = []
-        for tid in ids[:5]:
+        # `stagetrace trace ID` as a new process, two ways, interleaved: reading the
+        # store itself, and with a `stagetrace collector` serving this data dir (the
+        # normal set-up: the collector is what fills the store).
+        from stagetrace.collector.client import ENV_DIRECT
+        from stagetrace.collector.process import start_collector
+
+        # Byte-compile our sources first, as `pip install` does: an editable install
+        # under PYTHONDONTWRITEBYTECODE=1 (set on this machine) would otherwise
+        # re-compile every stagetrace module in every new process (~5 ms each).
+        import compileall
+        for d in ("core", "collector", "forensics", "instrumentation", "demo"):
+            compileall.compile_dir(str(ROOT / d), quiet=1)
+        script = Path(sys.executable).with_name("stagetrace")
+        cmd = [str(script)] if script.exists() else [sys.executable, "-m", "stagetrace.cli"]
+
+        def run_cli(tid: str, direct: bool) -> float:
+            env = {**os.environ, ENV_DIRECT: "1" if direct else "0"}
             t = time.perf_counter()
-            p = subprocess.run([sys.executable, "-m", "stagetrace.cli", "trace", tid, "--data-dir", str(data_dir)],
-                               capture_output=True, text=True, cwd=ROOT)
-            cli.append(time.perf_counter() - t)
-            assert p.returncode == 0, p.stderr
-        print(f"`stagetrace trace ID` end to end (new process, Python start-up included): "
-              f"median {statistics.median(cli) * 1e3:.0f} ms over {len(cli)} runs")
+            p = subprocess.run([*cmd, "trace", tid, "--data-dir", str(data_dir)],
+                               capture_output=True, text=True, cwd=ROOT, env=env)
+            dt = time.perf_counter() - t
+            assert p.returncode == 0 and tid in p.stdout, p.stderr
+            return dt
+
+        cli: dict[str, list[float]] = {"direct": [], "served": []}
+        with start_collector(data_dir) as c:
+            time.sleep(3)  # let its query service open the store (warm-up at start)
+            for tid in ids[:10]:
+                cli["served"].append(run_cli(tid, direct=False))
+                cli["direct"].append(run_cli(tid, direct=True))
+        for how, label in (("served", "collector running (served, warm)"), ("direct", "no collector (reads the store)")):
+            v = cli[how]
+            print(f"`stagetrace trace ID` new process, {label}: median {statistics.median(v) * 1e3:.0f} ms, "
+                  f"min {min(v) * 1e3:.0f}, max {max(v) * 1e3:.0f} over {len(v)} runs")
     finally:
         if args.keep is None:
             shutil.rmtree(data_dir, ignore_errors=True)

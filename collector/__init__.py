@@ -7,7 +7,9 @@ Layered like Tempo, one module per layer:
 - store: :mod:`.wal` (write-ahead log, appended before every acknowledgement) and
   :mod:`.store` (WAL segments -> sorted, immutable Parquet blocks; compaction; retention);
 - query: :mod:`.query` (:class:`~stagetrace.collector.query.EmbeddedBackend`, the
-  :class:`stagetrace.backend.Backend` over a data dir).
+  :class:`stagetrace.backend.Backend` over a data dir), served warm by the running
+  collector for bounded lookups (:mod:`.queryapi`) to readers that open the store
+  through :mod:`.client` (what ``--backend embedded`` does).
 
 Run it: ``stagetrace collector [--grpc-port 4317 --http-port 4318 --data-dir DIR --token T]``;
 it prints one line when ready::

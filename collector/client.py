@@ -9,22 +9,24 @@ token refused, answer too large), reads the store in this process through
 blocks and write-ahead log, so the answers are the same; only the cost differs.
 
 This module imports the standard library and :mod:`stagetrace.wire` only:
-pyarrow and DuckDB load when a call actually needs the store.
+pyarrow and DuckDB load when a call actually needs the store. It speaks the
+few lines of HTTP/1.1 it needs over a socket: ``http.client`` alone (it pulls in
+the ``email`` package) would cost a short-lived CLI more than the lookup.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from stagetrace import semconv
 
-from .queryapi import DISCOVERY_FILE, PREFIX, SERVED
+from .queryapi import DISCOVERY_FILE, MAX_ANSWER_BYTES, PREFIX, SERVED
 
 log = logging.getLogger("stagetrace.collector.client")
 
@@ -76,7 +78,6 @@ class ServedBackend:
         self._headers = {"Content-Type": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
-        self._conn: http.client.HTTPConnection | None = None
         self._local: Any = None
         self._served = True  # off after the first failure: one slow timeout at most
 
@@ -120,37 +121,50 @@ class ServedBackend:
         from stagetrace.errors import BackendError, UserError
 
         body = json.dumps({"args": wire.encode(args), "kwargs": wire.encode(kwargs)}).encode()
-        try:
-            if self._conn is None:
-                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=CONNECT_TIMEOUT_S)
-                self._conn.connect()
-                self._conn.sock.settimeout(QUERY_TIMEOUT_S)
-            self._conn.request("POST", PREFIX + method, body, self._headers)
-            resp = self._conn.getresponse()
-            data = resp.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self._drop_conn()
-            raise _Unavailable(str(exc)) from None
+        status, data = self._http_post(PREFIX + method, body)
         try:
             answer = json.loads(data)
         except ValueError:
-            raise _Unavailable(f"HTTP {resp.status}, not a query answer") from None
-        if resp.status == 200 and isinstance(answer, dict) and "result" in answer:
+            raise _Unavailable(f"HTTP {status}, not a query answer") from None
+        if status == 200 and isinstance(answer, dict) and "result" in answer:
             return wire.decode(answer["result"])
         message, kind = (answer.get("error", ""), answer.get("kind")) if isinstance(answer, dict) else ("", "")
-        if resp.status == 400 and kind in ("UserError", "NotFound"):
+        if status == 400 and kind in ("UserError", "NotFound"):
             raise UserError(message)
-        if resp.status == 400 and kind == "BackendError":
+        if status == 400 and kind == "BackendError":
             raise BackendError(message)
-        raise _Unavailable(f"HTTP {resp.status}: {message}")
+        raise _Unavailable(f"HTTP {status}: {message}")
 
-    def _drop_conn(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+    def _http_post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """One request on its own connection (``Connection: close``): (status, body)."""
+        head = [f"POST {path} HTTP/1.1", f"Host: {self._host}:{self._port}", f"Content-Length: {len(body)}",
+                "Connection: close", *(f"{k}: {v}" for k, v in self._headers.items()), "", ""]
+        chunks: list[bytes] = []
+        try:
+            with socket.create_connection((self._host, self._port), timeout=CONNECT_TIMEOUT_S) as sock:
+                sock.settimeout(QUERY_TIMEOUT_S)
+                sock.sendall("\r\n".join(head).encode("latin-1") + body)
+                size = 0
+                while chunk := sock.recv(1 << 16):
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > MAX_ANSWER_BYTES + (1 << 16):
+                        raise _Unavailable("answer too large")
+        except OSError as exc:
+            raise _Unavailable(str(exc)) from None
+        raw = b"".join(chunks)
+        header, sep, payload = raw.partition(b"\r\n\r\n")
+        try:
+            status = int(header.split(b" ", 2)[1])
+            length = next(int(line.split(b":", 1)[1]) for line in header.split(b"\r\n")[1:]
+                          if line.lower().startswith(b"content-length:"))
+        except (IndexError, ValueError, StopIteration):
+            raise _Unavailable("not an HTTP answer") from None
+        if not sep or len(payload) != length:
+            raise _Unavailable("truncated answer")
+        return status, payload
 
     def close(self) -> None:
-        self._drop_conn()
         if self._local is not None:
             self._local.close()
             self._local = None
