@@ -18,10 +18,12 @@ Variants (same trivial function body, so the figures are pure overhead):
 
 The SDK is configured as in production: BatchSpanProcessor and a periodic metric
 reader, each with an exporter that drops everything (we measure the app-side cost,
-not the network). The reader collects every 250 ms (``--export-ms``), so the
+not the network). The metric reader collects every 250 ms (``--export-ms``), so the
 collection of both histograms happens during the measured rounds (its thread shares
 the GIL with them); the cost of one collect of stagetrace's pre-aggregated histogram
-is printed separately. Rounds interleave the variants; figures are medians over rounds.
+is printed separately. Rounds interleave the variants, in an order rotated each round;
+figures are medians over rounds. A paired diagnostic then measures the histogram record
+alone inside the wrapped call (record off, then on, back to back; ours and the SDK's).
 Targets (issue 2): stagetrace <= 1.10x hand-written; no-SDK overhead <= 1 us.
 """
 
@@ -73,6 +75,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--export-ms", type=float, default=250)
+    ap.add_argument("--paired-rounds", type=int, default=40)
     ap.add_argument("--child-no-sdk", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child_no_sdk:
@@ -140,14 +143,34 @@ def main() -> None:
         per_call_ns(fn, 2000)
     st_metrics.record = real_record
     samples = {k: [] for k in variants}
-    for _ in range(a.rounds):
-        for name, fn in variants.items():
+    names = list(variants)
+    for rnd in range(a.rounds):
+        # Rotate the order each round: the span export thread works off the previous
+        # variant's spans during the next one, so a fixed order favours some variants.
+        for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+            fn = variants[name]
             st_metrics.record = no_record if fn is wrapped_spans_only else real_record
             samples[name].append(per_call_ns(fn, a.calls))
         st_metrics.record = real_record
     med = {k: statistics.median(v) for k, v in samples.items()}
     exports_during_rounds = DropMetrics.exports
     collect_us = _collect_cost_us(reader, st_metrics)
+
+    # Paired diagnostic: the same wrapped function with its record off, then on (ours, or
+    # the SDK's Histogram.record with the same bounds/attributes/context), short rounds
+    # back to back; the median difference is the record's in-call cost, free of the
+    # between-variant drift that moves the medians above by several us.
+    def sdk_record(seconds, per_outcome, outcome, context=None, span=None):
+        hist.record(seconds, per_outcome[outcome], context=context)
+
+    paired = {"pre-aggregated": [], "SDK Histogram.record": []}
+    for _ in range(a.paired_rounds):
+        for name, rec in (("pre-aggregated", real_record), ("SDK Histogram.record", sdk_record)):
+            st_metrics.record = no_record
+            off = per_call_ns(wrapped, a.calls // 10)
+            st_metrics.record = rec
+            paired[name].append(per_call_ns(wrapped, a.calls // 10) - off)
+    st_metrics.record = real_record
 
     out = subprocess.run([sys.executable, __file__, "--child-no-sdk", "--calls", str(a.calls), "--rounds", str(a.rounds)],
                          capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
@@ -170,6 +193,8 @@ def main() -> None:
     print(f"no-SDK overhead = {overhead:.3f} us/call  (target <= 1 us: {'met' if overhead <= 1.0 else 'MISSED'})")
     print(f"ml.stage.duration path: {st_metrics._state.path}; periodic exports during the rounds: "
           f"{exports_during_rounds} (every {a.export_ms:g} ms)")
+    print("record cost inside the wrapped call, paired rounds (median on - off): " + ", ".join(
+        f"{k} {statistics.median(v) / 1000:.2f} us" for k, v in paired.items()))
     if collect_us is not None:
         print(f"one collect of the pre-aggregated histogram (1 series, into the reader's MetricsData): "
               f"{collect_us:.1f} us = {collect_us / (a.export_ms * 10):.4f} % of run time at this interval")
