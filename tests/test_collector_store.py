@@ -266,3 +266,38 @@ def test_metric_blocks_are_cut_and_compacted(tmp_path):
             sorted([("a.metric", k) for k in range(2)] + [("b.metric", k) for k in range(3)])
         assert all([p.time_ns for p in s.points] == [NOW + k for k in range(9)] for s in series)
     w.close()
+
+
+def test_compacted_row_groups_hold_only_their_own_dictionary(tmp_path):
+    # Regression: compaction merges blocks as Arrow dictionaries, and given one the
+    # Parquet writer stores the whole dictionary in every row group: each 1024-span
+    # group of a merged block carried every span body of the block (~2 MB), so a
+    # trace-by-id read decoded all of them.
+    import pyarrow.parquet as pq
+    bs = store.BlockStore(tmp_path)
+    w = wal.WalWriter(store.wal_dir(tmp_path, store.SPANS), 1, segment_bytes=1 << 40)
+    for k in range(4):
+        req = trace_service_pb2.ExportTraceServiceRequest()
+        ss = req.resource_spans.add().scope_spans.add()
+        for n in range(3000):  # distinct bodies: a unique attribute value per span
+            sp = ss.spans.add(trace_id=(k * 10_000 + n // 5 + 1).to_bytes(16, "big"),
+                              span_id=(k * 10_000 + n + 1).to_bytes(8, "big"), name="op",
+                              start_time_unix_nano=NOW + n, end_time_unix_nano=NOW + n + 1000)
+            sp.attributes.add(key="request.id", value=common_pb2.AnyValue(string_value=f"req-{k}-{n:08d}-" + "x" * 40))
+        w.append(req.SerializeToString())
+        w.rotate()
+        bs.cut(store.SPANS, w.active_seq)
+    w.close()
+
+    def largest_group(path):
+        md = pq.ParquetFile(path).metadata
+        return max(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
+
+    before = max(largest_group(b.path) for b in store.list_blocks(tmp_path, store.SPANS))
+    while bs.compact(store.SPANS):
+        pass
+    (merged,) = store.list_blocks(tmp_path, store.SPANS)
+    assert merged.lo == 1 and merged.hi == 4
+    assert largest_group(merged.path) < 1.5 * before, (largest_group(merged.path), before)
+    with EmbeddedBackend(tmp_path) as b:
+        assert len(b.get_trace(tid(10_000 * 2 + 7)).spans) == 5
