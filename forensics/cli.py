@@ -118,18 +118,45 @@ def trace_cmd(trace_id: str, fmt: str, output: str | None, **opts) -> None:
     """Show one trace: waterfall, critical path, self time per stage, logs under
     their spans, and the services' metrics in the trace's window."""
     from stagetrace.config import normalize_trace_id
-    from . import trace_report
     tid = normalize_trace_id(trace_id)  # fail before touching the backend
     from stagetrace.errors import NotFound
     backend = _backend(opts, warn=False)
     try:
-        report = trace_report(backend, tid)
+        # Look the trace up while this (new, short-lived) process imports the analysis
+        # and the renderer: the lookup waits on the collector, Tempo or the disk.
+        fetched = _in_background(backend.get_trace, tid)
+        from .traceview import build_trace_report
+        if fmt == "text":
+            from . import render_text  # noqa: F401
+        report = build_trace_report(backend, tid, trace=fetched())
     except NotFound as exc:
         note = _missing_store(backend)
         raise NotFound(f"{exc}: {note}" if note else str(exc)) from None
     finally:
         backend.close()
     _emit(report, fmt, output)
+
+
+def _in_background(fn, *args):
+    """Start ``fn(*args)`` on a thread; the returned callable waits and returns or raises its outcome."""
+    import threading
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    th = threading.Thread(target=run, name="trace-lookup", daemon=True)
+    th.start()
+
+    def result():
+        th.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+    return result
 
 
 @click.group("investigate")

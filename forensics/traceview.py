@@ -15,6 +15,7 @@ from stagetrace import semconv
 from stagetrace.backend import Backend, MetricQuery
 from stagetrace.config import normalize_trace_id
 from stagetrace.errors import NotFound
+from stagetrace.model import Trace
 
 from .critical_path import critical_path
 from .logmining import body_text
@@ -25,9 +26,11 @@ from .window import fmt_ms, fmt_time
 METRIC_PAD_NS = 30_000_000_000
 
 
-def build_trace_report(backend: Backend, trace_id: str) -> Report:
+def build_trace_report(backend: Backend, trace_id: str, *, trace: Trace | None = None) -> Report:
+    """``trace``: the trace when the caller already fetched it from ``backend``."""
     tid = normalize_trace_id(trace_id)
-    trace = backend.get_trace(tid)
+    if trace is None:
+        trace = backend.get_trace(tid)
     if trace is None or not trace.spans:
         raise NotFound(f"trace {tid} not found in the {backend.name} backend")
     cp = critical_path(trace)
