@@ -21,12 +21,16 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 from urllib.parse import urlsplit
 
 from stagetrace import semconv
 
 from .queryapi import DISCOVERY_FILE, MAX_ANSWER_BYTES, PREFIX, SERVED
+
+if TYPE_CHECKING:  # pragma: no cover
+    from stagetrace.backend import LogQuery, MetricQuery, TraceQuery
+    from stagetrace.model import LogRecord, MetricSeries, Span, Trace, TraceSummary
 
 log = logging.getLogger("stagetrace.collector.client")
 
@@ -66,7 +70,7 @@ def _discover(data_dir: Path) -> str | None:
 
 
 class ServedBackend:
-    """A :class:`stagetrace.backend.Backend`: served lookups over HTTP, the rest local."""
+    """A :class:`stagetrace.backend.Backend`: the bounded lookups over HTTP, scans in this process."""
 
     name = "embedded"
 
@@ -82,23 +86,32 @@ class ServedBackend:
         self._served = True  # off after the first failure: one slow timeout at most
 
     # -- the served lookups ---------------------------------------------------
-    def get_trace(self, trace_id: str, *, start_ns: int | None = None, end_ns: int | None = None) -> Any:
+    def get_trace(self, trace_id: str, *, start_ns: int | None = None, end_ns: int | None = None) -> Trace | None:
         return self._ask("get_trace", [trace_id], {"start_ns": start_ns, "end_ns": end_ns})
 
-    def metric_series(self, query: Any) -> Any:
+    def metric_series(self, query: MetricQuery) -> list[MetricSeries]:
         return self._ask("metric_series", [query], {})
 
-    def metric_names(self, **kwargs: Any) -> Any:
-        return self._ask("metric_names", [], kwargs)
+    def metric_names(self, *, start_ns: int | None = None, end_ns: int | None = None,
+                     service: str | None = None) -> list[str]:
+        return self._ask("metric_names", [], {"start_ns": start_ns, "end_ns": end_ns, "service": service})
 
-    def stats(self) -> Any:
+    def stats(self) -> dict[str, int]:
         return self._ask("stats", [], {})
 
-    # -- everything else reads the store here ---------------------------------
-    def __getattr__(self, attr: str) -> Any:
-        if attr.startswith("_"):
-            raise AttributeError(attr)
-        return getattr(self._store(), attr)
+    # -- scans that can return millions of rows: read the store here -----------
+    def get_traces(self, trace_ids: Sequence[str], *, start_ns: int | None = None, end_ns: int | None = None,
+                   with_logs: bool = True) -> dict[str, Trace]:
+        return self._store().get_traces(trace_ids, start_ns=start_ns, end_ns=end_ns, with_logs=with_logs)
+
+    def search_traces(self, query: TraceQuery) -> list[TraceSummary]:
+        return self._store().search_traces(query)
+
+    def find_spans(self, query: TraceQuery) -> list[Span]:
+        return self._store().find_spans(query)
+
+    def find_logs(self, query: LogQuery) -> list[LogRecord]:
+        return self._store().find_logs(query)
 
     def _store(self) -> Any:
         if self._local is None:
