@@ -494,15 +494,17 @@ class EmbeddedBackend:
         return out
 
     def metric_series(self, query: MetricQuery) -> list[MetricSeries]:
-        """One series per (metric, point attributes, service), points oldest first.
-        ``attributes`` must all be present on the point (or its resource)."""
+        """One series per (metric, point attributes, resource), points oldest first:
+        two instances of a service are two series, as Prometheus keeps them apart
+        by their instance labels. ``attributes`` must all be present on the point
+        (or its resource)."""
         where, params = _metric_where(query.name, query.service, query.start_ns, query.end_ns)
-        series: dict[tuple[str, str, str], MetricSeries] = {}
-        keep: dict[tuple[str, str, str], bool] = {}
-        for batch in self._sql(METRICS, "*", where, params, "ORDER BY name, service, series, time_ns"):
+        series: dict[tuple[str, str, str, bytes], MetricSeries] = {}
+        keep: dict[tuple[str, str, str, bytes], bool] = {}
+        for batch in self._sql(METRICS, "*", where, params, "ORDER BY name, service, series, resource, time_ns"):
             d = batch.to_pydict()
             for i in range(batch.num_rows):
-                key = (d["name"][i], d["series"][i], d["service"][i])
+                key = (d["name"][i], d["series"][i], d["service"][i], d["resource"][i])
                 if key not in keep:
                     resource, _ = self._resource(d["resource"][i], METRICS)
                     point_attrs = json.loads(d["series"][i])

@@ -122,7 +122,8 @@ class Backend(Protocol):
         ...
 
     def metric_series(self, query: MetricQuery) -> list[MetricSeries]:
-        """One series per (metric, attributes, resource service), points oldest first."""
+        """One series per (metric, point attributes, resource: e.g. one per service
+        instance, as Prometheus labels keep them apart), points oldest first."""
         ...
 
     def metric_names(self, *, start_ns: int | None = None, end_ns: int | None = None,

@@ -231,11 +231,12 @@ def test_parallel_cut_writes_adjacent_blocks(tmp_path):
     w.close()
 
 
-def metric_request(name: str, series: int, t: int) -> bytes:
+def metric_request(name: str, series: int, t: int, instance: str = "i-0") -> bytes:
     from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
     req = metrics_service_pb2.ExportMetricsServiceRequest()
     rm = req.resource_metrics.add(resource=resource_pb2.Resource(attributes=[
-        common_pb2.KeyValue(key="service.name", value=common_pb2.AnyValue(string_value="svc"))]))
+        common_pb2.KeyValue(key="service.name", value=common_pb2.AnyValue(string_value="svc")),
+        common_pb2.KeyValue(key="service.instance.id", value=common_pb2.AnyValue(string_value=instance))]))
     m = rm.scope_metrics.add().metrics.add(name=name, unit="1")
     for k in range(series):
         p = m.gauge.data_points.add(time_unix_nano=t, as_double=float(k))
@@ -301,3 +302,24 @@ def test_compacted_row_groups_hold_only_their_own_dictionary(tmp_path):
     assert largest_group(merged.path) < 1.5 * before, (largest_group(merged.path), before)
     with EmbeddedBackend(tmp_path) as b:
         assert len(b.get_trace(tid(10_000 * 2 + 7)).spans) == 5
+
+
+def test_each_instance_of_a_service_is_its_own_metric_series(tmp_path):
+    # Two instances' gauges must not merge into one series (whose resource would then
+    # be whichever instance's row came first: it differed between WAL and block reads).
+    w = wal.WalWriter(store.wal_dir(tmp_path, store.METRICS), 1, segment_bytes=1 << 40)
+    for k in range(3):
+        w.append(metric_request("cpu", 1, NOW + k, instance="i-0"))
+        w.append(metric_request("cpu", 1, NOW + k, instance="i-1"))
+    w.rotate()
+    from stagetrace.backend import MetricQuery
+    with EmbeddedBackend(tmp_path) as b:
+        from_wal = b.metric_series(MetricQuery(name="cpu"))
+    store.BlockStore(tmp_path).cut(store.METRICS, w.active_seq)
+    with EmbeddedBackend(tmp_path) as b:
+        from_block = b.metric_series(MetricQuery(name="cpu"))
+    w.close()
+    for got in (from_wal, from_block):
+        assert sorted(s.resource["service.instance.id"] for s in got) == ["i-0", "i-1"]
+        assert all(len(s.points) == 3 and all(p.resource == s.resource for p in s.points) for s in got)
+    assert from_wal == from_block
