@@ -387,16 +387,21 @@ class EmbeddedBackend:
         """Spans matching every condition, oldest first, at most ``query.limit``.
         A span matches the window when it starts inside it."""
         where, params, attrs = self._span_where(query)
-        limit = query.limit
-        order = "ORDER BY start_ns, trace_id, span_id"
+        return self._matching(SPANS, self._spans, where, params, "ORDER BY start_ns, trace_id, span_id", attrs,
+                              query.limit)
+
+    def _matching(self, table: str, decode: Callable[[pa.RecordBatch], Iterator[Any]], where: list[str],
+                  params: list[Any], order: str, attrs: dict[str, Any], limit: int | None) -> list[Any]:
+        """Rows matching ``where`` (in SQL) and ``attrs`` (on the decoded records), at most ``limit``.
+        The limit goes into the SQL only when no attribute filter follows it."""
         if not attrs and limit is not None:
             order += f" LIMIT {int(limit)}"
-        out: list[Span] = []
-        for batch in self._sql(SPANS, "*", where, params, order):
-            for sp in self._spans(batch):
-                if attrs and not attributes_match(attrs, sp.attributes, sp.resource):
+        out: list[Any] = []
+        for batch in self._sql(table, "*", where, params, order):
+            for rec in decode(batch):
+                if attrs and not attributes_match(attrs, rec.attributes, rec.resource):
                     continue
-                out.append(sp)
+                out.append(rec)
                 if limit is not None and len(out) >= limit:
                     return out
         return out
@@ -480,18 +485,7 @@ class EmbeddedBackend:
         if service is not None:
             where.append("service = ?")
             params.append(service)
-        order = "ORDER BY time_ns, observed_ns"
-        if not attrs and limit is not None:
-            order += f" LIMIT {int(limit)}"
-        out: list[LogRecord] = []
-        for batch in self._sql(LOGS, "*", where, params, order):
-            for r in self._logs(batch):
-                if attrs and not attributes_match(attrs, r.attributes, r.resource):
-                    continue
-                out.append(r)
-                if limit is not None and len(out) >= limit:
-                    return out
-        return out
+        return self._matching(LOGS, self._logs, where, params, "ORDER BY time_ns, observed_ns", attrs, limit)
 
     def metric_series(self, query: MetricQuery) -> list[MetricSeries]:
         """One series per (metric, point attributes, resource), points oldest first:

@@ -58,11 +58,13 @@ class QueryService:
         """Open the store and touch every block in a background thread, so the
         first lookup after start is as fast as the rest."""
         def run() -> None:
+            from stagetrace import wire
+            from stagetrace.backend import MetricQuery
+
             try:  # one of each served query: the first of each pays DuckDB's and the views' set-up
                 now = time.time_ns()
-                self.call("get_trace", b'{"args":["00000000000000000000000000000001"]}')
-                self.call("metric_series", json.dumps({"args": [{"$type": "MetricQuery", "start_ns": now - 10**9,
-                                                                  "end_ns": now}]}).encode())
+                self.call("get_trace", wire.dumps({"args": ["0" * 31 + "1"]}))
+                self.call("metric_series", wire.dumps({"args": [MetricQuery(start_ns=now - 10**9, end_ns=now)]}))
                 self.call("metric_names", b"{}")
             except Exception:
                 log.debug("query warm-up failed", exc_info=True)

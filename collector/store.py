@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -88,6 +88,29 @@ def _service(resource: Any) -> str:
     return "unknown_service"
 
 
+# (request field, resource wrapper, scope field, scope wrapper) per signal
+_LAYOUT = {
+    otlp.TRACES: ("resource_spans", trace_pb2.ResourceSpans, "scope_spans", trace_pb2.ScopeSpans),
+    otlp.LOGS: ("resource_logs", logs_pb2.ResourceLogs, "scope_logs", logs_pb2.ScopeLogs),
+    otlp.METRICS: ("resource_metrics", metrics_pb2.ResourceMetrics, "scope_metrics", metrics_pb2.ScopeMetrics),
+}
+
+
+def _scopes(signal: str, payloads: Iterable[bytes]) -> Iterator[tuple[bytes, str, bytes, Any]]:
+    """(resource blob, service, scope blob, Scope* message) for every scope of every request.
+
+    Resource and scope are stored per row as their own protobuf (the wrapper message
+    without its records); Parquet's dictionary encoding turns the repeats into bytes."""
+    parse = otlp.REQUEST_TYPES[signal].FromString
+    res_field, res_cls, scope_field, scope_cls = _LAYOUT[signal]
+    for payload in payloads:
+        for r in getattr(parse(payload), res_field):
+            res_blob = res_cls(resource=r.resource, schema_url=r.schema_url).SerializeToString()
+            service = _service(r.resource)
+            for sc in getattr(r, scope_field):
+                yield res_blob, service, scope_cls(scope=sc.scope, schema_url=sc.schema_url).SerializeToString(), sc
+
+
 def _span_columns(payloads: Iterable[bytes]) -> dict[str, Any]:
     # Column by column over each ScopeSpans' spans (list comprehensions, no per-span
     # appends or dicts): the per-span Python work is what bounds block building.
@@ -103,37 +126,31 @@ def _span_columns(payloads: Iterable[bytes]) -> dict[str, Any]:
     services: list[str] = []
     resources: list[bytes] = []
     scopes: list[bytes] = []
-    parse = otlp.REQUEST_TYPES[otlp.TRACES].FromString
-    for payload in payloads:
-        for rs in parse(payload).resource_spans:
-            res_blob = trace_pb2.ResourceSpans(resource=rs.resource, schema_url=rs.schema_url).SerializeToString()
-            service = _service(rs.resource)
-            for ss in rs.scope_spans:
-                scope_blob = trace_pb2.ScopeSpans(scope=ss.scope, schema_url=ss.schema_url).SerializeToString()
-                spans = list(ss.spans)
-                n = len(spans)
-                tids += [sp.trace_id for sp in spans]
-                sids += [sp.span_id for sp in spans]
-                pids += [sp.parent_span_id for sp in spans]
-                names += [sp.name for sp in spans]
-                kinds += [sp.kind for sp in spans]
-                starts += [sp.start_time_unix_nano for sp in spans]
-                ends += [sp.end_time_unix_nano for sp in spans]
-                codes += [sp.status.code for sp in spans]
-                # The span minus its ids and times, which live only in their columns:
-                # random ids compress worst, and without ids and times the rest of a
-                # span (name, kind, attributes, status) repeats across requests, so
-                # it dictionary-encodes on disk and readers decode each distinct one once.
-                for sp in spans:
-                    sp.trace_id = b""
-                    sp.span_id = b""
-                    sp.parent_span_id = b""
-                    sp.start_time_unix_nano = 0
-                    sp.end_time_unix_nano = 0
-                rests += [sp.SerializeToString() for sp in spans]
-                services += [service] * n
-                resources += [res_blob] * n
-                scopes += [scope_blob] * n
+    for res_blob, service, scope_blob, ss in _scopes(otlp.TRACES, payloads):
+        spans = list(ss.spans)
+        n = len(spans)
+        tids += [sp.trace_id for sp in spans]
+        sids += [sp.span_id for sp in spans]
+        pids += [sp.parent_span_id for sp in spans]
+        names += [sp.name for sp in spans]
+        kinds += [sp.kind for sp in spans]
+        starts += [sp.start_time_unix_nano for sp in spans]
+        ends += [sp.end_time_unix_nano for sp in spans]
+        codes += [sp.status.code for sp in spans]
+        # The span minus its ids and times, which live only in their columns:
+        # random ids compress worst, and without ids and times the rest of a
+        # span (name, kind, attributes, status) repeats across requests, so
+        # it dictionary-encodes on disk and readers decode each distinct one once.
+        for sp in spans:
+            sp.trace_id = b""
+            sp.span_id = b""
+            sp.parent_span_id = b""
+            sp.start_time_unix_nano = 0
+            sp.end_time_unix_nano = 0
+        rests += [sp.SerializeToString() for sp in spans]
+        services += [service] * n
+        resources += [res_blob] * n
+        scopes += [scope_blob] * n
     start_a = np.array(starts, dtype=np.uint64).astype(np.int64)  # validated int64-representable
     dur_a = np.array(ends, dtype=np.uint64).astype(np.int64) - start_a  # may be negative (skewed clock): kept
     return {"trace_id": tids, "span_id": sids, "parent_span_id": pids, "name": names,
@@ -144,27 +161,21 @@ def _span_columns(payloads: Iterable[bytes]) -> dict[str, Any]:
 
 def _log_columns(payloads: Iterable[bytes]) -> dict[str, list]:
     cols: dict[str, list] = {f.name: [] for f in LOG_SCHEMA}
-    for payload in payloads:
-        req = otlp.REQUEST_TYPES[otlp.LOGS].FromString(payload)
-        for rl in req.resource_logs:
-            res_blob = logs_pb2.ResourceLogs(resource=rl.resource, schema_url=rl.schema_url).SerializeToString()
-            service = _service(rl.resource)
-            for sl in rl.scope_logs:
-                scope_blob = logs_pb2.ScopeLogs(scope=sl.scope, schema_url=sl.schema_url).SerializeToString()
-                for lr in sl.log_records:
-                    cols["trace_id"].append(lr.trace_id)
-                    cols["span_id"].append(lr.span_id)
-                    # the model's time: event time, else observed time (and vice versa)
-                    cols["time_ns"].append(lr.time_unix_nano or lr.observed_time_unix_nano)
-                    cols["observed_ns"].append(lr.observed_time_unix_nano or lr.time_unix_nano)
-                    cols["severity_number"].append(lr.severity_number)
-                    cols["severity_text"].append(lr.severity_text)
-                    cols["service"].append(service)
-                    lr.trace_id = b""
-                    lr.span_id = b""
-                    cols["rest"].append(lr.SerializeToString())
-                    cols["resource"].append(res_blob)
-                    cols["scope"].append(scope_blob)
+    for res_blob, service, scope_blob, sl in _scopes(otlp.LOGS, payloads):
+        for lr in sl.log_records:
+            cols["trace_id"].append(lr.trace_id)
+            cols["span_id"].append(lr.span_id)
+            # the model's time: event time, else observed time (and vice versa)
+            cols["time_ns"].append(lr.time_unix_nano or lr.observed_time_unix_nano)
+            cols["observed_ns"].append(lr.observed_time_unix_nano or lr.time_unix_nano)
+            cols["severity_number"].append(lr.severity_number)
+            cols["severity_text"].append(lr.severity_text)
+            cols["service"].append(service)
+            lr.trace_id = b""
+            lr.span_id = b""
+            cols["rest"].append(lr.SerializeToString())
+            cols["resource"].append(res_blob)
+            cols["scope"].append(scope_blob)
     return cols
 
 
@@ -182,38 +193,32 @@ def point_value(kind: str, p: Any) -> float:
 
 def _metric_columns(payloads: Iterable[bytes]) -> dict[str, list]:
     cols: dict[str, list] = {f.name: [] for f in METRIC_SCHEMA}
-    for payload in payloads:
-        req = otlp.REQUEST_TYPES[otlp.METRICS].FromString(payload)
-        for rm in req.resource_metrics:
-            res_blob = metrics_pb2.ResourceMetrics(resource=rm.resource, schema_url=rm.schema_url).SerializeToString()
-            service = _service(rm.resource)
-            for sm in rm.scope_metrics:
-                scope_blob = metrics_pb2.ScopeMetrics(scope=sm.scope, schema_url=sm.schema_url).SerializeToString()
-                for m in sm.metrics:
-                    kind, points = otlp.metric_points(m)
-                    if kind is None:
-                        continue
-                    data = getattr(m, kind)
-                    temporality = getattr(data, "aggregation_temporality", 0)
-                    monotonic = bool(getattr(data, "is_monotonic", False))
-                    meta = metrics_pb2.Metric(name=m.name, description=m.description, unit=m.unit)
-                    meta.metadata.extend(m.metadata)
-                    meta_blob = meta.SerializeToString()
-                    for p in points:
-                        cols["name"].append(m.name)
-                        cols["kind"].append(kind)
-                        cols["unit"].append(m.unit)
-                        cols["service"].append(service)
-                        cols["series"].append(series_key(otlp.attributes(p.attributes)))
-                        cols["time_ns"].append(p.time_unix_nano)
-                        cols["start_ns"].append(p.start_time_unix_nano)
-                        cols["value"].append(point_value(kind, p))
-                        cols["temporality"].append(temporality)
-                        cols["monotonic"].append(monotonic)
-                        cols["point"].append(p.SerializeToString())
-                        cols["metric"].append(meta_blob)
-                        cols["resource"].append(res_blob)
-                        cols["scope"].append(scope_blob)
+    for res_blob, service, scope_blob, sm in _scopes(otlp.METRICS, payloads):
+        for m in sm.metrics:
+            kind, points = otlp.metric_points(m)
+            if kind is None:
+                continue
+            data = getattr(m, kind)
+            temporality = getattr(data, "aggregation_temporality", 0)
+            monotonic = bool(getattr(data, "is_monotonic", False))
+            meta = metrics_pb2.Metric(name=m.name, description=m.description, unit=m.unit)
+            meta.metadata.extend(m.metadata)
+            meta_blob = meta.SerializeToString()
+            for p in points:
+                cols["name"].append(m.name)
+                cols["kind"].append(kind)
+                cols["unit"].append(m.unit)
+                cols["service"].append(service)
+                cols["series"].append(series_key(otlp.attributes(p.attributes)))
+                cols["time_ns"].append(p.time_unix_nano)
+                cols["start_ns"].append(p.start_time_unix_nano)
+                cols["value"].append(point_value(kind, p))
+                cols["temporality"].append(temporality)
+                cols["monotonic"].append(monotonic)
+                cols["point"].append(p.SerializeToString())
+                cols["metric"].append(meta_blob)
+                cols["resource"].append(res_blob)
+                cols["scope"].append(scope_blob)
     return cols
 
 
