@@ -4,6 +4,9 @@ PY ?= python3
 VENV ?= .venv
 PIP = $(VENV)/bin/pip
 PYTEST_ARGS ?=
+# Servers the tests start themselves (on 127.0.0.1): Prometheus, Alertmanager, and
+# headless Chromium with its WebDriver for the UI tests.
+APT_PACKAGES = prometheus prometheus-alertmanager chromium chromium-driver
 
 .PHONY: test deps venv demo bench clean
 
@@ -13,9 +16,11 @@ $(VENV)/bin/python:
 venv: $(VENV)/bin/python
 
 deps: venv
-	@command -v prometheus >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
-	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; fi; }
+	@missing=""; for pkg in $(APT_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 	$(PIP) install -q -U pip
 	# torch is pinned to the CPU build; a bare `torch` would pull a multi-GB CUDA build.
 	$(PIP) install -q 'torch==2.13.0' -e '.[test]'

@@ -7,6 +7,9 @@ so ``stagetrace --help`` and ``stagetrace trace`` stay fast:
 - ``trace``                -> stagetrace.forensics.cli:trace_cmd
 - ``investigate``          -> stagetrace.forensics.cli:investigate_group
 - ``demo``                 -> stagetrace.demo.cli:demo_cmd
+- ``watch``                -> stagetrace.incidents.cli:watch_group
+- ``postmortem``           -> stagetrace.incidents.cli:postmortem_cmd
+- ``ui``                   -> stagetrace.ui.cli:ui_cmd
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "trace": ("stagetrace.forensics.cli", "trace_cmd", "Show one trace: waterfall, critical path, logs, metrics."),
     "investigate": ("stagetrace.forensics.cli", "investigate_group", "Explain slow requests or cluster errors."),
     "demo": ("stagetrace.demo.cli", "demo_cmd", "Run an instrumented ML service with injected faults and investigate it."),
+    "watch": ("stagetrace.incidents.cli", "watch_group", "Evaluate alert rules continuously; alerts carry their root cause."),
+    "postmortem": ("stagetrace.incidents.cli", "postmortem_cmd", "Write a blameless post-mortem draft from the telemetry."),
+    "ui": ("stagetrace.ui.cli", "ui_cmd", "Serve the local web UI: search, trace view, investigate from the plot."),
 }
 
 
