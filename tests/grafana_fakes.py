@@ -1,7 +1,7 @@
 """A local HTTP server that answers like Tempo and Loki, from RECORDINGS.
 
 Tempo and Loki cannot run on these machines, so the GrafanaBackend tests serve the
-bodies recorded from real servers in ../shared/samples (see its README.md): the
+bodies recorded from real servers in tests/data/samples (see its README.md): the
 status codes, headers and JSON are byte-for-byte what Tempo v3.1.0-dev and Loki
 main-65e30f8 answered. Only the routing below is ours: it picks the recording that
 matches the request and notes every request so tests can check what was asked.
@@ -18,14 +18,15 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
+# Kept in the repository (tests/data/samples, provenance in tests/data/README.md).
+SAMPLES = Path(__file__).resolve().parent / "data" / "samples"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
 def samples_dir() -> Path:
     if not (SAMPLES / "README.md").is_file():
-        pytest.fail(f"recorded Tempo/Loki samples not found at {SAMPLES}: the repository expects "
-                    "shared/samples beside it (../shared/samples from the repo root)")
+        pytest.fail(f"recorded Tempo/Loki samples not found at {SAMPLES}: they are part of the "
+                    "repository (tests/data/samples); is the checkout complete?")
     return SAMPLES
 
 

@@ -35,7 +35,7 @@ from stagetrace.backend import LogQuery, MetricQuery, TraceQuery
 from stagetrace.collector.process import start_collector
 from stagetrace.collector.query import EmbeddedBackend
 
-SAMPLES = Path("/work/shared/samples/input")
+SAMPLES = Path(__file__).resolve().parent / "data" / "samples" / "input"
 SAMPLE_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 KIND = {SpanKind.INTERNAL: "INTERNAL", SpanKind.SERVER: "SERVER", SpanKind.CLIENT: "CLIENT",
         SpanKind.PRODUCER: "PRODUCER", SpanKind.CONSUMER: "CONSUMER"}

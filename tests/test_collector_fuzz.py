@@ -18,7 +18,7 @@ from stagetrace.collector import otlp, store
 from stagetrace.collector.process import start_collector
 from stagetrace.collector.query import EmbeddedBackend
 
-SAMPLES = Path("/work/shared/samples/input")
+SAMPLES = Path(__file__).resolve().parent / "data" / "samples" / "input"
 VALID_JSON = {otlp.TRACES: (SAMPLES / "input_traces.otlp.json").read_bytes(),
               otlp.LOGS: (SAMPLES / "input_logs.otlp.json").read_bytes()}
 VALID_PB = {sig: otlp.decode(sig, body, json_body=True).SerializeToString() for sig, body in VALID_JSON.items()}

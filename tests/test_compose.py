@@ -1,7 +1,7 @@
 """Static checks of the compose stack in compose/ (no Docker engine runs here).
 
 docker-compose.yml is validated against the Compose Specification JSON Schema kept
-beside the repository (../shared/schemas/compose-spec.json). The Prometheus rule
+in tests/data/compose-spec/ (Apache-2.0, see tests/data/README.md). The Prometheus rule
 files are checked by the real `promtool` from the Debian prometheus package that
 `make test` installs. Grafana provisioning is parsed and its data-source uids
 cross-checked, including the escaping Grafana needs for literal ${...} variables.
@@ -21,7 +21,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_DIR = ROOT / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
-SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.json"
+SCHEMA = Path(__file__).resolve().parent / "data" / "compose-spec" / "compose-spec.json"
 GRAFANA = COMPOSE_DIR / "grafana"
 
 
@@ -60,8 +60,8 @@ def test_compose_validates_against_compose_spec(compose):
     import jsonschema
 
     if not SCHEMA.is_file():
-        pytest.fail(f"Compose JSON Schema not found at {SCHEMA}: the repository expects shared/schemas/ "
-                    "beside it (../shared/schemas/compose-spec.json from the repo root)")
+        pytest.fail(f"Compose JSON Schema not found at {SCHEMA}: it is part of the repository "
+                    "(tests/data/compose-spec); is the checkout complete?")
     schema = json.loads(SCHEMA.read_text())
     errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(compose), key=lambda e: list(e.path))
     assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors[:10])

@@ -1,7 +1,7 @@
 """GrafanaBackend over Tempo and Loki.
 
 Tempo and Loki cannot run on these machines. Their answers here are RECORDINGS
-from real servers (../shared/samples, see its README), served by a local HTTP
+from real servers (tests/data/samples, see its README), served by a local HTTP
 server (tests/grafana_fakes.py). The cross-backend tests feed the same recorded
 input (samples/input/*.otlp.json, the telemetry those servers were sent) to a real
 `stagetrace collector` subprocess over OTLP/HTTP JSON and check that both backends
