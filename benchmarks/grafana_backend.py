@@ -3,7 +3,7 @@
 Tempo and Loki cannot run here, so this measures what stagetrace itself adds:
 parsing Tempo's trace JSON and Loki's streams, and a whole get_trace() round trip
 against a local HTTP server answering with a recorded-shape body (the recording in
-../shared/samples, scaled up by cloning spans and log lines). The embedded store
+tests/data/samples, scaled up by cloning spans and log lines). The embedded store
 answers the same trace, ingested over OTLP/HTTP JSON by a `stagetrace collector`
 subprocess. Figures are medians; the ratio is remote/embedded.
 
@@ -26,7 +26,8 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
+# The recordings the tests use, kept in the repository (provenance: tests/data/README.md).
+SAMPLES = Path(__file__).resolve().parents[1] / "tests" / "data" / "samples"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
@@ -103,7 +104,7 @@ def main() -> None:
     import logging
     logging.getLogger("stagetrace.forensics.grafana").setLevel(logging.ERROR)  # "no Prometheus URL" is expected
     if not (SAMPLES / "README.md").is_file():
-        sys.exit(f"recorded samples not found at {SAMPLES}")
+        sys.exit(f"error: recorded Tempo/Loki samples not found at {SAMPLES} (they are part of the repository; is the checkout complete?)")
 
     from stagetrace.backend import LogQuery
     from stagetrace.collector.process import start_collector
