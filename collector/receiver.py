@@ -21,6 +21,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import socket
 import threading
 import zlib
 from concurrent import futures
@@ -45,6 +46,40 @@ GRPC_SERVICES = {
 HTTP_PATHS = {"/v1/traces": otlp.TRACES, "/v1/logs": otlp.LOGS, "/v1/metrics": otlp.METRICS}
 _REJECTED_FIELD = {otlp.TRACES: "rejected_spans", otlp.LOGS: "rejected_log_records",
                    otlp.METRICS: "rejected_data_points"}
+
+
+@dataclass(frozen=True, slots=True)
+class TLSFiles:
+    """The server certificate (PEM, chain allowed) and its private key, as the OTel
+    Collector's ``tls: {cert_file, key_file}`` settings name them."""
+
+    cert_file: str
+    key_file: str
+
+    def load(self) -> tuple[bytes, bytes]:
+        """(certificate chain, key) bytes; an unreadable file is a clear OSError."""
+        out = []
+        for what, path in (("certificate", self.cert_file), ("key", self.key_file)):
+            try:
+                with open(path, "rb") as fh:
+                    out.append(fh.read())
+            except OSError as exc:
+                raise OSError(f"cannot read the TLS {what} file {path}: {exc.strerror or exc}") from None
+        return out[0], out[1]
+
+    def server_context(self) -> Any:
+        """An ``ssl.SSLContext`` for the HTTP listener (TLS 1.2+)."""
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise OSError(f"cannot load the TLS certificate {self.cert_file} with key {self.key_file}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
+        ctx.set_alpn_protocols(["http/1.1"])
+        return ctx
 
 
 @dataclass(slots=True)
@@ -174,21 +209,28 @@ def _grpc_handler(ingestor: Ingestor, signal: str, slots: threading.BoundedSemap
     return grpc.unary_unary_rpc_method_handler(export, request_deserializer=None, response_serializer=None)
 
 
-def start_grpc(ingestor: Ingestor, host: str, port: int) -> tuple[grpc.Server, int]:
+def start_grpc(ingestor: Ingestor, host: str, port: int, tls: TLSFiles | None = None) -> tuple[grpc.Server, int]:
     limits = ingestor.limits
     slots = threading.BoundedSemaphore(limits.max_inflight)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=limits.max_inflight + 4, thread_name_prefix="otlp-grpc"),
         options=[("grpc.max_receive_message_length", limits.max_request_bytes),
-                 ("grpc.so_reuseport", 0)],  # a busy port must fail, not be shared
+                 # a busy port must fail, not be shared (SO_REUSEPORT off); grpc core sets
+                 # SO_REUSEADDR itself, so a restart after kill -9 binds over TIME_WAIT
+                 ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=limits.max_inflight * 2,  # queued messages are memory too
     )
     handlers = []
     for signal, service in GRPC_SERVICES.items():
         handlers.append(grpc.method_handlers_generic_handler(service, {"Export": _grpc_handler(ingestor, signal, slots)}))
     server.add_generic_rpc_handlers(tuple(handlers))
+    creds = None
+    if tls is not None:
+        cert, key = tls.load()
+        TLSFiles.server_context(tls)  # a mismatched or malformed pair: one clear line here, not grpc's log
+        creds = grpc.ssl_server_credentials([(key, cert)])
     try:
-        bound = server.add_insecure_port(_join(host, port))
+        bound = server.add_secure_port(_join(host, port), creds) if creds else server.add_insecure_port(_join(host, port))
     except RuntimeError:
         bound = 0
     if not bound:
@@ -339,13 +381,43 @@ def _gunzip(body: bytes, limit: int) -> bytes:
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
-    allow_reuse_address = False  # a busy port must fail
+    # SO_REUSEADDR, as every production server sets it: on Linux it only lets us bind
+    # over the TIME_WAIT connections a crashed (kill -9) collector left, so a restart
+    # gets its port at once; a port a live process listens on still fails (sharing a
+    # listening port is SO_REUSEPORT, which stays off).
+    allow_reuse_address = True
+    allow_reuse_port = False
     request_queue_size = 64
     max_connections = 256  # one thread per open connection: cap them, idle ones included
+
+    tls_context: Any = None  # ssl.SSLContext when serving HTTPS
+    tls_handshake_timeout_s = 10.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._conn_slots = threading.BoundedSemaphore(self.max_connections)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.tls_context is not None:
+            # the handshake runs on the connection's own thread (never in the accept
+            # loop, where one slow client would stall every other)
+            request.settimeout(self.tls_handshake_timeout_s)
+            try:
+                request = self.tls_context.wrap_socket(request, server_side=True)
+            except OSError as exc:  # ssl.SSLError is an OSError: a plain-HTTP client, a bad cert, a probe
+                log.debug("TLS handshake with %s failed: %s", client_address, exc)
+                return
+            request.settimeout(None)
+            try:
+                super().finish_request(request, client_address)
+            finally:  # the plain socket the server will close was detached by wrap_socket
+                try:
+                    request.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                request.close()
+            return
+        super().finish_request(request, client_address)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._conn_slots.acquire(blocking=False):
@@ -365,14 +437,16 @@ class _HTTPServer(ThreadingHTTPServer):
             self._conn_slots.release()
 
 
-def start_http(ingestor: Ingestor, host: str, port: int,
-               query: Any = None) -> tuple[ThreadingHTTPServer, int, threading.Thread]:
+def start_http(ingestor: Ingestor, host: str, port: int, query: Any = None,
+               tls: TLSFiles | None = None) -> tuple[ThreadingHTTPServer, int, threading.Thread]:
     handler = type("OTLPHandler", (_OTLPHandler,), {
         "ingestor": ingestor, "slots": threading.BoundedSemaphore(ingestor.limits.max_inflight), "query": query})
-    cls = _HTTPServer
+    attrs: dict[str, Any] = {}
+    if tls is not None:
+        attrs["tls_context"] = tls.server_context()
     if ":" in host:
-        import socket
-        cls = type("_HTTPServer6", (_HTTPServer,), {"address_family": socket.AF_INET6})
+        attrs["address_family"] = socket.AF_INET6
+    cls = type("_HTTPServerTLS" if tls else "_HTTPServer", (_HTTPServer,), attrs) if attrs else _HTTPServer
     try:
         server = cls((host, port), handler)
     except OSError as exc:
