@@ -27,13 +27,15 @@ from stagetrace.config import parse_duration_ns
 from stagetrace.errors import UserError
 from stagetrace.model import Span, Trace
 
-from . import attribution, attributes, logmining, metricevidence, stats, timeline
+from . import attributes, blame, logmining, metricevidence, stats, timeline
 from .progress import steps
 from .report import Finding, Report, headline
-from .window import entry_spans, fmt_ms, fmt_time, sampling_weights
+from .window import entry_operation, entry_spans, fmt_ms, fmt_time, sampling_weights
 
 MAX_SELECTION = 200
 MAX_BASELINE = 400
+MIN_BASELINE = 50  # fewer requests before the onset: add the after-onset requests that are not slow
+MIN_OP_REQUESTS = 20  # an operation needs this many requests for its own percentile
 VERSION_KEYS = (semconv.SERVICE_VERSION, semconv.ML_MODEL_VERSION)
 
 
@@ -63,6 +65,37 @@ def _sample(ids: Sequence[str], k: int, seed: str) -> list[str]:
     return random.Random(seed).sample(ids, k)
 
 
+def op_thresholds(threshold: str | int, ops: np.ndarray, dur: np.ndarray, weights: np.ndarray | None = None,
+                  mask: np.ndarray | None = None) -> tuple[np.ndarray, str, dict[str, int]]:
+    """Per request, the duration over which it is slow *for its own entry operation*.
+
+    A percentile threshold is that percentile of the request's operation (over
+    ``mask``, e.g. the requests before the onset: what the operation normally
+    takes); an operation with fewer than MIN_OP_REQUESTS requests there falls
+    back to the percentile of all of them. A duration applies to every operation.
+    Returns (threshold per request, label, threshold per operation)."""
+    mask = np.ones(dur.size, bool) if mask is None else mask
+    if mask.sum() < MIN_OP_REQUESTS:
+        mask = np.ones(dur.size, bool)
+    glob, label = parse_threshold(threshold, dur[mask], None if weights is None else weights[mask])
+    per_op: dict[str, int] = {}
+    out = np.full(dur.size, glob, dtype=np.int64)
+    uniq = np.unique(ops)
+    if isinstance(threshold, int) or not re.fullmatch(r"p\d+(?:\.\d+)?", str(threshold).strip().lower()):
+        return out, label, {str(o): glob for o in uniq}
+    for o in uniq:
+        sel = ops == o
+        m = sel & mask
+        thr = glob
+        if m.sum() >= MIN_OP_REQUESTS:
+            thr, _ = parse_threshold(threshold, dur[m], None if weights is None else weights[m])
+        out[sel] = thr
+        per_op[str(o)] = thr
+    if len(uniq) > 1:
+        label = f"{str(threshold).strip().lower()} of each operation"
+    return out, label, per_op
+
+
 def investigate_slow(backend: Backend, *, service: str | None = None, route: str | None = None,
                      start_ns: int | None = None, end_ns: int | None = None,
                      threshold: str | int = "p95", progress: bool = False) -> Report:
@@ -78,34 +111,38 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         w_end = end_ns if end_ns is not None else max(s.start_ns for s in entries) + 1
         dur = np.array([s.duration_ns for s in entries], dtype=np.int64)
         t0 = np.array([s.start_ns for s in entries], dtype=np.int64)
+        ops = np.array([entry_operation(s) for s in entries], dtype=object)
         # Tail-sampled data (Tempo behind the gateway Collector): each stored request
         # stands for its adjusted count; {} = unsampled, every analysis unweighted.
         wmap = sampling_weights(entries)
         warr = np.array([wmap.get(s.trace_id, 1.0) for s in entries]) if wmap else None
-        thr_ns, thr_label = parse_threshold(threshold, dur, warr)
-        slow = dur > thr_ns
+        thr_arr, thr_label, per_op = op_thresholds(threshold, ops, dur, warr)
+        slow = dur > thr_arr
+        # --- timeline and onset ---------------------------------------------------------
+        bar.step("finding the onset")
+        width = timeline.analysis_width(w_start, w_end, t0)
+        e = timeline.edges(w_start, w_end, width)
+        onset, k, n, kw, nw = _onset(t0, slow, e, warr)
+        if onset and onset.significant:
+            # Slow means slower than the operation normally is: re-derive the thresholds from
+            # the requests before the onset, when there are enough of them.
+            thr_arr, thr_label, per_op = op_thresholds(threshold, ops, dur, warr, mask=t0 < onset.time_ns)
+            slow = dur > thr_arr
+            _, k, n, kw, nw = _onset(t0, slow, e, warr)
+        thr_ns = int(np.median(thr_arr))
         report = Report("slow", f"Slow requests (over {thr_label})", query=query,
                         window={"start_ns": w_start, "end_ns": w_end})
         report.data.update({"threshold_ns": thr_ns, "threshold_label": thr_label,
+                            "thresholds_by_operation": {o: v / 1e6 for o, v in list(per_op.items())[:50]},
                             "counts": {"requests": int(dur.size), "slow": int(slow.sum())}})
         report.data["sampling"] = _sampling_info(warr)
         if warr is not None:
             report.data["counts"].update({"estimated_requests": float(warr.sum()),
                                           "estimated_slow": float(warr[slow].sum())})
-        # --- timeline and onset ---------------------------------------------------------
-        bar.step("finding the onset")
-        width = timeline.analysis_width(w_start, w_end, t0)
-        e = timeline.edges(w_start, w_end, width)
-        k, n = timeline.counts(t0, slow, e)
-        errk, _ = timeline.counts(t0, [s.is_error for s in entries], e)
-        if warr is not None:
-            kw, nw = timeline.weighted_counts(t0, slow, warr, e)
             errw, _ = timeline.weighted_counts(t0, [s.is_error for s in entries], warr, e)
-            onset = timeline.detect_onset(k, n, e, weighted=(kw, nw))
             report.data["timeline"] = timeline.request_timeline(e, kw, nw, errw, t0, dur, warr)
         else:
-            kw, nw = k, n
-            onset = timeline.detect_onset(k, n, e)
+            errk, _ = timeline.counts(t0, [s.is_error for s in entries], e)
             report.data["timeline"] = timeline.request_timeline(e, k, n, errk, t0, dur)
         if not slow.any():
             report.verdict = [f"No request was slower than {thr_label} in the window; nothing to explain."]
@@ -115,14 +152,19 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
             anomaly.append(f"the slow rate rose from {onset.rate_before:.1%} to {onset.rate_after:.1%} "
                            f"at {fmt_time(onset.time_ns)}")
         elif start_ns is not None:
-            anomaly += _compare_before_window(backend, service, route, w_start, w_end, thr_ns, k.sum(), n.sum(),
-                                              kw.sum(), nw.sum())
+            anomaly += _compare_before_window(backend, service, route, w_start, w_end, per_op, thr_ns,
+                                              k.sum(), n.sum(), kw.sum(), nw.sum())
         # --- samples ----------------------------------------------------------------------
         bar.step("fetching sample traces")
         onset_ns = onset.time_ns if onset and onset.significant else None
         sel_pool = [s.trace_id for s, f in zip(entries, slow) if f and (onset_ns is None or s.start_ns >= onset_ns)]
-        base_pool = [s.trace_id for s, f in zip(entries, slow)
-                     if not f or (onset_ns is not None and s.start_ns < onset_ns)]
+        if onset_ns is not None:
+            # After an onset, compare with before it: the healthy system, natural tail included.
+            base_pool = [s.trace_id for s in entries if s.start_ns < onset_ns]
+            if len(base_pool) < MIN_BASELINE:
+                base_pool += [s.trace_id for s, f in zip(entries, slow) if not f and s.start_ns >= onset_ns]
+        else:
+            base_pool = [s.trace_id for s, f in zip(entries, slow) if not f]
         sel_ids = _sample(sel_pool, MAX_SELECTION, "selection")
         base_ids = _sample(base_pool, MAX_BASELINE, "baseline")
         fetched = backend.get_traces(sel_ids + base_ids, start_ns=w_start, end_ns=w_end + 600_000_000_000,
@@ -135,20 +177,31 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
                                       "sampled_selection": len(sel), "sampled_baseline": len(base)})
         report.data["latency_histogram"] = _histogram(dur[slow], dur[~slow], thr_ns,
                                                       None if warr is None else (warr[slow], warr[~slow]))
-        # --- analyses --------------------------------------------------------------------------
+        # --- where the time went, per component ---------------------------------------------
+        bar.step("critical paths")
+        sel_costs, base_costs = blame.trace_costs(sel), blame.trace_costs(base)
+        bl = blame.blame(sel_costs, base_costs, weights=wmap or None)
+        # Baseline re-weighted to the slow requests' mix of entry operations (and adjusted counts).
+        weights = _evidence_weights(sel, base, entry_of, wmap)
         bar.step("attributes and logs")
-        attr_stats = attributes.compare(sel, base, weights=wmap or None)
-        log_stats = logmining.over_represented(sel, base, weights=wmap or None)
+        groups = _groups(bl, len(sel))
+        by_id = {t.trace_id: t for t in sel}
+        evidence: list[tuple[blame.Component | None, list, list]] = []
+        for comp in groups or [None]:
+            members = [by_id[t] for t in comp.group if t in by_id] if comp is not None and len(groups) > 1 else sel
+            a = attributes.compare(members, base, weights=weights)
+            lg = logmining.over_represented(members, base, weights=weights)
+            evidence.append((comp, a, lg))
+        attr_stats = [a for _, al, _ in evidence for a in al]
+        log_stats = [x for _, _, ll in evidence for x in ll]
         if any(a.significant for a in attr_stats):
             a = next(a for a in attr_stats if a.significant)
             anomaly.append(f"{attributes.describe(a)}")
         if any(s.significant for s in log_stats):
             anomaly.append("log templates set the slow requests apart")
-        bar.step("critical paths")
-        sel_bd, base_bd = attribution.breakdown(sel), attribution.breakdown(base)
-        contrib = attribution.compare(sel_bd, base_bd, weights=wmap or None)
-        for c in contrib:
-            c.significant = c.significant and bool(anomaly)
+        if not anomaly:
+            for c in bl.components:
+                c.significant = False
         bar.step("metrics")
         rate = np.where(nw > 0, kw / np.where(nw > 0, nw, 1), np.nan)
         if onset_ns is not None:
@@ -162,23 +215,79 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         changes = _version_changes(entries, sel + base, w_start, width, onset)
         # --- findings ------------------------------------------------------------------------------
         bar.step("ranking")
-        report.findings = _findings(contrib, attr_stats, log_stats, metric_stats, onset, changes, thr_label, bool(anomaly))
-        report.data["stage_breakdown"] = [
-            {"stage": c.key, "selection_mean_ms": c.sel_mean_ns / 1e6, "baseline_mean_ms": c.base_mean_ns / 1e6,
-             "excess_ms": c.excess_ns / 1e6, "share_of_excess": c.share} for c in contrib if c.level == "stage"]
+        report.findings = _findings(bl, groups, evidence, metric_stats, onset, changes, thr_label, len(sel))
+        report.data["stage_breakdown"] = _stage_rows(sel_costs, base_costs, bl)
         report.data["operations"] = [
-            {"level": c.level, "key": c.key, "service": c.service, "selection_mean_ms": c.sel_mean_ns / 1e6,
-             "baseline_mean_ms": c.base_mean_ns / 1e6, "excess_ms": c.excess_ns / 1e6, "share_of_excess": c.share}
-            for c in contrib if c.level != "stage"][:10]
+            {"level": "service", "key": c.service, "service": c.service, "operation": c.operation,
+             "selection_mean_ms": c.sel_mean_ns / 1e6, "baseline_mean_ms": c.base_mean_ns / 1e6,
+             "excess_ms": c.excess_ns / 1e6, "share_of_excess": c.share, "where": c.where}
+            for c in bl.components][:10]
+        report.data["edges"] = [g.evidence() for g in sorted(bl.edges.values(), key=lambda g: g.base_mean_ns - g.sel_mean_ns)
+                                if g.grew][:10]
+        report.data["groups"] = [{"service": c.service, "operation": c.operation, "stage": c.stage,
+                                  "requests": len(c.group), "share_of_excess": c.share} for c in groups]
         report.data["onset"] = onset.evidence() | {"significant": onset.significant} if onset else None
-        report.data["example_trace_ids"] = [b.trace_id for b in sorted(sel_bd, key=lambda b: -b.duration_ns)[:5]]
+        report.data["example_trace_ids"] = [tc.trace_id for tc in sorted(sel_costs, key=lambda b: -b.duration_ns)[:5]]
         report.data["anomaly"] = anomaly
         report.verdict = _verdict(report, thr_label, anomaly)
+        report.notes.append("Each request is compared with what its own entry operation, and each span with what its "
+                            "own operation, normally costs (the baseline's critical-path time per occurrence), so "
+                            "routes that are always heavy are not evidence.")
         report.notes.append(f"Significance: Benjamini-Hochberg adjusted p < {stats.ALPHA} plus a minimum effect size; "
                             f"samples of at most {MAX_SELECTION} slow and {MAX_BASELINE} baseline traces.")
         if warr is not None:
             mark_weighted(report)
         return report
+
+
+def _onset(t0, slow, e, warr):
+    k, n = timeline.counts(t0, slow, e)
+    if warr is not None:
+        kw, nw = timeline.weighted_counts(t0, slow, warr, e)
+        return timeline.detect_onset(k, n, e, weighted=(kw, nw)), k, n, kw, nw
+    return timeline.detect_onset(k, n, e), k, n, k, n
+
+
+def _evidence_weights(sel: Sequence[Trace], base: Sequence[Trace], entry_of: dict[str, Span],
+                      wmap: dict[str, float]) -> dict[str, float] | None:
+    """Trace id -> weight for attribute and log comparisons: the baseline standardised to the
+    slow requests' entry-operation mix, times the adjusted count on tail-sampled data."""
+    sel_ops = {t.trace_id: entry_operation(entry_of[t.trace_id]) for t in sel if t.trace_id in entry_of}
+    base_ops = {t.trace_id: entry_operation(entry_of[t.trace_id]) for t in base if t.trace_id in entry_of}
+    mix = blame.mix_weights(sel_ops, base_ops) if len(set(base_ops.values())) > 1 else {}
+    if not mix and not wmap:
+        return None
+    return {tid: mix.get(tid, 1.0) * wmap.get(tid, 1.0) for tid in (*sel_ops, *base_ops)}
+
+
+def _groups(bl: blame.Blame, n_sel: int) -> list[blame.Component]:
+    """Components that each explain their own set of slow requests (concurrent causes)."""
+    floor = max(stats.MIN_SUPPORT, int(0.1 * n_sel))
+    out = [c for c in bl.components if c.significant and len(c.group) >= floor]
+    if not out:
+        out = [c for c in bl.components if c.significant][:1]
+    return out
+
+
+def _stage_rows(sel_costs, base_costs, bl: blame.Blame) -> list[dict[str, Any]]:
+    """Critical-path time per ML stage (for the chart): only when the traces carry stages."""
+    def per_stage(costs):
+        acc: dict[str, float] = {}
+        for tc in costs:
+            for k, v in tc.self_ns.items():
+                st = tc.stage_of.get(k, semconv.STAGE_OTHER)
+                acc[st] = acc.get(st, 0.0) + v
+        return {st: v / max(len(costs), 1) for st, v in acc.items()}
+    s, b = per_stage(sel_costs), per_stage(base_costs)
+    if set(s) | set(b) <= {semconv.STAGE_OTHER}:
+        return []
+    total = sum(max(v[0], 0.0) for v in bl.stage_excess.values()) or 1.0
+    rows = []
+    for st in sorted(set(s) | set(b)):
+        ex = bl.stage_excess.get(st, (0.0, 0.0))[0]
+        rows.append({"stage": st, "selection_mean_ms": s.get(st, 0.0) / 1e6, "baseline_mean_ms": b.get(st, 0.0) / 1e6,
+                     "excess_ms": ex / 1e6, "share_of_excess": max(ex, 0.0) / total})
+    return sorted(rows, key=lambda r: -r["excess_ms"])
 
 
 def _sampling_info(warr: np.ndarray | None) -> dict[str, Any]:
@@ -229,23 +338,24 @@ def _subtree(trace: Trace, entry: Span) -> Trace:
     return Trace(trace.trace_id, keep, logs)
 
 
-def _compare_before_window(backend, service, route, w_start, w_end, thr_ns, k_in, n_in,
+def _compare_before_window(backend, service, route, w_start, w_end, per_op, thr_ns, k_in, n_in,
                            kw_in=None, nw_in=None) -> list[str]:
-    """Slow rate in the window vs an equally long period before it (capped at 1 h).
-    The test runs on stored counts; the rates compared (the effect) are the
-    weighted ones when the data is tail-sampled (``kw_in``/``nw_in``)."""
+    """Slow rate in the window vs an equally long period before it (capped at 1 h), each
+    request against its own operation's threshold. The test runs on stored counts; the
+    rates compared (the effect) are the weighted ones when the data is tail-sampled."""
     span = min(w_end - w_start, 3_600_000_000_000)
     before = entry_spans(backend, service=service, route=route, start_ns=w_start - span, end_ns=w_start)
     if len(before) < 20:
         return []
-    kb = sum(1 for s in before if s.duration_ns > thr_ns)
+    slow_b = [s.duration_ns > per_op.get(entry_operation(s), thr_ns) for s in before]
+    kb = sum(slow_b)
     p = stats.share_test(int(k_in), int(n_in), kb, len(before))
     rin, rb = k_in / max(n_in, 1), kb / len(before)
     bw = sampling_weights(before)
     if nw_in is not None and (bw or nw_in != n_in):
         w_before = [bw.get(s.trace_id, 1.0) for s in before]
         rin = float(kw_in) / max(float(nw_in), 1e-9)
-        rb = sum(w for s, w in zip(before, w_before) if s.duration_ns > thr_ns) / max(sum(w_before), 1e-9)
+        rb = sum(w for f, w in zip(slow_b, w_before) if f) / max(sum(w_before), 1e-9)
     if p < stats.ALPHA and rin >= 2 * max(rb, 1e-9):
         return [f"{rin:.1%} of requests were slow in the window vs {rb:.1%} before it"]
     return []
@@ -281,62 +391,110 @@ def _confidence(p: float, support: int) -> str:
     return "medium" if p < stats.ALPHA else "low"
 
 
-def _findings(contrib, attr_stats, log_stats, metric_stats, onset, changes, thr_label, anomalous) -> list[Finding]:
-    """Causes (where the time went, which attribute sets requests apart) score at
-    full weight; logs (x0.9) and metrics (x0.9 of |rho|) are supporting evidence
-    and rank below a cause of equal strength."""
+_WHERE = {"calls in": "on calls into it: network or queueing in front of it",
+          "calls out": "in its outgoing calls, which all slowed: it is starved (CPU, GC or threads)",
+          "self": ""}
+
+
+def component_summary(c: blame.Component, what: str = "slow requests") -> str:
+    """One sentence for a blamed component: service, operation and stage where they apply."""
+    name = c.service + (f": {c.operation}" if c.operation else "")
+    if c.stage and c.stage != semconv.STAGE_OTHER:
+        name += f" (stage {c.stage})"
+    where = _WHERE.get(c.where, "")
+    return (f"{name} explains {min(c.share, 1.0):.0%} of the extra {fmt_ms(c.total_excess_ns)} of {what}: "
+            f"+{fmt_ms(c.excess_ns)} per request over what their operations normally take"
+            + (f", {where}" if where else ""))
+
+
+def _findings(bl: blame.Blame, groups, evidence, metric_stats, onset, changes, thr_label, n_sel) -> list[Finding]:
+    """One ranking model: blamed components first (ranked by the share of the excess they
+    explain), then the evidence that sets slow requests apart within their operation
+    (attributes, logs, metrics; each scored below the component it supports), then changes.
+    Findings that say the same thing twice are merged: a component's stage is part of it."""
     out: list[Finding] = []
-    support = sum(1 for group in (attr_stats, log_stats, metric_stats) if any(x.significant for x in group))
-    for c in contrib:
-        if c.excess_ns <= 0:
-            continue
-        if c.level == "stage":
-            what = f"{c.stage}"
-            score = c.share
-        elif c.level == "edge":
-            what = (f"the {c.key} edge (caller's client span minus {c.edge['callee']}'s server span: "
-                    f"network/queueing on {c.edge['callee']}'s side)")
-            score = c.share * 0.98
-        else:
-            what = f"{c.key}"
-            score = c.share * 0.98
-        score = min(score, 1.0)
-        summary = (f"{what} explains {min(c.share, 1.0):.0%} of the extra {fmt_ms(c.total_excess_ns)} of requests over "
-                   f"{thr_label} ({fmt_ms(c.sel_mean_ns)} vs {fmt_ms(c.base_mean_ns)} on the critical path)")
-        if score < 0.05 and not c.significant:
+    lead = {c.service for c in groups}
+    support = sum(1 for _, al, ll in evidence for group in (al, ll) if any(x.significant for x in group))
+    for c in bl.components:
+        if c.share < 0.05 and not c.significant:
             continue  # explains next to nothing: noise in the report
-        out.append(Finding("stage", summary, score, c.significant, _confidence(c.p_adj, support + 1) if c.significant else "low",
-                           c.evidence() | {"level": c.level}, service=c.service, operation=c.operation,
-                           stage=c.stage, edge=c.edge))
-    for a in attr_stats[:12]:
-        out.append(Finding("attribute", attributes.describe(a), abs(a.delta), a.significant,
-                           _confidence(a.p_adj, support) if a.significant else "low", a.evidence(),
-                           attribute=a.attribute, value=a.value))
-    for s in [x for x in log_stats if x.significant or x.delta >= 0.05][:6]:
-        out.append(Finding("log", f'log "{headline(s.template)}" in {s.sel_share:.0%} of slow requests vs '
-                                  f"{s.base_share:.0%} of baseline (lift {s.lift:.1f}x, {s.lines} lines)",
-                           s.delta * 0.9, s.significant, _confidence(s.p_adj, support) if s.significant else "low",
-                           s.evidence(), service=s.service or None, template=s.template))
+        ev = c.evidence() | {"level": "service", "lead": c.service in lead}
+        edges = [g.evidence() for g in bl.edges.values() if g.grew and c.service in (g.caller, g.callee)]
+        if edges:
+            ev["edges"] = edges[:6]
+        tier = 0 if c.significant else 1
+        out.append(Finding("stage", component_summary(c), c.share, c.significant,
+                           _confidence(c.p_adj, support + 1) if c.significant else "low", ev | {"tier": tier},
+                           service=c.service, operation=c.operation, stage=c.stage,
+                           edge=_edge_of(c, bl)))
+    share_of = {c.service: c.share for c in groups}
+    seen_attr: set = set()
+    seen_tmpl: set = set()
+    for comp, attr_stats, log_stats in evidence:
+        scale = share_of.get(comp.service, 1.0) if comp is not None else 1.0
+        label = "slow requests" if comp is None or len(groups) < 2 else f"slow requests blamed on {comp.service}"
+        for a in attr_stats[:12]:
+            key = (a.attribute, str(a.value))
+            if key in seen_attr:
+                continue
+            seen_attr.add(key)
+            f = Finding("attribute", attributes.describe(a, label), abs(a.delta) * 0.9 * max(scale, 0.2),
+                        a.significant, _confidence(a.p_adj, support) if a.significant else "low",
+                        a.evidence() | {"tier": 1, "supports": comp.service if comp else None},
+                        attribute=a.attribute, value=a.value, service=comp.service if comp else None)
+            out.append(f)
+        for s in [x for x in log_stats if x.significant or x.delta >= 0.05][:6]:
+            if s.template in seen_tmpl:
+                continue
+            seen_tmpl.add(s.template)
+            out.append(Finding("log", f'log "{headline(s.template)}" in {s.sel_share:.0%} of {label} vs '
+                                      f"{s.base_share:.0%} of baseline (lift {s.lift:.1f}x, {s.lines} lines)",
+                               s.delta * 0.85 * max(scale, 0.2), s.significant,
+                               _confidence(s.p_adj, support) if s.significant else "low",
+                               s.evidence() | {"tier": 1}, service=s.service or None, template=s.template))
     metric_stats = [m for m in metric_stats if m.significant][:6] + [m for m in metric_stats if not m.significant][:2]
     for m in metric_stats:
         direction = "rises" if m.rho > 0 else "falls"
-        lead = (f", leading by {m.lag} bucket(s)" if m.lag > 0 else f", lagging by {-m.lag} bucket(s)" if m.lag < 0 else "")
+        lead_txt = (f", leading by {m.lag} bucket(s)" if m.lag > 0 else f", lagging by {-m.lag} bucket(s)" if m.lag < 0 else "")
         out.append(Finding("metric", f"{m.display or m.label} {direction} with the slow-request rate "
-                                     f"(Spearman {m.rho:+.2f}{lead}); {_lvl(m.level_slow, m.unit)} in slow periods vs "
+                                     f"(Spearman {m.rho:+.2f}{lead_txt}); {_lvl(m.level_slow, m.unit)} in slow periods vs "
                                      f"{_lvl(m.level_base, m.unit)} in baseline periods",
-                           abs(m.rho) * 0.9, m.significant, _confidence(m.p_adj, support) if m.significant else "low",
-                           m.evidence() | {"series": m.series}, service=m.service, metric=m.name))
+                           abs(m.rho) * 0.8 * (1.0 if m.service in lead or not lead else 0.5), m.significant,
+                           _confidence(m.p_adj, support) if m.significant else "low",
+                           m.evidence() | {"series": m.series, "tier": 1}, service=m.service, metric=m.name))
     if onset is not None and onset.significant:
         out.append(Finding("change", f"Slowness began at {fmt_time(onset.time_ns)}: slow requests went from "
                                      f"{onset.rate_before:.1%} to {onset.rate_after:.1%}", 0.3, True, "medium",
-                           onset.evidence()))
+                           onset.evidence() | {"tier": 1}))
     for ch in changes:
         near = ch["near_onset"]
         out.append(Finding("change", f"{ch['attribute']}={ch['value']} first seen at {fmt_time(ch['first_seen_ns'])}"
                                      + (", near the onset" if near else ""), 0.35 if near else 0.1, near,
-                           "medium" if near else "low", ch, attribute=ch["attribute"], value=ch["value"]))
-    out.sort(key=lambda f: (not f.significant, -f.score))
+                           "medium" if near else "low", ch | {"tier": 1}, attribute=ch["attribute"], value=ch["value"]))
+    out.sort(key=lambda f: (not f.significant, f.evidence.get("tier", 1), -f.score))
+    _attach_support(out)
     return out
+
+
+def _edge_of(c: blame.Component, bl: blame.Blame) -> dict[str, str] | None:
+    """The call edge a component's time sits on, when most of it sits on one."""
+    if c.where == "self" or not c.parts or c.parts[0]["level"] != "edge":
+        return None
+    caller, _, callee = c.parts[0]["key"].partition("->")
+    return {"caller": caller, "callee": callee}
+
+
+def _attach_support(findings: list[Finding]) -> None:
+    """Each significant attribute, log and metric finding is also listed in the evidence
+    of the component it supports (same service, else the top component)."""
+    comps = [f for f in findings if f.kind == "stage" and f.significant]
+    if not comps:
+        return
+    for f in findings:
+        if f.kind not in ("attribute", "log", "metric") or not f.significant:
+            continue
+        target = next((c for c in comps if c.service == (f.evidence.get("supports") or f.service)), comps[0])
+        target.evidence.setdefault("supported_by", []).append(f.summary)
 
 
 def _lvl(v: float, unit: str) -> str:
@@ -360,24 +518,25 @@ def _verdict(report: Report, thr_label: str, anomaly: list[str]) -> list[str]:
                 f"{c['requests']}) to tell a cause from chance. Widen the window or lower the threshold."]
     if not causes:
         return [f"No significant difference: the {c['slow']} requests over {thr_label} (of {c['requests']}) look like "
-                f"the natural tail of this service. No stage, attribute, log template or metric sets them apart "
-                f"(adjusted p < {stats.ALPHA} and a minimum effect size required)."]
+                f"the natural tail of their operations. No component, attribute, log template or metric sets them "
+                f"apart (adjusted p < {stats.ALPHA} and a minimum effect size required)."]
     lines = []
     if anomaly:
         lines.append(f"{c['slow']} of {c['requests']} requests were slower than {thr_label}; " + anomaly[0] + ".")
-    # stage level vs operation/edge level (operations carry their stage too)
-    stage = next((f for f in causes if f.kind == "stage" and f.evidence.get("level") == "stage"), None)
-    where = next((f for f in causes if f.kind == "stage" and f.evidence.get("level") != "stage"), None)
-    attr = next((f for f in causes if f.kind == "attribute"), None)
+    comps = [f for f in causes if f.kind == "stage"]
+    leads = [f for f in comps if f.evidence.get("lead")] or comps[:1]
+    if len(leads) > 1:
+        lines.append(f"{len(leads)} causes at once: each holds the extra time of its own slow requests.")
     rank = 1
-    for f in (stage, where, attr):
-        if f is None:
-            continue
+    for f in leads:
         lines.append(f"{rank}. {f.summary} [confidence: {f.confidence}]")
         rank += 1
-    support = [f for f in sig if f.kind in ("log", "metric")][:3]
-    for f in support:
-        lines.append(f"   supported by: {f.summary}")
+        for s in (f.evidence.get("supported_by") or [])[:3]:
+            lines.append(f"   supported by: {s}")
+    if not any(f.evidence.get("supported_by") for f in leads):
+        attr = next((f for f in causes if f.kind == "attribute"), None)
+        if attr is not None:
+            lines.append(f"{rank}. {attr.summary} [confidence: {attr.confidence}]")
     for f in (x for x in sig if x.kind == "change" and x.attribute):
         lines.append(f"   change nearby: {f.summary}")
     ex = report.data.get("example_trace_ids") or []

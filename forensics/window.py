@@ -31,6 +31,16 @@ def entry_spans(backend: Backend, *, service: str | None, route: str | None,
     return sorted(seen.values(), key=lambda s: s.start_ns)
 
 
+def entry_operation(span: Span) -> str:
+    """What a request *is*, for per-operation baselines: its service and route
+    (``http.route``, else the RPC method), else its span name."""
+    a = span.attributes
+    route = a.get(semconv.HTTP_ROUTE) or a.get(semconv.RPC_METHOD)
+    method = a.get(semconv.HTTP_REQUEST_METHOD) or a.get("http.method") or ""
+    name = f"{method} {route}".strip() if route else span.name
+    return f"{span.service_name}: {name}"
+
+
 def adjusted_count(span: Span) -> float:
     """How many requests this stored request stands for: the gateway Collector's
     ``sampling.adjusted_count`` (1/p on the probabilistic baseline share of tail

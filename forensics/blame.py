@@ -1,0 +1,297 @@
+"""Blame by component: which service (and operation in it) holds the extra
+latency of slow requests, and which slow requests each component explains.
+
+Per trace, the critical path is split into self time per *key*: a span's own
+work (``("operation", service, name)``) or the gap on a call edge (a CLIENT
+span's time not covered by its callee's SERVER span, ``("edge", callee,
+"caller->callee")``). The sum over keys is the request's duration.
+
+**Controlled for what the request did.** A checkout that calls six services is
+slower than a page view that calls two, and neither is evidence. So a key's
+time is compared with what the same key costs per occurrence in the baseline:
+``expected_k(t) = n_k(t) * m_k``, with ``n_k(t)`` the number of spans of the
+key in trace ``t`` and ``m_k`` the baseline's critical-path time per
+occurrence. ``excess_k(t) = self_k(t) - expected_k(t)`` sums, over keys, to the
+request's duration minus the duration its own composition predicts. A heavy
+route is heavy in the baseline too and leaves no excess.
+
+**Edges: caller or callee side.** A gap that grew on a call ``a -> b`` is the
+callee's (network into it, queueing in front of it) when calls into ``b`` from
+its other callers grew too, or ``a``'s other calls did not. It is the
+caller's (``a`` is starved: CPU, GC, a full thread pool delays everything it
+sends and receives) when ``a``'s other outgoing calls grew too and ``b``'s
+other callers did not notice anything.
+
+**One component per service.** Keys are summed per blamed service into one
+:class:`Component`; its ``operation`` names the key that holds most of it.
+Each slow request is assigned to the component that holds most of its own
+excess, so concurrent causes come out as separate groups of requests.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from stagetrace import semconv
+from stagetrace.model import Trace
+
+from . import stats
+from .critical_path import blame_key, critical_path
+
+Key = tuple[str, str, str]  # (level, service, operation): level "operation" | "edge"
+
+MIN_CALLS = 5  # an edge with fewer calls on either side is not judged "grown"
+MIN_GROWTH_NS = 1_000_000  # 1 ms: below this a grown gap is scheduling noise
+
+
+@dataclass(slots=True)
+class TraceCost:
+    """One request's critical path, by key, plus the gap of every call edge it made."""
+
+    trace_id: str
+    duration_ns: int
+    self_ns: dict[Key, int]
+    count: dict[Key, int]
+    stage_of: dict[Key, str]
+    gaps: dict[tuple[str, str], list[int]]  # (caller, callee) -> gap of each call, ns
+
+
+def trace_costs(traces: Sequence[Trace]) -> list[TraceCost]:
+    out = []
+    for t in traces:
+        cp = critical_path(t)
+        if cp.root is None:
+            continue
+        count: dict[Key, int] = defaultdict(int)
+        stage_of: dict[Key, str] = {}
+        gaps: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for node in cp.nodes.values():
+            key = blame_key(node)
+            count[key] += 1
+            if node.stage != semconv.STAGE_OTHER:
+                stage_of.setdefault(key, node.stage)
+            if key[0] == "edge":
+                caller, _, callee = key[2].partition("->")
+                covered = max((c.end_ns - c.start_ns for c in node.children
+                               if c.span.kind in ("SERVER", "CONSUMER") and c.span.service_name == callee
+                               and not c.outside_parent), default=0)
+                gaps[(caller, callee)].append(max(0, (node.end_ns - node.start_ns) - covered))
+        out.append(TraceCost(t.trace_id, cp.duration_ns, cp.by_blame(), dict(count), stage_of, dict(gaps)))
+    return out
+
+
+@dataclass(slots=True)
+class EdgeGrowth:
+    caller: str
+    callee: str
+    sel_mean_ns: float
+    base_mean_ns: float
+    calls: tuple[int, int]
+    p: float
+    grew: bool = False
+    side: str = "callee"  # who the edge's extra time is blamed on: "callee" | "caller"
+
+    def evidence(self) -> dict[str, Any]:
+        return {"caller": self.caller, "callee": self.callee, "selection_gap_ms": self.sel_mean_ns / 1e6,
+                "baseline_gap_ms": self.base_mean_ns / 1e6, "calls": list(self.calls), "p_value": self.p,
+                "grew": self.grew, "side": self.side}
+
+
+def edge_growth(sel: Sequence[TraceCost], base: Sequence[TraceCost], alpha: float = stats.ALPHA) -> dict[tuple[str, str], EdgeGrowth]:
+    """Per call edge: did its gap grow in ``sel`` against ``base``, and whose side is it on."""
+    s_gaps: dict[tuple[str, str], list[int]] = defaultdict(list)
+    b_gaps: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for group, acc in ((sel, s_gaps), (base, b_gaps)):
+        for tc in group:
+            for e, g in tc.gaps.items():
+                acc[e].extend(g)
+    out: dict[tuple[str, str], EdgeGrowth] = {}
+    for e in set(s_gaps) | set(b_gaps):
+        s, b = s_gaps.get(e, []), b_gaps.get(e, [])
+        sm = float(np.mean(s)) if s else 0.0
+        bm = float(np.mean(b)) if b else 0.0
+        p = stats.greater_test(s, b) if len(s) >= MIN_CALLS and len(b) >= MIN_CALLS else 1.0
+        out[e] = EdgeGrowth(e[0], e[1], sm, bm, (len(s), len(b)), p)
+    edges = list(out.values())
+    for g, pa in zip(edges, stats.bh_adjust([g.p for g in edges])):
+        g.grew = pa < alpha and g.sel_mean_ns - g.base_mean_ns >= max(MIN_GROWTH_NS, 0.5 * g.base_mean_ns)
+    for g in edges:
+        g.side = _side(g, edges)
+    return out
+
+
+def _side(g: EdgeGrowth, edges: Sequence[EdgeGrowth]) -> str:
+    """Caller-starved or callee-side, from the caller's other calls and the callee's other callers."""
+    def judged(x: EdgeGrowth) -> bool:
+        return min(x.calls) >= MIN_CALLS
+    outs = [x for x in edges if x.caller == g.caller and x is not g and judged(x)]
+    ins = [x for x in edges if x.callee == g.callee and x is not g and judged(x)]
+    caller_support = sum(x.grew for x in outs) / len(outs) if outs else None
+    callee_support = sum(x.grew for x in ins) / len(ins) if ins else None
+    if caller_support is None:
+        return "callee" if callee_support is None or callee_support >= 0.5 else "caller"
+    if callee_support is None:
+        return "caller" if caller_support >= 0.5 else "callee"
+    return "caller" if caller_support > callee_support else "callee"
+
+
+@dataclass(slots=True)
+class Component:
+    """One blamed service: the excess critical-path time it holds in slow requests."""
+
+    service: str
+    operation: str | None  # the key that holds most of the service's excess, when it holds most
+    stage: str | None
+    excess_ns: float  # mean over the selection
+    share: float  # of the selection's total (positive) excess
+    total_excess_ns: float
+    sel_mean_ns: float
+    base_mean_ns: float  # what the same requests' composition predicts from the baseline
+    parts: list[dict[str, Any]] = field(default_factory=list)  # per key: label, side, excess
+    p: float = 1.0
+    p_adj: float = 1.0
+    significant: bool = False
+    examples: list[str] = field(default_factory=list)
+    group: list[str] = field(default_factory=list)  # slow requests whose excess it holds most of
+
+    @property
+    def where(self) -> str:
+        """Where in the component the time sits: its own work, calls into it, or its calls out."""
+        sides = defaultdict(float)
+        for p in self.parts:
+            sides[p["side"]] += p["excess_ms"]
+        return max(sides, key=sides.get) if sides else "self"
+
+    def evidence(self) -> dict[str, Any]:
+        return {"selection_mean_ms": self.sel_mean_ns / 1e6, "expected_mean_ms": self.base_mean_ns / 1e6,
+                "excess_ms": self.excess_ns / 1e6, "share_of_excess": self.share,
+                "total_excess_ms": self.total_excess_ns / 1e6, "p_value": self.p, "p_adjusted": self.p_adj,
+                "where": self.where, "parts": self.parts[:6], "group_size": len(self.group),
+                "example_trace_ids": self.examples[:5]}
+
+
+@dataclass(slots=True)
+class Blame:
+    components: list[Component]  # by excess, largest first
+    edges: dict[tuple[str, str], EdgeGrowth]
+    expected_ns: dict[str, float]  # trace id -> duration its composition predicts
+    key_excess: dict[Key, float]  # mean excess per key over the selection
+    stage_excess: dict[str, tuple[float, float]]  # stage -> (selection mean, expected mean)
+
+
+def _owner(key: Key, edges: Mapping[tuple[str, str], EdgeGrowth]) -> tuple[str, str]:
+    """(service blamed, side) for a key."""
+    level, svc, op = key
+    if level != "edge":
+        return svc, "self"
+    caller, _, callee = op.partition("->")
+    g = edges.get((caller, callee))
+    if g is not None and g.side == "caller":
+        return caller, "calls out"
+    return callee, "calls in"
+
+
+def blame(sel: Sequence[TraceCost], base: Sequence[TraceCost], *, min_share: float = 0.1,
+          alpha: float = stats.ALPHA, weights: Mapping[str, float] | None = None) -> Blame:
+    """Components ranked by the excess they hold in ``sel`` against ``base``.
+
+    ``weights`` (trace id -> adjusted count, tail-sampled data) weight the means;
+    the tests run on stored values."""
+    if not sel or not base:
+        return Blame([], {}, {}, {}, {})
+    w = (lambda tid: float(weights.get(tid, 1.0))) if weights else (lambda tid: 1.0)  # noqa: E731
+    # Baseline cost per occurrence of each key.
+    tot: dict[Key, float] = defaultdict(float)
+    occ: dict[Key, float] = defaultdict(float)
+    for tc in base:
+        for k, n in tc.count.items():
+            occ[k] += n * w(tc.trace_id)
+        for k, v in tc.self_ns.items():
+            tot[k] += v * w(tc.trace_id)
+    per_occ = {k: tot[k] / occ[k] for k in occ if occ[k] > 0}
+
+    def excess(tc: TraceCost) -> dict[Key, float]:
+        keys = set(tc.self_ns) | set(tc.count)
+        return {k: tc.self_ns.get(k, 0) - tc.count.get(k, 0) * per_occ.get(k, 0.0) for k in keys}
+
+    edges = edge_growth(sel, base, alpha)
+    s_ex = [excess(tc) for tc in sel]
+    b_ex = [excess(tc) for tc in base]
+    sw = np.array([w(tc.trace_id) for tc in sel])
+    expected = {tc.trace_id: tc.duration_ns - sum(ex.values()) for tc, ex in zip((*sel, *base), (*s_ex, *b_ex))}
+    keys = sorted({k for ex in s_ex for k in ex})
+    key_excess = {k: float(np.average([ex.get(k, 0.0) for ex in s_ex], weights=sw)) for k in keys}
+    # Per service: its keys' excess, per trace.
+    owner = {k: _owner(k, edges) for k in set(keys) | {k for ex in b_ex for k in ex}}
+
+    def by_service(ex: dict[Key, float]) -> dict[str, float]:
+        out: dict[str, float] = defaultdict(float)
+        for k, v in ex.items():
+            out[owner[k][0]] += v
+        return out
+    s_svc = [by_service(ex) for ex in s_ex]
+    b_svc = [by_service(ex) for ex in b_ex]
+    services = sorted({s for d in s_svc for s in d})
+    means = {s: float(np.average([d.get(s, 0.0) for d in s_svc], weights=sw)) for s in services}
+    total_pos = sum(v for v in means.values() if v > 0)
+    sel_dur = float(np.average([tc.duration_ns for tc in sel], weights=sw))
+    # Each slow request belongs to the component holding most of its excess.
+    dominant = [max(d, key=d.get) if d and max(d.values()) > 0 else None for d in s_svc]
+    stage_of: dict[Key, str] = {}
+    for tc in (*sel, *base):
+        for k, st in tc.stage_of.items():
+            stage_of.setdefault(k, st)
+    comps: list[Component] = []
+    for s in services:
+        if means[s] <= 0:
+            continue
+        sv = [d.get(s, 0.0) for d in s_svc]
+        bv = [d.get(s, 0.0) for d in b_svc]
+        parts = sorted(({"key": k[2] if k[0] == "edge" else f"{k[1]}: {k[2]}", "level": k[0],
+                         "operation": None if k[0] == "edge" else k[2], "side": owner[k][1],
+                         "excess_ms": key_excess[k] / 1e6, "stage": stage_of.get(k)}
+                        for k in keys if owner[k][0] == s and key_excess[k] > 0), key=lambda p: -p["excess_ms"])
+        top = parts[0] if parts else None
+        op = stage = None
+        if top is not None and top["excess_ms"] * 1e6 >= 0.5 * means[s]:
+            stage = top["stage"]
+            op = top["operation"] if top["side"] == "self" else None
+        order = np.argsort(-np.asarray(sv))
+        c = Component(s, op, stage, means[s], means[s] / total_pos if total_pos > 0 else 0.0, total_pos,
+                      sel_dur, sel_dur - total_pos, parts, p=stats.greater_test(sv, bv),
+                      examples=[sel[i].trace_id for i in order[:5] if sv[i] > 0],
+                      group=[sel[i].trace_id for i, d in enumerate(dominant) if d == s])
+        comps.append(c)
+    for c, pa in zip(comps, stats.bh_adjust([c.p for c in comps])):
+        c.p_adj = pa
+        c.significant = pa < alpha and c.share >= min_share
+    comps.sort(key=lambda c: -c.excess_ns)
+    # Stage view (ML services): the same excess summed per ML stage.
+    st_sel: dict[str, float] = defaultdict(float)
+    for k, v in key_excess.items():
+        st_sel[stage_of.get(k, semconv.STAGE_OTHER)] += v
+    stage_excess = {st: (v, 0.0) for st, v in st_sel.items()}
+    return Blame(comps, edges, expected, key_excess, stage_excess)
+
+
+def mix_weights(sel_ops: Mapping[str, str], base_ops: Mapping[str, str]) -> dict[str, float]:
+    """Baseline weights that give the baseline the selection's mix of entry operations
+    (direct standardisation): a baseline request of an operation that is 60% of the
+    slow requests but 10% of the baseline weighs 6x. Operations the selection lacks
+    weigh 0 (only a tiny epsilon, so shares stay defined). Trace id -> weight."""
+    from collections import Counter
+    sc, bc = Counter(sel_ops.values()), Counter(base_ops.values())
+    ns, nb = sum(sc.values()), sum(bc.values())
+    if not ns or not nb:
+        return {}
+    out = {}
+    for tid, op in base_ops.items():
+        if bc[op] and sc.get(op):
+            out[tid] = (sc[op] / ns) / (bc[op] / nb)
+        else:
+            out[tid] = 1e-6
+    return out
