@@ -32,7 +32,7 @@ def _env(name: str) -> dict:
     return {"envvar": name, "show_envvar": True}
 
 
-@click.command("collector")
+@click.group("collector", invoke_without_command=True)
 @click.option("--host", default="127.0.0.1", show_default=True, **_env(semconv.ENV_COLLECTOR_HOST),
               help="Address to listen on. A non-loopback address also needs --allow-remote.")
 @click.option("--grpc-port", type=click.IntRange(0, 65535), default=4317, show_default=True,
@@ -45,7 +45,14 @@ def _env(name: str) -> dict:
 @click.option("--token", default=None, **_env(semconv.ENV_COLLECTOR_TOKEN),
               help="Require 'Authorization: Bearer TOKEN' on both protocols.")
 @click.option("--allow-remote", is_flag=True, default=False, **_env(semconv.ENV_COLLECTOR_ALLOW_REMOTE),
-              help="Allow --host to be a non-loopback address (the receivers have no TLS).")
+              help="Allow --host to be a non-loopback address.")
+@click.option("--tls-cert-file", type=click.Path(dir_okay=False), default=None, **_env("STAGETRACE_TLS_CERT_FILE"),
+              help="Serve TLS on both receivers and the query endpoint with this PEM certificate (chain); "
+                   "the OTel Collector's tls.cert_file.")
+@click.option("--tls-key-file", type=click.Path(dir_okay=False), default=None, **_env("STAGETRACE_TLS_KEY_FILE"),
+              help="The PEM private key of --tls-cert-file (the OTel Collector's tls.key_file).")
+@click.option("--insecure", is_flag=True, default=False, **_env("STAGETRACE_INSECURE"),
+              help="Allow --token on a non-loopback address without TLS (the token then travels in clear text).")
 @click.option("--max-request-bytes", default="16MiB", show_default=True, **_env(semconv.ENV_COLLECTOR_MAX_REQUEST_BYTES),
               help="Largest request accepted, after decompression (413 / RESOURCE_EXHAUSTED above).")
 @click.option("--max-inflight", type=click.IntRange(1, 1024), default=16, show_default=True,
@@ -67,16 +74,22 @@ def _env(name: str) -> dict:
               help="Stop when this process dies (set by stagetrace.collector.process.start_collector).")
 @click.option("--pdeathsig", is_flag=True, default=False, hidden=True,
               help="With --parent-pid: also ask Linux for PR_SET_PDEATHSIG.")
-def collector_cmd(host: str, grpc_port: int, http_port: int, data_dir: str | None, token: str | None,
-                  allow_remote: bool, max_request_bytes: str, max_inflight: int, max_backlog_bytes: str,
+@click.pass_context
+def collector_cmd(ctx: click.Context, host: str, grpc_port: int, http_port: int, data_dir: str | None,
+                  token: str | None, allow_remote: bool, tls_cert_file: str | None, tls_key_file: str | None,
+                  insecure: bool, max_request_bytes: str, max_inflight: int, max_backlog_bytes: str,
                   retention: str, retention_bytes: str, fsync: bool, wal_segment_age: str, log_level: str,
                   parent_pid: int | None, pdeathsig: bool) -> None:
     """Run the embedded OTLP receiver (gRPC + HTTP) and telemetry store.
 
     Prints one line when ready, then serves until SIGINT/SIGTERM:
     ``stagetrace collector ready grpc=HOST:PORT http=HOST:PORT data_dir=PATH``.
+
+    ``stagetrace collector check --data-dir D`` verifies a store instead.
     """
-    from .receiver import Limits
+    if ctx.invoked_subcommand is not None:
+        return
+    from .receiver import Limits, TLSFiles
     from .server import Collector, CollectorConfig, DataDirLocked, is_loopback
     from .store import StoreConfig
 
@@ -84,16 +97,22 @@ def collector_cmd(host: str, grpc_port: int, http_port: int, data_dir: str | Non
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not is_loopback(host) and not allow_remote:
         raise UserError(f"refusing to listen on non-loopback address {host!r} without --allow-remote "
-                        f"(or {semconv.ENV_COLLECTOR_ALLOW_REMOTE}=1): the receivers have no TLS")
+                        f"(or {semconv.ENV_COLLECTOR_ALLOW_REMOTE}=1)")
     if token is not None and not token.strip():
         raise UserError("--token must not be empty")
+    if (tls_cert_file is None) != (tls_key_file is None):
+        raise UserError("--tls-cert-file and --tls-key-file go together: give both or neither")
+    tls = TLSFiles(tls_cert_file, tls_key_file) if tls_cert_file and tls_key_file else None
+    if token is not None and tls is None and not is_loopback(host) and not insecure:
+        raise UserError(f"refusing to accept a token on non-loopback address {host!r} without TLS: it would travel "
+                        "in clear text; give --tls-cert-file and --tls-key-file (or --insecure to accept that)")
     retention_ns = 0 if retention.strip() in ("0", "off", "none") else parse_duration_ns(retention, default_unit="s")
     limits = Limits(max_request_bytes=parse_size(max_request_bytes), max_inflight=max_inflight,
                     max_backlog_bytes=parse_size(max_backlog_bytes))
     if limits.max_request_bytes < 1024:
         raise UserError("--max-request-bytes must be at least 1KiB")
     cfg = CollectorConfig(data_dir=resolve_data_dir(data_dir), host=host, grpc_port=grpc_port, http_port=http_port,
-                          token=token, allow_remote=allow_remote, fsync=fsync, limits=limits,
+                          token=token, allow_remote=allow_remote, tls=tls, fsync=fsync, limits=limits,
                           store=StoreConfig(retention_ns=retention_ns, retention_bytes=parse_size(retention_bytes)),
                           segment_age_s=parse_duration_ns(wal_segment_age, default_unit="s") / 1e9)
     collector = Collector(cfg)
@@ -122,3 +141,29 @@ def collector_cmd(host: str, grpc_port: int, http_port: int, data_dir: str | Non
         collector.stop()
         logging.getLogger("stagetrace.collector").info("stopped")
 
+
+
+@collector_cmd.command("check")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help=f"Store directory (default: ${semconv.ENV_DATA_DIR}, else $XDG_DATA_HOME/stagetrace).")
+def check_cmd(data_dir: str | None) -> None:
+    """Verify every block and write-ahead-log segment of a store.
+
+    Bad blocks are moved to DATA_DIR/quarantine/ (what they held is listed in
+    quarantine.jsonl, which the store's stats and reports read). Prints one line per
+    problem and a summary; exits 1 if anything was bad, 0 if all is sound. Safe
+    beside a running collector and idempotent: a second run finds nothing new to move,
+    and reports the same quarantined blocks again.
+    """
+    from pathlib import Path
+
+    from .integrity import check_store
+
+    root = resolve_data_dir(data_dir)
+    if not Path(root).is_dir():
+        raise UserError(f"no store at {root}: the directory does not exist")
+    report = check_store(Path(root))
+    for line in report.lines():
+        click.echo(line)
+    if not report.ok:
+        sys.exit(1)

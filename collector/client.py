@@ -47,18 +47,20 @@ def open_embedded(data_dir: str | Path) -> Any:
     """The Backend over ``data_dir``: served by its collector when one runs there."""
     data_dir = Path(data_dir).expanduser()
     if os.environ.get(ENV_DIRECT, "").strip().lower() not in ("1", "true", "yes", "on"):
-        url = _discover(data_dir)
-        if url is not None:
-            return ServedBackend(data_dir, url, os.environ.get(semconv.ENV_COLLECTOR_TOKEN))
+        found = _discover(data_dir)
+        if found is not None:
+            return ServedBackend(data_dir, found[0], os.environ.get(semconv.ENV_COLLECTOR_TOKEN), ca_file=found[1])
     from .query import EmbeddedBackend
     return EmbeddedBackend(data_dir)
 
 
-def _discover(data_dir: Path) -> str | None:
+def _discover(data_dir: Path) -> tuple[str, str | None] | None:
+    """(query URL, certificate file to trust for https) of the collector serving ``data_dir``."""
     try:
         info = json.loads((data_dir / DISCOVERY_FILE).read_text())
         pid, url = int(info["pid"]), str(info["url"])
-    except (OSError, ValueError, KeyError, TypeError):
+        ca_file = str(info["ca_file"]) if info.get("ca_file") else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     try:
         os.kill(pid, 0)
@@ -66,7 +68,7 @@ def _discover(data_dir: Path) -> str | None:
         return None
     except PermissionError:  # alive, someone else's
         pass
-    return url
+    return url, ca_file
 
 
 class ServedBackend:
@@ -74,11 +76,13 @@ class ServedBackend:
 
     name = "embedded"
 
-    def __init__(self, data_dir: Path, url: str, token: str | None = None) -> None:
+    def __init__(self, data_dir: Path, url: str, token: str | None = None, *, ca_file: str | None = None) -> None:
         self.data_dir = data_dir
         self.url = url
         parts = urlsplit(url)
         self._host, self._port = parts.hostname or "127.0.0.1", parts.port or 4318
+        self._tls = parts.scheme == "https"
+        self._ca_file = ca_file
         self._headers = {"Content-Type": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
@@ -98,6 +102,12 @@ class ServedBackend:
 
     def stats(self) -> dict[str, int]:
         return self._ask("stats", [], {})
+
+    def quarantined(self, *, start_ns: int | None = None, end_ns: int | None = None,
+                    tables: Sequence[str] | None = None) -> list[Any]:
+        """Blocks set aside as corrupt (a small local file: no need to ask the collector)."""
+        from .quarantine import list_quarantined
+        return list_quarantined(self.data_dir, start_ns=start_ns, end_ns=end_ns, tables=tables)
 
     # -- scans that can return millions of rows: read the store here -----------
     def get_traces(self, trace_ids: Sequence[str], *, start_ns: int | None = None, end_ns: int | None = None,
@@ -154,7 +164,10 @@ class ServedBackend:
                 "Connection: close", *(f"{k}: {v}" for k, v in self._headers.items()), "", ""]
         chunks: list[bytes] = []
         try:
-            with socket.create_connection((self._host, self._port), timeout=CONNECT_TIMEOUT_S) as sock:
+            raw_sock = socket.create_connection((self._host, self._port), timeout=CONNECT_TIMEOUT_S)
+            # wrap_socket takes over the plain socket; closing `sock` closes both
+            sock = self._tls_context().wrap_socket(raw_sock, server_hostname=self._host) if self._tls else raw_sock
+            with sock:
                 sock.settimeout(QUERY_TIMEOUT_S)
                 sock.sendall("\r\n".join(head).encode("latin-1") + body)
                 size = 0
@@ -163,7 +176,7 @@ class ServedBackend:
                     size += len(chunk)
                     if size > MAX_ANSWER_BYTES + (1 << 16):
                         raise _Unavailable("answer too large")
-        except OSError as exc:
+        except OSError as exc:  # ssl.SSLError (a certificate we do not trust) included
             raise _Unavailable(str(exc)) from None
         raw = b"".join(chunks)
         header, sep, payload = raw.partition(b"\r\n\r\n")
@@ -176,6 +189,19 @@ class ServedBackend:
         if not sep or len(payload) != length:
             raise _Unavailable("truncated answer")
         return status, payload
+
+    def _tls_context(self) -> Any:
+        """Trust the system CAs and the certificate the collector named in its discovery
+        file (pinned: that exact certificate is the trust anchor, so a self-signed one
+        works and its host name need not match the loopback address we dial)."""
+        import ssl
+
+        ctx = ssl.create_default_context()
+        if self._ca_file:
+            ctx.load_verify_locations(self._ca_file)
+            ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+            ctx.check_hostname = False
+        return ctx
 
     def close(self) -> None:
         if self._local is not None:

@@ -42,11 +42,11 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from stagetrace import semconv
 from stagetrace.backend import LogQuery, MetricQuery, TraceQuery, attributes_match, log_in_query
 from stagetrace.config import normalize_trace_id
-from stagetrace.errors import BackendError
+from stagetrace.errors import BackendError, UserError
 from stagetrace.model import (SPAN_KINDS, STATUS_CODES, LogRecord, MetricPoint, MetricSeries, Span, SpanEvent,
                               SpanLink, Trace, TraceSummary)
 
-from . import otlp, store, wal
+from . import otlp, quarantine, store, wal
 from .store import LOGS, METRICS, SCHEMAS, SPANS
 
 _STATUS_OF = {"unset": 0, "ok": 1, "error": 2}
@@ -172,11 +172,39 @@ class EmbeddedBackend:
             live.add(ref.path)
             b = self._blocks.get(ref.path)
             if b is None or b.ino != os.stat(ref.path).st_ino:  # same name, new file (seq reuse)
-                b = self._blocks[ref.path] = _Block(ref)
+                b = self._open_block(ref)
+                if b is None:
+                    continue  # corrupt: quarantined, every other block keeps serving
+                self._blocks[ref.path] = b
             blocks.append(b)
         for p in [p for p in self._blocks if p.parent == store.block_dir(self.data_dir, table) and p not in live]:
             del self._blocks[p]
         return _View(blocks, self._tails[table].refresh(snap.tail))
+
+    def _open_block(self, ref: store.BlockRef) -> _Block | None:
+        """Open a block the first time this reader meets it: verify its checksum, then
+        its footer; a corrupt one is quarantined (logged once, by whichever process
+        moves it) and ``None`` is returned. A block deleted meanwhile raises
+        FileNotFoundError (the caller re-lists)."""
+        problem = ref.verify()
+        if problem is None:
+            try:
+                return _Block(ref)
+            except FileNotFoundError:
+                raise
+            except (pa.ArrowException, OSError, ValueError) as exc:
+                if not ref.path.exists():
+                    raise FileNotFoundError(str(ref.path)) from None
+                problem = f"unreadable: {str(exc).splitlines()[0][:200]}"
+        ref.quarantine(self.data_dir, problem)
+        return None
+
+    def quarantined(self, *, start_ns: int | None = None, end_ns: int | None = None,
+                    tables: Sequence[str] | None = None) -> list[quarantine.QuarantinedBlock]:
+        """Blocks set aside as corrupt whose time range meets ``[start_ns, end_ns)``:
+        rows missing from every answer over that window (see
+        :func:`stagetrace.collector.quarantine.missing_data_note`)."""
+        return quarantine.list_quarantined(self.data_dir, start_ns=start_ns, end_ns=end_ns, tables=tables)
 
     def _retry(self, fn: Callable[[], Any]) -> Any:
         """Run a read; if compaction or a cut removed a file under it, re-read the catalogue."""
@@ -187,6 +215,8 @@ class EmbeddedBackend:
                     return fn()
                 except Exception as exc:
                     if not _vanished_file_error(exc):
+                        if _data_error(exc):
+                            raise self._damaged(exc) from None
                         raise
                     # most likely a block deleted by compaction/retention after we listed it
                     # (FileNotFoundError; DuckDB: "No files found that match the pattern ...").
@@ -195,7 +225,14 @@ class EmbeddedBackend:
                     last = exc
                 self._blocks.clear()
                 time.sleep(min(0.2, 0.005 * 2 ** attempt))  # compaction of a big block takes a while
+            if last is not None and not isinstance(last, OSError):  # the same Arrow/DuckDB read error every time
+                raise self._damaged(last) from None
             raise BackendError(f"cannot read the store in {self.data_dir}: {last}")
+
+    def _damaged(self, exc: BaseException) -> "StoreDamaged":
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        return StoreDamaged(f"cannot read the store in {self.data_dir}: {first} "
+                            f"(run `stagetrace collector check --data-dir {self.data_dir}`)")
 
     def _rows_by_trace(self, table: str, tids: Sequence[bytes], columns: list[str] | None = None) -> pa.Table:
         def run() -> pa.Table:
@@ -524,13 +561,15 @@ class EmbeddedBackend:
         return sorted(names)
 
     def stats(self) -> dict[str, int]:
-        """Row counts per table (blocks + WAL tail): for tests, benchmarks and debugging."""
+        """Row counts per table (blocks + WAL tail), and ``quarantined_blocks`` /
+        ``quarantined_rows``: data set aside as corrupt, missing from every answer."""
         out = {}
         for table in store.TABLES:
             n = 0
             for batch in self._sql(table, "count(*)", [], []):
                 n += batch.column(0)[0].as_py()
             out[table] = n
+        out.update(quarantine.quarantine_stats(self.data_dir))
         return out
 
     def close(self) -> None:
@@ -546,6 +585,20 @@ class EmbeddedBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class StoreDamaged(UserError):
+    """Stored data cannot be decoded (a block without a checksum, damaged on disk):
+    one line, exit 2, and the command that finds and quarantines it."""
+
+    exit_code = 2
+
+
+def _data_error(exc: BaseException) -> bool:
+    """A read that failed on the data itself (DuckDB decoding a damaged page)."""
+    duckdb = sys.modules.get("duckdb")  # a malformed query is our bug: let that one show
+    return duckdb is not None and isinstance(exc, duckdb.Error) and not isinstance(
+        exc, (duckdb.BinderException, duckdb.ParserException, duckdb.CatalogException, duckdb.SyntaxException))
 
 
 def _vanished_file_error(exc: BaseException) -> bool:

@@ -110,8 +110,12 @@ def _error(message: str, kind: str = "") -> bytes:
     return json.dumps({"error": message, "kind": kind}).encode()
 
 
-def write_discovery(data_dir: Path, host: str, http_port: int) -> Path:
-    """Say where this collector serves queries; atomic, so a reader never sees half a file."""
+def write_discovery(data_dir: Path, host: str, http_port: int, ca_file: str | None = None) -> Path:
+    """Say where this collector serves queries; atomic, so a reader never sees half a file.
+
+    With TLS the URL is ``https://`` and ``ca_file`` names the collector's own
+    certificate: a reader on this machine trusts exactly that certificate (it
+    can read the data dir anyway), with no CA set-up for a self-signed one."""
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
     elif host in ("::", "[::]"):
@@ -119,7 +123,11 @@ def write_discovery(data_dir: Path, host: str, http_port: int) -> Path:
     h = f"[{host}]" if ":" in host and not host.startswith("[") else host
     path = data_dir / DISCOVERY_FILE
     tmp = path.with_name(f".{DISCOVERY_FILE}.{os.getpid()}")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "url": f"http://{h}:{http_port}", "query": PREFIX}) + "\n")
+    info: dict[str, Any] = {"pid": os.getpid(), "url": f"{'https' if ca_file else 'http'}://{h}:{http_port}",
+                            "query": PREFIX}
+    if ca_file:
+        info["ca_file"] = ca_file
+    tmp.write_text(json.dumps(info) + "\n")
     os.replace(tmp, path)
     return path
 

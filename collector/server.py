@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import queryapi, wal
 from .maintainer import Maintainer, lock_data_dir
-from .receiver import Ingestor, Limits, start_grpc, start_http
+from .receiver import Ingestor, Limits, TLSFiles, start_grpc, start_http
 from .store import TABLES, BlockStore, StoreConfig, wal_dir
 
 log = logging.getLogger("stagetrace.collector")
@@ -29,6 +29,7 @@ class CollectorConfig:
     http_port: int = 4318
     token: str | None = None
     allow_remote: bool = False
+    tls: TLSFiles | None = None  # both receivers and the query endpoint serve TLS with it
     fsync: bool = False
     limits: Limits = field(default_factory=Limits)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -94,14 +95,15 @@ class Collector:
         self.http_server = None
         self.query = queryapi.QueryService(self.data_dir) if cfg.serve_queries else None
         try:
-            self.grpc_server, self.grpc_port = start_grpc(self.ingestor, cfg.host, cfg.grpc_port)
+            self.grpc_server, self.grpc_port = start_grpc(self.ingestor, cfg.host, cfg.grpc_port, cfg.tls)
             self.http_server, self.http_port, self._http_thread = start_http(self.ingestor, cfg.host, cfg.http_port,
-                                                                             self.query)
+                                                                             self.query, cfg.tls)
         except BaseException:
             self.stop(final_cut=False)
             raise
         if self.query is not None:
-            queryapi.write_discovery(self.data_dir, cfg.host, self.http_port)
+            queryapi.write_discovery(self.data_dir, cfg.host, self.http_port,
+                                     ca_file=str(Path(cfg.tls.cert_file).resolve()) if cfg.tls else None)
             self.query.warm()
 
     def _measure_backlog(self) -> int:

@@ -38,7 +38,7 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from . import otlp, wal
+from . import integrity, otlp, quarantine, wal
 
 log = logging.getLogger("stagetrace.collector.store")
 
@@ -323,6 +323,18 @@ class BlockRef:
     def tids_path(self) -> Path:
         return self.path.with_name(self.path.name[: -len(".parquet")] + ".tids.npy")
 
+    @property
+    def check_path(self) -> Path:
+        return integrity.check_path(self.path)
+
+    def verify(self) -> str | None:
+        """Why this block is corrupt, or ``None`` (see :mod:`.integrity`)."""
+        return integrity.verify_block(self.path, self.tids_path if self.table in (SPANS, LOGS) else None)
+
+    def quarantine(self, data_dir: Path, reason: str) -> "quarantine.QuarantinedBlock | None":
+        return integrity.quarantine_block(Path(data_dir), self.table, self.lo, self.hi, self.path,
+                                          self.tids_path if self.table in (SPANS, LOGS) else None, reason)
+
 
 def block_dir(data_dir: Path, table: str) -> Path:
     return data_dir / "blocks" / table
@@ -412,13 +424,17 @@ def write_block(data_dir: Path, table: str, lo: int, hi: int, t: pa.Table, *, so
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tids_tmp, ref.tids_path)
-    os.replace(tmp, ref.path)  # the sidecar exists before the block becomes visible
+    # checksums of the block and its index, with what it holds (the quarantine ledger
+    # needs rows and time range even when the block's own footer is what broke)
+    integrity.write_check(tmp, ref.path, ref.tids_path if table in (SPANS, LOGS) else None,
+                          {k.decode().split(".", 1)[1]: int(v) for k, v in meta.items()})
+    os.replace(tmp, ref.path)  # the sidecars exist before the block becomes visible
     wal._fsync_dir(d)
     return ref
 
 
 def delete_block(ref: BlockRef) -> None:
-    for p in (ref.path, ref.tids_path):
+    for p in (ref.path, ref.tids_path, ref.check_path):  # the block first: readers list it
         try:
             os.unlink(p)
         except FileNotFoundError:
@@ -426,7 +442,14 @@ def delete_block(ref: BlockRef) -> None:
 
 
 def block_info(ref: BlockRef) -> tuple[int, int, int, int]:
-    """(rows, min_time_ns, max_time_ns, bytes on disk) from the footer."""
+    """(rows, min_time_ns, max_time_ns, bytes on disk) from the checksum sidecar, else the footer."""
+    try:
+        doc = integrity.read_check(ref.path)
+    except (OSError, ValueError):
+        doc = None
+    if doc is not None and "rows" in doc:
+        size = doc["bytes"] + (ref.tids_path.stat().st_size if ref.tids_path.exists() else 0)
+        return int(doc["rows"]), int(doc.get("min_time_ns", 0)), int(doc.get("max_time_ns", 0)), size
     md = pq.read_metadata(ref.path)
     kv = md.metadata or {}
     size = ref.path.stat().st_size + (ref.tids_path.stat().st_size if ref.tids_path.exists() else 0)
@@ -460,7 +483,8 @@ class BlockStore:
 
     def next_seq(self, table: str) -> int:
         segs = wal.list_segments(wal_dir(self.data_dir, table))
-        hi = max([s for s, _ in segs] + [b.hi for b in list_blocks(self.data_dir, table)] + [0])
+        hi = max([s for s, _ in segs] + [b.hi for b in list_blocks(self.data_dir, table)] + [0]
+                 + [e.hi for e in quarantine.list_quarantined(self.data_dir, tables=[table])])  # never reuse a seq
         return hi + 1
 
     def _info_of(self, ref: BlockRef) -> tuple[int, int, int, int]:
@@ -468,6 +492,18 @@ class BlockStore:
         if info is None:
             info = self._info[ref.path] = block_info(ref)
         return info
+
+    def verified(self, refs: Sequence[BlockRef]) -> bool:
+        """Verify blocks about to be rewritten; quarantine the corrupt ones. False if any
+        was: a merge must not spread a damaged block's rows (the caller re-lists)."""
+        ok = True
+        for r in refs:
+            problem = r.verify()
+            if problem is not None:
+                r.quarantine(self.data_dir, problem)
+                self._info.pop(r.path, None)
+                ok = False
+        return ok
 
     def cut(self, table: str, before_seq: int, pool: Any = None, parallel_bytes: int = 16 << 20) -> BlockRef | None:
         """Turn closed WAL segments (seq < ``before_seq``) into blocks and delete them.
@@ -502,7 +538,8 @@ class BlockStore:
                 p.unlink(missing_ok=True)
 
     def compact(self, table: str) -> bool:
-        """Merge the first run of ``fan_in`` adjacent small blocks; True if merged."""
+        """Merge the first run of ``fan_in`` adjacent small blocks; True if merged
+        (or if a corrupt input was quarantined instead)."""
         cfg = self.config
         blocks = list_blocks(self.data_dir, table)
         # remove inputs of a compaction that finished writing but died before deleting
@@ -520,7 +557,13 @@ class BlockStore:
             return t
         run: list[BlockRef] = []
         for b in blocks:
-            rows = self._info_of(b)[0]
+            try:
+                rows = self._info_of(b)[0]
+            except FileNotFoundError:
+                raise
+            except Exception as exc:  # an unreadable footer: corrupt, set it aside
+                b.quarantine(self.data_dir, f"unreadable footer: {str(exc).splitlines()[0][:200]}")
+                return True
             if run and (tier(rows) != tier(self._info_of(run[0])[0]) or rows >= cfg.max_block_rows):
                 run = []
             if rows >= cfg.max_block_rows:
@@ -531,6 +574,8 @@ class BlockStore:
                 if total > cfg.max_block_rows:
                     run = run[1:]
                     continue
+                if not self.verified(run):
+                    return True
                 merged = read_blocks_for_merge(table, [r.path for r in run])
                 new = write_block(self.data_dir, table, run[0].lo, run[-1].hi, merged)
                 for r in run:
@@ -548,7 +593,10 @@ class BlockStore:
         everything: list[tuple[int, BlockRef, int]] = []
         for table in TABLES:
             for b in list_blocks(self.data_dir, table):
-                rows, tmin, tmax, size = self._info_of(b)
+                try:
+                    rows, tmin, tmax, size = self._info_of(b)
+                except Exception:  # gone meanwhile, or corrupt (compaction quarantines it)
+                    continue
                 if cfg.retention_ns and tmax and tmax < now_ns - cfg.retention_ns:
                     delete_block(b)
                     self._info.pop(b.path, None)
@@ -602,6 +650,10 @@ def read_blocks_for_merge(table: str, paths: Sequence[Path]) -> pa.Table:
 
 def cut_segments(data_dir: Path, table: str, segs: Sequence[tuple[int, Path]]) -> BlockRef:
     """Write the block of WAL segments ``segs`` (contiguous); the caller deletes them."""
+    for seq, p in segs:  # damage inside a segment (not a torn tail): keep its raw bytes and say so
+        scan = integrity.scan_segment(p)
+        if scan.damaged:
+            integrity.preserve_damaged_segment(Path(data_dir), table, seq, p, scan)
     t, bad = build_table_safe(table, [payload for _, p in segs for _, payload in wal.read_records(p)],
                               dictionaries=True)
     if bad:  # never silently: keep the raw records next to the store and say so
