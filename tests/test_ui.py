@@ -1,0 +1,381 @@
+"""`stagetrace ui` in a real browser (Debian's headless Chromium, driven by Selenium
+through Debian's chromedriver), over a real store.
+
+The store: tests/telemetry_gen.py emits two 10-minute incidents with the real
+OTel SDK over OTLP into a `stagetrace collector` subprocess (the collector keeps
+running and serves the UI's trace lookups, as in normal use): slow feature
+fetches on shard 7 (onset half-way), then model v2 raising on a missing feature.
+`stagetrace ui` runs as its own subprocess on a free loopback port. Nothing is
+mocked. Screenshots of each page go to tests/artifacts/ui/ (git-ignored).
+
+The investigation assertions read the structured report JSON the page drew
+(`window.stagetrace.lastReport`), not its wording.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import telemetry_gen as gen
+from stagetrace import semconv
+
+MIN = 60_000_000_000
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("STAGETRACE_TEST_ARTIFACTS", ROOT / "tests" / "artifacts")) / "ui"
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def _need_browser() -> None:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
+    if missing:
+        msg = f"{', '.join(missing)} not installed: `make deps` installs Debian's chromium and chromium-driver"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+def start_ui(data_dir: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """`stagetrace ui` on a free port; returns the process and its printed URL."""
+    exe = Path(sys.executable).with_name("stagetrace")
+    proc = subprocess.Popen([str(exe), "ui", "--data-dir", str(data_dir), "--port", "0", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    line = proc.stdout.readline()  # the ready line, or "" when it exited
+    m = re.match(r"^stagetrace ui ready url=(\S+)$", line.strip())
+    if not m:
+        proc.kill()
+        raise AssertionError(f"stagetrace ui did not start: {line!r} {proc.stderr.read()}")
+    return proc, m.group(1)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from stagetrace.collector.process import start_collector
+    data = tmp_path_factory.mktemp("ui-store")
+    now = time.time_ns()
+    with start_collector(data) as c:
+        ex = gen.OtlpExporters(grpc_endpoint=c.grpc_endpoint)
+        slow = gen.generate("slow_shard", ex, minutes=10, end_ns=now - 15 * MIN)
+        errors = gen.generate("v2_errors", ex, minutes=10, end_ns=now)
+        proc, url = start_ui(c.data_dir)
+        try:
+            yield {"url": url, "data_dir": c.data_dir, "slow": slow, "errors": errors}
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def driver():
+    _need_browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    d = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    yield d
+    d.quit()
+
+
+def window(r) -> str:
+    return f"from={r.start_ns // 1_000_000}&to={r.end_ns // 1_000_000}"
+
+
+def wait(d, js: str, timeout: float = 30.0):
+    end = time.monotonic() + timeout
+    while True:
+        v = d.execute_script(js)
+        if v or time.monotonic() > end:
+            return v
+        time.sleep(0.05)
+
+
+def open_page(d, url: str) -> None:
+    d.get(url)
+    state = wait(d, "const s = document.getElementById('app').dataset.state; return s === 'loading' ? null : s")
+    assert state == "ready", (url, state, d.find_element("id", "app").text[:500])
+
+
+def console_errors(d) -> list[dict]:
+    return [e for e in d.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+
+
+def shot(d, name: str) -> None:
+    d.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
+def plot_xy(d, start_ms: float, duration_ms: float) -> tuple[float, float]:
+    """Viewport coordinates of (start time, duration) on the scatter plot."""
+    return d.execute_script("""
+        const [t, dur] = arguments;
+        const s = document.getElementById('scatter'), bg = s.querySelector('.plot-bg');
+        const r = s.getBoundingClientRect(), doc = window.stagetrace.lastSearch;
+        const ml = +bg.getAttribute('x'), mt = +bg.getAttribute('y'), pw = +bg.getAttribute('width'), ph = +bg.getAttribute('height');
+        const maxD = Math.max(1, ...doc.points.map((p) => p.duration_ms)) * 1.05;
+        const x = ml + (t - doc.window.start_ms) / (doc.window.end_ms - doc.window.start_ms) * pw;
+        const y = mt + ph - Math.min(dur, maxD) / maxD * ph;
+        return [r.left + x, r.top + y];""", start_ms, duration_ms)
+
+
+def pointer(d):
+    from selenium.webdriver.common.action_chains import ActionChains
+    return ActionChains(d, duration=50)
+
+
+def drag(d, a: tuple[float, float], b: tuple[float, float]) -> None:
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    ab = ActionBuilder(d, duration=50)
+    ab.pointer_action.move_to_location(int(a[0]), int(a[1])).pointer_down()
+    ab.pointer_action.move_to_location(int((a[0] + b[0]) / 2), int((a[1] + b[1]) / 2))
+    ab.pointer_action.move_to_location(int(b[0]), int(b[1])).pointer_up()
+    ab.perform()
+
+
+def click_at(d, xy: tuple[float, float]) -> None:
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    ab = ActionBuilder(d, duration=50)
+    ab.pointer_action.move_to_location(int(xy[0]), int(xy[1])).click()
+    ab.perform()
+
+
+def report_of(d, timeout: float = 60.0) -> dict:
+    state = wait(d, "const s = document.getElementById('investigation').dataset.state; "
+                    "return s === 'running' ? null : s", timeout)
+    assert state == "done", (state, d.find_element("id", "investigation").text[:500])
+    return d.execute_script("return window.stagetrace.lastReport")
+
+
+# --- the pages, in a browser --------------------------------------------------------------
+
+
+def test_search_page_shows_the_incident_and_filters_live_in_the_url(store, driver):
+    d, slow = driver, store["slow"]
+    open_page(d, f"{store['url']}?{window(slow)}")
+    doc = d.execute_script("return window.stagetrace.lastSearch")
+    assert doc["count"] == len(d.find_elements("css selector", "#scatter .dot")) > 100
+    assert doc["mode"] == "root" and {p["service"] for p in doc["points"]} == {gen.API}
+    # the incident is on the plot: after the onset the slow dots are the injected ones
+    onset_ms = slow.onset_ns / 1e6
+    late_slow = [p for p in doc["points"] if p["start_ms"] >= onset_ms and p["duration_ms"] > 300]
+    assert len(late_slow) >= 10
+    assert {p["trace_id"] for p in late_slow} <= set(slow.faulty_trace_ids)
+    assert not [p for p in doc["points"] if p["start_ms"] < onset_ms and p["duration_ms"] > 300]
+    shot(d, "search")
+    assert console_errors(d) == []
+
+    # filter through the form: errors only, in the v2 window
+    open_page(d, f"{store['url']}?{window(store['errors'])}")
+    from selenium.webdriver.support.ui import Select
+    Select(d.find_element("id", "f-status")).select_by_value("error")
+    d.find_element("id", "f-min").send_keys("1ms")
+    d.find_element("id", "search-button").click()
+    wait(d, "return location.search.includes('status=error')")
+    open_page(d, d.current_url)  # the URL alone gives the same view
+    assert "status=error" in d.current_url and "min=1ms" in d.current_url
+    assert d.find_element("id", "f-status").get_attribute("value") == "error"
+    doc = d.execute_script("return window.stagetrace.lastSearch")
+    errors = set(store["errors"].error_trace_ids)
+    assert doc["count"] >= 10 and all(p["error"] and p["trace_id"] in errors for p in doc["points"])
+    rows = d.find_elements("css selector", "#result-table tbody tr")
+    assert rows and all("row-error" in r.get_attribute("class") for r in rows)
+    assert len(d.find_elements("css selector", "#scatter .dot-error")) == doc["count"]
+
+    # a service that no root carries: its entry spans are plotted
+    open_page(d, f"{store['url']}?{window(store['slow'])}&service={gen.FEATURES}")
+    doc = d.execute_script("return window.stagetrace.lastSearch")
+    assert doc["mode"] == "server" and doc["count"] > 100
+    assert {(p["service"], p["name"]) for p in doc["points"]} == {(gen.FEATURES, "GET /features/{entity_id}")}
+    # an attribute only an inner span carries: those spans are plotted, and they hold the slow ones
+    open_page(d, f"{store['url']}?{window(store['slow'])}&service={gen.FEATURES}&attr=feature.store.shard%3D7")
+    doc = d.execute_script("return window.stagetrace.lastSearch")
+    assert doc["mode"] == "span" and doc["count"] > 5
+    assert {(p["service"], p["name"]) for p in doc["points"]} == {(gen.FEATURES, "feature_store.lookup")}
+    assert max(p["duration_ms"] for p in doc["points"]) > 300
+    assert console_errors(d) == []
+
+
+def test_open_the_slowest_trace_from_the_plot(store, driver):
+    d, slow = driver, store["slow"]
+    open_page(d, f"{store['url']}?{window(slow)}")
+    doc = d.execute_script("return window.stagetrace.lastSearch")
+    top = max(doc["points"], key=lambda p: p["duration_ms"])
+    click_at(d, plot_xy(d, top["start_ms"], top["duration_ms"]))
+    wait(d, "return location.pathname.startsWith('/trace/')")
+    open_page(d, d.current_url)
+    assert d.current_url.endswith("/trace/" + top["trace_id"])
+    rep = d.execute_script("return window.stagetrace.lastTrace")
+    assert rep["kind"] == "trace" and rep["data"]["trace_id"] == top["trace_id"]
+    # the critical path is highlighted, and it runs through the slow feature fetch
+    crit = d.find_elements("css selector", ".span-row.critical")
+    assert len(crit) == sum(1 for s in rep["data"]["spans"] if s["critical"]) >= 3
+    assert d.find_elements("css selector", ".span-row.critical .stage-badge[data-stage='feature_fetch']")
+    assert d.find_elements("css selector", ".crit-seg")
+    # logs sit under the span that emitted them, in time order
+    rows = d.execute_script("""return [...document.querySelectorAll('#waterfall .span-row, #waterfall .log-row')]
+        .map((e) => [e.classList.contains('span-row') ? 'span' : 'log', e.dataset.spanId, e.textContent]);""")
+    assert sum(1 for r in rows if r[0] == "log") == rep["data"]["log_count"] - len(rep["data"]["unattached_logs"])
+    owner = None
+    for kind, sid, text in rows:
+        if kind == "span":
+            owner = sid
+        else:
+            assert sid == owner, "a log row is not under its span"
+    miss = [r for r in rows if r[0] == "log" and "cache miss" in r[2]]
+    assert miss, "the shard-7 cache miss log is not on the page"
+    # a click on the span shows its attributes
+    d.find_element("css selector", f".span-row[data-span-id='{miss[0][1]}']").click()
+    attrs = d.find_element("id", "span-attributes").text
+    assert semconv.FEATURE_STORE_SHARD in attrs and "7" in attrs
+    assert d.find_elements("css selector", "#metrics figure"), "no service metrics drawn"
+    shot(d, "trace")
+    assert console_errors(d) == []
+
+
+def test_brushing_the_slow_region_names_the_injected_cause(store, driver):
+    d, slow = driver, store["slow"]
+    open_page(d, f"{store['url']}?{window(slow)}")
+    # from the onset to the end of the window, every request slower than 250 ms
+    a = plot_xy(d, slow.onset_ns / 1e6, 1e9)  # clamped to the top of the plot
+    b = plot_xy(d, slow.end_ns / 1e6, 250)
+    drag(d, a, b)
+    rep = report_of(d)
+    shot(d, "investigate-slow")
+    assert rep["kind"] == "slow"
+    assert abs(rep["data"]["threshold_ns"] - 250e6) < 5e6, rep["data"]["threshold_ns"]
+    assert rep["window"]["start_ns"] >= slow.onset_ns - 60e9
+    top = rep["findings"][0]
+    assert top["significant"]
+    assert top["stage"] == semconv.STAGE_FEATURE_FETCH or (
+        top["attribute"] == semconv.FEATURE_STORE_SHARD and str(top["value"]) == "7"), top
+    # every trace id on the panel opens the trace view
+    links = d.find_elements("css selector", "#investigation a.trace-link")
+    assert links and all(a.get_attribute("href").endswith("/trace/" + a.get_attribute("data-trace-id")) for a in links)
+    shown = [a for a in links if a.is_displayed()]  # (the others are in folded evidence)
+    tid = shown[0].get_attribute("data-trace-id")
+    assert tid in set(slow.faulty_trace_ids)
+    shown[0].click()
+    wait(d, "return location.pathname.startsWith('/trace/')")
+    open_page(d, d.current_url)
+    assert console_errors(d) == []
+
+
+def test_a_clean_window_names_no_cause(store, driver):
+    """The control: the same service before the onset has only its natural tail."""
+    d, slow = driver, store["slow"]
+    open_page(d, f"{store['url']}?from={slow.start_ns // 1_000_000}&to={slow.onset_ns // 1_000_000}")
+    d.find_element("id", "why-slow").click()
+    rep = report_of(d)
+    assert rep["kind"] == "slow"
+    assert [f for f in rep["findings"] if f["significant"]] == [], rep["findings"][:2]
+    assert console_errors(d) == []
+
+
+def test_why_are_these_failing_finds_the_v2_incident(store, driver):
+    d = driver
+    open_page(d, f"{store['url']}?{window(store['errors'])}")
+    d.find_element("id", "why-failing").click()
+    rep = report_of(d)
+    shot(d, "investigate-errors")
+    top = rep["findings"][0]
+    assert top["kind"] == "error_cluster" and top["significant"]
+    assert (top["service"], top["stage"]) == (gen.API, semconv.STAGE_INFERENCE), top
+    assert top["attribute"] == semconv.ML_MODEL_VERSION and top["value"] == "v2"
+    assert console_errors(d) == []
+
+
+def test_service_map(store, driver):
+    d = driver
+    open_page(d, f"{store['url']}map?{window(store['errors'])}")
+    doc = d.execute_script("return window.stagetrace.lastMap")
+    edge = next(e for e in doc["edges"] if (e["caller"], e["callee"]) == (gen.API, gen.FEATURES))
+    assert edge["requests"] >= 100 and edge["rate_per_s"] > 0 and edge["p95_ms"] >= edge["p50_ms"] > 0
+    api = next(n for n in doc["nodes"] if n["service"] == gen.API)
+    assert 0.02 < api["error_rate"] < 0.5  # the v2 canary's failures
+    assert d.find_elements("css selector", f"#servicemap path.edge[data-caller='{gen.API}'][data-callee='{gen.FEATURES}']")
+    cells = [c.text for c in d.find_elements("css selector", "#edge-table tbody td")]
+    assert gen.API in cells and gen.FEATURES in cells
+    shot(d, "map")
+    assert console_errors(d) == []
+
+
+# --- the server's rules (no browser) ---------------------------------------------------------
+
+
+def _http(url: str, *, data: bytes | None = None, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *a, **k):
+            return None
+    try:
+        with urllib.request.build_opener(NoRedirect).open(req, timeout=30) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def test_bad_requests_get_one_line_errors(store):
+    u = store["url"]
+    for path, code in (("api/search?min=fast", 400), ("api/search?status=broken", 400),
+                       ("api/search?from=2&to=1", 400), ("api/trace/xyz", 400),
+                       ("api/trace/" + "ab" * 16, 404), ("static/../ui/cli.py", 404), ("nope", 404)):
+        status, _, body = _http(u + path)
+        assert status == code, (path, status, body)
+        if path.startswith("api/"):
+            msg = json.loads(body)["error"]
+            assert msg and "\n" not in msg and "Traceback" not in msg
+    status, _, _ = _http(u + "api/investigate", data=b"x" * (65 * 1024), headers={"Content-Type": "application/json"})
+    assert status == 413
+    status, _, body = _http(u + "api/investigate", data=b'{"kind": "slow", "threshold": "p200"}')
+    assert status == 400 and "percentile" in json.loads(body)["error"]
+    status, _, _ = _http(u + "api/search?" + "a=1&" * 3000)
+    assert status == 414
+    # a page on another origin cannot reach the UI through DNS rebinding
+    status, _, _ = _http(u + "api/health", headers={"Host": "evil.example:80"})
+    assert status == 403
+    status, headers, _ = _http(u)
+    assert status == 200 and "script-src 'self'" in headers["Content-Security-Policy"]
+
+
+def test_token_and_remote_rules(store):
+    exe = Path(sys.executable).with_name("stagetrace")
+    p = subprocess.run([str(exe), "ui", "--host", "0.0.0.0", "--port", "0", "--data-dir", str(store["data_dir"])],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--allow-remote" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    proc, url = start_ui(store["data_dir"], "--token", "s3cret-token")
+    try:
+        base = url.split("?")[0]
+        assert url.endswith("?token=s3cret-token")
+        assert _http(base + "api/health")[0] == 401
+        assert _http(base + "api/health", headers={"Authorization": "Bearer wrong"})[0] == 401
+        assert _http(base + "api/health", headers={"Authorization": "Bearer s3cret-token"})[0] == 200
+        status, headers, _ = _http(url)  # the printed URL sets a cookie and drops the token from the address
+        assert status == 303 and headers["Location"] == "/"
+        cookie = headers["Set-Cookie"].split(";")[0]
+        assert "HttpOnly" in headers["Set-Cookie"] and "SameSite=Strict" in headers["Set-Cookie"]
+        assert _http(base + "api/health", headers={"Cookie": cookie})[0] == 200
+        assert _http(base + "api/health", headers={"Cookie": "stagetrace_ui_token=nope"})[0] == 401
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_artifacts_folder_is_ignored_by_git():
+    if not shutil.which("git") or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    p = subprocess.run(["git", "check-ignore", "-q", "tests/artifacts/ui/search.png"], cwd=ROOT)
+    assert p.returncode == 0

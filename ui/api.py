@@ -1,0 +1,352 @@
+"""What the UI's JSON endpoints compute, over any :class:`stagetrace.backend.Backend`.
+
+Why bounded samples: the Backend answers "every matching span" by decoding each
+one (``find_spans(limit=None)`` reads ~200k requests of a 1M-span hour in ~4 s),
+which is fine for an investigation but not for a search page that must answer in
+under a second. So the search reads at most :data:`POINT_BUDGET` requests,
+spread over :data:`SLICES` equal slices of the window (every slice gets its share,
+so a busy minute cannot crowd out the rest), then, in each slice that had more
+than its share, the slowest requests above the sample's p90: the slow dots people
+want to brush are never sampled away. The page says how many points it shows and
+whether the window held more.
+
+A "request" is what ``investigate slow`` calls one (forensics/window.py): a
+trace's root span, or, when the filters name a service or route that no root
+carries, that service's SERVER/CONSUMER spans. Filtering on an operation, or on
+an attribute no root carries, plots the matching spans themselves.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import urllib.parse
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from stagetrace import semconv
+from stagetrace.backend import Backend, TraceQuery
+from stagetrace.config import normalize_trace_id, parse_duration_ns
+from stagetrace.errors import UserError
+from stagetrace.model import Span
+
+POINT_BUDGET = 1200  # requests plotted per search (plus the slow tail of busy slices)
+SLICES = 12
+MAP_SPANS_PER_SLICE = 2500  # spans read per slice for the service map
+MAP_SLICES = 8
+MAX_RESULT_ROWS = 300  # rows of the result list (the plot has every point)
+DEFAULT_SINCE = "1h"
+MAX_WINDOW_NS = 31 * 86_400_000_000_000
+_ENTRY_KINDS = ("SERVER", "CONSUMER")
+
+
+@dataclass(slots=True)
+class SearchFilters:
+    """The search form; every field also lives in the page URL (see :meth:`to_query`)."""
+
+    start_ns: int
+    end_ns: int
+    service: str | None = None
+    operation: str | None = None
+    route: str | None = None
+    status: str | None = None  # error | ok | unset
+    min_duration_ns: int | None = None
+    max_duration_ns: int | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    def attrs(self) -> dict[str, Any]:
+        a: dict[str, Any] = dict(self.attributes)
+        if self.route:
+            a[semconv.HTTP_ROUTE] = self.route
+        return a
+
+
+def _one(params: Mapping[str, Sequence[str]], key: str) -> str | None:
+    v = params.get(key)
+    if not v:
+        return None
+    s = v[-1].strip()
+    return s or None
+
+
+def parse_time_ns(text: str, what: str) -> int:
+    """Unix milliseconds (what the page sends), or ISO 8601 (UTC unless an offset is given)."""
+    import datetime as dt
+    t = text.strip()
+    try:
+        x = float(t)
+    except ValueError:
+        try:
+            d = dt.datetime.fromisoformat(t.replace("Z", "+00:00"))
+        except ValueError:
+            raise UserError(f"invalid {what} {text!r}: use Unix milliseconds or ISO 8601") from None
+        if d.tzinfo is None:
+            d = d.replace(tzinfo=dt.timezone.utc)
+        return int(d.timestamp() * 1e9)
+    if not math.isfinite(x) or x < 0:
+        raise UserError(f"invalid {what} {text!r}")
+    return int(x * 1e6)
+
+
+def _duration(text: str | None, what: str) -> int | None:
+    if text is None:
+        return None
+    try:
+        return parse_duration_ns(text, default_unit="ms")
+    except UserError:
+        raise UserError(f"invalid {what} {text!r}: use e.g. 250ms, 1.5s or a number of milliseconds") from None
+
+
+def parse_filters(params: Mapping[str, Sequence[str]], now_ns: int | None = None) -> SearchFilters:
+    """The URL query of the search page -> filters; a bad value raises :class:`UserError` (HTTP 400)."""
+    now_ns = now_ns or time.time_ns()
+    since, frm, to = _one(params, "since"), _one(params, "from"), _one(params, "to")
+    if frm:
+        start = parse_time_ns(frm, "from")
+        end = parse_time_ns(to, "to") if to else now_ns
+    else:
+        if to:
+            raise UserError("'to' needs 'from'")
+        end = now_ns
+        start = end - _duration(since or DEFAULT_SINCE, "since")  # type: ignore[operator]
+    if start >= end:
+        raise UserError("the time range is empty: 'from' must be before 'to'")
+    if end - start > MAX_WINDOW_NS:
+        raise UserError("the time range is longer than 31 days")
+    status = _one(params, "status")
+    if status is not None:
+        status = status.lower()
+        if status not in ("error", "ok", "unset"):
+            raise UserError(f"invalid status {status!r}: use error, ok or unset")
+    attrs: dict[str, str] = {}
+    for raw in params.get("attr", []):
+        for item in raw.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            k, sep, v = item.partition("=")
+            if not sep or not k.strip():
+                raise UserError(f"invalid attribute filter {item!r}: use key=value")
+            attrs[k.strip()] = v.strip()
+    f = SearchFilters(start_ns=start, end_ns=end, service=_one(params, "service"),
+                      operation=_one(params, "operation"), route=_one(params, "route"), status=status,
+                      min_duration_ns=_duration(_one(params, "min"), "min duration"),
+                      max_duration_ns=_duration(_one(params, "max"), "max duration"), attributes=attrs)
+    if f.min_duration_ns is not None and f.max_duration_ns is not None and f.min_duration_ns > f.max_duration_ns:
+        raise UserError("the minimum duration is above the maximum")
+    return f
+
+
+def _query(f: SearchFilters, start: int, end: int, limit: int | None, *, root_only: bool,
+           min_ns: int | None = None) -> TraceQuery:
+    lo = f.min_duration_ns if min_ns is None else max(min_ns, f.min_duration_ns or 0)
+    return TraceQuery(service=f.service, span_name=f.operation, status=f.status, min_duration_ns=lo,
+                      max_duration_ns=f.max_duration_ns, attributes=f.attrs(), start_ns=start, end_ns=end,
+                      root_only=root_only, limit=limit)
+
+
+def _slices(start: int, end: int, n: int) -> list[tuple[int, int]]:
+    step = max(1, (end - start) // n)
+    edges = [start + i * step for i in range(n)] + [end]
+    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+
+
+def _entry_mode(backend: Backend, f: SearchFilters) -> str:
+    """``span`` (plot the matching spans themselves: an operation was named, or an
+    attribute no root carries), ``root`` (requests are trace roots) or ``server``
+    (a service or route no root carries: its SERVER/CONSUMER spans)."""
+    if f.operation:
+        return "span"
+    if not (f.service or f.route or f.attributes):
+        return "root"
+    if backend.find_spans(_query(f, f.start_ns, f.end_ns, 1, root_only=True)):
+        return "root"
+    return "span" if f.attributes else "server"
+
+
+def _fetch(backend: Backend, f: SearchFilters, mode: str, start: int, end: int, limit: int,
+           min_ns: int | None = None) -> tuple[list[Span], bool]:
+    """Up to ``limit`` requests of [start, end); second value: the slice held more."""
+    if mode == "server":
+        # the kind is not a query condition: over-read, keep the service's entry spans
+        got = backend.find_spans(_query(f, start, end, limit * 6, root_only=False, min_ns=min_ns))
+        spans = [s for s in got if s.kind in _ENTRY_KINDS]
+        return spans[:limit], len(got) >= limit * 6 or len(spans) > limit
+    got = backend.find_spans(_query(f, start, end, limit + 1, root_only=mode == "root", min_ns=min_ns))
+    return got[:limit], len(got) > limit
+
+
+def _point(s: Span) -> dict[str, Any]:
+    return {"trace_id": s.trace_id, "span_id": s.span_id, "service": s.service_name, "name": s.name,
+            "start_ms": s.start_ns / 1e6, "duration_ms": s.duration_ns / 1e6, "error": s.is_error,
+            "route": s.attributes.get(semconv.HTTP_ROUTE), "stage": s.stage}
+
+
+def search(backend: Backend, f: SearchFilters, *, budget: int = POINT_BUDGET) -> dict[str, Any]:
+    """The scatter plot's points and the result list: see the module docstring."""
+    t0 = time.perf_counter()
+    mode = _entry_mode(backend, f)
+    slices = _slices(f.start_ns, f.end_ns, SLICES)
+    per = max(1, math.ceil(budget / len(slices)))
+    found: dict[str, Span] = {}
+    full: list[tuple[int, int]] = []
+    for a, b in slices:
+        spans, more = _fetch(backend, f, mode, a, b, per)
+        for s in spans:
+            found[s.span_id] = s
+        if more:
+            full.append((a, b))
+    sampled = bool(full)
+    if full and found:
+        # the slow tail of the busy slices: every request above the sample's p90, up to a share each
+        durs = sorted(s.duration_ns for s in found.values())
+        p90 = durs[int(0.9 * (len(durs) - 1))]
+        for a, b in full:
+            spans, _ = _fetch(backend, f, mode, a, b, per, min_ns=p90 + 1)
+            for s in spans:
+                found[s.span_id] = s
+    pts = sorted(found.values(), key=lambda s: s.start_ns)
+    points = [_point(s) for s in pts]
+    durs = sorted(p["duration_ms"] for p in points)
+
+    def q(p: float) -> float | None:
+        return durs[min(len(durs) - 1, int(p * len(durs)))] if durs else None
+    rows = sorted(points, key=lambda p: -p["start_ms"])[:MAX_RESULT_ROWS]
+    return {"mode": mode, "points": points, "rows": rows, "count": len(points), "sampled": sampled,
+            "errors": sum(1 for p in points if p["error"]), "p50_ms": q(0.5), "p95_ms": q(0.95),
+            "window": {"start_ms": f.start_ns / 1e6, "end_ms": f.end_ns / 1e6},
+            "services": sorted({p["service"] for p in points}),
+            "took_ms": round((time.perf_counter() - t0) * 1e3, 1)}
+
+
+def _pct(sorted_vals: list[float], p: float) -> float:
+    return sorted_vals[min(len(sorted_vals) - 1, int(p * len(sorted_vals)))]
+
+
+def service_map(backend: Backend, start_ns: int, end_ns: int) -> dict[str, Any]:
+    """Services and caller -> callee edges with request rate, error rate and latency.
+
+    An edge is a span whose parent span belongs to another service (the callee's
+    entry span, as Tempo's service graphs pair CLIENT and SERVER spans); its latency
+    is the callee span's duration and its error rate the callee span's. Spans are
+    read in :data:`MAP_SLICES` slices of at most :data:`MAP_SPANS_PER_SLICE`
+    (time-contiguous, so parents and children arrive together); rates divide by the
+    time the read spans cover, so a partly read slice still gives the right rate."""
+    t0 = time.perf_counter()
+    covered_ns = 0
+    spans: list[Span] = []
+    sampled = False
+    for a, b in _slices(start_ns, end_ns, MAP_SLICES):
+        got = backend.find_spans(TraceQuery(start_ns=a, end_ns=b, limit=MAP_SPANS_PER_SLICE))
+        if len(got) >= MAP_SPANS_PER_SLICE:
+            sampled = True
+            covered_ns += max(1, got[-1].start_ns - a)
+        else:
+            covered_ns += b - a
+        spans.extend(got)
+    by_id = {(s.trace_id, s.span_id): s for s in spans}
+    nodes: dict[str, dict[str, Any]] = {}
+    node_durs: dict[str, list[float]] = defaultdict(list)
+    edges: dict[tuple[str, str], dict[str, Any]] = {}
+    edge_durs: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for s in spans:
+        svc = s.service_name
+        n = nodes.setdefault(svc, {"service": svc, "spans": 0, "requests": 0, "errors": 0, "roots": 0})
+        n["spans"] += 1
+        parent = by_id.get((s.trace_id, s.parent_span_id)) if s.parent_span_id else None
+        if s.parent_span_id and parent is None:
+            continue  # parent outside the read spans: neither an entry nor an edge we can tell
+        if parent is not None and parent.service_name == svc:
+            continue
+        # an entry into this service: a root, or called from another service
+        n["requests"] += 1
+        n["errors"] += int(s.is_error)
+        node_durs[svc].append(s.duration_ns / 1e6)
+        if parent is None:
+            n["roots"] += 1
+            continue
+        key = (parent.service_name, svc)
+        e = edges.setdefault(key, {"caller": key[0], "callee": key[1], "requests": 0, "errors": 0})
+        e["requests"] += 1
+        e["errors"] += int(s.is_error)
+        edge_durs[key].append(s.duration_ns / 1e6)
+    secs = max(covered_ns / 1e9, 1e-9)
+    for svc, n in nodes.items():
+        d = sorted(node_durs[svc])
+        n.update(rate_per_s=n["requests"] / secs, error_rate=n["errors"] / n["requests"] if n["requests"] else 0.0,
+                 p50_ms=_pct(d, 0.5) if d else None, p95_ms=_pct(d, 0.95) if d else None)
+    for key, e in edges.items():
+        d = sorted(edge_durs[key])
+        e.update(rate_per_s=e["requests"] / secs, error_rate=e["errors"] / e["requests"],
+                 p50_ms=_pct(d, 0.5), p95_ms=_pct(d, 0.95))
+    # layers for drawing: a service's depth is its longest call chain from a root service
+    depth = {svc: 0 for svc in nodes}
+    for _ in range(len(nodes)):
+        changed = False
+        for (a, b) in edges:
+            if a != b and depth[b] < depth[a] + 1 <= len(nodes):
+                depth[b] = depth[a] + 1
+                changed = True
+        if not changed:
+            break
+    for svc, n in nodes.items():
+        n["depth"] = depth[svc]
+    return {"nodes": sorted(nodes.values(), key=lambda n: (n["depth"], n["service"])),
+            "edges": sorted(edges.values(), key=lambda e: (e["caller"], e["callee"])),
+            "spans_read": len(spans), "sampled": sampled, "covered_s": covered_ns / 1e9,
+            "window": {"start_ms": start_ns / 1e6, "end_ms": end_ns / 1e6},
+            "took_ms": round((time.perf_counter() - t0) * 1e3, 1)}
+
+
+def trace(backend: Backend, trace_id: str) -> dict[str, Any]:
+    """The ``stagetrace trace`` report (same model, same code), as its JSON."""
+    from stagetrace.forensics import trace_report
+    return trace_report(backend, normalize_trace_id(trace_id)).to_dict()
+
+
+@dataclass(slots=True)
+class InvestigateRequest:
+    kind: str  # slow | errors
+    start_ns: int
+    end_ns: int
+    service: str | None = None
+    route: str | None = None
+    threshold: str | int = "p95"  # slow only: "p95", "500ms", or ns
+
+
+def parse_investigate(params: Mapping[str, Sequence[str]]) -> InvestigateRequest:
+    kind = _one(params, "kind")
+    if kind not in ("slow", "errors"):
+        raise UserError("kind must be 'slow' or 'errors'")
+    f = parse_filters(params)
+    thr: str | int = "p95"
+    raw = _one(params, "threshold")
+    if raw is not None:
+        if raw.lower().startswith("p"):
+            thr = raw.lower()
+        else:
+            thr = _duration(raw, "threshold")  # type: ignore[assignment]
+    elif f.min_duration_ns is not None:
+        thr = max(0, f.min_duration_ns - 1)  # "these" = the requests at or above the brushed duration
+    return InvestigateRequest(kind=kind, start_ns=f.start_ns, end_ns=f.end_ns, service=f.service, route=f.route,
+                              threshold=thr)
+
+
+def investigate(backend: Backend, req: InvestigateRequest) -> dict[str, Any]:
+    """``investigate slow|errors`` over the window and filters, as forensics/cli.py runs it."""
+    from stagetrace.forensics import investigate_errors, investigate_slow
+    if req.kind == "slow":
+        if isinstance(req.threshold, str):
+            import numpy as np
+            from stagetrace.forensics.slow import parse_threshold
+            parse_threshold(req.threshold, np.array([1]))  # a bad threshold: 400, before any reading
+        rep = investigate_slow(backend, service=req.service, route=req.route, start_ns=req.start_ns,
+                               end_ns=req.end_ns, threshold=req.threshold)
+    else:
+        rep = investigate_errors(backend, service=req.service, start_ns=req.start_ns, end_ns=req.end_ns)
+    return rep.to_dict()
+
+
+def query_string(params: Mapping[str, Any]) -> str:
+    return urllib.parse.urlencode({k: v for k, v in params.items() if v not in (None, "")}, doseq=True)
