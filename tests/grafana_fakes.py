@@ -38,6 +38,11 @@ class FakeGrafanaStack(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, handler: type[BaseHTTPRequestHandler] | None = None) -> None:
+        # Read every recording here, in the test's thread: a missing file then fails the
+        # test that started the server, not a request thread nobody waits on.
+        root = samples_dir()
+        self.recordings = {p.relative_to(root).as_posix(): p.read_bytes()
+                           for p in sorted(root.glob("*/*")) if p.is_file()}
         super().__init__(("127.0.0.1", 0), handler or _Handler)
         self.requests: list[dict] = []
         self.v2 = True  # False: answer /api/v2 with a plain 404 like Tempo < 2.6
@@ -97,28 +102,28 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(404, b"404 page not found\n", "text/plain; charset=utf-8")
             if p.rsplit("/", 1)[1] == TRACE_ID:
                 body = json.dumps(self.server.trace_doc).encode() if self.server.trace_doc else \
-                    recording("tempo/tempo_trace_v2.json")
+                    self.server.recordings["tempo/tempo_trace_v2.json"]
                 return self._send(200, body)
-            return self._send(404, recording("tempo/tempo_trace_not_found.txt"))
+            return self._send(404, self.server.recordings["tempo/tempo_trace_not_found.txt"])
         if p.startswith("/api/traces/"):
             tid = p.rsplit("/", 1)[1]
             if tid == TRACE_ID:
-                return self._send(200, recording("tempo/tempo_trace_v1.json"))
+                return self._send(200, self.server.recordings["tempo/tempo_trace_v1.json"])
             if len(tid) != 32:
-                return self._send(400, recording("tempo/tempo_trace_bad_id.txt"), "text/plain; charset=utf-8")
-            return self._send(404, recording("tempo/tempo_trace_not_found.txt"))
+                return self._send(400, self.server.recordings["tempo/tempo_trace_bad_id.txt"], "text/plain; charset=utf-8")
+            return self._send(404, self.server.recordings["tempo/tempo_trace_not_found.txt"])
         if p == "/api/search":
             body = json.dumps(self.server.search_doc).encode() if self.server.search_doc else \
-                recording("tempo/tempo_search_traceql.json")
+                self.server.recordings["tempo/tempo_search_traceql.json"]
             return self._send(200, body)
         if p == "/loki/api/v1/query_range":
             if q.get("query", "").count("{") != q.get("query", "").count("}"):
-                return self._send(400, recording("loki/loki_bad_query.txt"), "text/plain; charset=utf-8")
+                return self._send(400, self.server.recordings["loki/loki_bad_query.txt"], "text/plain; charset=utf-8")
             if self.headers.get("X-Loki-Response-Encoding-Flags") == "categorize-labels":
-                return self._send(200, recording("loki/loki_query_range_by_trace_categorized.json"))
-            return self._send(200, recording("loki/loki_query_range_by_trace.json"))
+                return self._send(200, self.server.recordings["loki/loki_query_range_by_trace_categorized.json"])
+            return self._send(200, self.server.recordings["loki/loki_query_range_by_trace.json"])
         if p == "/loki/api/v1/labels":
-            return self._send(200, recording("loki/loki_labels.json"))
+            return self._send(200, self.server.recordings["loki/loki_labels.json"])
         return self._send(404, b"404 page not found\n", "text/plain; charset=utf-8")
 
 

@@ -8,7 +8,8 @@ relative to the test file. This test greps every source under tests/ for:
 - absolute paths into places that hold checkouts or data (``/work``, ``/home``,
   ``/tmp``, ``/opt``, a Windows drive, ``~``...). The machine's own interfaces
   (``/proc``, ``/usr/bin/promtool``) and URL paths (``/v1/traces``) are allowed;
-- relative escapes (``../``) and a ``shared`` folder joined onto a path;
+- relative escapes (a string starting with ``../``) and a ``shared`` folder joined
+  onto a path;
 - ``Path(__file__)`` chains (``.parent``, ``.parents[N]``, ``/ "seg"``), directly or
   through a name assigned from one, that climb above the repository root.
 
@@ -37,7 +38,10 @@ _HOST_PATH = re.compile(
     r"""|[A-Za-z]:\\\\?[A-Za-z]"""  # C:\data
     r""")""")
 _HOME = re.compile(r"""Path\.home\(\)|expanduser\(|["']~[/\\]""")
-_DOTDOT = re.compile(r"""["'](?:[^"'\n]*[/\\])?\.\.(?:[/\\]|["'])""")
+# A string that starts by climbing ("../x", ".."): relative to the working folder or
+# joined onto a path. A ".." inside a string ("static/../ui") is a URL-path input, and
+# alone it cannot leave the folder it is joined to.
+_DOTDOT = re.compile(r"""(?<![\w"'])[rbfuRBFU]{0,2}["']\.\.(?:[/\\]|["'])""")
 _SHARED = re.compile(r"""/\s*["']shared["']|\bshared[/\\](?:samples|schemas|datasets|hooks)\b""")
 _NEG_PARENTS = re.compile(r"""\.parents\[\s*-""")
 
@@ -139,6 +143,8 @@ PLANTED = [
     'ROOT = Path(__file__).resolve().parents[1]\nUP = ROOT / ".."\nX = UP / "y"',
     'data = open("../shared/x.json").read()',
     'data = open("../../x.json").read()',
+    'data = Path(f"../{name}.json").read_text()',
+    'p = os.path.join(os.path.dirname(__file__), "..", "..", "x")',
     'p = Path("data") / ".." / ".." / "elsewhere"',
     'here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))',
     'p = Path(__file__).resolve().parents[-1] / "etc"',
@@ -164,6 +170,8 @@ CLEAN = [
     'srv.get("/loki/api/v1/query_range?query=x")',
     'bad = "../../etc/passwd"  ' + ALLOW_MARK + ' (path-traversal input sent to the server)',
     'def test_query_attribute_semantics_shared_by_backends(): pass',
+    'for path in ("static/../ui/cli.py", "nope"): assert get(url + path).status == 404',
+    'assert text.endswith("...") and x == "..."',
 ]
 
 
