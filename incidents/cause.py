@@ -1,0 +1,91 @@
+"""The cause attached to an alert: the matching investigation over the alert's window.
+
+When an alert fires, ``watch`` runs ``investigate slow`` (latency rules) or
+``investigate errors`` (error rules, new fingerprints, error regressions after a
+version change) exactly as the CLI would, writes the full report as html, md and json
+under ``OUT/alerts/<alert id>/``, and returns the top findings for the notification.
+The findings' structured fields (service, operation, stage, attribute, value) travel
+as annotations too, so a receiver can route on them without parsing sentences.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stagetrace.backend import Backend
+
+from .evaluate import Condition
+
+log = logging.getLogger("stagetrace.watch")
+TOP = 3
+
+
+@dataclass(slots=True)
+class Cause:
+    lines: list[str]  # top findings, one sentence each
+    top: dict[str, Any] = field(default_factory=dict)  # the first finding's structured fields
+    report_dir: Path | None = None
+    files: dict[str, str] = field(default_factory=dict)  # fmt -> path
+    example_trace_ids: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def annotations(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if self.lines:
+            out["cause"] = "\n".join(f"{i}. {ln}" for i, ln in enumerate(self.lines, 1))
+            out["root_cause"] = self.lines[0]
+        for k, v in self.top.items():
+            if v not in (None, ""):
+                out[f"cause_{k}"] = str(v)
+        if self.files.get("html"):
+            out["report"] = self.files["html"]
+        if self.example_trace_ids:
+            out["example_trace_id"] = self.example_trace_ids[0]
+        if self.error:
+            out["cause_error"] = self.error
+        return out
+
+
+def investigate(backend: Backend, cond: Condition, alert_id: str, out_dir: Path) -> Cause:
+    """Run the investigation for ``cond``; never raises (an alert without its cause is
+    still an alert): a failure is reported in ``Cause.error``."""
+    from stagetrace.forensics import investigate_errors, investigate_slow, render
+
+    start, end = cond.window_ns
+    try:
+        if cond.investigate == "slow":
+            threshold: str | int = cond.threshold_ns if cond.threshold_ns else "p95"
+            report = investigate_slow(backend, service=cond.service, route=cond.route, start_ns=start, end_ns=end,
+                                      threshold=threshold)
+        elif cond.investigate == "errors":
+            report = investigate_errors(backend, service=cond.service, start_ns=start, end_ns=end)
+        else:
+            return Cause([])
+    except Exception as exc:  # noqa: BLE001 - the alert goes out with the reason instead
+        log.warning("investigation for alert %s failed: %s", alert_id, exc)
+        return Cause([], error=f"investigation failed: {exc}")
+    sig = [f for f in report.findings if f.significant]
+    lines = [f.summary for f in sig[:TOP]] or list(report.verdict[:1])
+    top: dict[str, Any] = {}
+    if sig:
+        f = sig[0]
+        top = {"kind": f.kind, "service": f.service, "operation": f.operation, "stage": f.stage,
+               "attribute": f.attribute, "value": f.value, "confidence": f.confidence}
+    examples = list(report.data.get("example_trace_ids") or [])
+    if not examples:
+        for f in sig:
+            examples += list(f.evidence.get("example_trace_ids") or [])
+    rdir = out_dir / "alerts" / alert_id
+    files: dict[str, str] = {}
+    try:
+        rdir.mkdir(parents=True, exist_ok=True)
+        for fmt in ("html", "md", "json"):
+            p = rdir / f"report.{fmt}"
+            p.write_text(render(report, fmt), encoding="utf-8")
+            files[fmt] = str(p.resolve())
+    except OSError as exc:
+        log.warning("cannot write the report of alert %s: %s", alert_id, exc)
+    return Cause(lines, top, rdir, files, examples[:5])
