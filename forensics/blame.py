@@ -195,14 +195,19 @@ def _owner(key: Key, edges: Mapping[tuple[str, str], EdgeGrowth]) -> tuple[str, 
     return callee, "calls in"
 
 
-def blame(sel: Sequence[TraceCost], base: Sequence[TraceCost], *, min_share: float = 0.1,
-          alpha: float = stats.ALPHA, weights: Mapping[str, float] | None = None) -> Blame:
-    """Components ranked by the excess they hold in ``sel`` against ``base``.
+def blame(sel: Sequence[TraceCost], base: Sequence[TraceCost], *, after: Sequence[TraceCost] | None = None,
+          min_share: float = 0.1, alpha: float = stats.ALPHA, weights: Mapping[str, float] | None = None) -> Blame:
+    """Components ranked by the excess they hold against ``base``.
 
-    ``weights`` (trace id -> adjusted count, tail-sampled data) weight the means;
-    the tests run on stored values."""
+    ``after`` (a sample of *every* request since the onset, slow or not) is what the
+    components are scored and tested on when given: a component at fault costs more in
+    all the requests that pass through it, while a busy component's natural tail only
+    looks guilty among requests picked *because* they were slow. ``sel`` (the slow
+    requests) is always what the groups are made of. ``weights`` (trace id -> adjusted
+    count, tail-sampled data) weight the means; the tests run on stored values."""
     if not sel or not base:
         return Blame([], {}, {}, {}, {})
+    target = list(after) if after else list(sel)
     w = (lambda tid: float(weights.get(tid, 1.0))) if weights else (lambda tid: 1.0)  # noqa: E731
     # Baseline cost per occurrence of each key.
     tot: dict[Key, float] = defaultdict(float)
@@ -218,27 +223,30 @@ def blame(sel: Sequence[TraceCost], base: Sequence[TraceCost], *, min_share: flo
         keys = set(tc.self_ns) | set(tc.count)
         return {k: tc.self_ns.get(k, 0) - tc.count.get(k, 0) * per_occ.get(k, 0.0) for k in keys}
 
-    edges = edge_growth(sel, base, alpha)
+    edges = edge_growth(target, base, alpha)
+    t_ex = [excess(tc) for tc in target]
     s_ex = [excess(tc) for tc in sel]
     b_ex = [excess(tc) for tc in base]
-    sw = np.array([w(tc.trace_id) for tc in sel])
-    expected = {tc.trace_id: tc.duration_ns - sum(ex.values()) for tc, ex in zip((*sel, *base), (*s_ex, *b_ex))}
-    keys = sorted({k for ex in s_ex for k in ex})
-    key_excess = {k: float(np.average([ex.get(k, 0.0) for ex in s_ex], weights=sw)) for k in keys}
+    tw = np.array([w(tc.trace_id) for tc in target])
+    expected = {tc.trace_id: tc.duration_ns - sum(ex.values())
+                for tc, ex in zip((*target, *sel, *base), (*t_ex, *s_ex, *b_ex))}
+    keys = sorted({k for ex in t_ex for k in ex})
+    key_excess = {k: float(np.average([ex.get(k, 0.0) for ex in t_ex], weights=tw)) for k in keys}
     # Per service: its keys' excess, per trace.
-    owner = {k: _owner(k, edges) for k in set(keys) | {k for ex in b_ex for k in ex}}
+    owner = {k: _owner(k, edges) for k in set(keys) | {k for ex in (*b_ex, *s_ex) for k in ex}}
 
     def by_service(ex: dict[Key, float]) -> dict[str, float]:
         out: dict[str, float] = defaultdict(float)
         for k, v in ex.items():
             out[owner[k][0]] += v
         return out
+    t_svc = [by_service(ex) for ex in t_ex]
     s_svc = [by_service(ex) for ex in s_ex]
     b_svc = [by_service(ex) for ex in b_ex]
-    services = sorted({s for d in s_svc for s in d})
-    means = {s: float(np.average([d.get(s, 0.0) for d in s_svc], weights=sw)) for s in services}
+    services = sorted({s for d in t_svc for s in d})
+    means = {s: float(np.average([d.get(s, 0.0) for d in t_svc], weights=tw)) for s in services}
     total_pos = sum(v for v in means.values() if v > 0)
-    sel_dur = float(np.average([tc.duration_ns for tc in sel], weights=sw))
+    sel_dur = float(np.average([tc.duration_ns for tc in target], weights=tw))
     # Each slow request belongs to the component holding most of its excess.
     dominant = [max(d, key=d.get) if d and max(d.values()) > 0 else None for d in s_svc]
     stage_of: dict[Key, str] = {}
@@ -249,6 +257,7 @@ def blame(sel: Sequence[TraceCost], base: Sequence[TraceCost], *, min_share: flo
     for s in services:
         if means[s] <= 0:
             continue
+        tv = [d.get(s, 0.0) for d in t_svc]
         sv = [d.get(s, 0.0) for d in s_svc]
         bv = [d.get(s, 0.0) for d in b_svc]
         parts = sorted(({"key": k[2] if k[0] == "edge" else f"{k[1]}: {k[2]}", "level": k[0],
@@ -262,7 +271,7 @@ def blame(sel: Sequence[TraceCost], base: Sequence[TraceCost], *, min_share: flo
             op = top["operation"] if top["side"] == "self" else None
         order = np.argsort(-np.asarray(sv))
         c = Component(s, op, stage, means[s], means[s] / total_pos if total_pos > 0 else 0.0, total_pos,
-                      sel_dur, sel_dur - total_pos, parts, p=stats.greater_test(sv, bv),
+                      sel_dur, sel_dur - total_pos, parts, p=stats.greater_test(tv, bv),
                       examples=[sel[i].trace_id for i in order[:5] if sv[i] > 0],
                       group=[sel[i].trace_id for i, d in enumerate(dominant) if d == s])
         comps.append(c)

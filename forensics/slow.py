@@ -34,6 +34,7 @@ from .window import entry_operation, entry_spans, fmt_ms, fmt_time, sampling_wei
 
 MAX_SELECTION = 200
 MAX_BASELINE = 400
+MAX_AFTER = 300
 MIN_BASELINE = 50  # fewer requests before the onset: add the after-onset requests that are not slow
 MIN_OP_REQUESTS = 20  # an operation needs this many requests for its own percentile
 VERSION_KEYS = (semconv.SERVICE_VERSION, semconv.ML_MODEL_VERSION)
@@ -167,8 +168,11 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
             base_pool = [s.trace_id for s, f in zip(entries, slow) if not f]
         sel_ids = _sample(sel_pool, MAX_SELECTION, "selection")
         base_ids = _sample(base_pool, MAX_BASELINE, "baseline")
-        fetched = backend.get_traces(sel_ids + base_ids, start_ns=w_start, end_ns=w_end + 600_000_000_000,
-                                     with_logs=True)
+        # Every request since the onset, slow or not: what components are scored on (see blame).
+        after_ids = _sample([s.trace_id for s in entries if s.start_ns >= onset_ns], MAX_AFTER, "after") \
+            if onset_ns is not None else []
+        want = list(dict.fromkeys(sel_ids + base_ids + after_ids))
+        fetched = backend.get_traces(want, start_ns=w_start, end_ns=w_end + 600_000_000_000, with_logs=True)
         entry_of = {s.trace_id: s for s in entries}
         # With --service S called by others, the request is S's entry span: analyse its subtree only.
         sel = [_subtree(fetched[t], entry_of[t]) for t in sel_ids if t in fetched]
@@ -180,7 +184,9 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         # --- where the time went, per component ---------------------------------------------
         bar.step("critical paths")
         sel_costs, base_costs = blame.trace_costs(sel), blame.trace_costs(base)
-        bl = blame.blame(sel_costs, base_costs, weights=wmap or None)
+        after = [_subtree(fetched[t], entry_of[t]) for t in after_ids if t in fetched]
+        bl = blame.blame(sel_costs, base_costs, after=blame.trace_costs(after) if after else None,
+                         weights=wmap or None)
         # Baseline re-weighted to the slow requests' mix of entry operations (and adjusted counts).
         weights = _evidence_weights(sel, base, entry_of, wmap)
         bar.step("attributes and logs")

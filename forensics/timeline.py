@@ -102,7 +102,9 @@ def detect_onset(k: np.ndarray, n: np.ndarray, e: np.ndarray, *, min_ratio: floa
     and its p-value come from the stored counts (a valid test: with a keep
     probability that does not change over time, the stored rate changes only if
     the real one does), the rates and the effect floor from the weighted ones."""
-    split, p, rb, ra = stats.binomial_split(k, n)
+    # An onset must hold for a tenth of the window at least: a burst in the last few
+    # buckets is a blip (a busy neighbour's tail), not the start of an incident.
+    split, p, rb, ra = stats.binomial_split(k, n, min_side=max(2, len(k) // 10))
     if split < 0:
         return None
     if weighted is not None:
