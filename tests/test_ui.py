@@ -379,3 +379,34 @@ def test_artifacts_folder_is_ignored_by_git():
         pytest.skip("not a git checkout")
     p = subprocess.run(["git", "check-ignore", "-q", "tests/artifacts/ui/search.png"], cwd=ROOT)
     assert p.returncode == 0
+
+
+def test_search_and_map_over_tempo(store):
+    """`--backend grafana`: the search plots Tempo's trace summaries through the same code.
+    Tempo cannot run here, so tests/grafana_fakes.DatasetStack answers in Tempo's recorded
+    response shapes, for this store's own spans."""
+    from grafana_fakes import DatasetStack
+    from stagetrace.backend import TraceQuery
+    from stagetrace.collector.query import EmbeddedBackend
+    from stagetrace.forensics.grafana import GrafanaBackend
+    from stagetrace.ui import api
+
+    slow = store["slow"]
+    with EmbeddedBackend(store["data_dir"]) as emb:
+        spans = emb.find_spans(TraceQuery(start_ns=slow.start_ns, end_ns=slow.end_ns, limit=None))
+    stack = DatasetStack(spans, [])
+    try:
+        with GrafanaBackend(tempo_url=stack.url, loki_url=stack.url) as remote:
+            f = api.SearchFilters(start_ns=slow.start_ns, end_ns=slow.end_ns)
+            doc = api.search(remote, f)
+            errs = api.search(remote, api.SearchFilters(start_ns=slow.start_ns, end_ns=slow.end_ns, status="error"))
+            smap = api.service_map(remote, slow.start_ns, slow.end_ns)
+    finally:
+        stack.close()
+    assert doc["mode"] == "trace" and doc["count"] >= 300
+    assert {p["service"] for p in doc["points"]} == {gen.API}
+    late_slow = {p["trace_id"] for p in doc["points"] if p["start_ms"] >= slow.onset_ns / 1e6 and p["duration_ms"] > 300}
+    assert len(late_slow) >= 10 and late_slow <= set(slow.faulty_trace_ids)
+    assert errs["count"] >= 1 and all(p["error"] for p in errs["points"])
+    edge = next(e for e in smap["edges"] if (e["caller"], e["callee"]) == (gen.API, gen.FEATURES))
+    assert edge["requests"] >= 50 and edge["p95_ms"] > edge["p50_ms"] > 0

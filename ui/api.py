@@ -13,7 +13,9 @@ whether the window held more.
 A "request" is what ``investigate slow`` calls one (forensics/window.py): a
 trace's root span, or, when the filters name a service or route that no root
 carries, that service's SERVER/CONSUMER spans. Filtering on an operation, or on
-an attribute no root carries, plots the matching spans themselves.
+an attribute no root carries, plots the matching spans themselves. On Tempo
+(``--backend grafana``) a point is a trace (Tempo's search summaries: root
+service and name, trace duration), as in Jaeger and Grafana.
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ from stagetrace import semconv
 from stagetrace.backend import Backend, TraceQuery
 from stagetrace.config import normalize_trace_id, parse_duration_ns
 from stagetrace.errors import UserError
-from stagetrace.model import Span
+from stagetrace.model import Span, TraceSummary
 
 POINT_BUDGET = 1200  # requests plotted per search (plus the slow tail of busy slices)
 SLICES = 12
 MAP_SPANS_PER_SLICE = 2500  # spans read per slice for the service map
 MAP_SLICES = 8
+MAP_TRACES_PER_SLICE = 20  # remote backends: whole traces per slice
 MAX_RESULT_ROWS = 300  # rows of the result list (the plot has every point)
 DEFAULT_SINCE = "1h"
 MAX_WINDOW_NS = 31 * 86_400_000_000_000
@@ -177,6 +180,20 @@ def _fetch(backend: Backend, f: SearchFilters, mode: str, start: int, end: int, 
     return got[:limit], len(got) > limit
 
 
+def _summaries(backend: Backend, f: SearchFilters, start: int, end: int, limit: int,
+               min_ns: int | None = None) -> tuple[list[TraceSummary], bool]:
+    """Remote backends (Tempo): its search answers with trace summaries directly, where
+    ``find_spans`` would fetch every hit's whole trace."""
+    got = backend.search_traces(_query(f, start, end, limit + 1, root_only=False, min_ns=min_ns))
+    return got[:limit], len(got) > limit
+
+
+def _summary_point(s: TraceSummary) -> dict[str, Any]:
+    return {"trace_id": s.trace_id, "span_id": "", "service": s.root_service, "name": s.root_name,
+            "start_ms": s.start_ns / 1e6, "duration_ms": s.duration_ns / 1e6, "error": bool(s.error),
+            "route": s.root_attributes.get(semconv.HTTP_ROUTE), "stage": None}
+
+
 def _point(s: Span) -> dict[str, Any]:
     return {"trace_id": s.trace_id, "span_id": s.span_id, "service": s.service_name, "name": s.name,
             "start_ms": s.start_ns / 1e6, "duration_ms": s.duration_ns / 1e6, "error": s.is_error,
@@ -186,28 +203,38 @@ def _point(s: Span) -> dict[str, Any]:
 def search(backend: Backend, f: SearchFilters, *, budget: int = POINT_BUDGET) -> dict[str, Any]:
     """The scatter plot's points and the result list: see the module docstring."""
     t0 = time.perf_counter()
-    mode = _entry_mode(backend, f)
+    remote = backend.name == "grafana"
+    mode = "trace" if remote else _entry_mode(backend, f)
+
+    def fetch(a: int, b: int, limit: int, min_ns: int | None = None) -> tuple[list[Any], bool]:
+        if remote:
+            return _summaries(backend, f, a, b, limit, min_ns)
+        return _fetch(backend, f, mode, a, b, limit, min_ns)
+
+    def key(x: Any) -> str:
+        return x.trace_id if remote else x.span_id
+
     slices = _slices(f.start_ns, f.end_ns, SLICES)
     per = max(1, math.ceil(budget / len(slices)))
-    found: dict[str, Span] = {}
+    found: dict[str, Any] = {}
     full: list[tuple[int, int]] = []
     for a, b in slices:
-        spans, more = _fetch(backend, f, mode, a, b, per)
-        for s in spans:
-            found[s.span_id] = s
+        got, more = fetch(a, b, per)
+        for x in got:
+            found[key(x)] = x
         if more:
             full.append((a, b))
     sampled = bool(full)
     if full and found:
         # the slow tail of the busy slices: every request above the sample's p90, up to a share each
-        durs = sorted(s.duration_ns for s in found.values())
+        durs = sorted(x.duration_ns for x in found.values())
         p90 = durs[int(0.9 * (len(durs) - 1))]
         for a, b in full:
-            spans, _ = _fetch(backend, f, mode, a, b, per, min_ns=p90 + 1)
-            for s in spans:
-                found[s.span_id] = s
-    pts = sorted(found.values(), key=lambda s: s.start_ns)
-    points = [_point(s) for s in pts]
+            got, _ = fetch(a, b, per, min_ns=p90 + 1)
+            for x in got:
+                found[key(x)] = x
+    pts = sorted(found.values(), key=lambda x: x.start_ns)
+    points = [_summary_point(x) if remote else _point(x) for x in pts]
     durs = sorted(p["duration_ms"] for p in points)
 
     def q(p: float) -> float | None:
@@ -238,6 +265,18 @@ def service_map(backend: Backend, start_ns: int, end_ns: int) -> dict[str, Any]:
     spans: list[Span] = []
     sampled = False
     for a, b in _slices(start_ns, end_ns, MAP_SLICES):
+        if backend.name == "grafana":
+            # Tempo: the newest traces of the slice, whole (find_spans would fetch a trace per span)
+            hits = backend.search_traces(TraceQuery(start_ns=a, end_ns=b, limit=MAP_TRACES_PER_SLICE))
+            traces = backend.get_traces([h.trace_id for h in hits], start_ns=a, end_ns=b + 60_000_000_000,
+                                        with_logs=False)
+            spans.extend(sp for t in traces.values() for sp in t.spans)
+            if len(hits) >= MAP_TRACES_PER_SLICE:
+                sampled = True
+                covered_ns += max(1, b - min(h.start_ns for h in hits))
+            else:
+                covered_ns += b - a
+            continue
         got = backend.find_spans(TraceQuery(start_ns=a, end_ns=b, limit=MAP_SPANS_PER_SLICE))
         if len(got) >= MAP_SPANS_PER_SLICE:
             sampled = True

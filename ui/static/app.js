@@ -41,6 +41,7 @@ function svg(tag, attrs, ...children) {
 
 function fmtMs(ms) {
   if (ms === null || ms === undefined) return "–";
+  if (ms === 0) return "0";
   if (ms >= 10000) return (ms / 1000).toFixed(1) + " s";
   if (ms >= 100) return ms.toFixed(0) + " ms";
   if (ms >= 1) return ms.toFixed(1) + " ms";
@@ -178,7 +179,7 @@ async function searchPage() {
   const w = doc.window;
   summary.replaceChildren(
     el("strong", { text: `${doc.count} requests` }),
-    ` ${doc.sampled ? "(a sample spread over the window, with its slow tail)" : ""} · ${doc.errors} errors · p50 ${fmtMs(doc.p50_ms)} · p95 ${fmtMs(doc.p95_ms)} · ${fmtTime(w.start_ms)} – ${fmtClock(w.end_ms)} · ${doc.took_ms} ms`);
+    ` ${doc.sampled ? "(a sample spread over the window, with its slow tail)" : ""} · ${doc.errors} error${doc.errors === 1 ? "" : "s"} · p50 ${fmtMs(doc.p50_ms)} · p95 ${fmtMs(doc.p95_ms)} · ${fmtTime(w.start_ms)} – ${fmtClock(w.end_ms)} · ${doc.took_ms} ms`);
   const win = { from: Math.round(w.start_ms), to: Math.round(w.end_ms) };
   const investigateWith = (kind, extra) => runInvestigation(panel, kind, Object.assign({}, f, win, extra || {}));
   actions.querySelector("#why-slow").addEventListener("click", () => investigateWith("slow"));
