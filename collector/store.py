@@ -310,6 +310,36 @@ def prefix_of(trace_id: bytes) -> int:
     return int.from_bytes(trace_id[:8], "big")
 
 
+# --- fault injection (tests only) ---------------------------------------------------
+
+def _parse_failpoints(text: str) -> dict[str, float]:
+    out = {}
+    for part in text.split(","):
+        name, _, secs = part.partition("=")
+        try:
+            out[name.strip()] = float(secs)
+        except ValueError:
+            pass
+    return out
+
+
+# STAGETRACE_FAILPOINTS="cut=0.6,compact=0.6" (tests/test_chaos.py): the block writer
+# pauses that long in the named step, half before the new block is renamed into place
+# and half after (before its inputs are deleted), with DATA_DIR/failpoint.<name>
+# present, so a test can kill -9 it exactly there. Never set in production.
+_FAILPOINTS = _parse_failpoints(os.environ.get("STAGETRACE_FAILPOINTS", ""))
+
+
+def _failpoint(data_dir: Path, name: str | None) -> None:
+    secs = _FAILPOINTS.get(name) if name else None
+    if not secs:
+        return
+    marker = Path(data_dir) / f"failpoint.{name}"
+    marker.write_text(f"{os.getpid()}\n")
+    time.sleep(secs / 2)
+    marker.unlink(missing_ok=True)
+
+
 # --- blocks on disk ------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -390,13 +420,26 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def write_block(data_dir: Path, table: str, lo: int, hi: int, t: pa.Table, *, sort: bool = True) -> BlockRef:
-    """Write one immutable block (sorted, zstd, small row groups) atomically."""
+def write_block(data_dir: Path, table: str, lo: int, hi: int, t: pa.Table, *, sort: bool = True,
+                failpoint: str | None = None) -> BlockRef:
+    """Write one immutable block (sorted, zstd, small row groups) atomically; on failure
+    (a full disk) nothing is left behind."""
+    ref = BlockRef(table, lo, hi, block_dir(data_dir, table) / f"{lo:016d}-{hi:016d}.parquet")
+    try:
+        return _write_block(data_dir, table, ref, t, sort, failpoint)
+    except BaseException:
+        for p in (ref.path.with_name(ref.path.name + ".tmp"), ref.tids_path.with_name(ref.tids_path.name + ".tmp"),
+                  ref.check_path.with_name(ref.check_path.name + ".tmp")):
+            p.unlink(missing_ok=True)
+        raise
+
+
+def _write_block(data_dir: Path, table: str, ref: BlockRef, t: pa.Table, sort: bool,
+                 failpoint: str | None) -> BlockRef:
     d = block_dir(data_dir, table)
     d.mkdir(parents=True, exist_ok=True)
     if sort:
         t = sort_table(table, t)
-    ref = BlockRef(table, lo, hi, d / f"{lo:016d}-{hi:016d}.parquet")
     tmp = ref.path.with_name(ref.path.name + ".tmp")
     import pyarrow.compute as pc
 
@@ -428,6 +471,7 @@ def write_block(data_dir: Path, table: str, lo: int, hi: int, t: pa.Table, *, so
     # needs rows and time range even when the block's own footer is what broke)
     integrity.write_check(tmp, ref.path, ref.tids_path if table in (SPANS, LOGS) else None,
                           {k.decode().split(".", 1)[1]: int(v) for k, v in meta.items()})
+    _failpoint(data_dir, failpoint)
     os.replace(tmp, ref.path)  # the sidecars exist before the block becomes visible
     wal._fsync_dir(d)
     return ref
@@ -522,10 +566,11 @@ class BlockStore:
                 half = len(segs) // 2
                 groups = [segs[:half], segs[half:]]
         if len(groups) == 1:
-            refs = [cut_segments(self.data_dir, table, segs)]
+            refs = [cut_segments(self.data_dir, table, segs, failpoint="cut")]
         else:
             futures = [pool.submit(cut_segments, self.data_dir, table, g) for g in groups]
             refs = [f.result() for f in futures]
+        _failpoint(self.data_dir, "cut")
         for _, p in segs:
             p.unlink(missing_ok=True)
         self._drop_covered_segments(table)
@@ -577,7 +622,8 @@ class BlockStore:
                 if not self.verified(run):
                     return True
                 merged = read_blocks_for_merge(table, [r.path for r in run])
-                new = write_block(self.data_dir, table, run[0].lo, run[-1].hi, merged)
+                new = write_block(self.data_dir, table, run[0].lo, run[-1].hi, merged, failpoint="compact")
+                _failpoint(self.data_dir, "compact")
                 for r in run:
                     delete_block(r)
                     self._info.pop(r.path, None)
@@ -648,7 +694,8 @@ def read_blocks_for_merge(table: str, paths: Sequence[Path]) -> pa.Table:
     return merged.unify_dictionaries().combine_chunks()
 
 
-def cut_segments(data_dir: Path, table: str, segs: Sequence[tuple[int, Path]]) -> BlockRef:
+def cut_segments(data_dir: Path, table: str, segs: Sequence[tuple[int, Path]],
+                 failpoint: str | None = None) -> BlockRef:
     """Write the block of WAL segments ``segs`` (contiguous); the caller deletes them."""
     for seq, p in segs:  # damage inside a segment (not a torn tail): keep its raw bytes and say so
         scan = integrity.scan_segment(p)
@@ -665,7 +712,7 @@ def cut_segments(data_dir: Path, table: str, segs: Sequence[tuple[int, Path]]) -
                 fh.write(len(payload).to_bytes(4, "little") + payload)
         log.error("%d %s request(s) could not be stored; raw copies kept in %s", len(bad), table, qpath)
     # an empty block is still written: it records that the range is done
-    return write_block(Path(data_dir), table, segs[0][0], segs[-1][0], t)
+    return write_block(Path(data_dir), table, segs[0][0], segs[-1][0], t, failpoint=failpoint)
 
 
 def payloads_of(segments: Sequence[tuple[int, Path]]) -> Iterable[bytes]:

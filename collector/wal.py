@@ -15,6 +15,7 @@ segment (the writer died mid-write, so it was never acknowledged) ends the segme
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import struct
@@ -23,6 +24,11 @@ import time
 import zlib
 from pathlib import Path
 from typing import Iterator
+
+# Test hook (tests/test_chaos.py, where no tmpfs can be mounted): with "wal_enospc" in
+# STAGETRACE_FAILPOINTS, appends write half a record and fail with ENOSPC while
+# DATA_DIR/failpoint.wal_enospc exists, as a full disk does. Never set in production.
+_FAIL_ENOSPC = "wal_enospc" in os.environ.get("STAGETRACE_FAILPOINTS", "")
 
 _HEADER = struct.Struct("<II")
 _NAME_RE = re.compile(r"^(\d{16})\.wal$")
@@ -86,6 +92,7 @@ class WalWriter:
         self._fd = -1
         self._size = 0
         self._opened = 0.0
+        self._reopen_seq: int | None = None  # set while a new segment could not be created
         self._open(first_seq)
 
     def _open(self, seq: int) -> None:
@@ -105,16 +112,50 @@ class WalWriter:
         record = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
         with self._lock:
             if self._fd < 0:
-                raise RuntimeError("write-ahead log is closed")
+                if self._reopen_seq is None:
+                    raise RuntimeError("write-ahead log is closed")
+                self._open(self._reopen_seq)  # OSError again while the disk is still full
+                self._reopen_seq = None
             view = memoryview(record)
-            while view:  # one write(2) in practice; loop only on a short write
-                written = os.write(self._fd, view)
-                view = view[written:]
-            if self.fsync:
-                os.fdatasync(self._fd)
+            try:
+                if _FAIL_ENOSPC and (self.directory.parent.parent / "failpoint.wal_enospc").exists():
+                    os.write(self._fd, view[: len(view) // 2])
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                while view:  # one write(2) in practice; loop only on a short write
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+                if self.fsync:
+                    os.fdatasync(self._fd)
+            except OSError:
+                # e.g. ENOSPC after a short write: part of this (unacknowledged) record is in
+                # the segment. Later records appended after it would be unreadable (readers
+                # stop at the first bad record), so cut the part off, or if that fails too,
+                # continue in a new segment (the part is then a torn tail, ignored).
+                self._undo_partial_locked()
+                raise
             self._size += len(record)
             if self._size >= self.segment_bytes:
-                self._rotate_locked()
+                try:
+                    self._rotate_locked()
+                except OSError:  # the record is written (and will be acknowledged); the next append retries
+                    pass
+
+    def _undo_partial_locked(self) -> None:
+        try:
+            os.ftruncate(self._fd, self._size)
+            return
+        except OSError:
+            pass
+        next_seq = self._seq + 1
+        try:
+            os.close(self._fd)
+        except OSError:
+            pass
+        self._fd = -1
+        try:
+            self._open(next_seq)
+        except OSError:  # cannot even create a segment: the next append tries again
+            self._reopen_seq = next_seq
 
     def rotate_if_due(self) -> bool:
         """Close the active segment if it is non-empty and old enough; True if rotated."""
@@ -131,7 +172,12 @@ class WalWriter:
 
     def _rotate_locked(self) -> None:
         os.close(self._fd)
-        self._open(self._seq + 1)
+        self._fd = -1
+        try:
+            self._open(self._seq + 1)
+        except OSError:  # e.g. no space for a new file: the next append tries again
+            self._reopen_seq = self._seq + 1
+            raise
 
     def close(self) -> None:
         with self._lock:
