@@ -30,8 +30,9 @@ def trace_report(backend: "Backend", trace_id: str) -> "Report":
 def investigate_slow(backend: "Backend", *, service: str | None = None, route: str | None = None,
                      start_ns: int | None = None, end_ns: int | None = None,
                      threshold: str | int = "p95", progress: bool = False) -> "Report":
-    """Explain slow requests in a window: stage / service / edge attribution,
-    attribute, log and metric evidence, onset and version changes, verdict.
+    """Explain slow requests in a window: the components at fault (service, operation,
+    ML stage; caller- or callee-side on call edges), each slow relative to its own
+    operation, with attribute, log and metric evidence, onset and version changes.
     ``threshold`` is ``"p95"``-style percentile text, a duration text such as
     ``"500ms"``, or nanoseconds as an int."""
     from .slow import investigate_slow as _run

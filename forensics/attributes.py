@@ -180,11 +180,22 @@ def compare(selection: Sequence[Trace], baseline: Sequence[Trace], *, min_delta:
     base = [(t.trace_id, trace_attributes(t)) for t in baseline]
     if not sel or not base:
         return []
+    # A value is compared among the requests that passed through a service that carries it:
+    # "k8s.pod.name=checkout-1 in 60% of slow requests" only says the slow ones were
+    # checkouts; among requests that reached checkout, one pod of two is evidence.
+    carriers: dict[tuple[str, Any], set[str]] = {}
+    for t in (*selection, *baseline):
+        for sp in t.spans:
+            for src in (sp.attributes, sp.resource):
+                for k, v in src.items():
+                    if _usable(k):
+                        v = _scalar(v)
+                        if v is not None and v != "":
+                            carriers.setdefault((k, v), set()).add(sp.service_name)
+    services = {t.trace_id: {sp.service_name for sp in t.spans} for t in (*selection, *baseline)}
     sw: dict[str, float] | None = None
     if weights:
         sw = {tid: float(weights.get(tid, 1.0)) for tid, _ in (*sel, *base)}
-        s_tot, b_tot = sum(sw[t] for t, _ in sel), sum(sw[t] for t, _ in base)
-        neff = (stats.effective_n([sw[t] for t, _ in sel]), stats.effective_n([sw[t] for t, _ in base]))
     values: dict[str, set] = {}
     for _, attrs in (*sel, *base):
         for k, vs in attrs.items():
@@ -203,17 +214,25 @@ def compare(selection: Sequence[Trace], baseline: Sequence[Trace], *, min_delta:
         if len(vals) > MAX_CATEGORIES or len(vals) < 2 and all(key in a for _, a in (*sel, *base)):
             continue  # high-cardinality, or a constant everyone has
         for v in vals:
-            sh = [tid for tid, a in sel if v in a.get(key, ())]
-            bh = sum(1 for _, a in base if v in a.get(key, ()))
-            st = AttrStat(key, v, len(sh), len(sel), bh, len(base), examples=sh[:5])
-            hits[id(st)] = (frozenset(sh), frozenset(t for t, a in base if v in a.get(key, ())))
+            if key == semconv.SERVICE_NAME:
+                continue  # which services a request reached is the component blame's question
+            via = carriers.get((key, v), set())
+            sel_v = [(tid, a) for tid, a in sel if services[tid] & via]
+            base_v = [(tid, a) for tid, a in base if services[tid] & via]
+            if len(sel_v) < stats.MIN_SUPPORT or not base_v:
+                continue
+            sh = [tid for tid, a in sel_v if v in a.get(key, ())]
+            bh = sum(1 for _, a in base_v if v in a.get(key, ()))
+            st = AttrStat(key, v, len(sh), len(sel_v), bh, len(base_v), examples=sh[:5])
+            hits[id(st)] = (frozenset(sh), frozenset(t for t, a in base_v if v in a.get(key, ())))
             if sw is None:
                 st.p = stats.share_test(st.sel_hits, st.sel_n, st.base_hits, st.base_n)
             else:
-                st.sel_w = (sum(sw[t] for t in sh), s_tot)
-                st.base_w = (sum(sw[t] for t, a in base if v in a.get(key, ())), b_tot)
-                st.neff = neff
-                st.p = stats.weighted_share_test(st.sel_share, neff[0], st.base_share, neff[1])
+                sv_tot, bv_tot = sum(sw[t] for t, _ in sel_v), sum(sw[t] for t, _ in base_v)
+                st.sel_w = (sum(sw[t] for t in sh), sv_tot)
+                st.base_w = (sum(sw[t] for t, a in base_v if v in a.get(key, ())), bv_tot)
+                st.neff = (stats.effective_n([sw[t] for t, _ in sel_v]), stats.effective_n([sw[t] for t, _ in base_v]))
+                st.p = stats.weighted_share_test(st.sel_share, st.neff[0], st.base_share, st.neff[1])
             results.append(st)
     adj = stats.bh_adjust([r.p for r in results])
     for r, pa in zip(results, adj):

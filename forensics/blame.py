@@ -183,6 +183,21 @@ class Blame:
     stage_excess: dict[str, tuple[float, float]]  # stage -> (selection mean, expected mean)
 
 
+def _shift_test(after: Sequence[float], base: Sequence[float]) -> float:
+    """p-value that a component costs more in ``after`` than in ``base``: the better of
+    Mann-Whitney (every request a little slower: CPU, network) and a tail test (some
+    requests much slower: one shard, one pod: the share of requests beyond the
+    baseline's 95th percentile), Bonferroni-corrected for taking the better."""
+    p_mw = stats.greater_test(after, base)
+    if len(after) < 3 or len(base) < 3:
+        return p_mw
+    cut = float(np.percentile(base, 95))
+    a_hit = int(np.sum(np.asarray(after) > cut))
+    b_hit = int(np.sum(np.asarray(base) > cut))
+    p_tail = stats.share_test(a_hit, len(after), b_hit, len(base))
+    return min(1.0, 2 * min(p_mw, p_tail))
+
+
 def _owner(key: Key, edges: Mapping[tuple[str, str], EdgeGrowth]) -> tuple[str, str]:
     """(service blamed, side) for a key."""
     level, svc, op = key
@@ -271,7 +286,7 @@ def blame(sel: Sequence[TraceCost], base: Sequence[TraceCost], *, after: Sequenc
             op = top["operation"] if top["side"] == "self" else None
         order = np.argsort(-np.asarray(sv))
         c = Component(s, op, stage, means[s], means[s] / total_pos if total_pos > 0 else 0.0, total_pos,
-                      sel_dur, sel_dur - total_pos, parts, p=stats.greater_test(tv, bv),
+                      sel_dur, sel_dur - total_pos, parts, p=_shift_test(tv, bv),
                       examples=[sel[i].trace_id for i in order[:5] if sv[i] > 0],
                       group=[sel[i].trace_id for i, d in enumerate(dominant) if d == s])
         comps.append(c)
@@ -285,22 +300,3 @@ def blame(sel: Sequence[TraceCost], base: Sequence[TraceCost], *, after: Sequenc
         st_sel[stage_of.get(k, semconv.STAGE_OTHER)] += v
     stage_excess = {st: (v, 0.0) for st, v in st_sel.items()}
     return Blame(comps, edges, expected, key_excess, stage_excess)
-
-
-def mix_weights(sel_ops: Mapping[str, str], base_ops: Mapping[str, str]) -> dict[str, float]:
-    """Baseline weights that give the baseline the selection's mix of entry operations
-    (direct standardisation): a baseline request of an operation that is 60% of the
-    slow requests but 10% of the baseline weighs 6x. Operations the selection lacks
-    weigh 0 (only a tiny epsilon, so shares stay defined). Trace id -> weight."""
-    from collections import Counter
-    sc, bc = Counter(sel_ops.values()), Counter(base_ops.values())
-    ns, nb = sum(sc.values()), sum(bc.values())
-    if not ns or not nb:
-        return {}
-    out = {}
-    for tid, op in base_ops.items():
-        if bc[op] and sc.get(op):
-            out[tid] = (sc[op] / ns) / (bc[op] / nb)
-        else:
-            out[tid] = 1e-6
-    return out

@@ -32,10 +32,10 @@ from stagetrace.model import LogRecord, Span, Trace
 
 from . import attributes, stats, timeline
 from .critical_path import build_tree
-from .logmining import LogMiner, body_text
+from .logmining import LogMiner, message_text
 from .progress import steps
 from .report import Finding, Report, headline
-from .window import entry_spans, fmt_time, sampling_weights
+from .window import comparison_weights, entry_spans, fmt_time, sampling_weights
 
 MAX_ERROR_TRACES = 300
 MAX_SUCCESS_TRACES = 300
@@ -87,7 +87,7 @@ def _span_events(s: Span) -> list[ErrorEvent]:
 def _log_event(r: LogRecord) -> ErrorEvent:
     a = r.attributes
     return ErrorEvent(r.time_ns, r.trace_id, r.span_id, r.service_name, "", "log",
-                      str(a.get(semconv.EXCEPTION_TYPE, "")), body_text(r),
+                      str(a.get(semconv.EXCEPTION_TYPE, "")), message_text(r),
                       top_frames(a.get(semconv.EXCEPTION_STACKTRACE)))
 
 
@@ -207,8 +207,11 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
             sample = [fetched[t] for t in c.traces if t in fetched]
             for t in sample:
                 _record(failures.get(t.trace_id), c)
+            # every span of the failing requests (server span and resources included), against
+            # successes re-weighted to the same mix of entry operations
             c.attrs = attributes.compare(sample, successes, max_results=10, exclude=attributes.OUTCOME_KEYS,
-                                         weights=wmap or None) if sample and successes else []
+                                         weights=comparison_weights(sample, successes, entry_by_trace, wmap)
+                                         ) if sample and successes else []
             times_c = [entry_by_trace[t].start_ns if t in entry_by_trace else min(e.time_ns for e in events_by_trace[t])
                        for t in c.traces] or [e.time_ns for e in c.events]
             k, _ = timeline.counts(times_c, [True] * len(times_c), e_edges)
@@ -222,8 +225,14 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
                 c.onset = timeline.detect_onset(k, n, e_edges, min_ratio=3.0)
         clusters.sort(key=lambda c: -(len(c.traces) or len(c.events)))
         bar.step("ranking")
+        # When the failure rate has an onset, incidents are what is new or grown since it;
+        # clusters at the same rate before and after are the system's steady background.
+        err_onset = timeline.detect_onset(req_k, req_n, e_edges, min_ratio=2.0)
+        if err_onset is not None and not err_onset.significant:
+            err_onset = None
+        report.data["onset"] = err_onset.evidence() if err_onset else None
         report.findings, report.data["clusters"] = _findings(clusters, total_requests, events_by_trace, entries,
-                                                             fetched, w_start, width, wmap)
+                                                             fetched, w_start, width, wmap, err_onset, req_n)
         report.data["timeline"]["clusters"] = [{"id": d["id"], "counts": c.counts}
                                                for d, c in zip(report.data["clusters"], clusters)]
         report.data["counts"] = {"requests": total_requests, "failed_requests": len(failed),
@@ -389,10 +398,24 @@ def _short_name(e: ErrorEvent) -> str:
     return f"{e.exc_type}: {text}" if e.exc_type else text
 
 
+def trend(counts: Sequence[int], req_n: np.ndarray, onset) -> tuple[str, float, float]:
+    """A cluster against the failure-rate onset: ``new`` (none before it), ``grown``
+    (significantly higher rate after it, at least doubled) or ``background`` (steady),
+    with its rate before and after."""
+    k = np.asarray(counts, float)
+    i = int(np.searchsorted(np.arange(len(k)), onset.index)) if onset is not None else 0
+    kb, ka = int(k[:i].sum()), int(k[i:].sum())
+    nb, na = int(max(req_n[:i].sum(), kb)), int(max(req_n[i:].sum(), ka))
+    rb, ra = kb / nb if nb else 0.0, ka / na if na else 0.0
+    grown = ka >= stats.MIN_SUPPORT and stats.share_test(ka, na, kb, nb) < stats.ALPHA and ra >= 2 * rb
+    return ("new" if grown and kb == 0 else "grown" if grown else "background"), rb, ra
+
+
 def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fetched, w_start, width,
-              wmap: dict[str, float] | None = None):
+              wmap: dict[str, float] | None = None, onset=None, req_n=None):
     """``wmap`` (trace id -> adjusted count, tail-sampled data): error rates are
-    Σ w(failed in cluster) / Σ w(requests), i.e. rates among the requests served."""
+    Σ w(failed in cluster) / Σ w(requests), i.e. rates among the requests served.
+    ``onset`` (of the failure rate) splits new or grown incidents from steady background."""
     findings: list[Finding] = []
     wmap = wmap or {}
     est_total = sum(wmap.get(s.trace_id, 1.0) for s in entries) if wmap else total
@@ -413,7 +436,8 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fet
         rate = (sum(wmap.get(t, 1.0) for t in c.traces) / est_total if wmap else len(c.traces) / total) if total else 0.0
         sig_attrs = [a for a in c.attrs if a.significant]
         burst = c.onset is not None and c.onset.significant
-        significant = bool(burst or sig_attrs)
+        kind, r_before, r_after = trend(c.counts, req_n, onset) if onset is not None else (None, 0.0, 0.0)
+        significant = kind in ("new", "grown") if kind else bool(burst or sig_attrs)
         times = sorted(e.time_ns for e in c.events)
         origin = c.origin.most_common(1)[0][0] if c.origin else (main.service, main.operation, None)
         origin_share = (c.origin.most_common(1)[0][1] / sum(c.origin.values())) if c.origin else None
@@ -426,7 +450,13 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fet
             parts.append("propagated to " + ", ".join(f"{s} '{o}'" for (s, o), _ in c.propagated.most_common(3)))
         if sig_attrs:
             parts.append(attributes.describe(sig_attrs[0], "the cluster", "successes"))
-        if burst:
+        if kind == "new":
+            parts.append(f"new since the onset at {fmt_time(onset.time_ns)}")
+        elif kind == "grown":
+            parts.append(f"grew from {r_before:.1%} to {r_after:.1%} of requests at {fmt_time(onset.time_ns)}")
+        elif kind == "background":
+            parts.append(f"steady background errors: {r_before:.1%} of requests before the onset, {r_after:.1%} after")
+        elif burst:
             parts.append(f"began at {fmt_time(c.onset.time_ns)}")
         elif not significant:
             parts.append("steady background errors, no burst and no distinguishing attribute")
@@ -439,6 +469,7 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fet
             "count": len(c.events), "failed_requests": len(c.traces), "error_rate": rate,
             "first_seen_ns": times[0], "last_seen_ns": times[-1], "burst_counts": c.counts,
             "onset": (c.onset.evidence() | {"significant": c.onset.significant}) if c.onset else None,
+            "trend": kind or ("burst" if burst else None), "background": kind == "background",
             "services": sorted({e.service for e in c.events}),
             "operations": sorted({f"{e.service}: {e.operation}" for e in c.events if e.operation}),
             "stages": dict(c.stages),
@@ -459,7 +490,9 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fet
                                           "origin", "propagated", "services", "stages", "example_trace_ids",
                                           "example_log_lines", "fingerprints")}
             | {"origin_share": origin_share, "attributes": detail["attributes"][:3], "onset": detail["onset"],
-               "name": name, "message": main.message},
+               "name": name, "message": main.message, "trend": kind or ("burst" if burst else None),
+               "background": kind == "background" or (kind is None and not significant),
+               "rate_before_onset": r_before, "rate_after_onset": r_after},
             service=origin[0], operation=origin[1], stage=origin[2],
             attribute=top_attr.attribute if top_attr else None, value=top_attr.value if top_attr else None,
             template=template))
@@ -504,5 +537,7 @@ def _verdict(report: Report) -> list[str]:
         if ex:
             lines.append(f"   open: stagetrace trace {ex[0]}")
     if sig and quiet:
-        lines.append(f"Also {len(quiet)} background incident(s) below the significance bar.")
+        bg = [f for f in quiet if f.evidence.get("trend") == "background"]
+        lines.append(f"Also {len(quiet)} background incident(s) below the significance bar"
+                     + (f" ({len(bg)} at the same rate before and after the onset)." if bg else "."))
     return lines

@@ -65,6 +65,12 @@ def body_text(rec: LogRecord) -> str:
     return "" if b is None else str(b)
 
 
+def message_text(rec: LogRecord) -> str:
+    """The body's message without the line's own header (see :mod:`.logtext`): what is templated."""
+    from .logtext import message
+    return message(body_text(rec))
+
+
 @dataclass(slots=True)
 class TemplateStat:
     template: str
@@ -129,7 +135,7 @@ def over_represented(selection: Sequence[Trace], baseline: Sequence[Trace], *, m
     hits: dict[int, dict[str, Any]] = {}
     for t in (*selection, *baseline):
         for rec in t.logs:
-            text = body_text(rec)
+            text = message_text(rec)
             if not text:
                 continue
             cid = miner.add(text)
@@ -143,18 +149,28 @@ def over_represented(selection: Sequence[Trace], baseline: Sequence[Trace], *, m
                 h["ex"].append({"trace_id": t.trace_id, "line": text[:300]})
     templates = miner.templates()
     out = []
-    if weights:
-        w = lambda tid: float(weights.get(tid, 1.0))  # noqa: E731
-        s_tot, b_tot = sum(w(t.trace_id) for t in selection), sum(w(t.trace_id) for t in baseline)
-        neff = (stats.effective_n([w(t.trace_id) for t in selection]),
-                stats.effective_n([w(t.trace_id) for t in baseline]))
+    w = (lambda tid: float(weights.get(tid, 1.0))) if weights else (lambda tid: 1.0)  # noqa: E731
+    # A template is compared among the requests that reached the service that logs it:
+    # a heavy route's own log lines are not evidence that its requests are slow.
+    reached: dict[str, tuple[list[str], list[str]]] = {}
+    for t in selection:
+        for svc in {s.service_name for s in t.spans}:
+            reached.setdefault(svc, ([], []))[0].append(t.trace_id)
+    for t in baseline:
+        for svc in {s.service_name for s in t.spans}:
+            reached.setdefault(svc, ([], []))[1].append(t.trace_id)
     for cid, h in hits.items():
-        st = TemplateStat(templates.get(cid, ""), len(h["sel"]), len(selection), len(h["base"]), len(baseline),
-                          h["lines"], max(h["sev"], key=h["sev"].get), max(h["svc"], key=h["svc"].get), h["ex"])
+        svc = max(h["svc"], key=h["svc"].get)
+        s_ids, b_ids = reached.get(svc, ([t.trace_id for t in selection], [t.trace_id for t in baseline]))
+        if not s_ids or not b_ids:
+            s_ids, b_ids = [t.trace_id for t in selection], [t.trace_id for t in baseline]
+        st = TemplateStat(templates.get(cid, ""), len(h["sel"]), len(s_ids), len(h["base"]), len(b_ids),
+                          h["lines"], max(h["sev"], key=h["sev"].get), svc, h["ex"])
         if weights:
-            st.sel_w = (sum(w(t) for t in h["sel"]), s_tot)
-            st.base_w = (sum(w(t) for t in h["base"]), b_tot)
-            st.neff = neff
+            st.sel_w = (sum(w(t) for t in h["sel"]), sum(w(t) for t in s_ids))
+            st.base_w = (sum(w(t) for t in h["base"]), sum(w(t) for t in b_ids))
+            st.neff = (stats.effective_n([w(t) for t in s_ids]), stats.effective_n([w(t) for t in b_ids]))
+            neff = st.neff
             st.p = stats.weighted_share_test(st.sel_share, neff[0], st.base_share, neff[1])
         else:
             st.p = stats.share_test(st.sel_traces, st.sel_n, st.base_traces, st.base_n)

@@ -30,7 +30,7 @@ from stagetrace.model import Span, Trace
 from . import attributes, blame, logmining, metricevidence, stats, timeline
 from .progress import steps
 from .report import Finding, Report, headline
-from .window import entry_operation, entry_spans, fmt_ms, fmt_time, sampling_weights
+from .window import comparison_weights, entry_operation, entry_spans, fmt_ms, fmt_time, sampling_weights
 
 MAX_SELECTION = 200
 MAX_BASELINE = 400
@@ -188,7 +188,7 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         bl = blame.blame(sel_costs, base_costs, after=blame.trace_costs(after) if after else None,
                          weights=wmap or None)
         # Baseline re-weighted to the slow requests' mix of entry operations (and adjusted counts).
-        weights = _evidence_weights(sel, base, entry_of, wmap)
+        weights = comparison_weights(sel, base, entry_of, wmap)
         bar.step("attributes and logs")
         groups = _groups(bl, len(sel))
         by_id = {t.trace_id: t for t in sel}
@@ -252,18 +252,6 @@ def _onset(t0, slow, e, warr):
         kw, nw = timeline.weighted_counts(t0, slow, warr, e)
         return timeline.detect_onset(k, n, e, weighted=(kw, nw)), k, n, kw, nw
     return timeline.detect_onset(k, n, e), k, n, k, n
-
-
-def _evidence_weights(sel: Sequence[Trace], base: Sequence[Trace], entry_of: dict[str, Span],
-                      wmap: dict[str, float]) -> dict[str, float] | None:
-    """Trace id -> weight for attribute and log comparisons: the baseline standardised to the
-    slow requests' entry-operation mix, times the adjusted count on tail-sampled data."""
-    sel_ops = {t.trace_id: entry_operation(entry_of[t.trace_id]) for t in sel if t.trace_id in entry_of}
-    base_ops = {t.trace_id: entry_operation(entry_of[t.trace_id]) for t in base if t.trace_id in entry_of}
-    mix = blame.mix_weights(sel_ops, base_ops) if len(set(base_ops.values())) > 1 else {}
-    if not mix and not wmap:
-        return None
-    return {tid: mix.get(tid, 1.0) * wmap.get(tid, 1.0) for tid in (*sel_ops, *base_ops)}
 
 
 def _groups(bl: blame.Blame, n_sel: int) -> list[blame.Component]:

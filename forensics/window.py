@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from stagetrace import semconv
 from stagetrace.backend import Backend, TraceQuery
-from stagetrace.model import Span
+from collections import Counter
+from typing import Mapping, Sequence
+
+from stagetrace.model import Span, Trace
 
 
 def entry_spans(backend: Backend, *, service: str | None, route: str | None,
@@ -77,3 +80,34 @@ def fmt_ms(ns: float) -> str:
 def fmt_time(ns: int) -> str:
     import datetime as _dt
     return _dt.datetime.fromtimestamp(ns / 1e9, tz=_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def mix_weights(sel_ops: Mapping[str, str], base_ops: Mapping[str, str]) -> dict[str, float]:
+    """Baseline weights that give the baseline the selection's mix of entry operations
+    (direct standardisation): a baseline request of an operation that is 60% of the
+    slow requests but 10% of the baseline weighs 6x. Operations the selection lacks
+    weigh 0 (only a tiny epsilon, so shares stay defined). Trace id -> weight."""
+    sc, bc = Counter(sel_ops.values()), Counter(base_ops.values())
+    ns, nb = sum(sc.values()), sum(bc.values())
+    if not ns or not nb:
+        return {}
+    out = {}
+    for tid, op in base_ops.items():
+        if bc[op] and sc.get(op):
+            out[tid] = (sc[op] / ns) / (bc[op] / nb)
+        else:
+            out[tid] = 1e-6
+    return out
+
+
+def comparison_weights(sel: Sequence[Trace], base: Sequence[Trace], entry_of: Mapping[str, Span],
+                       wmap: Mapping[str, float]) -> dict[str, float] | None:
+    """Trace id -> weight for attribute and log comparisons: the baseline standardised to
+    the selection's entry-operation mix, times the adjusted count on tail-sampled data;
+    None when neither applies (one operation, unsampled data)."""
+    sel_ops = {t.trace_id: entry_operation(entry_of[t.trace_id]) for t in sel if t.trace_id in entry_of}
+    base_ops = {t.trace_id: entry_operation(entry_of[t.trace_id]) for t in base if t.trace_id in entry_of}
+    mix = mix_weights(sel_ops, base_ops) if len(set(base_ops.values())) > 1 else {}
+    if not mix and not wmap:
+        return None
+    return {tid: mix.get(tid, 1.0) * wmap.get(tid, 1.0) for tid in (*sel_ops, *base_ops)}

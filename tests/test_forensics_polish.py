@@ -22,7 +22,7 @@ import pytest
 
 import telemetry_gen as gen
 from stagetrace import semconv
-from stagetrace.forensics import attribution, investigate_errors, investigate_slow, metricevidence, render
+from stagetrace.forensics import blame, investigate_errors, investigate_slow, metricevidence, render
 from stagetrace.forensics.attributes import attribute_priority, compare, describe
 from stagetrace.forensics.report import headline
 from stagetrace.model import MetricPoint, MetricSeries, Span, SpanEvent, Trace
@@ -258,26 +258,26 @@ def _pipeline(i: int, fetch_ms: int) -> Trace:
     return Trace(tid, spans)
 
 
-def test_operation_contributions_carry_their_stage():
-    sel = attribution.breakdown([_pipeline(i, 300 + i) for i in range(30)])
-    base = attribution.breakdown([_pipeline(100 + i, 10 + i % 5) for i in range(60)])
-    rows = {(c.level, c.key): c for c in attribution.compare(sel, base)}
-    assert rows[("operation", "features: GET /features")].stage == semconv.STAGE_FEATURE_FETCH
-    assert rows[("operation", "api: inference")].stage == semconv.STAGE_INFERENCE
-    assert rows[("operation", "api: POST /predict")].stage is None  # no ml.stage on it or above it
-    assert rows[("stage", semconv.STAGE_FEATURE_FETCH)].stage == semconv.STAGE_FEATURE_FETCH
+def test_component_findings_carry_their_stage():
+    sel = blame.trace_costs([_pipeline(i, 300 + i) for i in range(30)])
+    base = blame.trace_costs([_pipeline(100 + i, 10 + i % 5) for i in range(60)])
+    comps = {c.service: c for c in blame.blame(sel, base).components}
+    assert comps["features"].stage == semconv.STAGE_FEATURE_FETCH and comps["features"].significant
+    assert comps["features"].operation == "GET /features"
+    assert "api" not in comps or not comps["api"].significant  # the caller only waited
 
 
-def test_slow_report_operation_findings_have_stage_and_verdict_keeps_both_levels():
+def test_slow_report_has_one_finding_per_component_with_its_stage():
+    """A stage finding and the operation finding inside it are one fact: one finding names
+    the service, its operation and its stage, and the verdict says it once."""
     b, res = _short("slow_shard")
     rep = investigate_slow(b, start_ns=res.start_ns, end_ns=res.end_ns)
-    ops = [f for f in rep.findings if f.kind == "stage" and f.evidence["level"] == "operation"
-           and f.service == gen.FEATURES and f.significant]
-    assert ops and all(f.stage == semconv.STAGE_FEATURE_FETCH for f in ops), [(f.summary, f.stage) for f in ops]
-    assert json.loads(render(rep, "json"))["findings"][1]["stage"] is not None
-    # the verdict still ranks the stage and, separately, the operation inside it
+    comps = [f for f in rep.findings if f.kind == "stage"]
+    assert comps[0].service == gen.FEATURES and comps[0].stage == semconv.STAGE_FEATURE_FETCH, comps[0]
+    assert len({f.service for f in comps}) == len(comps)  # one per service
+    assert all(f.service for f in comps)  # never an empty "other" cause
     text = "\n".join(rep.verdict)
-    assert "1. feature_fetch explains" in text and "2. feature-service: " in text, text
+    assert f"1. {gen.FEATURES}" in text and "(stage feature_fetch)" in text, text
 
 
 # --- 5. one-sentence summaries -----------------------------------------------------------------

@@ -19,6 +19,7 @@ from stagetrace.forensics import metricevidence, render, trace_report
 from stagetrace.forensics.metricnames import MAX_LEN, SeriesKey, display_name, display_names, limit_series
 from stagetrace.forensics.render_html import render_html
 from stagetrace.forensics.report import Finding, Report
+from stagetrace.forensics.blame import Blame
 from stagetrace.forensics.slow import _findings
 from stagetrace.model import MetricPoint, MetricSeries, Span
 
@@ -130,7 +131,7 @@ def test_metric_finding_summary_uses_the_display_name_and_evidence_keeps_all_lab
     assert ev["attributes"] == {POOL: "online-store-shard-7", "http.request.method": "GET",
                                 semconv.SERVICE_INSTANCE_ID: INSTANCE}
     assert ev["display_name"] == top.display
-    f = next(f for f in _findings([], [], [], stats, None, [], "p95", True) if f.kind == "metric")
+    f = next(f for f in _findings(Blame([], {}, {}, {}, {}), [], [], stats, None, [], "p95", 0) if f.kind == "metric")
     assert f.summary.startswith("feature-store db.client.connection.wait_time{pool.name=online-store-shard-7} rises"), \
         f.summary
     assert INSTANCE not in f.summary and "GET" not in f.summary and f.metric == "db.client.connection.wait_time"
