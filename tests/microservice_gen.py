@@ -1,0 +1,143 @@
+"""A seeded generator of microservice telemetry with the traps real systems set for
+root-cause analysis (the ML-pipeline generator is telemetry_gen.py).
+
+A ``frontend`` serves three routes of very different cost: ``GET /`` (catalog x3,
+ads), ``GET /cart`` (cart, currency x2) and ``POST /checkout`` (cart, catalog x2,
+currency x4, payment, shipping), which is always ~5x slower than the others. Each
+call is a CLIENT span in the caller, a network gap, and the callee's SERVER span
+with its own work. Faults start at ``onset`` (a share of the window):
+
+- ``net_delay``: calls into that service wait 60-120 ms on the network (edge gap);
+- ``cpu_starved``: that service is starved of CPU: its own work x4 and every call
+  it sends waits 30-60 ms before it leaves (caller side);
+- ``slow_work``: that service's own work takes 80-160 ms longer;
+- ``background_errors``: payment declines 3% of checkouts, all window long;
+- ``version_errors``: after the onset, ``cart`` fails for requests whose
+  ``app.client.version`` (on the frontend's server span) is ``2.0``;
+- ``java_logs``: services log with a logback header (timestamp, level, thread,
+  logger#line, TraceID/SpanID) in the body, as a filelog receiver ships them.
+
+Returns a MemoryBackend (tests/telemetry_gen.py) and what was injected.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from stagetrace.model import LogRecord, Span, SpanEvent
+
+from telemetry_gen import MemoryBackend
+
+MS = 1_000_000
+S = 1_000_000_000
+ROUTES = {
+    "GET /": [("catalog", "GetProduct")] * 3 + [("ads", "GetAds")],
+    "GET /cart": [("cart", "GetCart"), ("currency", "Convert"), ("currency", "Convert")],
+    "POST /checkout": [("cart", "GetCart"), ("catalog", "GetProduct"), ("catalog", "GetProduct")]
+    + [("currency", "Convert")] * 4 + [("payment", "Charge"), ("shipping", "ShipOrder")],
+}
+ROUTE_MIX = [("GET /", 0.6), ("GET /cart", 0.3), ("POST /checkout", 0.1)]
+WORK_MS = {"catalog": (3, 6), "ads": (2, 4), "cart": (4, 8), "currency": (2, 5), "payment": (30, 60),
+           "shipping": (40, 80), "frontend": (2, 5)}
+
+
+@dataclass
+class Result:
+    start_ns: int
+    end_ns: int
+    onset_ns: int
+    faulty: set[str] = field(default_factory=set)  # trace ids touched by a fault
+    error_traces: dict[str, set[str]] = field(default_factory=dict)  # cluster name -> trace ids
+
+
+def generate(*, seconds: int = 180, rate: int = 12, onset: float = 0.5, seed: int = 1,
+             net_delay: str | None = None, cpu_starved: str | None = None, slow_work: str | None = None,
+             background_errors: bool = False, version_errors: bool = False,
+             java_logs: bool = False, end_ns: int | None = None) -> tuple[MemoryBackend, Result]:
+    rnd = random.Random(seed)
+    end = end_ns or (1_800_000_000 * S)
+    start = end - seconds * S
+    res = Result(start, end, start + int(onset * seconds * S))
+    spans: list[Span] = []
+    logs: list[LogRecord] = []
+    n = seconds * rate
+    ids = iter(range(1, 10**9))
+
+    def sid() -> str:
+        return f"{next(ids):016x}"
+
+    def res_of(svc: str) -> dict:
+        return {"service.name": svc, "service.instance.id": f"{svc}-7d9f-1", "k8s.pod.name": f"{svc}-7d9f-1"}
+
+    def log(t: int, tid: str, span: str, svc: str, level: str, msg: str) -> None:
+        body = msg
+        if java_logs:
+            ts = f"2026-12-05 10:{(t // S) % 60:02d}:{(t // S) % 60:02d}.{(t // MS) % 1000:03d}"
+            body = (f"{ts} {level:5} [grpc-default-executor-{rnd.randint(1, 9)}] c.s.{svc.title()}ServiceImpl#"
+                    f"{rnd.randint(40, 400)} TraceID: {tid} SpanID: {span} - {msg}")
+        sev = {"INFO": 9, "WARN": 13, "ERROR": 17}[level]
+        logs.append(LogRecord(t, t, sev, level, body, {}, tid, span, res_of(svc)))
+
+    for i in range(n):
+        t0 = start + int(i * S / rate) + rnd.randint(0, S // rate)
+        after = t0 >= res.onset_ns
+        route = rnd.choices([r for r, _ in ROUTE_MIX], [w for _, w in ROUTE_MIX])[0]
+        tid = f"{rnd.getrandbits(128):032x}"
+        version = "2.0" if rnd.random() < 0.3 else "1.9"
+        root = sid()
+        cur = t0 + rnd.randint(1, 3) * MS
+        child: list[Span] = []
+        failed = None
+        for callee, op in ROUTES[route]:
+            c_id, s_id = sid(), sid()
+            gap_out = rnd.randint(200, 600) * 1000
+            if after and cpu_starved == "frontend":
+                gap_out += rnd.randint(30, 60) * MS
+            gap_in = rnd.randint(200, 600) * 1000
+            if after and net_delay == callee:
+                gap_in += rnd.randint(60, 120) * MS
+            lo, hi = WORK_MS[callee]
+            work = rnd.uniform(lo, hi) * MS * (1 + (rnd.random() < 0.03) * rnd.uniform(1, 4))  # natural tail
+            if after and cpu_starved == callee:
+                work *= 4
+            if after and slow_work == callee:
+                work += rnd.uniform(80, 160) * MS
+            s_start = cur + gap_out
+            s_end = s_start + int(work)
+            c_end = s_end + gap_in
+            status, events = "UNSET", []
+            if callee == "payment" and background_errors and rnd.random() < 0.03:
+                status, failed = "ERROR", "declined"
+                events = [SpanEvent("exception", s_end, {"exception.type": "CardDeclinedError",
+                                                         "exception.message": "card declined by issuer"})]
+                log(s_end, tid, s_id, callee, "ERROR", f"charge failed for order {rnd.randint(1, 10**6)}: card declined")
+            if callee == "cart" and version_errors and after and version == "2.0":
+                status, failed = "ERROR", "cart"
+                events = [SpanEvent("exception", s_end, {"exception.type": "KeyError",
+                                                         "exception.message": "'currency_code'"})]
+                log(s_end, tid, s_id, callee, "ERROR", f"cart lookup failed for user {rnd.randint(1, 10**5)}: missing currency_code")
+            if (after and (net_delay == callee or cpu_starved in (callee, "frontend") or slow_work == callee)):
+                res.faulty.add(tid)
+            log(s_start + MS // 2, tid, s_id, callee, "INFO", f"{op} request for user {rnd.randint(1, 10**5)}")
+            child.append(Span(tid, c_id, root, f"{callee}.{op}", "CLIENT", cur, c_end, status,
+                              attributes={"rpc.service": callee, "rpc.method": op}, resource=res_of("frontend")))
+            child.append(Span(tid, s_id, c_id, f"{callee}.{op}", "SERVER", s_start, s_end, status, "",
+                              {"rpc.method": op}, events, [], res_of(callee)))
+            cur = c_end + rnd.randint(100, 300) * 1000
+            if status == "ERROR":
+                break
+        lo, hi = WORK_MS["frontend"]
+        own = rnd.uniform(lo, hi) * MS * (4 if after and cpu_starved == "frontend" else 1)
+        r_end = cur + int(own)
+        attrs = {"http.route": route.split(" ", 1)[1], "http.request.method": route.split(" ", 1)[0],
+                 "app.client.version": version}
+        if failed:
+            attrs["http.response.status_code"] = 500
+            res.error_traces.setdefault(failed, set()).add(tid)
+        spans.append(Span(tid, root, "", route, "SERVER", t0, r_end, "ERROR" if failed else "UNSET",
+                          attributes=attrs, resource=res_of("frontend")))
+        spans.extend(child)
+    spans.sort(key=lambda s: s.start_ns)
+    logs.sort(key=lambda r: r.time_ns)
+    return MemoryBackend(spans, logs, []), res
