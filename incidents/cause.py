@@ -70,8 +70,9 @@ def investigate(backend: Backend, cond: Condition, alert_id: str, out_dir: Path)
     sig = [f for f in report.findings if f.significant]
     lines = [f.summary for f in sig[:TOP]] or list(report.verdict[:1])
     top: dict[str, Any] = {}
-    if sig:
-        f = sig[0]
+    # the structured fields name a cause (where, or which attribute), not supporting evidence
+    f = next((x for x in sig if x.kind in ("error_cluster", "stage", "attribute")), sig[0] if sig else None)
+    if f is not None:
         top = {"kind": f.kind, "service": f.service, "operation": f.operation, "stage": f.stage,
                "attribute": f.attribute, "value": f.value, "confidence": f.confidence}
     examples = list(report.data.get("example_trace_ids") or [])

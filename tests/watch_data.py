@@ -10,6 +10,7 @@ exporters: the same spans, logs, attributes and faults, only the schedule differ
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import telemetry_gen as gen
@@ -61,3 +62,82 @@ def emit(exporters, phases: list[tuple[str, float]], *, end_ns: int, per_minute:
         s.shutdown()
     out.result = res
     return out
+
+
+# --- the shared store: one collector, four incident shapes, an hour apart -------------------------
+
+import pytest  # noqa: E402
+
+# Scaled-down burn-rate windows: the SRE workbook's 1h/5m x14.4 and 6h/30m x6 tiers divided by 12,
+# so a test walks through minutes of generated history, not hours.
+RULES_TOML = """
+interval = "30s"
+lookback = "40m"
+settle = "30s"
+repeat_interval = "1h"
+min_requests = 10
+
+[[burn_windows]]
+long = "5m"
+short = "25s"
+factor = 14.4
+severity = "page"
+
+[[burn_windows]]
+long = "30m"
+short = "150s"
+factor = 6
+severity = "page"
+
+[[rules]]
+name = "predict-latency"
+kind = "latency"
+route = "/predict"
+service = "fraud-api"
+threshold = "250ms"
+objective = 0.995
+
+[[rules]]
+name = "predict-errors"
+kind = "errors"
+route = "/predict"
+service = "fraud-api"
+objective = 0.997
+
+[[rules]]
+name = "new-error"
+kind = "new_error"
+within = "5m"
+min_events = 3
+
+[[rules]]
+name = "version-regression"
+kind = "version_change"
+within = "10m"
+"""
+
+SEGMENTS = {  # name -> (phases, hours before now that the segment ends)
+    "blip": ([("clean", 6), ("slow_shard", 1), ("clean", 3)], 3),
+    "burn": ([("clean", 6), ("slow_shard", 5), ("clean", 4)], 2),
+    "errors": ([("clean", 6), ("v2_errors", 5)], 1),
+    "recent": ([("clean", 6), ("slow_shard", 4)], 0),
+}
+
+
+@pytest.fixture(scope="session")
+def incident_store(tmp_path_factory):
+    import time
+
+    from stagetrace.collector.process import start_collector
+    data = tmp_path_factory.mktemp("watch-store")
+    now = time.time_ns()
+    with start_collector(data) as c:
+        segs = {}
+        for i, (name, (phases, hours)) in enumerate(SEGMENTS.items()):
+            segs[name] = emit(gen.OtlpExporters(grpc_endpoint=c.grpc_endpoint), phases,
+                              end_ns=now - hours * 60 * MIN - 1_000_000_000, seed=20 + i)
+        rules = data.parent / "watch-rules.toml"
+        rules.write_text(RULES_TOML)
+        yield {"collector": c, "data_dir": Path(c.data_dir), "segments": segs, "rules": rules}
+
+
