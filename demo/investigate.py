@@ -105,13 +105,15 @@ def investigate(data_dir: Path, schedule: Schedule, stats: LoadStats, out: Path,
     return summary
 
 
-def _headlines(report: Any, n: int = 4) -> list[str]:
-    """The best significant finding of each kind, in rank order: one stage, one
-    attribute, one log template... reads better than three takes on one stage."""
+def _headlines(report: Any, n: int = 5) -> list[str]:
+    """Each blamed component, then the best significant finding of each other kind, in
+    rank order: one attribute, one log template... reads better than three takes on one fact."""
     seen: set[str] = set()
     out = []
     for f in report.significant_findings:
-        if f.kind in seen and f.kind != "error_cluster":
+        # every blamed component leads its own group of slow requests: list each of them
+        lead = f.kind == "stage" and f.evidence.get("lead")
+        if f.kind in seen and f.kind != "error_cluster" and not lead:
             continue
         seen.add(f.kind)
         out.append(_shorten_cluster(f.summary) if f.kind == "error_cluster" else _shorten(f.summary))

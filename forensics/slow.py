@@ -396,9 +396,18 @@ def component_summary(c: blame.Component, what: str = "slow requests") -> str:
     if c.stage and c.stage != semconv.STAGE_OTHER:
         name += f" (stage {c.stage})"
     where = _WHERE.get(c.where, "")
-    return (f"{name} explains {min(c.share, 1.0):.0%} of the extra {fmt_ms(c.total_excess_ns)} of {what}: "
+    text = (f"{name} explains {min(c.share, 1.0):.0%} of the extra {fmt_ms(c.total_excess_ns)} of {what}: "
             f"+{fmt_ms(c.excess_ns)} per request over what their operations normally take"
             + (f", {where}" if where else ""))
+    if c.operation is None and len(c.parts) > 1:  # no one part dominates: say where it went
+        text += "; " + ", ".join(_part(p) for p in c.parts[:3])
+    return text
+
+
+def _part(p: dict[str, Any]) -> str:
+    what = (f"calls {p['key'].replace('->', ' to ')}" if p["level"] == "edge" else p["operation"])
+    stage = f" (stage {p['stage']})" if p.get("stage") and p["stage"] != semconv.STAGE_OTHER else ""
+    return f"{what}{stage} +{fmt_ms(p['excess_ms'] * 1e6)}"
 
 
 def _findings(bl: blame.Blame, groups, evidence, metric_stats, onset, changes, thr_label, n_sel) -> list[Finding]:
@@ -422,30 +431,25 @@ def _findings(bl: blame.Blame, groups, evidence, metric_stats, onset, changes, t
                            service=c.service, operation=c.operation, stage=c.stage,
                            edge=_edge_of(c, bl)))
     share_of = {c.service: c.share for c in groups}
-    seen_attr: set = set()
-    seen_tmpl: set = set()
+    best: dict[tuple, Finding] = {}  # one finding per attribute value / template: the group it sets apart most
     for comp, attr_stats, log_stats in evidence:
         scale = share_of.get(comp.service, 1.0) if comp is not None else 1.0
         label = "slow requests" if comp is None or len(groups) < 2 else f"slow requests blamed on {comp.service}"
         for a in attr_stats[:12]:
-            key = (a.attribute, str(a.value))
-            if key in seen_attr:
-                continue
-            seen_attr.add(key)
             f = Finding("attribute", attributes.describe(a, label), abs(a.delta) * 0.9 * max(scale, 0.2),
                         a.significant, _confidence(a.p_adj, support) if a.significant else "low",
                         a.evidence() | {"tier": 1, "supports": comp.service if comp else None},
                         attribute=a.attribute, value=a.value, service=comp.service if comp else None)
-            out.append(f)
+            _keep_best(best, ("attribute", a.attribute, str(a.value)), f)
         for s in [x for x in log_stats if x.significant or x.delta >= 0.05][:6]:
-            if s.template in seen_tmpl:
-                continue
-            seen_tmpl.add(s.template)
-            out.append(Finding("log", f'log "{headline(s.template)}" in {s.sel_share:.0%} of {label} vs '
-                                      f"{s.base_share:.0%} of baseline (lift {s.lift:.1f}x, {s.lines} lines)",
-                               s.delta * 0.85 * max(scale, 0.2), s.significant,
-                               _confidence(s.p_adj, support) if s.significant else "low",
-                               s.evidence() | {"tier": 1}, service=s.service or None, template=s.template))
+            f = Finding("log", f'log "{headline(s.template)}" in {s.sel_share:.0%} of {label} vs '
+                               f"{s.base_share:.0%} of baseline (lift {s.lift:.1f}x, {s.lines} lines)",
+                        s.delta * 0.85 * max(scale, 0.2), s.significant,
+                        _confidence(s.p_adj, support) if s.significant else "low",
+                        s.evidence() | {"tier": 1, "supports": comp.service if comp else None},
+                        service=s.service or None, template=s.template)
+            _keep_best(best, ("log", s.template), f)
+    out.extend(best.values())
     metric_stats = [m for m in metric_stats if m.significant][:6] + [m for m in metric_stats if not m.significant][:2]
     for m in metric_stats:
         direction = "rises" if m.rho > 0 else "falls"
@@ -468,6 +472,12 @@ def _findings(bl: blame.Blame, groups, evidence, metric_stats, onset, changes, t
     out.sort(key=lambda f: (not f.significant, f.evidence.get("tier", 1), -f.score))
     _attach_support(out)
     return out
+
+
+def _keep_best(best: dict[tuple, Finding], key: tuple, f: Finding) -> None:
+    cur = best.get(key)
+    if cur is None or (f.significant, f.score) > (cur.significant, cur.score):
+        best[key] = f
 
 
 def _edge_of(c: blame.Component, bl: blame.Blame) -> dict[str, str] | None:
