@@ -167,6 +167,7 @@ def test_search_page_shows_the_incident_and_filters_live_in_the_url(store, drive
     open_page(d, f"{store['url']}?{window(slow)}")
     doc = d.execute_script("return window.stagetrace.lastSearch")
     assert doc["count"] == len(d.find_elements("css selector", "#scatter .dot")) > 100
+    assert doc["matched"] == slow.requests  # the embedded store's one-query sample knows the total
     assert doc["mode"] == "root" and {p["service"] for p in doc["points"]} == {gen.API}
     # the incident is on the plot: after the onset the slow dots are the injected ones
     onset_ms = slow.onset_ns / 1e6
@@ -197,7 +198,7 @@ def test_search_page_shows_the_incident_and_filters_live_in_the_url(store, drive
     # a service that no root carries: its entry spans are plotted
     open_page(d, f"{store['url']}?{window(store['slow'])}&service={gen.FEATURES}")
     doc = d.execute_script("return window.stagetrace.lastSearch")
-    assert doc["mode"] == "server" and doc["count"] > 100
+    assert doc["mode"] == "entry" and doc["count"] > 100
     assert {(p["service"], p["name"]) for p in doc["points"]} == {(gen.FEATURES, "GET /features/{entity_id}")}
     # an attribute only an inner span carries: those spans are plotted, and they hold the slow ones
     open_page(d, f"{store['url']}?{window(store['slow'])}&service={gen.FEATURES}&attr=feature.store.shard%3D7")
@@ -410,3 +411,37 @@ def test_search_and_map_over_tempo(store):
     assert errs["count"] >= 1 and all(p["error"] for p in errs["points"])
     edge = next(e for e in smap["edges"] if (e["caller"], e["callee"]) == (gen.API, gen.FEATURES))
     assert edge["requests"] >= 50 and edge["p95_ms"] > edge["p50_ms"] > 0
+
+
+def test_fast_sample_agrees_with_the_backend(store):
+    """The embedded store's one-query samples (ui/fastscan.py, which uses EmbeddedBackend
+    internals) must be taken, and must mean what find_spans means."""
+    from stagetrace.backend import TraceQuery
+    from stagetrace.collector.query import EmbeddedBackend
+    from stagetrace.ui import api, fastscan
+
+    r = store["slow"]
+    with EmbeddedBackend(store["data_dir"]) as emb:
+        assert fastscan.embedded_store(emb) is emb
+        for kw, query in (({}, TraceQuery(root_only=True)),
+                          ({"status": "error"}, TraceQuery(root_only=True, status="error")),
+                          ({"min_duration_ns": 300_000_000}, TraceQuery(root_only=True, min_duration_ns=300_000_000)),
+                          ({"operation": "feature_store.lookup", "attributes": {"feature.store.shard": 7}},
+                           TraceQuery(span_name="feature_store.lookup", attributes={"feature.store.shard": 7}))):
+            query.start_ns, query.end_ns, query.limit = r.start_ns, r.end_ns, None
+            want = {s.span_id: s for s in emb.find_spans(query)}
+            doc = api.search(emb, api.SearchFilters(start_ns=r.start_ns, end_ns=r.end_ns, **kw), budget=10**6)
+            got = {p["span_id"]: p for p in doc["points"]}
+            assert want and set(got) <= set(want), kw
+            if doc["matched"] is not None:
+                assert doc["matched"] == len(want), kw
+            # every bucket's slowest are kept: the slowest few overall are always on the plot
+            slowest = sorted(want.values(), key=lambda s: -s.duration_ns)[:3]
+            assert all(s.span_id in got for s in slowest), kw
+            for sid, p in got.items():
+                assert (p["trace_id"], p["duration_ms"], p["error"]) == (
+                    want[sid].trace_id, want[sid].duration_ns / 1e6, want[sid].is_error)
+        smap = api.service_map(emb, r.start_ns, r.end_ns)
+        assert smap["trace_fraction"] == 1.0  # fewer traces than the map's sample size: all of them
+        edge = next(e for e in smap["edges"] if (e["caller"], e["callee"]) == (gen.API, gen.FEATURES))
+        assert edge["requests"] == r.requests

@@ -42,6 +42,11 @@ MAX_RESULT_ROWS = 300  # rows of the result list (the plot has every point)
 DEFAULT_SINCE = "1h"
 MAX_WINDOW_NS = 31 * 86_400_000_000_000
 _ENTRY_KINDS = ("SERVER", "CONSUMER")
+_ENTRY_KIND_CODES = (2, 5)  # OTLP SpanKind of SERVER, CONSUMER (the store's kind column)
+FAST_BUCKETS = 60  # the embedded store's one-query sample: 60 time buckets of
+FAST_PER_BUCKET = 20  # 20 random requests
+FAST_SLOWEST_PER_BUCKET = 5  # plus the 5 slowest
+MAP_TRACES = 3000  # the embedded store's map: whole traces sampled by trace id
 
 
 @dataclass(slots=True)
@@ -156,16 +161,16 @@ def _slices(start: int, end: int, n: int) -> list[tuple[int, int]]:
 
 
 def _entry_mode(backend: Backend, f: SearchFilters) -> str:
-    """``span`` (plot the matching spans themselves: an operation was named, or an
-    attribute no root carries), ``root`` (requests are trace roots) or ``server``
-    (a service or route no root carries: its SERVER/CONSUMER spans)."""
-    if f.operation:
+    """``span`` (plot the matching spans themselves: an operation or an attribute was
+    named), ``root`` (requests are trace roots) or ``server`` (a service no root
+    carries: its SERVER/CONSUMER spans)."""
+    if f.operation or f.attrs():
         return "span"
-    if not (f.service or f.route or f.attributes):
+    if not f.service:
         return "root"
     if backend.find_spans(_query(f, f.start_ns, f.end_ns, 1, root_only=True)):
         return "root"
-    return "span" if f.attributes else "server"
+    return "server"
 
 
 def _fetch(backend: Backend, f: SearchFilters, mode: str, start: int, end: int, limit: int,
@@ -204,6 +209,41 @@ def search(backend: Backend, f: SearchFilters, *, budget: int = POINT_BUDGET) ->
     """The scatter plot's points and the result list: see the module docstring."""
     t0 = time.perf_counter()
     remote = backend.name == "grafana"
+    fast = None if remote else _fast_search(backend, f)
+    total: int | None = None
+    if fast is not None:
+        mode, points, total = fast
+        sampled = total is None or total > len(points)
+    else:
+        mode, points, sampled = _sliced_search(backend, f, remote, budget)
+    durs = sorted(p["duration_ms"] for p in points)
+
+    def q(p: float) -> float | None:
+        return durs[min(len(durs) - 1, int(p * len(durs)))] if durs else None
+    rows = sorted(points, key=lambda p: -p["start_ms"])[:MAX_RESULT_ROWS]
+    return {"mode": mode, "points": points, "rows": rows, "count": len(points), "matched": total,
+            "sampled": sampled, "errors": sum(1 for p in points if p["error"]), "p50_ms": q(0.5), "p95_ms": q(0.95),
+            "window": {"start_ms": f.start_ns / 1e6, "end_ms": f.end_ns / 1e6},
+            "services": sorted({p["service"] for p in points}),
+            "took_ms": round((time.perf_counter() - t0) * 1e3, 1)}
+
+
+def _fast_search(backend: Backend, f: SearchFilters) -> tuple[str, list[dict[str, Any]], int | None] | None:
+    """The embedded store's one-query sample (:mod:`.fastscan`); None when it does not apply."""
+    from . import fastscan
+    store = fastscan.embedded_store(backend)
+    if store is None:
+        return None
+    mode = "span" if f.operation or f.attrs() else "entry" if f.service else "root"
+    got = fastscan.spread_sample(store, _query(f, f.start_ns, f.end_ns, None, root_only=False), entry=mode,
+                                 buckets=FAST_BUCKETS, per_bucket=FAST_PER_BUCKET,
+                                 slowest_per_bucket=FAST_SLOWEST_PER_BUCKET)
+    return None if got is None else (mode, *got)
+
+
+def _sliced_search(backend: Backend, f: SearchFilters, remote: bool,
+                   budget: int) -> tuple[str, list[dict[str, Any]], bool]:
+    """The portable method: a query per time slice, then the slow tail of the busy slices."""
     mode = "trace" if remote else _entry_mode(backend, f)
 
     def fetch(a: int, b: int, limit: int, min_ns: int | None = None) -> tuple[list[Any], bool]:
@@ -224,7 +264,6 @@ def search(backend: Backend, f: SearchFilters, *, budget: int = POINT_BUDGET) ->
             found[key(x)] = x
         if more:
             full.append((a, b))
-    sampled = bool(full)
     if full and found:
         # the slow tail of the busy slices: every request above the sample's p90, up to a share each
         durs = sorted(x.duration_ns for x in found.values())
@@ -234,17 +273,7 @@ def search(backend: Backend, f: SearchFilters, *, budget: int = POINT_BUDGET) ->
             for x in got:
                 found[key(x)] = x
     pts = sorted(found.values(), key=lambda x: x.start_ns)
-    points = [_summary_point(x) if remote else _point(x) for x in pts]
-    durs = sorted(p["duration_ms"] for p in points)
-
-    def q(p: float) -> float | None:
-        return durs[min(len(durs) - 1, int(p * len(durs)))] if durs else None
-    rows = sorted(points, key=lambda p: -p["start_ms"])[:MAX_RESULT_ROWS]
-    return {"mode": mode, "points": points, "rows": rows, "count": len(points), "sampled": sampled,
-            "errors": sum(1 for p in points if p["error"]), "p50_ms": q(0.5), "p95_ms": q(0.95),
-            "window": {"start_ms": f.start_ns / 1e6, "end_ms": f.end_ns / 1e6},
-            "services": sorted({p["service"] for p in points}),
-            "took_ms": round((time.perf_counter() - t0) * 1e3, 1)}
+    return mode, [_summary_point(x) if remote else _point(x) for x in pts], bool(full)
 
 
 def _pct(sorted_vals: list[float], p: float) -> float:
@@ -256,21 +285,28 @@ def service_map(backend: Backend, start_ns: int, end_ns: int) -> dict[str, Any]:
 
     An edge is a span whose parent span belongs to another service (the callee's
     entry span, as Tempo's service graphs pair CLIENT and SERVER spans); its latency
-    is the callee span's duration and its error rate the callee span's. Spans are
-    read in :data:`MAP_SLICES` slices of at most :data:`MAP_SPANS_PER_SLICE`
-    (time-contiguous, so parents and children arrive together); rates divide by the
-    time the read spans cover, so a partly read slice still gives the right rate."""
+    is the callee span's duration and its error rate the callee span's. Whole traces
+    are sampled so that parents and children come together: on the embedded store
+    about :data:`MAP_TRACES` by trace id hash over the whole window (rates divide by
+    the sampled fraction); elsewhere the first spans of :data:`MAP_SLICES` slices
+    (Tempo: the newest traces of each), and rates divide by the time they cover."""
+    from . import fastscan
     t0 = time.perf_counter()
     covered_ns = 0
-    spans: list[Span] = []
+    spans: list[Any] = []  # fastscan.MapSpan
     sampled = False
-    for a, b in _slices(start_ns, end_ns, MAP_SLICES):
+    fraction = 1.0
+    store = fastscan.embedded_store(backend)
+    if store is not None:
+        spans, fraction = fastscan.trace_sample(store, start_ns, end_ns, MAP_TRACES)
+        sampled = fraction < 1.0
+    for a, b in _slices(start_ns, end_ns, MAP_SLICES) if store is None else ():
         if backend.name == "grafana":
             # Tempo: the newest traces of the slice, whole (find_spans would fetch a trace per span)
             hits = backend.search_traces(TraceQuery(start_ns=a, end_ns=b, limit=MAP_TRACES_PER_SLICE))
             traces = backend.get_traces([h.trace_id for h in hits], start_ns=a, end_ns=b + 60_000_000_000,
                                         with_logs=False)
-            spans.extend(sp for t in traces.values() for sp in t.spans)
+            spans.extend(fastscan.MapSpan.of(sp) for t in traces.values() for sp in t.spans)
             if len(hits) >= MAP_TRACES_PER_SLICE:
                 sampled = True
                 covered_ns += max(1, b - min(h.start_ns for h in hits))
@@ -283,20 +319,20 @@ def service_map(backend: Backend, start_ns: int, end_ns: int) -> dict[str, Any]:
             covered_ns += max(1, got[-1].start_ns - a)
         else:
             covered_ns += b - a
-        spans.extend(got)
+        spans.extend(fastscan.MapSpan.of(sp) for sp in got)
     by_id = {(s.trace_id, s.span_id): s for s in spans}
     nodes: dict[str, dict[str, Any]] = {}
     node_durs: dict[str, list[float]] = defaultdict(list)
     edges: dict[tuple[str, str], dict[str, Any]] = {}
     edge_durs: dict[tuple[str, str], list[float]] = defaultdict(list)
     for s in spans:
-        svc = s.service_name
+        svc = s.service
         n = nodes.setdefault(svc, {"service": svc, "spans": 0, "requests": 0, "errors": 0, "roots": 0})
         n["spans"] += 1
         parent = by_id.get((s.trace_id, s.parent_span_id)) if s.parent_span_id else None
         if s.parent_span_id and parent is None:
             continue  # parent outside the read spans: neither an entry nor an edge we can tell
-        if parent is not None and parent.service_name == svc:
+        if parent is not None and parent.service == svc:
             continue
         # an entry into this service: a root, or called from another service
         n["requests"] += 1
@@ -305,11 +341,13 @@ def service_map(backend: Backend, start_ns: int, end_ns: int) -> dict[str, Any]:
         if parent is None:
             n["roots"] += 1
             continue
-        key = (parent.service_name, svc)
+        key = (parent.service, svc)
         e = edges.setdefault(key, {"caller": key[0], "callee": key[1], "requests": 0, "errors": 0})
         e["requests"] += 1
         e["errors"] += int(s.is_error)
         edge_durs[key].append(s.duration_ns / 1e6)
+    if store is not None:
+        covered_ns = int((end_ns - start_ns) * fraction)  # a fraction of the traces over the whole window
     secs = max(covered_ns / 1e9, 1e-9)
     for svc, n in nodes.items():
         d = sorted(node_durs[svc])
@@ -334,6 +372,7 @@ def service_map(backend: Backend, start_ns: int, end_ns: int) -> dict[str, Any]:
     return {"nodes": sorted(nodes.values(), key=lambda n: (n["depth"], n["service"])),
             "edges": sorted(edges.values(), key=lambda e: (e["caller"], e["callee"])),
             "spans_read": len(spans), "sampled": sampled, "covered_s": covered_ns / 1e9,
+            "trace_fraction": fraction if store is not None else None,
             "window": {"start_ms": start_ns / 1e6, "end_ms": end_ns / 1e6},
             "took_ms": round((time.perf_counter() - t0) * 1e3, 1)}
 

@@ -624,7 +624,7 @@ function drawMap(doc) {
   if (!doc.nodes.length) return el("p", { class: "muted", text: "No spans in this time range." });
   const cols = new Map();
   for (const n of doc.nodes) { if (!cols.has(n.depth)) cols.set(n.depth, []); cols.get(n.depth).push(n); }
-  const colW = 300, rowH = 110, nw = 190, nh = 58;
+  const colW = 400, rowH = 110, nw = 200, nh = 58;
   const W = Math.max(600, cols.size * colW + 40), H = Math.max(...[...cols.values()].map((c) => c.length)) * rowH + 40;
   const at = new Map();
   for (const [depth, list] of cols) list.forEach((n, i) => at.set(n.service, { x: 20 + depth * colW, y: 20 + i * rowH + (H - 40 - list.length * rowH) / 2 }));
