@@ -157,6 +157,7 @@ class Component:
     significant: bool = False
     examples: list[str] = field(default_factory=list)
     group: list[str] = field(default_factory=list)  # slow requests whose excess it holds most of
+    group_share: float = 0.0  # of those requests' excess, the share it holds
 
     @property
     def where(self) -> str:
@@ -171,6 +172,7 @@ class Component:
                 "excess_ms": self.excess_ns / 1e6, "share_of_excess": self.share,
                 "total_excess_ms": self.total_excess_ns / 1e6, "p_value": self.p, "p_adjusted": self.p_adj,
                 "where": self.where, "parts": self.parts[:6], "group_size": len(self.group),
+                "group_share": self.group_share,
                 "example_trace_ids": self.examples[:5]}
 
 
@@ -290,9 +292,17 @@ def blame(sel: Sequence[TraceCost], base: Sequence[TraceCost], *, after: Sequenc
                       examples=[sel[i].trace_id for i in order[:5] if sv[i] > 0],
                       group=[sel[i].trace_id for i, d in enumerate(dominant) if d == s])
         comps.append(c)
+    # A component that holds most of the excess of its own slow requests is a cause even
+    # when a louder concurrent cause holds most of the total.
+    for c in comps:
+        mine = [i for i, d in enumerate(dominant) if d == c.service]
+        own = sum(s_svc[i].get(c.service, 0.0) for i in mine)
+        all_ = sum(max(v, 0.0) for i in mine for v in s_svc[i].values())
+        c.group_share = own / all_ if all_ > 0 else 0.0
+    floor = max(stats.MIN_SUPPORT, int(0.1 * len(sel)))
     for c, pa in zip(comps, stats.bh_adjust([c.p for c in comps])):
         c.p_adj = pa
-        c.significant = pa < alpha and c.share >= min_share
+        c.significant = pa < alpha and (c.share >= min_share or (len(c.group) >= floor and c.group_share >= 0.5))
     comps.sort(key=lambda c: -c.excess_ns)
     # Stage view (ML services): the same excess summed per ML stage.
     st_sel: dict[str, float] = defaultdict(float)

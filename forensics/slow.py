@@ -187,27 +187,31 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         after = [_subtree(fetched[t], entry_of[t]) for t in after_ids if t in fetched]
         bl = blame.blame(sel_costs, base_costs, after=blame.trace_costs(after) if after else None,
                          weights=wmap or None)
-        # Baseline re-weighted to the slow requests' mix of entry operations (and adjusted counts).
-        weights = comparison_weights(sel, base, entry_of, wmap)
         bar.step("attributes and logs")
         groups = _groups(bl, len(sel))
         by_id = {t.trace_id: t for t in sel}
-        evidence: list[tuple[blame.Component | None, list, list]] = []
-        for comp in groups or [None]:
-            members = [by_id[t] for t in comp.group if t in by_id] if comp is not None and len(groups) > 1 else sel
-            a = attributes.compare(members, base, weights=weights)
-            lg = logmining.over_represented(members, base, weights=weights)
-            evidence.append((comp, a, lg))
-        attr_stats = [a for _, al, _ in evidence for a in al]
-        log_stats = [x for _, _, ll in evidence for x in ll]
-        if any(a.significant for a in attr_stats):
-            a = next(a for a in attr_stats if a.significant)
-            anomaly.append(f"{attributes.describe(a)}")
-        if any(s.significant for s in log_stats):
+        # Evidence over all the slow requests (the only comparison that may call them
+        # anomalous: slicing them per group first would be dredging), then per group when
+        # concurrent causes split them, to attach to each component what sets its requests apart.
+        whole = comparison_weights(sel, base, entry_of, wmap)
+        evidence: list[tuple[blame.Component | None, list, list]] = [
+            (groups[0] if len(groups) == 1 else None, attributes.compare(sel, base, weights=whole),
+             logmining.over_represented(sel, base, weights=whole))]
+        if any(a.significant for a in evidence[0][1]):
+            anomaly.append(f"{attributes.describe(next(a for a in evidence[0][1] if a.significant))}")
+        if any(s.significant for s in evidence[0][2]):
             anomaly.append("log templates set the slow requests apart")
-        if not anomaly:
+        for comp in groups if len(groups) > 1 else []:
+            members = [by_id[t] for t in comp.group if t in by_id]
+            weights = comparison_weights(members, base, entry_of, wmap)  # this group's operation mix
+            evidence.append((comp, attributes.compare(members, base, weights=weights),
+                             logmining.over_represented(members, base, weights=weights)))
+        if not anomaly:  # the natural tail: nothing is a cause, in any group
             for c in bl.components:
                 c.significant = False
+            for _, al, ll in evidence:
+                for x in (*al, *ll):
+                    x.significant = False
         bar.step("metrics")
         rate = np.where(nw > 0, kw / np.where(nw > 0, nw, 1), np.nan)
         if onset_ns is not None:
