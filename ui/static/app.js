@@ -48,6 +48,9 @@ function fmtMs(ms) {
   return (ms * 1000).toFixed(0) + " µs";
 }
 
+const ESC = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
+function esc(s) { return String(s === null || s === undefined ? "" : s).replace(/[&<>"']/g, (c) => ESC[c]); }
+
 function pad2(n) { return String(n).padStart(2, "0"); }
 function fmtClock(ms) {
   const d = new Date(ms);
@@ -457,8 +460,9 @@ async function tracePage(tid) {
   const t0 = performance.now();
   window.stagetrace.lastTrace = doc;
   renderTrace(doc);
-  const took = performance.now() - t0;
-  app.dataset.renderMs = took.toFixed(1);
+  // ready once laid out and painted: the next frame, then a task after it
+  await new Promise((done) => requestAnimationFrame(() => setTimeout(done, 0)));
+  app.dataset.renderMs = (performance.now() - t0).toFixed(1);  // drawing, layout and paint
   app.dataset.readyMs = performance.now().toFixed(1);  // since navigation start
   app.dataset.state = "ready";
 }
@@ -487,56 +491,58 @@ function renderTrace(doc) {
     if (!critSegs.has(c.span_id)) critSegs.set(c.span_id, []);
     critSegs.get(c.span_id).push(c);
   }
-  const frag = document.createDocumentFragment();
-  frag.append(axis);
+  // One HTML string for the rows (2,000 spans + 2,000 logs draw in one parse, several
+  // times faster than a node at a time); every telemetry text goes through esc().
   const pct = (ms) => Math.min(100, Math.max(0, (100 * ms) / total)).toFixed(3) + "%";
-  let selected = null;
+  const html = [];
+  const byId = new Map();
   for (const sp of d.spans) {
+    byId.set(sp.span_id, sp);
     const err = sp.status === "ERROR";
-    const row = el("div", { class: `wf-row span-row${sp.critical ? " critical" : ""}${err ? " span-error" : ""}`, "data-span-id": sp.span_id, tabindex: "0" });
-    const label = el("div", { class: "wf-label", style: `padding-left:${6 + sp.depth * 14}px` },
-      sp.critical ? el("span", { class: "star", title: "on the critical path", text: "★" }) : null,
-      el("span", { class: "svc-dot", style: `background:${serviceColor(sp.service)}` }),
-      el("span", { class: "span-name", text: sp.name }),
-      el("span", { class: "span-svc muted", text: sp.service }),
-      sp.stage ? el("span", { class: "stage-badge", "data-stage": sp.stage, style: `border-color:${serviceColor("stage:" + sp.stage)}`, text: sp.stage }) : null,
-      err ? el("span", { class: "err-mark", text: "✕" }) : null);
-    const track = el("div", { class: "wf-track" });
-    track.append(el("span", { class: "bar", style: `left:${pct(sp.offset_ms)};width:${pct(Math.max(sp.duration_ms, total / 1000))};background:${serviceColor(sp.service)}` }));
+    const sid = esc(sp.span_id);
+    html.push(`<div class="wf-row span-row${sp.critical ? " critical" : ""}${err ? " span-error" : ""}" data-span-id="${sid}" tabindex="0">`,
+      `<div class="wf-label" style="padding-left:${6 + sp.depth * 14}px">`,
+      sp.critical ? `<span class="star" title="on the critical path">★</span>` : "",
+      `<span class="svc-dot" style="background:${serviceColor(sp.service)}"></span>`,
+      `<span class="span-name">${esc(sp.name)}</span><span class="span-svc muted">${esc(sp.service)}</span>`,
+      sp.stage ? `<span class="stage-badge" data-stage="${esc(sp.stage)}" style="border-color:${serviceColor("stage:" + sp.stage)}">${esc(sp.stage)}</span>` : "",
+      err ? `<span class="err-mark">✕</span>` : "",
+      `</div><div class="wf-track">`,
+      `<span class="bar" style="left:${pct(sp.offset_ms)};width:${pct(Math.max(sp.duration_ms, total / 1000))};background:${serviceColor(sp.service)}"></span>`);
     for (const c of critSegs.get(sp.span_id) || []) {
-      track.append(el("span", { class: "crit-seg", style: `left:${pct(c.offset_ms)};width:${pct(Math.max(c.duration_ms, total / 1000))}` }));
+      html.push(`<span class="crit-seg" style="left:${pct(c.offset_ms)};width:${pct(Math.max(c.duration_ms, total / 1000))}"></span>`);
     }
-    for (const lg of sp.logs) if (lg.marked) track.append(el("span", { class: "log-tick", style: `left:${pct(lg.offset_ms)}` }));
-    track.append(el("span", { class: "dur", style: `left:${pct(sp.offset_ms + sp.duration_ms)}`, text: `${fmtMs(sp.duration_ms)}${sp.critical ? " · self " + fmtMs(sp.self_ms) : ""}` }));
-    row.append(label, track);
-    const open = () => {
-      if (selected) selected.classList.remove("selected");
-      row.classList.add("selected"); selected = row;
-      detail.replaceChildren(spanDetail(sp));
-    };
-    row.addEventListener("click", open);
-    row.addEventListener("keydown", (ev) => { if (ev.key === "Enter") open(); });
-    frag.append(row);
+    for (const lg of sp.logs) if (lg.marked) html.push(`<span class="log-tick" style="left:${pct(lg.offset_ms)}"></span>`);
+    html.push(`<span class="dur" style="left:${pct(sp.offset_ms + sp.duration_ms)}">${fmtMs(sp.duration_ms)}${sp.critical ? " · self " + fmtMs(sp.self_ms) : ""}</span></div></div>`);
     // its logs and exception events, interleaved in time order, right under it
     const items = sp.logs.map((l) => ({ t: l.offset_ms, log: l })).concat(
       sp.events.filter((e) => e.exception_type || e.name === "exception").map((e) => ({ t: e.offset_ms, ev: e })));
     items.sort((a, b) => a.t - b.t);
+    const pad = `padding-left:${26 + sp.depth * 14}px`;
     for (const it of items) {
-      const pad = `padding-left:${26 + sp.depth * 14}px`;
       if (it.log) {
         const l = it.log;
-        frag.append(el("div", { class: `log-row sev-${(l.severity || "").toLowerCase()}${l.marked ? " marked" : ""}`, "data-span-id": sp.span_id, style: pad },
-          el("span", { class: "offset", text: `+${l.offset_ms.toFixed(1)}ms` }), el("span", { class: "sev", text: l.severity }),
-          el("span", { class: "svc muted", text: l.service }), el("span", { class: "body", text: l.body })));
+        html.push(`<div class="log-row sev-${esc((l.severity || "").toLowerCase())}${l.marked ? " marked" : ""}" data-span-id="${sid}" style="${pad}">`,
+          `<span class="offset">+${l.offset_ms.toFixed(1)}ms</span><span class="sev">${esc(l.severity)}</span>`,
+          `<span class="svc muted">${esc(l.service)}</span><span class="body">${esc(l.body)}</span></div>`);
       } else {
         const e = it.ev;
-        frag.append(el("div", { class: "log-row exception marked", "data-span-id": sp.span_id, style: pad },
-          el("span", { class: "offset", text: `+${e.offset_ms.toFixed(1)}ms` }), el("span", { class: "sev", text: "EXC" }),
-          el("span", { class: "body", text: `${e.exception_type || e.name}: ${e.message || ""}` })));
+        html.push(`<div class="log-row exception marked" data-span-id="${sid}" style="${pad}">`,
+          `<span class="offset">+${e.offset_ms.toFixed(1)}ms</span><span class="sev">EXC</span>`,
+          `<span class="body">${esc(`${e.exception_type || e.name}: ${e.message || ""}`)}</span></div>`);
       }
     }
   }
-  wf.append(frag);
+  wf.append(axis);
+  wf.insertAdjacentHTML("beforeend", html.join(""));
+  let selected = null;
+  const open = (row) => {
+    if (selected) selected.classList.remove("selected");
+    row.classList.add("selected"); selected = row;
+    detail.replaceChildren(spanDetail(byId.get(row.dataset.spanId)));
+  };
+  wf.addEventListener("click", (ev) => { const row = ev.target.closest(".span-row"); if (row) open(row); });
+  wf.addEventListener("keydown", (ev) => { const row = ev.target.closest(".span-row"); if (row && ev.key === "Enter") open(row); });
   const parts = [head, stageBar, findings, ...notes, el("div", { class: "trace-body" }, wf, detail)];
   if (d.unattached_logs && d.unattached_logs.length) {
     parts.push(el("h3", { text: "Logs of this trace outside its spans" }),
