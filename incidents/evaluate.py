@@ -154,20 +154,27 @@ def _new_errors(cfg: WatchConfig, rule: Rule, agg: Aggregates, now_ns: int) -> l
         by_fp.setdefault(e.fingerprint, []).append(e)
     out = []
     for cluster in ec._merge(events, edges):  # the same merge as investigate errors
-        evs = [e for fp in cluster.fingerprints for e in by_fp.get(fp, [])]
-        first = min(e.time_ns for e in evs)
-        if first < now_ns - rule.within_ns or first < agg.earliest_ns + rule.within_ns:
+        # the new fingerprints of the incident: a shared, older one (an HTTP 500 log line that
+        # every failure writes) groups them but does not make the incident old
+        firsts = {fp: min(e.time_ns for e in by_fp[fp]) for fp in cluster.fingerprints if by_fp.get(fp)}
+        fresh = [fp for fp, t in firsts.items() if t >= now_ns - rule.within_ns and t >= agg.earliest_ns + rule.within_ns]
+        if not fresh:
             continue
+        evs = [e for fp in fresh for e in by_fp[fp]]
+        first = min(firsts[fp] for fp in fresh)
         if len(evs) < rule.min_events:
             continue
+        cluster.fingerprints = fresh
         main = max(evs, key=lambda e: (e.exc_type != "", len(e.frames), e.operation != ""))
         # identity: the incident's earliest fingerprint, stable while it keeps firing
         fp = min(cluster.fingerprints, key=lambda f: (min(e.time_ns for e in by_fp[f]), f))
         traces = sorted({e.trace_id for e in evs if e.trace_id})
         name = f"{main.exc_type}: {main.template}" if main.exc_type else main.template
         out.append(Condition(
+            # identity by what failed where: a drain3 template that generalises later changes the
+            # fingerprint hash, and must not turn one incident into a resolved and a new alert
             rule, {"alertname": rule.name, "severity": rule.severity or "ticket", "service": main.service,
-                   "fingerprint": fp},
+                   "operation": main.operation or "-", "exception_type": main.exc_type or "-"},
             rule.summary or f"new error in {main.service}: {name[:150]}",
             f"Error fingerprint {fp} (as in `investigate errors`) first seen at {fmt_time(first)}, never in the "
             f"{fmt_duration(min(cfg.lookback_ns, first - agg.earliest_ns))} before; {len(evs)} events in "

@@ -149,15 +149,15 @@ def build_postmortem(backend: Backend, *, start_ns: int | None, end_ns: int | No
     events: list[tuple[int, str]] = []
     onsets = []
     so = slow_rep.data.get("onset")
-    if so and so.get("significant") and so.get("time_ns"):
-        onsets.append(int(so["time_ns"]))
-        events.append((int(so["time_ns"]), f"**Onset of slow requests**: the slow rate rose from "
+    if so and so.get("significant") and so.get("onset_ns"):
+        onsets.append(int(so["onset_ns"]))
+        events.append((int(so["onset_ns"]), f"**Onset of slow requests**: the slow rate rose from "
                                            f"{so.get('rate_before', 0):.1%} to {so.get('rate_after', 0):.1%} [query][q-slow]"))
     for c in err_rep.data.get("clusters", [])[:3]:
         on = c.get("onset") or {}
-        if on.get("significant") and on.get("time_ns"):
-            onsets.append(int(on["time_ns"]))
-            events.append((int(on["time_ns"]), f"**Onset of incident {c['id']}** ({_short(c['name'])}): "
+        if on.get("significant") and on.get("onset_ns"):
+            onsets.append(int(on["onset_ns"]))
+            events.append((int(on["onset_ns"]), f"**Onset of incident {c['id']}** ({_short(c['name'])}): "
                                                f"{c['failed_requests']} failed requests from here [query][q-requests]"))
         elif c.get("failed_requests", 0) and c is err_rep.data["clusters"][0]:
             events.append((int(c["first_seen_ns"]), f"first error of incident {c['id']} ({_short(c['name'])})"

@@ -160,6 +160,10 @@ def test_error_rules_new_fingerprint_and_version_change_carry_the_cause(incident
     new = _fired(events, "new-error")
     assert len(new) == 1, [a["annotations"].get("template") for _, a in new]  # one incident, not one per fingerprint
     assert new[0][1]["annotations"]["exception_type"] == "KeyError"
+    # it stays one alert while the templates settle: no flapping resolve/re-fire
+    assert not [t for t, ev, a in events if ev == "resolved" and a["labels"]["alertname"] == "new-error"
+                and t < new[0][0] + 4 * MIN], [((t - onset) / MIN, ev, a["labels"], a["annotations"].get("fingerprints"))
+                                               for t, ev, a in events if a["labels"]["alertname"] == "new-error"]
     ver = _fired(events, "version-regression")
     assert ver and ver[0][1]["labels"]["version_attribute"] == semconv.ML_MODEL_VERSION
     assert ver[0][1]["labels"]["version"] == "v2"

@@ -124,8 +124,16 @@ SEGMENTS = {  # name -> (phases, hours before now that the segment ends)
 }
 
 
+_SHARED: dict = {}
+
+
 @pytest.fixture(scope="session")
 def incident_store(tmp_path_factory):
+    """Built once per session even when several test modules import it (each import is
+    its own fixture definition to pytest; without a conftest they share this cache)."""
+    if _SHARED:
+        yield _SHARED
+        return
     import time
 
     from stagetrace.collector.process import start_collector
@@ -138,6 +146,10 @@ def incident_store(tmp_path_factory):
                               end_ns=now - hours * 60 * MIN - 1_000_000_000, seed=20 + i)
         rules = data.parent / "watch-rules.toml"
         rules.write_text(RULES_TOML)
-        yield {"collector": c, "data_dir": Path(c.data_dir), "segments": segs, "rules": rules}
+        _SHARED.update({"collector": c, "data_dir": Path(c.data_dir), "segments": segs, "rules": rules})
+        try:
+            yield _SHARED
+        finally:
+            _SHARED.clear()
 
 
