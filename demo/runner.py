@@ -258,6 +258,16 @@ def _run(opts: DemoOptions, console: Console, progress: bool, launcher: list[str
             # Warm-up first: fresh workers (and this client's first export) are slow, and
             # that must not look like an incident in the clean period.
             warm_up([f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{canary_port}"])
+            # `stagetrace watch` beside the load (after the warm-up): the faults should page,
+            # each alert with its cause
+            from stagetrace.incidents import demo as incidents_demo
+            watch_rules = incidents_demo.write_rules(run_dir)
+            watch_out = opts.out / "watch"
+            shutil.rmtree(watch_out, ignore_errors=True)  # alerts of an earlier run would mislead
+            watch = children.start("watch", incidents_demo.watch_argv(watch_rules, data_dir, watch_out, time.time()),
+                                   {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STAGETRACE_"))},
+                                   cwd=str(run_dir))
+            console.print(f"  watch          every 2 s, alerts to {watch_out / 'alerts.jsonl'}  (pid {watch.pid})")
             mark("services")
             schedule = Schedule.plan(opts.scenarios, time.time() + 1.0, opts.duration_s)
             _write_schedule(schedule_file, schedule)
@@ -284,6 +294,16 @@ def _run(opts: DemoOptions, console: Console, progress: bool, launcher: list[str
         # (the instrumentation also flushes on SIGTERM, but waiting is the proof).
         n_spans = _wait_for_telemetry(data_dir, schedule, console)
         mark("telemetry")
+        time.sleep(2.5)  # one more watch evaluation over the flushed tail
+        children.stop(watch)
+        alerts = incidents_demo.fired_alerts(watch_out)
+        console.print(f"  watch          {len(alerts)} alert(s) fired during the load")
+        for a in alerts:
+            lab, ann = a["labels"], a.get("annotations", {})
+            console.print(f"    [red]FIRING[/] {lab.get('alertname')} [{lab.get('severity')}] "
+                          f"+{a['fired_at'] / 1e9 - schedule.start:.0f}s  {ann.get('summary', '')}")
+            if ann.get("root_cause"):
+                console.print(f"           cause: {ann['root_cause']}")
         if not opts.keep_running:
             children.stop_many([api, canary, feat])
             # The collector too: on SIGTERM it cuts its write-ahead log into blocks,
@@ -297,6 +317,15 @@ def _run(opts: DemoOptions, console: Console, progress: bool, launcher: list[str
         summary = _retry_store(lambda: investigate(data_dir, schedule, stats, opts.out, console, n_spans=n_spans))
         mark("forensics")
         result.reports = summary.pop("files")
+        # 7. the post-mortem draft of the whole run, next to the reports
+        pm = _retry_store(lambda: incidents_demo.write_postmortem(
+            data_dir, watch_rules, int(schedule.start * 1e9), int((schedule.end + 2) * 1e9), opts.out))
+        result.reports.update({"postmortem_md": Path(pm["md"]), "postmortem_html": Path(pm["html"])})
+        summary["alerts"] = [{"alertname": a["labels"].get("alertname"), "severity": a["labels"].get("severity"),
+                              "fired_at_s": round(a["fired_at"] / 1e9 - schedule.start, 1),
+                              "cause": a.get("annotations", {}).get("root_cause")} for a in alerts]
+        console.print(f"[bold]Post-mortem draft[/]  {pm['md']}  {pm['html']}")
+        mark("postmortem")
         result.summary = summary
         result.pids = children.pids
         (run_dir / "run.json").write_text(json.dumps({

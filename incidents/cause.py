@@ -55,15 +55,24 @@ def investigate(backend: Backend, cond: Condition, alert_id: str, out_dir: Path)
     from stagetrace.forensics import investigate_errors, investigate_slow, render
 
     start, end = cond.window_ns
-    try:
+    # A route's SLO threshold is a request threshold; a stage's is not (its requests are longer).
+    threshold: str | int = cond.threshold_ns if cond.threshold_ns and cond.route else "p95"
+
+    def run(service: str | None):
         if cond.investigate == "slow":
-            threshold: str | int = cond.threshold_ns if cond.threshold_ns else "p95"
-            report = investigate_slow(backend, service=cond.service, route=cond.route, start_ns=start, end_ns=end,
-                                      threshold=threshold)
-        elif cond.investigate == "errors":
-            report = investigate_errors(backend, service=cond.service, start_ns=start, end_ns=end)
-        else:
-            return Cause([])
+            return investigate_slow(backend, service=service, route=cond.route if service else None, start_ns=start,
+                                    end_ns=end, threshold=threshold)
+        return investigate_errors(backend, service=service, start_ns=start, end_ns=end)
+
+    if cond.investigate not in ("slow", "errors"):
+        return Cause([])
+    try:
+        report = run(cond.service)
+        # Scoped to a service that clients call inside their own traces, the entry spans can be
+        # few (investigate's rule: the service's root spans when it has any); then the whole
+        # requests, from their roots, say more.
+        if cond.service and (report.data.get("counts") or {}).get("requests", 0) < 20:
+            report = run(None)
     except Exception as exc:  # noqa: BLE001 - the alert goes out with the reason instead
         log.warning("investigation for alert %s failed: %s", alert_id, exc)
         return Cause([], error=f"investigation failed: {exc}")

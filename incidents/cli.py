@@ -51,10 +51,12 @@ def _echo(msg: str) -> None:
               help="Append one JSON line per notification (default: OUT/alerts.jsonl).")
 @click.option("--once", is_flag=True, help="Evaluate once and exit (for cron and scripts).")
 @click.option("--no-investigate", is_flag=True, help="Do not attach the cause (skip the investigations).")
+@click.option("--ignore-before", default=None, metavar="T",
+              help="Ignore telemetry older than T (ISO 8601 or Unix s), e.g. a warm-up.")
 @backend_options
 @click.pass_context
 def watch_group(ctx: click.Context, rules_file, interval, out_dir, am_urls, webhooks, slack, jsonl, once,
-                no_investigate, **opts) -> None:
+                no_investigate, ignore_before, **opts) -> None:
     """Evaluate alert rules continuously; each alert carries its root cause.
 
     \b
@@ -73,7 +75,12 @@ def watch_group(ctx: click.Context, rules_file, interval, out_dir, am_urls, webh
     cfg = load_config(rules_file, overrides=overrides)
     data = resolve_data_dir(opts.get("data_dir"))
     out = Path(out_dir) if out_dir else data / "watch"
-    w = Watcher(cfg, state_dir=data, out_dir=out, open_backend=_open_factory(opts), investigate=not no_investigate)
+    floor = None
+    if ignore_before:
+        from stagetrace.forensics.cli import parse_time_ns
+        floor = parse_time_ns(ignore_before, "--ignore-before")
+    w = Watcher(cfg, state_dir=data, out_dir=out, open_backend=_open_factory(opts), investigate=not no_investigate,
+                ignore_before_ns=floor)
     targets: list = [LogTarget(_echo), JsonlTarget(jsonl or out / "alerts.jsonl")]
     targets += [AlertmanagerTarget(u, w.hold_ns) for u in am_urls]
     targets += [WebhookTarget(u, w.hold_ns) for u in webhooks]

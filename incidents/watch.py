@@ -52,13 +52,15 @@ class Watcher:
 
     def __init__(self, cfg: WatchConfig, *, state_dir: str | Path, out_dir: str | Path,
                  open_backend: Callable[[], Backend], targets: Sequence[Target] = (),
-                 clock: Callable[[], int] = time.time_ns, investigate: bool = True) -> None:
+                 clock: Callable[[], int] = time.time_ns, investigate: bool = True,
+                 ignore_before_ns: int | None = None) -> None:
         self.cfg = cfg
         self.open_backend = open_backend
         self.targets = list(targets)
         self.clock = clock
         self.out_dir = Path(out_dir)
         self.investigate = investigate
+        self.ignore_before_ns = ignore_before_ns  # older data is not part of the story (a demo's warm-up)
         self.store = StateStore(state_dir)
         self.silences = SilenceStore(state_dir)
         self.state = self.store.load()
@@ -135,6 +137,8 @@ class Watcher:
         else:
             start = min(self.cursor_ns, now - cfg.settle_ns)
         start = self.agg.bucket_of(start)
+        if self.ignore_before_ns is not None:
+            start = max(start, self.ignore_before_ns)
         b = self._backend()
         spans = b.find_spans(TraceQuery(start_ns=start, end_ns=now, limit=None))
         logs = b.find_logs(LogQuery(start_ns=start, end_ns=now, min_severity=17, limit=None))

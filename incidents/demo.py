@@ -1,0 +1,100 @@
+"""``stagetrace demo``'s incident loop: a real ``stagetrace watch`` process beside the load,
+and the post-mortem draft written next to the reports.
+
+The demo's load lasts ~35 s, so its watch runs the SRE workbook's burn-rate tiers scaled
+down to seconds (1 h/5 m becomes 12 s/3 s): the same rules, on the demo's time scale.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+# The default rules, on the demo's time scale.
+DEMO_RULES_TOML = """\
+# stagetrace demo: the default watch rules with burn-rate windows scaled to a 35 s load
+interval = "2s"
+lookback = "10m"
+settle = "3s"
+min_requests = 20
+repeat_interval = "1h"
+
+[[burn_windows]]
+long = "12s"
+short = "3s"
+factor = 14.4
+severity = "page"
+
+[[burn_windows]]
+long = "30s"
+short = "6s"
+factor = 6
+severity = "page"
+
+[[rules]]
+name = "route-latency"
+kind = "latency"
+objective = 0.995
+ratio = 2.0
+
+[[rules]]
+name = "route-errors"
+kind = "errors"
+objective = 0.999
+
+[[rules]]
+name = "stage-latency"
+kind = "latency"
+stage = "*"
+objective = 0.995
+ratio = 2.0
+
+[[rules]]
+name = "new-error-fingerprint"
+kind = "new_error"
+severity = "ticket"
+within = "8s"
+min_events = 3
+
+[[rules]]
+name = "version-change-regression"
+kind = "version_change"
+within = "60s"
+"""
+
+
+def watch_argv(rules: Path, data_dir: Path, out: Path, ignore_before_s: float) -> list[str]:
+    """The warm-up's first, slow requests are not part of the incident story."""
+    return [sys.executable, "-m", "stagetrace.cli", "watch", "--rules", str(rules), "--data-dir", str(data_dir),
+            "--out", str(out), "--ignore-before", f"{ignore_before_s:.3f}"]
+
+
+def write_rules(run_dir: Path) -> Path:
+    p = run_dir / "watch-rules.toml"
+    p.write_text(DEMO_RULES_TOML, encoding="utf-8")
+    return p
+
+
+def fired_alerts(out: Path) -> list[dict[str, Any]]:
+    """The firing notifications the watch appended to ``alerts.jsonl``."""
+    path = out / "alerts.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    return [r for r in rows if r.get("event") == "firing"]
+
+
+def write_postmortem(data_dir: Path, rules: Path, start_ns: int, end_ns: int, out: Path) -> dict[str, str]:
+    from stagetrace.backend import open_backend
+
+    from .postmortem import build_postmortem, write_postmortem as _write
+    from .rules import load_config
+
+    backend = open_backend(kind="embedded", data_dir=str(data_dir))
+    try:
+        pm = build_postmortem(backend, start_ns=start_ns, end_ns=end_ns, cfg=load_config(rules), state_dir=data_dir)
+    finally:
+        backend.close()
+    return _write(pm, out)
