@@ -181,8 +181,8 @@ async function searchPage() {
   app.children[0].replaceWith(searchForm(f, doc.services));
   const w = doc.window;
   summary.replaceChildren(
-    el("strong", { text: `${doc.count} requests` }),
-    ` ${doc.sampled ? "(a sample spread over the window, with its slow tail)" : ""} · ${doc.errors} error${doc.errors === 1 ? "" : "s"} · p50 ${fmtMs(doc.p50_ms)} · p95 ${fmtMs(doc.p95_ms)} · ${fmtTime(w.start_ms)} – ${fmtClock(w.end_ms)} · ${doc.took_ms} ms`);
+    el("strong", { text: doc.matched !== null && doc.matched !== undefined && doc.matched !== doc.count ? `${doc.count} of ${doc.matched} ${doc.mode === "span" ? "spans" : "requests"}` : `${doc.count} ${doc.mode === "span" ? "spans" : "requests"}` }),
+    ` ${doc.sampled ? "(a sample spread over the window, with each moment's slowest)" : ""} · ${doc.errors} error${doc.errors === 1 ? "" : "s"} · p50 ${fmtMs(doc.p50_ms)} · p95 ${fmtMs(doc.p95_ms)} · ${fmtTime(w.start_ms)} – ${fmtClock(w.end_ms)} · ${doc.took_ms} ms`);
   const win = { from: Math.round(w.start_ms), to: Math.round(w.end_ms) };
   const investigateWith = (kind, extra) => runInvestigation(panel, kind, Object.assign({}, f, win, extra || {}));
   actions.querySelector("#why-slow").addEventListener("click", () => investigateWith("slow"));
@@ -631,7 +631,7 @@ function drawMap(doc) {
   const cols = new Map();
   for (const n of doc.nodes) { if (!cols.has(n.depth)) cols.set(n.depth, []); cols.get(n.depth).push(n); }
   const colW = 400, rowH = 110, nw = 200, nh = 58;
-  const W = Math.max(600, cols.size * colW + 40), H = Math.max(...[...cols.values()].map((c) => c.length)) * rowH + 40;
+  const W = Math.max(600, cols.size * colW + 40), H = Math.max(...[...cols.values()].map((c) => c.length)) * rowH + 20;
   const at = new Map();
   for (const [depth, list] of cols) list.forEach((n, i) => at.set(n.service, { x: 20 + depth * colW, y: 20 + i * rowH + (H - 40 - list.length * rowH) / 2 }));
   const s = svg("svg", { width: W, height: H, class: "servicemap", id: "servicemap" });
@@ -645,7 +645,7 @@ function drawMap(doc) {
     const dpath = back ? `M${a.x + nw / 2},${a.y + nh} C${a.x + nw / 2},${a.y + nh + 60} ${b.x + nw / 2},${b.y + nh + 60} ${b.x + nw / 2},${b.y + nh}`
       : `M${x1},${y1} C${(x1 + x2) / 2},${y1} ${(x1 + x2) / 2},${y2} ${x2},${y2}`;
     s.append(svg("path", { d: dpath, class: `edge${e.error_rate > 0.05 ? " edge-bad" : ""}`, "marker-end": "url(#arrow)", "data-caller": e.caller, "data-callee": e.callee }));
-    const lx = back ? (a.x + b.x + nw) / 2 : (x1 + x2) / 2, ly = back ? Math.max(a.y, b.y) + nh + 50 : (y1 + y2) / 2 - 8;
+    const lx = back ? (a.x + b.x + nw) / 2 : (x1 + x2) / 2, ly = back ? Math.max(a.y, b.y) + nh + 50 : (y1 + y2) / 2 - 22;
     s.append(svg("text", { x: lx, y: ly, class: "edge-label", "text-anchor": "middle", text: `${fmtRate(e.rate_per_s)} · ${fmtPct(e.error_rate)} err` }));
     s.append(svg("text", { x: lx, y: ly + 13, class: "edge-label", "text-anchor": "middle", text: `p50 ${fmtMs(e.p50_ms)} · p95 ${fmtMs(e.p95_ms)}` }));
   }
