@@ -108,7 +108,7 @@ def _slo(cfg: WatchConfig, rule: Rule, agg: Aggregates, key: SeriesKey, now_ns: 
         what = "latency" if rule.kind == "latency" else "errors"
         where = f"{key.service} {key.name}" if key.kind == "route" else f"{key.service} stage {key.name}"
         bad = _bad(rule, lw, thr)
-        slo = (f"{rule.objective:.3%}".rstrip("0").rstrip(".") + " of " +
+        slo = (f"{rule.objective * 100:g}% of " +
                ("requests" if key.kind == "route" else f"{key.name} spans") +
                (f" faster than {fmt_ms(thr)}" if thr is not None else " succeed"))
         summary = (f"{where}: {what} SLO burning {lb:.1f}x the error budget "
@@ -116,7 +116,7 @@ def _slo(cfg: WatchConfig, rule: Rule, agg: Aggregates, key: SeriesKey, now_ns: 
                    f"in the last {fmt_duration(tier.long_ns)})")
         desc = (f"SLO: {slo}. Burn rate {lb:.1f}x over {fmt_duration(tier.long_ns)} and {sb:.1f}x over "
                 f"{fmt_duration(tier.short_ns)} (alerting at {tier.factor:g}x: "
-                f"{tier.factor * tier.long_ns / cfg.budget_period_ns:.1%} of a {fmt_duration(cfg.budget_period_ns)} "
+                f"{tier.factor * tier.long_ns / cfg.budget_period_ns * 100:.2g}% of a {fmt_duration(cfg.budget_period_ns)} "
                 f"budget in {fmt_duration(tier.long_ns)}).")
         labels = {"alertname": rule.name, "severity": sev, **key.labels(), "slo": what}
         span = max(2 * tier.long_ns, 10 * cfg.interval_ns)

@@ -228,7 +228,7 @@ def build_postmortem(backend: Backend, *, start_ns: int | None, end_ns: int | No
     pm.title = f"Post-mortem draft: {who}, {fmt_time(start_ns)}"
     pm.summary = [
         f"Between {fmt_time(start_ns)} and {fmt_time(end_ns)} ({fmt_duration(int(dur_s) * 10**9)}), "
-        f"[{len(failed)}][q-requests] of [{n}][q-requests] requests to {who} failed and "
+        f"[{len(failed)}][q-requests] of [{n}][q-requests] requests (entering at {who}) failed and "
         f"[{len(slowed)}][q-slow] more were slower than {fmt_ms(thr_ns)}.",
         f"Most likely cause, from the investigations: {top}.",
     ]
@@ -238,10 +238,10 @@ def build_postmortem(backend: Backend, *, start_ns: int | None, end_ns: int | No
     pm.impact = [
         f"Requests in the window: [{n}][q-requests] ({n / dur_s:.1f}/s).",
         f"Failed: [{len(failed)}][q-requests] ({len(failed) / n:.2%}); error-budget burn rate "
-        f"{err_burn:.1f}x for a {err_obj:.3%} availability objective; at this traffic they used "
+        f"{err_burn:.1f}x for a {err_obj * 100:g}% availability objective; at this traffic they used "
         f"{err_budget_used:.2%} of the {fmt_duration(period)} error budget.".replace(".000%", "%"),
         f"Slowed (succeeded but slower than {fmt_ms(thr_ns)}, {thr_how}): [{len(slowed)}][q-slow] "
-        f"({len(slowed) / n:.2%}); latency burn rate {lat_burn:.1f}x for a {lat_obj:.1%} objective, "
+        f"({len(slowed) / n:.2%}); latency burn rate {lat_burn:.1f}x for a {lat_obj * 100:g}% objective, "
         f"{lat_budget_used:.2%} of its {fmt_duration(period)} budget.",
         f"Affected requests in all: [{len(failed) + len(slowed)}][q-requests] ({(len(failed) + len(slowed)) / n:.2%}).",
     ]
