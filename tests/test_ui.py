@@ -445,3 +445,35 @@ def test_fast_sample_agrees_with_the_backend(store):
         assert smap["trace_fraction"] == 1.0  # fewer traces than the map's sample size: all of them
         edge = next(e for e in smap["edges"] if (e["caller"], e["callee"]) == (gen.API, gen.FEATURES))
         assert edge["requests"] == r.requests
+
+
+def test_https_with_a_token(store, tmp_path):
+    """--tls-cert/--tls-key serve HTTPS (a self-signed certificate made with the openssl CLI)."""
+    import ssl
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the openssl command line is needed to make the test certificate")
+        pytest.skip("no openssl command line")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"), "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    proc, url = start_ui(store["data_dir"], "--token", "tls-token", "--tls-cert", str(tmp_path / "cert.pem"),
+                         "--tls-key", str(tmp_path / "key.pem"))
+    try:
+        assert url.startswith("https://127.0.0.1:")
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+        base = url.split("?")[0]
+        req = urllib.request.Request(base + "api/health", headers={"Authorization": "Bearer tls-token"})
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
+            assert r.status == 200 and json.loads(r.read()) == {"status": "ok"}
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(base + "api/health", context=ctx, timeout=30)
+        assert e.value.code == 401
+        with pytest.raises(OSError):  # plain HTTP is not served (and does not stop the server)
+            urllib.request.urlopen(base.replace("https", "http") + "api/health", timeout=5)
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
+            assert r.status == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)

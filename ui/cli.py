@@ -30,7 +30,7 @@ DEFAULT_PORT = 4320
               show_envvar=True, help="Port; 0 picks a free port.")
 @click.option("--token", default=None, envvar=ENV_UI_TOKEN, show_envvar=True,
               help="Require this token (Bearer header, or the cookie the printed URL sets). "
-                   "Made up for you when --allow-remote is given without one.")
+                   "Made up for you when --host is not loopback and none is given.")
 @click.option("--allow-remote", is_flag=True, default=False, envvar=ENV_UI_ALLOW_REMOTE, show_envvar=True,
               help="Allow --host to be a non-loopback address (a token is then always required).")
 @click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), default=None,

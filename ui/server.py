@@ -108,10 +108,9 @@ class UIServer:
 
     def start(self) -> None:
         handler = type("Handler", (_Handler,), {"ui": self})
-        httpd = ThreadingHTTPServer((self.config.host, self.config.port), handler)
+        httpd = _Server((self.config.host, self.config.port), handler)
         httpd.daemon_threads = True
-        if self.config.tls is not None:
-            httpd.socket = self.config.tls.wrap_socket(httpd.socket, server_side=True)
+        httpd.tls = self.config.tls
         self.httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, name="ui-http", daemon=True)
         self._thread.start()
@@ -133,6 +132,28 @@ class UIServer:
 
 class _Busy(Exception):
     pass
+
+
+class _Server(ThreadingHTTPServer):
+    """TLS, when configured, is negotiated on the connection's own thread: a client that
+    stalls or speaks plain HTTP must not hold up the accept loop."""
+
+    tls: ssl.SSLContext | None = None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(READ_TIMEOUT_S)
+        try:
+            conn = self.tls.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            log.debug("TLS handshake with %s failed: %s", client_address, exc)
+            return
+        try:
+            super().finish_request(conn, client_address)
+        finally:
+            conn.close()
 
 
 class _Handler(BaseHTTPRequestHandler):
