@@ -3,26 +3,24 @@
 Why bounded samples: the Backend answers "every matching span" by decoding each
 one (``find_spans(limit=None)`` reads ~200k requests of a 1M-span hour in ~4 s),
 which is fine for an investigation but not for a search page that must answer in
-under a second. So the search reads at most :data:`POINT_BUDGET` requests,
-spread over :data:`SLICES` equal slices of the window (every slice gets its share,
-so a busy minute cannot crowd out the rest), then, in each slice that had more
-than its share, the slowest requests above the sample's p90: the slow dots people
-want to brush are never sampled away. The page says how many points it shows and
-whether the window held more.
+under a second. So the plot is a sample spread over the window that always keeps
+each moment's slowest requests (the dots people want to brush). On the embedded
+store it is one SQL statement (:mod:`.fastscan`: 60 time buckets x 20 random + 5
+slowest); elsewhere the portable method here: at most :data:`POINT_BUDGET`
+requests over :data:`SLICES` slices, then the slow tail of the busy slices.
+The page says how many points it shows and how many matched.
 
-A "request" is what ``investigate slow`` calls one (forensics/window.py): a
-trace's root span, or, when the filters name a service or route that no root
-carries, that service's SERVER/CONSUMER spans. Filtering on an operation, or on
-an attribute no root carries, plots the matching spans themselves. On Tempo
-(``--backend grafana``) a point is a trace (Tempo's search summaries: root
-service and name, trace duration), as in Jaeger and Grafana.
+A request is what ``investigate slow`` calls one (forensics/window.py): a
+trace's root span; with a service filter, that service's entry spans (its roots
+and SERVER/CONSUMER spans). Filtering on an operation or an attribute plots the
+matching spans themselves. On Tempo (``--backend grafana``) a point is a trace
+(Tempo's search summaries: root service and name, trace duration), as in Jaeger.
 """
 
 from __future__ import annotations
 
 import math
 import time
-import urllib.parse
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -361,9 +359,9 @@ def service_map(backend: Backend, start_ns: int, end_ns: int) -> dict[str, Any]:
     depth = {svc: 0 for svc in nodes}
     for _ in range(len(nodes)):
         changed = False
-        for (a, b) in edges:
-            if a != b and depth[b] < depth[a] + 1 <= len(nodes):
-                depth[b] = depth[a] + 1
+        for (caller, callee) in edges:
+            if caller != callee and depth[callee] < depth[caller] + 1 <= len(nodes):
+                depth[callee] = depth[caller] + 1
                 changed = True
         if not changed:
             break
@@ -424,7 +422,3 @@ def investigate(backend: Backend, req: InvestigateRequest) -> dict[str, Any]:
     else:
         rep = investigate_errors(backend, service=req.service, start_ns=req.start_ns, end_ns=req.end_ns)
     return rep.to_dict()
-
-
-def query_string(params: Mapping[str, Any]) -> str:
-    return urllib.parse.urlencode({k: v for k, v in params.items() if v not in (None, "")}, doseq=True)
