@@ -267,7 +267,7 @@ def _run(opts: DemoOptions, console: Console, progress: bool, launcher: list[str
             watch = children.start("watch", incidents_demo.watch_argv(watch_rules, data_dir, watch_out, time.time()),
                                    {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STAGETRACE_"))},
                                    cwd=str(run_dir))
-            console.print(f"  watch          every 2 s, alerts to {watch_out / 'alerts.jsonl'}  (pid {watch.pid})")
+            console.print(f"  watch          every 2 s, alerts to {watch_out / 'alerts.jsonl'}, pid {watch.pid}")
             mark("services")
             schedule = Schedule.plan(opts.scenarios, time.time() + 1.0, opts.duration_s)
             _write_schedule(schedule_file, schedule)

@@ -66,8 +66,11 @@ within = "60s"
 
 
 def watch_argv(rules: Path, data_dir: Path, out: Path, ignore_before_s: float) -> list[str]:
-    """The warm-up's first, slow requests are not part of the incident story."""
-    return [sys.executable, "-m", "stagetrace.cli", "watch", "--rules", str(rules), "--data-dir", str(data_dir),
+    """The warm-up's first, slow requests are not part of the incident story. ``nice``: the
+    watch must not take CPU from the services it measures on a small machine."""
+    import shutil
+    nice = [shutil.which("nice"), "-n", "10"] if shutil.which("nice") else []
+    return [*nice, sys.executable, "-m", "stagetrace.cli", "watch", "--rules", str(rules), "--data-dir", str(data_dir),
             "--out", str(out), "--ignore-before", f"{ignore_before_s:.3f}"]
 
 
