@@ -357,6 +357,9 @@ def test_token_and_remote_rules(store):
     p = subprocess.run([str(exe), "ui", "--host", "0.0.0.0", "--port", "0", "--data-dir", str(store["data_dir"])],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "--allow-remote" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    p = subprocess.run([str(exe), "ui", "--host", "0.0.0.0", "--allow-remote", "--port", "0",
+                        "--data-dir", str(store["data_dir"])], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--insecure" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     proc, url = start_ui(store["data_dir"], "--token", "s3cret-token")
     try:
         base = url.split("?")[0]
@@ -458,8 +461,8 @@ def test_https_with_a_token(store, tmp_path):
     subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                     "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"), "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
-    proc, url = start_ui(store["data_dir"], "--token", "tls-token", "--tls-cert", str(tmp_path / "cert.pem"),
-                         "--tls-key", str(tmp_path / "key.pem"))
+    proc, url = start_ui(store["data_dir"], "--token", "tls-token", "--tls-cert-file", str(tmp_path / "cert.pem"),
+                         "--tls-key-file", str(tmp_path / "key.pem"))
     try:
         assert url.startswith("https://127.0.0.1:")
         ctx = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))

@@ -33,15 +33,18 @@ DEFAULT_PORT = 4320
                    "Made up for you when --host is not loopback and none is given.")
 @click.option("--allow-remote", is_flag=True, default=False, envvar=ENV_UI_ALLOW_REMOTE, show_envvar=True,
               help="Allow --host to be a non-loopback address (a token is then always required).")
-@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Serve HTTPS with this certificate (PEM); needs --tls-key.")
-@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Private key (PEM) for --tls-cert.")
+@click.option("--tls-cert-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              envvar="STAGETRACE_TLS_CERT_FILE", show_envvar=True,
+              help="Serve HTTPS with this PEM certificate (as `stagetrace collector`); needs --tls-key-file.")
+@click.option("--tls-key-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              envvar="STAGETRACE_TLS_KEY_FILE", show_envvar=True, help="The PEM private key of --tls-cert-file.")
+@click.option("--insecure", is_flag=True, default=False, envvar="STAGETRACE_INSECURE", show_envvar=True,
+              help="Accept serving a non-loopback address without TLS (the token then travels in clear text).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="warning",
               show_default=True)
 @backend_options
-def ui_cmd(host: str, port: int, token: str | None, allow_remote: bool, tls_cert: str | None, tls_key: str | None,
-           log_level: str, **opts) -> None:
+def ui_cmd(host: str, port: int, token: str | None, allow_remote: bool, tls_cert_file: str | None,
+           tls_key_file: str | None, insecure: bool, log_level: str, **opts) -> None:
     """Serve the web UI: search with a latency scatter plot, trace waterfall with logs
     and metrics, "why are these slow?" from the plot, and the service map.
 
@@ -60,16 +63,19 @@ def ui_cmd(host: str, port: int, token: str | None, allow_remote: bool, tls_cert
                         f"(or {ENV_UI_ALLOW_REMOTE}=1)")
     if token is not None and not token.strip():
         raise UserError("--token must not be empty")
+    if bool(tls_cert_file) != bool(tls_key_file):
+        raise UserError("--tls-cert-file and --tls-key-file go together: give both or neither")
+    if not loopback and not tls_cert_file and not insecure:
+        raise UserError(f"refusing to serve {host!r} without TLS: the token would travel in clear text; "
+                        "give --tls-cert-file and --tls-key-file (or --insecure to accept that)")
     if not loopback and token is None:
         token = secrets.token_urlsafe(24)
-    if bool(tls_cert) != bool(tls_key):
-        raise UserError("--tls-cert and --tls-key go together")
     tls = None
-    if tls_cert:
+    if tls_cert_file:
         import ssl
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:
-            tls.load_cert_chain(tls_cert, tls_key)
+            tls.load_cert_chain(tls_cert_file, tls_key_file)
         except (ssl.SSLError, OSError) as exc:
             raise UserError(f"cannot load the TLS certificate/key: {exc}") from None
     probe = _open(opts)  # a bad backend selection fails now, as one line
