@@ -77,17 +77,27 @@ def investigate(backend: Backend, cond: Condition, alert_id: str, out_dir: Path)
         log.warning("investigation for alert %s failed: %s", alert_id, exc)
         return Cause([], error=f"investigation failed: {exc}")
     sig = [f for f in report.findings if f.significant]
-    lines = [f.summary for f in sig[:TOP]] or list(report.verdict[:1])
+    # the root cause is a cause (where, or which attribute), not supporting evidence (a log, a metric);
+    # a new-error alert's cause is the incident of its own exception type, not the biggest one
+    want_exc = cond.labels.get("exception_type")
+    f = None
+    if want_exc and want_exc != "-":
+        f = next((x for x in report.findings if x.kind == "error_cluster" and any(
+            fp.get("exception_type") == want_exc for fp in x.evidence.get("fingerprints") or [])), None)
+    if f is None:
+        f = next((x for x in sig if x.kind in ("error_cluster", "stage", "attribute")), sig[0] if sig else None)
+    ordered = ([f] if f is not None else []) + [x for x in sig if x is not f]
+    lines = [x.summary for x in ordered[:TOP]] or list(report.verdict[:1])
     top: dict[str, Any] = {}
-    # the structured fields name a cause (where, or which attribute), not supporting evidence
-    f = next((x for x in sig if x.kind in ("error_cluster", "stage", "attribute")), sig[0] if sig else None)
     if f is not None:
         top = {"kind": f.kind, "service": f.service, "operation": f.operation, "stage": f.stage,
                "attribute": f.attribute, "value": f.value, "confidence": f.confidence}
     examples = list(report.data.get("example_trace_ids") or [])
+    if f is not None and f.evidence.get("example_trace_ids"):
+        examples = list(f.evidence["example_trace_ids"]) + examples
     if not examples:
-        for f in sig:
-            examples += list(f.evidence.get("example_trace_ids") or [])
+        for x in sig:
+            examples += list(x.evidence.get("example_trace_ids") or [])
     rdir = out_dir / "alerts" / alert_id
     files: dict[str, str] = {}
     try:
