@@ -5,7 +5,9 @@ Layered like Tempo, one module per layer:
 - receive: :mod:`.receiver` (OTLP/gRPC + OTLP/HTTP, protobuf/JSON/gzip, limits, token)
   over :mod:`.otlp` (decode + per-record validation -> ``partial_success``);
 - store: :mod:`.wal` (write-ahead log, appended before every acknowledgement) and
-  :mod:`.store` (WAL segments -> sorted, immutable Parquet blocks; compaction; retention);
+  :mod:`.store` (WAL segments -> sorted, immutable Parquet blocks; compaction; retention),
+  :mod:`.integrity` (block checksums, verification on first open, ``collector check``) and
+  :mod:`.quarantine` (the ledger of data set aside as corrupt, read by stats and reports);
 - query: :mod:`.query` (:class:`~stagetrace.collector.query.EmbeddedBackend`, the
   :class:`stagetrace.backend.Backend` over a data dir), served warm by the running
   collector for bounded lookups (:mod:`.queryapi`) to readers that open the store
