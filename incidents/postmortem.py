@@ -176,14 +176,20 @@ def build_postmortem(backend: Backend, *, start_ns: int | None, end_ns: int | No
     if alert is not None and not any(a.get("id") == alert.get("id") for a in pm.alerts):
         pm.alerts.append(alert)
     onset = min(onsets) if onsets else None
+    slow_onset = onsets[0] if so and so.get("significant") and so.get("onset_ns") else None
+    err_onsets = [o for o in onsets if o != slow_onset]
     first_fire = None
     for a in pm.alerts:
         lab = a.get("labels", {})
         if a.get("fired_at"):
             first_fire = a["fired_at"] if first_fire is None else min(first_fire, a["fired_at"])
-            ttd = f"; time to detect {fmt_duration(max(0, a['fired_at'] - onset) // 10**9 * 10**9) if onset and a['fired_at'] >= onset else 'n/a'}"
+            # detection is measured from the onset of the kind of trouble the alert watches
+            mine = slow_onset if lab.get("slo") == "latency" else (min(err_onsets) if err_onsets else None)
+            ref = mine if mine is not None and mine <= a["fired_at"] else onset
+            ttd = (f"; time to detect {fmt_duration(max(0, a['fired_at'] - ref) // 10**9 * 10**9)}"
+                   if ref is not None and a["fired_at"] >= ref else "")
             events.append((int(a["fired_at"]), f"**Alert fired**: `{lab.get('alertname')}` [{lab.get('severity')}] "
-                                               f"(alert {a.get('id')}){ttd if onset else ''}"))
+                                               f"(alert {a.get('id')}){ttd}"))
         if a.get("resolved_at"):
             events.append((int(a["resolved_at"]), f"alert `{lab.get('alertname')}` resolved (alert {a.get('id')})"))
     peak_t, peak_rate, rec_t, base_rate = _peak_recovery(entries, start_ns, end_ns, thr_ns, onset)
