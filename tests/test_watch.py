@@ -274,3 +274,20 @@ def test_cli_silences_and_a_bad_rules_file(tmp_path):
     r = subprocess.run(cli + ["watch", "--rules", str(bad), "--once", "--data-dir", str(tmp_path)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_pyproject_table_and_the_cli_once(incident_store, tmp_path):
+    (tmp_path / "pyproject.toml").write_text("[tool.stagetrace.watch]\ninterval = '7s'\n"
+                                             "[[tool.stagetrace.watch.rules]]\nname = 'p'\nkind = 'errors'\n")
+    cfg = load_config(project_dir=tmp_path)
+    assert cfg.interval_ns == 7 * 10**9 and [r.name for r in cfg.rules] == ["p"]
+    # the real command, one evaluation at wall-clock time over the store (the recent burn ends now)
+    jl = tmp_path / "a.jsonl"
+    r = subprocess.run([sys.executable, "-m", "stagetrace.cli", "watch", "--once", "--no-investigate", "--rules",
+                        str(incident_store["rules"]), "--data-dir", str(incident_store["data_dir"]), "--out",
+                        str(tmp_path / "out"), "--jsonl", str(jl)], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "4 rules from" in r.stderr and (incident_store["data_dir"] / "watch" / "state.json").is_file()
+    import shutil
+    shutil.rmtree(incident_store["data_dir"] / "watch")  # the post-mortem test brings its own state
