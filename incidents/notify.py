@@ -45,6 +45,15 @@ class Target(Protocol):
         ...
 
 
+def target_name(kind: str, url: str) -> str:
+    """A stable name for the state file and the log that does not carry the URL's secret
+    (a Slack webhook's path is its credential): scheme, host and a hash of the rest."""
+    import hashlib
+    import urllib.parse
+    u = urllib.parse.urlsplit(url)
+    return f"{kind}:{u.scheme}://{u.hostname}:{u.port or ''}#{hashlib.sha1(url.encode()).hexdigest()[:10]}"
+
+
 def _post(url: str, doc: Any, headers: dict[str, str] | None = None) -> None:
     body = json.dumps(doc, ensure_ascii=False).encode()
     req = urllib.request.Request(url, data=body, method="POST",
@@ -52,8 +61,8 @@ def _post(url: str, doc: Any, headers: dict[str, str] | None = None) -> None:
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT_S) as r:
             r.read(65536)
-    except urllib.error.HTTPError as exc:
-        raise OSError(f"{url} answered {exc.code}: {exc.read(300).decode(errors='replace')}") from None
+    except urllib.error.HTTPError as exc:  # the URL itself is not repeated: it may hold a credential
+        raise OSError(f"answered {exc.code}: {exc.read(300).decode(errors='replace')}") from None
 
 
 def am_alert(alert: dict[str, Any], now_ns: int, hold_ns: int) -> dict[str, Any]:
@@ -73,7 +82,7 @@ class AlertmanagerTarget:
 
     def __init__(self, url: str, hold_ns: int) -> None:
         self.url = url.rstrip("/")
-        self.name = f"alertmanager:{self.url}"
+        self.name = target_name("alertmanager", self.url)
         self.hold_ns = hold_ns
 
     def send(self, event: str, alert: dict[str, Any], now_ns: int) -> None:
@@ -85,7 +94,7 @@ class WebhookTarget:
 
     def __init__(self, url: str, hold_ns: int) -> None:
         self.url = url
-        self.name = f"webhook:{url}"
+        self.name = target_name("webhook", url)
         self.hold_ns = hold_ns
 
     def send(self, event: str, alert: dict[str, Any], now_ns: int) -> None:
@@ -122,7 +131,7 @@ class SlackTarget:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.name = f"slack:{url}"
+        self.name = target_name("slack", url)
 
     def send(self, event: str, alert: dict[str, Any], now_ns: int) -> None:
         text = slack_text(event, alert)
