@@ -134,7 +134,7 @@ class SlackTarget:
         self.name = target_name("slack", url)
 
     def send(self, event: str, alert: dict[str, Any], now_ns: int) -> None:
-        text = slack_text(event, alert)
+        text = slack_text(event, alert)[:MAX_ANNOTATION]  # Slack truncates long messages anyway
         _post(self.url, {"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text[:2900]}}]})
 
 
