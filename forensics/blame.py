@@ -189,11 +189,11 @@ def _shift_test(after: Sequence[float], base: Sequence[float]) -> float:
     """p-value that a component costs more in ``after`` than in ``base``: the better of
     Mann-Whitney (every request a little slower: CPU, network) and a tail test (some
     requests much slower: one shard, one pod: the share of requests beyond the
-    baseline's 95th percentile), Bonferroni-corrected for taking the better."""
+    baseline's 99th percentile, its 95th on a small baseline), Bonferroni-corrected for taking the better."""
     p_mw = stats.greater_test(after, base)
     if len(after) < 3 or len(base) < 3:
         return p_mw
-    cut = float(np.percentile(base, 95))
+    cut = float(np.percentile(base, 99 if len(base) >= 100 else 95))
     a_hit = int(np.sum(np.asarray(after) > cut))
     b_hit = int(np.sum(np.asarray(base) > cut))
     p_tail = stats.share_test(a_hit, len(after), b_hit, len(base))
@@ -213,7 +213,8 @@ def _owner(key: Key, edges: Mapping[tuple[str, str], EdgeGrowth]) -> tuple[str, 
 
 
 def blame(sel: Sequence[TraceCost], base: Sequence[TraceCost], *, after: Sequence[TraceCost] | None = None,
-          min_share: float = 0.1, alpha: float = stats.ALPHA, weights: Mapping[str, float] | None = None) -> Blame:
+          stepped: set[Key] | frozenset[Key] = frozenset(), min_share: float = 0.1, alpha: float = stats.ALPHA,
+          weights: Mapping[str, float] | None = None) -> Blame:
     """Components ranked by the excess they hold against ``base``.
 
     ``after`` (a sample of *every* request since the onset, slow or not) is what the
@@ -221,7 +222,8 @@ def blame(sel: Sequence[TraceCost], base: Sequence[TraceCost], *, after: Sequenc
     all the requests that pass through it, while a busy component's natural tail only
     looks guilty among requests picked *because* they were slow. ``sel`` (the slow
     requests) is always what the groups are made of. ``weights`` (trace id -> adjusted
-    count, tail-sampled data) weight the means; the tests run on stored values."""
+    count, tail-sampled data) weight the means; the tests run on stored values.
+    ``stepped``: keys whose own time rose since the onset (keys_grown)."""
     if not sel or not base:
         return Blame([], {}, {}, {}, {})
     target = list(after) if after else list(sel)
@@ -293,13 +295,23 @@ def blame(sel: Sequence[TraceCost], base: Sequence[TraceCost], *, after: Sequenc
                       group=[sel[i].trace_id for i, d in enumerate(dominant) if d == s])
         comps.append(c)
     # A component that holds most of the excess of its own slow requests is a cause even
-    # when a louder concurrent cause holds most of the total.
+    # when a louder concurrent cause holds most of the total, or when its fault touched
+    # too few of all the requests since the onset to move their distribution (one shard
+    # for a few seconds): then its own group of slow requests is tested against the baseline,
+    # provided one of its operations or edges got slower per call since the onset (slow
+    # requests picked for a busy component's natural tail hold its excess too, but its own
+    # time per call did not rise).
+    floor = max(stats.MIN_SUPPORT, int(0.1 * len(sel)))
     for c in comps:
         mine = [i for i, d in enumerate(dominant) if d == c.service]
         own = sum(s_svc[i].get(c.service, 0.0) for i in mine)
         all_ = sum(max(v, 0.0) for i in mine for v in s_svc[i].values())
         c.group_share = own / all_ if all_ > 0 else 0.0
-    floor = max(stats.MIN_SUPPORT, int(0.1 * len(sel)))
+        steps = any(owner.get(k, (None,))[0] == c.service for k in stepped)
+        if after and steps and len(mine) >= floor and c.group_share >= 0.5:
+            p_group = stats.greater_test([s_svc[i].get(c.service, 0.0) for i in mine],
+                                         [d.get(c.service, 0.0) for d in b_svc])
+            c.p = min(1.0, 2 * min(c.p, p_group))
     for c, pa in zip(comps, stats.bh_adjust([c.p for c in comps])):
         c.p_adj = pa
         c.significant = pa < alpha and (c.share >= min_share or (len(c.group) >= floor and c.group_share >= 0.5))
@@ -310,3 +322,77 @@ def blame(sel: Sequence[TraceCost], base: Sequence[TraceCost], *, after: Sequenc
         st_sel[stage_of.get(k, semconv.STAGE_OTHER)] += v
     stage_excess = {st: (v, 0.0) for st, v in st_sel.items()}
     return Blame(comps, edges, expected, key_excess, stage_excess)
+
+
+@dataclass(slots=True)
+class KeyOnset:
+    """When one operation or call edge stepped up: its own change point."""
+
+    key: Key
+    time_ns: int
+    p: float
+    before_ns: float  # mean time per occurrence before the step
+    after_ns: float
+
+
+def key_onset(costs: Sequence[TraceCost], start_of: Mapping[str, int], w_start: int, w_end: int,
+              alpha: float = stats.ALPHA) -> KeyOnset | None:
+    """The earliest lasting step up in any one key's time per occurrence, or None.
+
+    The slow-request rate of a whole system can be moved by its busiest component's
+    bursts; a fault shows as a step in one component's own time."""
+    found = key_steps(costs, start_of, w_start, w_end, alpha)
+    return min(found, key=lambda o: o.time_ns) if found else None
+
+
+def key_steps(costs: Sequence[TraceCost], start_of: Mapping[str, int], w_start: int, w_end: int,
+              alpha: float = stats.ALPHA, min_traces: int = 30) -> list[KeyOnset]:
+    """Every key whose time per occurrence stepped up and stayed up (Pettitt's rank
+    change-point test per key, Bonferroni over keys). A step must leave a tenth of the
+    window on each side, at least 1.5x the time per occurrence and 1 ms more."""
+    series: dict[Key, list[tuple[int, float]]] = defaultdict(list)
+    for tc in costs:
+        t = start_of.get(tc.trace_id)
+        if t is None:
+            continue
+        for k, n in tc.count.items():
+            if n > 0:
+                series[k].append((t, tc.self_ns.get(k, 0) / n))
+    tested = {k: sorted(v) for k, v in series.items() if len(v) >= min_traces}
+    floor = (w_end - w_start) // 10
+    found: list[KeyOnset] = []
+    for k, pts in tested.items():
+        times = np.array([t for t, _ in pts], dtype=np.int64)
+        y = np.array([v for _, v in pts], dtype=float)
+        j, p = stats.pettitt_increase(y)
+        if j <= 0 or j >= y.size:
+            continue
+        t_split = int(times[j])
+        if t_split - w_start < floor or w_end - t_split < floor:
+            continue
+        before, after = float(y[:j].mean()), float(y[j:].mean())
+        p = min(1.0, p * len(tested))
+        if p < alpha and after >= 1.5 * before and after - before >= MIN_GROWTH_NS:
+            found.append(KeyOnset(k, t_split, p, before, after))
+    return found
+
+
+def keys_grown(base: Sequence[TraceCost], after: Sequence[TraceCost], alpha: float = stats.ALPHA) -> set[Key]:
+    """Keys whose own time per occurrence rose since the onset: shifted or with a heavier
+    tail (the better of the two tests, Bonferroni over keys), at least 1.5x and 1 ms more
+    on average. A busy component picked up only through its natural tail does not qualify."""
+    def per_occ(costs):
+        out: dict[Key, list[float]] = defaultdict(list)
+        for tc in costs:
+            for k, n in tc.count.items():
+                if n > 0:
+                    out[k].append(tc.self_ns.get(k, 0) / n)
+        return out
+    b, a = per_occ(base), per_occ(after)
+    keys = [k for k in a if len(a[k]) >= MIN_CALLS and len(b.get(k, [])) >= MIN_CALLS]
+    grown = set()
+    for k in keys:
+        bm, am = float(np.mean(b[k])), float(np.mean(a[k]))
+        if am >= 1.5 * bm and am - bm >= MIN_GROWTH_NS and min(1.0, _shift_test(a[k], b[k]) * len(keys)) < alpha:
+            grown.add(k)
+    return grown

@@ -185,8 +185,32 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         bar.step("critical paths")
         sel_costs, base_costs = blame.trace_costs(sel), blame.trace_costs(base)
         after = [_subtree(fetched[t], entry_of[t]) for t in after_ids if t in fetched]
-        bl = blame.blame(sel_costs, base_costs, after=blame.trace_costs(after) if after else None,
-                         weights=wmap or None)
+        after_costs = blame.trace_costs(after)
+        stepped: list[blame.KeyOnset] = []
+        if onset_ns is not None:
+            # The slow rate's onset can sit on a busy component's burst; a component that
+            # stepped up earlier marks the real start: re-split the same samples there.
+            start_of = {s.trace_id: s.start_ns for s in entries}
+            stepped = blame.key_steps(base_costs + after_costs, start_of, w_start, w_end)
+            step = min(stepped, key=lambda o: o.time_ns) if stepped else None
+            if step is not None and onset_ns - step.time_ns >= (w_end - w_start) // 10:
+                onset_ns = step.time_ns
+                pool = {tc.trace_id: tc for tc in (*base_costs, *after_costs)}
+                base_costs = [tc for tc in pool.values() if start_of[tc.trace_id] < onset_ns]
+                after_costs = [tc for tc in pool.values() if start_of[tc.trace_id] >= onset_ns]
+                slow_ids = {s.trace_id for s, f in zip(entries, slow) if f}
+                sel_costs = sel_costs + [tc for tc in after_costs if tc.trace_id in slow_ids
+                                         and tc.trace_id not in {x.trace_id for x in sel_costs}]
+                by_trace = {t.trace_id: t for t in (*sel, *base, *after)}
+                sel = [by_trace[tc.trace_id] for tc in sel_costs]
+                base = [by_trace[tc.trace_id] for tc in base_costs]
+                onset = _onset_at(onset_ns, t0, slow, onset)
+                report.data["onset_from"] = {"key": list(step.key), "p_value": step.p,
+                                             "before_ms": step.before_ns / 1e6, "after_ms": step.after_ns / 1e6}
+                anomaly[0:1] = [f"the slow rate rose from {onset.rate_before:.1%} to {onset.rate_after:.1%} "
+                                f"at {fmt_time(onset.time_ns)}"]
+        grown = blame.keys_grown(base_costs, after_costs) if after_costs else set()
+        bl = blame.blame(sel_costs, base_costs, after=after_costs or None, stepped=grown, weights=wmap or None)
         bar.step("attributes and logs")
         groups = _groups(bl, len(sel))
         by_id = {t.trace_id: t for t in sel}
@@ -248,6 +272,14 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         if warr is not None:
             mark_weighted(report)
         return report
+
+
+def _onset_at(time_ns: int, t0: np.ndarray, slow: np.ndarray, like: timeline.Onset) -> timeline.Onset:
+    """The onset moved to ``time_ns``: slow rates before and after it, and their test."""
+    before = t0 < time_ns
+    kb, nb, ka, na = int(slow[before].sum()), int(before.sum()), int(slow[~before].sum()), int((~before).sum())
+    p = stats.share_test(ka, na, kb, nb)
+    return timeline.Onset(like.index, int(time_ns), p, kb / max(nb, 1), ka / max(na, 1), True)
 
 
 def _onset(t0, slow, e, warr):

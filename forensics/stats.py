@@ -191,3 +191,20 @@ def ks_pvalue(d: float, n_a: float, n_b: float) -> float:
     from scipy.special import kolmogorov
     en = n_a * n_b / (n_a + n_b)
     return float(min(1.0, kolmogorov(np.sqrt(en) * d)))
+
+
+def pettitt_increase(x: Sequence[float]) -> tuple[int, float]:
+    """Pettitt's non-parametric change-point test, one-sided for an increase: the split
+    ``j`` (first index after the change) that maximises how much lower the ranks before
+    it sit, and its approximate p-value ``exp(-6K² / (n³ + n²))``. (-1, 1.0) when too short."""
+    a = np.asarray(x, float)
+    n = a.size
+    if n < 10:
+        return -1, 1.0
+    r = _st.rankdata(a)
+    u = 2 * np.cumsum(r) - np.arange(1, n + 1) * (n + 1)  # U_t for the first t values
+    t = int(np.argmin(u[:-1])) + 1  # the first t values sit lowest
+    k = -float(u[t - 1])
+    if k <= 0:
+        return -1, 1.0
+    return t, float(min(1.0, math.exp(-6 * k * k / (n ** 3 + n ** 2))))
