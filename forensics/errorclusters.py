@@ -35,6 +35,7 @@ from .critical_path import build_tree
 from .logmining import LogMiner, message_text
 from .progress import steps
 from .report import Finding, Report, headline
+from .slow import _note_missing_data
 from .window import comparison_weights, entry_spans, fmt_time, sampling_weights
 
 MAX_ERROR_TRACES = 300
@@ -248,6 +249,7 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
         if wmap:
             from .slow import mark_weighted
             mark_weighted(report)
+        _note_missing_data(backend, report, w_start, w_end)
         return report
 
 

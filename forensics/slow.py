@@ -271,7 +271,16 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
                             f"samples of at most {MAX_SELECTION} slow and {MAX_BASELINE} baseline traces.")
         if warr is not None:
             mark_weighted(report)
+        _note_missing_data(backend, report, w_start, w_end)
         return report
+
+
+def _note_missing_data(backend: Backend, report: Report, start_ns: int | None, end_ns: int | None) -> None:
+    """Say in the report when stored data in its window was quarantined as corrupt."""
+    from stagetrace.collector.quarantine import missing_data_note
+    note = missing_data_note(backend, start_ns, end_ns)
+    if note:
+        report.notes.append(note)
 
 
 def _onset_at(time_ns: int, t0: np.ndarray, slow: np.ndarray, like: timeline.Onset) -> timeline.Onset:
