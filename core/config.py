@@ -43,6 +43,31 @@ def parse_duration_ns(text: str, default_unit: str = "ms") -> int:
 TRACE_ID_RE = re.compile(r"^[0-9a-fA-F]{32}$")
 
 
+def parse_time_ns(text: str, option: str) -> int:
+    """A point in time as users and pages give it: ISO 8601 (UTC unless an offset is
+    given), or Unix time in s / ms / ns told apart by magnitude."""
+    import datetime as _dt
+    import math
+    t = text.strip()
+    try:
+        x = float(t)
+    except ValueError:
+        try:
+            d = _dt.datetime.fromisoformat(t.replace("Z", "+00:00"))
+        except ValueError:
+            raise UserError(f"invalid {option} {text!r}: use ISO 8601 (2024-05-01T14:00:00Z) or Unix seconds") from None
+        if d.tzinfo is None:
+            d = d.replace(tzinfo=_dt.timezone.utc)
+        return int(d.timestamp() * 1e9)
+    if not math.isfinite(x) or x < 0:
+        raise UserError(f"invalid {option} {text!r}")
+    if x > 1e17:
+        return int(x)
+    if x > 1e11:
+        return int(x * 1e6)
+    return int(x * 1e9)
+
+
 def normalize_trace_id(text: str) -> str:
     """Validate a trace id given by a user: 32 hex characters, returned lower-case.
 

@@ -7,7 +7,6 @@ User mistakes (bad id, bad time, unknown trace) raise UserError, which
 
 from __future__ import annotations
 
-import datetime as _dt
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import click
 
 from stagetrace.backend import open_backend
 from stagetrace.cli import backend_options, report_options
-from stagetrace.config import parse_duration_ns
+from stagetrace.config import parse_duration_ns, parse_time_ns  # noqa: F401 (re-exported)
 from stagetrace.errors import UserError
 
 
@@ -63,26 +62,6 @@ def _emit(reports, fmt: str, output: str | None) -> None:
     else:
         text = render(reports, fmt)
     click.echo(text, nl=False)
-
-
-def parse_time_ns(text: str, option: str) -> int:
-    """ISO 8601 (UTC unless an offset is given), or Unix time in s / ms / ns."""
-    t = text.strip()
-    try:
-        x = float(t)
-    except ValueError:
-        try:
-            d = _dt.datetime.fromisoformat(t.replace("Z", "+00:00"))
-        except ValueError:
-            raise UserError(f"invalid {option} {text!r}: use ISO 8601 (2024-05-01T14:00:00Z) or Unix seconds") from None
-        if d.tzinfo is None:
-            d = d.replace(tzinfo=_dt.timezone.utc)
-        return int(d.timestamp() * 1e9)
-    if x > 1e17:
-        return int(x)
-    if x > 1e11:
-        return int(x * 1e6)
-    return int(x * 1e9)
 
 
 def resolve_window(since: str | None, from_: str | None, until: str | None) -> tuple[int, int]:

@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 
 from stagetrace import semconv
 from stagetrace.backend import Backend, TraceQuery
-from stagetrace.config import normalize_trace_id, parse_duration_ns
+from stagetrace.config import normalize_trace_id, parse_duration_ns, parse_time_ns
 from stagetrace.errors import UserError
 from stagetrace.model import Span, TraceSummary
 
@@ -74,25 +74,6 @@ def _one(params: Mapping[str, Sequence[str]], key: str) -> str | None:
         return None
     s = v[-1].strip()
     return s or None
-
-
-def parse_time_ns(text: str, what: str) -> int:
-    """Unix milliseconds (what the page sends), or ISO 8601 (UTC unless an offset is given)."""
-    import datetime as dt
-    t = text.strip()
-    try:
-        x = float(t)
-    except ValueError:
-        try:
-            d = dt.datetime.fromisoformat(t.replace("Z", "+00:00"))
-        except ValueError:
-            raise UserError(f"invalid {what} {text!r}: use Unix milliseconds or ISO 8601") from None
-        if d.tzinfo is None:
-            d = d.replace(tzinfo=dt.timezone.utc)
-        return int(d.timestamp() * 1e9)
-    if not math.isfinite(x) or x < 0:
-        raise UserError(f"invalid {what} {text!r}")
-    return int(x * 1e6)
 
 
 def _duration(text: str | None, what: str) -> int | None:
