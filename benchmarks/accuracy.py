@@ -1,27 +1,31 @@
-"""Root-cause accuracy on real, labelled fault cases: AC@1, AC@3, AC@5.
+"""Root-cause accuracy on real, labelled fault cases, at the windows users type.
 
-For every case folder of a dataset laid out as ``../shared/datasets/nezha-online-boutique``
-(``traces.json.gz`` and ``metrics.json.gz``: OTLP/JSON export requests; ``ground_truth.json``:
-the culprit service and the case window), this:
+For every case folder of the datasets in ``../shared/datasets`` (``traces.json.gz``,
+optional ``logs.json.gz``, ``metrics.json.gz``, optional fault-free ``baseline_traces`` /
+``baseline_logs``; ``ground_truth.json``: the culprit service, the case window and the
+expected symptom), this:
 
-1. shifts every timestamp by one offset, so that the case window ends a minute ago and the
-   store's retention period keeps it (the recordings are from 2022);
-2. sends the spans and metrics to a fresh ``stagetrace collector`` over OTLP/HTTP (JSON,
-   gzip, in requests of a few thousand spans, as an SDK's batch exporter would) and waits until
-   the store holds them all;
-3. runs ``investigate slow`` over the case window, as ``stagetrace investigate slow --from
-   --until`` does (the same public function, in this process, so ten cases take one import);
-4. scores the report: the culprit's rank is the position of the first finding whose
-   ``service`` (or, for an edge, callee) is the labelled service.
+1. shifts every timestamp by one offset, so that the case window ends a minute before
+   "now" (the recordings are from 2022-2023); the baseline minute, where there is one, is
+   shifted to end 5 s before the case window starts, as a user's store would hold it;
+2. sends spans, logs and metrics to a fresh ``stagetrace collector`` over OTLP/HTTP (JSON,
+   gzip, a few thousand records per request) and waits until the store holds them all;
+3. investigates each case at five windows: its exact window, and ``--since 15m``, the
+   default hour, ``--since 6h`` and ``--since 24h`` ending at "now" (one minute after the
+   case): ``investigate slow`` for latency faults, ``investigate errors`` for the others,
+   through the same public functions the CLI calls;
+4. scores the report as a user reads it: the culprit's rank is the position, among the
+   findings the report itself calls significant, of the first whose ``service`` is the
+   labelled service. A culprit named only by a finding marked not significant does not count.
 
-It prints AC@1, AC@3 and AC@5 over the cases, then per case the culprit's rank and the top
-three findings. Nothing here knows a case, a service name or a fault type: the labels are read
-only to score.
+It prints AC@1 and AC@3 per dataset and window, and how many runs raised (must be 0).
+Nothing here knows a case, a service name or a fault type: the labels are read only to score.
 
-    .venv/bin/python benchmarks/accuracy.py [--dataset DIR] [--keep DIR] [--case case-11 ...]
+    .venv/bin/python benchmarks/accuracy.py [--dataset DIR ...] [--keep DIR] [--case case-11 ...]
+        [--window exact --window 1h ...] [--json FILE] [-v]
 
 ``--keep DIR`` keeps the per-case stores and reuses them on the next run (ingest takes most
-of the time); ``--json FILE`` writes the per-case results.
+of the time; the windows are relative to the stored case, not to the wall clock).
 """
 
 from __future__ import annotations
@@ -31,21 +35,24 @@ import gzip
 import json
 import sys
 import time
+import traceback
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "nezha-online-boutique"
-SPANS_PER_REQUEST = 4000
-TIME_KEYS = ("startTimeUnixNano", "endTimeUnixNano", "timeUnixNano")
+DATASETS = ROOT.parent / "shared" / "datasets"
+RECORDS_PER_REQUEST = 4000
+TIME_KEYS = ("startTimeUnixNano", "endTimeUnixNano", "timeUnixNano", "observedTimeUnixNano")
+MINUTE = 60_000_000_000
+WINDOWS = {"exact": None, "15m": 15 * MINUTE, "1h": 60 * MINUTE, "6h": 360 * MINUTE, "24h": 1440 * MINUTE}
 
 
 def shift_times(obj: Any, offset: int) -> None:
     """Add ``offset`` ns to every OTLP/JSON time field, in place (they are decimal strings)."""
     if isinstance(obj, dict):
         for k, v in obj.items():
-            if k in TIME_KEYS and isinstance(v, (str, int)) and int(v) > 0:
+            if k in TIME_KEYS and isinstance(v, (str, int)) and str(v).isdigit() and int(v) > 0:
                 obj[k] = str(int(v) + offset)
             else:
                 shift_times(v, offset)
@@ -54,31 +61,22 @@ def shift_times(obj: Any, offset: int) -> None:
             shift_times(v, offset)
 
 
-def max_time(obj: Any) -> int:
-    best = 0
-    stack = [obj]
-    while stack:
-        o = stack.pop()
-        if isinstance(o, dict):
-            for k, v in o.items():
-                if k in TIME_KEYS and isinstance(v, (str, int)):
-                    best = max(best, int(v))
-                elif isinstance(v, (dict, list)):
-                    stack.append(v)
-        elif isinstance(o, list):
-            stack.extend(o)
-    return best
+def chunks(doc: dict) -> Iterator[dict]:
+    """Split one export request (spans or logs) into several of at most RECORDS_PER_REQUEST records."""
+    top, scopes, items = (("resourceSpans", "scopeSpans", "spans") if "resourceSpans" in doc
+                          else ("resourceLogs", "scopeLogs", "logRecords"))
+    for res in doc.get(top, []):
+        for sc in res.get(scopes, []):
+            recs = sc.get(items, [])
+            for i in range(0, len(recs), RECORDS_PER_REQUEST):
+                yield {top: [{"resource": res.get("resource", {}),
+                              scopes: [{"scope": sc.get("scope", {}), items: recs[i:i + RECORDS_PER_REQUEST]}]}]}
 
 
-def chunk_traces(doc: dict) -> Iterator[dict]:
-    """Split one export request into several of at most SPANS_PER_REQUEST spans each."""
-    for rs in doc.get("resourceSpans", []):
-        for ss in rs.get("scopeSpans", []):
-            spans = ss.get("spans", [])
-            for i in range(0, len(spans), SPANS_PER_REQUEST):
-                yield {"resourceSpans": [{"resource": rs.get("resource", {}),
-                                          "scopeSpans": [{"scope": ss.get("scope", {}),
-                                                          "spans": spans[i:i + SPANS_PER_REQUEST]}]}]}
+def count(doc: dict) -> int:
+    if "resourceSpans" in doc:
+        return sum(len(ss.get("spans", [])) for rs in doc["resourceSpans"] for ss in rs.get("scopeSpans", []))
+    return sum(len(sl.get("logRecords", [])) for rl in doc.get("resourceLogs", []) for sl in rl.get("scopeLogs", []))
 
 
 def post(url: str, doc: dict) -> None:
@@ -89,95 +87,123 @@ def post(url: str, doc: dict) -> None:
         r.read()
 
 
-def ingest(case_dir: Path, data_dir: Path, end_ns: int) -> dict[str, int]:
-    """Send one case to a fresh collector on ``data_dir``; returns the offset and counts."""
+def load(case_dir: Path, name: str) -> dict | None:
+    p = case_dir / f"{name}.json.gz"
+    return json.loads(gzip.open(p).read()) if p.exists() else None
+
+
+def ingest(case_dir: Path, data_dir: Path, gt: dict, end_ns: int) -> dict[str, int]:
+    """Send one case (and its baseline minute) to a fresh collector on ``data_dir``."""
     from stagetrace.collector.process import start_collector
     from stagetrace.collector.query import EmbeddedBackend
 
-    traces = json.loads(gzip.open(case_dir / "traces.json.gz").read())
-    metrics = json.loads(gzip.open(case_dir / "metrics.json.gz").read())
-    offset = end_ns - max(max_time(traces), max_time(metrics))
-    shift_times(traces, offset)
-    shift_times(metrics, offset)
-    n_spans = sum(len(ss.get("spans", [])) for rs in traces["resourceSpans"] for ss in rs["scopeSpans"])
+    offset = end_ns - int(gt["window"]["end_unix_nano"])
+    docs: list[dict] = []
+    for name in ("traces", "logs", "metrics"):
+        d = load(case_dir, name)
+        if d is not None:
+            shift_times(d, offset)
+            docs.append(d)
+    base_end = (gt.get("baseline_window") or {}).get("end_unix_nano")
+    if base_end:
+        b_off = int(gt["window"]["start_unix_nano"]) + offset - 5_000_000_000 - int(base_end)
+        for name in ("baseline_traces", "baseline_logs"):
+            d = load(case_dir, name)
+            if d is not None:
+                shift_times(d, b_off)
+                docs.append(d)
+    n_spans = sum(count(d) for d in docs if "resourceSpans" in d)
+    n_logs = sum(count(d) for d in docs if "resourceLogs" in d)
     with start_collector(data_dir) as col:
-        for part in chunk_traces(traces):
-            post(col.http_endpoint + "/v1/traces", part)
-        post(col.http_endpoint + "/v1/metrics", metrics)
+        for d in docs:
+            if "resourceMetrics" in d:
+                post(col.http_endpoint + "/v1/metrics", d)
+                continue
+            path = "/v1/traces" if "resourceSpans" in d else "/v1/logs"
+            for part in chunks(d):
+                post(col.http_endpoint + path, part)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             b = EmbeddedBackend(data_dir)
             try:
-                have = b.stats().get("spans", 0)
+                st = b.stats()
             finally:
                 b.close()
-            if have >= n_spans:
+            if st.get("spans", 0) >= n_spans and st.get("logs", 0) >= n_logs:
                 break
             time.sleep(0.5)
-    (data_dir / "accuracy-case.json").write_text(json.dumps({"offset_ns": offset, "spans": n_spans}))
-    return {"offset_ns": offset, "spans": n_spans}
+    meta = {"offset_ns": offset, "spans": n_spans, "logs": n_logs}
+    (data_dir / "accuracy-case.json").write_text(json.dumps(meta))
+    return meta
 
 
-def culprit_rank(findings: list[dict], culprit: str) -> int | None:
-    for i, f in enumerate(findings, 1):
-        names = {f.get("service")} | ({(f.get("edge") or {}).get("callee")} if f.get("kind") != "stage" else set())
-        if culprit in names:
+def significant_rank(findings: list[dict], culprit: str) -> int | None:
+    """Rank of the culprit among the findings the report calls significant (1-based)."""
+    sig = [f for f in findings if f.get("significant")]
+    for i, f in enumerate(sig, 1):
+        if f.get("service") == culprit:
             return i
     return None
 
 
-def run_case(case_dir: Path, store_root: Path, reuse: bool) -> dict[str, Any]:
-    from stagetrace.collector.query import EmbeddedBackend
-    from stagetrace.forensics import investigate_slow
-
+def prepare(case_dir: Path, store_root: Path, reuse: bool) -> tuple[dict, Path, dict]:
     gt = json.loads((case_dir / "ground_truth.json").read_text())
-    data_dir = store_root / case_dir.name
+    data_dir = store_root / f"{case_dir.parent.name}-{case_dir.name}"
     meta_path = data_dir / "accuracy-case.json"
     if reuse and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-    else:
-        if data_dir.exists():
-            import shutil
-            shutil.rmtree(data_dir)
-        data_dir.mkdir(parents=True)
-        t = time.perf_counter()
-        meta = ingest(case_dir, data_dir, time.time_ns() - 60_000_000_000)
-        meta["ingest_s"] = time.perf_counter() - t
-    off = meta["offset_ns"]
-    start = int(gt["window"]["start_unix_nano"]) + off
-    end = int(gt["window"]["end_unix_nano"]) + off + 1
-    backend = EmbeddedBackend(data_dir)
+        return gt, data_dir, json.loads(meta_path.read_text())
+    if data_dir.exists():
+        import shutil
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True)
     t = time.perf_counter()
-    try:
-        report = investigate_slow(backend, start_ns=start, end_ns=end)
-    finally:
-        backend.close()
-    secs = time.perf_counter() - t
-    findings = [f.to_dict() for f in report.findings]
+    meta = ingest(case_dir, data_dir, gt, time.time_ns() - MINUTE)
+    meta["ingest_s"] = time.perf_counter() - t
+    meta_path.write_text(json.dumps(meta))
+    return gt, data_dir, meta
+
+
+def run_window(backend, gt: dict, meta: dict, window: str) -> dict[str, Any]:
+    from stagetrace.forensics import investigate_errors, investigate_slow
+
+    off = meta["offset_ns"]
+    case_start, case_end = int(gt["window"]["start_unix_nano"]) + off, int(gt["window"]["end_unix_nano"]) + off
+    now = case_end + MINUTE
+    start, end = (case_start, case_end + 1) if WINDOWS[window] is None else (now - WINDOWS[window], now)
+    kind = "slow" if gt.get("expected_symptom") == "latency" else "errors"
     culprit = gt["fault"]["service"]
-    return {"case": case_dir.name, "fault": gt["fault"]["type"], "culprit": culprit,
-            "rank": culprit_rank(findings, culprit), "seconds": secs,
-            "top": [f["summary"] for f in findings[:3]], "verdict": report.verdict}
+    t = time.perf_counter()
+    out: dict[str, Any] = {"window": window, "kind": kind, "culprit": culprit}
+    try:
+        fn = investigate_slow if kind == "slow" else investigate_errors
+        report = fn(backend, start_ns=start, end_ns=end)
+    except Exception as exc:  # counted: an investigation must never raise
+        out.update(raised=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc(limit=6), rank=None, top=[])
+        return out | {"seconds": time.perf_counter() - t}
+    findings = [f.to_dict() for f in report.findings]
+    sig = [f for f in findings if f.get("significant")]
+    out.update(raised=None, rank=significant_rank(findings, culprit), seconds=time.perf_counter() - t,
+               top=[f"{f.get('service')}: {f['summary']}" for f in sig[:3]], verdict=report.verdict,
+               notes=[n for n in report.notes if "skipped" in n.lower()])
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", type=Path, default=DEFAULT_DATASET,
-                    help="folder of case-* folders (default: ../shared/datasets/nezha-online-boutique)")
+    ap.add_argument("--dataset", type=Path, action="append", default=[],
+                    help="folder of case-* folders (repeatable; default: every dataset in ../shared/datasets)")
     ap.add_argument("--keep", type=Path, default=None, help="keep the per-case stores here and reuse them")
     ap.add_argument("--case", action="append", default=[], help="only this case folder (repeatable)")
+    ap.add_argument("--window", action="append", default=[], choices=list(WINDOWS),
+                    help="only this window (repeatable; default: all five)")
     ap.add_argument("--json", type=Path, default=None, help="write per-case results to this file")
-    ap.add_argument("-v", "--verbose", action="store_true", help="print each case's verdict too")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print each run's verdict too")
     args = ap.parse_args(argv)
-    if not args.dataset.is_dir():
-        print(f"accuracy: no dataset at {args.dataset} (pass --dataset DIR)", file=sys.stderr)
+    datasets = args.dataset or sorted(p for p in DATASETS.iterdir() if p.is_dir()) if DATASETS.is_dir() else args.dataset
+    if not datasets or not all(d.is_dir() for d in datasets):
+        print(f"accuracy: no dataset at {datasets or DATASETS} (pass --dataset DIR)", file=sys.stderr)
         return 2
-    cases = sorted(p for p in args.dataset.iterdir() if (p / "ground_truth.json").exists())
-    if args.case:
-        cases = [c for c in cases if c.name in set(args.case)]
-    if not cases:
-        print(f"accuracy: no case folders (with ground_truth.json) in {args.dataset}", file=sys.stderr)
-        return 2
+    windows = args.window or list(WINDOWS)
     import tempfile
     tmp = None
     if args.keep is None:
@@ -186,27 +212,52 @@ def main(argv: list[str] | None = None) -> int:
     else:
         store_root = args.keep
         store_root.mkdir(parents=True, exist_ok=True)
-    results = []
-    for c in cases:
-        r = run_case(c, store_root, reuse=args.keep is not None)
-        results.append(r)
-        print(f"{r['case']:9} {r['fault']:15} {r['culprit']:22} rank {r['rank'] or '-':>2}  "
-              f"({r['seconds']:.1f} s)", flush=True)
-        for i, s in enumerate(r["top"], 1):
-            print(f"    {i}. {s[:150]}")
-        if args.verbose:
-            for line in r["verdict"]:
-                print(f"      | {line[:160]}")
-    n = len(results)
+    from stagetrace.collector.query import EmbeddedBackend
+
+    results: list[dict[str, Any]] = []
+    for ds in datasets:
+        cases = sorted(p for p in ds.iterdir() if (p / "ground_truth.json").exists())
+        if args.case:
+            cases = [c for c in cases if c.name in set(args.case)]
+        for c in cases:
+            gt, data_dir, meta = prepare(c, store_root, reuse=args.keep is not None)
+            backend = EmbeddedBackend(data_dir)
+            try:
+                for w in windows:
+                    r = run_window(backend, gt, meta, w) | {"dataset": ds.name, "case": c.name,
+                                                            "fault": gt["fault"]["type"]}
+                    results.append(r)
+                    status = f"RAISED {r['raised'][:100]}" if r["raised"] else f"rank {r['rank'] or '-':>2}"
+                    print(f"{ds.name[:22]:22} {c.name:8} {r['fault'][:14]:14} {r['kind']:6} {w:5} "
+                          f"{r['culprit'][:30]:30} {status}  ({r['seconds']:.1f} s)", flush=True)
+                    if r["raised"] and args.verbose:
+                        print(r["trace"])
+                    if args.verbose and not r["raised"]:
+                        for i, s in enumerate(r["top"], 1):
+                            print(f"      {i}. {s[:170]}")
+                        for line in r.get("verdict", [])[:2]:
+                            print(f"      | {line[:170]}")
+            finally:
+                backend.close()
     print()
-    for k in (1, 3, 5):
-        hit = sum(1 for r in results if r["rank"] is not None and r["rank"] <= k)
-        print(f"AC@{k}: {hit}/{n} = {hit / n:.2f}")
+    print(f"{'dataset':28} {'window':6} {'AC@1':>7} {'AC@3':>7} {'raised':>6}")
+    for ds in datasets:
+        for w in windows:
+            rs = [r for r in results if r["dataset"] == ds.name and r["window"] == w]
+            if not rs:
+                continue
+            n = len(rs)
+            a1 = sum(1 for r in rs if r["rank"] is not None and r["rank"] <= 1)
+            a3 = sum(1 for r in rs if r["rank"] is not None and r["rank"] <= 3)
+            raised = sum(1 for r in rs if r["raised"])
+            print(f"{ds.name:28} {w:6} {a1:>3}/{n:<3} {a3:>3}/{n:<3} {raised:>6}")
+    raised_total = sum(1 for r in results if r["raised"])
+    print(f"\nruns: {len(results)}, raised: {raised_total}")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps(results, indent=2, default=str))
     if tmp is not None:
         tmp.cleanup()
-    return 0
+    return 1 if raised_total else 0
 
 
 if __name__ == "__main__":
