@@ -164,12 +164,16 @@ def over_represented(selection: Sequence[Trace], baseline: Sequence[Trace], *, m
         s_ids, b_ids = reached.get(svc, ([t.trace_id for t in selection], [t.trace_id for t in baseline]))
         if not s_ids or not b_ids:
             s_ids, b_ids = [t.trace_id for t in selection], [t.trace_id for t in baseline]
-        st = TemplateStat(templates.get(cid, ""), len(h["sel"]), len(s_ids), len(h["base"]), len(b_ids),
+        # Hits are counted among the same requests as the denominator: a template that several
+        # services log also appears in traces that never reached its main service.
+        s_set, b_set = set(s_ids), set(b_ids)
+        s_hit, b_hit = h["sel"] & s_set, h["base"] & b_set
+        st = TemplateStat(templates.get(cid, ""), len(s_hit), len(s_set), len(b_hit), len(b_set),
                           h["lines"], max(h["sev"], key=h["sev"].get), svc, h["ex"])
         if weights:
-            st.sel_w = (sum(w(t) for t in h["sel"]), sum(w(t) for t in s_ids))
-            st.base_w = (sum(w(t) for t in h["base"]), sum(w(t) for t in b_ids))
-            st.neff = (stats.effective_n([w(t) for t in s_ids]), stats.effective_n([w(t) for t in b_ids]))
+            st.sel_w = (sum(w(t) for t in s_hit), sum(w(t) for t in s_set))
+            st.base_w = (sum(w(t) for t in b_hit), sum(w(t) for t in b_set))
+            st.neff = (stats.effective_n([w(t) for t in s_set]), stats.effective_n([w(t) for t in b_set]))
             neff = st.neff
             st.p = stats.weighted_share_test(st.sel_share, neff[0], st.base_share, neff[1])
         else:

@@ -27,7 +27,7 @@ from stagetrace.config import parse_duration_ns
 from stagetrace.errors import UserError
 from stagetrace.model import Span, Trace
 
-from . import attributes, blame, logmining, metricevidence, stats, timeline
+from . import attributes, blame, incident, logmining, metricevidence, stats, timeline
 from .progress import steps
 from .report import Finding, Report, headline
 from .window import comparison_weights, entry_operation, entry_spans, fmt_ms, fmt_time, sampling_weights
@@ -117,19 +117,33 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         # stands for its adjusted count; {} = unsampled, every analysis unweighted.
         wmap = sampling_weights(entries)
         warr = np.array([wmap.get(s.trace_id, 1.0) for s in entries]) if wmap else None
-        thr_arr, thr_label, per_op = op_thresholds(threshold, ops, dur, warr)
+        # --- where the incident is ----------------------------------------------------------
+        bar.step("finding the incident")
+        inc, thr_arr, thr_label, per_op = _incident(threshold, ops, dur, t0, warr)
+        if inc is None or not inc.significant:
+            # A fault in one component can leave the entry latency almost unchanged (a few
+            # calls among many): then the component's own time per call shows where it began.
+            by_step = _component_step(backend, entries, t0, dur > thr_arr)
+            if by_step is not None:
+                inc = by_step
+                normal = ~((t0 >= inc.start_ns) & (t0 < inc.end_ns)) & (t0 >= inc.frame[0]) & (t0 < inc.frame[1])
+                thr_arr, thr_label, per_op = op_thresholds(threshold, ops, dur, warr, mask=normal)
         slow = dur > thr_arr
-        # --- timeline and onset ---------------------------------------------------------
-        bar.step("finding the onset")
-        width = timeline.analysis_width(w_start, w_end, t0)
-        e = timeline.edges(w_start, w_end, width)
-        onset, k, n, kw, nw = _onset(t0, slow, e, warr)
-        if onset and onset.significant:
-            # Slow means slower than the operation normally is: re-derive the thresholds from
-            # the requests before the onset, when there are enough of them.
-            thr_arr, thr_label, per_op = op_thresholds(threshold, ops, dur, warr, mask=t0 < onset.time_ns)
-            slow = dur > thr_arr
-            _, k, n, kw, nw = _onset(t0, slow, e, warr)
+        if inc is not None and inc.significant:
+            # Analyse the incident and the normal data around it; the rest of the window
+            # (however long the user made it) does not dilute it.
+            f_lo, f_hi = inc.frame
+        else:
+            f_lo, f_hi = w_start, w_end
+        in_frame = (t0 >= f_lo) & (t0 < f_hi)
+        width = timeline.analysis_width(f_lo, f_hi, t0[in_frame])
+        e = timeline.edges(f_lo, f_hi, width)
+        fe = [s for s, m in zip(entries, in_frame) if m]
+        f_t0, f_slow = t0[in_frame], slow[in_frame]
+        f_w = None if warr is None else warr[in_frame]
+        k, n = timeline.counts(f_t0, f_slow, e)
+        kw, nw = (timeline.weighted_counts(f_t0, f_slow, f_w, e) if f_w is not None else (k, n))
+        onset = _onset_of(inc, e) if inc is not None and inc.significant else None
         thr_ns = int(np.median(thr_arr))
         report = Report("slow", f"Slow requests (over {thr_label})", query=query,
                         window={"start_ns": w_start, "end_ns": w_end})
@@ -137,48 +151,60 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
                             "thresholds_by_operation": {o: v / 1e6 for o, v in list(per_op.items())[:50]},
                             "counts": {"requests": int(dur.size), "slow": int(slow.sum())}})
         report.data["sampling"] = _sampling_info(warr)
+        # the chart covers the whole window the user asked for
+        d_width = timeline.analysis_width(w_start, w_end, t0)
+        d_e = timeline.edges(w_start, w_end, d_width)
         if warr is not None:
             report.data["counts"].update({"estimated_requests": float(warr.sum()),
                                           "estimated_slow": float(warr[slow].sum())})
-            errw, _ = timeline.weighted_counts(t0, [s.is_error for s in entries], warr, e)
-            report.data["timeline"] = timeline.request_timeline(e, kw, nw, errw, t0, dur, warr)
+            dk, dn = timeline.weighted_counts(t0, slow, warr, d_e)
+            errw, _ = timeline.weighted_counts(t0, [s.is_error for s in entries], warr, d_e)
+            report.data["timeline"] = timeline.request_timeline(d_e, dk, dn, errw, t0, dur, warr)
         else:
-            errk, _ = timeline.counts(t0, [s.is_error for s in entries], e)
-            report.data["timeline"] = timeline.request_timeline(e, k, n, errk, t0, dur)
+            dk, dn = timeline.counts(t0, slow, d_e)
+            errk, _ = timeline.counts(t0, [s.is_error for s in entries], d_e)
+            report.data["timeline"] = timeline.request_timeline(d_e, dk, dn, errk, t0, dur)
+        report.data["incident"] = inc.evidence() | {"significant": inc.significant} if inc is not None else None
         if not slow.any():
             report.verdict = [f"No request was slower than {thr_label} in the window; nothing to explain."]
             return report
         anomaly: list[str] = []
-        if onset and onset.significant:
-            anomaly.append(f"the slow rate rose from {onset.rate_before:.1%} to {onset.rate_after:.1%} "
-                           f"at {fmt_time(onset.time_ns)}")
+        if onset is not None:
+            anomaly.append(_incident_text(inc))
         elif start_ns is not None:
             anomaly += _compare_before_window(backend, service, route, w_start, w_end, per_op, thr_ns,
                                               k.sum(), n.sum(), kw.sum(), nw.sum())
         # --- samples ----------------------------------------------------------------------
         bar.step("fetching sample traces")
-        onset_ns = onset.time_ns if onset and onset.significant else None
-        sel_pool = [s.trace_id for s, f in zip(entries, slow) if f and (onset_ns is None or s.start_ns >= onset_ns)]
+        onset_ns = inc.start_ns if onset is not None else None
+        inc_end = inc.end_ns if onset is not None else None
+
+        def inside(s: Span) -> bool:
+            return onset_ns is not None and onset_ns <= s.start_ns < inc_end
+
+        f_slow_list = f_slow.tolist()
+        sel_pool = [s.trace_id for s, f in zip(fe, f_slow_list) if f and (onset_ns is None or inside(s))]
         if onset_ns is not None:
-            # After an onset, compare with before it: the healthy system, natural tail included.
-            base_pool = [s.trace_id for s in entries if s.start_ns < onset_ns]
+            # The incident's requests are compared with the normal ones around it (natural tail included).
+            base_pool = [s.trace_id for s in fe if not inside(s)]
             if len(base_pool) < MIN_BASELINE:
-                base_pool += [s.trace_id for s, f in zip(entries, slow) if not f and s.start_ns >= onset_ns]
+                base_pool += [s.trace_id for s, f in zip(fe, f_slow_list) if not f and inside(s)]
         else:
-            base_pool = [s.trace_id for s, f in zip(entries, slow) if not f]
+            base_pool = [s.trace_id for s, f in zip(fe, f_slow_list) if not f]
         sel_ids = _sample(sel_pool, MAX_SELECTION, "selection")
         base_ids = _sample(base_pool, MAX_BASELINE, "baseline")
-        # Every request since the onset, slow or not: what components are scored on (see blame).
-        after_ids = _sample([s.trace_id for s in entries if s.start_ns >= onset_ns], MAX_AFTER, "after") \
-            if onset_ns is not None else []
+        # Every request of the incident, slow or not: what components are scored on (see blame).
+        after_ids = _sample([s.trace_id for s in fe if inside(s)], MAX_AFTER, "after") if onset_ns is not None else []
         want = list(dict.fromkeys(sel_ids + base_ids + after_ids))
-        fetched = backend.get_traces(want, start_ns=w_start, end_ns=w_end + 600_000_000_000, with_logs=True)
-        entry_of = {s.trace_id: s for s in entries}
+        fetched = backend.get_traces(want, start_ns=f_lo, end_ns=f_hi + 600_000_000_000, with_logs=True)
+        entry_of = {s.trace_id: s for s in fe}
         # With --service S called by others, the request is S's entry span: analyse its subtree only.
         sel = [_subtree(fetched[t], entry_of[t]) for t in sel_ids if t in fetched]
         base = [_subtree(fetched[t], entry_of[t]) for t in base_ids if t in fetched]
         report.data["counts"].update({"selection": len(sel_pool), "baseline": len(base_pool),
                                       "sampled_selection": len(sel), "sampled_baseline": len(base)})
+        if onset_ns is not None:
+            report.data["counts"]["incident_requests"] = inc.n_in
         report.data["latency_histogram"] = _histogram(dur[slow], dur[~slow], thr_ns,
                                                       None if warr is None else (warr[slow], warr[~slow]))
         # --- where the time went, per component ---------------------------------------------
@@ -186,25 +212,25 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         sel_costs, base_costs = blame.trace_costs(sel), blame.trace_costs(base)
         after = [_subtree(fetched[t], entry_of[t]) for t in after_ids if t in fetched]
         after_costs = blame.trace_costs(after)
-        stepped: list[blame.KeyOnset] = []
         if onset_ns is not None:
             # The slow rate's onset can sit on a busy component's burst; a component that
             # stepped up earlier marks the real start: re-split the same samples there.
-            start_of = {s.trace_id: s.start_ns for s in entries}
-            stepped = blame.key_steps(base_costs + after_costs, start_of, w_start, w_end)
+            start_of = {s.trace_id: s.start_ns for s in fe}
+            upto = [tc for tc in (*base_costs, *after_costs) if start_of[tc.trace_id] < inc_end]
+            stepped = blame.key_steps(upto, start_of, f_lo, inc_end)
             step = min(stepped, key=lambda o: o.time_ns) if stepped else None
-            if step is not None and onset_ns - step.time_ns >= (w_end - w_start) // 10:
+            if step is not None and onset_ns - step.time_ns >= (inc_end - f_lo) // 10:
                 onset_ns = step.time_ns
                 pool = {tc.trace_id: tc for tc in (*base_costs, *after_costs)}
-                base_costs = [tc for tc in pool.values() if start_of[tc.trace_id] < onset_ns]
-                after_costs = [tc for tc in pool.values() if start_of[tc.trace_id] >= onset_ns]
-                slow_ids = {s.trace_id for s, f in zip(entries, slow) if f}
-                sel_costs = sel_costs + [tc for tc in after_costs if tc.trace_id in slow_ids
-                                         and tc.trace_id not in {x.trace_id for x in sel_costs}]
+                base_costs = [tc for tc in pool.values() if not onset_ns <= start_of[tc.trace_id] < inc_end]
+                after_costs = [tc for tc in pool.values() if onset_ns <= start_of[tc.trace_id] < inc_end]
+                slow_ids = {s.trace_id for s, f in zip(fe, f_slow_list) if f}
+                have = {x.trace_id for x in sel_costs}
+                sel_costs = sel_costs + [tc for tc in after_costs if tc.trace_id in slow_ids and tc.trace_id not in have]
                 by_trace = {t.trace_id: t for t in (*sel, *base, *after)}
                 sel = [by_trace[tc.trace_id] for tc in sel_costs]
                 base = [by_trace[tc.trace_id] for tc in base_costs]
-                onset = _onset_at(onset_ns, t0, slow, onset)
+                onset = _onset_at(onset_ns, f_t0, f_slow, onset, inc_end)
                 report.data["onset_from"] = {"key": list(step.key), "p_value": step.p,
                                              "before_ms": step.before_ns / 1e6, "after_ms": step.after_ns / 1e6}
                 anomaly[0:1] = [f"the slow rate rose from {onset.rate_before:.1%} to {onset.rate_after:.1%} "
@@ -239,14 +265,14 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         bar.step("metrics")
         rate = np.where(nw > 0, kw / np.where(nw > 0, nw, 1), np.nan)
         if onset_ns is not None:
-            slow_periods = e[:-1] >= onset_ns
+            slow_periods = (e[1:] > onset_ns) & (e[:-1] < inc_end)
         else:
             base_rate = kw.sum() / max(nw.sum(), 1)
             slow_periods = rate > base_rate
-        series = backend.metric_series(MetricQuery(start_ns=w_start, end_ns=w_end))
+        series = backend.metric_series(MetricQuery(start_ns=f_lo, end_ns=f_hi))
         metric_stats = metricevidence.evidence(series, e, rate, slow_periods)
         bar.step("versions")
-        changes = _version_changes(entries, sel + base, w_start, width, onset)
+        changes = _version_changes(fe, sel + base, f_lo, width, onset)
         # --- findings ------------------------------------------------------------------------------
         bar.step("ranking")
         report.findings = _findings(bl, groups, evidence, metric_stats, onset, changes, thr_label, len(sel))
@@ -283,20 +309,71 @@ def _note_missing_data(backend: Backend, report: Report, start_ns: int | None, e
         report.notes.append(note)
 
 
-def _onset_at(time_ns: int, t0: np.ndarray, slow: np.ndarray, like: timeline.Onset) -> timeline.Onset:
-    """The onset moved to ``time_ns``: slow rates before and after it, and their test."""
-    before = t0 < time_ns
-    kb, nb, ka, na = int(slow[before].sum()), int(before.sum()), int(slow[~before].sum()), int((~before).sum())
+def _onset_at(time_ns: int, t0: np.ndarray, slow: np.ndarray, like: timeline.Onset, end_ns: int) -> timeline.Onset:
+    """The onset moved to ``time_ns``: slow rates outside and inside [time_ns, end_ns), and their test."""
+    inside = (t0 >= time_ns) & (t0 < end_ns)
+    kb, nb, ka, na = int(slow[~inside].sum()), int((~inside).sum()), int(slow[inside].sum()), int(inside.sum())
     p = stats.share_test(ka, na, kb, nb)
     return timeline.Onset(like.index, int(time_ns), p, kb / max(nb, 1), ka / max(na, 1), True)
 
 
-def _onset(t0, slow, e, warr):
-    k, n = timeline.counts(t0, slow, e)
-    if warr is not None:
-        kw, nw = timeline.weighted_counts(t0, slow, warr, e)
-        return timeline.detect_onset(k, n, e, weighted=(kw, nw)), k, n, kw, nw
-    return timeline.detect_onset(k, n, e), k, n, k, n
+def _incident(threshold, ops, dur, t0, warr) -> tuple[incident.Incident | None, np.ndarray, str, dict[str, int]]:
+    """Locate the incident on the per-operation slow rate, twice: thresholds from the whole
+    window first, then from its normal periods only (what each operation normally takes)."""
+    thr_arr, label, per_op = op_thresholds(threshold, ops, dur, warr)
+    inc = incident.locate(t0, dur > thr_arr)
+    if inc is None or not inc.significant:
+        return inc, thr_arr, label, per_op
+    normal = (t0 >= inc.frame[0]) & (t0 < inc.frame[1]) & ~((t0 >= inc.start_ns) & (t0 < inc.end_ns))
+    thr2, label2, per_op2 = op_thresholds(threshold, ops, dur, warr, mask=normal)
+    inc2 = incident.locate(t0, dur > thr2)
+    if inc2 is not None and inc2.significant:
+        return inc2, thr2, label2, per_op2
+    return inc, thr_arr, label, per_op
+
+
+MAX_STEP_SAMPLE = 600
+
+
+def _component_step(backend: Backend, entries: Sequence[Span], t0: np.ndarray,
+                    slow: np.ndarray) -> incident.Incident | None:
+    """The earliest lasting step up in one operation's or call edge's own time per call,
+    on a sample of requests spread evenly over the data: an incident that runs from there
+    to the end of the data. None when no component stepped up."""
+    n = len(entries)
+    if n < 2 * incident.MIN_OUTSIDE:
+        return None
+    pick = np.unique(np.linspace(0, n - 1, min(n, MAX_STEP_SAMPLE)).astype(int))  # entries are in time order
+    ids = [entries[i].trace_id for i in pick]
+    lo, hi = int(t0.min()), int(t0.max()) + 1
+    fetched = backend.get_traces(ids, start_ns=lo, end_ns=hi + 600_000_000_000)
+    entry_of = {s.trace_id: s for s in entries}
+    costs = blame.trace_costs([_subtree(fetched[t], entry_of[t]) for t in ids if t in fetched])
+    start_of = {tc.trace_id: entry_of[tc.trace_id].start_ns for tc in costs}
+    steps_found = blame.key_steps(costs, start_of, lo, hi)
+    if not steps_found:
+        return None
+    step = min(steps_found, key=lambda o: o.time_ns)
+    inside = t0 >= step.time_ns
+    ki, ni, ko, no = int(slow[inside].sum()), int(inside.sum()), int(slow[~inside].sum()), int((~inside).sum())
+    return incident.Incident(step.time_ns, hi, step.p, ki / max(ni, 1), ko / max(no, 1), ki, ni, ko, no, True, True,
+                             incident.frame_of(step.time_ns, hi, lo, hi), by="component", key=step.key)
+
+
+def _onset_of(inc: incident.Incident, e: np.ndarray) -> timeline.Onset:
+    idx = int(np.clip(np.searchsorted(e, inc.start_ns, side="right") - 1, 0, max(len(e) - 2, 0)))
+    return timeline.Onset(idx, inc.start_ns, inc.p, inc.rate_out, inc.rate_in, True)
+
+
+def _incident_text(inc: incident.Incident) -> str:
+    if inc.by == "component" and inc.key:
+        level, svc, op = inc.key
+        what = f"calls {op.replace('->', ' to ')}" if level == "edge" else f"{svc}: {op}"
+        return (f"{what} stepped up at {fmt_time(inc.start_ns)} (its own time per call), "
+                f"{inc.n_in} requests since then")
+    until = "and is still going on" if inc.ongoing else f"until {fmt_time(inc.end_ns)}"
+    return (f"the slow rate rose from {inc.rate_out:.1%} to {inc.rate_in:.1%} at {fmt_time(inc.start_ns)} {until} "
+            f"({inc.n_in} requests in the incident)")
 
 
 def _groups(bl: blame.Blame, n_sel: int) -> list[blame.Component]:

@@ -49,6 +49,10 @@ def share_test(a_hit: int, a_n: int, b_hit: int, b_n: int) -> float:
     (Fisher's exact test; chi-square once every cell is large, where Fisher gets slow)."""
     if a_n <= 0 or b_n <= 0:
         return 1.0
+    # Counts from callers can be inconsistent (hits outside the group they are counted in);
+    # a test must still answer, so clamp to what a 2x2 table can hold.
+    a_n, b_n = int(a_n), int(b_n)
+    a_hit, b_hit = min(max(int(a_hit), 0), a_n), min(max(int(b_hit), 0), b_n)
     table = [[a_hit, a_n - a_hit], [b_hit, b_n - b_hit]]
     if min(a_hit, a_n - a_hit, b_hit, b_n - b_hit) >= 1000:
         chi2, p, _, _ = _st.chi2_contingency(table, correction=True)
