@@ -158,6 +158,7 @@ class Component:
     examples: list[str] = field(default_factory=list)
     group: list[str] = field(default_factory=list)  # slow requests whose excess it holds most of
     group_share: float = 0.0  # of those requests' excess, the share it holds
+    grew: bool = False  # one of its operations or call edges got slower per call since the onset
 
     @property
     def where(self) -> str:
@@ -172,7 +173,7 @@ class Component:
                 "excess_ms": self.excess_ns / 1e6, "share_of_excess": self.share,
                 "total_excess_ms": self.total_excess_ns / 1e6, "p_value": self.p, "p_adjusted": self.p_adj,
                 "where": self.where, "parts": self.parts[:6], "group_size": len(self.group),
-                "group_share": self.group_share,
+                "group_share": self.group_share, "grew": self.grew,
                 "example_trace_ids": self.examples[:5]}
 
 
@@ -308,6 +309,7 @@ def blame(sel: Sequence[TraceCost], base: Sequence[TraceCost], *, after: Sequenc
         all_ = sum(max(v, 0.0) for i in mine for v in s_svc[i].values())
         c.group_share = own / all_ if all_ > 0 else 0.0
         steps = any(owner.get(k, (None,))[0] == c.service for k in stepped)
+        c.grew = steps
         if after and steps and len(mine) >= floor and c.group_share >= 0.5:
             p_group = stats.greater_test([s_svc[i].get(c.service, 0.0) for i in mine],
                                          [d.get(c.service, 0.0) for d in b_svc])
@@ -396,3 +398,4 @@ def keys_grown(base: Sequence[TraceCost], after: Sequence[TraceCost], alpha: flo
         if am >= 1.5 * bm and am - bm >= MIN_GROWTH_NS and min(1.0, _shift_test(a[k], b[k]) * len(keys)) < alpha:
             grown.add(k)
     return grown
+

@@ -548,7 +548,11 @@ def _findings(bl: blame.Blame, groups, evidence, metric_stats, onset, changes, t
         if edges:
             ev["edges"] = edges[:6]
         tier = 0 if c.significant else 1
-        out.append(Finding("stage", component_summary(c), c.share, c.significant,
+        # A component whose own time per call rose since the onset outranks one that only
+        # holds a large share of the excess: a busy, always-variable operation holds a share
+        # of any sample of slow requests; a fault makes the culprit's calls slower.
+        score = c.share + (1.0 if c.grew else 0.0)
+        out.append(Finding("stage", component_summary(c), score, c.significant,
                            _confidence(c.p_adj, support + 1) if c.significant else "low", ev | {"tier": tier},
                            service=c.service, operation=c.operation, stage=c.stage,
                            edge=_edge_of(c, bl)))
