@@ -32,7 +32,9 @@ from stagetrace.model import LogRecord, Span, Trace
 
 from . import attributes, stats, timeline
 from .critical_path import build_tree
+from .incident import Incident, locate
 from .logmining import LogMiner, message_text
+from .logtext import message
 from .progress import steps
 from .report import Finding, Report, headline
 from .slow import _note_missing_data
@@ -74,14 +76,14 @@ def _span_events(s: Span) -> list[ErrorEvent]:
         if ev.name == semconv.EXCEPTION_EVENT:
             a = ev.attributes
             out.append(ErrorEvent(ev.time_ns, s.trace_id, s.span_id, s.service_name, s.name, "exception",
-                                  str(a.get(semconv.EXCEPTION_TYPE, "")), str(a.get(semconv.EXCEPTION_MESSAGE, "")),
+                                  str(a.get(semconv.EXCEPTION_TYPE, "")), message(str(a.get(semconv.EXCEPTION_MESSAGE, ""))),
                                   top_frames(a.get(semconv.EXCEPTION_STACKTRACE))))
     if not out and s.is_error:
         a = s.attributes
         etype = a.get(semconv.ERROR_TYPE) or (f"HTTP {a[semconv.HTTP_RESPONSE_STATUS_CODE]}"
                                               if semconv.HTTP_RESPONSE_STATUS_CODE in a else "error")
         out.append(ErrorEvent(s.end_ns, s.trace_id, s.span_id, s.service_name, s.name, "span", str(etype),
-                              s.status_message or "", ()))
+                              message(s.status_message or ""), ()))
     return out
 
 
@@ -103,6 +105,7 @@ class Cluster:
     attrs: list = field(default_factory=list)
     onset: Any = None
     counts: list[int] = field(default_factory=list)
+    times: list[int] = field(default_factory=list)  # when each of its failed requests started
 
 
 def investigate_errors(backend: Backend, *, service: str | None = None, start_ns: int | None = None,
@@ -136,7 +139,11 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
             e.fingerprint = hashlib.sha1(key.encode()).hexdigest()[:12]
         total_requests = len(entries)
         entry_by_trace = {s.trace_id: s for s in entries}
-        failed = {s.trace_id for s in entries if s.is_error}
+        # A request failed when its entry span says so, or when an ERROR span or a trace-linked
+        # ERROR log sits inside it (many services answer 200 and log the failure).
+        failed_entry = {s.trace_id for s in entries if s.is_error}
+        failed_inner = {e.trace_id for e in events if e.trace_id in entry_by_trace} - failed_entry
+        failed = failed_entry | failed_inner
         # Tail-sampled data: every failing trace is kept (weight 1), successes only p % of the
         # time (weight 1/p), so rates over stored requests need the weights; {} = unsampled.
         wmap = sampling_weights(entries)
@@ -144,11 +151,12 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
         width = timeline.analysis_width(w_start, w_end, [s.start_ns for s in entries] or times)
         e_edges = timeline.edges(w_start, w_end, width)
         t_entries = [s.start_ns for s in entries]
-        req_k, req_n = timeline.counts(t_entries, [s.is_error for s in entries], e_edges)
+        req_k, req_n = timeline.counts(t_entries, [s.trace_id in failed for s in entries], e_edges)
         w_entries = [wmap.get(s.trace_id, 1.0) for s in entries] if wmap else None
         req_nw = None
         if w_entries is not None:
-            req_kw, req_nw = timeline.weighted_counts(t_entries, [s.is_error for s in entries], w_entries, e_edges)
+            req_kw, req_nw = timeline.weighted_counts(t_entries, [s.trace_id in failed for s in entries], w_entries,
+                                                      e_edges)
             report.data["timeline"] = timeline.request_timeline(
                 e_edges, np.zeros_like(req_kw), req_nw, req_kw, np.array(t_entries, dtype=np.int64),
                 np.array([s.duration_ns for s in entries], dtype=np.int64), w_entries)
@@ -175,7 +183,7 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
         rnd = random.Random(0)
         err_sample = err_tids if len(err_tids) <= MAX_ERROR_TRACES else rnd.sample(err_tids, MAX_ERROR_TRACES)
         err_set = set(err_tids)
-        ok_pool = [s.trace_id for s in entries if not s.is_error and s.trace_id not in err_set]
+        ok_pool = [s.trace_id for s in entries if s.trace_id not in failed and s.trace_id not in err_set]
         ok_sample = ok_pool if len(ok_pool) <= MAX_SUCCESS_TRACES else rnd.sample(ok_pool, MAX_SUCCESS_TRACES)
         fetched = backend.get_traces(err_sample + ok_sample, start_ns=w_start, end_ns=w_end + 600_000_000_000)
         successes = [fetched[t] for t in ok_sample if t in fetched]
@@ -215,6 +223,7 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
                                          ) if sample and successes else []
             times_c = [entry_by_trace[t].start_ns if t in entry_by_trace else min(e.time_ns for e in events_by_trace[t])
                        for t in c.traces] or [e.time_ns for e in c.events]
+            c.times = list(times_c)
             k, _ = timeline.counts(times_c, [True] * len(times_c), e_edges)
             c.counts = k.tolist()
             n = np.maximum(req_n, k)
@@ -228,15 +237,16 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
         bar.step("ranking")
         # When the failure rate has an onset, incidents are what is new or grown since it;
         # clusters at the same rate before and after are the system's steady background.
-        err_onset = timeline.detect_onset(req_k, req_n, e_edges, min_ratio=2.0)
-        if err_onset is not None and not err_onset.significant:
-            err_onset = None
+        inc = locate(t_entries, [s.trace_id in failed for s in entries]) if entries else None
+        err_onset = inc if inc is not None and inc.significant else None
         report.data["onset"] = err_onset.evidence() if err_onset else None
+        report.data["incident"] = inc.evidence() | {"significant": inc.significant} if inc is not None else None
         report.findings, report.data["clusters"] = _findings(clusters, total_requests, events_by_trace, entries,
                                                              fetched, w_start, width, wmap, err_onset, req_n)
         report.data["timeline"]["clusters"] = [{"id": d["id"], "counts": c.counts}
                                                for d, c in zip(report.data["clusters"], clusters)]
         report.data["counts"] = {"requests": total_requests, "failed_requests": len(failed),
+                                 "failed_by_entry_status": len(failed_entry), "failed_seen_inside": len(failed_inner),
                                  "error_events": len(events), "error_traces": len(err_tids),
                                  "sampled_error_traces": len(err_sample), "sampled_successes": len(successes)}
         if wmap:
@@ -400,14 +410,18 @@ def _short_name(e: ErrorEvent) -> str:
     return f"{e.exc_type}: {text}" if e.exc_type else text
 
 
-def trend(counts: Sequence[int], req_n: np.ndarray, onset) -> tuple[str, float, float]:
-    """A cluster against the failure-rate onset: ``new`` (none before it), ``grown``
-    (significantly higher rate after it, at least doubled) or ``background`` (steady),
-    with its rate before and after."""
-    k = np.asarray(counts, float)
-    i = int(np.searchsorted(np.arange(len(k)), onset.index)) if onset is not None else 0
-    kb, ka = int(k[:i].sum()), int(k[i:].sum())
-    nb, na = int(max(req_n[:i].sum(), kb)), int(max(req_n[i:].sum(), ka))
+def trend(times: Sequence[int], entry_times: np.ndarray, inc: Incident) -> tuple[str, float, float]:
+    """A cluster against the failure incident: ``new`` (none outside it), ``grown``
+    (significantly higher rate inside it, at least doubled) or ``background`` (steady),
+    with its rate outside and inside. Outside means the normal data of the incident's frame."""
+    t = np.asarray(times, dtype=np.int64)
+    lo, hi = inc.frame
+    inside_c = (t >= inc.start_ns) & (t < inc.end_ns)
+    outside_c = (t >= lo) & (t < hi) & ~inside_c
+    inside_r = (entry_times >= inc.start_ns) & (entry_times < inc.end_ns)
+    outside_r = (entry_times >= lo) & (entry_times < hi) & ~inside_r
+    ka, kb = int(inside_c.sum()), int(outside_c.sum())
+    na, nb = int(max(inside_r.sum(), ka)), int(max(outside_r.sum(), kb))
     rb, ra = kb / nb if nb else 0.0, ka / na if na else 0.0
     grown = ka >= stats.MIN_SUPPORT and stats.share_test(ka, na, kb, nb) < stats.ALPHA and ra >= 2 * rb
     return ("new" if grown and kb == 0 else "grown" if grown else "background"), rb, ra
@@ -420,6 +434,7 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fet
     ``onset`` (of the failure rate) splits new or grown incidents from steady background."""
     findings: list[Finding] = []
     wmap = wmap or {}
+    entry_times = np.array([s.start_ns for s in entries], dtype=np.int64)
     est_total = sum(wmap.get(s.trace_id, 1.0) for s in entries) if wmap else total
     total_label = f"~{est_total:.0f}" if wmap else f"{total}"
     details: list[dict[str, Any]] = []
@@ -438,8 +453,23 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fet
         rate = (sum(wmap.get(t, 1.0) for t in c.traces) / est_total if wmap else len(c.traces) / total) if total else 0.0
         sig_attrs = [a for a in c.attrs if a.significant]
         burst = c.onset is not None and c.onset.significant
-        kind, r_before, r_after = trend(c.counts, req_n, onset) if onset is not None else (None, 0.0, 0.0)
+        if onset is not None:
+            kind, r_before, r_after = trend(c.times, entry_times, onset)
+        else:
+            # No incident in the failure rate as a whole (steady background errors can hide one):
+            # a cluster that began on its own inside the window is still new.
+            own = locate(entry_times, np.isin(entry_times, np.asarray(c.times, dtype=np.int64))) if c.times else None
+            kind, r_before, r_after = (trend(c.times, entry_times, own) if own is not None and own.significant
+                                       else (None, 0.0, 0.0))
+            if kind == "background":
+                kind = None
         significant = kind in ("new", "grown") if kind else bool(burst or sig_attrs)
+        # What began with the incident outranks what merely grew, and both outrank the steady
+        # background: by how much the cluster's rate rose, not by how loud it is.
+        if kind in ("new", "grown"):
+            cscore = 1.0 + (0.5 if kind == "new" else 0.0) + min(1.0, r_after - r_before)
+        else:
+            cscore = min(1.0, rate * 10) if significant else min(0.3, rate * 10)
         times = sorted(e.time_ns for e in c.events)
         origin = c.origin.most_common(1)[0][0] if c.origin else (main.service, main.operation, None)
         origin_share = (c.origin.most_common(1)[0][1] / sum(c.origin.values())) if c.origin else None
@@ -453,9 +483,9 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fet
         if sig_attrs:
             parts.append(attributes.describe(sig_attrs[0], "the cluster", "successes"))
         if kind == "new":
-            parts.append(f"new since the onset at {fmt_time(onset.time_ns)}")
+            parts.append(f"new since the onset at {fmt_time((onset or own).start_ns)}")
         elif kind == "grown":
-            parts.append(f"grew from {r_before:.1%} to {r_after:.1%} of requests at {fmt_time(onset.time_ns)}")
+            parts.append(f"grew from {r_before:.1%} to {r_after:.1%} of requests at {fmt_time((onset or own).start_ns)}")
         elif kind == "background":
             parts.append(f"steady background errors: {r_before:.1%} of requests before the onset, {r_after:.1%} after")
         elif burst:
@@ -487,7 +517,7 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fet
         p_best = min([a.p_adj for a in sig_attrs] + ([c.onset.p] if burst else []) + [1.0])
         conf = ("high" if p_best < 1e-6 and origin_share and origin_share >= 0.8 else "medium") if significant else "low"
         findings.append(Finding(
-            "error_cluster", "; ".join(parts), min(1.0, rate * 10) if significant else min(0.3, rate * 10), significant,
+            "error_cluster", "; ".join(parts), cscore, significant,
             conf, {k: detail[k] for k in ("id", "count", "failed_requests", "error_rate", "first_seen_ns", "last_seen_ns",
                                           "origin", "propagated", "services", "stages", "example_trace_ids",
                                           "example_log_lines", "fingerprints")}
@@ -500,7 +530,7 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fet
             template=template))
         if significant and template:
             findings.append(Finding("log", f'ERROR log "{headline(template)}" in {log_tmpls[template]} lines of incident {cid} '
-                                           f"({short})", min(1.0, rate * 10) * 0.9, True, conf,
+                                           f"({short})", cscore * 0.9, True, conf,
                                     {"cluster": cid, "lines": log_tmpls[template], "example_lines": examples_logs,
                                      "example_trace_ids": [x["trace_id"] for x in examples_logs]},
                                     service=origin[0], template=template))
@@ -512,7 +542,7 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fet
                 if abs(v.first_ns - times[0]) <= timeline.near_ns(width) and (
                         top_attr is None or v.attribute in linked):
                     findings.append(Finding("change", f"{v.attribute}={v.value} first seen at {fmt_time(v.first_ns)}, "
-                                                      f"as incident {cid} began", min(1.0, rate * 10) * 0.8, True, "medium",
+                                                      f"as incident {cid} began", cscore * 0.8, True, "medium",
                                             {"cluster": cid, "first_seen_ns": v.first_ns, "count": v.count},
                                             attribute=v.attribute, value=v.value))
     findings.sort(key=lambda f: (not f.significant, -f.score))

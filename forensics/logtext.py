@@ -35,7 +35,8 @@ _HEAD = [
 ]
 # A logger name once a level was seen: dotted (com.acme.Svc, c.s.ContactsServiceImpl#42, uvicorn.error)
 # and followed by a separator, or with a line number; Python's "LEVEL:name:message" form.
-_LOGGER = re.compile(r"^(?:[A-Za-z_$][\w$]*\.)+[\w$]+(?:[#:]\d+)?\]?(?:\s+-\s+|\s*:\s+|\s+\|\s+|\s+(?=\S))"
+_LOGGER = re.compile(r"^(?:[A-Za-z_$][\w$]*\.)+(?:\[[^\]\s]*\]\.?)+(?:[#:]\d+)?\s+"  # Tomcat's o.a.c.c.C.[.[.[/].[x]#175
+                     r"|^(?:[A-Za-z_$][\w$]*\.)+[\w$]+(?:[#:]\d+)?\]?(?:\s+-\s+|\s*:\s+|\s+\|\s+|\s+(?=\S))"
                      r"|^[A-Za-z_$][\w$]*[#:]\d+\s*[:-]?\s+"
                      r"|^[A-Za-z_][\w.]*:(?=\S)")
 _IDS_ANYWHERE = re.compile(rf"\s*\[?{_IDS}\]?,?", re.IGNORECASE)
@@ -62,9 +63,11 @@ def message(text: str) -> str:
     m = _LOGFMT_MSG.search(s)
     if m and re.match(r"^[\w.@-]+=", s):  # logfmt: the line starts with key=value
         return (m.group(1) if m.group(1) is not None else m.group(2)).replace('\\"', '"').strip()
-    out, saw_level, saw_head = s, False, False
+    out, saw_level, saw_head, saw_logger = s, False, False, False
     for _ in range(12):  # a header has a handful of pieces; bounded either way
         for i, rx in enumerate(_HEAD):
+            if saw_logger and i != 2:
+                continue  # after the logger name only ids remain of the header: "[a][b]" is the message
             m = rx.match(out)
             if m and m.end() > 0 and m.end() < len(out):
                 saw_head = True
@@ -77,6 +80,7 @@ def message(text: str) -> str:
                 if m and m.end() < len(out):
                     out = out[m.end():]
                     saw_level = False  # one logger name per header
+                    saw_logger = True
                     continue
             break
     if saw_head or out is not s:
