@@ -36,7 +36,7 @@ from .incident import Incident, locate
 from .logmining import LogMiner, message_text
 from .logtext import message
 from .progress import steps
-from .report import Finding, Report, headline
+from .report import EvidenceGuard, Finding, Report, headline
 from .slow import _note_missing_data
 from .window import comparison_weights, entry_spans, fmt_time, sampling_weights
 
@@ -111,6 +111,7 @@ class Cluster:
 def investigate_errors(backend: Backend, *, service: str | None = None, start_ns: int | None = None,
                        end_ns: int | None = None, progress: bool = False) -> Report:
     query = {"service": service}
+    guard = EvidenceGuard()
     with steps(6, progress) as bar:
         bar.step("reading requests")
         entries = entry_spans(backend, service=service, route=None, start_ns=start_ns, end_ns=end_ns)
@@ -197,7 +198,7 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
         for tid, evs in events_by_trace.items():
             t = fetched.get(tid)
             if t is not None:
-                failures[tid] = _failure(t, evs)
+                failures[tid] = guard.run("error origins", _failure, t, evs)
             origin_ev = _origin_event(failures.get(tid), evs)
             if origin_ev is None:
                 origin_ev = max(evs, key=lambda e: len(e.frames) + (e.source != "log"))
@@ -218,9 +219,10 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
                 _record(failures.get(t.trace_id), c)
             # every span of the failing requests (server span and resources included), against
             # successes re-weighted to the same mix of entry operations
-            c.attrs = attributes.compare(sample, successes, max_results=10, exclude=attributes.OUTCOME_KEYS,
-                                         weights=comparison_weights(sample, successes, entry_by_trace, wmap)
-                                         ) if sample and successes else []
+            c.attrs = guard.run("attributes", attributes.compare, sample, successes, max_results=10,
+                                exclude=attributes.OUTCOME_KEYS,
+                                weights=comparison_weights(sample, successes, entry_by_trace, wmap),
+                                default=[]) if sample and successes else []
             times_c = [entry_by_trace[t].start_ns if t in entry_by_trace else min(e.time_ns for e in events_by_trace[t])
                        for t in c.traces] or [e.time_ns for e in c.events]
             c.times = list(times_c)
@@ -260,6 +262,7 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
             from .slow import mark_weighted
             mark_weighted(report)
         _note_missing_data(backend, report, w_start, w_end)
+        guard.note(report)
         return report
 
 

@@ -58,6 +58,30 @@ class Finding:
         }
 
 
+class EvidenceGuard:
+    """Runs each evidence source of an investigation on its own: one that fails on odd data
+    is skipped, and the report says which and why, instead of the command ending in a
+    traceback. ``run(name, fn, *args, default=...)`` returns ``fn(*args)`` or ``default``."""
+
+    def __init__(self) -> None:
+        self.skipped: list[str] = []
+
+    def run(self, name: str, fn, *args, default=None, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (KeyboardInterrupt, SystemExit, MemoryError):
+            raise
+        except Exception as exc:  # odd data must not cost the whole report
+            self.skipped.append(f"{name} was skipped: {type(exc).__name__}: {str(exc)[:200]}")
+            return default
+
+    def note(self, report: "Report") -> None:
+        for s in self.skipped:
+            report.notes.append(f"Evidence skipped on odd data: {s}.")
+        if self.skipped:
+            report.data["skipped_evidence"] = list(self.skipped)
+
+
 @dataclass(slots=True)
 class Report:
     """A whole report. ``data`` holds the kind-specific sections the renderers

@@ -29,7 +29,7 @@ from stagetrace.model import Span, Trace
 
 from . import attributes, blame, incident, logmining, metricevidence, stats, timeline
 from .progress import steps
-from .report import Finding, Report, headline
+from .report import EvidenceGuard, Finding, Report, headline
 from .window import comparison_weights, entry_operation, entry_spans, fmt_ms, fmt_time, sampling_weights
 
 MAX_SELECTION = 200
@@ -101,6 +101,7 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
                      start_ns: int | None = None, end_ns: int | None = None,
                      threshold: str | int = "p95", progress: bool = False) -> Report:
     query = {"service": service, "route": route, "threshold": str(threshold)}
+    guard = EvidenceGuard()
     with steps(8, progress) as bar:
         bar.step("reading requests")
         entries = entry_spans(backend, service=service, route=route, start_ns=start_ns, end_ns=end_ns)
@@ -123,7 +124,7 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         if inc is None or not inc.significant:
             # A fault in one component can leave the entry latency almost unchanged (a few
             # calls among many): then the component's own time per call shows where it began.
-            by_step = _component_step(backend, entries, t0, dur > thr_arr)
+            by_step = guard.run("component steps", _component_step, backend, entries, t0, dur > thr_arr)
             if by_step is not None:
                 inc = by_step
                 normal = ~((t0 >= inc.start_ns) & (t0 < inc.end_ns)) & (t0 >= inc.frame[0]) & (t0 < inc.frame[1])
@@ -235,8 +236,10 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
                                              "before_ms": step.before_ns / 1e6, "after_ms": step.after_ns / 1e6}
                 anomaly[0:1] = [f"the slow rate rose from {onset.rate_before:.1%} to {onset.rate_after:.1%} "
                                 f"at {fmt_time(onset.time_ns)}"]
-        grown = blame.keys_grown(base_costs, after_costs) if after_costs else set()
-        bl = blame.blame(sel_costs, base_costs, after=after_costs or None, stepped=grown, weights=wmap or None)
+        grown = guard.run("per-call growth", blame.keys_grown, base_costs, after_costs, default=set()) \
+            if after_costs else set()
+        bl = guard.run("component blame", blame.blame, sel_costs, base_costs, after=after_costs or None,
+                       stepped=grown, weights=wmap or None, default=blame.Blame([], {}, {}, {}, {}))
         bar.step("attributes and logs")
         groups = _groups(bl, len(sel))
         by_id = {t.trace_id: t for t in sel}
@@ -245,17 +248,20 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         # concurrent causes split them, to attach to each component what sets its requests apart.
         whole = comparison_weights(sel, base, entry_of, wmap)
         evidence: list[tuple[blame.Component | None, list, list]] = [
-            (groups[0] if len(groups) == 1 else None, attributes.compare(sel, base, weights=whole),
-             logmining.over_represented(sel, base, weights=whole))]
+            (groups[0] if len(groups) == 1 else None,
+             guard.run("attributes", attributes.compare, sel, base, weights=whole, default=[]),
+             guard.run("log templates", logmining.over_represented, sel, base, weights=whole, default=[]))]
         if any(a.significant for a in evidence[0][1]):
-            anomaly.append(f"{attributes.describe(next(a for a in evidence[0][1] if a.significant))}")
+            # the headline only says *that* attributes set them apart: the cause is finding #1 (one story)
+            anomaly.append("span or resource attributes set the slow requests apart")
         if any(s.significant for s in evidence[0][2]):
             anomaly.append("log templates set the slow requests apart")
         for comp in groups if len(groups) > 1 else []:
             members = [by_id[t] for t in comp.group if t in by_id]
             weights = comparison_weights(members, base, entry_of, wmap)  # this group's operation mix
-            evidence.append((comp, attributes.compare(members, base, weights=weights),
-                             logmining.over_represented(members, base, weights=weights)))
+            evidence.append((comp, guard.run("attributes", attributes.compare, members, base, weights=weights, default=[]),
+                             guard.run("log templates", logmining.over_represented, members, base, weights=weights,
+                                       default=[])))
         if not anomaly:  # the natural tail: nothing is a cause, in any group
             for c in bl.components:
                 c.significant = False
@@ -269,10 +275,10 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         else:
             base_rate = kw.sum() / max(nw.sum(), 1)
             slow_periods = rate > base_rate
-        series = backend.metric_series(MetricQuery(start_ns=f_lo, end_ns=f_hi))
-        metric_stats = metricevidence.evidence(series, e, rate, slow_periods)
+        series = guard.run("metrics", backend.metric_series, MetricQuery(start_ns=f_lo, end_ns=f_hi), default=[])
+        metric_stats = guard.run("metrics", metricevidence.evidence, series, e, rate, slow_periods, default=[])
         bar.step("versions")
-        changes = _version_changes(fe, sel + base, f_lo, width, onset)
+        changes = guard.run("version changes", _version_changes, fe, sel + base, f_lo, width, onset, default=[])
         # --- findings ------------------------------------------------------------------------------
         bar.step("ranking")
         report.findings = _findings(bl, groups, evidence, metric_stats, onset, changes, thr_label, len(sel))
@@ -298,6 +304,7 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         if warr is not None:
             mark_weighted(report)
         _note_missing_data(backend, report, w_start, w_end)
+        guard.note(report)
         return report
 
 

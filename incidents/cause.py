@@ -86,8 +86,18 @@ def investigate(backend: Backend, cond: Condition, alert_id: str, out_dir: Path)
             fp.get("exception_type") == want_exc for fp in x.evidence.get("fingerprints") or [])), None)
     if f is None:
         f = next((x for x in sig if x.kind in ("error_cluster", "stage", "attribute")), sig[0] if sig else None)
+    weak = False
+    if f is None:
+        # Nothing cleared the bar: the cause is still the investigation's first incident or
+        # component, said to be below the bar, never the verdict's summary line.
+        f = next((x for x in report.findings if x.kind in ("error_cluster", "stage", "attribute")), None)
+        weak = f is not None
     ordered = ([f] if f is not None else []) + [x for x in sig if x is not f]
-    lines = [x.summary for x in ordered[:TOP]] or list(report.verdict[:1])
+    lines = [x.summary for x in ordered[:TOP]]
+    if weak:
+        lines[0] = f"(not significant) {lines[0]}"
+    if not lines:
+        lines = [f"no cause found: {report.verdict[-1]}" if report.verdict else "no cause found"]
     top: dict[str, Any] = {}
     if f is not None:
         top = {"kind": f.kind, "service": f.service, "operation": f.operation, "stage": f.stage,

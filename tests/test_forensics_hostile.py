@@ -1,0 +1,118 @@
+"""Hostile inputs for the statistics helpers, the miners, the incident locator and whole
+investigations (issue 17: an investigation always writes its report). Property-based
+(Hypothesis) where the input space is large; each property is one that a past crash broke
+(``fisher_exact`` on a template logged by several services got more hits than requests)."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stagetrace.forensics import incident, investigate_errors, investigate_slow, logmining, stats
+from stagetrace.model import LogRecord, Span, Trace
+
+from telemetry_gen import MemoryBackend
+
+S = 1_000_000_000
+counts = st.integers(min_value=-5, max_value=10_000)
+
+
+@given(counts, counts, counts, counts)
+def test_share_test_answers_any_counts(a_hit, a_n, b_hit, b_n):
+    p = stats.share_test(a_hit, a_n, b_hit, b_n)
+    assert 0.0 <= p <= 1.0 and not math.isnan(p)
+
+
+@given(st.lists(st.one_of(st.floats(0, 1), st.just(float("nan"))), max_size=50))
+def test_bh_adjust_is_bounded_and_monotone_in_p(ps):
+    adj = stats.bh_adjust(ps)
+    assert len(adj) == len(ps) and all(0.0 <= x <= 1.0 for x in adj)
+
+
+@given(st.lists(st.tuples(st.integers(0, 10**12), st.booleans()), max_size=400))
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+def test_locate_never_raises_and_keeps_its_bounds(points):
+    times = [t for t, _ in points]
+    flags = [f for _, f in points]
+    inc = incident.locate(times, flags)
+    if inc is not None:
+        assert min(times) <= inc.start_ns < inc.end_ns <= max(times) + 1
+        assert inc.frame[0] <= inc.start_ns and inc.end_ns <= inc.frame[1]
+        assert 0.0 <= inc.p <= 1.0
+
+
+def test_locate_finds_a_short_burst_in_a_long_quiet_day():
+    """Three minutes of 40% slow requests in 24 h of 2% background: located, wherever the day starts."""
+    import random
+    rnd = random.Random(3)
+    times, flags = [], []
+    for i in range(0, 24 * 3600, 4):  # a request every 4 s for a day
+        t = i * S
+        burst = 20 * 3600 <= i < 20 * 3600 + 180
+        times.append(t)
+        flags.append(rnd.random() < (0.4 if burst else 0.02))
+    inc = incident.locate(times, flags)
+    assert inc is not None and inc.significant
+    assert abs(inc.start_ns - 20 * 3600 * S) <= 240 * S and inc.end_ns - inc.start_ns <= 600 * S
+    clean = incident.locate(times, [rnd.random() < 0.02 for _ in times])
+    assert clean is None or not clean.significant
+
+
+def _span(tid, sid, parent, svc, start, dur, kind="SERVER", name="op"):
+    return Span(trace_id=tid, span_id=sid, parent_span_id=parent, name=name, kind=kind, start_ns=start,
+                end_ns=start + dur, resource={"service.name": svc})
+
+
+def _log(t, body, sev, tid, sid, svc):
+    return LogRecord(time_ns=t, observed_time_ns=t, severity_number=sev, severity_text="ERROR" if sev >= 17 else "INFO",
+                     body=body, trace_id=tid, span_id=sid, resource={"service.name": svc})
+
+
+def test_template_logged_by_several_services_does_not_crash_over_represented():
+    """The crash from issue 17: the template's main service is reached by fewer traces than log it."""
+    sel, base = [], []
+    for i in range(40):
+        tid = f"{i:032x}"
+        spans = [_span(tid, f"{i:08x}a0000000", "", "gw", i * S, 10 * S if i < 20 else S)]
+        if i % 4 == 0:
+            spans.append(_span(tid, f"{i:08x}b0000000", spans[0].span_id, "db", i * S, S // 2))
+        # every trace logs the same line from gw, but db logs it more often
+        logs = [_log(i * S, "cache miss for key 42", 9, tid, spans[-1].span_id, svc)
+                for svc in (["db"] * 3 if i % 4 == 0 else ["gw"])]
+        (sel if i < 20 else base).append(Trace(tid, spans, logs))
+    out = logmining.over_represented(sel, base)
+    for s in out:
+        assert s.sel_traces <= s.sel_n and s.base_traces <= s.base_n
+
+
+def _odd_backend(kind: str) -> MemoryBackend:
+    spans, logs = [], []
+    for i in range(60):
+        tid = f"{i + 1:032x}"
+        root = f"{i + 1:016x}"
+        dur = 0 if kind == "zero" else (5 * S if i > 45 else S // 10)
+        start = i * S
+        if kind == "no-entry":  # every span has a parent that was never received
+            spans.append(_span(tid, root, "f" * 16, "api", start, dur))
+            continue
+        spans.append(_span(tid, root, "", "api", start, dur))
+        child_start = start - 30 * S if kind == "skew" else start
+        spans.append(_span(tid, f"{i + 1:015x}c", root, "model", child_start, dur // 2, kind="INTERNAL"))
+        if kind == "dup":
+            spans.append(_span(tid, root, "", "api", start, dur))
+        logs.append(_log(start, "12:00:00.000 ERROR c.x.Svc#12 TraceID: %s boom" % tid, 17, tid, root,
+                         "model" if i % 2 else "api"))
+    return MemoryBackend(spans, logs, [])
+
+
+def test_investigations_write_a_report_on_odd_data():
+    for kind in ("zero", "no-entry", "skew", "dup"):
+        b = _odd_backend(kind)
+        for fn in (investigate_slow, investigate_errors):
+            rep = fn(b, start_ns=0, end_ns=3600 * S)
+            assert rep.verdict, (kind, fn.__name__)
+    empty = MemoryBackend([], [], [])
+    assert investigate_slow(empty, start_ns=0, end_ns=S).verdict
+    assert investigate_errors(empty, start_ns=0, end_ns=S).verdict

@@ -1,0 +1,73 @@
+"""Real fault cases (Train-Ticket, from the Nezha dataset; tests/data/nezha-train-ticket) at
+the windows users type: sent through a real ``stagetrace collector``, then investigated at
+the case's exact window, --since 15m, the default hour, 6h and 24h, exactly as
+benchmarks/accuracy.py scores them (its ingest and window code is reused, so the test and
+the benchmark cannot drift apart). No run may raise, and where the culprit is named it must
+be by a finding the report itself calls significant, at every window.
+
+The fault-free baseline minute alone is the clean run: nothing may be named there."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from stagetrace.collector.query import EmbeddedBackend
+from stagetrace.forensics import investigate_slow
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parent / "data" / "nezha-train-ticket"
+_spec = importlib.util.spec_from_file_location("accuracy", ROOT / "benchmarks" / "accuracy.py")
+accuracy = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(accuracy)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nezha")
+    return {c.name: accuracy.prepare(c, root, reuse=False) for c in sorted(DATA.glob("case-*"))}
+
+
+@pytest.mark.parametrize("case", ["case-61", "case-92", pytest.param("case-84", marks=pytest.mark.xfail(
+    strict=True, reason="known gap (issue 17): once the baseline minute is in the window, the contacts delay "
+                        "(+1.7 s on 11 of ~140 requests) is not located; its exact window names it"))])
+def test_real_case_names_the_culprit_significantly_at_every_window(stores, case):
+    gt, data_dir, meta = stores[case]
+    backend = EmbeddedBackend(data_dir)
+    try:
+        runs = [accuracy.run_window(backend, gt, meta, w) for w in accuracy.WINDOWS]
+    finally:
+        backend.close()
+    raised = [(r["window"], r["raised"]) for r in runs if r["raised"]]
+    assert not raised, raised
+    ranks = {r["window"]: r["rank"] for r in runs}
+    # the culprit is the first significant finding at every window (what the user reads first)
+    assert all(rank == 1 for rank in ranks.values()), (ranks, {r["window"]: r["top"] for r in runs})
+
+
+def test_fault_free_minute_names_no_cause(tmp_path):
+    """The same system with no fault: the baseline minute alone, investigated over the default hour."""
+    case = DATA / "case-84"
+    gt = json.loads((case / "ground_truth.json").read_text())
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    for name in ("baseline_traces", "baseline_logs"):
+        (clean / f"{name.replace('baseline_', '')}.json.gz").write_bytes((case / f"{name}.json.gz").read_bytes())
+    b0, b1 = int(gt["baseline_window"]["start_unix_nano"]), int(gt["baseline_window"]["end_unix_nano"])
+    clean_gt = {"window": {"start_unix_nano": b0, "end_unix_nano": b1}, "fault": {"service": "none", "type": "none"},
+                "expected_symptom": "latency"}
+    (clean / "ground_truth.json").write_text(json.dumps(clean_gt))
+    gt_, data_dir, meta = accuracy.prepare(clean, tmp_path / "store", reuse=False)
+    backend = EmbeddedBackend(data_dir)
+    try:
+        end = b1 + meta["offset_ns"] + accuracy.MINUTE
+        rep = investigate_slow(backend, start_ns=end - 60 * accuracy.MINUTE, end_ns=end)
+    finally:
+        backend.close()
+    named = [f.summary for f in rep.findings if f.significant and f.kind in ("stage", "attribute")]
+    assert not named, named
