@@ -209,6 +209,13 @@ def decode_output(text: str) -> OutputProfile | None:
         labels = base64.b64decode(parts[2]).decode()
         classes = labels.split("\x1f") if labels else []
         scores, predicted, conf = _unb64(parts[3], "<f4"), _unb64(parts[4], "<i2"), _unb64(parts[5], "<f4")
+        k = max(len(scores), len(predicted), len(conf))  # an array not recorded is empty
+        if len(classes) == 2 and len(scores) == k and not len(predicted):  # binary: derived from the score
+            predicted = (scores > 0.5).astype(np.int16)
+            conf = np.maximum(scores, 1 - scores).astype(np.float32)
+        scores = scores if len(scores) else np.full(k, np.nan, dtype=np.float32)
+        conf = conf if len(conf) else np.full(k, np.nan, dtype=np.float32)
+        predicted = predicted if len(predicted) else np.full(k, -1, dtype=np.int16)
         if not (len(scores) == len(predicted) == len(conf)):
             return None
         return OutputProfile(int(parts[1]), classes, scores, predicted, conf)

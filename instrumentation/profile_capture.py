@@ -3,6 +3,7 @@ See :mod:`.profiling` for the settings and :mod:`stagetrace.mlprofile` for the f
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import random
@@ -21,6 +22,24 @@ _SAMPLE_LIMIT = 1024  # characters of an opted-in raw sample
 
 
 # --- feature names ----------------------------------------------------------------
+
+_per_model: dict[int, tuple[Any, tuple[str, ...] | None, list[str] | None]] = {}
+_PER_MODEL_MAX = 256
+
+
+def _model_info(instance: Any) -> tuple[tuple[str, ...] | None, list[str] | None]:
+    """(feature names, class labels) of a model, looked up once per instance: the
+    look-ups go through properties that raise (a Pipeline's ``feature_names_in_``),
+    which cost more than the whole profile."""
+    hit = _per_model.get(id(instance))
+    if hit is not None and hit[0] is instance:
+        return hit[1], hit[2]
+    names, classes = _model_names(instance), _classes_of(instance)
+    if len(_per_model) >= _PER_MODEL_MAX:
+        _per_model.clear()
+    _per_model[id(instance)] = (instance, names, classes)
+    return names, classes
+
 
 def _model_names(instance: Any) -> tuple[str, ...] | None:
     """Names the model was fitted with: sklearn ``feature_names_in_``, XGBoost
@@ -206,7 +225,7 @@ def input_attributes(prof: ProfileSettings, x: Any, instance: Any, qualname: str
         elif arr.ndim > 2:  # images, sequences: the per-row mean stands for the row
             with np.errstate(all="ignore"):
                 arr = arr.reshape(n, -1).astype(np.float64).mean(axis=1, keepdims=True)
-        names = _model_names(instance) or prof.configured_names(qualname, model)
+        names = (_model_info(instance)[0] if instance is not None else None) or prof.configured_names(qualname, model)
         d = arr.shape[1]
         if names is None or len(names) != d:
             names = _generic(d)
@@ -307,17 +326,33 @@ def output_attributes(result: Any, instance: Any) -> dict[str, Any]:
         a = r[:MAX_OUTPUT_ROWS]
         if a.ndim == 2 and a.shape[1] == 1:
             a = a[:, 0]
+        if a.ndim == 2 and a.dtype.kind in "fiu" and a.shape[1] == 2:
+            # binary classifier: the positive-class score says it all (class and
+            # confidence are derived by the reader), which halves the work; Python
+            # sums beat numpy reductions on arrays this small
+            scores = a[:, 1].astype(np.float32)
+            classes = (_model_info(instance)[1] if instance is not None else None) or ["0", "1"]
+            values = scores.tolist()
+            k = len(values)
+            attrs = {semconv.ML_OUTPUT_PROFILE: _encode_output(rows, classes, scores, None, None, k)}
+            m = sum(values) / k
+            if m == m:
+                attrs[semconv.ML_PREDICTION_SCORE_MEAN] = m
+                if k == 1:
+                    attrs[semconv.ML_PREDICTION_CLASS] = classes[1] if m > 0.5 else classes[0]
+                    attrs[semconv.ML_PREDICTION_CONFIDENCE_MEAN] = m if m > 0.5 else 1.0 - m
+            return attrs
         if a.ndim == 2 and a.dtype.kind in "fiu":  # class scores (predict_proba, logits)
             p = a.astype(np.float32, copy=False)
             predicted = p.argmax(axis=1).astype(np.int16)
             conf = p.max(axis=1)
-            scores = p[:, 1] if p.shape[1] == 2 else conf
-            classes = _classes_of(instance) or [str(i) for i in range(p.shape[1])]
+            scores = conf
+            classes = (_model_info(instance)[1] if instance is not None else None) or [str(i) for i in range(p.shape[1])]
         elif a.dtype.kind == "f":
             scores = a.astype(np.float32, copy=False)
         elif a.dtype.kind in "biuUSO":  # predicted labels
             labels = a.tolist()
-            known = _classes_of(instance)
+            known = _model_info(instance)[1] if instance is not None else None
             classes = known if known is not None else sorted({str(v) for v in labels})
             index = {c: i for i, c in enumerate(classes)}
             predicted = np.array([index.get(str(v), -1) for v in labels], dtype=np.int16)
@@ -326,22 +361,38 @@ def output_attributes(result: Any, instance: Any) -> dict[str, Any]:
     k = len(scores) if scores is not None else (len(predicted) if predicted is not None else 0)
     if k == 0:
         return {}
-    nan = np.full(k, np.nan, dtype=np.float32)
-    prof = mlprofile.OutputProfile(rows, classes, scores if scores is not None else nan,
-                                   predicted if predicted is not None else np.full(k, -1, dtype=np.int16),
-                                   conf if conf is not None else nan)
-    attrs: dict[str, Any] = {semconv.ML_OUTPUT_PROFILE: prof.encode()}
-    if scores is not None:
-        m = float(np.nanmean(scores)) if k > 1 else float(scores[0])
-        if m == m:
-            attrs[semconv.ML_PREDICTION_SCORE_MEAN] = m
+    attrs = _finish(rows, classes, scores, predicted, conf, k)
+    # plain sums, not nanmean (several times slower on small arrays); a NaN mean is left out
     if conf is not None:
-        m = float(np.nanmean(conf)) if k > 1 else float(conf[0])
+        m = float(conf.sum()) / k
         if m == m:
             attrs[semconv.ML_PREDICTION_CONFIDENCE_MEAN] = m
     if predicted is not None and rows == 1 and 0 <= int(predicted[0]) < len(classes):
         attrs[semconv.ML_PREDICTION_CLASS] = classes[int(predicted[0])]
     return attrs
+
+
+def _finish(rows: int, classes: list[str], scores: Any, predicted: Any, conf: Any, k: int) -> dict[str, Any]:
+    attrs: dict[str, Any] = {semconv.ML_OUTPUT_PROFILE: _encode_output(rows, classes, scores, predicted, conf, k)}
+    if scores is not None:
+        m = float(scores.sum()) / k if k > 1 else float(scores[0])
+        if m == m:
+            attrs[semconv.ML_PREDICTION_SCORE_MEAN] = m
+    return attrs
+
+
+_classes_text: dict[tuple, str] = {}
+
+
+def _encode_output(rows: int, classes: list[str], scores: Any, predicted: Any, conf: Any, k: int) -> str:
+    key = tuple(classes)
+    ctext = _classes_text.get(key)
+    if ctext is None:
+        ctext = _classes_text[key] = base64.b64encode("\x1f".join(classes).encode()).decode("ascii")
+    def b64(a: Any, dt: str) -> str:  # an array not recorded is empty (the reader derives or fills it)
+        return base64.b64encode(a.astype(dt, copy=False).tobytes()).decode("ascii") if a is not None else ""
+
+    return "|".join((mlprofile.VERSION, str(rows), ctext, b64(scores, "<f4"), b64(predicted, "<i2"), b64(conf, "<f4")))
 
 
 def prediction_id_for(span: Any) -> str | None:

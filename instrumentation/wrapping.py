@@ -232,10 +232,19 @@ def _model_input(spec: StageSpec, args: tuple, kwargs: dict) -> Any:
     return first_arg(args, kwargs, "X", "data", "x", "input", "inputs")
 
 
+_capture: list = []  # [profile_capture module], imported at the first profiled call (it imports numpy)
+
+
+def _capture_module():
+    if not _capture:
+        from . import profile_capture
+        _capture.append(profile_capture)
+    return _capture[0]
+
+
 def _profile_input(spec: StageSpec, instance, args, kwargs, model: str | None) -> dict[str, Any]:
-    from . import profile_capture  # after the first call: a dict lookup
     try:
-        return profile_capture.input_attributes(settings.profile, _model_input(spec, args, kwargs), instance,
+        return _capture_module().input_attributes(settings.profile, _model_input(spec, args, kwargs), instance,
                                           spec.qualname, model)
     except Exception:
         _internal_error("input profile", spec)
@@ -336,10 +345,10 @@ def _end(active: _Active, spec: StageSpec, exc: BaseException | None, args, kwar
 
 def _profile_output(active: _Active, spec: StageSpec, result) -> None:
     """Prediction summary and ``ml.prediction.id`` of a profiled call that returned."""
-    from . import profile_capture
     try:
-        attrs = profile_capture.output_attributes(result, active.instance)
-        pid = profile_capture.prediction_id_for(active.span)
+        capture = _capture_module()
+        attrs = capture.output_attributes(result, active.instance)
+        pid = capture.prediction_id_for(active.span)
         if pid is not None:
             attrs[semconv.ML_PREDICTION_ID] = pid
         if attrs:
