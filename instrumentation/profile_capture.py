@@ -326,12 +326,13 @@ def output_attributes(result: Any, instance: Any) -> dict[str, Any]:
         a = r[:MAX_OUTPUT_ROWS]
         if a.ndim == 2 and a.shape[1] == 1:
             a = a[:, 0]
-        if a.ndim == 2 and a.dtype.kind in "fiu" and a.shape[1] == 2:
-            # binary classifier: the positive-class score says it all (class and
-            # confidence are derived by the reader), which halves the work; Python
-            # sums beat numpy reductions on arrays this small
+        known = _model_info(instance)[1] if instance is not None else None
+        if a.ndim == 2 and a.dtype.kind in "fiu" and a.shape[1] == 2 and known is not None and len(known) == 2:
+            # a binary classifier's probabilities: the positive-class score says it all
+            # (class and confidence are derived by the reader), which halves the work;
+            # Python sums beat numpy reductions on arrays this small
             scores = a[:, 1].astype(np.float32)
-            classes = (_model_info(instance)[1] if instance is not None else None) or ["0", "1"]
+            classes = known
             values = scores.tolist()
             k = len(values)
             attrs = {semconv.ML_OUTPUT_PROFILE: _encode_output(rows, classes, scores, None, None, k)}
@@ -347,12 +348,11 @@ def output_attributes(result: Any, instance: Any) -> dict[str, Any]:
             predicted = p.argmax(axis=1).astype(np.int16)
             conf = p.max(axis=1)
             scores = conf
-            classes = (_model_info(instance)[1] if instance is not None else None) or [str(i) for i in range(p.shape[1])]
+            classes = known or [str(i) for i in range(p.shape[1])]
         elif a.dtype.kind == "f":
             scores = a.astype(np.float32, copy=False)
         elif a.dtype.kind in "biuUSO":  # predicted labels
             labels = a.tolist()
-            known = _model_info(instance)[1] if instance is not None else None
             classes = known if known is not None else sorted({str(v) for v in labels})
             index = {c: i for i, c in enumerate(classes)}
             predicted = np.array([index.get(str(v), -1) for v in labels], dtype=np.int16)
