@@ -117,7 +117,7 @@ def inference_spans(backend: Backend, model: str, version: str | None, start_ns:
     return out
 
 
-def _segment_attrs(backend: Backend, spans: list[Span], start_ns: int | None, end_ns: int | None) -> dict[str, dict]:
+def _segment_attrs(backend: Backend, spans: list[Span], start_ns: int | None, end_ns: int | None) -> dict[tuple[str, str], dict]:
     """Attributes of each inference span's request: its own, its resource's, and those
     of the root and server spans of its trace (client version, route, tenant...)."""
     tids = {s.trace_id for s in spans}
@@ -140,7 +140,7 @@ def _segment_attrs(backend: Backend, spans: list[Span], start_ns: int | None, en
             a.setdefault(k, v)
         for k, v in s.attributes.items():
             a[k] = v
-        out[s.span_id] = {k: v for k, v in a.items() if k not in _SKIP_ATTRS and isinstance(v, (str, int, bool))}
+        out[(s.trace_id, s.span_id)] = {k: v for k, v in a.items() if k not in _SKIP_ATTRS and isinstance(v, (str, int, bool))}
     return out
 
 
@@ -178,11 +178,11 @@ def _onset(spans: list[Span], feature: str, ref: mp.FeatureDist, start_ns: int, 
     return None, series
 
 
-def _segments(spans: list[Span], seg_attrs: dict[str, dict], feature: str, ref: mp.FeatureDist,
+def _segments(spans: list[Span], seg_attrs: dict[tuple[str, str], dict], feature: str, ref: mp.FeatureDist,
               tests: int) -> list[dict]:
     values: dict[str, dict[Any, list[Span]]] = {}
     for s in spans:
-        for k, v in seg_attrs.get(s.span_id, {}).items():
+        for k, v in seg_attrs.get((s.trace_id, s.span_id), {}).items():
             values.setdefault(k, {}).setdefault(v, []).append(s)
     total = len(spans)
     found = []
@@ -192,8 +192,8 @@ def _segments(spans: list[Span], seg_attrs: dict[str, dict], feature: str, ref: 
         for v, inside in by.items():
             if len(inside) < MIN_SEGMENT_SHARE * total or len(inside) == total:
                 continue
-            ids = {s.span_id for s in inside}
-            outside = [s for s in spans if s.span_id not in ids]
+            ids = {id(s) for s in inside}
+            outside = [s for s in spans if id(s) not in ids]
             dist = (lambda ss: mp.score_dist(ss)) if feature == PREDICTION else \
                 (lambda ss: mp.distributions(ss).get(feature, mp.FeatureDist(ref.kind)))
             si, so = mp.compare(feature, ref, dist(inside), tests=tests), mp.compare(feature, ref, dist(outside), tests=tests)
@@ -204,7 +204,7 @@ def _segments(spans: list[Span], seg_attrs: dict[str, dict], feature: str, ref: 
                 continue  # drifted outside too: not concentrated here
             found.append({"attribute": attr, "value": v, "psi_inside": si.psi, "psi_outside": psi_out,
                           "share": len(inside) / total, "requests": len(inside),
-                          "example_trace_ids": [s.trace_id for s in inside[:3]]})
+                          "example_trace_ids": [s.trace_id for s in inside[-3:]]})  # latest: after the onset
     found.sort(key=lambda f: -(f["psi_inside"] - f["psi_outside"]))
     return found[:5]
 
@@ -236,7 +236,7 @@ def investigate_drift(backend: Backend, *, model: str, version: str | None, star
     base_pred = ref_pred if ref_feats is not None else (mp.score_dist(prev) if prev else None)
     tests = len(cur) + 1
     interval = interval_ns or max(1, span_len // 20)
-    seg_attrs: dict[str, dict] | None = None
+    seg_attrs: dict[tuple[str, str], dict] | None = None
     findings: list[Finding] = []
     rows: list[dict] = []
     items: list[tuple[str, mp.FeatureDist, mp.FeatureDist | None]] = [(f, d, base.get(f)) for f, d in cur.items()]
