@@ -25,6 +25,13 @@ is printed separately. Rounds interleave the variants, in an order rotated each 
 figures are medians over rounds. A paired diagnostic then measures the histogram record
 alone inside the wrapped call (record off, then on, back to back; ours and the SDK's).
 Targets (issue 2): stagetrace <= 1.10x hand-written; no-SDK overhead <= 1 us.
+
+Input/output profiles (issue 18; ``--profile-only`` runs just this part): a real
+scikit-learn model (StandardScaler + LogisticRegression, 9 features) called through the
+sklearn hook with a 64-row and a 1-row float batch, profiles on and off in paired
+back-to-back rounds (same wrapper, same span; only ``ml.input.profile``/``ml.output.profile``/
+``ml.prediction.id`` differ). Reported: medians per call, the median paired difference,
+and the ratio. Targets: <= 3 % of the 64-row call, <= 5 us for one row.
 """
 
 from __future__ import annotations
@@ -70,6 +77,58 @@ def child_no_sdk(calls: int, rounds: int) -> dict:
     return {k: statistics.median(v) for k, v in res.items()}
 
 
+def profile_cost(rounds: int, calls: int) -> None:
+    """Profiles on vs off around a real model call (see the module docstring)."""
+    import numpy as np
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class DropSpans(SpanExporter):
+        def export(self, spans):
+            return SpanExportResult.SUCCESS
+
+    from stagetrace.instrumentation import profiling, wrapping
+    from stagetrace.instrumentation.instrumentor import StagetraceInstrumentor
+
+    tp = TracerProvider()
+    tp.add_span_processor(BatchSpanProcessor(DropSpans(), max_queue_size=1 << 16))
+    inst = StagetraceInstrumentor()
+    inst.instrument(tracer_provider=tp, stages="", libraries=["sklearn"])
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(3)
+    X = rng.lognormal(3.0, 1.0, (4000, 9))
+    y = (X[:, 0] > np.median(X[:, 0])).astype(int)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300)).fit(X, y)
+    on = profiling.ProfileSettings()
+    print(f"\ninput/output profiles, sklearn Pipeline(StandardScaler, LogisticRegression).predict_proba, 9 features; "
+          f"{rounds} paired rounds x {calls} calls")
+    print(f"{'batch':<10}{'profile off':>14}{'profile on':>14}{'paired diff':>14}{'ratio':>9}   target")
+    for rows in (64, 1):
+        batch = X[:rows].copy()
+        offs, ons, diffs = [], [], []
+        for _ in range(3):  # warm-up (imports the capture module, fills caches)
+            model.predict_proba(batch)
+        for _ in range(rounds):
+            wrapping.settings.profile = None
+            t_off = per_call_ns(lambda i: model.predict_proba(batch), calls)
+            wrapping.settings.profile = on
+            t_on = per_call_ns(lambda i: model.predict_proba(batch), calls)
+            offs.append(t_off)
+            ons.append(t_on)
+            diffs.append(t_on - t_off)
+        m_off, m_on, m_d = (statistics.median(v) / 1000 for v in (offs, ons, diffs))
+        ratio = m_d / m_off
+        if rows == 64:
+            target = f"<= 3 %: {'met' if ratio <= 0.03 else 'MISSED'}"
+        else:
+            target = f"<= 5 us: {'met' if m_d <= 5.0 else 'MISSED'}"
+        print(f"{rows:<10}{m_off:>12.1f}us{m_on:>12.1f}us{m_d:>12.2f}us{ratio:>8.1%}   {target}")
+    inst.uninstrument()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=20000)
@@ -77,7 +136,13 @@ def main() -> None:
     ap.add_argument("--export-ms", type=float, default=250)
     ap.add_argument("--paired-rounds", type=int, default=40)
     ap.add_argument("--child-no-sdk", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--profile-only", action="store_true", help="only the input/output profile cost")
+    ap.add_argument("--profile-rounds", type=int, default=41)
+    ap.add_argument("--profile-calls", type=int, default=400)
     a = ap.parse_args()
+    if a.profile_only:
+        profile_cost(a.profile_rounds, a.profile_calls)
+        return
     if a.child_no_sdk:
         print(json.dumps(child_no_sdk(a.calls * 5, a.rounds)))
         return
@@ -198,6 +263,7 @@ def main() -> None:
     if collect_us is not None:
         print(f"one collect of the pre-aggregated histogram (1 series, into the reader's MetricsData): "
               f"{collect_us:.1f} us = {collect_us / (a.export_ms * 10):.4f} % of run time at this interval")
+    profile_cost(a.profile_rounds, a.profile_calls)
 
 
 def _collect_cost_us(reader, st_metrics, n: int = 2000) -> float | None:

@@ -33,7 +33,7 @@ import grpc
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from . import otlp, queryapi, wal
+from . import labels, otlp, queryapi, wal
 from .store import TABLE_OF_SIGNAL
 
 log = logging.getLogger("stagetrace.collector.receiver")
@@ -292,6 +292,9 @@ class _OTLPHandler(BaseHTTPRequestHandler):
         if signal is None and self.query is not None and path.startswith(queryapi.PREFIX):
             self._serve_query(path[len(queryapi.PREFIX):], length_text)
             return
+        if path == labels.PATH:
+            self._serve_labels(length_text)
+            return
         if signal is None:
             self._reply(404, f"unknown path {path}; use /v1/traces, /v1/logs or /v1/metrics\n".encode(),
                         "text/plain", close=True)
@@ -347,6 +350,51 @@ class _OTLPHandler(BaseHTTPRequestHandler):
         else:
             self._reply(200, resp.SerializeToString(), "application/x-protobuf")
 
+
+    def _serve_labels(self, length_text: str | None) -> None:
+        """JSON lines of labels -> ``ml.label`` log records -> the logs WAL, like an export."""
+        def answer(status: int, doc: dict, headers: dict[str, str] | None = None, close: bool = False) -> None:
+            self._reply(status, (json.dumps(doc) + "\n").encode(), "application/json", headers, close=close)
+
+        try:
+            length = int(length_text) if length_text is not None else -1
+        except ValueError:
+            length = -1
+        if length < 0:
+            answer(411, {"error": "Content-Length required"}, close=True)
+            return
+        ing = self.ingestor
+        limit = min(labels.MAX_LABEL_BYTES, ing.limits.max_request_bytes)
+        if length > limit:
+            answer(413, {"error": f"body of {length} bytes is over the limit of {limit}; send fewer labels per request"},
+                   close=True)
+            return
+        if not self.slots.acquire(blocking=False):
+            ing.stats["refused"] += 1
+            answer(429, {"error": "too many concurrent requests; retry later"},
+                   {"Retry-After": str(ing.limits.retry_after_s)}, close=True)
+            return
+        try:
+            body = self.rfile.read(length)
+            ing.check_token(self.headers.get("Authorization"))
+            payload, accepted, rejected, errors = labels.parse_lines(body)
+            if payload is None:
+                answer(400, {"accepted": 0, "rejected": rejected, "errors": errors})
+                return
+            ing.check_backlog()
+            ing.export(otlp.LOGS, payload, json_body=False)
+        except ExportError as exc:
+            ing.stats["refused"] += 1
+            headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else {}
+            answer(_HTTP_STATUS[exc.kind], {"error": str(exc)}, headers)
+            return
+        except Exception:
+            log.exception("unexpected error while storing labels")
+            answer(503, {"error": "internal error"}, {"Retry-After": str(ing.limits.retry_after_s)})
+            return
+        finally:
+            self.slots.release()
+        answer(200, {"accepted": accepted, "rejected": rejected, "errors": errors})
 
     def _serve_query(self, method: str, length_text: str | None) -> None:
         try:

@@ -9,6 +9,7 @@ so ``stagetrace --help`` and ``stagetrace trace`` stay fast:
 - ``demo``                 -> stagetrace.demo.cli:demo_cmd
 - ``watch``                -> stagetrace.incidents.cli:watch_group
 - ``postmortem``           -> stagetrace.incidents.cli:postmortem_cmd
+- ``profile``              -> stagetrace.forensics.mlcli:profile_group
 - ``ui``                   -> stagetrace.ui.cli:ui_cmd
 """
 
@@ -32,6 +33,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("stagetrace.demo.cli", "demo_cmd", "Run an instrumented ML service with injected faults and investigate it."),
     "watch": ("stagetrace.incidents.cli", "watch_group", "Evaluate alert rules continuously; alerts carry their root cause."),
     "postmortem": ("stagetrace.incidents.cli", "postmortem_cmd", "Write a blameless post-mortem draft from the telemetry."),
+    "profile": ("stagetrace.forensics.mlcli", "profile_group", "Build reference profiles of a model's inputs (for drift)."),
     "ui": ("stagetrace.ui.cli", "ui_cmd", "Serve the local web UI: search, trace view, investigate from the plot."),
 }
 

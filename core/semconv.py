@@ -40,6 +40,21 @@ ML_INPUT_SHAPE = "ml.input.shape"
 ML_FEATURE_COUNT = "ml.feature.count"
 ML_INPUT_VALUE = "ml.input.value"  # opt-in only (payload capture)
 ML_OUTPUT_VALUE = "ml.output.value"  # opt-in only (payload capture)
+# Input/output profiles of the inference stage (binned, never values; core/mlprofile.py)
+ML_PREDICTION_ID = "ml.prediction.id"  # <trace id>-<span id>; a batch row is <id>-<row>
+ML_INPUT_FEATURES = "ml.input.features"  # string[]: feature names, in profile order
+ML_INPUT_PROFILE = "ml.input.profile"  # encoded per-feature bins, missing counts, ranges, category sets
+ML_INPUT_SAMPLE = "ml.input.sample"  # opt-in only: JSON of one row, redacted fields replaced
+ML_OUTPUT_PROFILE = "ml.output.profile"  # encoded per-row score, predicted class, confidence
+ML_PREDICTION_SCORE_MEAN = "ml.prediction.score.mean"
+ML_PREDICTION_CONFIDENCE_MEAN = "ml.prediction.confidence.mean"  # mean top-class probability
+ML_PREDICTION_CLASS = "ml.prediction.class"  # the predicted class of a one-row call
+# Delayed labels: an OTLP log record with event.name = ml.label (docs/semantic-conventions.md)
+EVENT_NAME = "event.name"  # OTel semconv (log record attribute; LogRecord.event_name in newer OTLP)
+ML_LABEL_EVENT = "ml.label"
+ML_LABEL_VALUE = "ml.label.value"  # the true outcome: string, int, bool or double
+ML_LABEL_TRACE_ID = "ml.label.trace_id"  # the labelled prediction's trace (also the record's own trace id)
+ML_LABEL_TIME = "ml.label.time"  # when the outcome was known, Unix ns (the record's time is when it was received)
 
 STAGE_FEATURE_FETCH = "feature_fetch"
 STAGE_PREPROCESS = "preprocess"
@@ -91,6 +106,11 @@ ENV_LOG_FORMAT = "STAGETRACE_LOG_FORMAT"  # json | text (default: your own forma
 ENV_LOG_CORRELATION = "STAGETRACE_LOG_CORRELATION"  # true (default) | false: ids on every LogRecord
 ENV_CAPTURE_PAYLOADS = "STAGETRACE_CAPTURE_PAYLOADS"  # opt-in: true
 ENV_PAYLOAD_HOOK = "STAGETRACE_PAYLOAD_HOOK"  # opt-in: module:function called with inputs/outputs
+ENV_PROFILE = "STAGETRACE_PROFILE"  # false: no input/output profiles (default on)
+ENV_PROFILE_STAGES = "STAGETRACE_PROFILE_STAGES"  # comma-separated stages to profile (default inference)
+ENV_PROFILE_FEATURES = "STAGETRACE_PROFILE_FEATURES"  # comma-separated feature names when the model has none
+ENV_PROFILE_REDACT = "STAGETRACE_PROFILE_REDACT"  # comma-separated features never binned nor sampled
+ENV_PROFILE_SAMPLE_RATE = "STAGETRACE_PROFILE_SAMPLE_RATE"  # opt-in raw samples: share of calls (default 0)
 ENV_MODEL_VERSION = "STAGETRACE_MODEL_VERSION"  # default ml.model.version when the library has none
 ENV_SIGNAL_FLUSH_TIMEOUT = "STAGETRACE_SIGNAL_FLUSH_TIMEOUT"  # seconds to flush telemetry on SIGTERM (default 2; 0 = off)
 ENV_DATA_DIR = "STAGETRACE_DATA_DIR"

@@ -181,3 +181,9 @@ def errors_cmd(service, since, from_, until, fmt, output, **opts) -> None:
     finally:
         backend.close()
     _emit(report, fmt, output)
+
+
+# issue 18: `investigate drift` lives in mlcli.py (kept apart from the slow/errors code)
+from .mlcli import drift_cmd as _drift_cmd  # noqa: E402
+
+investigate_group.add_command(_drift_cmd)

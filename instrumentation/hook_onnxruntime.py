@@ -55,5 +55,14 @@ def describe(instance, args, kwargs):
     return attrs
 
 
+def model_input(args, kwargs):
+    """The first array of ``run(output_names, input_feed)``'s feed."""
+    feed = args[1] if len(args) > 1 else kwargs.get("input_feed")
+    if isinstance(feed, dict) and feed:
+        return next(iter(feed.values()))
+    return None
+
+
 def on_import(module: ModuleType) -> None:
-    wrap(module.Session, "run", StageSpec(semconv.STAGE_INFERENCE, "InferenceSession.run", FRAMEWORK, describe))
+    wrap(module.Session, "run", StageSpec(semconv.STAGE_INFERENCE, "InferenceSession.run", FRAMEWORK, describe,
+                                          model_input=model_input))

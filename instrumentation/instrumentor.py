@@ -21,7 +21,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from stagetrace import semconv
 
 from . import (hook_feast, hook_lightgbm, hook_onnxruntime, hook_sklearn, hook_torch, hook_transformers,
-               hook_xgboost, importhook, logs, metrics, stages, wrapping)
+               hook_xgboost, importhook, logs, metrics, profiling, stages, wrapping)
 from .package import _hooked_libraries, _instruments
 
 _logger = logging.getLogger("stagetrace.instrumentation")
@@ -104,7 +104,9 @@ class StagetraceInstrumentor(BaseInstrumentor):
     Keyword arguments to ``instrument()``: ``tracer_provider``, ``meter_provider``,
     ``stages`` (a ``STAGETRACE_STAGES``-style string, replaces the env/config
     sources), ``payload_hook`` (callable ``(span, stage, args, kwargs, result)``,
-    opt-in payload capture), ``libraries`` (iterable of hook names such as
+    opt-in payload capture), ``profile`` (a ``profiling.ProfileSettings``, or False:
+    no input/output profiles; default from ``STAGETRACE_PROFILE*`` and
+    ``[tool.stagetrace.profile]``), ``libraries`` (iterable of hook names such as
     ``"sklearn"``; default all).
     """
 
@@ -117,6 +119,7 @@ class StagetraceInstrumentor(BaseInstrumentor):
         metrics.reset()
         wrapping.settings.default_model_version = os.environ.get(semconv.ENV_MODEL_VERSION) or None
         wrapping.settings.payload_hook = self._payload_hook(kwargs.get("payload_hook"))
+        wrapping.settings.profile = self._profile_settings(kwargs.get("profile"))
         logs.install_record_factory()
 
         wanted = kwargs.get("libraries")
@@ -133,6 +136,23 @@ class StagetraceInstrumentor(BaseInstrumentor):
                 stages._warn(target.entry, target.source,
                              f"module {target.module!r} not found (it will still be wrapped if it is imported later)")
             importhook.when_imported(target.module, _stage_callback(target))
+
+    @staticmethod
+    def _profile_settings(explicit):
+        """``profile=`` (a ProfileSettings, or False for off), else env + ``[tool.stagetrace.profile]``."""
+        if explicit is False:
+            return None
+        if explicit is not None:
+            return explicit
+        try:
+            table = stages.tool_table().get("profile")
+            if table is not None and not isinstance(table, dict):
+                _logger.warning("stagetrace: [tool.stagetrace.profile] must be a table; using the defaults")
+                table = None
+            return profiling.load_settings(table=table)
+        except Exception:
+            _logger.warning("stagetrace: cannot read the profile settings; input/output profiles are off", exc_info=True)
+            return None
 
     @staticmethod
     def _payload_hook(explicit):
@@ -155,6 +175,7 @@ class StagetraceInstrumentor(BaseInstrumentor):
         wrapping.unwrap_all()
         wrapping.settings.explicit_provider = None
         wrapping.settings.payload_hook = None
+        wrapping.settings.profile = None
         metrics._state.explicit_provider = None
         metrics.reset()
         logs.uninstall_record_factory()

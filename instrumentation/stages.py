@@ -131,6 +131,23 @@ def from_file(path: Path, *, pyproject: bool) -> list[StageTarget]:
     return _from_table(table["stages"], source)
 
 
+def tool_table(environ: dict[str, str] | None = None, cwd: Path | None = None) -> dict[str, Any]:
+    """The ``[tool.stagetrace]`` table (or a ``STAGETRACE_CONFIG`` file's top level)
+    for settings other than stages; {} when there is none or it cannot be read
+    (the stage loader already warned about an unreadable file)."""
+    env = os.environ if environ is None else environ
+    explicit = env.get(semconv.ENV_CONFIG)
+    path = Path(explicit).expanduser() if explicit else (cwd or Path.cwd()) / "pyproject.toml"
+    try:
+        data = _load_toml(path)
+    except Exception:
+        return {}
+    table = data.get("tool", {}).get("stagetrace") if isinstance(data.get("tool"), dict) else None
+    if table is None and explicit:
+        table = data
+    return table if isinstance(table, dict) else {}
+
+
 def load(environ: dict[str, str] | None = None, cwd: Path | None = None) -> list[StageTarget]:
     """All configured targets, de-duplicated by target (first source wins)."""
     env = os.environ if environ is None else environ

@@ -57,6 +57,9 @@ class StageSpec:
     # (sklearn ``transform`` is preprocess only inside a Pipeline's inference).
     only_inside: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # The model input among the call's arguments (self excluded), for the input
+    # profile; default: the first positional argument.
+    model_input: Callable[[tuple, dict], Any] | None = None
 
     @functools.cached_property
     def base_attributes(self) -> dict[str, Any]:
@@ -77,12 +80,13 @@ class StageSpec:
 class _Frame:
     """The innermost active stage in this context."""
 
-    __slots__ = ("stage", "span", "has_model")
+    __slots__ = ("stage", "span", "has_model", "profiled")
 
-    def __init__(self, stage: str, span, has_model: bool) -> None:
+    def __init__(self, stage: str, span, has_model: bool, profiled: bool = False) -> None:
         self.stage = stage
         self.span = span
         self.has_model = has_model
+        self.profiled = profiled  # ml.input.profile is on the span
 
 
 _current: ContextVar[_Frame | None] = ContextVar("stagetrace_stage", default=None)
@@ -109,6 +113,7 @@ class _Settings:
     explicit_provider = None  # tracer_provider kwarg of instrument(); None = global
     payload_hook: PayloadHook | None = None
     default_model_version: str | None = None
+    profile = None  # profiling.ProfileSettings, or None when input/output profiles are off
 
 
 settings = _Settings()
@@ -198,10 +203,11 @@ def first_arg(args: tuple, kwargs: dict, *names: str) -> Any:
 class _Active:
     """One open stage span."""
 
-    __slots__ = ("span", "ctx", "frame", "t0", "metric_attrs", "tokens")
+    __slots__ = ("span", "ctx", "frame", "t0", "metric_attrs", "tokens", "instance")
 
-    def __init__(self, span, frame: _Frame, metric_attrs: dict) -> None:
+    def __init__(self, span, frame: _Frame, metric_attrs: dict, instance=None) -> None:
         self.span = span
+        self.instance = instance
         self.ctx = trace_api.set_span_in_context(span)
         self.frame = frame
         self.metric_attrs = metric_attrs
@@ -218,12 +224,49 @@ class _Active:
             context_api.detach(tokens[0])
 
 
+def _model_input(spec: StageSpec, args: tuple, kwargs: dict) -> Any:
+    if spec.model_input is not None:
+        return spec.model_input(args, kwargs)
+    if args:
+        return args[0]
+    return first_arg(args, kwargs, "X", "data", "x", "input", "inputs")
+
+
+_capture: list = []  # [profile_capture module], imported at the first profiled call (it imports numpy)
+
+
+def _capture_module():
+    if not _capture:
+        from . import profile_capture
+        _capture.append(profile_capture)
+    return _capture[0]
+
+
+def _profile_input(spec: StageSpec, instance, args, kwargs, model: str | None) -> dict[str, Any]:
+    try:
+        return _capture_module().input_attributes(settings.profile, _model_input(spec, args, kwargs), instance,
+                                          spec.qualname, model)
+    except Exception:
+        _internal_error("input profile", spec)
+        return {}
+
+
 def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
     """Open a span for this call, or return None if the call is nested/not applicable."""
     parent = _current.get()
     if parent is not None and parent.stage == spec.stage:
         if not parent.has_model and spec.describe is not None:
             _enrich(parent, spec, instance, args, kwargs)
+        if not parent.profiled and spec.framework and settings.profile is not None \
+                and spec.stage in settings.profile.stages:
+            # the outer (user) stage's own argument was not a model input: the model's is
+            pattrs = _profile_input(spec, instance, args, kwargs, None)
+            if pattrs:
+                parent.profiled = True
+                try:
+                    parent.span.set_attributes(pattrs)
+                except Exception:
+                    _internal_error("input profile", spec)
         return None
     if spec.only_inside is not None and (parent is None or parent.stage != spec.only_inside):
         return None
@@ -244,9 +287,16 @@ def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
     version = attrs.get(semconv.ML_MODEL_VERSION)
     if version is None and settings.default_model_version is not None:
         version = attrs[semconv.ML_MODEL_VERSION] = settings.default_model_version
+    profiled = False
+    prof = settings.profile
+    if prof is not None and spec.stage in prof.stages:
+        pattrs = _profile_input(spec, instance, args, kwargs, model)
+        if pattrs:
+            attrs.update(pattrs)  # set with the others: one attribute-cleaning pass
+            profiled = True
     span = tracer.start_span(f"{spec.stage} {model}" if model else spec.default_name, kind=SpanKind.INTERNAL, attributes=attrs)
     metric_attrs = metrics.attributes_for(spec.stage, model, version)
-    return _Active(span, _Frame(spec.stage, span, model is not None), metric_attrs)
+    return _Active(span, _Frame(spec.stage, span, model is not None, profiled), metric_attrs, instance)
 
 
 def _enrich(parent: _Frame, spec: StageSpec, instance, args, kwargs) -> None:
@@ -278,16 +328,33 @@ def _end(active: _Active, spec: StageSpec, exc: BaseException | None, args, kwar
                 span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
             else:
                 outcome = semconv.OUTCOME_CANCELLED
-        elif settings.payload_hook is not None:
-            try:
-                settings.payload_hook(span, spec.stage, args, kwargs, result)
-            except Exception:
-                _internal_error("payload hook", spec)
+        else:
+            if active.frame.profiled:
+                _profile_output(active, spec, result)
+            if settings.payload_hook is not None:
+                try:
+                    settings.payload_hook(span, spec.stage, args, kwargs, result)
+                except Exception:
+                    _internal_error("payload hook", spec)
         elapsed = time.perf_counter() - active.t0
         span.end()
         metrics.record(elapsed, active.metric_attrs, outcome, active.ctx, span)
     except Exception:
         _internal_error("end", spec)
+
+
+def _profile_output(active: _Active, spec: StageSpec, result) -> None:
+    """Prediction summary and ``ml.prediction.id`` of a profiled call that returned."""
+    try:
+        capture = _capture_module()
+        attrs = capture.output_attributes(result, active.instance)
+        pid = capture.prediction_id_for(active.span)
+        if pid is not None:
+            attrs[semconv.ML_PREDICTION_ID] = pid
+        if attrs:
+            active.span.set_attributes(attrs)
+    except Exception:
+        _internal_error("output profile", spec)
 
 
 # --- the wrappers for each callable kind --------------------------------------

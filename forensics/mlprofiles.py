@@ -1,0 +1,255 @@
+"""Feature distributions from the profiles on inference spans, and the tests that
+compare two of them (PSI plus chi-square, sample-size aware).
+
+Used by ``investigate drift`` (:mod:`.drift`), ``stagetrace profile build`` and, for
+the lead's errors/slow investigations, :func:`compare_input_profiles`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from scipy import stats
+
+from stagetrace import mlprofile, semconv
+from stagetrace.model import Span
+
+ALPHA = 0.01  # family-wise, Bonferroni over the features tested
+PSI_MIN = 0.1  # the usual "moderate shift" bar; raised when the samples are small
+MAX_GROUPS = 10
+MISSING = "missing"
+NEW = "new category"
+OTHER = "other categories"
+
+
+@dataclass(slots=True)
+class FeatureDist:
+    """One feature's observed values: bin/category code counts, missing values, rows."""
+
+    kind: str  # n | c | r
+    counts: Counter = field(default_factory=Counter)
+    missing: int = 0
+    rows: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "missing": self.missing, "rows": self.rows,
+                "counts": {str(k): v for k, v in sorted(self.counts.items())}}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "FeatureDist":
+        return cls(d["kind"], Counter({int(k): int(v) for k, v in d["counts"].items()}), int(d["missing"]),
+                   int(d["rows"]))
+
+
+def add_profile(dists: dict[str, FeatureDist], names: Sequence[str], prof: mlprofile.InputProfile) -> None:
+    """Add one span's profile to per-feature distributions (sampled rows for the
+    shape, all rows for missing counts)."""
+    miss = mlprofile.is_missing(prof.codes)
+    for j, name in enumerate(names):
+        d = dists.get(name)
+        if d is None:
+            d = dists[name] = FeatureDist(prof.kinds[j])
+        col = prof.codes[:, j]
+        d.counts.update(col[~miss[:, j]].tolist() if d.kind != "r" else [])
+        d.missing += int(prof.missing[j])
+        d.rows += prof.rows
+
+
+def span_profile(span: Span) -> tuple[list[str], mlprofile.InputProfile] | None:
+    text = span.attributes.get(semconv.ML_INPUT_PROFILE)
+    if text is None:
+        return None
+    prof = mlprofile.decode_input(text)
+    if prof is None:
+        return None
+    names = mlprofile.parse_feature_list(span.attributes.get(semconv.ML_INPUT_FEATURES))
+    if len(names) != prof.width:
+        names = [f"f{i}" for i in range(prof.width)]
+    return names, prof
+
+
+def distributions(spans: Iterable[Span]) -> dict[str, FeatureDist]:
+    dists: dict[str, FeatureDist] = {}
+    for sp in spans:
+        got = span_profile(sp)
+        if got is not None:
+            add_profile(dists, got[0], got[1])
+    return dists
+
+
+# --- grouping and tests ---------------------------------------------------------------
+
+def groups_for(ref: FeatureDist, cur: FeatureDist) -> tuple[list[str], Any]:
+    """Group labels and a code -> group index function, from the reference: up to
+    ``MAX_GROUPS`` quantile groups of the ordered bins (numeric) or the most common
+    categories plus "other" and "new" (categorical); "missing" last."""
+    if ref.kind == "c" or cur.kind == "c":
+        top = [c for c, _ in ref.counts.most_common(MAX_GROUPS - 2)]
+        index = {c: i for i, c in enumerate(top)}
+        labels = [f"category #{c}" for c in top] + [OTHER, NEW]
+        known = set(ref.counts)
+
+        def of(code: int) -> int:
+            i = index.get(code)
+            if i is not None:
+                return i
+            return len(top) if code in known else len(top) + 1
+        return labels + [MISSING], of
+    codes = sorted(ref.counts or cur.counts, key=lambda c: int(mlprofile.bin_order(np.array([c]))[0]))
+    if not codes:
+        return [MISSING], lambda code: 0
+    total = sum(ref.counts[c] for c in codes) or 1
+    bounds: list[int] = []  # order value of the last code of each group
+    acc = 0
+    for c in codes:
+        acc += ref.counts[c]
+        if acc >= total * (len(bounds) + 1) / MAX_GROUPS or c == codes[-1]:
+            bounds.append(int(mlprofile.bin_order(np.array([c]))[0]))
+    bounds = sorted(set(bounds))
+    labels = []
+    lo_code = codes[0]
+    by_order = {int(mlprofile.bin_order(np.array([c]))[0]): c for c in codes}
+    prev = None
+    for b in bounds:
+        first = lo_code if prev is None else min((c for c in codes if int(mlprofile.bin_order(np.array([c]))[0]) > prev),
+                                                 key=lambda c: int(mlprofile.bin_order(np.array([c]))[0]))
+        lo = mlprofile.bin_edges(first)[0]
+        hi = mlprofile.bin_edges(by_order[b])[1]
+        labels.append(f"[{lo:.4g}, {hi:.4g})")
+        prev = b
+    if len(labels) > 1:
+        labels[0] = "< " + labels[0].split(", ")[1].rstrip(")")
+        labels[-1] = ">= " + labels[-1].split(", ")[0].lstrip("[")
+    bnd = np.array(bounds)
+
+    def of(code: int) -> int:
+        o = int(mlprofile.bin_order(np.array([code]))[0])
+        return int(min(np.searchsorted(bnd, o, side="left"), len(bnd) - 1))
+    return labels + [MISSING], of
+
+
+def grouped(d: FeatureDist, of: Any, n_groups: int) -> np.ndarray:
+    v = np.zeros(n_groups, dtype=np.float64)
+    for code, cnt in d.counts.items():
+        v[of(code)] += cnt
+    # missing share over all rows, scaled to the sampled rows so the groups add up
+    sampled = v.sum()
+    if d.rows:
+        v[-1] = d.missing * (sampled / max(1, d.rows - d.missing)) if d.rows > d.missing else d.missing
+    return v
+
+
+def psi(ref: np.ndarray, cur: np.ndarray, eps: float = 1e-4) -> float:
+    p = np.maximum(ref / max(ref.sum(), 1), eps)
+    q = np.maximum(cur / max(cur.sum(), 1), eps)
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+@dataclass(slots=True)
+class Shift:
+    """One feature (or the prediction) compared between two samples."""
+
+    feature: str
+    kind: str
+    psi: float
+    p_value: float
+    significant: bool
+    threshold: float  # the PSI bar used (sample-size aware)
+    ref_rows: int
+    cur_rows: int
+    ref_missing: float
+    cur_missing: float
+    groups: list[dict[str, Any]]  # label, ref share, cur share
+    top_group: str  # where the extra mass went
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+def compare(feature: str, ref: FeatureDist, cur: FeatureDist, tests: int = 1, alpha: float = ALPHA) -> Shift | None:
+    """PSI and a chi-square test of homogeneity on the grouped bins. Drift is called
+    when p < alpha/tests (Bonferroni) and PSI clears both 0.1 and the PSI that
+    sampling noise alone exceeds with probability alpha (PSI ~ chi2(G-1) * (1/n + 1/m)
+    under no change), so small samples need a bigger shift and huge ones do not
+    flag trivial shifts."""
+    labels, of = groups_for(ref, cur)
+    r, c = grouped(ref, of, len(labels)), grouped(cur, of, len(labels))
+    if r.sum() < 1 or c.sum() < 1:
+        return None
+    keep = (r + c) > 0
+    g = int(keep.sum())
+    value = psi(r, c)
+    if g < 2:
+        p = 1.0
+    else:
+        table = np.vstack([r[keep], c[keep]])
+        p = float(stats.chi2_contingency(table, correction=False)[1])
+    noise = stats.chi2.ppf(1 - alpha, max(1, g - 1)) * (1 / r.sum() + 1 / c.sum())
+    thr = max(PSI_MIN, float(noise))
+    sig = p < alpha / max(1, tests) and value >= thr
+    rs, cs = r / r.sum(), c / c.sum()
+    contrib = (cs - rs) * np.log(np.maximum(cs, 1e-4) / np.maximum(rs, 1e-4))
+    gains = np.where(cs > rs, contrib, -1)
+    top = labels[int(np.argmax(gains))]
+    return Shift(feature, ref.kind, value, p, bool(sig), thr, ref.rows, cur.rows,
+                 ref.missing / max(1, ref.rows), cur.missing / max(1, cur.rows),
+                 [{"group": lb, "reference": float(a), "current": float(b)} for lb, a, b in zip(labels, rs, cs)], top)
+
+
+def compare_input_profiles(failing_spans: Sequence[Span], normal_spans: Sequence[Span],
+                           alpha: float = ALPHA) -> list[dict[str, Any]]:
+    """Per-feature differences between the input profiles of two groups of spans
+    (failing or slow vs normal), most different first. Each entry: feature, missing
+    share in each group with Fisher's exact test on it, the distribution shift (PSI,
+    chi-square p), and ``significant`` (Bonferroni over features). For
+    ``investigate errors``/``slow``: "device_age_days missing in 100% vs 0%"."""
+    fail, norm = distributions(failing_spans), distributions(normal_spans)
+    names = [n for n in fail if n in norm]
+    out = []
+    m = max(1, len(names))
+    for name in names:
+        f, n = fail[name], norm[name]
+        table = [[f.missing, max(0, f.rows - f.missing)], [n.missing, max(0, n.rows - n.missing)]]
+        p_miss = float(stats.fisher_exact(table)[1]) if f.rows and n.rows else 1.0
+        miss_f, miss_n = f.missing / max(1, f.rows), n.missing / max(1, n.rows)
+        shift = compare(name, n, f, tests=m, alpha=alpha)
+        sig_miss = p_miss < alpha / m and abs(miss_f - miss_n) >= 0.1
+        entry = {"feature": name, "kind": f.kind, "failing_rows": f.rows, "normal_rows": n.rows,
+                 "missing_failing": miss_f, "missing_normal": miss_n, "missing_p_value": p_miss,
+                 "psi": shift.psi if shift else 0.0, "p_value": shift.p_value if shift else 1.0,
+                 "top_group": shift.top_group if shift else None,
+                 "significant": bool(sig_miss or (shift is not None and shift.significant))}
+        if sig_miss:
+            entry["summary"] = f"{name} missing in {miss_f:.0%} of failing vs {miss_n:.0%} of normal predictions"
+        elif shift is not None and shift.significant:
+            entry["summary"] = (f"{name} distribution differs (PSI {shift.psi:.2f}); "
+                                f"failing predictions concentrate in {shift.top_group}")
+        else:
+            entry["summary"] = f"{name}: no significant difference"
+        entry["score"] = abs(miss_f - miss_n) * 10 * sig_miss + (shift.psi if shift else 0.0)
+        out.append(entry)
+    out.sort(key=lambda e: (not e["significant"], -e["score"]))
+    return out
+
+
+def score_dist(spans: Iterable[Span]) -> FeatureDist:
+    """The prediction's score distribution as a feature (bins of the scores)."""
+    d = FeatureDist("n")
+    for sp in spans:
+        text = sp.attributes.get(semconv.ML_OUTPUT_PROFILE)
+        if text is None:
+            continue
+        out = mlprofile.decode_output(text)
+        if out is None:
+            continue
+        s = out.scores.astype(np.float64)
+        ok = ~np.isnan(s)
+        # scores in [0, 1] binned on a 0.05 grid (the float bins are too fine near 0)
+        codes = np.where((s >= 0) & (s <= 1), np.floor(s * 20).clip(0, 19), np.nan)
+        d.counts.update(mlprofile.bin_codes(codes[ok] + 1).tolist())
+        d.missing += int((~ok).sum())
+        d.rows += len(s)
+    return d

@@ -1,0 +1,406 @@
+"""Capture of input/output profiles (numpy; imported at the first profiled call).
+See :mod:`.profiling` for the settings and :mod:`stagetrace.mlprofile` for the format."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from stagetrace import mlprofile, semconv
+
+from .profiling import ProfileSettings, _last_prediction_id
+
+MAX_SAMPLED_ROWS = 256  # rows binned per call (a strided sample above; summaries cover all rows)
+MAX_OUTPUT_ROWS = 256  # rows whose score/class is kept (label joins by row index below that)
+_SAMPLE_LIMIT = 1024  # characters of an opted-in raw sample
+
+
+# --- feature names ----------------------------------------------------------------
+
+_per_model: dict[int, tuple[Any, tuple[str, ...] | None, list[str] | None]] = {}
+_PER_MODEL_MAX = 256
+
+
+def _model_info(instance: Any) -> tuple[tuple[str, ...] | None, list[str] | None]:
+    """(feature names, class labels) of a model, looked up once per instance: the
+    look-ups go through properties that raise (a Pipeline's ``feature_names_in_``),
+    which cost more than the whole profile."""
+    hit = _per_model.get(id(instance))
+    if hit is not None and hit[0] is instance:
+        return hit[1], hit[2]
+    names, classes = _model_names(instance), _classes_of(instance)
+    if len(_per_model) >= _PER_MODEL_MAX:
+        _per_model.clear()
+    _per_model[id(instance)] = (instance, names, classes)
+    return names, classes
+
+
+def _model_names(instance: Any) -> tuple[str, ...] | None:
+    """Names the model was fitted with: sklearn ``feature_names_in_``, XGBoost
+    ``feature_names`` (Booster) / ``get_booster()``, LightGBM ``feature_name()``."""
+    if instance is None:
+        return None
+    names = getattr(instance, "feature_names_in_", None)
+    if names is None:
+        fn = getattr(instance, "feature_names", None)  # xgboost.Booster property
+        if isinstance(fn, (list, tuple)):
+            names = fn
+    if names is None:
+        fn = getattr(instance, "feature_name", None)  # lightgbm.Booster method
+        if callable(fn) and type(instance).__module__.startswith("lightgbm"):
+            try:
+                names = fn()
+            except Exception:
+                names = None
+    if names is None:
+        fn = getattr(instance, "feature_name_", None)  # lightgbm sklearn wrapper
+        if isinstance(fn, (list, tuple)):
+            names = fn
+    if names is None:
+        return None
+    try:
+        return tuple(str(n) for n in names)
+    except TypeError:
+        return None
+
+
+_generic_names: dict[int, tuple[str, ...]] = {}
+
+
+def _generic(d: int) -> tuple[str, ...]:
+    names = _generic_names.get(d)
+    if names is None:
+        names = _generic_names[d] = tuple(f"f{i}" for i in range(d))
+    return names
+
+
+# --- inputs ------------------------------------------------------------------------
+
+_kinds_cache: dict[tuple[int, frozenset], str] = {}
+
+
+def _numeric_kinds(names: tuple[str, ...], redact: frozenset) -> str:
+    if not redact:
+        return "n" * len(names)
+    key = (hash(names), redact)
+    k = _kinds_cache.get(key)
+    if k is None:
+        k = _kinds_cache[key] = "".join("r" if n in redact else "n" for n in names)
+    return k
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "detach")
+
+
+def _as_matrix(x: Any) -> tuple[Any, tuple[str, ...] | None] | None:
+    """(2-D array or column table, names from the data) for a model input, or None."""
+    if isinstance(x, np.ndarray):
+        return x, None
+    mod = type(x).__module__
+    if mod.startswith("pandas"):
+        if hasattr(x, "columns"):
+            return x, tuple(str(c) for c in x.columns)
+        if hasattr(x, "to_numpy"):  # a Series: one feature
+            return x.to_numpy().reshape(-1, 1), (str(x.name) if x.name is not None else "f0",)
+        return None
+    if _is_torch(x):
+        try:
+            return x.detach().cpu().numpy(), None
+        except Exception:
+            return None
+    if isinstance(x, Mapping):
+        names = tuple(str(k) for k in x)
+        vals = list(x.values())
+        if vals and all(isinstance(v, (list, tuple, np.ndarray)) for v in vals):  # columnar batch
+            return _Columns(names, [list(v) for v in vals]), names
+        return _Columns(names, [[v] for v in vals]), names
+    if isinstance(x, str):
+        return _Columns(("text.length",), [[len(x)]]), ("text.length",)
+    if isinstance(x, (list, tuple)) and x:
+        first = x[0]
+        if isinstance(first, Mapping):
+            names = tuple(str(k) for k in first)
+            return _Columns(names, [[row.get(k) if isinstance(row, Mapping) else None for row in x] for k in first]), names
+        if isinstance(first, str):
+            return _Columns(("text.length",), [[len(s) if isinstance(s, str) else None for s in x]]), ("text.length",)
+        try:
+            return np.asarray(x), None
+        except Exception:
+            return None
+    return None
+
+
+class _Columns:
+    """Row-of-values input (dicts, lists of dicts) held column by column."""
+
+    __slots__ = ("names", "cols")
+
+    def __init__(self, names: tuple[str, ...], cols: list[list]) -> None:
+        self.names = names
+        self.cols = cols
+
+    @property
+    def rows(self) -> int:
+        return len(self.cols[0]) if self.cols else 0
+
+
+def _column_codes(values: list, redacted: bool) -> tuple[str, np.ndarray]:
+    """(kind, int16 codes) of one column of Python values."""
+    if redacted:
+        return "r", np.array([mlprofile.MISSING_CODE if _missing(v) else 0 for v in values], dtype=np.int16)
+    numeric = True
+    for v in values:
+        if not (v is None or isinstance(v, (int, float, np.number)) and not isinstance(v, bool)):
+            numeric = False
+            break
+    if numeric:
+        return "n", mlprofile.bin_codes([math.nan if v is None else float(v) for v in values])
+    return "c", np.array([mlprofile.category_code(v) for v in values], dtype=np.int16)
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and v != v)
+
+
+def _frame_codes(df: Any, names: tuple[str, ...], redact: frozenset) -> tuple[str, np.ndarray]:
+    try:  # all-numeric frame: one conversion, no per-column work
+        mat = df.to_numpy(dtype=np.float64)
+        if not redact:
+            return "n" * len(names), mlprofile.bin_codes(mat)
+        kinds = _numeric_kinds(names, redact)
+        codes = mlprofile.bin_codes(mat)
+        for j, k in enumerate(kinds):
+            if k == "r":
+                codes[:, j] = np.where(np.isnan(mat[:, j]), mlprofile.MISSING_CODE, 0)
+        return kinds, codes
+    except (TypeError, ValueError):
+        pass
+    kinds, cols = [], []
+    for j, name in enumerate(names):
+        col = df.iloc[:, j]
+        if name in redact:
+            k, c = "r", np.where(col.isna().to_numpy(), mlprofile.MISSING_CODE, 0).astype(np.int16)
+        elif col.dtype.kind in "biuf":
+            k, c = "n", mlprofile.bin_codes(col.to_numpy(dtype=np.float64, na_value=np.nan))
+        else:
+            k, c = _column_codes(col.tolist(), False)
+        kinds.append(k)
+        cols.append(c)
+    return "".join(kinds), np.column_stack(cols) if cols else np.zeros((len(df), 0), dtype=np.int16)
+
+
+def input_attributes(prof: ProfileSettings, x: Any, instance: Any, qualname: str, model: str | None) -> dict[str, Any]:
+    """``ml.input.*`` attributes for one call's model input ({} if it cannot be profiled)."""
+    got = _as_matrix(x)
+    if got is None:
+        return {}
+    data, names = got
+    redact = prof.redact
+    if isinstance(data, _Columns):
+        n = data.rows
+        kinds_l, cols = [], []
+        for name, values in zip(data.names, data.cols):
+            k, c = _column_codes(values, name in redact)
+            kinds_l.append(k)
+            cols.append(c)
+        kinds = "".join(kinds_l)
+        codes = np.column_stack(cols) if cols else np.zeros((n, 0), dtype=np.int16)
+    elif names is not None:  # DataFrame
+        n = len(data)
+        kinds, codes = _frame_codes(data, names, redact)
+    else:
+        arr = data
+        if arr.ndim == 0:
+            return {}
+        n = int(arr.shape[0])
+        if arr.ndim == 1:
+            arr = arr.reshape(-1, 1)
+        elif arr.ndim > 2:  # images, sequences: the per-row mean stands for the row
+            with np.errstate(all="ignore"):
+                arr = arr.reshape(n, -1).astype(np.float64).mean(axis=1, keepdims=True)
+        names = (_model_info(instance)[0] if instance is not None else None) or prof.configured_names(qualname, model)
+        d = arr.shape[1]
+        if names is None or len(names) != d:
+            names = _generic(d)
+        if arr.dtype.kind in "biuf":
+            codes = mlprofile.bin_codes(arr)
+            kinds = _numeric_kinds(names, redact)
+            if redact:
+                for j, k in enumerate(kinds):
+                    if k == "r":
+                        codes[:, j] = np.where(mlprofile.is_missing(codes[:, j]), mlprofile.MISSING_CODE, 0)
+        else:  # object / string matrix: column by column
+            kinds_l, cols = [], []
+            for j, name in enumerate(names):
+                k, c = _column_codes(arr[:, j].tolist(), name in redact)
+                kinds_l.append(k)
+                cols.append(c)
+            kinds = "".join(kinds_l)
+            codes = np.column_stack(cols)
+    if n > MAX_SAMPLED_ROWS:
+        sample = codes[:: -(-n // MAX_SAMPLED_ROWS)]
+        miss = mlprofile.is_missing(codes)
+        num = np.frombuffer(kinds.encode(), dtype=np.uint8) == ord("n")
+        lo, hi = mlprofile._range_codes(codes, miss, num)
+        distinct = [len(set(codes[:, j].tolist())) if k == "c" else 0 for j, k in enumerate(kinds)]
+        text = mlprofile.encode_input(n, kinds, sample, miss.sum(axis=0), lo, hi, distinct)
+    else:
+        text = mlprofile.encode_input(n, kinds, codes)
+    attrs: dict[str, Any] = {semconv.ML_INPUT_FEATURES: names, semconv.ML_INPUT_PROFILE: text}
+    if prof.sample_rate and random.random() < prof.sample_rate:
+        attrs[semconv.ML_INPUT_SAMPLE] = _raw_sample(data, names, redact)
+    return attrs
+
+
+def _raw_sample(data: Any, names: tuple[str, ...], redact: frozenset) -> str:
+    """The first row as JSON, redacted fields replaced: opt-in only."""
+    if isinstance(data, _Columns):
+        row = [c[0] if c else None for c in data.cols]
+    elif hasattr(data, "iloc"):
+        row = data.iloc[0].tolist()
+    else:
+        arr = np.asarray(data)
+        row = arr.reshape(arr.shape[0], -1)[0].tolist() if arr.ndim else [arr.item()]
+    out = {}
+    for name, v in zip(names, row):
+        if name in redact:
+            out[name] = "<redacted>"
+        elif isinstance(v, float) and v != v:
+            out[name] = None
+        else:
+            out[name] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+    return json.dumps(out, default=str)[:_SAMPLE_LIMIT]
+
+
+# --- outputs -----------------------------------------------------------------------
+
+def _classes_of(instance: Any) -> list[str] | None:
+    classes = getattr(instance, "classes_", None)
+    if classes is None:
+        return None
+    try:
+        return [str(c) for c in classes]
+    except TypeError:
+        return None
+
+
+def output_attributes(result: Any, instance: Any) -> dict[str, Any]:
+    """``ml.output.profile`` plus the readable prediction summary."""
+    scores: Any = None
+    predicted: Any = None
+    conf: Any = None
+    classes: list[str] = []
+    r = result
+    if isinstance(r, list) and r and isinstance(r[0], np.ndarray):  # ONNX Runtime: one array per output
+        r = next((o for o in r if o.ndim == 2 and o.dtype.kind == "f"), r[0])
+    if _is_torch(r):
+        r = r.detach().cpu().numpy()
+    if isinstance(r, (float, int, np.floating, np.integer)) and not isinstance(r, bool):
+        rows = 1
+        scores = np.array([float(r)], dtype=np.float32)
+    elif isinstance(r, (list, tuple)) and r and isinstance(r[0], Mapping):  # transformers: [{label, score}]
+        items = [x[0] if isinstance(x, list) and x else x for x in r][:MAX_OUTPUT_ROWS]
+        rows = len(r)
+        labels = [str(x.get("label")) if isinstance(x, Mapping) else "" for x in items]
+        classes = sorted(set(labels))
+        index = {c: i for i, c in enumerate(classes)}
+        predicted = np.array([index[lb] for lb in labels], dtype=np.int16)
+        conf = np.array([float(x.get("score", math.nan)) if isinstance(x, Mapping) else math.nan for x in items],
+                        dtype=np.float32)
+    else:
+        if isinstance(r, (list, tuple)):
+            try:
+                r = np.asarray(r)
+            except Exception:
+                return {}
+        if not isinstance(r, np.ndarray) or r.ndim == 0 or r.ndim > 2:
+            return {}
+        rows = int(r.shape[0])
+        a = r[:MAX_OUTPUT_ROWS]
+        if a.ndim == 2 and a.shape[1] == 1:
+            a = a[:, 0]
+        known = _model_info(instance)[1] if instance is not None else None
+        if a.ndim == 2 and a.dtype.kind in "fiu" and a.shape[1] == 2 and known is not None and len(known) == 2:
+            # a binary classifier's probabilities: the positive-class score says it all
+            # (class and confidence are derived by the reader), which halves the work;
+            # Python sums beat numpy reductions on arrays this small
+            scores = a[:, 1].astype(np.float32)
+            classes = known
+            values = scores.tolist()
+            k = len(values)
+            attrs = {semconv.ML_OUTPUT_PROFILE: _encode_output(rows, classes, scores, None, None, k)}
+            m = sum(values) / k
+            if m == m:
+                attrs[semconv.ML_PREDICTION_SCORE_MEAN] = m
+                if k == 1:
+                    attrs[semconv.ML_PREDICTION_CLASS] = classes[1] if m > 0.5 else classes[0]
+                    attrs[semconv.ML_PREDICTION_CONFIDENCE_MEAN] = m if m > 0.5 else 1.0 - m
+            return attrs
+        if a.ndim == 2 and a.dtype.kind in "fiu":  # class scores (predict_proba, logits)
+            p = a.astype(np.float32, copy=False)
+            predicted = p.argmax(axis=1).astype(np.int16)
+            conf = p.max(axis=1)
+            scores = conf
+            classes = known or [str(i) for i in range(p.shape[1])]
+        elif a.dtype.kind == "f":
+            scores = a.astype(np.float32, copy=False)
+        elif a.dtype.kind in "biuUSO":  # predicted labels
+            labels = a.tolist()
+            classes = known if known is not None else sorted({str(v) for v in labels})
+            index = {c: i for i, c in enumerate(classes)}
+            predicted = np.array([index.get(str(v), -1) for v in labels], dtype=np.int16)
+        else:
+            return {}
+    k = len(scores) if scores is not None else (len(predicted) if predicted is not None else 0)
+    if k == 0:
+        return {}
+    attrs = _finish(rows, classes, scores, predicted, conf, k)
+    # plain sums, not nanmean (several times slower on small arrays); a NaN mean is left out
+    if conf is not None:
+        m = float(conf.sum()) / k
+        if m == m:
+            attrs[semconv.ML_PREDICTION_CONFIDENCE_MEAN] = m
+    if predicted is not None and rows == 1 and 0 <= int(predicted[0]) < len(classes):
+        attrs[semconv.ML_PREDICTION_CLASS] = classes[int(predicted[0])]
+    return attrs
+
+
+def _finish(rows: int, classes: list[str], scores: Any, predicted: Any, conf: Any, k: int) -> dict[str, Any]:
+    attrs: dict[str, Any] = {semconv.ML_OUTPUT_PROFILE: _encode_output(rows, classes, scores, predicted, conf, k)}
+    if scores is not None:
+        m = float(scores.sum()) / k if k > 1 else float(scores[0])
+        if m == m:
+            attrs[semconv.ML_PREDICTION_SCORE_MEAN] = m
+    return attrs
+
+
+_classes_text: dict[tuple, str] = {}
+
+
+def _encode_output(rows: int, classes: list[str], scores: Any, predicted: Any, conf: Any, k: int) -> str:
+    key = tuple(classes)
+    ctext = _classes_text.get(key)
+    if ctext is None:
+        ctext = _classes_text[key] = base64.b64encode("\x1f".join(classes).encode()).decode("ascii")
+    def b64(a: Any, dt: str) -> str:  # an array not recorded is empty (the reader derives or fills it)
+        return base64.b64encode(a.astype(dt, copy=False).tobytes()).decode("ascii") if a is not None else ""
+
+    return "|".join((mlprofile.VERSION, str(rows), ctext, b64(scores, "<f4"), b64(predicted, "<i2"), b64(conf, "<f4")))
+
+
+def prediction_id_for(span: Any) -> str | None:
+    """The default id from the span's context, remembered for :func:`last_prediction_id`."""
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return None
+    pid = mlprofile.prediction_id(format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"))
+    _last_prediction_id.set(pid)
+    return pid
+

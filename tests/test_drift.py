@@ -1,0 +1,88 @@
+"""Drift, reference profiles and input-profile comparison (issue 18), on profiles made
+by the real capture code."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import drift as bench  # noqa: E402  (benchmarks/drift.py: the synthetic generator)
+
+from stagetrace.forensics import mlprofiles as mp  # noqa: E402
+from stagetrace.forensics.drift import investigate_drift, save_reference  # noqa: E402
+from stagetrace.forensics.mlprofiles import compare_input_profiles  # noqa: E402
+
+
+def test_compare_input_profiles_names_the_missing_feature_first():
+    rng = np.random.default_rng(5)
+    normal = bench.spans_for(bench.rows(rng, 300), 0, 1, rng=rng)
+    bad = bench.rows(rng, 40)
+    for r in bad:
+        r["income"] = None  # the failing predictions lack this feature
+    failing = bench.spans_for(bad, 0, 1, rng=rng)
+    diffs = compare_input_profiles(failing, normal)
+    top = diffs[0]
+    assert top["feature"] == "income" and top["significant"]
+    assert top["missing_failing"] == 1.0 and top["missing_normal"] == 0.0
+    assert "income missing in 100% of failing vs 0% of normal" in top["summary"]
+    assert not any(d["significant"] for d in diffs[1:])
+
+
+def test_drift_no_false_alarm_and_detects_a_shift():
+    rng = np.random.default_rng(9)
+    ref = mp.distributions(bench.spans_for(bench.rows(rng, 5000), 0, 1, rng=rng))
+    clean = mp.distributions(bench.spans_for(bench.rows(rng, 2000), 0, 1, rng=rng))
+    assert not any(mp.compare(f, ref[f], clean[f], tests=5).significant for f in bench.NAMES)
+    shifted = mp.distributions(bench.spans_for(bench.rows(rng, 2000, shift_sigma=0.5), 0, 1, rng=rng))
+    flags = {f: mp.compare(f, ref[f], shifted[f], tests=5).significant for f in bench.NAMES}
+    assert flags == {"amount": True, "income": False, "country": False, "age": False}
+
+
+def test_investigate_drift_onset_and_segment(tmp_path):
+    rng = np.random.default_rng(2)
+    sec = 10**9
+    t0 = 1_700_000_000 * sec
+    spans = []
+    for i in range(10):
+        for client in ("1.0", "2.0"):
+            unit = 100.0 if (client == "2.0" and i >= 6) else 1.0
+            spans += bench.spans_for(bench.rows(rng, 40, unit=unit), t0 + i * 100 * sec + (client == "2.0") * sec // 2,
+                                     2 * sec, client=client, rng=rng)
+    refp = tmp_path / "ref.json"
+    save_reference(refp, "m", None, mp.distributions(bench.spans_for(bench.rows(rng, 4000), 0, 1, rng=rng)), None, "t")
+    rep = investigate_drift(bench.MemoryBackend(spans), model="m", version=None, start_ns=t0, end_ns=t0 + 1000 * sec,
+                            reference=refp, interval_ns=100 * sec)
+    top = rep.findings[0]
+    assert top.evidence["feature"] == "amount"
+    assert top.evidence["onset_ns"] == t0 + 600 * sec
+    seg = top.evidence["segments"][0]
+    assert (seg["attribute"], seg["value"]) == ("client.version", "2.0")
+    assert [f.evidence["feature"] for f in rep.findings] == ["amount"]
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "stagetrace.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+def test_cli_profile_build_and_drift(tmp_path):
+    data = tmp_path / "data"
+    r = _cli("profile", "build", "--model", "m", "--from-file", str(tmp_path / "nope.csv"), "--data-dir", str(data))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no such file" in r.stderr
+    csv = tmp_path / "train.csv"
+    rng = np.random.default_rng(1)
+    csv.write_text("amount,country\n" + "\n".join(f"{rng.normal(50, 10):.3f},{c}" for c in rng.choice(["FR", "DE"], 500)))
+    r = _cli("profile", "build", "--model", "m", "--version", "v1", "--from-file", str(csv), "--data-dir", str(data))
+    assert r.returncode == 0, r.stderr
+    assert (data / "profiles" / "m" / "v1.json").exists() and "2 features, 500 rows" in r.stdout
+    r = _cli("investigate", "drift", "--model", "m", "--version", "v1", "--since", "5m", "--data-dir", str(data),
+             "--format", "md")
+    assert r.returncode == 0, r.stderr
+    assert "No profiled inference spans of model 'm'" in r.stdout
+    r = _cli("investigate", "drift", "--model", "m", "--interval", "0s", "--data-dir", str(data))
+    assert r.returncode == 2 and "--interval must be positive" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,135 @@
+"""Input/output profiles and labels, end to end.
+
+Real scikit-learn, XGBoost and PyTorch models run in an app with no tracing code under
+the real ``opentelemetry-instrument``, exporting to a real ``stagetrace collector``;
+the profiles are read back from its store and checked against the values the app
+scored. Labels go through ``POST /stagetrace/v1/labels`` and are read back too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stagetrace import mlprofile, semconv
+from stagetrace.backend import LogQuery, TraceQuery
+from stagetrace.collector import labels as labels_mod
+from stagetrace.collector.process import start_collector
+from stagetrace.collector.query import EmbeddedBackend
+
+APP = Path(__file__).parent / "apps" / "mlprofile_app.py"
+BIN = Path(sys.executable).parent
+
+
+def _inference_spans(data_dir: Path, want: int, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        with EmbeddedBackend(data_dir) as be:
+            spans = [s for s in be.find_spans(TraceQuery(limit=None)) if s.attributes.get(semconv.ML_STAGE) == "inference"]
+        if len(spans) >= want or time.monotonic() > deadline:
+            return spans
+        time.sleep(0.5)
+
+
+def _post(url: str, body: bytes, token: str | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/x-ndjson"})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+@pytest.mark.slow
+def test_profiles_from_real_models_under_opentelemetry_instrument(tmp_path):
+    out = tmp_path / "scored.json"
+    with start_collector(tmp_path / "data", token="s3cret") as c:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STAGETRACE_"))}
+        env.update({"PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "OTEL_SERVICE_NAME": "scorer",
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": c.http_endpoint,
+                    "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer%20s3cret",
+                    "OTEL_METRICS_EXPORTER": "none", "STAGETRACE_MODEL_VERSION": "v7"})
+        run = subprocess.run([str(BIN / "opentelemetry-instrument"), sys.executable, str(APP), str(out)], env=env,
+                             capture_output=True, text=True, timeout=240, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-3000:]
+        scored = json.loads(out.read_text())
+        spans = _inference_spans(c.data_dir, len(scored["calls"]) + 1)
+        by_pid = {s.attributes.get(semconv.ML_PREDICTION_ID): s for s in spans}
+        for call in scored["calls"]:
+            pid = call["prediction_id"]
+            assert pid and pid in by_pid, (call["framework"], pid, sorted(map(str, by_pid)))
+            span = by_pid[pid]
+            a = span.attributes
+            assert a[semconv.ML_MODEL_FRAMEWORK] == call["framework"]
+            assert list(a[semconv.ML_INPUT_FEATURES]) == call["features"]
+            prof = mlprofile.decode_input(a[semconv.ML_INPUT_PROFILE])
+            x = np.array(call["inputs"])
+            assert prof is not None and prof.rows == len(x) and prof.kinds == "n" * x.shape[1]
+            # every value lies in the bin recorded for it, and no value is recorded
+            for i in range(len(x)):
+                for j in range(x.shape[1]):
+                    lo, hi = mlprofile.bin_edges(int(prof.codes[i, j]))
+                    assert lo <= x[i, j] <= hi, (call["framework"], i, j, x[i, j], lo, hi)
+            assert not any(str(round(v, 6)) in a[semconv.ML_INPUT_PROFILE] for v in x.ravel()[:20])
+            outp = mlprofile.decode_output(a[semconv.ML_OUTPUT_PROFILE])
+            assert outp is not None and outp.rows == len(x)
+            np.testing.assert_allclose(outp.scores, np.array(call["outputs"]), rtol=1e-4, atol=1e-5)
+            assert a[semconv.ML_PREDICTION_SCORE_MEAN] == pytest.approx(float(np.mean(call["outputs"])), rel=1e-4)
+            assert pid == mlprofile.prediction_id(span.trace_id, span.span_id)
+            assert a[semconv.ML_MODEL_VERSION] == "v7"
+        # the NaN row of the first batch was counted (the model saw a filled frame)
+        first = mlprofile.decode_input(by_pid[scored["calls"][0]["prediction_id"]].attributes[semconv.ML_INPUT_PROFILE])
+        assert first.missing.tolist() == [0, 0, 0, 0]  # what the model saw had no NaN
+        # the call that raised on NaN: an ERROR span whose input profile says device_age_days was missing
+        failed = [s for s in spans if s.is_error]
+        assert len(failed) == 1
+        fp = mlprofile.decode_input(failed[0].attributes[semconv.ML_INPUT_PROFILE])
+        names = list(failed[0].attributes[semconv.ML_INPUT_FEATURES])
+        assert fp.missing[names.index("f3")] == 8 and fp.missing.sum() == 8
+        assert semconv.ML_OUTPUT_PROFILE not in failed[0].attributes
+
+        # labels for two of those predictions, one by prediction id (a batch row), one by trace id
+        url = c.http_endpoint + labels_mod.PATH
+        p0 = scored["calls"][0]["prediction_id"] + "-3"
+        t1 = by_pid[scored["calls"][1]["prediction_id"]].trace_id
+        body = (json.dumps({"prediction_id": p0, "label": 1, "time": "2026-12-07T10:00:00Z"}) + "\n"
+                + json.dumps({"trace_id": t1, "label": False}) + "\n" + "not json\n"
+                + json.dumps({"label": 1}) + "\n").encode()
+        assert _post(url, body)[0] == 401  # same bearer-token rule as the OTLP paths
+        status, doc = _post(url, body, "s3cret")
+        assert status == 200 and doc["accepted"] == 2 and doc["rejected"] == 2, doc
+        assert doc["errors"][0].startswith("line 3:") and "prediction_id" in doc["errors"][1]
+        status, doc = _post(url, b"nonsense\n", "s3cret")
+        assert status == 400 and doc["accepted"] == 0
+        # over the size bound: refused from the header alone, before the body is read
+        import http.client
+        host, port = c.http_endpoint.split("//")[1].split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.putrequest("POST", labels_mod.PATH)
+        conn.putheader("Content-Length", str(labels_mod.MAX_LABEL_BYTES + 1))
+        conn.putheader("Authorization", "Bearer s3cret")
+        conn.endheaders()
+        resp = conn.getresponse()
+        assert resp.status == 413 and "over the limit" in json.loads(resp.read())["error"]
+        conn.close()
+        with EmbeddedBackend(c.data_dir) as be:
+            got = be.find_logs(LogQuery(attributes={semconv.EVENT_NAME: semconv.ML_LABEL_EVENT}, limit=None))
+        by = {r.attributes.get(semconv.ML_PREDICTION_ID) or r.attributes.get(semconv.ML_LABEL_TRACE_ID): r for r in got}
+        assert by[p0].attributes[semconv.ML_LABEL_VALUE] == 1 and by[p0].trace_id == p0.split("-")[0]
+        import datetime as dt
+        assert by[p0].time_ns == int(dt.datetime(2026, 12, 7, 10, tzinfo=dt.timezone.utc).timestamp()) * 10**9
+        assert by[t1].attributes[semconv.ML_LABEL_VALUE] is False and by[t1].trace_id == t1
+    # durable: the labels are still there after the collector stopped and a new one reads the store
+    with EmbeddedBackend(tmp_path / "data") as be:
+        assert len(be.find_logs(LogQuery(attributes={semconv.EVENT_NAME: semconv.ML_LABEL_EVENT}, limit=None))) == 2
