@@ -17,10 +17,10 @@ from typing import Any, Sequence
 SCHEMA_NAME = "stagetrace.report"
 # Bump the minor version for additive changes, the major one for anything that
 # could break a script reading the previous version.
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 
-FINDING_KINDS = ("stage", "attribute", "log", "metric", "error_cluster", "change")
-REPORT_KINDS = ("trace", "slow", "errors")
+FINDING_KINDS = ("stage", "attribute", "log", "metric", "error_cluster", "change", "drift")
+REPORT_KINDS = ("trace", "slow", "errors", "drift")
 
 
 @dataclass(slots=True)
