@@ -8,6 +8,7 @@ wrapper and pending hook.
 
 from __future__ import annotations
 
+import email.parser  # noqa: F401 - importlib.metadata.version() imports it lazily (see below)
 import importlib
 import importlib.metadata
 import logging
@@ -18,8 +19,8 @@ from types import ModuleType
 from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
-# Imported here, not in _version_ok: that runs in a post-import hook, under the
-# import lock of the library being imported (see deferred.py).
+# Imported here, not in _version_ok (nor lazily by importlib.metadata): that runs in a
+# post-import hook, under the import lock of the library being imported (deferred.py).
 from packaging.specifiers import SpecifierSet
 
 from stagetrace import semconv
