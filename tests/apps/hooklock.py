@@ -59,6 +59,7 @@ def contend_then_import(module: str, timeout: float = 20.0) -> threading.Thread:
             held.set()
             _in_body.wait()
             importlib.import_module(module)  # waits for the main thread's import to finish
+            faulthandler.cancel_dump_traceback_later()  # both imports are done: no deadlock
         finally:
             handler.release()
 
@@ -88,7 +89,6 @@ def main(argv: list[str]) -> int:
     t = contend_then_import(module)
     importlib.import_module(module)
     t.join()
-    faulthandler.cancel_dump_traceback_later()
     from stagetrace.instrumentation import deferred
 
     deferred.flush()
