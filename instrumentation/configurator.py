@@ -20,12 +20,15 @@ import logging
 import os
 import uuid
 
+from opentelemetry import metrics as metrics_api
 from opentelemetry import trace as trace_api
+from opentelemetry._logs import get_logger_provider
 from opentelemetry.sdk._configuration import _OTelSDKConfigurator
+from opentelemetry.sdk.resources import Resource
 
 from stagetrace import semconv
 
-from . import logs, shutdown
+from . import deferred, logs, shutdown
 
 _logger = logging.getLogger("stagetrace.instrumentation")
 
@@ -78,12 +81,11 @@ class _ForkGuard:
 
 
 def _after_fork_in_child() -> None:
-    """Give a forked worker its own service.instance.id if the SDK has not already."""
-    try:
-        from opentelemetry import metrics as metrics_api
-        from opentelemetry._logs import get_logger_provider
-        from opentelemetry.sdk.resources import Resource
+    """Give a forked worker its own service.instance.id if the SDK has not already.
 
+    A fork handler: no import (the parent's other threads may have held import locks
+    at fork time, and they do not exist here) and no logging call (deferred)."""
+    try:
         tracer_provider = trace_api.get_tracer_provider()
         if _ForkGuard.parent_id is None or _instance_id(tracer_provider) != _ForkGuard.parent_id:
             return  # the SDK already refreshed it
@@ -96,7 +98,8 @@ def _after_fork_in_child() -> None:
                 provider._resource = provider._resource.merge(fresh)
         _ForkGuard.parent_id = _instance_id(tracer_provider)
     except Exception:
-        _logger.debug("stagetrace: could not refresh service.instance.id after fork", exc_info=True)
+        deferred.debug(_logger, "stagetrace: could not refresh service.instance.id after fork", exc_info=True,
+                       defer=True)
 
 
 class StagetraceConfigurator(_OTelSDKConfigurator):
@@ -117,14 +120,14 @@ class StagetraceConfigurator(_OTelSDKConfigurator):
             if _truthy(semconv.ENV_LOG_CORRELATION, "true"):
                 logs.install(otlp=_logs_exported() and not _someone_else_exports_logs())
         except Exception:
-            _logger.warning("stagetrace: log correlation could not be installed", exc_info=True)
+            deferred.warning(_logger, "stagetrace: log correlation could not be installed", exc_info=True)
 
         # Flush on SIGTERM where the process would otherwise die without atexit
         # (uvicorn re-raises the signal to SIG_DFL after its graceful shutdown).
         try:
             shutdown.setup()
         except Exception:
-            _logger.warning("stagetrace: flush-on-SIGTERM could not be installed", exc_info=True)
+            deferred.warning(_logger, "stagetrace: flush-on-SIGTERM could not be installed", exc_info=True)
 
         _ForkGuard.parent_id = _instance_id(trace_api.get_tracer_provider())
         if hasattr(os, "register_at_fork") and not _ForkGuard.registered:

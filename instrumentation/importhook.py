@@ -12,10 +12,13 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable
 from types import ModuleType
+
+from . import deferred
 
 _logger = logging.getLogger(__name__)
 
@@ -26,9 +29,13 @@ class _Registry:
     def __init__(self) -> None:
         self.exact: dict[str, list[Callback]] = {}
         self.prefix: dict[str, list[Callback]] = {}  # top-level name -> callbacks for it and all submodules
+        # Serialises when_imported/clear only. The import path (find_spec, exec_module)
+        # never takes it: it runs under import locks, and must wait for no other thread.
         self.lock = threading.RLock()
 
     def callbacks_for(self, name: str) -> list[Callback]:
+        # Lock-free: dict.get and list() of a list are each atomic under the GIL, and
+        # lists are only ever appended to.
         found = list(self.exact.get(name, ()))
         top = name.partition(".")[0]
         found.extend(self.prefix.get(top, ()))
@@ -42,12 +49,24 @@ class _Registry:
 _registry = _Registry()
 
 
+def _reinit_lock_in_child() -> None:
+    # A thread of the parent may have held the lock at fork time; it does not exist here,
+    # and shutdown's fork handler calls when_imported in the child.
+    _registry.lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_lock_in_child)
+
+
 def _run(callbacks: list[Callback], module: ModuleType) -> None:
+    """Run the callbacks for ``module``. Called under its import lock: nothing here may
+    wait for another thread, so a failure is reported through :mod:`.deferred`."""
     for cb in callbacks:
         try:
             cb(module)
         except Exception:  # a hook must never break the app's import
-            _logger.warning("stagetrace: post-import hook for %s failed", module.__name__, exc_info=True)
+            deferred.warning(_logger, "stagetrace: post-import hook for %s failed", module.__name__, exc_info=True)
 
 
 class _HookLoader(importlib.abc.Loader):
@@ -70,9 +89,7 @@ class _HookLoader(importlib.abc.Loader):
         except Exception:
             pass
         self._loader.exec_module(module)
-        with _registry.lock:
-            callbacks = _registry.callbacks_for(module.__name__)
-        _run(callbacks, module)
+        _run(_registry.callbacks_for(module.__name__), module)
 
     def __getattr__(self, name):  # get_resource_reader, is_package, get_code...
         return getattr(self._loader, name)

@@ -8,7 +8,9 @@ wrapper and pending hook.
 
 from __future__ import annotations
 
+import email.parser  # noqa: F401 - importlib.metadata.version() imports it lazily (see below)
 import importlib
+import importlib.metadata
 import logging
 import os
 import reprlib
@@ -17,11 +19,14 @@ from types import ModuleType
 from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+# Imported here, not in _version_ok (nor lazily by importlib.metadata): that runs in a
+# post-import hook, under the import lock of the library being imported (deferred.py).
+from packaging.specifiers import SpecifierSet
 
 from stagetrace import semconv
 
-from . import (hook_feast, hook_lightgbm, hook_onnxruntime, hook_sklearn, hook_torch, hook_transformers,
-               hook_xgboost, importhook, logs, metrics, profiling, stages, wrapping)
+from . import (deferred, hook_feast, hook_lightgbm, hook_onnxruntime, hook_sklearn, hook_torch,
+               hook_transformers, hook_xgboost, importhook, logs, metrics, profiling, stages, wrapping)
 from .package import _hooked_libraries, _instruments
 
 _logger = logging.getLogger("stagetrace.instrumentation")
@@ -53,21 +58,19 @@ def _load_payload_hook(spec: str):
 
 
 def _version_ok(dist: str) -> bool:
+    """Called from a post-import hook: reads the installed metadata, logs only through
+    :mod:`.deferred`."""
     spec = _hooked_libraries.get(dist)
     if not spec:
         return True
     try:
-        from importlib.metadata import PackageNotFoundError, version
-
-        from packaging.specifiers import SpecifierSet
-
         try:
-            v = version(dist)
-        except PackageNotFoundError:
+            v = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
             return True  # vendored / renamed install: try anyway, wrapping is defensive
         if SpecifierSet(spec).contains(v, prereleases=True):
             return True
-        _logger.warning("stagetrace: %s %s is outside the supported range %s; its hook is off", dist, v, spec)
+        deferred.warning(_logger, "stagetrace: %s %s is outside the supported range %s; its hook is off", dist, v, spec)
         return False
     except Exception:
         return True
@@ -86,6 +89,7 @@ def _library_callback(hook):
 
 
 def _stage_callback(target: stages.StageTarget):
+    # Runs under the module's import lock: stages._warn defers its warning (deferred.py).
     def callback(module: ModuleType) -> None:
         try:
             owner, attr = stages.resolve(module, target.qualname)
@@ -163,8 +167,8 @@ class StagetraceInstrumentor(BaseInstrumentor):
             try:
                 return _load_payload_hook(spec)
             except Exception as exc:
-                _logger.warning("stagetrace: %s=%s cannot be loaded (%s); payloads are not captured",
-                                semconv.ENV_PAYLOAD_HOOK, spec, exc)
+                deferred.warning(_logger, "stagetrace: %s=%s cannot be loaded (%s); payloads are not captured",
+                                 semconv.ENV_PAYLOAD_HOOK, spec, exc)
                 return None
         if wrapping.env_flag(semconv.ENV_CAPTURE_PAYLOADS):
             return capture_payload

@@ -38,6 +38,8 @@ from opentelemetry import trace as trace_api
 
 from stagetrace import semconv
 
+from . import deferred
+
 _logger = logging.getLogger("stagetrace.instrumentation")
 
 # Bucket bounds for stage latencies: 0.5 ms .. 10 s (the SDK default tops out
@@ -176,12 +178,13 @@ def _decide(provider) -> None:
         else:
             _state.fast = agg
             _state.path = "pre-aggregated"
-            _logger.debug("stagetrace: ml.stage.duration is pre-aggregated in process and exported "
-                          "through the SDK's %d metric reader(s)", len(agg.readers))
+            # deferred: the first stage call may run inside an import (module-level warm-up)
+            deferred.debug(_logger, "stagetrace: ml.stage.duration is pre-aggregated in process and exported "
+                           "through the SDK's %d metric reader(s)", len(agg.readers))
             return
     _state.histogram = _sdk_histogram(provider)
     _state.path = "sdk"
-    _logger.debug("stagetrace: ml.stage.duration is recorded with the SDK's Histogram.record: %s", reason)
+    deferred.debug(_logger, "stagetrace: ml.stage.duration is recorded with the SDK's Histogram.record: %s", reason)
 
 
 def _fast_path_blocker(provider) -> str | None:
@@ -485,11 +488,24 @@ class _Aggregator:
     def _warn_once(self, message: str) -> None:
         if not self.warned:
             self.warned = True
-            _logger.warning("stagetrace: %s", message, exc_info=True)
+            deferred.warning(_logger, "stagetrace: %s", message, exc_info=True)
 
 
 class _Fork:
     registered = False
+
+
+def _reinit_decide_lock_in_child() -> None:
+    # Another thread of the parent may have been deciding at fork time: it does not exist
+    # here, and the child's first stage call would wait for its lock forever. What that
+    # thread left half done is harmless: an unpublished aggregator's reader hooks add
+    # nothing (it never records), and the child decides again.
+    global _decide_lock
+    _decide_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_decide_lock_in_child)
 
 
 def _after_fork_in_child() -> None:

@@ -19,6 +19,7 @@ signals.
 
 from __future__ import annotations
 
+import _thread
 import os
 import signal
 import sys
@@ -61,24 +62,36 @@ def flush_providers(timeout_s: float) -> bool:
     their ``timeout_millis`` and an exporter may retry: a dead collector or a lock
     held by the interrupted main thread costs ``timeout_s``, never a hang.
     True if every flush finished in time.
+
+    Called from a signal handler, which runs on the main thread between two of its
+    bytecodes, wherever it was: maybe inside ``threading.Thread.start`` holding
+    ``threading``'s own non-reentrant bookkeeping lock. So the helper is started and
+    awaited with the low-level ``_thread`` module, which takes no lock the main
+    thread could be holding.
     """
     providers = [trace_api.get_tracer_provider(), get_logger_provider(), metrics_api.get_meter_provider()]
     deadline = time.monotonic() + timeout_s
+    done = _thread.allocate_lock()
+    done.acquire()
 
     def run() -> None:
-        for provider in providers:
-            flush = getattr(provider, "force_flush", None)
-            if not callable(flush):
-                continue  # a no-op/proxy provider: the SDK is not configured
-            try:
-                flush(max(1, int((deadline - time.monotonic()) * 1000)))
-            except Exception:  # pragma: no cover - an exporter's bug must not stop the others
-                pass
+        try:
+            for provider in providers:
+                flush = getattr(provider, "force_flush", None)
+                if not callable(flush):
+                    continue  # a no-op/proxy provider: the SDK is not configured
+                try:
+                    flush(max(1, int((deadline - time.monotonic()) * 1000)))
+                except Exception:  # pragma: no cover - an exporter's bug must not stop the others
+                    pass
+        finally:
+            done.release()
 
-    worker = threading.Thread(target=run, name="stagetrace-signal-flush", daemon=True)
-    worker.start()
-    worker.join(timeout_s)
-    return not worker.is_alive()
+    try:
+        _thread.start_new_thread(run, ())
+    except RuntimeError:  # no new threads (interpreter shutting down)
+        return False
+    return done.acquire(True, max(0.0, timeout_s))
 
 
 class _State:
@@ -170,6 +183,9 @@ class _Fork:
 
 def _after_fork_in_child() -> None:
     # gunicorn's master imported the worker class (and uvicorn.server) before forking.
+    # when_imported takes importhook's registry lock, which a thread of the parent may
+    # have held: importhook's own fork handler (registered when it was imported, so it
+    # runs before this one) has made a fresh one.
     try:
         module = sys.modules.get("uvicorn.server")
         if module is not None:

@@ -26,6 +26,8 @@ from typing import Any
 
 from stagetrace import semconv
 
+from . import deferred
+
 _logger = logging.getLogger("stagetrace.instrumentation")
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -44,7 +46,8 @@ class StageTarget:
 
 
 def _warn(entry: str, source: str, why: str) -> None:
-    _logger.warning("stagetrace: ignoring stage entry %r from %s: %s", entry, source, why)
+    # Also called from post-import hooks, under the module's import lock: deferred.
+    deferred.warning(_logger, "stagetrace: ignoring stage entry %r from %s: %s", entry, source, why)
 
 
 def parse_entry(entry: str, source: str) -> StageTarget | None:
@@ -118,10 +121,10 @@ def from_file(path: Path, *, pyproject: bool) -> list[StageTarget]:
         data = _load_toml(path)
     except FileNotFoundError:
         if not pyproject:
-            _logger.warning("stagetrace: %s=%s: file not found; no stages from it", semconv.ENV_CONFIG, path)
+            deferred.warning(_logger, "stagetrace: %s=%s: file not found; no stages from it", semconv.ENV_CONFIG, path)
         return []
     except Exception as exc:
-        _logger.warning("stagetrace: cannot read %s (%s); no stages from it", path, exc)
+        deferred.warning(_logger, "stagetrace: cannot read %s (%s); no stages from it", path, exc)
         return []
     table = data.get("tool", {}).get("stagetrace") if isinstance(data.get("tool"), dict) else None
     if table is None and not pyproject:

@@ -36,7 +36,7 @@ from opentelemetry.trace import NoOpTracerProvider, SpanKind, Status, StatusCode
 
 from stagetrace import semconv
 
-from . import metrics
+from . import deferred, metrics
 
 _logger = logging.getLogger("stagetrace.instrumentation")
 
@@ -156,7 +156,9 @@ def _internal_error(where: str, spec: StageSpec) -> None:
     if key in _reported:
         return
     _reported.add(key)
-    _logger.warning("stagetrace: internal error in %s for %s; the call itself is unaffected", where, spec.qualname, exc_info=True)
+    # deferred: a wrapped call may run inside an import (a model warmed up at module level)
+    deferred.warning(_logger, "stagetrace: internal error in %s for %s; the call itself is unaffected", where,
+                     spec.qualname, exc_info=True)
 
 
 # --- input description (shapes and counts, never values) ----------------------
