@@ -30,6 +30,7 @@ excess, so concurrent causes come out as separate groups of requests.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -201,6 +202,42 @@ def _shift_test(after: Sequence[float], base: Sequence[float]) -> float:
     return min(1.0, 2 * min(p_mw, p_tail))
 
 
+def _per_call(costs: Sequence[TraceCost]) -> dict[Key, list[float]]:
+    """Key -> its time per call in each request (self time / calls of the key)."""
+    out: dict[Key, list[float]] = defaultdict(list)
+    for tc in costs:
+        for k, n in tc.count.items():
+            if n > 0:
+                out[k].append(tc.self_ns.get(k, 0) / n)
+    return out
+
+
+def per_call_jumps(target: Sequence[TraceCost], base: Sequence[TraceCost], min_ratio: float = 2.0) -> dict[Key, float]:
+    """Key -> Bonferroni-adjusted p that its calls in ``target`` take longer than in
+    ``base``: Welch's t on log time per call (a floor on the spread, so a timer's resolution
+    is not certainty), for keys whose median per call at least ``min_ratio``-ed and grew
+    1 ms. Judged per call, a small incident (a dozen calls that each gained a second) is as
+    clear as it is to a person reading the traces; per request it drowns among the
+    requests that never made such a call."""
+    from scipy import stats as _st
+    a, b = _per_call(target), _per_call(base)
+    keys = [k for k in a if len(a[k]) >= stats.MIN_SUPPORT and len(b.get(k, [])) >= 3]
+    out: dict[Key, float] = {}
+    for k in keys:
+        x, y = np.asarray(a[k], float), np.asarray(b[k], float)
+        mx, my = float(np.median(x)), float(np.median(y))
+        if mx < min_ratio * my or mx - my < MIN_GROWTH_NS:
+            continue
+        lx, ly = np.log(np.maximum(x, 1e3)), np.log(np.maximum(y, 1e3))
+        vx, vy = max(float(lx.var(ddof=1)), 0.05), max(float(ly.var(ddof=1)), 0.05)
+        se = math.sqrt(vx / lx.size + vy / ly.size)
+        t = (float(lx.mean()) - float(ly.mean())) / se
+        df = (vx / lx.size + vy / ly.size) ** 2 / ((vx / lx.size) ** 2 / max(lx.size - 1, 1)
+                                                  + (vy / ly.size) ** 2 / max(ly.size - 1, 1))
+        out[k] = min(1.0, float(_st.t.sf(t, max(df, 1.0))) * len(keys))
+    return out
+
+
 def _owner(key: Key, edges: Mapping[tuple[str, str], EdgeGrowth]) -> tuple[str, str]:
     """(service blamed, side) for a key."""
     level, svc, op = key
@@ -303,13 +340,18 @@ def blame(sel: Sequence[TraceCost], base: Sequence[TraceCost], *, after: Sequenc
     # requests picked for a busy component's natural tail hold its excess too, but its own
     # time per call did not rise).
     floor = max(stats.MIN_SUPPORT, int(0.1 * len(sel)))
+    jumps = per_call_jumps(target, base) if after else {}
     for c in comps:
+        p_call = min((p for k, p in jumps.items() if owner.get(k, (None,))[0] == c.service), default=1.0)
+        if p_call < 1.0:
+            c.p = min(1.0, 2 * min(c.p, p_call))
+            c.grew = True
         mine = [i for i, d in enumerate(dominant) if d == c.service]
         own = sum(s_svc[i].get(c.service, 0.0) for i in mine)
         all_ = sum(max(v, 0.0) for i in mine for v in s_svc[i].values())
         c.group_share = own / all_ if all_ > 0 else 0.0
         steps = any(owner.get(k, (None,))[0] == c.service for k in stepped)
-        c.grew = steps
+        c.grew = c.grew or steps
         if after and steps and len(mine) >= floor and c.group_share >= 0.5:
             p_group = stats.greater_test([s_svc[i].get(c.service, 0.0) for i in mine],
                                          [d.get(c.service, 0.0) for d in b_svc])
@@ -399,3 +441,56 @@ def keys_grown(base: Sequence[TraceCost], after: Sequence[TraceCost], alpha: flo
             grown.add(k)
     return grown
 
+
+
+def key_jumps(costs: Sequence[TraceCost], start_of: Mapping[str, int], alpha: float = stats.ALPHA,
+              min_side: int = stats.MIN_SUPPORT, min_before: int = 3, min_ratio: float = 5.0,
+              max_calls: int = 2000) -> list[KeyOnset]:
+    """Keys whose time per call jumped by an order of magnitude and stayed there: the
+    split of each key's calls (in time order) with the largest Welch t on log time per
+    call, Bonferroni over every split and key scanned, kept when the median after it is at
+    least ``min_ratio`` times the median before, 1 ms more, and at least 80 % of the calls
+    after it sit above the 90th percentile before (a burst of a noisy operation does not).
+
+    This is what a fault in one component looks like when it touches only a handful of
+    calls (a CPU-starved or network-delayed service called a few times a minute): too few
+    for rank tests, which saturate, but unmistakable in size."""
+    from scipy import stats as _st
+    series: dict[Key, list[tuple[int, float]]] = defaultdict(list)
+    for tc in costs:
+        t = start_of.get(tc.trace_id)
+        if t is None:
+            continue
+        for k, n in tc.count.items():
+            if n > 0:
+                series[k].append((t, tc.self_ns.get(k, 0) / n))
+    tested = {k: sorted(v)[-max_calls:] for k, v in series.items() if len(v) >= min_before + min_side}
+    n_splits = sum(len(v) - min_before - min_side + 1 for v in tested.values())
+    found: list[KeyOnset] = []
+    for k, pts in tested.items():
+        raw = np.array([v for _, v in pts], dtype=float)
+        y = np.log(np.maximum(raw, 1e3))
+        n = y.size
+        j = np.arange(min_before, n - min_side + 1)
+        c1, c2 = np.cumsum(y), np.cumsum(y * y)
+        nb, na = j.astype(float), (n - j).astype(float)
+        sb, qb = c1[j - 1], c2[j - 1]
+        sa, qa = c1[-1] - sb, c2[-1] - qb
+        mb, ma = sb / nb, sa / na
+        vb = np.maximum((qb - nb * mb ** 2) / np.maximum(nb - 1, 1), 0.05)  # a floor: timer resolution is not certainty
+        va = np.maximum((qa - na * ma ** 2) / np.maximum(na - 1, 1), 0.05)
+        se = np.sqrt(vb / nb + va / na)
+        t = (ma - mb) / se
+        i = int(np.argmax(t))
+        if t[i] <= 0:
+            continue
+        df = (vb[i] / nb[i] + va[i] / na[i]) ** 2 / ((vb[i] / nb[i]) ** 2 / max(nb[i] - 1, 1)
+                                                      + (va[i] / na[i]) ** 2 / max(na[i] - 1, 1))
+        p = min(1.0, float(_st.t.sf(t[i], max(df, 1.0))) * max(n_splits, 1))
+        split = int(j[i])
+        before, after = raw[:split], raw[split:]
+        mbf, maf = float(np.median(before)), float(np.median(after))
+        consistent = float(np.mean(after > np.percentile(before, 90))) >= 0.8
+        if p < alpha and maf >= min_ratio * mbf and maf - mbf >= MIN_GROWTH_NS and consistent:
+            found.append(KeyOnset(k, int(pts[split][0]), p, mbf, maf))
+    return sorted(found, key=lambda o: o.p)

@@ -357,10 +357,14 @@ def _component_step(backend: Backend, entries: Sequence[Span], t0: np.ndarray,
     entry_of = {s.trace_id: s for s in entries}
     costs = blame.trace_costs([_subtree(fetched[t], entry_of[t]) for t in ids if t in fetched])
     start_of = {tc.trace_id: entry_of[tc.trace_id].start_ns for tc in costs}
-    steps_found = blame.key_steps(costs, start_of, lo, hi)
-    if not steps_found:
-        return None
-    step = min(steps_found, key=lambda o: o.time_ns)
+    jumps = blame.key_jumps(costs, start_of)
+    if jumps:
+        step = jumps[0]  # an order-of-magnitude jump of one component: the clearest start there is
+    else:
+        steps_found = blame.key_steps(costs, start_of, lo, hi)
+        if not steps_found:
+            return None
+        step = min(steps_found, key=lambda o: o.time_ns)
     inside = t0 >= step.time_ns
     ki, ni, ko, no = int(slow[inside].sum()), int(inside.sum()), int(slow[~inside].sum()), int((~inside).sum())
     return incident.Incident(step.time_ns, hi, step.p, ki / max(ni, 1), ko / max(no, 1), ki, ni, ko, no, True, True,
