@@ -43,7 +43,9 @@ KIND = {SpanKind.INTERNAL: "INTERNAL", SpanKind.SERVER: "SERVER", SpanKind.CLIEN
 
 @pytest.fixture(scope="module")
 def collector(tmp_path_factory):
-    with start_collector(tmp_path_factory.mktemp("e2e-store")) as c:
+    # The recorded samples keep their 2026-11 timestamps: retention off, or the maintainer may
+    # drop them (older than the default 7 days) between a post and the read that checks it.
+    with start_collector(tmp_path_factory.mktemp("e2e-store"), extra_args=["--retention", "off"]) as c:
         yield c
         assert c.poll() is None, c.stderr_text()
 

@@ -314,7 +314,9 @@ def embedded(tmp_path_factory):
     from stagetrace.collector.process import start_collector
     from stagetrace.collector.query import EmbeddedBackend
 
-    with start_collector(tmp_path_factory.mktemp("store")) as c:
+    # The recordings keep their 2026-11 timestamps: retention off, or the maintainer may drop
+    # them (older than the default 7 days) between the post and the read.
+    with start_collector(tmp_path_factory.mktemp("store"), extra_args=["--retention", "off"]) as c:
         for path, kind in (("/v1/traces", "traces"), ("/v1/logs", "logs")):
             body = (samples_dir() / "input" / f"input_{kind}.otlp.json").read_bytes()
             req = urllib.request.Request(c.http_endpoint + path, data=body, method="POST",
