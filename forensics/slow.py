@@ -121,11 +121,15 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         # --- where the incident is ----------------------------------------------------------
         bar.step("finding the incident")
         inc, thr_arr, thr_label, per_op = _incident(threshold, ops, dur, t0, warr)
-        if inc is None or not inc.significant:
+        if inc is None or not inc.significant or inc.p > STRONG_P:
             # A fault in one component can leave the entry latency almost unchanged (a few
             # calls among many): then the component's own time per call shows where it began.
-            by_step = guard.run("component steps", _component_step, backend, entries, t0, dur > thr_arr)
-            if by_step is not None:
+            weak = inc is not None and inc.significant
+            by_step = guard.run("component steps", _component_step, backend, entries, t0, dur > thr_arr,
+                                jumps_only=weak)
+            # the clearer of the two: a weak burst of slow requests loses to a component that
+            # jumped by an order of magnitude
+            if by_step is not None and (inc is None or not inc.significant or by_step.p < inc.p):
                 inc = by_step
                 normal = ~((t0 >= inc.start_ns) & (t0 < inc.end_ns)) & (t0 >= inc.frame[0]) & (t0 < inc.frame[1])
                 thr_arr, thr_label, per_op = op_thresholds(threshold, ops, dur, warr, mask=normal)
@@ -213,9 +217,10 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         sel_costs, base_costs = blame.trace_costs(sel), blame.trace_costs(base)
         after = [_subtree(fetched[t], entry_of[t]) for t in after_ids if t in fetched]
         after_costs = blame.trace_costs(after)
-        if onset_ns is not None:
+        if onset_ns is not None and inc.by == "rate":
             # The slow rate's onset can sit on a busy component's burst; a component that
             # stepped up earlier marks the real start: re-split the same samples there.
+            # (An incident located by a component's own step already starts there.)
             start_of = {s.trace_id: s.start_ns for s in fe}
             upto = [tc for tc in (*base_costs, *after_costs) if start_of[tc.trace_id] < inc_end]
             stepped = blame.key_steps(upto, start_of, f_lo, inc_end)
@@ -340,10 +345,11 @@ def _incident(threshold, ops, dur, t0, warr) -> tuple[incident.Incident | None, 
 
 
 MAX_STEP_SAMPLE = 600
+STRONG_P = 1e-6  # a rate incident this clear needs no corroboration from components
 
 
 def _component_step(backend: Backend, entries: Sequence[Span], t0: np.ndarray,
-                    slow: np.ndarray) -> incident.Incident | None:
+                    slow: np.ndarray, jumps_only: bool = False) -> incident.Incident | None:
     """The earliest lasting step up in one operation's or call edge's own time per call,
     on a sample of requests spread evenly over the data: an incident that runs from there
     to the end of the data. None when no component stepped up."""
@@ -359,7 +365,9 @@ def _component_step(backend: Backend, entries: Sequence[Span], t0: np.ndarray,
     start_of = {tc.trace_id: entry_of[tc.trace_id].start_ns for tc in costs}
     jumps = blame.key_jumps(costs, start_of)
     if jumps:
-        step = jumps[0]  # an order-of-magnitude jump of one component: the clearest start there is
+        step = min(jumps, key=lambda o: o.time_ns)  # the earliest order-of-magnitude jump: where trouble began
+    elif jumps_only:
+        return None
     else:
         steps_found = blame.key_steps(costs, start_of, lo, hi)
         if not steps_found:

@@ -33,9 +33,7 @@ def stores(tmp_path_factory):
     return {c.name: accuracy.prepare(c, root, reuse=False) for c in sorted(DATA.glob("case-*"))}
 
 
-@pytest.mark.parametrize("case", ["case-61", "case-92", pytest.param("case-84", marks=pytest.mark.xfail(
-    strict=True, reason="known gap (issue 17): once the baseline minute is in the window, the contacts delay "
-                        "(+1.7 s on 11 of ~140 requests) is not located; its exact window names it"))])
+@pytest.mark.parametrize("case", ["case-61", "case-84", "case-92"])
 def test_real_case_names_the_culprit_significantly_at_every_window(stores, case):
     gt, data_dir, meta = stores[case]
     backend = EmbeddedBackend(data_dir)
