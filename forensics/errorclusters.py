@@ -34,7 +34,7 @@ from . import attributes, stats, timeline
 from .critical_path import build_tree
 from .incident import Incident, locate
 from .logmining import LogMiner, message_text
-from .logtext import message
+from .logtext import MessageTexts, message
 from .progress import steps
 from .report import EvidenceGuard, Finding, Report, headline
 from .slow import _note_missing_data
@@ -87,10 +87,10 @@ def _span_events(s: Span) -> list[ErrorEvent]:
     return out
 
 
-def _log_event(r: LogRecord) -> ErrorEvent:
+def _log_event(r: LogRecord, texts: MessageTexts | None = None) -> ErrorEvent:
     a = r.attributes
     return ErrorEvent(r.time_ns, r.trace_id, r.span_id, r.service_name, "", "log",
-                      str(a.get(semconv.EXCEPTION_TYPE, "")), message_text(r),
+                      str(a.get(semconv.EXCEPTION_TYPE, "")), texts.text(r) if texts else message_text(r),
                       top_frames(a.get(semconv.EXCEPTION_STACKTRACE)))
 
 
@@ -128,7 +128,8 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
         w_start = start_ns if start_ns is not None else min(times)
         w_end = end_ns if end_ns is not None else max(times) + 1
         report.window = {"start_ns": w_start, "end_ns": w_end}
-        events = [e for s in err_spans for e in _span_events(s)] + [_log_event(r) for r in err_logs]
+        texts = MessageTexts().learn(err_logs)  # each service's own header, learned from its lines
+        events = [e for s in err_spans for e in _span_events(s)] + [_log_event(r, texts) for r in err_logs]
         # --- fingerprints ------------------------------------------------------------------
         bar.step("fingerprinting")
         miner = LogMiner()
@@ -468,9 +469,9 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fet
                 kind = None
         significant = kind in ("new", "grown") if kind else bool(burst or sig_attrs)
         # What began with the incident outranks what merely grew, and both outrank the steady
-        # background: by how much the cluster's rate rose, not by how loud it is.
+        # background; within a tier, by impact (the share of requests it failed).
         if kind in ("new", "grown"):
-            cscore = 1.0 + (0.5 if kind == "new" else 0.0) + min(1.0, r_after - r_before)
+            cscore = 1.0 + (0.5 if kind == "new" else 0.0) + min(0.49, rate)
         else:
             cscore = min(1.0, rate * 10) if significant else min(0.3, rate * 10)
         times = sorted(e.time_ns for e in c.events)
@@ -562,6 +563,10 @@ def _verdict(report: Report) -> list[str]:
                 f"sampling; {c['failed_requests']} of {c['requests']} stored)")
     else:
         head = f"{c['failed_requests']} of {c['requests']} requests failed"
+    inside = c.get("failed_seen_inside", 0)
+    if inside:  # many services answer 200 and log the failure: say how the failures were seen
+        head += (f" ({c.get('failed_by_entry_status', 0)} by their entry span's status, {inside} seen only inside "
+                 f"them: an ERROR span or a trace-linked ERROR log)")
     lines = [f"{head}; {c['error_events']} error events in {len(report.data['clusters'])} incident(s)."]
     if not sig:
         lines.append("No incident stands out: the errors are steady background errors with no burst and no "

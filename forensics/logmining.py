@@ -133,9 +133,11 @@ def over_represented(selection: Sequence[Trace], baseline: Sequence[Trace], *, m
     miner = LogMiner()
     sel_ids = {t.trace_id for t in selection}
     hits: dict[int, dict[str, Any]] = {}
+    from .logtext import MessageTexts
+    texts = MessageTexts().learn(rec for t in (*selection, *baseline) for rec in t.logs)
     for t in (*selection, *baseline):
         for rec in t.logs:
-            text = message_text(rec)
+            text = texts.text(rec)
             if not text:
                 continue
             cid = miner.add(text)

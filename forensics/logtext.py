@@ -86,3 +86,89 @@ def message(text: str) -> str:
     if saw_head or out is not s:
         out = _IDS_ANYWHERE.sub("", out).strip(" -:|")
     return out or s
+
+
+# --- A service's constant line prefix, learned from its own lines -------------------------
+# The regexes above know the common frameworks. A service with a format of its own still
+# writes the same *shape* of header on every line (a time, a level, a thread, a logger,
+# ids), so the header is learned from the lines themselves: the longest run of leading
+# tokens whose shape (digits, hex ids and letters folded) is the same on nearly every line
+# and looks like a header field, not like a word of a sentence.
+
+_HEXID = re.compile(r"^[0-9a-fA-F-]{8,}$")
+_HEXRUN = re.compile(r"(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{8,}")
+
+
+def _shape(tok: str) -> str:
+    if _HEXID.match(tok) and any(c.isdigit() for c in tok):
+        return "H"
+    out = _HEXRUN.sub("H", tok)  # ids inside a token: rid=7ed4d57b1e2feb89
+    out = re.sub(r"\d+", "9", out)
+    out = re.sub(r"[A-Z]+", "A", out)
+    return re.sub(r"[a-z]+", "a", out)
+
+
+def _headerish(tok: str, shape: str) -> bool:
+    """A field a header has (time, level, ids, logger#line, [thread], key:), not a plain word."""
+    if shape in ("a", "Aa", "aAa", "AaAa"):
+        return False  # a word: the message has begun
+    return (any(c.isdigit() for c in tok) or shape == "H" or tok.isupper() or tok.endswith(":")
+            or tok.startswith(("[", "<", "(")) or "." in tok or "#" in tok or "=" in tok)
+
+
+def learn_prefix(lines: list[str], min_lines: int = 20, agree: float = 0.9) -> list[str]:
+    """The shapes of a service's constant header tokens, learned from its lines (empty when
+    there are too few lines or no common header)."""
+    if len(lines) < min_lines:
+        return []
+    toks = [ln.split() for ln in lines[:2000]]
+    prefix: list[str] = []
+    for i in range(12):
+        shapes: dict[str, int] = {}
+        for t in toks:
+            if len(t) > i + 1:  # a header is followed by a message
+                s = _shape(t[i])
+                if _headerish(t[i], s):
+                    shapes[s] = shapes.get(s, 0) + 1
+        if not shapes:
+            break
+        s, n = max(shapes.items(), key=lambda kv: kv[1])
+        if n < agree * len(toks):
+            break
+        prefix.append(s)
+    return prefix
+
+
+def strip_learned(text: str, prefix: list[str]) -> str:
+    """``text`` without its learned header, when the line has it; else :func:`message`."""
+    if prefix:
+        toks = text.split()
+        if len(toks) > len(prefix) and all(_shape(t) == s for t, s in zip(toks, prefix)):
+            rest = text.strip()
+            for t in toks[:len(prefix)]:  # cut token by token, keeping the message's own spacing
+                rest = rest[rest.index(t) + len(t):].lstrip()
+            rest = rest.lstrip(" -:|>")  # the header's own separator
+            return message(rest) if rest else text
+    return message(text)
+
+
+class MessageTexts:
+    """Message texts of many log records: headers cut by the framework rules and by each
+    service's learned prefix. ``text(rec)`` after ``learn(records)``."""
+
+    def __init__(self) -> None:
+        self.prefix: dict[str, list[str]] = {}
+
+    def learn(self, records) -> "MessageTexts":
+        from .logmining import body_text
+        by_svc: dict[str, list[str]] = {}
+        for r in records:
+            b = body_text(r)
+            if b:
+                by_svc.setdefault(r.service_name, []).append(b)
+        self.prefix = {svc: learn_prefix(lines) for svc, lines in by_svc.items()}
+        return self
+
+    def text(self, rec) -> str:
+        from .logmining import body_text
+        return strip_learned(body_text(rec), self.prefix.get(rec.service_name, []))

@@ -116,3 +116,20 @@ def test_investigations_write_a_report_on_odd_data():
     empty = MemoryBackend([], [], [])
     assert investigate_slow(empty, start_ns=0, end_ns=S).verdict
     assert investigate_errors(empty, start_ns=0, end_ns=S).verdict
+
+
+def test_a_services_own_header_format_is_learned_and_cut():
+    """A format no regex knows ("04:36:54.821 |W| worker-5 rid=<hex> message"): the constant
+    prefix is learned from the service's own lines; plain sentences learn nothing."""
+    import random
+
+    from stagetrace.forensics.logtext import learn_prefix, strip_learned
+    rnd = random.Random(1)
+    msgs = ["cache miss for key 42", "upstream timed out after 30 s", "payment declined by issuer"]
+    lines = [f"{rnd.randint(0, 23):02d}:{rnd.randint(0, 59):02d}:{rnd.randint(0, 59):02d}.{rnd.randint(0, 999):03d} "
+             f"|{rnd.choice('WEI')}| worker-{rnd.randint(1, 9)} rid={rnd.getrandbits(64):016x} {rnd.choice(msgs)}"
+             for _ in range(60)]
+    prefix = learn_prefix(lines)
+    assert all(strip_learned(ln, prefix) in msgs for ln in lines), [strip_learned(ln, prefix) for ln in lines[:3]]
+    assert learn_prefix([rnd.choice(["Failed to connect to db", "Retrying request 3 of 5", "user 42 logged in"])
+                         for _ in range(60)]) == []

@@ -69,3 +69,18 @@ def test_fault_free_minute_names_no_cause(tmp_path):
         backend.close()
     named = [f.summary for f in rep.findings if f.significant and f.kind in ("stage", "attribute")]
     assert not named, named
+
+
+def test_failures_seen_only_through_logs_are_counted_and_said(stores):
+    """Train-Ticket answers 200 at the gateway and logs the failure inside: those requests failed."""
+    from stagetrace.forensics import investigate_errors
+    gt, data_dir, meta = stores["case-61"]
+    end = int(gt["window"]["end_unix_nano"]) + meta["offset_ns"] + accuracy.MINUTE
+    backend = EmbeddedBackend(data_dir)
+    try:
+        rep = investigate_errors(backend, start_ns=end - 60 * accuracy.MINUTE, end_ns=end)
+    finally:
+        backend.close()
+    c = rep.data["counts"]
+    assert c["failed_by_entry_status"] == 0 and c["failed_seen_inside"] == c["failed_requests"] > 0, c
+    assert "seen only inside" in rep.verdict[0], rep.verdict
