@@ -137,7 +137,10 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
         tmpl = miner.templates()
         for e, cid in zip(events, cids):
             e.template = tmpl.get(cid, e.message)
-            key = "\x1f".join((e.exc_type, e.template, *e.frames))
+            # The service is part of a failure mode: the same framework line ("Servlet.service()
+            # ... threw exception") logged by two services is two failures, which co-occurrence
+            # in the same requests may still merge into one incident below.
+            key = "\x1f".join((e.service, e.exc_type, e.template, *e.frames))
             e.fingerprint = hashlib.sha1(key.encode()).hexdigest()[:12]
         total_requests = len(entries)
         entry_by_trace = {s.trace_id: s for s in entries}
