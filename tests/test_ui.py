@@ -434,6 +434,13 @@ def test_metric_charts_have_a_y_axis_with_units(store, driver):
         ptop, ph, px, pw = c["plot"]
         assert c["win"] and c["win"][1] >= 2 and px <= c["win"][0] and c["win"][0] + c["win"][1] <= px + pw + 0.5
     assert {"process.memory.usage", "process.cpu.utilization"} <= seen
+    # units the demo's own services export too: an annotation is the axis title, not a suffix
+    scales = d.execute_script("""return [['{request}', 'http.server.active_requests', 3], ['{request}/s', 'x', 1500],
+        ['s', 'x', 0], ['s', 'x', 0.02], ['ms', 'x', 2500], ['By', 'x', 3.1e8], ['1', 'process.cpu.utilization', 0.4],
+        ['1', 'x', 7]].map((a) => metricScale(...a))""")
+    assert [(c["div"], c["suffix"], c["title"]) for c in scales] == [
+        (1, "", "request"), (1000, "k/s", "request"), (1, " s", ""), (0.001, " ms", ""), (1000, " s", ""),
+        (2 ** 20, " MiB", ""), (0.01, "%", ""), (1, "", "")]
     metrics = d.find_element("id", "metrics")
     d.execute_script("arguments[0].scrollIntoView()", metrics)
     metrics.screenshot(str(ARTIFACTS / "trace-metrics.png"))

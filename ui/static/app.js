@@ -613,31 +613,35 @@ function metricsSection(d, total) {
   return box;
 }
 
-// How a metric's values read on its axis, from its OpenTelemetry (UCUM) unit: the value is
-// divided by `div` and followed by `suffix` ("296 MiB", "120 ms", "35%", "1.2k {request}/s").
+// How a metric's values read on its axis, from its OpenTelemetry (UCUM) unit: a tick shows
+// value / div followed by suffix ("296 MiB", "120 ms", "35%", "1.2k"); an annotation unit
+// ("{request}", "{request}/s") would not fit beside every tick, so it is the axis title.
 function metricScale(unit, name, maxAbs) {
   const u = unit || "";
   const time = { s: 1, ms: 1e-3, us: 1e-6, "µs": 1e-6, ns: 1e-9 };
   if (u in time) {
     const secs = maxAbs * time[u];
+    if (!secs) return { div: 1, suffix: " " + (u === "us" ? "µs" : u), title: "" };
     const [perS, suffix] = secs >= 1 ? [1, " s"] : secs >= 1e-3 ? [1e-3, " ms"] : secs >= 1e-6 ? [1e-6, " µs"] : [1e-9, " ns"];
-    return { div: perS / time[u], suffix };
+    return { div: perS / time[u], suffix, title: "" };
   }
   if (u === "By" || u === "By/s") {
     const per = u === "By/s" ? "/s" : "";
     const k = [[2 ** 40, " TiB"], [2 ** 30, " GiB"], [2 ** 20, " MiB"], [2 ** 10, " KiB"]].find(([v]) => maxAbs >= v);
-    return k ? { div: k[0], suffix: k[1] + per } : { div: 1, suffix: " B" + per };
+    return k ? { div: k[0], suffix: k[1] + per, title: "" } : { div: 1, suffix: " B" + per, title: "" };
   }
   // a dimensionless utilization or ratio (0..1, as the semantic conventions define them)
-  if (u === "1" && /utilization|ratio/.test(name || "")) return { div: 0.01, suffix: "%" };
-  if (u === "%") return { div: 1, suffix: "%" };
+  if (u === "1" && /utilization|ratio/.test(name || "")) return { div: 0.01, suffix: "%", title: "" };
+  if (u === "%") return { div: 1, suffix: "%", title: "" };
   const k = [[1e9, "G"], [1e6, "M"], [1e3, "k"]].find(([v]) => maxAbs >= v);
-  const text = u === "1" ? "" : u;
-  return { div: k ? k[0] : 1, suffix: (k ? k[1] : "") + (text ? " " + text : "") };
+  const mag = { div: k ? k[0] : 1, suffix: k ? k[1] : "" };
+  const ann = /^\{([^}]*)\}(\/.*)?$/.exec(u);
+  if (ann) return { div: mag.div, suffix: mag.suffix + (ann[2] || ""), title: ann[1] };
+  return { div: mag.div, suffix: mag.suffix + (u && u !== "1" ? " " + u : ""), title: "" };
 }
 
 function metricChart(m, total) {
-  const W = 300, H = 124, mg = { l: 58, r: 8, t: 8, b: 20 };
+  const W = 300, H = 132, mg = { l: 58, r: 8, t: 16, b: 20 };
   const pw = W - mg.l - mg.r, ph = H - mg.t - mg.b;
   const xs = m.points.map((p) => p.offset_ms), vs = m.points.map((p) => p.value);
   const lo = Math.min(...xs, 0), hi = Math.max(...xs, total);
@@ -645,7 +649,9 @@ function metricChart(m, total) {
   const sc = metricScale(m.unit, m.name, Math.max(Math.abs(vmin), Math.abs(vmax)));
   // the y axis in display units, widened to whole ticks so every point lies on the scale
   let dlo = vmin / sc.div, dhi = vmax / sc.div;
-  if (dhi - dlo < 1e-9 * Math.max(1, Math.abs(dhi))) { const pad = Math.abs(dhi) * 0.1 || 1; dlo -= pad; dhi += pad; }
+  if (dhi - dlo < 1e-9 * Math.max(1, Math.abs(dhi))) {  // a flat series: an axis around it (0 to 1 when all 0)
+    if (dhi === 0) dhi = 1; else { const pad = Math.abs(dhi) * 0.1; dlo -= pad; dhi += pad; }
+  }
   const step = niceStep(dhi - dlo, 3);
   const k0 = Math.floor(dlo / step + 1e-9), k1 = Math.ceil(dhi / step - 1e-9);
   dlo = k0 * step; dhi = k1 * step;
@@ -655,6 +661,7 @@ function metricChart(m, total) {
   const y = (v) => mg.t + ph - ((v / sc.div - dlo) / (dhi - dlo)) * ph;
   const s = svg("svg", { width: W, height: H, class: "metric-chart", "data-lo": dlo * sc.div, "data-hi": dhi * sc.div });
   s.append(svg("rect", { x: mg.l, y: mg.t, width: pw, height: ph, class: "plot-bg" }));
+  if (sc.title) s.append(svg("text", { x: 4, y: 10, class: "axis unit-title", text: sc.title }));
   // the trace's own window: at least 2 px, so a 50 ms trace in a 60 s chart still shows
   const wx = x(0), ww = Math.max(2, x(total) - x(0));
   s.append(svg("rect", { x: wx, y: mg.t, width: ww, height: ph, class: "trace-window" }));
