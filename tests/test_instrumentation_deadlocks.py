@@ -48,7 +48,8 @@ def instrumented_env(sink: OtlpSink, **extra: str) -> dict[str, str]:
     return env
 
 
-def run(cmd: list[str], env: dict[str, str], cwd: Path = APPS, timeout: float = DEADLINE_S) -> subprocess.CompletedProcess:
+def run(cmd: list[str], env: dict[str, str], cwd: Path = APPS,
+        timeout: float = DEADLINE_S) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
