@@ -67,6 +67,10 @@ CASES = {
     "hook raises": ("", "lockvictim", ["--raising-hook"], "post-import hook for lockvictim failed"),
     "library out of range": ("", "lockvictim_sklearn", ["--unsupported", "scikit-learn"],
                              "is outside the supported range <0.0.1; its hook is off"),
+    # not a hook: a wrapped call made while a module is imported (a model warmed up at module level)
+    "internal error in a call during an import": (
+        "inference=lockvictim:score", "lockvictim_warmup", [],
+        "internal error in describe for score; the call itself is unaffected"),
 }
 
 

@@ -430,7 +430,9 @@ def test_metric_charts_have_a_y_axis_with_units(store, driver):
         if m["name"] in suffix:
             seen.add(m["name"])
             assert all(t[2].endswith(suffix[m["name"]]) for t in c["ticks"]), (m["name"], m["unit"], c["ticks"])
-        assert all(re.fullmatch(r"\d\d:\d\d:\d\d", t) for t in c["xticks"]) and c["xticks"]
+        # UTC clock times, hh:mm:ss
+        assert c["xticks"] and all(len(t) == 8 and t[2] == t[5] == ":" and t.replace(":", "").isdigit()
+                                   for t in c["xticks"])
         # the trace's own window is still marked, inside the plot
         ptop, ph, px, pw = c["plot"]
         assert c["win"] and c["win"][1] >= 2 and px <= c["win"][0] and c["win"][0] + c["win"][1] <= px + pw + 0.5
