@@ -96,7 +96,7 @@ def _log(logger: logging.Logger, level: int, msg: str, args: tuple, exc_info: bo
         _state.queue.append(item)
         if not _state.atexit_registered:
             _state.atexit_registered = True
-            atexit.register(drain)
+            atexit.register(_at_exit)
         if not _state.draining:
             _state.draining = True
             try:
@@ -130,6 +130,13 @@ def drain() -> None:
         except Exception:
             pass
         _state.drained += 1
+
+
+def _at_exit() -> None:
+    # Log what is left, then give a helper that is still writing a moment to finish:
+    # a thread writing to stderr while the interpreter finalises can crash it.
+    drain()
+    flush(1.0)
 
 
 def _drain_thread() -> None:

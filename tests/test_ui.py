@@ -313,6 +313,143 @@ def test_service_map(store, driver):
     assert console_errors(d) == []
 
 
+@pytest.fixture(scope="module")
+def burst(tmp_path_factory):
+    """What `stagetrace demo` leaves: a few minutes of requests, a little before now, in
+    an otherwise empty hour."""
+    from stagetrace.collector.process import start_collector
+    data = tmp_path_factory.mktemp("ui-burst")
+    with start_collector(data) as c:
+        ex = gen.OtlpExporters(grpc_endpoint=c.grpc_endpoint)
+        run = gen.generate("slow_shard", ex, minutes=3, end_ns=time.time_ns() - 2 * MIN)
+        proc, url = start_ui(c.data_dir)
+        try:
+            yield {"url": url, "run": run}
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def x_spread(d) -> float:
+    """How much of the scatter plot's width the dots cover (0..1)."""
+    return d.execute_script("""
+        const bg = document.querySelector('#scatter .plot-bg'), w = +bg.getAttribute('width');
+        const xs = [...document.querySelectorAll('#scatter .dot')].map((e) =>
+            e.tagName === 'circle' ? +e.getAttribute('cx') : +e.getAttribute('d').slice(1).split(',')[0]);
+        return (Math.max(...xs) - Math.min(...xs)) / w;""")
+
+
+def test_opens_on_the_requests_extent_and_the_url_keeps_it(burst, driver):
+    d, run = driver, burst["run"]
+    open_page(d, burst["url"])  # no range in the URL: "last 1h" would put every dot in one column
+    doc = d.execute_script("return window.stagetrace.lastSearch")
+    assert doc["fitted"], "opened on the whole hour"
+    assert doc["matched"] == run.requests  # every request of the burst is in the fitted window
+    w = doc["window"]
+    assert w["start_ms"] <= run.start_ns / 1e6 and w["end_ms"] >= (run.end_ns - 60e9) / 1e6
+    assert w["end_ms"] - w["start_ms"] < 0.25 * 3600e3
+    assert x_spread(d) > 0.8, "the dots do not spread over the plot"
+    # the range shown is in the URL, and the URL alone gives the same view
+    q = d.execute_script("return location.search")
+    assert f"from={doc['fitted']['from_ms']}" in q and f"to={doc['fitted']['to_ms']}" in q
+    assert d.find_element("id", "fit-note").is_displayed()
+    assert "UTC" in d.find_element("css selector", "#f-since option:checked").text
+    shot(d, "search-fitted")
+    shared = d.current_url
+    open_page(d, shared)
+    again = d.execute_script("return window.stagetrace.lastSearch")
+    assert "fitted" not in again and again["window"] == w and again["count"] == doc["count"]
+    assert not d.find_elements("id", "fit-note")
+    # the whole hour is one click away, and stays as chosen
+    open_page(d, burst["url"])
+    d.find_element("id", "fit-undo").click()
+    wait(d, "return location.search.includes('since=1h')")
+    open_page(d, d.current_url)
+    whole = d.execute_script("return window.stagetrace.lastSearch")
+    assert "fitted" not in whole
+    assert whole["window"]["end_ms"] - whole["window"]["start_ms"] == pytest.approx(3600e3, abs=5e3)
+    assert x_spread(d) < 0.1  # what the page used to open on
+    assert console_errors(d) == []
+
+
+def test_a_range_the_data_fills_is_kept(store, driver):
+    """The control: the main store's requests fill most of the last hour, so it opens on it."""
+    d = driver
+    open_page(d, store["url"])
+    doc = d.execute_script("return window.stagetrace.lastSearch")
+    assert "fitted" not in doc and "from=" not in d.current_url
+    assert doc["window"]["end_ms"] - doc["window"]["start_ms"] == pytest.approx(3600e3, abs=5e3)
+
+
+def test_fitted_window_rule():
+    from stagetrace.ui.extent import fitted_window
+    s = 1_000_000_000
+    hour = (0, 3600 * s)
+    assert fitted_window(100 * s, 400 * s, *hour) == (85 * s, 415 * s)  # 5 % margin, whole seconds
+    assert fitted_window(0, 2000 * s, *hour) is None  # the data fills the hour
+    assert fitted_window(1800 * s, 1800 * s, *hour) == (1799 * s, 1801 * s)  # one request: 1 s margin
+    assert fitted_window(3599 * s, 3599 * s + s // 2, *hour) == (3598 * s, 3600 * s)  # never past the range
+    assert fitted_window(5 * s, 4 * s, *hour) is None
+
+
+def test_metric_charts_have_a_y_axis_with_units(store, driver):
+    d, slow = driver, store["slow"]
+    open_page(d, f"{store['url']}?{window(slow)}")
+    top = max(d.execute_script("return window.stagetrace.lastSearch")["points"], key=lambda p: p["duration_ms"])
+    open_page(d, f"{store['url']}trace/{top['trace_id']}")
+    rep = d.execute_script("return window.stagetrace.lastTrace")
+    series = [m for m in rep["data"]["metrics"] if not m.get("error") and m.get("points")][:24]
+    charts = d.execute_script("""
+        return [...document.querySelectorAll('#metrics svg.metric-chart')].map((s) => {
+          const bg = s.querySelector('.plot-bg'), win = s.querySelector('.trace-window');
+          return {
+            lo: +s.dataset.lo, hi: +s.dataset.hi,
+            plot: [+bg.getAttribute('y'), +bg.getAttribute('height'), +bg.getAttribute('x'), +bg.getAttribute('width')],
+            // (value, height of its grid line, label)
+            ticks: [...s.querySelectorAll('.y-tick')].map((t, i) =>
+                [+t.dataset.value, +s.querySelectorAll('line.grid')[i].getAttribute('y1'), t.textContent]),
+            xticks: [...s.querySelectorAll('.x-tick')].map((t) => t.textContent),
+            pts: [...s.querySelectorAll('.pt')].map((c) => [+c.dataset.value, +c.getAttribute('cy')]),
+            win: win && [+win.getAttribute('x'), +win.getAttribute('width')],
+          };
+        });""")
+    assert len(charts) == len(series) >= 3
+    suffix = {"process.memory.usage": ("B", "KiB", "MiB", "GiB"), "process.cpu.utilization": ("%",),
+              "db.client.connection.wait_time": (" s", " ms", " µs")}
+    seen = set()
+    for m, c in zip(series, charts):
+        values = [p["value"] for p in m["points"]]
+        assert len(c["ticks"]) >= 2, (m["name"], c)
+        tv = [t[0] for t in c["ticks"]]
+        assert tv == sorted(tv) and [t[1] for t in c["ticks"]] == sorted((t[1] for t in c["ticks"]), reverse=True)
+        assert c["lo"] <= min(values) and c["hi"] >= max(values)  # every point is on the scale
+        # the ticks are the scale the points are drawn on: interpolate each point's height
+        (v0, y0, _), (v1, y1, _) = c["ticks"][0], c["ticks"][-1]
+        for v, cy in c["pts"]:
+            assert abs(y0 + (v - v0) / (v1 - v0) * (y1 - y0) - cy) < 0.6, (m["name"], v, cy)
+        if m["name"] in suffix:
+            seen.add(m["name"])
+            assert all(t[2].endswith(suffix[m["name"]]) for t in c["ticks"]), (m["name"], m["unit"], c["ticks"])
+        # UTC clock times, hh:mm:ss
+        assert c["xticks"] and all(len(t) == 8 and t[2] == t[5] == ":" and t.replace(":", "").isdigit()
+                                   for t in c["xticks"])
+        # the trace's own window is still marked, inside the plot
+        ptop, ph, px, pw = c["plot"]
+        assert c["win"] and c["win"][1] >= 2 and px <= c["win"][0] and c["win"][0] + c["win"][1] <= px + pw + 0.5
+    assert {"process.memory.usage", "process.cpu.utilization"} <= seen
+    # units the demo's own services export too: an annotation is the axis title, not a suffix
+    scales = d.execute_script("""return [['{request}', 'http.server.active_requests', 3], ['{request}/s', 'x', 1500],
+        ['s', 'x', 0], ['s', 'x', 0.02], ['ms', 'x', 2500], ['By', 'x', 3.1e8], ['1', 'process.cpu.utilization', 0.4],
+        ['1', 'x', 7]].map((a) => metricScale(...a))""")
+    assert [(c["div"], c["suffix"], c["title"]) for c in scales] == [
+        (1, "", "request"), (1000, "k/s", "request"), (1, " s", ""), (0.001, " ms", ""), (1000, " s", ""),
+        (2 ** 20, " MiB", ""), (0.01, "%", ""), (1, "", "")]
+    metrics = d.find_element("id", "metrics")
+    d.execute_script("arguments[0].scrollIntoView()", metrics)
+    metrics.screenshot(str(ARTIFACTS / "trace-metrics.png"))
+    assert console_errors(d) == []
+
+
 # --- the server's rules (no browser) ---------------------------------------------------------
 
 
@@ -405,6 +542,9 @@ def test_search_and_map_over_tempo(store):
             doc = api.search(remote, f)
             errs = api.search(remote, api.SearchFilters(start_ns=slow.start_ns, end_ns=slow.end_ns, status="error"))
             smap = api.service_map(remote, slow.start_ns, slow.end_ns)
+            # an hour holding only these 10 minutes: opened on their extent (from the plotted points)
+            hour = api.SearchFilters(start_ns=slow.end_ns + 5 * MIN - 60 * MIN, end_ns=slow.end_ns + 5 * MIN)
+            fitted = api.search(remote, hour, fit=True)
     finally:
         stack.close()
     assert doc["mode"] == "trace" and doc["count"] >= 300
@@ -414,6 +554,11 @@ def test_search_and_map_over_tempo(store):
     assert errs["count"] >= 1 and all(p["error"] for p in errs["points"])
     edge = next(e for e in smap["edges"] if (e["caller"], e["callee"]) == (gen.API, gen.FEATURES))
     assert edge["requests"] >= 50 and edge["p95_ms"] > edge["p50_ms"] > 0
+    assert fitted["fitted"] and fitted["fitted"]["range_ms"]["start_ms"] == hour.start_ns / 1e6
+    assert fitted["window"]["start_ms"] <= doc["extent"]["first_ms"]
+    assert fitted["window"]["end_ms"] >= doc["extent"]["last_ms"]
+    assert fitted["window"]["end_ms"] - fitted["window"]["start_ms"] < 12 * MIN / 1e6
+    assert fitted["count"] == doc["count"]
 
 
 def test_fast_sample_agrees_with_the_backend(store):
@@ -438,6 +583,9 @@ def test_fast_sample_agrees_with_the_backend(store):
             assert want and set(got) <= set(want), kw
             if doc["matched"] is not None:
                 assert doc["matched"] == len(want), kw
+                # the extent the page may open on is the matching requests' own, exactly
+                assert doc["extent"] == {"first_ms": min(s.start_ns for s in want.values()) / 1e6,
+                                         "last_ms": max(s.start_ns for s in want.values()) / 1e6}, kw
             # every bucket's slowest are kept: the slowest few overall are always on the plot
             slowest = sorted(want.values(), key=lambda s: -s.duration_ns)[:3]
             assert all(s.span_id in got for s in slowest), kw

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 from stagetrace import semconv
@@ -184,17 +184,48 @@ def _point(s: Span) -> dict[str, Any]:
             "route": s.attributes.get(semconv.HTTP_ROUTE), "stage": s.stage}
 
 
-def search(backend: Backend, f: SearchFilters, *, budget: int = POINT_BUDGET) -> dict[str, Any]:
-    """The scatter plot's points and the result list: see the module docstring."""
+def wants_fit(params: Mapping[str, Sequence[str]]) -> bool:
+    """``fit=1`` and no range chosen: the page may open on the data's extent (:mod:`.extent`)."""
+    return _one(params, "fit") == "1" and not any(_one(params, k) for k in ("since", "from", "to"))
+
+
+def search(backend: Backend, f: SearchFilters, *, budget: int = POINT_BUDGET, fit: bool = False) -> dict[str, Any]:
+    """The scatter plot's points and the result list: see the module docstring.
+
+    ``extent`` is the first and last start time (ms) of the matching requests: exact on
+    the embedded store, else possibly wider, never narrower (see :func:`_sliced_search`
+    and :func:`.fastscan.spread_sample`). With ``fit``, when they cover much
+    less than the window (:func:`.extent.fitted_window`), the search runs again over
+    their extent, and ``fitted`` says so: ``{"from_ms", "to_ms", "range_ms"}`` (the
+    window it replaced)."""
+    doc = _search(backend, f, budget)
+    ext = doc["extent"]
+    if not fit or ext is None:
+        return doc
+    from .extent import fitted_window
+    narrower = fitted_window(int(ext["first_ms"] * 1e6), int(ext["last_ms"] * 1e6), f.start_ns, f.end_ns)
+    if narrower is None:
+        return doc
+    g = replace(f, start_ns=narrower[0], end_ns=narrower[1])
+    fitted = _search(backend, g, budget)
+    fitted["fitted"] = {"from_ms": g.start_ns // 1_000_000, "to_ms": g.end_ns // 1_000_000,
+                        "range_ms": {"start_ms": f.start_ns / 1e6, "end_ms": f.end_ns / 1e6}}
+    fitted["took_ms"] = round(fitted["took_ms"] + doc["took_ms"], 1)
+    return fitted
+
+
+def _search(backend: Backend, f: SearchFilters, budget: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     remote = backend.name == "grafana"
     fast = None if remote else _fast_search(backend, f)
     total: int | None = None
+    extent: tuple[int, int] | None = None
     if fast is not None:
-        mode, points, total = fast
+        mode, points, total, extent = fast
         sampled = total is None or total > len(points)
     else:
-        mode, points, sampled = _sliced_search(backend, f, remote, budget)
+        mode, points, sampled, extent = _sliced_search(backend, f, remote, budget)
+    ext_ms = {"first_ms": extent[0] / 1e6, "last_ms": extent[1] / 1e6} if extent is not None else None
     durs = sorted(p["duration_ms"] for p in points)
 
     def q(p: float) -> float | None:
@@ -202,12 +233,13 @@ def search(backend: Backend, f: SearchFilters, *, budget: int = POINT_BUDGET) ->
     rows = sorted(points, key=lambda p: -p["start_ms"])[:MAX_RESULT_ROWS]
     return {"mode": mode, "points": points, "rows": rows, "count": len(points), "matched": total,
             "sampled": sampled, "errors": sum(1 for p in points if p["error"]), "p50_ms": q(0.5), "p95_ms": q(0.95),
-            "window": {"start_ms": f.start_ns / 1e6, "end_ms": f.end_ns / 1e6},
+            "window": {"start_ms": f.start_ns / 1e6, "end_ms": f.end_ns / 1e6}, "extent": ext_ms,
             "services": sorted({p["service"] for p in points}),
             "took_ms": round((time.perf_counter() - t0) * 1e3, 1)}
 
 
-def _fast_search(backend: Backend, f: SearchFilters) -> tuple[str, list[dict[str, Any]], int | None] | None:
+def _fast_search(backend: Backend, f: SearchFilters) -> tuple[str, list[dict[str, Any]], int | None,
+                                                               tuple[int, int] | None] | None:
     """The embedded store's one-query sample (:mod:`.fastscan`); None when it does not apply."""
     from . import fastscan
     store = fastscan.embedded_store(backend)
@@ -221,8 +253,13 @@ def _fast_search(backend: Backend, f: SearchFilters) -> tuple[str, list[dict[str
 
 
 def _sliced_search(backend: Backend, f: SearchFilters, remote: bool,
-                   budget: int) -> tuple[str, list[dict[str, Any]], bool]:
-    """The portable method: a query per time slice, then the slow tail of the busy slices."""
+                   budget: int) -> tuple[str, list[dict[str, Any]], bool, tuple[int, int] | None]:
+    """The portable method: a query per time slice, then the slow tail of the busy slices.
+
+    The extent (first and last start, ns) is the points' own, widened to the edge of the
+    first or last slice when that slice held more than was read (which of its requests
+    a backend returns first is its own business): it may be wider than the data, never
+    narrower, so a search over it loses nothing."""
     mode = "trace" if remote else _entry_mode(backend, f)
 
     def fetch(a: int, b: int, limit: int, min_ns: int | None = None) -> tuple[list[Any], bool]:
@@ -252,7 +289,16 @@ def _sliced_search(backend: Backend, f: SearchFilters, remote: bool,
             for x in got:
                 found[key(x)] = x
     pts = sorted(found.values(), key=lambda x: x.start_ns)
-    return mode, [_summary_point(x) if remote else _point(x) for x in pts], bool(full)
+    extent = None
+    if pts:
+        first, last = pts[0].start_ns, pts[-1].start_ns
+        for a, b in full:
+            if a <= first < b:
+                first = a
+            if a <= last < b:
+                last = b - 1
+        extent = (first, last)
+    return mode, [_summary_point(x) if remote else _point(x) for x in pts], bool(full), extent
 
 
 def _pct(sorted_vals: list[float], p: float) -> float:

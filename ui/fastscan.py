@@ -48,11 +48,13 @@ def embedded_store(backend: Backend) -> Any | None:
 
 
 def spread_sample(store: Any, query: TraceQuery, *, entry: str, buckets: int, per_bucket: int,
-                  slowest_per_bucket: int) -> tuple[list[dict[str, Any]], int | None]:
+                  slowest_per_bucket: int) -> tuple[list[dict[str, Any]], int | None, tuple[int, int] | None]:
     """Plot points for the spans matching ``query`` in its window: in each of
     ``buckets`` equal time buckets, ``per_bucket`` chosen at random (by span id hash:
     stable across reloads) plus the ``slowest_per_bucket`` slowest. Returns (points
-    oldest first, number of matching spans in the window, or None when unknown).
+    oldest first, number of matching spans in the window or None when unknown, the
+    first and last start time of the matching spans in ns, or None when none match;
+    with attribute conditions, of the rows that pass the byte prefilter: never narrower).
 
     ``entry``: ``root`` (trace roots), ``entry`` (roots and SERVER/CONSUMER spans: a
     service's requests, whether a client or another service called it) or ``span``
@@ -82,29 +84,38 @@ def spread_sample(store: Any, query: TraceQuery, *, entry: str, buckets: int, pe
                f"OR row_number() OVER (PARTITION BY {bucket} ORDER BY duration_ns DESC) <= {int(slowest_per_bucket)}")
     points: list[dict[str, Any]] = []
     total: int | None = 0
+    # the window aggregates see every row the WHERE keeps (QUALIFY samples after them)
+    span_of_rows = "min(start_ns) OVER () AS first_start, max(start_ns) OVER () AS last_start"
+    extent: tuple[int, int] | None = None
     if attrs:
         from stagetrace.backend import attributes_match
         total = None
-        for batch in store._sql(SPANS, "*", where, params, qualify):
+        # the extent of the rows that pass the byte prefilter: a superset of the matches
+        for batch in store._sql(SPANS, "*, " + span_of_rows, where, params, qualify):
+            if batch.num_rows:
+                first, last = batch.column("first_start")[0].as_py(), batch.column("last_start")[0].as_py()
+                extent = (int(first), int(last))
             for sp in store._spans(batch):
                 if attributes_match(attrs, sp.attributes, sp.resource):
                     points.append({"trace_id": sp.trace_id, "span_id": sp.span_id, "service": sp.service_name,
                                    "name": sp.name, "start_ms": sp.start_ns / 1e6,
                                    "duration_ms": sp.duration_ns / 1e6, "error": sp.is_error})
         points.sort(key=lambda p: (p["start_ms"], p["span_id"]))
-        return points, total
-    cols = "trace_id, span_id, name, service, start_ns, duration_ns, status_code, count(*) OVER () AS matched_total"
+        return points, total, extent if points else None
+    cols = ("trace_id, span_id, name, service, start_ns, duration_ns, status_code, count(*) OVER () AS matched_total, "
+            + span_of_rows)
     for batch in store._sql(SPANS, cols, where, params, qualify):
         if not batch.num_rows:
             continue
         d = batch.to_pydict()
         total = int(d["matched_total"][0])
+        extent = (int(d["first_start"][0]), int(d["last_start"][0]))
         for tid, sid, name, svc, st, dur, code in zip(d["trace_id"], d["span_id"], d["name"], d["service"],
                                                         d["start_ns"], d["duration_ns"], d["status_code"]):
             points.append({"trace_id": tid.hex(), "span_id": sid.hex(), "service": svc, "name": name,
                            "start_ms": st / 1e6, "duration_ms": dur / 1e6, "error": code == STATUS_ERROR})
     points.sort(key=lambda p: (p["start_ms"], p["span_id"]))
-    return points, total
+    return points, total, extent
 
 
 def _prefilter(key: str, value: Any) -> list[str]:

@@ -13,7 +13,7 @@ Requests are bounded: 8 KiB of URL, 64 KiB of body, 30 s per read; investigation
 
 Endpoints (``GET`` unless said):
 ``/``, ``/trace/<id>``, ``/map`` -> the page; ``/static/<file>``;
-``/api/search?<filters>``, ``/api/map?<window>``, ``/api/trace/<id>``,
+``/api/search?<filters>[&fit=1]``, ``/api/map?<window>``, ``/api/trace/<id>``,
 ``POST /api/investigate`` (JSON object of the same string parameters plus ``kind``);
 ``/api/health``.
 """
@@ -271,7 +271,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/api/health":
             self._json(200, {"status": "ok"})
         elif path == "/api/search":
-            self._api(lambda: self.ui.with_backend(lambda b: api.search(b, api.parse_filters(query))))
+            self._api(lambda: self.ui.with_backend(
+                lambda b: api.search(b, api.parse_filters(query), fit=api.wants_fit(query))))
         elif path == "/api/map":
             def run_map() -> Any:
                 f = api.parse_filters(query)

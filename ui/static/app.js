@@ -94,18 +94,22 @@ function linkish(params) {
   return q.toString();
 }
 
-function niceTicks(lo, hi, n) {
-  const span = hi - lo || 1;
-  const raw = span / n;
+// A round step (1, 2 or 5 times a power of ten) that cuts `span` into at most n parts.
+function niceStep(span, n) {
+  const raw = (span || 1) / n;
   const mag = Math.pow(10, Math.floor(Math.log10(raw)));
-  const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => span / s <= n) || 10 * mag;
+  return [1, 2, 5, 10].map((m) => m * mag).find((s) => (span || 1) / s <= n) || 10 * mag;
+}
+
+function niceTicks(lo, hi, n) {
+  const step = niceStep(hi - lo, n);
   const out = [];
   for (let v = Math.ceil(lo / step) * step; v <= hi + 1e-9; v += step) out.push(v);
   return out;
 }
 
 function timeTicks(lo, hi, n) {
-  const steps = [1e3, 5e3, 1e4, 3e4, 6e4, 3e5, 6e5, 9e5, 18e5, 36e5, 3 * 36e5, 6 * 36e5, 12 * 36e5, 864e5];
+  const steps = [1e3, 5e3, 1e4, 15e3, 3e4, 6e4, 3e5, 6e5, 9e5, 18e5, 36e5, 3 * 36e5, 6 * 36e5, 12 * 36e5, 864e5];
   const step = steps.find((s) => (hi - lo) / s <= n) || 864e5;
   const out = [];
   for (let v = Math.ceil(lo / step) * step; v <= hi; v += step) out.push(v);
@@ -115,6 +119,12 @@ function timeTicks(lo, hi, n) {
 // ---------------------------------------------------------------- search page
 
 const FILTERS = ["service", "operation", "route", "status", "min", "max", "attr", "since", "from", "to"];
+const DEFAULT_SINCE = "1h";  // the server's default range (ui/api.py DEFAULT_SINCE)
+
+function customRangeLabel(f) {
+  const a = Number(f.from), b = f.to ? Number(f.to) : Date.now();
+  return Number.isFinite(a) && Number.isFinite(b) ? `${fmtClock(a)} – ${fmtClock(b)} UTC` : "zoomed range";
+}
 
 function currentFilters() {
   const q = new URLSearchParams(location.search);
@@ -132,10 +142,10 @@ function searchForm(f, services) {
   const status = el("select", { name: "status", id: "f-status" },
     ...[["", "any"], ["error", "error"], ["ok", "ok"], ["unset", "unset"]].map(([v, t]) =>
       el("option", { value: v, selected: (f.status || "") === v }, t)));
-  const range = f.from ? "custom" : (f.since || "1h");
+  const range = f.from ? "custom" : (f.since || DEFAULT_SINCE);
   const since = el("select", { name: "since", id: "f-since" },
     ...["15m", "1h", "6h", "24h", "7d"].concat(range === "custom" ? ["custom"] : []).map((v) =>
-      el("option", { value: v, selected: v === range }, v === "custom" ? "zoomed range" : "last " + v)));
+      el("option", { value: v, selected: v === range }, v === "custom" ? customRangeLabel(f) : "last " + v)));
   const form = el("form", { id: "search-form", class: "filters" },
     field("service", "Service", svcInput), dl,
     field("operation", "Operation", input("operation", "span name")),
@@ -158,7 +168,9 @@ function searchForm(f, services) {
 }
 
 async function searchPage() {
-  const f = currentFilters();
+  let f = currentFilters();
+  // No range chosen: the server may open on the requests' extent instead (ui/extent.py).
+  const mayFit = !f.since && !f.from && !f.to;
   document.title = "stagetrace · search";
   const plotBox = el("div", { id: "plot", class: "plot" });
   const summary = el("div", { id: "search-summary", class: "summary" }, "searching…");
@@ -171,14 +183,26 @@ async function searchPage() {
   app.replaceChildren(searchForm(f, []), summary, plotBox, actions, panel, results);
   let doc;
   try {
-    doc = await getJSON("/api/search?" + linkish(f));
+    doc = await getJSON("/api/search?" + linkish(mayFit ? Object.assign({ fit: "1" }, f) : f));
   } catch (err) {
     showError(summary, err);
     app.dataset.state = "error";
     return;
   }
   window.stagetrace.lastSearch = doc;
+  let fitNote = null;
+  if (doc.fitted) {
+    // The range shown goes into the URL, so a reload or a shared link shows this same view.
+    const whole = linkish(Object.assign({}, f, { since: DEFAULT_SINCE }));
+    f = Object.assign({}, f, { from: String(doc.fitted.from_ms), to: String(doc.fitted.to_ms) });
+    history.replaceState(null, "", "/?" + linkish(f));
+    setMapLink();
+    fitNote = el("p", { id: "fit-note", class: "note" },
+      `Opened on the requests' extent: the last ${DEFAULT_SINCE} holds them only from ${fmtClock(doc.extent.first_ms)} to ${fmtClock(doc.extent.last_ms)} UTC. `,
+      el("a", { id: "fit-undo", href: "/?" + whole }, `Show the whole last ${DEFAULT_SINCE}`));
+  }
   app.children[0].replaceWith(searchForm(f, doc.services));
+  if (fitNote) summary.after(fitNote);
   const w = doc.window;
   summary.replaceChildren(
     el("strong", { text: doc.matched !== null && doc.matched !== undefined && doc.matched !== doc.count ? `${doc.count} of ${doc.matched} ${doc.mode === "span" ? "spans" : "requests"}` : `${doc.count} ${doc.mode === "span" ? "spans" : "requests"}` }),
@@ -313,7 +337,7 @@ async function runInvestigation(panel, kind, params, sel) {
   if (kind === "errors") delete body.min;
   if (body.from) delete body.since;
   const what = kind === "slow" ? "investigate slow" : "investigate errors";
-  const win = body.from ? `${fmtTime(Number(body.from))} – ${fmtClock(Number(body.to))}` : `last ${body.since || "1h"}`;
+  const win = body.from ? `${fmtTime(Number(body.from))} – ${fmtClock(Number(body.to))}` : `last ${body.since || DEFAULT_SINCE}`;
   const head = el("div", { class: "inv-head" },
     el("h2", { text: kind === "slow" ? "Why are these slow?" : "Why are these failing?" }),
     el("span", { class: "muted", text: `${what} · ${win}${body.service ? " · service " + body.service : ""}${body.route ? " · route " + body.route : ""}${kind === "slow" && body.min ? " · slower than " + fmtMs(parseFloat(body.min)) : ""}${sel ? ` · ${sel.selected} plotted requests selected` : ""}` }));
@@ -582,24 +606,80 @@ function metricsSection(d, total) {
   const grid = el("div", { class: "metric-grid" });
   const shown = series.slice(0, 24);
   for (const m of shown) {
-    const W = 260, H = 80, pad = 4;
-    const xs = m.points.map((p) => p.offset_ms), vs = m.points.map((p) => p.value);
-    const lo = Math.min(...xs, 0), hi = Math.max(...xs, total);
-    const vlo = Math.min(...vs), vhi = Math.max(...vs);
-    const x = (o) => pad + ((o - lo) / (hi - lo || 1)) * (W - 2 * pad);
-    const y = (v) => H - pad - ((v - vlo) / (vhi - vlo || 1)) * (H - 2 * pad - 10);
-    const s = svg("svg", { width: W, height: H, class: "metric-chart" });
-    s.append(svg("rect", { x: x(0), y: 0, width: Math.max(1, x(total) - x(0)), height: H, class: "trace-window" }));
-    let dpath = "";
-    m.points.forEach((p, i) => { dpath += `${i ? "L" : "M"}${x(p.offset_ms).toFixed(1)},${y(p.value).toFixed(1)}`; });
-    s.append(svg("path", { d: dpath, class: "line" }));
-    for (const p of m.points) s.append(svg("circle", { cx: x(p.offset_ms), cy: y(p.value), r: 1.6, class: "pt" }));
-    s.append(svg("text", { x: W - pad, y: 10, class: "axis", "text-anchor": "end", text: `${+vhi.toPrecision(3)}${m.unit ? " " + m.unit : ""}` }));
-    grid.append(el("figure", { class: "metric" }, s, el("figcaption", { text: m.display_name || `${m.service} ${m.name}` })));
+    grid.append(el("figure", { class: "metric" }, metricChart(m, total), el("figcaption", { text: m.display_name || `${m.service} ${m.name}`, title: `${m.service} ${m.name}${m.unit ? " (" + m.unit + ")" : ""}` })));
   }
-  box.append(el("p", { class: "muted", text: "Shaded: the trace's own time window." }), grid);
+  box.append(el("p", { class: "muted", text: "Shaded: the trace's own time window. Times in UTC." }), grid);
   if (series.length > shown.length) box.append(el("p", { class: "muted", text: `${series.length - shown.length} more series not drawn.` }));
   return box;
+}
+
+// How a metric's values read on its axis, from its OpenTelemetry (UCUM) unit: a tick shows
+// value / div followed by suffix ("296 MiB", "120 ms", "35%", "1.2k"); an annotation unit
+// ("{request}", "{request}/s") would not fit beside every tick, so it is the axis title.
+function metricScale(unit, name, maxAbs) {
+  const u = unit || "";
+  const time = { s: 1, ms: 1e-3, us: 1e-6, "µs": 1e-6, ns: 1e-9 };
+  if (u in time) {
+    const secs = maxAbs * time[u];
+    if (!secs) return { div: 1, suffix: " " + (u === "us" ? "µs" : u), title: "" };
+    const [perS, suffix] = secs >= 1 ? [1, " s"] : secs >= 1e-3 ? [1e-3, " ms"] : secs >= 1e-6 ? [1e-6, " µs"] : [1e-9, " ns"];
+    return { div: perS / time[u], suffix, title: "" };
+  }
+  if (u === "By" || u === "By/s") {
+    const per = u === "By/s" ? "/s" : "";
+    const k = [[2 ** 40, " TiB"], [2 ** 30, " GiB"], [2 ** 20, " MiB"], [2 ** 10, " KiB"]].find(([v]) => maxAbs >= v);
+    return k ? { div: k[0], suffix: k[1] + per, title: "" } : { div: 1, suffix: " B" + per, title: "" };
+  }
+  // a dimensionless utilization or ratio (0..1, as the semantic conventions define them)
+  if (u === "1" && /utilization|ratio/.test(name || "")) return { div: 0.01, suffix: "%", title: "" };
+  if (u === "%") return { div: 1, suffix: "%", title: "" };
+  const k = [[1e9, "G"], [1e6, "M"], [1e3, "k"]].find(([v]) => maxAbs >= v);
+  const mag = { div: k ? k[0] : 1, suffix: k ? k[1] : "" };
+  const ann = /^\{([^}]*)\}(\/.*)?$/.exec(u);
+  if (ann) return { div: mag.div, suffix: mag.suffix + (ann[2] || ""), title: ann[1] };
+  return { div: mag.div, suffix: mag.suffix + (u && u !== "1" ? " " + u : ""), title: "" };
+}
+
+function metricChart(m, total) {
+  const W = 300, H = 132, mg = { l: 58, r: 8, t: 16, b: 20 };
+  const pw = W - mg.l - mg.r, ph = H - mg.t - mg.b;
+  const xs = m.points.map((p) => p.offset_ms), vs = m.points.map((p) => p.value);
+  const lo = Math.min(...xs, 0), hi = Math.max(...xs, total);
+  const vmin = Math.min(...vs), vmax = Math.max(...vs);
+  const sc = metricScale(m.unit, m.name, Math.max(Math.abs(vmin), Math.abs(vmax)));
+  // the y axis in display units, widened to whole ticks so every point lies on the scale
+  let dlo = vmin / sc.div, dhi = vmax / sc.div;
+  if (dhi - dlo < 1e-9 * Math.max(1, Math.abs(dhi))) {  // a flat series: an axis around it (0 to 1 when all 0)
+    if (dhi === 0) dhi = 1; else { const pad = Math.abs(dhi) * 0.1; dlo -= pad; dhi += pad; }
+  }
+  const step = niceStep(dhi - dlo, 3);
+  const k0 = Math.floor(dlo / step + 1e-9), k1 = Math.ceil(dhi / step - 1e-9);
+  dlo = k0 * step; dhi = k1 * step;
+  const ticks = [];
+  for (let k = k0; k <= k1; k++) ticks.push(k * step);
+  const x = (o) => mg.l + ((o - lo) / (hi - lo || 1)) * pw;
+  const y = (v) => mg.t + ph - ((v / sc.div - dlo) / (dhi - dlo)) * ph;
+  const s = svg("svg", { width: W, height: H, class: "metric-chart", "data-lo": dlo * sc.div, "data-hi": dhi * sc.div });
+  s.append(svg("rect", { x: mg.l, y: mg.t, width: pw, height: ph, class: "plot-bg" }));
+  if (sc.title) s.append(svg("text", { x: 4, y: 10, class: "axis unit-title", text: sc.title }));
+  // the trace's own window: at least 2 px, so a 50 ms trace in a 60 s chart still shows
+  const wx = x(0), ww = Math.max(2, x(total) - x(0));
+  s.append(svg("rect", { x: wx, y: mg.t, width: ww, height: ph, class: "trace-window" }));
+  for (const t of ticks) {
+    const v = t * sc.div, ty = y(v);
+    s.append(svg("line", { x1: mg.l, x2: mg.l + pw, y1: ty, y2: ty, class: "grid" }));
+    s.append(svg("text", { x: mg.l - 5, y: ty + 3.5, class: "axis y-tick", "text-anchor": "end", "data-value": v, text: `${+t.toPrecision(6)}${sc.suffix}` }));
+  }
+  // x: wall-clock time (UTC), from the points' own timestamps
+  const p0 = m.points[0], epoch = p0.time_ns / 1e6 - p0.offset_ms;
+  for (const t of timeTicks(epoch + lo, epoch + hi, 4)) {
+    s.append(svg("text", { x: x(t - epoch), y: H - 5, class: "axis x-tick", "text-anchor": "middle", text: fmtClock(t) }));
+  }
+  let dpath = "";
+  m.points.forEach((p, i) => { dpath += `${i ? "L" : "M"}${x(p.offset_ms).toFixed(1)},${y(p.value).toFixed(1)}`; });
+  s.append(svg("path", { d: dpath, class: "line" }));
+  for (const p of m.points) s.append(svg("circle", { cx: x(p.offset_ms), cy: y(p.value), r: 1.6, class: "pt", "data-value": p.value }));
+  return s;
 }
 
 // ---------------------------------------------------------------- service map
@@ -607,9 +687,9 @@ function metricsSection(d, total) {
 async function mapPage() {
   document.title = "stagetrace · service map";
   const f = currentFilters();
-  const range = f.from ? "custom" : (f.since || "1h");
+  const range = f.from ? "custom" : (f.since || DEFAULT_SINCE);
   const since = el("select", { id: "map-since" }, ...["15m", "1h", "6h", "24h", "7d"].concat(range === "custom" ? ["custom"] : []).map((v) =>
-    el("option", { value: v, selected: v === range }, v === "custom" ? "zoomed range" : "last " + v)));
+    el("option", { value: v, selected: v === range }, v === "custom" ? customRangeLabel(f) : "last " + v)));
   since.addEventListener("change", () => location.assign("/map?" + linkish({ since: since.value })));
   const box = el("div", { id: "map", class: "map" }, el("p", { class: "muted", text: "reading spans…" }));
   app.replaceChildren(el("div", { class: "filters" }, el("label", { class: "field" }, el("span", { text: "Time range" }), since)), box);
@@ -678,11 +758,15 @@ function mapTables(doc) {
 
 // ---------------------------------------------------------------- router
 
+function setMapLink() {
+  const q = new URLSearchParams(location.search).toString();
+  if (q && location.pathname === "/") document.getElementById("nav-map").setAttribute("href", "/map?" + linkish({ since: currentFilters().since, from: currentFilters().from, to: currentFilters().to }));
+}
+
 function route() {
   const p = location.pathname;
   for (const a of document.querySelectorAll("header nav a")) a.classList.toggle("active", a.getAttribute("href") === (p.startsWith("/trace/") ? "" : p));
-  const q = new URLSearchParams(location.search).toString();
-  if (q && p === "/") document.getElementById("nav-map").setAttribute("href", "/map?" + linkish({ since: currentFilters().since, from: currentFilters().from, to: currentFilters().to }));
+  setMapLink();
   if (p.startsWith("/trace/")) return tracePage(decodeURIComponent(p.slice("/trace/".length)));
   if (p === "/map") return mapPage();
   return searchPage();
