@@ -23,11 +23,8 @@ from sklearn.preprocessing import StandardScaler
 
 log = logging.getLogger("fraud_api.model")
 
-# Column order of the model input; preprocess builds rows in this order.
-FEATURES = (
-    "amount", "hour", "merchant_risk", "distance_km", "device_age_days",  # from the transaction
-    "user_avg_amount", "user_txn_30d", "account_age_days", "chargebacks_90d",  # from the feature store
-)
+# Column order of the model input (preprocess builds rows in this order): demo/columns.py.
+from .columns import FEATURES  # noqa: E402
 MODEL_NAME = "fraud-detector"
 
 

@@ -27,6 +27,7 @@ from stagetrace import semconv
 from stagetrace.errors import UserError
 
 from . import procs
+from .columns import FEATURES
 from .scenarios import DESCRIPTIONS, ENV_DEMO_SCHEDULE_FILE, Schedule
 
 T = TypeVar("T")
@@ -110,6 +111,9 @@ def service_env(service: str, otlp_grpc: str, schedule_file: Path, run_dir: Path
         "OTEL_SEMCONV_STABILITY_OPT_IN": "http",
         # Health checks are the orchestrator's, not user traffic.
         "OTEL_PYTHON_FASTAPI_EXCLUDED_URLS": "healthz",
+        # The model is fed a bare array: name its columns for the input profiles (as a user
+        # whose model has no feature_names_in_ would, in [tool.stagetrace.profile]).
+        semconv.ENV_PROFILE_FEATURES: ",".join(FEATURES),
         "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST": CAPTURED_HEADERS,
         "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST": CAPTURED_HEADERS,
         semconv.ENV_CONFIG: str(STAGES_CONFIG),

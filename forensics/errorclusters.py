@@ -106,6 +106,7 @@ class Cluster:
     onset: Any = None
     counts: list[int] = field(default_factory=list)
     times: list[int] = field(default_factory=list)  # when each of its failed requests started
+    inputs: list = field(default_factory=list)  # significant differences of the model's input profiles
 
 
 def investigate_errors(backend: Backend, *, service: str | None = None, start_ns: int | None = None,
@@ -223,6 +224,9 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
                 _record(failures.get(t.trace_id), c)
             # every span of the failing requests (server span and resources included), against
             # successes re-weighted to the same mix of entry operations
+            # the model's inputs (stagetrace's input profiles on inference spans), failing vs successful
+            c.inputs = [x for x in guard.run("model inputs", _input_differences, sample, successes, default=[])
+                        if x.get("significant")]
             c.attrs = guard.run("attributes", attributes.compare, sample, successes, max_results=10,
                                 exclude=attributes.OUTCOME_KEYS,
                                 weights=comparison_weights(sample, successes, entry_by_trace, wmap),
@@ -268,6 +272,13 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
         _note_missing_data(backend, report, w_start, w_end)
         guard.note(report)
         return report
+
+
+def _input_differences(failing: Sequence[Trace], ok: Sequence[Trace]) -> list[dict[str, Any]]:
+    """Per feature, how the input profiles of the failing requests' predictions differ from
+    the successful ones' (missing values, distribution); empty when no span carries a profile."""
+    from .mlprofiles import compare_input_profiles
+    return compare_input_profiles([s for t in failing for s in t.spans], [s for t in ok for s in t.spans])
 
 
 def _merge(events: Sequence[ErrorEvent], e_edges: np.ndarray) -> list[Cluster]:
@@ -487,6 +498,8 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fet
                  f"origin {origin[0]} '{origin[1]}'" + (f" (stage {origin[2]})" if origin[2] else "")]
         if c.propagated:
             parts.append("propagated to " + ", ".join(f"{s} '{o}'" for (s, o), _ in c.propagated.most_common(3)))
+        if c.inputs:
+            parts.append(c.inputs[0]["summary"])
         if sig_attrs:
             parts.append(attributes.describe(sig_attrs[0], "the cluster", "successes"))
         if kind == "new":
@@ -535,6 +548,10 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fet
             service=origin[0], operation=origin[1], stage=origin[2],
             attribute=top_attr.attribute if top_attr else None, value=top_attr.value if top_attr else None,
             template=template))
+        for x in c.inputs[:2] if significant else []:
+            findings.append(Finding("attribute", f"{x['summary']} (incident {cid})", cscore * 0.95, True, conf,
+                                    {"cluster": cid, "input_profile": x, "tier": 1},
+                                    service=origin[0], attribute=semconv.ML_INPUT_FEATURES, value=x["feature"]))
         if significant and template:
             findings.append(Finding("log", f'ERROR log "{headline(template)}" in {log_tmpls[template]} lines of incident {cid} '
                                            f"({short})", cscore * 0.9, True, conf,

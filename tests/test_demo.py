@@ -135,6 +135,10 @@ def test_demo_finds_the_injected_causes(tmp_path: Path) -> None:
     assert {"fraud-api", "loadgen"} <= {p["service"] for p in top["evidence"]["propagated"]}
     sig_attrs = {(a["attribute"], str(a["value"])) for a in top["evidence"]["attributes"] if a["significant"]}
     assert sig_attrs & {("ml.model.version", "v2"), ("service.version", "1.5.0-rc1")}, sig_attrs
+    # ...and explained by the model's inputs (issue 18): the failing predictions lack device_age_days.
+    err_sig = [f for f in errors["findings"] if f["significant"]]
+    assert any(f["attribute"] == "ml.input.features" and f["value"] == "device_age_days" for f in err_sig[:3]), \
+        [f["summary"] for f in err_sig[:3]]
     # The store agrees: every example trace of the cluster is a v2 request whose
     # inference failed and whose client span is an error.
     from stagetrace.backend import open_backend
