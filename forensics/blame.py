@@ -231,8 +231,8 @@ def log_welch_greater(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def per_call_jumps(target: Sequence[TraceCost], base: Sequence[TraceCost], min_ratio: float = 2.0) -> dict[Key, float]:
-    """Key -> Bonferroni-adjusted p that its calls in ``target`` take longer than in
-    ``base``: Welch's t on log time per call (a floor on the spread, so a timer's resolution
+    """Key -> p that its calls in ``target`` take longer than in ``base`` (unadjusted: the
+    caller corrects for the keys it takes the best of): Welch's t on log time per call (a floor on the spread, so a timer's resolution
     is not certainty), for keys whose median per call at least ``min_ratio``-ed and grew
     1 ms. Judged per call, a small incident (a dozen calls that each gained a second) is as
     clear as it is to a person reading the traces; per request it drowns among the
@@ -247,7 +247,7 @@ def per_call_jumps(target: Sequence[TraceCost], base: Sequence[TraceCost], min_r
         avg = float(x.mean()) >= 1.5 * float(y.mean())
         if not (med or avg) or float(x.mean()) - float(y.mean()) < MIN_GROWTH_NS:
             continue
-        out[k] = min(1.0, 2 * min(log_welch_greater(x, y), _shift_test(x, y)) * len(keys))
+        out[k] = min(1.0, 2 * min(log_welch_greater(x, y), _shift_test(x, y)))
     return out
 
 
@@ -355,7 +355,9 @@ def blame(sel: Sequence[TraceCost], base: Sequence[TraceCost], *, after: Sequenc
     floor = max(stats.MIN_SUPPORT, int(0.1 * len(sel)))
     jumps = per_call_jumps(target, base) if after else {}
     for c in comps:
-        p_call = min((p for k, p in jumps.items() if owner.get(k, (None,))[0] == c.service), default=1.0)
+        mine_p = [p for k, p in jumps.items() if owner.get(k, (None,))[0] == c.service]
+        # Bonferroni over the component's own keys; across components the BH step below corrects
+        p_call = min(1.0, min(mine_p) * len(mine_p)) if mine_p else 1.0
         if p_call < 1.0:
             c.p = min(1.0, 2 * min(c.p, p_call))
             c.grew = True

@@ -12,8 +12,9 @@ from a *frame* around it. Nothing here depends on how long the window is:
 - the incident is the one contiguous period whose rate is highest against the rest
   (the binomial scan statistic, "epidemic" change-point model: low, high, low again
   or still high at the end), kept when Fisher's test on inside vs outside counts is
-  significant after a Bonferroni correction for every period scanned, and the rate at
-  least doubled;
+  significant after a Bonferroni correction for every period scanned (or, for a period
+  that lasts to the end of the data, for every such period: an incident still going on
+  in a short window keeps its power), and the rate at least doubled;
 - the frame is the incident plus up to twice its length of data on each side: the
   normal periods it is compared with. Any window that holds the frame gives the same
   analysis.
@@ -107,16 +108,37 @@ def locate(times_ns: Sequence[int], flags: Sequence[bool], *, min_ratio: float =
     with np.errstate(divide="ignore", invalid="ignore"):
         rin = np.where(nin > 0, kin / np.maximum(nin, 1), 0.0)
         rout = np.where(nout > 0, kout / np.maximum(nout, 1), 0.0)
-    ok = valid & (kin >= min_hits) & (nout >= MIN_OUTSIDE) & (rin > rout)
+    # An incident needs normal time before it: a period the data opens with (a start-up ramp)
+    # has no "before" to have risen from. At least MIN_OUTSIDE requests, over at least a
+    # quarter of the period's own length.
+    nbefore = np.broadcast_to(cn[a], valid.shape)
+    span_before = np.broadcast_to(a.astype(float), valid.shape)
+    span_in = (b - a).astype(float)
+    ok = (valid & (kin >= min_hits) & (nout >= MIN_OUTSIDE) & (rin > rout) & (nbefore >= MIN_OUTSIDE)
+          & (span_before >= 0.25 * span_in))
     if not ok.any():
         return None
     gain = np.where(ok, _ll(kin, nin) + _ll(kout, nout), -np.inf)
+
+    def test(ai: int, bi: int, scanned: int) -> float:
+        c = (ai, bi - 1)
+        return min(1.0, stats.share_test(int(kin[c]), int(nin[c]), int(kout[c]), int(nout[c])) * scanned)
+
+    # Two families, each Bonferroni-corrected for what it scanned, the better one kept (x2):
+    # any period (an incident that began and ended), and periods that last to the end of the
+    # data (one still going on: far fewer candidates, so a short window keeps its power).
     j = int(np.argmax(gain))
     ai, bi = divmod(j, m)
     bi += 1
+    p = test(ai, bi, int(ok.sum()))
+    last = ok[:, m - 1]
+    if last.any():
+        a2 = int(np.argmax(np.where(last, gain[:, m - 1], -np.inf)))
+        p2 = test(a2, m, int(last.sum()))
+        if p2 < p:
+            ai, bi, p = a2, m, p2
+    p = min(1.0, 2 * p)
     ki, ni, ko, no = int(kin[ai, bi - 1]), int(nin[ai, bi - 1]), int(kout[ai, bi - 1]), int(nout[ai, bi - 1])
-    scanned = int(ok.sum())
-    p = min(1.0, stats.share_test(ki, ni, ko, no) * scanned)
     ri, ro = ki / max(ni, 1), ko / max(no, 1)
     # The period's bounds: its first and last request, not the buckets' edges.
     inside = (idx >= ai) & (idx < bi)
@@ -125,6 +147,13 @@ def locate(times_ns: Sequence[int], flags: Sequence[bool], *, min_ratio: float =
     ongoing = bi == m
     if ongoing:
         end = hi
+    if not ongoing and hi - end < end - start:
+        # It "ended" too close to the end of the data to tell a recovery from a lull (or the next
+        # wave): what follows it is not normal time. It is still going on.
+        ongoing, end = True, hi
+        inside = t >= start
+        ki, ni, ko, no = int(f[inside].sum()), int(inside.sum()), int(f[~inside].sum()), int((~inside).sum())
+        ri, ro = ki / max(ni, 1), ko / max(no, 1)
     sig = p < alpha and ri >= min_ratio * max(ro, 1e-9) and ri - ro >= min_diff
     return Incident(start, end, p, ri, ro, ki, ni, ko, no, sig, ongoing, frame_of(start, end, lo, hi))
 
@@ -133,3 +162,40 @@ def frame_of(start: int, end: int, lo: int, hi: int) -> tuple[int, int]:
     """The incident and the normal data around it that it is compared with."""
     pad = max(int(FRAME_FACTOR * (end - start)), MIN_FRAME_NS)
     return max(lo, start - pad), min(hi, end + pad)
+
+
+def locate_merged(times_ns: Sequence[int], flags: Sequence[bool], max_parts: int = 3, **kw) -> Incident | None:
+    """:func:`locate`, then again on the data outside what was found: trouble that comes in
+    adjacent waves (one fault ends as another begins) is one incident, as long as each wave is
+    significant on its own and lies inside the frame of the first. Otherwise the second wave
+    would sit in the "normal" data the first is compared with."""
+    t = np.asarray(times_ns, dtype=np.int64)
+    f = np.asarray(flags, dtype=bool)
+    first = locate(t, f, **kw)
+    if first is None or not first.significant:
+        return first
+    lo, hi = int(t.min()), int(t.max()) + 1
+    start, end = first.start_ns, first.end_ns
+    # Did the trouble begin earlier, in a quieter wave that runs into this one? The data
+    # before it, scanned for a period that lasts up to its start.
+    before = t < start
+    if before.any():
+        earlier = locate(t[before], f[before], **kw)
+        if earlier is not None and earlier.significant and earlier.ongoing:
+            start = earlier.start_ns
+    for _ in range(max_parts - 1):
+        keep = (t < start) | (t >= end)
+        nxt = locate(t[keep], f[keep], **kw)
+        if nxt is None or not nxt.significant:
+            break
+        f_lo, f_hi = frame_of(start, end, lo, hi)
+        if nxt.end_ns <= f_lo or nxt.start_ns >= f_hi:
+            break  # another incident, far away: not this one
+        start, end = min(start, nxt.start_ns), max(end, nxt.end_ns)
+    if (start, end) == (first.start_ns, first.end_ns):
+        return first
+    inside = (t >= start) & (t < end)
+    ki, ni, ko, no = int(f[inside].sum()), int(inside.sum()), int(f[~inside].sum()), int((~inside).sum())
+    p = min(first.p, 1.0)
+    return Incident(start, end, p, ki / max(ni, 1), ko / max(no, 1), ki, ni, ko, no, True, end >= hi,
+                    frame_of(start, end, lo, hi))

@@ -129,7 +129,8 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
                                 jumps_only=weak)
             # the clearer of the two: a weak burst of slow requests loses to a component that
             # jumped by an order of magnitude
-            if by_step is not None and (inc is None or not inc.significant or by_step.p < inc.p):
+            if by_step is not None and (inc is None or not inc.significant
+                                        or (by_step.p < inc.p and by_step.rate_in > by_step.rate_out)):
                 inc = by_step
                 normal = ~((t0 >= inc.start_ns) & (t0 < inc.end_ns)) & (t0 >= inc.frame[0]) & (t0 < inc.frame[1])
                 thr_arr, thr_label, per_op = op_thresholds(threshold, ops, dur, warr, mask=normal)
@@ -287,6 +288,13 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         # --- findings ------------------------------------------------------------------------------
         bar.step("ranking")
         report.findings = _findings(bl, groups, evidence, metric_stats, onset, changes, thr_label, len(sel))
+        if not any(f.significant and f.kind in ("stage", "attribute") for f in report.findings):
+            # When it began is context for a cause, not a cause: with none found (a whole machine
+            # slowed, one key's warm-up) the onset must not read as a finding the user can act on.
+            for f in report.findings:
+                if f.kind == "change" and f.attribute is None:
+                    f.significant = False
+                    f.confidence = "low"
         report.data["stage_breakdown"] = _stage_rows(sel_costs, base_costs, bl)
         report.data["operations"] = [
             {"level": "service", "key": c.service, "service": c.service, "operation": c.operation,
@@ -330,18 +338,25 @@ def _onset_at(time_ns: int, t0: np.ndarray, slow: np.ndarray, like: timeline.Ons
 
 
 def _incident(threshold, ops, dur, t0, warr) -> tuple[incident.Incident | None, np.ndarray, str, dict[str, int]]:
-    """Locate the incident on the per-operation slow rate, twice: thresholds from the whole
-    window first, then from its normal periods only (what each operation normally takes)."""
+    """Locate the incident on the per-operation slow rate, then re-derive the thresholds from
+    its normal periods only (what each operation normally takes) and locate it again."""
     thr_arr, label, per_op = op_thresholds(threshold, ops, dur, warr)
-    inc = incident.locate(t0, dur > thr_arr)
+    inc = incident.locate_merged(t0, dur > thr_arr)
     if inc is None or not inc.significant:
         return inc, thr_arr, label, per_op
     normal = (t0 >= inc.frame[0]) & (t0 < inc.frame[1]) & ~((t0 >= inc.start_ns) & (t0 < inc.end_ns))
     thr2, label2, per_op2 = op_thresholds(threshold, ops, dur, warr, mask=normal)
-    inc2 = incident.locate(t0, dur > thr2)
+    inc2 = incident.locate_merged(t0, dur > thr2)
     if inc2 is not None and inc2.significant:
         return inc2, thr2, label2, per_op2
-    return inc, thr_arr, label, per_op
+    # the period stands; its rates restated with the thresholds of its normal periods
+    inside, framed = (t0 >= inc.start_ns) & (t0 < inc.end_ns), (t0 >= inc.frame[0]) & (t0 < inc.frame[1])
+    slow2 = dur > thr2
+    ki, ni = int(slow2[inside].sum()), int(inside.sum())
+    ko, no = int(slow2[framed & ~inside].sum()), int((framed & ~inside).sum())
+    inc = dataclasses.replace(inc, rate_in=ki / max(ni, 1), rate_out=ko / max(no, 1), hits_in=ki, n_in=ni,
+                              hits_out=ko, n_out=no)
+    return inc, thr2, label2, per_op2
 
 
 MAX_STEP_SAMPLE = 600
@@ -363,7 +378,10 @@ def _component_step(backend: Backend, entries: Sequence[Span], t0: np.ndarray,
     entry_of = {s.trace_id: s for s in entries}
     costs = blame.trace_costs([_subtree(fetched[t], entry_of[t]) for t in ids if t in fetched])
     start_of = {tc.trace_id: entry_of[tc.trace_id].start_ns for tc in costs}
-    jumps = blame.key_jumps(costs, start_of)
+    # The newest requests' traces may still be arriving (children exported after their parent
+    # look like self time): a jump that begins in the last 5% of the data is not trusted.
+    edge = hi - (hi - lo) // 20
+    jumps = [j for j in blame.key_jumps(costs, start_of) if j.time_ns < edge]
     if jumps:
         step = min(jumps, key=lambda o: o.time_ns)  # the earliest order-of-magnitude jump: where trouble began
     elif jumps_only:
@@ -662,6 +680,10 @@ def _verdict(report: Report, thr_label: str, anomaly: list[str]) -> list[str]:
         c.update(requests=f"~{c['estimated_requests']:.0f}", slow=f"~{c['estimated_slow']:.0f}")
     sig = report.significant_findings
     causes = [f for f in sig if f.kind in ("stage", "attribute")]
+    if not causes and anomaly and report.data.get("incident"):
+        return [f"{c['slow']} of {c['requests']} requests were slower than {thr_label}; {anomaly[0]}. No component, "
+                f"attribute, log template or metric explains it (adjusted p < {stats.ALPHA} and a minimum effect size "
+                f"required): every part slowed alike, or the cause is outside what the traces record."]
     if not causes and report.data["counts"].get("slow", 0) < 10:  # stored ones: the sample size
         return [f"No significant difference, and too few slow requests ({c['slow']} over {thr_label}, of "
                 f"{c['requests']}) to tell a cause from chance. Widen the window or lower the threshold."]

@@ -88,6 +88,10 @@ class _Charts(HTMLParser):
                 self.charts.append(chart)
 
 
+# An 18 s run gives each fault a few seconds and a few hundred requests: on a busy 2-core
+# machine one of the two slow causes misses the significance bar in about one run in four
+# (measured 2026-12-07, issue 17 note). Up to two reruns; a systematic miss still fails.
+@pytest.mark.flaky(reruns=2)
 def test_demo_finds_the_injected_causes(tmp_path: Path) -> None:
     out = tmp_path / "demo-out"
     # A relative --out, as users type it (the services run elsewhere and must still find it).
@@ -157,7 +161,10 @@ def test_demo_finds_the_injected_causes(tmp_path: Path) -> None:
     from stagetrace.forensics import investigate_errors, investigate_slow
     sched = run["schedule"]
     onset = min(w[0] for w in sched["windows"].values())
-    clean = (int(sched["start"] * 1e9), int(onset * 1e9))
+    # Requests that started just before the first fault run into it (the shard is slow when
+    # they fetch, a moment later): the clean period ends a second (> the p99 of a clean
+    # request) before the onset.
+    clean = (int(sched["start"] * 1e9), int((onset - 1.0) * 1e9))
     backend = open_backend(kind="embedded", data_dir=run["data_dir"])
     try:
         for r in (investigate_slow(backend, start_ns=clean[0], end_ns=clean[1]),

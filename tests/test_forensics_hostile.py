@@ -133,3 +133,20 @@ def test_a_services_own_header_format_is_learned_and_cut():
     assert all(strip_learned(ln, prefix) in msgs for ln in lines), [strip_learned(ln, prefix) for ln in lines[:3]]
     assert learn_prefix([rnd.choice(["Failed to connect to db", "Retrying request 3 of 5", "user 42 logged in"])
                          for _ in range(60)]) == []
+
+
+def test_adjacent_waves_are_one_incident():
+    """One fault ends as another begins (the demo's slow shard, then CPU-bound preprocessing):
+    the second wave must not sit in the normal data the first is compared with."""
+    import random
+    rnd = random.Random(5)
+    times, flags = [], []
+    for i in range(0, 2700):  # 45 min, a request a second: 20 min of recovery after the waves
+        rate = 0.8 if 900 <= i < 1200 else 0.12 if 1200 <= i < 1500 else 0.02
+        times.append(i * S)
+        flags.append(rnd.random() < rate)
+    one = incident.locate(times, flags)
+    both = incident.locate_merged(times, flags)
+    assert one.significant and both.significant
+    assert one.end_ns <= 1210 * S  # one scan alone stops at the louder wave
+    assert abs(both.start_ns - 900 * S) <= 30 * S and abs(both.end_ns - 1500 * S) <= 30 * S, (both.start_ns, both.end_ns)
