@@ -361,6 +361,30 @@ def _segments(items: Sequence[Labelled], seg_attrs: dict[tuple[str, str], dict],
     return found
 
 
+def _split(items: Sequence[Labelled], onset_ns: int) -> dict[str, Any]:
+    before = [x for x in items if x.t_ns < onset_ns]
+    after = [x for x in items if x.t_ns >= onset_ns]
+    acc = (lambda xs: sum(x.correct for x in xs) / len(xs) if xs else None)  # noqa: E731
+    return {"accuracy_before": acc(before), "accuracy_after": acc(after), "labelled_before": len(before),
+            "labelled_after": len(after)}
+
+
+def _segment_onset(items: Sequence[Labelled], seg_attrs: dict[tuple[str, str], dict], segs: list[dict],
+                   start_ns: int, interval_ns: int, n_buckets: int) -> dict[str, Any] | None:
+    """The onset found inside the segment named first (None without one or a drop there);
+    accuracies before/after are the whole stream's at that boundary, the segment's own
+    test is kept under ``segment``."""
+    if not segs:
+        return None
+    attr, value = segs[0]["attribute"], segs[0]["value"]
+    inside = [x for x in items if seg_attrs.get((x.span.trace_id, x.span.span_id), {}).get(attr) == value]
+    on = find_onset(inside, start_ns, interval_ns, n_buckets)
+    if on is None:
+        return None
+    return {**on, **_split(items, on["onset_ns"]), "located_in": {"attribute": attr, "value": value},
+            "segment": {k: on[k] for k in ("accuracy_before", "accuracy_after", "labelled_before", "labelled_after")}}
+
+
 def _row_dists(items: Sequence[Labelled], profiles: dict[int, Any]) -> dict[str, mp.FeatureDist]:
     """Per-feature distributions of the given predictions' own rows (from the input
     profiles; a row of a sampled batch counts only when it was sampled)."""
@@ -482,10 +506,17 @@ def investigate_quality(backend: Backend, *, model: str, version: str | None, st
     data["versions"] = [{"version": v, **metrics(xs, binary)} for v, xs in sorted(by_version.items())]
 
     onset = guard.run("onset", find_onset, items, start_ns, interval, n_buckets)
-    data["onset"] = onset
     seg_attrs = guard.run("segment attributes", _segment_attrs, backend, [x.span for x in items], start_ns, end_ns,
                           default={}) or {}
     segs = guard.run("segments", _segments, items, seg_attrs, onset["onset_ns"] if onset else None, default=[]) or []
+    # A drop confined to one segment is diluted in the whole stream (a quarter of the
+    # traffic losing 25 points moves the total by 6): its onset is located inside the
+    # segment that holds it, and a drop too diluted to show in the total is found there.
+    refined = guard.run("segment onset", _segment_onset, items, seg_attrs, segs, start_ns, interval, n_buckets)
+    if refined is not None and (onset is None or refined["onset_ns"] != onset["onset_ns"]):
+        onset = refined
+        segs = guard.run("segments", _segments, items, seg_attrs, onset["onset_ns"], default=[]) or []
+    data["onset"] = onset
     data["segments"] = segs[:10]
     after = [x for x in items if onset is None or x.t_ns >= onset["onset_ns"]]
     wrong = [x for x in after if not x.correct]
@@ -519,9 +550,14 @@ def investigate_quality(backend: Backend, *, model: str, version: str | None, st
             where = (f"; concentrated in {seg0['attribute']}={seg0['value']} (accuracy {_fmt_pct(seg0['accuracy_inside'])} "
                      f"there vs {_fmt_pct(seg0['accuracy_outside'])} elsewhere, {seg0['share']:.0%} of the labelled "
                      "predictions since)")
+        inner = ""
+        if onset.get("located_in"):
+            li, sg = onset["located_in"], onset["segment"]
+            inner = (f"; located in {li['attribute']}={li['value']}, whose accuracy fell from "
+                     f"{_fmt_pct(sg['accuracy_before'])} to {_fmt_pct(sg['accuracy_after'])}")
         summary = (f"accuracy fell from {_fmt_pct(onset['accuracy_before'])} to {_fmt_pct(onset['accuracy_after'])} "
                    f"from {fmt_time(onset['onset_ns'])} ({onset['labelled_after']} labelled predictions since, "
-                   f"p={onset['p_value']:.1e}){where}")
+                   f"p={onset['p_value']:.1e}{inner}){where}")
         findings.append(Finding(kind="quality", summary=summary, score=onset["accuracy_before"] - onset["accuracy_after"],
                                 confidence="high" if onset["p_value"] < 1e-6 else "medium",
                                 metric="accuracy", attribute=seg0["attribute"] if seg0 else None,

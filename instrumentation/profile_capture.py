@@ -237,7 +237,19 @@ class _Plan:
 _plans: dict[tuple, _Plan] = {}
 
 
+_last_plan: list = [None, None, None, 0, None, None]  # instance, prof, qualname, d, model, plan: the common case
+
+
 def _plan(prof: ProfileSettings, instance: Any, qualname: str, model: str | None, d: int) -> _Plan:
+    last = _last_plan
+    if last[0] is instance and last[1] is prof and last[3] == d and last[2] == qualname and last[4] == model:
+        return last[5]  # identity checks only: cheaper than hashing a key with cold caches
+    p = _plan_lookup(prof, instance, qualname, model, d)
+    _last_plan[:] = [instance, prof, qualname, d, model, p]
+    return p
+
+
+def _plan_lookup(prof: ProfileSettings, instance: Any, qualname: str, model: str | None, d: int) -> _Plan:
     key = (id(instance), qualname, model, d, id(prof))
     p = _plans.get(key)
     if p is not None and p.owner is instance:
@@ -403,7 +415,7 @@ def output_attributes(result: Any, instance: Any) -> dict[str, Any]:
             classes, ctext = got
             rows = r.shape[0]
             if rows == 1:
-                m = float(r[0, 1])
+                m = r.item(0, 1)
                 packed = _pack_f4(m)
             else:
                 col = r[:MAX_OUTPUT_ROWS, 1].astype("<f4")
