@@ -361,6 +361,28 @@ def _segments(items: Sequence[Labelled], seg_attrs: dict[tuple[str, str], dict],
     return found
 
 
+def _by_segment(items: Sequence[Labelled], seg_attrs: dict[tuple[str, str], dict], binary: bool,
+                max_attrs: int = 5, max_values: int = 10) -> list[dict[str, Any]]:
+    """Metrics per value of the request attributes that split the labelled predictions
+    into 2..``max_values`` groups (client version, route, tenant...), the attributes whose
+    accuracy varies most first."""
+    groups: dict[str, dict[Any, list[Labelled]]] = defaultdict(lambda: defaultdict(list))
+    for x in items:
+        for k, v in seg_attrs.get((x.span.trace_id, x.span.span_id), {}).items():
+            if k not in _NOT_SEGMENTS:
+                groups[k][v].append(x)
+    ranked = []
+    for attr, by in groups.items():
+        if not 2 <= len(by) <= max_values:
+            continue
+        rows = [{"attribute": attr, "value": v, **metrics(xs, binary)} for v, xs in
+                sorted(by.items(), key=lambda kv: str(kv[0]))]
+        accs = [r["accuracy"] for r in rows if r["labelled"] >= 5]
+        ranked.append((max(accs) - min(accs) if len(accs) > 1 else 0.0, attr, rows))
+    ranked.sort(key=lambda t: (-t[0], t[1]))
+    return [r for _, _, rows in ranked[:max_attrs] for r in rows]
+
+
 def _split(items: Sequence[Labelled], onset_ns: int) -> dict[str, Any]:
     before = [x for x in items if x.t_ns < onset_ns]
     after = [x for x in items if x.t_ns >= onset_ns]
@@ -518,6 +540,7 @@ def investigate_quality(backend: Backend, *, model: str, version: str | None, st
         segs = guard.run("segments", _segments, items, seg_attrs, onset["onset_ns"], default=[]) or []
     data["onset"] = onset
     data["segments"] = segs[:10]
+    data["by_segment"] = guard.run("per-segment metrics", _by_segment, items, seg_attrs, binary, default=[]) or []
     after = [x for x in items if onset is None or x.t_ns >= onset["onset_ns"]]
     wrong = [x for x in after if not x.correct]
     # Errors always differ from correct predictions near the decision boundary; what
@@ -648,6 +671,11 @@ def _tables(data: dict[str, Any], binary: bool) -> list[dict[str, Any]]:
                        ["segment", "labelled", "accuracy inside", "accuracy elsewhere", "p"], "rows": [
                            [f"{s['attribute']}={s['value']}", str(s["labelled"]), pct(s["accuracy_inside"]),
                             pct(s["accuracy_outside"]), f"{s['p_value']:.1e}"] for s in data["segments"]]})
+    if data.get("by_segment"):
+        tables.append({"title": "Per segment (window)", "columns": vcols[:0] + ["segment"] + vcols[1:], "rows": [
+            [f"{r['attribute']}={r['value']}", str(r["labelled"]), pct(r.get("accuracy"))]
+            + ([pct(r.get("precision")), pct(r.get("recall")), num(r.get("auc"))] if binary else [])
+            for r in data["by_segment"]]})
     if binary and data.get("calibration", {}).get("bins"):
         tables.append({"title": "Calibration (window)", "columns": ["score bin", "predictions", "mean score",
                                                                    "positive rate"], "rows": [

@@ -148,6 +148,10 @@ def test_unit_change_drop_onset_segment_and_linked_drift(model, reference):
     assert feat[0].evidence["feature"] == "amount" and feat[0].evidence["drift"] is not None
     assert "the same feature drifted in this window" in feat[0].summary
     assert "client.version=2.0" in rep.verdict[0] and "amount" in rep.verdict[1]
+    per = {(r["attribute"], r["value"]): r for r in rep.data["by_segment"]}
+    assert rep.data["by_segment"][0]["attribute"] == "client.version"  # the attribute whose accuracy varies most
+    assert per[("client.version", "2.0")]["accuracy"] < per[("client.version", "1.0")]["accuracy"] - 0.05
+    assert {("tenant", t) for t in bench.TENANTS} <= set(per)
     doc = json.loads(to_json([rep]))
     jsonschema.validate(doc, SCHEMA)
     assert doc["data"]["join"]["joined"] == doc["data"]["overall"]["labelled"] > 3000
