@@ -28,10 +28,14 @@ Targets (issue 2): stagetrace <= 1.10x hand-written; no-SDK overhead <= 1 us.
 
 Input/output profiles (issue 18; ``--profile-only`` runs just this part): a real
 scikit-learn model (StandardScaler + LogisticRegression, 9 features) called through the
-sklearn hook with a 64-row and a 1-row float batch, profiles on and off in paired
-back-to-back rounds (same wrapper, same span; only ``ml.input.profile``/``ml.output.profile``/
-``ml.prediction.id`` differ). Reported: medians per call, the median paired difference,
-and the ratio. Targets: <= 3 % of the 64-row call, <= 5 us for one row.
+sklearn hook with a 64-row and a 1-row float batch. Profiles on and off alternate call
+by call (the order swapped every pair), each call timed on its own: same wrapper, same
+span, only ``ml.input.profile``/``ml.output.profile`` and the summaries differ. Per-call
+alternation keeps the comparison fair on a shared, loaded machine (rounds of hundreds
+of calls were dominated by other processes' bursts). Reported: the 10th percentile and
+the median of each, their differences, and the median of the paired differences; the
+target is judged on the largest of the three. Targets: <= 3 % of the 64-row call, <= 5 us
+for one row.
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ def child_no_sdk(calls: int, rounds: int) -> dict:
     return {k: statistics.median(v) for k, v in res.items()}
 
 
-def profile_cost(rounds: int, calls: int) -> None:
+def profile_cost(pairs: int, batch_sizes=(64, 1)) -> None:
     """Profiles on vs off around a real model call (see the module docstring)."""
     import numpy as np
     from opentelemetry.sdk.trace import TracerProvider
@@ -103,30 +107,68 @@ def profile_cost(rounds: int, calls: int) -> None:
     y = (X[:, 0] > np.median(X[:, 0])).astype(int)
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300)).fit(X, y)
     on = profiling.ProfileSettings()
+    clock = time.perf_counter_ns
+    import stagetrace
+    print(f"\nstagetrace package: {os.path.dirname(stagetrace.__file__)}")
     print(f"\ninput/output profiles, sklearn Pipeline(StandardScaler, LogisticRegression).predict_proba, 9 features; "
-          f"{rounds} paired rounds x {calls} calls")
-    print(f"{'batch':<10}{'profile off':>14}{'profile on':>14}{'paired diff':>14}{'ratio':>9}   target")
-    for rows in (64, 1):
+          f"{pairs} pairs of calls, profile off/on alternating call by call (order swapped every pair)")
+    print(f"{'batch':<7}{'off p10':>10}{'on p10':>10}{'diff':>8}{'off p50':>10}{'on p50':>10}{'diff':>8}"
+          f"{'paired p50':>12}{'ratio':>8}   target (on the largest of the three differences)")
+    for rows in batch_sizes:
         batch = X[:rows].copy()
-        offs, ons, diffs = [], [], []
-        for _ in range(3):  # warm-up (imports the capture module, fills caches)
+        for p in (None, on) * 200:  # warm-up (imports the capture module, fills caches)
+            wrapping.settings.profile = p
             model.predict_proba(batch)
-        for _ in range(rounds):
-            wrapping.settings.profile = None
-            t_off = per_call_ns(lambda i: model.predict_proba(batch), calls)
-            wrapping.settings.profile = on
-            t_on = per_call_ns(lambda i: model.predict_proba(batch), calls)
-            offs.append(t_off)
-            ons.append(t_on)
-            diffs.append(t_on - t_off)
-        m_off, m_on, m_d = (statistics.median(v) / 1000 for v in (offs, ons, diffs))
-        ratio = m_d / m_off
-        if rows == 64:
-            target = f"<= 3 %: {'met' if ratio <= 0.03 else 'MISSED'}"
+        offs, ons, diffs = [], [], []
+        for i in range(pairs):
+            t = [0, 0]
+            for p in ((None, on) if i % 2 == 0 else (on, None)):
+                wrapping.settings.profile = p
+                t0 = clock()
+                model.predict_proba(batch)
+                t[p is on] = clock() - t0
+            offs.append(t[0])
+            ons.append(t[1])
+            diffs.append(t[1] - t[0])
+        wrapping.settings.profile = None
+        q = lambda v, pct: float(np.percentile(v, pct)) / 1000  # noqa: E731
+        d10, d50, dp = q(ons, 10) - q(offs, 10), q(ons, 50) - q(offs, 50), q(diffs, 50)
+        worst = max(d10, d50, dp)
+        ratio = worst / q(offs, 50)
+        if rows == 1:
+            target = f"<= 5 us: {'met' if worst <= 5.0 else 'MISSED'}"
         else:
-            target = f"<= 5 us: {'met' if m_d <= 5.0 else 'MISSED'}"
-        print(f"{rows:<10}{m_off:>12.1f}us{m_on:>12.1f}us{m_d:>12.2f}us{ratio:>8.1%}   {target}")
+            target = f"<= 3 %: {'met' if ratio <= 0.03 else 'MISSED'}"
+        print(f"{rows:<7}{q(offs, 10):>8.1f}us{q(ons, 10):>8.1f}us{d10:>6.1f}us{q(offs, 50):>8.1f}us{q(ons, 50):>8.1f}us"
+              f"{d50:>6.1f}us{dp:>10.1f}us{ratio:>8.1%}   {target}")
     inst.uninstrument()
+
+
+def compare_profile_cost(ref: str, pairs: int, runs: int) -> None:
+    """The profile cost of ``ref``'s package and of this tree's, in child processes one after
+    the other (old, new, old, new...), so both see the same machine."""
+    import shutil
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    folders = {"core": "stagetrace", "instrumentation": "stagetrace/instrumentation",
+               "collector": "stagetrace/collector", "forensics": "stagetrace/forensics"}
+    with tempfile.TemporaryDirectory(prefix="stagetrace-bench-") as tmp:
+        for src, dst in folders.items():
+            archive = subprocess.run(["git", "-C", root, "archive", "--format=tar", ref, src],
+                                     capture_output=True, check=True).stdout
+            os.makedirs(os.path.join(tmp, "x"), exist_ok=True)
+            subprocess.run(["tar", "-x", "-C", os.path.join(tmp, "x")], input=archive, check=True)
+            shutil.move(os.path.join(tmp, "x", src), os.path.join(tmp, dst))
+        trees = {f"{ref} (before)": tmp, "this tree": None}
+        for run in range(runs):
+            for label, path in trees.items():
+                env = dict(os.environ)
+                if path:  # a plain path entry is found before the editable install's finder
+                    env["PYTHONPATH"] = path
+                print(f"\n=== run {run + 1}: {label}", flush=True)
+                subprocess.run([sys.executable, os.path.abspath(__file__), "--profile-only", "--profile-pairs",
+                                str(pairs)], env=env, check=True)
 
 
 def main() -> None:
@@ -137,11 +179,17 @@ def main() -> None:
     ap.add_argument("--paired-rounds", type=int, default=40)
     ap.add_argument("--child-no-sdk", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--profile-only", action="store_true", help="only the input/output profile cost")
-    ap.add_argument("--profile-rounds", type=int, default=41)
-    ap.add_argument("--profile-calls", type=int, default=400)
+    ap.add_argument("--profile-pairs", type=int, default=5000)
+    ap.add_argument("--compare-with", metavar="GITREF", default=None,
+                    help="with --profile-only: also measure the profile cost of GITREF's code, in child "
+                         "processes alternating with this tree's (old, new, old, new)")
+    ap.add_argument("--runs", type=int, default=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.profile_only and a.compare_with:
+        compare_profile_cost(a.compare_with, a.profile_pairs, a.runs)
+        return
     if a.profile_only:
-        profile_cost(a.profile_rounds, a.profile_calls)
+        profile_cost(a.profile_pairs)
         return
     if a.child_no_sdk:
         print(json.dumps(child_no_sdk(a.calls * 5, a.rounds)))
@@ -263,7 +311,7 @@ def main() -> None:
     if collect_us is not None:
         print(f"one collect of the pre-aggregated histogram (1 series, into the reader's MetricsData): "
               f"{collect_us:.1f} us = {collect_us / (a.export_ms * 10):.4f} % of run time at this interval")
-    profile_cost(a.profile_rounds, a.profile_calls)
+    profile_cost(a.profile_pairs)
 
 
 def _collect_cost_us(reader, st_metrics, n: int = 2000) -> float | None:

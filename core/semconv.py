@@ -41,8 +41,8 @@ ML_FEATURE_COUNT = "ml.feature.count"
 ML_INPUT_VALUE = "ml.input.value"  # opt-in only (payload capture)
 ML_OUTPUT_VALUE = "ml.output.value"  # opt-in only (payload capture)
 # Input/output profiles of the inference stage (binned, never values; core/mlprofile.py)
-ML_PREDICTION_ID = "ml.prediction.id"  # <trace id>-<span id>; a batch row is <id>-<row>
-ML_INPUT_FEATURES = "ml.input.features"  # string[]: feature names, in profile order
+ML_PREDICTION_ID = "ml.prediction.id"  # <trace id>-<span id>[-<row>], derived (not written); on a span only when custom
+ML_INPUT_FEATURES = "ml.input.features"  # string: feature names in profile order, joined by U+001F
 ML_INPUT_PROFILE = "ml.input.profile"  # encoded per-feature bins, missing counts, ranges, category sets
 ML_INPUT_SAMPLE = "ml.input.sample"  # opt-in only: JSON of one row, redacted fields replaced
 ML_OUTPUT_PROFILE = "ml.output.profile"  # encoded per-row score, predicted class, confidence

@@ -187,3 +187,6 @@ def errors_cmd(service, since, from_, until, fmt, output, **opts) -> None:
 from .mlcli import drift_cmd as _drift_cmd  # noqa: E402
 
 investigate_group.add_command(_drift_cmd)
+from .mlcli import quality_cmd as _quality_cmd  # noqa: E402
+
+investigate_group.add_command(_quality_cmd)

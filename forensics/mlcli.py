@@ -1,7 +1,8 @@
-"""``stagetrace investigate drift`` and ``stagetrace profile build`` (issue 18).
+"""``stagetrace investigate drift``, ``investigate quality`` and ``stagetrace profile build``
+(issue 18).
 
-Kept out of forensics/cli.py except for the one line that adds ``drift`` to the
-``investigate`` group.
+Kept out of forensics/cli.py except for the lines that add ``drift`` and ``quality`` to
+the ``investigate`` group.
 """
 
 from __future__ import annotations
@@ -58,6 +59,47 @@ def drift_cmd(model, version, since, from_, until, interval, reference, fmt, out
     try:
         report = investigate_drift(backend, model=model, version=version, start_ns=start, end_ns=end,
                                    reference=ref if ref.exists() else None, interval_ns=interval_ns)
+    finally:
+        backend.close()
+    _emit(report, fmt, output)
+
+
+@click.command("quality")
+@click.option("--model", required=True, help="ml.model.name (or the inference span's model / service name).")
+@click.option("--version", default=None, help="Only this ml.model.version.")
+@_window_opts
+@click.option("--interval", default=None, metavar="DURATION",
+              help="Time bucket for the series and the onset (default: the window / 20).")
+@click.option("--positive", default=None, metavar="CLASS",
+              help="The positive class of a two-class model (default: the model's second class, e.g. 1 or True).")
+@click.option("--reference", type=click.Path(dir_okay=False), default=None,
+              help="Reference profile for the drift findings linked in (default: the stored one, as for drift).")
+@report_options
+@backend_options
+def quality_cmd(model, version, since, from_, until, interval, positive, reference, fmt, output, **opts) -> None:
+    """How good were the model's predictions, by the labels sent back since? Accuracy,
+    precision, recall, AUC and calibration over time, per version and segment; the onset
+    of a drop; what sets mispredictions apart (features, attributes), linked to drift."""
+    from .cli import _backend, _emit
+    from .quality import investigate_quality
+    from .drift import reference_path
+    start, end = _window(since, from_, until)
+    interval_ns = parse_duration_ns(interval, default_unit="s") if interval else None
+    if interval_ns is not None and interval_ns <= 0:
+        raise UserError("--interval must be positive")
+    if interval_ns is not None and (end - start) // interval_ns > 10_000:
+        raise UserError("--interval is too small for the window (over 10000 buckets)")
+    ref = Path(reference) if reference else reference_path(resolve_data_dir(opts.get("data_dir")), model, version)
+    if reference and not ref.exists():
+        raise UserError(f"no reference profile at {ref}")
+    if not ref.exists() and version is not None:
+        any_version = reference_path(resolve_data_dir(opts.get("data_dir")), model, None)
+        ref = any_version if any_version.exists() else ref
+    backend = _backend(opts)
+    try:
+        report = investigate_quality(backend, model=model, version=version, start_ns=start, end_ns=end,
+                                     interval_ns=interval_ns, reference=ref if ref.exists() else None,
+                                     positive=positive)
     finally:
         backend.close()
     _emit(report, fmt, output)

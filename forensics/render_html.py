@@ -82,6 +82,10 @@ def _investigation(r: Report) -> str:
     if "timeline" in d:
         title = "Errors and latency over time"
         out.append(f"<h2>{title}</h2>" + _timeline(d["timeline"], r.kind))
+    for tb in d.get("tables", []):
+        out.append(f"<h2>{_e(tb['title'])}</h2><table><tr>" + "".join(f"<th>{_e(c)}</th>" for c in tb["columns"]) + "</tr>")
+        out.extend("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in tb["rows"])
+        out.append("</table>")
     for c in d.get("clusters", []):
         out.append(f"<h2 title='{_e(c['name'])}'>Incident {_e(c['id'])}: {_e(headline(c['name']))}</h2><ul>")
         out.append(f"<li>{c['failed_requests']} failed requests ({c['error_rate']:.1%}), {c['count']} events; first seen "

@@ -43,6 +43,12 @@ def render_md(reports: Sequence[Report]) -> str:
                     out.append(f"| {row['stage']} | {row['selection_mean_ms']:.1f} ms | {row['baseline_mean_ms']:.1f} ms | "
                                f"{row['excess_ms']:+.1f} ms | {row['share_of_excess']:.0%} |")
                 out.append("")
+            for tb in r.data.get("tables", []):
+                out.append(f"## {tb['title']}\n")
+                out.append("| " + " | ".join(_cell(c) for c in tb["columns"]) + " |")
+                out.append("|" + "---|" * len(tb["columns"]))
+                out.extend("| " + " | ".join(_cell(c) for c in row) + " |" for row in tb["rows"])
+                out.append("")
             for c in r.data.get("clusters", []):
                 out.append(f"## Incident {c['id']}: {_cell(headline(c['name']))}\n")
                 out.append(f"- {c['failed_requests']} failed requests ({c['error_rate']:.1%}), {c['count']} events")

@@ -65,6 +65,13 @@ def _investigation(con: Console, r: Report) -> None:
             t.add_row(row["stage"], f"{row['selection_mean_ms']:.1f} ms", f"{row['baseline_mean_ms']:.1f} ms",
                       f"{row['excess_ms']:+.1f} ms", f"{row['share_of_excess']:.0%}")
         con.print(t)
+    for tb in r.data.get("tables", []):
+        t = Table(title=tb["title"])
+        for col in tb["columns"]:
+            t.add_column(col, overflow="fold")
+        for row in tb["rows"]:
+            t.add_row(*[str(c) for c in row])
+        con.print(t)
     for c in r.data.get("clusters", []):
         con.print()
         con.print(Text(f"Incident {c['id']}: {headline(c['name'])}", style="bold"))

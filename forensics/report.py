@@ -19,8 +19,8 @@ SCHEMA_NAME = "stagetrace.report"
 # could break a script reading the previous version.
 SCHEMA_VERSION = "1.4"
 
-FINDING_KINDS = ("stage", "attribute", "log", "metric", "error_cluster", "change", "drift")
-REPORT_KINDS = ("trace", "slow", "errors", "drift")
+FINDING_KINDS = ("stage", "attribute", "log", "metric", "error_cluster", "change", "drift", "quality", "feature")
+REPORT_KINDS = ("trace", "slow", "errors", "drift", "quality")
 
 
 @dataclass(slots=True)

@@ -64,18 +64,21 @@ def investigate(backend: Backend, cond: Condition, alert_id: str, out_dir: Path)
                                     end_ns=end, threshold=threshold)
         return investigate_errors(backend, service=service, start_ns=start, end_ns=end)
 
-    if cond.investigate not in ("slow", "errors"):
+    if cond.report is not None:  # drift / quality rules: the investigation that found it
+        report = cond.report
+    elif cond.investigate not in ("slow", "errors"):
         return Cause([])
-    try:
-        report = run(cond.service)
-        # Scoped to a service that clients call inside their own traces, the entry spans can be
-        # few (investigate's rule: the service's root spans when it has any); then the whole
-        # requests, from their roots, say more.
-        if cond.service and (report.data.get("counts") or {}).get("requests", 0) < 20:
-            report = run(None)
-    except Exception as exc:  # noqa: BLE001 - the alert goes out with the reason instead
-        log.warning("investigation for alert %s failed: %s", alert_id, exc)
-        return Cause([], error=f"investigation failed: {exc}")
+    else:
+        try:
+            report = run(cond.service)
+            # Scoped to a service that clients call inside their own traces, the entry spans can be
+            # few (investigate's rule: the service's root spans when it has any); then the whole
+            # requests, from their roots, say more.
+            if cond.service and (report.data.get("counts") or {}).get("requests", 0) < 20:
+                report = run(None)
+        except Exception as exc:  # noqa: BLE001 - the alert goes out with the reason instead
+            log.warning("investigation for alert %s failed: %s", alert_id, exc)
+            return Cause([], error=f"investigation failed: {exc}")
     sig = [f for f in report.findings if f.significant]
     # the root cause is a cause (where, or which attribute), not supporting evidence (a log, a metric);
     # a new-error alert's cause is the incident of its own exception type, not the biggest one
@@ -85,7 +88,8 @@ def investigate(backend: Backend, cond: Condition, alert_id: str, out_dir: Path)
         f = next((x for x in report.findings if x.kind == "error_cluster" and any(
             fp.get("exception_type") == want_exc for fp in x.evidence.get("fingerprints") or [])), None)
     if f is None:
-        f = next((x for x in sig if x.kind in ("error_cluster", "stage", "attribute")), sig[0] if sig else None)
+        f = next((x for x in sig if x.kind in ("error_cluster", "stage", "attribute", "drift", "quality")),
+                 sig[0] if sig else None)
     weak = False
     if f is None:
         # Nothing cleared the bar: the cause is still the investigation's first incident or

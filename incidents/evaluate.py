@@ -33,6 +33,7 @@ class Condition:
     threshold_ns: int | None = None
     annotations: dict[str, str] = field(default_factory=dict)
     onset_ns: int | None = None  # when the evidence says it began (new error / version change)
+    report: Any = None  # drift / quality rules: the investigation that found it (its cause)
 
 
 def evaluate(cfg: WatchConfig, agg: Aggregates, now_ns: int, frozen: dict[str, int] | None = None) -> list[Condition]:

@@ -40,7 +40,7 @@ from typing import Any
 from stagetrace.config import parse_duration_ns
 from stagetrace.errors import UserError
 
-KINDS = ("latency", "errors", "new_error", "version_change")
+KINDS = ("latency", "errors", "new_error", "version_change", "drift", "quality")
 SEVERITIES = ("page", "ticket", "info")
 S = 1_000_000_000
 
@@ -81,6 +81,12 @@ class Rule:
     - ``version_change``: a new ``service.version`` / ``ml.model.version`` value first
       seen in the last ``within``, followed by a rise of the error rate or of the slow
       rate of its service (``rise`` x before, and ``min_events`` bad requests).
+    - ``drift`` (issue 18): a feature or the prediction scores of ``model`` drifted over the
+      last ``within`` (``investigate drift`` against the stored reference profile, or
+      ``reference``, else the previous period).
+    - ``quality``: the accuracy of ``model``'s labelled predictions of the last ``within``
+      is below ``objective``, with at least ``min_events`` (default 30) labelled.
+    Both are evaluated by :mod:`.mlrules` and carry their report as the cause.
     """
 
     name: str
@@ -98,6 +104,9 @@ class Rule:
     rise: float = 2.0
     within_ns: int = 30 * 60 * S
     summary: str | None = None
+    model: str | None = None  # drift / quality: ml.model.name
+    version: str | None = None  # drift / quality: ml.model.version
+    reference: str | None = None  # drift / quality: reference profile (default: DATA_DIR/profiles)
 
     @property
     def per_stage(self) -> bool:
@@ -177,7 +186,7 @@ def load_config(rules_file: str | os.PathLike[str] | None = None, *, project_dir
 _TOP_KEYS = {"interval", "for", "repeat_interval", "lookback", "settle", "min_requests", "budget_period",
              "burn_windows", "rules", "default_rules", "telemetry_for"}
 _RULE_KEYS = {"name", "kind", "service", "route", "stage", "objective", "threshold", "ratio", "baseline",
-              "severity", "for", "min_events", "rise", "within", "summary"}
+              "severity", "for", "min_events", "rise", "within", "summary", "model", "version", "reference"}
 
 
 def parse_config(table: dict[str, Any], source: str = "config") -> WatchConfig:
@@ -241,15 +250,24 @@ def _rule(r: dict[str, Any], where: str) -> Rule:
     kind = str(r.get("kind", ""))
     if kind not in KINDS:
         raise UserError(f"{where}: kind {kind!r}: use one of {', '.join(KINDS)}")
-    name = str(r.get("name") or f"{kind}-{r.get('route') or r.get('stage') or 'all'}")
+    name = str(r.get("name") or f"{kind}-{r.get('route') or r.get('stage') or r.get('model') or 'all'}")
     if not re.fullmatch(r"[A-Za-z0-9_.:/-]+", name):
         raise UserError(f"{where}: name {name!r}: use letters, digits and _ . : / -")
     kw: dict[str, Any] = {"name": name, "kind": kind}
-    for k in ("service", "route", "stage", "summary"):
+    for k in ("service", "route", "stage", "summary", "model", "version", "reference"):
         if r.get(k) is not None:
             kw[k] = str(r[k])
     if kind != "latency" and "stage" in kw:
         raise UserError(f"{where}: stage applies to latency rules only")
+    if kind in ("drift", "quality"):
+        if not kw.get("model"):
+            raise UserError(f"{where}: {kind} rules need a model (its ml.model.name)")
+        if kind == "quality" and "objective" not in r:
+            raise UserError(f"{where}: quality rules need an objective (the accuracy to keep, e.g. 0.9)")
+        if kind == "quality" and "min_events" not in r:
+            kw["min_events"] = 30
+    elif any(k in kw for k in ("model", "version", "reference")):
+        raise UserError(f"{where}: model, version and reference apply to drift and quality rules only")
     try:
         if "objective" in r:
             kw["objective"] = float(r["objective"])

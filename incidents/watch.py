@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 from stagetrace.backend import Backend, LogQuery, TraceQuery
 
 from . import cause as cause_mod
+from .mlrules import MODEL_KINDS, evaluate_models
 from .evaluate import Condition, evaluate
 from .notify import Target
 from .rules import Rule, WatchConfig, fmt_duration
@@ -61,6 +62,7 @@ class Watcher:
         self.out_dir = Path(out_dir)
         self.investigate = investigate
         self.ignore_before_ns = ignore_before_ns  # older data is not part of the story (a demo's warm-up)
+        self.data_dir = Path(state_dir)  # the CLI's data dir: where `profile build` stores reference profiles
         self.store = StateStore(state_dir)
         self.silences = SilenceStore(state_dir)
         self.state = self.store.load()
@@ -93,6 +95,16 @@ class Watcher:
         frozen = {a["annotations"]["series_id"]: a["threshold_ns"] for a in self.state["alerts"].values()
                   if a.get("threshold_ns") and a.get("annotations", {}).get("series_id")}
         conds = evaluate(self.cfg, self.agg, now, frozen)
+        if any(r.kind in MODEL_KINDS for r in self.cfg.rules):
+            try:
+                conds += evaluate_models(self.cfg, self._backend(), now, self.data_dir)
+            except Exception as exc:  # noqa: BLE001 - odd data must not stop the other rules
+                msg = f"{type(exc).__name__}: {exc}"
+                if self.state.get("model_rules_error") != msg:
+                    log.warning("watch: the drift/quality rules could not be evaluated: %s", msg)
+                self.state["model_rules_error"] = msg
+            else:
+                self.state.pop("model_rules_error", None)
         sent = self._lifecycle(conds, now)
         self._save(now)
         return sent

@@ -4,9 +4,12 @@ See :mod:`.profiling` for the settings and :mod:`stagetrace.mlprofile` for the f
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import math
 import random
+import struct
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -196,8 +199,82 @@ def _frame_codes(df: Any, names: tuple[str, ...], redact: frozenset) -> tuple[st
     return "".join(kinds), np.column_stack(cols) if cols else np.zeros((len(df), 0), dtype=np.int16)
 
 
+# --- the fast path: an all-numeric matrix of at most MAX_SAMPLED_ROWS rows -------------
+# In a real call the capture code runs with cold caches (the model just ran), where every
+# numpy call costs microseconds: the fast path makes one (``tobytes``) and does the rest
+# with bytes slicing, which is a single C loop each. The two top bytes of each
+# little-endian double hold sign, exponent and the leading mantissa bits; the bits below
+# the bin are masked off by ``translate`` (mlprofile format version 2).
+_LITTLE = sys.byteorder == "little"
+_MASK_LOW = bytes(i & 0xFC for i in range(256))  # keep the 2 leading mantissa bits of the 2nd byte
+_F8 = np.dtype(np.float64)
+_b2a = binascii.b2a_base64
+
+
+def _fast_codes(arr: np.ndarray) -> str:
+    """base64 of the version-2 codes of a 2-D numeric array, row-major and planar (the
+    masked low bytes of the top 16 bits of every value, then their high bytes)."""
+    if arr.dtype is not _F8:
+        arr = arr.astype(_F8)
+    raw = arr.tobytes()  # C order whatever the strides
+    return _b2a(raw[6::8].translate(_MASK_LOW) + raw[7::8], newline=False).decode("ascii")
+
+
+class _Plan:
+    """What one model (or stage function) and feature count always give: the names, their
+    attribute text, the kinds, whether the fast path applies (no redacted feature)."""
+
+    __slots__ = ("owner", "names", "names_text", "kinds", "fast")
+
+    def __init__(self, owner: Any, names: tuple[str, ...], redact: frozenset) -> None:
+        self.owner = owner
+        self.names = names
+        self.names_text = mlprofile.feature_list(names)
+        self.kinds = _numeric_kinds(names, redact)
+        self.fast = _LITTLE and "r" not in self.kinds
+
+
+_plans: dict[tuple, _Plan] = {}
+
+
+_last_plan: list = [None, None, None, 0, None, None]  # instance, prof, qualname, d, model, plan: the common case
+
+
+def _plan(prof: ProfileSettings, instance: Any, qualname: str, model: str | None, d: int) -> _Plan:
+    last = _last_plan
+    if last[0] is instance and last[1] is prof and last[3] == d and last[2] == qualname and last[4] == model:
+        return last[5]  # identity checks only: cheaper than hashing a key with cold caches
+    p = _plan_lookup(prof, instance, qualname, model, d)
+    _last_plan[:] = [instance, prof, qualname, d, model, p]
+    return p
+
+
+def _plan_lookup(prof: ProfileSettings, instance: Any, qualname: str, model: str | None, d: int) -> _Plan:
+    key = (id(instance), qualname, model, d, id(prof))
+    p = _plans.get(key)
+    if p is not None and p.owner is instance:
+        return p
+    names = (_model_info(instance)[0] if instance is not None else None) or prof.configured_names(qualname, model)
+    if names is None or len(names) != d:
+        names = _generic(d)
+    if len(_plans) >= _PER_MODEL_MAX:
+        _plans.clear()
+    p = _plans[key] = _Plan(instance, names, prof.redact)
+    return p
+
+
 def input_attributes(prof: ProfileSettings, x: Any, instance: Any, qualname: str, model: str | None) -> dict[str, Any]:
     """``ml.input.*`` attributes for one call's model input ({} if it cannot be profiled)."""
+    if type(x) is np.ndarray and x.ndim == 2 and x.dtype.kind in "fiu":
+        n, d = x.shape
+        if 0 < n <= MAX_SAMPLED_ROWS and d:
+            plan = _plan(prof, instance, qualname, model, d)
+            if plan.fast:
+                attrs = {semconv.ML_INPUT_FEATURES: plan.names_text,
+                         semconv.ML_INPUT_PROFILE: f"2|{n}|{n}|{plan.kinds}|{_fast_codes(x)}||||"}
+                if prof.sample_rate and random.random() < prof.sample_rate:
+                    attrs[semconv.ML_INPUT_SAMPLE] = _raw_sample(x, plan.names, prof.redact)
+                return attrs
     got = _as_matrix(x)
     if got is None:
         return {}
@@ -214,6 +291,17 @@ def input_attributes(prof: ProfileSettings, x: Any, instance: Any, qualname: str
         codes = np.column_stack(cols) if cols else np.zeros((n, 0), dtype=np.int16)
     elif names is not None:  # DataFrame
         n = len(data)
+        if _LITTLE and 0 < n <= MAX_SAMPLED_ROWS and names and not redact.intersection(names):
+            try:  # all-numeric frame: one conversion, then the fast path
+                mat = data.to_numpy(dtype=np.float64)
+            except (TypeError, ValueError):
+                mat = None
+            if mat is not None and mat.ndim == 2 and mat.shape[1] == len(names):
+                attrs = {semconv.ML_INPUT_FEATURES: mlprofile.feature_list(names),
+                         semconv.ML_INPUT_PROFILE: f"2|{n}|{n}|{'n' * len(names)}|{_fast_codes(mat)}||||"}
+                if prof.sample_rate and random.random() < prof.sample_rate:
+                    attrs[semconv.ML_INPUT_SAMPLE] = _raw_sample(data, names, redact)
+                return attrs
         kinds, codes = _frame_codes(data, names, redact)
     else:
         arr = data
@@ -225,13 +313,18 @@ def input_attributes(prof: ProfileSettings, x: Any, instance: Any, qualname: str
         elif arr.ndim > 2:  # images, sequences: the per-row mean stands for the row
             with np.errstate(all="ignore"):
                 arr = arr.reshape(n, -1).astype(np.float64).mean(axis=1, keepdims=True)
-        names = (_model_info(instance)[0] if instance is not None else None) or prof.configured_names(qualname, model)
         d = arr.shape[1]
-        if names is None or len(names) != d:
-            names = _generic(d)
+        plan = _plan(prof, instance, qualname, model, d)
+        names = plan.names
         if arr.dtype.kind in "biuf":
+            if plan.fast and 0 < n <= MAX_SAMPLED_ROWS and d:
+                attrs = {semconv.ML_INPUT_FEATURES: plan.names_text,
+                         semconv.ML_INPUT_PROFILE: f"2|{n}|{n}|{plan.kinds}|{_fast_codes(arr)}||||"}
+                if prof.sample_rate and random.random() < prof.sample_rate:
+                    attrs[semconv.ML_INPUT_SAMPLE] = _raw_sample(data, names, redact)
+                return attrs
             codes = mlprofile.bin_codes(arr)
-            kinds = _numeric_kinds(names, redact)
+            kinds = plan.kinds
             if redact:
                 for j, k in enumerate(kinds):
                     if k == "r":
@@ -253,7 +346,7 @@ def input_attributes(prof: ProfileSettings, x: Any, instance: Any, qualname: str
         text = mlprofile.encode_input(n, kinds, sample, miss.sum(axis=0), lo, hi, distinct)
     else:
         text = mlprofile.encode_input(n, kinds, codes)
-    attrs: dict[str, Any] = {semconv.ML_INPUT_FEATURES: names, semconv.ML_INPUT_PROFILE: text}
+    attrs: dict[str, Any] = {semconv.ML_INPUT_FEATURES: mlprofile.feature_list(names), semconv.ML_INPUT_PROFILE: text}
     if prof.sample_rate and random.random() < prof.sample_rate:
         attrs[semconv.ML_INPUT_SAMPLE] = _raw_sample(data, names, redact)
     return attrs
@@ -291,8 +384,49 @@ def _classes_of(instance: Any) -> list[str] | None:
         return None
 
 
+_pack_f4 = struct.Struct("<f").pack
+_binary: dict[int, tuple[Any, list[str], str] | None] = {}
+
+
+def _binary_classes(instance: Any) -> tuple[list[str], str] | None:
+    """(class labels, their encoded text) of a binary classifier, once per instance."""
+    hit = _binary.get(id(instance))
+    if hit is not None and hit[0] is instance:
+        return hit[1], hit[2]
+    known = _model_info(instance)[1]
+    if known is None or len(known) != 2:
+        return None
+    if len(_binary) >= _PER_MODEL_MAX:
+        _binary.clear()
+    ctext = base64.b64encode("\x1f".join(known).encode()).decode("ascii")
+    _binary[id(instance)] = (instance, known, ctext)
+    return known, ctext
+
+
 def output_attributes(result: Any, instance: Any) -> dict[str, Any]:
     """``ml.output.profile`` plus the readable prediction summary."""
+    r = result
+    if type(r) is np.ndarray and r.ndim == 2 and r.dtype.kind == "f" and r.shape[1] == 2 and r.shape[0] \
+            and instance is not None:
+        # a binary classifier's probabilities (the common case): the positive-class score
+        # says it all (class and confidence are derived by the reader)
+        got = _binary_classes(instance)
+        if got is not None:
+            classes, ctext = got
+            rows = r.shape[0]
+            if rows == 1:
+                m = r.item(0, 1)
+                packed = _pack_f4(m)
+            else:
+                col = r[:MAX_OUTPUT_ROWS, 1].astype("<f4")
+                packed = col.tobytes()
+                m = sum(col.tolist()) / len(col)
+            attrs = {semconv.ML_OUTPUT_PROFILE: f"{mlprofile.VERSION}|{rows}|{ctext}|{_b2a(packed, newline=False).decode('ascii')}||"}
+            if m == m:
+                attrs[semconv.ML_PREDICTION_SCORE_MEAN] = m
+                if rows == 1:  # (its confidence, max(score, 1 - score), is left to the reader)
+                    attrs[semconv.ML_PREDICTION_CLASS] = classes[1] if m > 0.5 else classes[0]
+            return attrs
     scores: Any = None
     predicted: Any = None
     conf: Any = None
@@ -395,12 +529,9 @@ def _encode_output(rows: int, classes: list[str], scores: Any, predicted: Any, c
     return "|".join((mlprofile.VERSION, str(rows), ctext, b64(scores, "<f4"), b64(predicted, "<i2"), b64(conf, "<f4")))
 
 
-def prediction_id_for(span: Any) -> str | None:
-    """The default id from the span's context, remembered for :func:`last_prediction_id`."""
+def remember_prediction(span: Any) -> None:
+    """Remember the span's context for :func:`.profiling.last_prediction_id` (the id
+    text is made only when the app asks for it)."""
     ctx = span.get_span_context()
-    if not ctx.is_valid:
-        return None
-    pid = mlprofile.prediction_id(format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"))
-    _last_prediction_id.set(pid)
-    return pid
-
+    if ctx.is_valid:
+        _last_prediction_id.set(ctx)

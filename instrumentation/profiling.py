@@ -25,14 +25,20 @@ from stagetrace import semconv
 
 _logger = logging.getLogger("stagetrace.instrumentation")
 
-_last_prediction_id: ContextVar[str | None] = ContextVar("stagetrace_last_prediction_id", default=None)
+# The span context of the last profiled call; the id text is made only when asked for
+# (formatting it on every call would cost more than the rest of a one-row profile).
+_last_prediction_id: ContextVar[Any] = ContextVar("stagetrace_last_prediction_id", default=None)
 
 
 def last_prediction_id() -> str | None:
     """The ``ml.prediction.id`` of the last profiled call in this context (thread or
     task): what an app returns to whoever will send the label. A batch's rows are
-    this id plus ``-<row>``."""
-    return _last_prediction_id.get()
+    this id plus ``-<row>``. The default id is the span's own ``<trace id>-<span id>``,
+    so it is not written on the span: readers derive it (``mlprofile.prediction_id``)."""
+    ctx = _last_prediction_id.get()
+    if ctx is None:
+        return None
+    return "%032x-%016x" % (ctx.trace_id, ctx.span_id)
 
 
 class ProfileSettings:

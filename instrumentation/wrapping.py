@@ -346,13 +346,13 @@ def _end(active: _Active, spec: StageSpec, exc: BaseException | None, args, kwar
 
 
 def _profile_output(active: _Active, spec: StageSpec, result) -> None:
-    """Prediction summary and ``ml.prediction.id`` of a profiled call that returned."""
+    """Prediction summary of a profiled call that returned (its ``ml.prediction.id`` is
+    remembered for ``last_prediction_id()``)."""
     try:
         capture = _capture_module()
         attrs = capture.output_attributes(result, active.instance)
-        pid = capture.prediction_id_for(active.span)
-        if pid is not None:
-            attrs[semconv.ML_PREDICTION_ID] = pid
+        # ml.prediction.id is the span's own <trace id>-<span id>: derived by readers, not written
+        capture.remember_prediction(active.span)
         if attrs:
             active.span.set_attributes(attrs)
     except Exception:

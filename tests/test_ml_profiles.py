@@ -65,14 +65,16 @@ def test_profiles_from_real_models_under_opentelemetry_instrument(tmp_path):
         assert run.returncode == 0, run.stderr[-3000:]
         scored = json.loads(out.read_text())
         spans = _inference_spans(c.data_dir, len(scored["calls"]) + 1)
-        by_pid = {s.attributes.get(semconv.ML_PREDICTION_ID): s for s in spans}
+        # the default prediction id is the span's own trace and span id: not written, derived
+        assert not any(semconv.ML_PREDICTION_ID in s.attributes for s in spans)
+        by_pid = {mlprofile.prediction_id(s.trace_id, s.span_id): s for s in spans}
         for call in scored["calls"]:
             pid = call["prediction_id"]
             assert pid and pid in by_pid, (call["framework"], pid, sorted(map(str, by_pid)))
             span = by_pid[pid]
             a = span.attributes
             assert a[semconv.ML_MODEL_FRAMEWORK] == call["framework"]
-            assert list(a[semconv.ML_INPUT_FEATURES]) == call["features"]
+            assert mlprofile.parse_feature_list(a[semconv.ML_INPUT_FEATURES]) == call["features"]
             prof = mlprofile.decode_input(a[semconv.ML_INPUT_PROFILE])
             x = np.array(call["inputs"])
             assert prof is not None and prof.rows == len(x) and prof.kinds == "n" * x.shape[1]
@@ -95,7 +97,7 @@ def test_profiles_from_real_models_under_opentelemetry_instrument(tmp_path):
         failed = [s for s in spans if s.is_error]
         assert len(failed) == 1
         fp = mlprofile.decode_input(failed[0].attributes[semconv.ML_INPUT_PROFILE])
-        names = list(failed[0].attributes[semconv.ML_INPUT_FEATURES])
+        names = mlprofile.parse_feature_list(failed[0].attributes[semconv.ML_INPUT_FEATURES])
         assert fp.missing[names.index("f3")] == 8 and fp.missing.sum() == 8
         assert semconv.ML_OUTPUT_PROFILE not in failed[0].attributes
 

@@ -1,0 +1,104 @@
+"""Where the input/output profile's cost goes (diagnostic for docs/benchmarks.md).
+
+    .venv/bin/python benchmarks/profile_breakdown.py [--rows 1] [--calls 28000]
+
+1. In the real call path: the benchmark's sklearn Pipeline through the sklearn hook, with
+   the capture functions swapped for stubs (nothing, constant attribute dicts, the real
+   ones), the variants alternating call by call, each call timed; p5/p10/p25/p50 and
+   their excess over profiling off.
+2. Cold caches: the capture functions timed standalone right after an 8 MB copy and a
+   model call (what runs before them in a real call), against a no-op.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1)
+    ap.add_argument("--calls", type=int, default=28000)
+    a = ap.parse_args()
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from stagetrace.instrumentation import profile_capture as pc
+    from stagetrace.instrumentation import profiling, wrapping
+    from stagetrace.instrumentation.instrumentor import StagetraceInstrumentor
+
+    class DropSpans(SpanExporter):
+        def export(self, spans):
+            return SpanExportResult.SUCCESS
+
+    tp = TracerProvider()
+    tp.add_span_processor(BatchSpanProcessor(DropSpans(), max_queue_size=1 << 16))
+    inst = StagetraceInstrumentor()
+    inst.instrument(tracer_provider=tp, stages="", libraries=["sklearn"])
+    rng = np.random.default_rng(3)
+    X = rng.lognormal(3.0, 1.0, (4000, 9))
+    y = (X[:, 0] > np.median(X[:, 0])).astype(int)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300)).fit(X, y)
+    on = profiling.ProfileSettings()
+    batch = X[:a.rows].copy()
+    real_in, real_out, real_rem = pc.input_attributes, pc.output_attributes, pc.remember_prediction
+    ia = real_in(on, batch, model, "Pipeline.predict_proba", "Pipeline")
+    oa = real_out(model.predict_proba(batch), model)
+
+    def noop(*_):
+        return None
+    variants = {
+        "off": (None, real_in, real_out, real_rem),
+        "on, capture returns {}": (on, lambda *_: {}, real_out, real_rem),
+        "constant in, {} out": (on, lambda *_: dict(ia), lambda *_: {}, noop),
+        "constant in + out": (on, lambda *_: dict(ia), lambda *_: dict(oa), noop),
+        "real in, {} out": (on, real_in, lambda *_: {}, noop),
+        "constant in, real out": (on, lambda *_: dict(ia), real_out, noop),
+        "real in + out (full)": (on, real_in, real_out, real_rem),
+    }
+    names = list(variants)
+    res: dict[str, list[int]] = {k: [] for k in names}
+    clock = time.perf_counter_ns
+    for i in range(a.calls + 200 * len(names)):
+        k = names[i % len(names)]
+        wrapping.settings.profile, pc.input_attributes, pc.output_attributes, pc.remember_prediction = variants[k]
+        t0 = clock()
+        model.predict_proba(batch)
+        if i >= 200 * len(names):  # warm-up first
+            res[k].append(clock() - t0)
+    wrapping.settings.profile, pc.input_attributes, pc.output_attributes, pc.remember_prediction = variants["off"]
+    qs = (5, 10, 25, 50)
+    base = {q: np.percentile(res["off"], q) for q in qs}
+    print(f"in the call path, {a.rows}-row batch, {a.calls} calls alternating {len(names)} variants (us; +excess over off)")
+    for k in names:
+        print(f"  {k:<24}" + "  ".join(f"p{q} {np.percentile(res[k], q) / 1000:6.1f} (+{(np.percentile(res[k], q) - base[q]) / 1000:5.1f})"
+                                       for q in qs))
+    inst.uninstrument()
+
+    big, big2 = np.ones(1_000_000), np.empty(1_000_000)
+    lr = model[-1]
+    out = model.predict_proba(batch)
+    tests = {"no-op": lambda: None,
+             "input_attributes": lambda: real_in(on, batch, lr, "LogisticRegression.predict_proba", None),
+             "output_attributes": lambda: real_out(out, lr)}
+    cold: dict[str, list[int]] = {k: [] for k in tests}
+    for _ in range(1500):
+        for k, f in tests.items():
+            np.copyto(big2, big)
+            lr.predict_proba(batch)
+            t0 = clock()
+            f()
+            cold[k].append(clock() - t0)
+    print("standalone after evicting the caches (8 MB copy + a model call before each call), us")
+    for k, v in cold.items():
+        print(f"  {k:<24} p10 {np.percentile(v, 10) / 1000:6.2f}  p50 {np.percentile(v, 50) / 1000:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
