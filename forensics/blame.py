@@ -404,11 +404,8 @@ def key_onset(costs: Sequence[TraceCost], start_of: Mapping[str, int], w_start: 
     return min(found, key=lambda o: o.time_ns) if found else None
 
 
-def key_steps(costs: Sequence[TraceCost], start_of: Mapping[str, int], w_start: int, w_end: int,
-              alpha: float = stats.ALPHA, min_traces: int = 30) -> list[KeyOnset]:
-    """Every key whose time per occurrence stepped up and stayed up (Pettitt's rank
-    change-point test per key, Bonferroni over keys). A step must leave a tenth of the
-    window on each side, at least 1.5x the time per occurrence and 1 ms more."""
+def _timed_per_call(costs: Sequence[TraceCost], start_of: Mapping[str, int]) -> dict[Key, list[tuple[int, float]]]:
+    """Key -> (request start, time per call of the key in it), for the requests with a start time."""
     series: dict[Key, list[tuple[int, float]]] = defaultdict(list)
     for tc in costs:
         t = start_of.get(tc.trace_id)
@@ -417,6 +414,15 @@ def key_steps(costs: Sequence[TraceCost], start_of: Mapping[str, int], w_start: 
         for k, n in tc.count.items():
             if n > 0:
                 series[k].append((t, tc.self_ns.get(k, 0) / n))
+    return series
+
+
+def key_steps(costs: Sequence[TraceCost], start_of: Mapping[str, int], w_start: int, w_end: int,
+              alpha: float = stats.ALPHA, min_traces: int = 30) -> list[KeyOnset]:
+    """Every key whose time per occurrence stepped up and stayed up (Pettitt's rank
+    change-point test per key, Bonferroni over keys). A step must leave a tenth of the
+    window on each side, at least 1.5x the time per occurrence and 1 ms more."""
+    series = _timed_per_call(costs, start_of)
     tested = {k: sorted(v) for k, v in series.items() if len(v) >= min_traces}
     floor = (w_end - w_start) // 10
     found: list[KeyOnset] = []
@@ -471,14 +477,7 @@ def key_jumps(costs: Sequence[TraceCost], start_of: Mapping[str, int], alpha: fl
     calls (a CPU-starved or network-delayed service called a few times a minute): too few
     for rank tests, which saturate, but unmistakable in size."""
     from scipy import stats as _st
-    series: dict[Key, list[tuple[int, float]]] = defaultdict(list)
-    for tc in costs:
-        t = start_of.get(tc.trace_id)
-        if t is None:
-            continue
-        for k, n in tc.count.items():
-            if n > 0:
-                series[k].append((t, tc.self_ns.get(k, 0) / n))
+    series = _timed_per_call(costs, start_of)
     tested = {k: sorted(v)[-max_calls:] for k, v in series.items() if len(v) >= min_before + min_side}
     n_splits = sum(len(v) - min_before - min_side + 1 for v in tested.values())
     found: list[KeyOnset] = []
