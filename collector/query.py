@@ -418,6 +418,12 @@ class EmbeddedBackend:
             params.append(int(q.end_ns))
         if q.root_only:
             where.append("octet_length(parent_span_id) = 0")
+        if q.kind is not None:
+            k = q.kind.upper()
+            if k not in SPAN_KINDS:
+                raise BackendError(f"unknown span kind {q.kind!r}: use one of {', '.join(x.lower() for x in SPAN_KINDS)}")
+            where.append("kind = ?")
+            params.append(SPAN_KINDS.index(k))
         return where, params, attrs
 
     def find_spans(self, query: TraceQuery) -> list[Span]:

@@ -32,6 +32,7 @@ class TraceQuery:
     start_ns: int | None = None
     end_ns: int | None = None
     root_only: bool = False
+    kind: str | None = None  # span kind, e.g. "server" (TraceQL's ``kind`` intrinsic)
     limit: int | None = 20  # None = no limit (embedded store only; remote backends cap it)
 
 

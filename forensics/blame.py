@@ -469,39 +469,24 @@ def key_jumps(costs: Sequence[TraceCost], start_of: Mapping[str, int], alpha: fl
               max_calls: int = 2000) -> list[KeyOnset]:
     """Keys whose time per call jumped by an order of magnitude and stayed there: the
     split of each key's calls (in time order) with the largest Welch t on log time per
-    call, Bonferroni over every split and key scanned, kept when the median after it is at
+    call, corrected for the splits and keys scanned, kept when the median after it is at
     least ``min_ratio`` times the median before, 1 ms more, and at least 80 % of the calls
     after it sit above the 90th percentile before (a burst of a noisy operation does not).
 
     This is what a fault in one component looks like when it touches only a handful of
     calls (a CPU-starved or network-delayed service called a few times a minute): too few
     for rank tests, which saturate, but unmistakable in size."""
-    from scipy import stats as _st
     series = _timed_per_call(costs, start_of)
     tested = {k: sorted(v)[-max_calls:] for k, v in series.items() if len(v) >= min_before + min_side}
-    n_splits = sum(len(v) - min_before - min_side + 1 for v in tested.values())
+    n_tests = sum(stats.scan_tests(len(v) - min_before - min_side + 1) for v in tested.values())
     found: list[KeyOnset] = []
     for k, pts in tested.items():
         raw = np.array([v for _, v in pts], dtype=float)
-        y = np.log(np.maximum(raw, 1e3))
-        n = y.size
-        j = np.arange(min_before, n - min_side + 1)
-        c1, c2 = np.cumsum(y), np.cumsum(y * y)
-        nb, na = j.astype(float), (n - j).astype(float)
-        sb, qb = c1[j - 1], c2[j - 1]
-        sa, qa = c1[-1] - sb, c2[-1] - qb
-        mb, ma = sb / nb, sa / na
-        vb = np.maximum((qb - nb * mb ** 2) / np.maximum(nb - 1, 1), 0.05)  # a floor: timer resolution is not certainty
-        va = np.maximum((qa - na * ma ** 2) / np.maximum(na - 1, 1), 0.05)
-        se = np.sqrt(vb / nb + va / na)
-        t = (ma - mb) / se
-        i = int(np.argmax(t))
-        if t[i] <= 0:
+        best = stats.log_step(raw, min_before, min_side, floor=1e3)  # 1 µs: timer resolution
+        if best is None:
             continue
-        df = (vb[i] / nb[i] + va[i] / na[i]) ** 2 / ((vb[i] / nb[i]) ** 2 / max(nb[i] - 1, 1)
-                                                      + (va[i] / na[i]) ** 2 / max(na[i] - 1, 1))
-        p = min(1.0, float(_st.t.sf(t[i], max(df, 1.0))) * max(n_splits, 1))
-        split = int(j[i])
+        split, _, p1 = best
+        p = min(1.0, p1 * n_tests)
         before, after = raw[:split], raw[split:]
         mbf, maf = float(np.median(before)), float(np.median(after))
         consistent = float(np.mean(after > np.percentile(before, 90))) >= 0.8

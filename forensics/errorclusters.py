@@ -38,7 +38,7 @@ from .logtext import MessageTexts, message
 from .progress import steps
 from .report import EvidenceGuard, Finding, Report, headline
 from .slow import _note_missing_data
-from .window import comparison_weights, entry_spans, fmt_time, sampling_weights
+from .window import comparison_weights, entry_ops, entry_spans, fmt_time, sampling_weights
 
 MAX_ERROR_TRACES = 300
 MAX_SUCCESS_TRACES = 300
@@ -145,6 +145,7 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
             e.fingerprint = hashlib.sha1(key.encode()).hexdigest()[:12]
         total_requests = len(entries)
         entry_by_trace = {s.trace_id: s for s in entries}
+        op_of = entry_ops(backend, entries)
         # A request failed when its entry span says so, or when an ERROR span or a trace-linked
         # ERROR log sits inside it (many services answer 200 and log the failure).
         failed_entry = {s.trace_id for s in entries if s.is_error}
@@ -229,7 +230,7 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
                         if x.get("significant")]
             c.attrs = guard.run("attributes", attributes.compare, sample, successes, max_results=10,
                                 exclude=attributes.OUTCOME_KEYS,
-                                weights=comparison_weights(sample, successes, entry_by_trace, wmap),
+                                weights=comparison_weights(sample, successes, op_of, wmap),
                                 default=[]) if sample and successes else []
             times_c = [entry_by_trace[t].start_ns if t in entry_by_trace else min(e.time_ns for e in events_by_trace[t])
                        for t in c.traces] or [e.time_ns for e in c.events]

@@ -423,6 +423,11 @@ def traceql(q: TraceQuery) -> str:
         conds.append(f"duration <= {int(q.max_duration_ns)}ns")
     if q.root_only:
         conds.append("nestedSetParent = -1")
+    if q.kind is not None:
+        k = q.kind.lower()
+        if k.upper() not in SPAN_KINDS:
+            raise UserError(f"unknown span kind {q.kind!r}: use one of {', '.join(x.lower() for x in SPAN_KINDS)}")
+        conds.append(f"kind = {k}")
     for k, v in attrs.items():
         conds.append(f"{_traceql_attr(k)} = {_traceql_value(v)}")
     return "{ " + " && ".join(conds) + " }" if conds else "{ }"
@@ -450,6 +455,8 @@ def span_matches(sp: Span, q: TraceQuery) -> bool:
     if q.end_ns is not None and sp.start_ns >= q.end_ns:
         return False
     if q.root_only and sp.parent_span_id:
+        return False
+    if q.kind is not None and sp.kind != q.kind.upper():
         return False
     return not attrs or attributes_match(attrs, sp.attributes, sp.resource)
 

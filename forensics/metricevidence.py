@@ -11,6 +11,7 @@ alongside, since "pool wait 410 ms vs 2 ms" is what an on-call engineer reads.
 from __future__ import annotations
 
 import math
+import re
 
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -164,4 +165,101 @@ def evidence(series: Sequence[MetricSeries], e: np.ndarray, rate: np.ndarray, sl
         st.significant = (pa < alpha and abs(st.rho) >= min_rho
                           and not math.isnan(st.level_slow) and not math.isnan(st.level_base))
     out.sort(key=lambda s: (not s.significant, -abs(s.rho)))
+    return out
+
+
+# --- resource steps ---------------------------------------------------------------------
+# What traces cannot see: a service starved of CPU, memory or threads. Its calls slow down,
+# but when it is called a few times a minute the traces hold too few of them to tell; its
+# own resource metrics show the step at once. Only per-service resource metrics count:
+# latency and traffic series are what the traces already measure (and, on sparse traffic,
+# jump by orders of magnitude for no reason), and node/host/system series are shared by
+# every service placed there.
+RESOURCE_NAME = re.compile(r"(cpu|memory|mem_|heap|gc_|\.gc\.|threads?|pool|file_descriptor|open_fds|throttl)",
+                           re.IGNORECASE)
+SHARED_NAME = re.compile(r"(^|[._])(node|host|system|machine)[._]", re.IGNORECASE)
+STEP_MIN_BEFORE = 10  # scrapes of history the step is judged against
+STEP_MIN_AFTER = 2  # one scrape is a spike, not a step
+STEP_MIN_RATIO = 10.0  # an order of magnitude: what saturation looks like, not load
+
+
+def is_resource_metric(name: str) -> bool:
+    return bool(RESOURCE_NAME.search(name)) and not SHARED_NAME.search(name)
+
+
+@dataclass(slots=True)
+class ResourceStep:
+    """A service's resource metric that stepped up by an order of magnitude and stayed up."""
+    name: str
+    service: str
+    attributes: dict[str, Any]
+    unit: str
+    time_ns: int  # the first point of the step
+    before: float  # median before the step
+    after: float  # median from the step on
+    points_after: int
+    p: float  # corrected for the splits and series scanned
+    display: str = ""
+
+    @property
+    def ratio(self) -> float:
+        return self.after / self.before if self.before > 0 else float("inf")
+
+    def evidence(self) -> dict[str, Any]:
+        return {"resource_step": True, "metric": self.name, "service": self.service, "attributes": self.attributes,
+                "unit": self.unit, "step_time_ns": self.time_ns, "level_before": self.before,
+                "level_after": self.after, "ratio": self.ratio, "points_after": self.points_after,
+                "p_adjusted": self.p, "display_name": self.display or self.name}
+
+
+def resource_steps(series: Sequence[MetricSeries], lo_ns: int, hi_ns: int, *,
+                   alpha: float = stats.ALPHA) -> list[ResourceStep]:
+    """Per-service resource series (:func:`is_resource_metric`) that stepped up by an order
+    of magnitude at a time inside ``[lo_ns, hi_ns)``: for each candidate start (at least
+    :data:`STEP_MIN_BEFORE` points of history before it), the episode is the run of
+    points from there that each sit above every point before it and at ten times their
+    median (points after ``hi_ns`` may confirm that it lasted); it needs
+    :data:`STEP_MIN_AFTER` points and a Welch t on log level significant after correcting for
+    the starts and series scanned. The clearest start per series; largest step first."""
+    from scipy import stats as _st
+    cands = [s for s in series if s.points and s.service_name and is_resource_metric(s.name)]
+    names = dict(zip(map(id, cands), display_names([SeriesKey(s.service_name, s.name, _labels(s)) for s in cands])))
+    scanned: list[tuple[MetricSeries, np.ndarray, np.ndarray, list[int]]] = []
+    for s in cands:
+        t, v = point_values(s)
+        ok = np.isfinite(v) & (v >= 0)
+        t, v = t[ok], v[ok]
+        starts = [i for i in range(STEP_MIN_BEFORE, t.size - STEP_MIN_AFTER + 1) if lo_ns <= t[i] < hi_ns]
+        if starts and (v > 0).any():
+            scanned.append((s, t, v, starts))
+    n_tests = sum(stats.scan_tests(len(starts)) for *_, starts in scanned)
+    out: list[ResourceStep] = []
+    for s, t, v, starts in scanned:
+        y = np.log(np.maximum(v, float(v[v > 0].min()) / 2))
+        best = None
+        for i in starts:
+            mb = float(np.median(v[:i]))
+            if mb <= 0:
+                continue
+            # every point of the episode is above all history and ten times its usual level
+            bar = max(float(v[:i].max()), STEP_MIN_RATIO * mb)
+            run = i
+            while run < v.size and v[run] > bar:
+                run += 1
+            if run - i < STEP_MIN_AFTER:
+                continue
+            ma = float(np.median(v[i:run]))
+            tt = _st.ttest_ind(y[i:run], y[:i], equal_var=False, alternative="greater")
+            # a flat series has no variance: its step is then as certain as its size says
+            p1 = float(tt.pvalue) if np.isfinite(tt.pvalue) else 0.0
+            if best is None or p1 < best[0]:
+                best = (p1, i, run, mb, ma)
+        if best is None:
+            continue
+        p1, i, run, mb, ma = best
+        p = min(1.0, p1 * max(n_tests, 1.0))
+        if p < alpha:
+            out.append(ResourceStep(s.name, s.service_name, _labels(s), s.unit, int(t[i]), mb, ma, run - i, p,
+                                    names.get(id(s), "")))
+    out.sort(key=lambda r: -r.ratio)
     return out

@@ -15,6 +15,7 @@ Otherwise the report says there is no significant difference.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import re
 from typing import Any, Sequence
@@ -30,7 +31,7 @@ from stagetrace.model import Span, Trace
 from . import attributes, blame, incident, logmining, metricevidence, stats, timeline
 from .progress import steps
 from .report import EvidenceGuard, Finding, Report, headline
-from .window import comparison_weights, entry_operation, entry_spans, fmt_ms, fmt_time, sampling_weights
+from .window import comparison_weights, entry_ops, entry_spans, fmt_ms, fmt_time, sampling_weights
 
 MAX_SELECTION = 200
 MAX_BASELINE = 400
@@ -113,7 +114,8 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         w_end = end_ns if end_ns is not None else max(s.start_ns for s in entries) + 1
         dur = np.array([s.duration_ns for s in entries], dtype=np.int64)
         t0 = np.array([s.start_ns for s in entries], dtype=np.int64)
-        ops = np.array([entry_operation(s) for s in entries], dtype=object)
+        op_of = entry_ops(backend, entries)
+        ops = np.array([op_of[s.trace_id] for s in entries], dtype=object)
         # Tail-sampled data (Tempo behind the gateway Collector): each stored request
         # stands for its adjusted count; {} = unsampled, every analysis unweighted.
         wmap = sampling_weights(entries)
@@ -252,7 +254,7 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         # Evidence over all the slow requests (the only comparison that may call them
         # anomalous: slicing them per group first would be dredging), then per group when
         # concurrent causes split them, to attach to each component what sets its requests apart.
-        whole = comparison_weights(sel, base, entry_of, wmap)
+        whole = comparison_weights(sel, base, op_of, wmap)
         evidence: list[tuple[blame.Component | None, list, list]] = [
             (groups[0] if len(groups) == 1 else None,
              guard.run("attributes", attributes.compare, sel, base, weights=whole, default=[]),
@@ -264,7 +266,7 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
             anomaly.append("log templates set the slow requests apart")
         for comp in groups if len(groups) > 1 else []:
             members = [by_id[t] for t in comp.group if t in by_id]
-            weights = comparison_weights(members, base, entry_of, wmap)  # this group's operation mix
+            weights = comparison_weights(members, base, op_of, wmap)  # this group's operation mix
             evidence.append((comp, guard.run("attributes", attributes.compare, members, base, weights=weights, default=[]),
                              guard.run("log templates", logmining.over_represented, members, base, weights=weights,
                                        default=[])))
@@ -283,12 +285,20 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
             slow_periods = rate > base_rate
         series = guard.run("metrics", backend.metric_series, MetricQuery(start_ns=f_lo, end_ns=f_hi), default=[])
         metric_stats = guard.run("metrics", metricevidence.evidence, series, e, rate, slow_periods, default=[])
+        on_path = {sp.service_name for t in (*sel, *base, *after) for sp in t.spans}
+        res_steps = [r for r in guard.run("resource metrics", _resource_steps, backend, f_lo, f_hi, default=[])
+                 if r.service in on_path]
+        if res_steps and not anomaly:
+            r = res_steps[0]
+            anomaly.append(f"{r.service}: {r.name} stepped up from {_lvl(r.before, r.unit)} to "
+                           f"{_lvl(r.after, r.unit)} at {fmt_time(r.time_ns)}")
         bar.step("versions")
         changes = guard.run("version changes", _version_changes, fe, sel + base, f_lo, width, onset, default=[])
         # --- findings ------------------------------------------------------------------------------
         bar.step("ranking")
-        report.findings = _findings(bl, groups, evidence, metric_stats, onset, changes, thr_label, len(sel))
-        if not any(f.significant and f.kind in ("stage", "attribute") for f in report.findings):
+        report.findings = _findings(bl, groups, evidence, metric_stats, onset, changes, thr_label, len(sel), res_steps)
+        if not any(f.significant and (f.kind in ("stage", "attribute") or f.evidence.get("resource_step"))
+                   for f in report.findings):
             # When it began is context for a cause, not a cause: with none found (a whole machine
             # slowed, one key's warm-up) the onset must not read as a finding the user can act on.
             for f in report.findings:
@@ -500,7 +510,8 @@ def _compare_before_window(backend, service, route, w_start, w_end, per_op, thr_
     before = entry_spans(backend, service=service, route=route, start_ns=w_start - span, end_ns=w_start)
     if len(before) < 20:
         return []
-    slow_b = [s.duration_ns > per_op.get(entry_operation(s), thr_ns) for s in before]
+    op_b = entry_ops(backend, before)
+    slow_b = [s.duration_ns > per_op.get(op_b[s.trace_id], thr_ns) for s in before]
     kb = sum(slow_b)
     p = stats.share_test(int(k_in), int(n_in), kb, len(before))
     rin, rb = k_in / max(n_in, 1), kb / len(before)
@@ -569,7 +580,8 @@ def _part(p: dict[str, Any]) -> str:
     return f"{what}{stage} +{fmt_ms(p['excess_ms'] * 1e6)}"
 
 
-def _findings(bl: blame.Blame, groups, evidence, metric_stats, onset, changes, thr_label, n_sel) -> list[Finding]:
+def _findings(bl: blame.Blame, groups, evidence, metric_stats, onset, changes, thr_label, n_sel,
+              steps: Sequence[metricevidence.ResourceStep] = ()) -> list[Finding]:
     """One ranking model: blamed components first (ranked by the share of the excess they
     explain), then the evidence that sets slow requests apart within their operation
     (attributes, logs, metrics; each scored below the component it supports), then changes.
@@ -623,6 +635,18 @@ def _findings(bl: blame.Blame, groups, evidence, metric_stats, onset, changes, t
                            abs(m.rho) * 0.8 * (1.0 if m.service in lead or not lead else 0.5), m.significant,
                            _confidence(m.p_adj, support) if m.significant else "low",
                            m.evidence() | {"series": m.series, "tier": 1}, service=m.service, metric=m.name))
+    per_service: dict[str, metricevidence.ResourceStep] = {}
+    for r in steps:  # one finding per service: cpu and cpu-rate series say the same thing
+        per_service.setdefault(r.service, r)
+    for r in list(per_service.values())[:3]:
+        # A service on the slow requests' path whose own CPU (memory, threads) went up tenfold
+        # in the incident is the most direct explanation: the latency the traces blame
+        # elsewhere is often what it causes (its few calls hide among many), so it ranks first.
+        out.append(Finding("metric", f"{r.service}: {r.name} stepped up from {_lvl(r.before, r.unit)} "
+                                     f"to {_lvl(r.after, r.unit)} (x{r.ratio:.0f}) at {fmt_time(r.time_ns)}: a saturated "
+                                     f"resource of a service on the slow requests' path",
+                           2.5 + min(math.log10(r.ratio), 3.0) / 10, True, "high" if r.p < 1e-4 else "medium",
+                           r.evidence() | {"tier": 0}, service=r.service, metric=r.name))
     if onset is not None and onset.significant:
         out.append(Finding("change", f"Slowness began at {fmt_time(onset.time_ns)}: slow requests went from "
                                      f"{onset.rate_before:.1%} to {onset.rate_after:.1%}", 0.3, True, "medium",
@@ -635,6 +659,21 @@ def _findings(bl: blame.Blame, groups, evidence, metric_stats, onset, changes, t
     out.sort(key=lambda f: (not f.significant, f.evidence.get("tier", 1), -f.score))
     _attach_support(out)
     return out
+
+
+RESOURCE_LOOKBACK_NS = 3_600_000_000_000  # history a resource step is judged against
+RESOURCE_CONFIRM_NS = 600_000_000_000  # scrapes after the window that show a step inside it lasted
+
+
+def _resource_steps(backend: Backend, lo: int, hi: int) -> list[metricevidence.ResourceStep]:
+    """Resource steps (see :func:`metricevidence.resource_steps`) that start inside ``[lo, hi)``,
+    judged against up to an hour of the series' own history before ``lo``; scrapes up to ten
+    minutes after ``hi`` may show that the step lasted (a minute-long scrape interval leaves
+    a short window one point of it)."""
+    start, end = lo - RESOURCE_LOOKBACK_NS, hi + RESOURCE_CONFIRM_NS
+    names = [n for n in backend.metric_names(start_ns=start, end_ns=end) if metricevidence.is_resource_metric(n)]
+    series = [s for n in names for s in backend.metric_series(MetricQuery(name=n, start_ns=start, end_ns=end))]
+    return metricevidence.resource_steps(series, lo, hi)
 
 
 def _keep_best(best: dict[tuple, Finding], key: tuple, f: Finding) -> None:
@@ -679,7 +718,7 @@ def _verdict(report: Report, thr_label: str, anomaly: list[str]) -> list[str]:
     if "estimated_requests" in c:  # tail-sampled: speak of the requests served, not of those stored
         c.update(requests=f"~{c['estimated_requests']:.0f}", slow=f"~{c['estimated_slow']:.0f}")
     sig = report.significant_findings
-    causes = [f for f in sig if f.kind in ("stage", "attribute")]
+    causes = [f for f in sig if f.kind in ("stage", "attribute") or f.evidence.get("resource_step")]
     if not causes and anomaly and report.data.get("incident"):
         return [f"{c['slow']} of {c['requests']} requests were slower than {thr_label}; {anomaly[0]}. No component, "
                 f"attribute, log template or metric explains it (adjusted p < {stats.ALPHA} and a minimum effect size "
@@ -696,6 +735,8 @@ def _verdict(report: Report, thr_label: str, anomaly: list[str]) -> list[str]:
         lines.append(f"{c['slow']} of {c['requests']} requests were slower than {thr_label}; " + anomaly[0] + ".")
     comps = [f for f in causes if f.kind == "stage"]
     leads = [f for f in comps if f.evidence.get("lead")] or comps[:1]
+    if causes[0].evidence.get("resource_step"):  # one story: the headline is finding #1
+        leads = [causes[0]] + [f for f in leads if f.service != causes[0].service]
     if len(leads) > 1:
         lines.append(f"{len(leads)} causes at once: each holds the extra time of its own slow requests.")
     rank = 1

@@ -8,10 +8,12 @@ fetched for bounded samples, which is what keeps 1M-span windows fast.
 
 from __future__ import annotations
 
-from stagetrace import semconv
-from stagetrace.backend import Backend, TraceQuery
+import re
 from collections import Counter
 from typing import Mapping, Sequence
+
+from stagetrace import semconv
+from stagetrace.backend import Backend, TraceQuery
 
 from stagetrace.model import Span, Trace
 
@@ -42,6 +44,40 @@ def entry_operation(span: Span) -> str:
     method = a.get(semconv.HTTP_REQUEST_METHOD) or a.get("http.method") or ""
     name = f"{method} {route}".strip() if route else span.name
     return f"{span.service_name}: {name}"
+
+
+# A route template that matches any path: the last segment is ``*`` / ``**`` or a greedy
+# variable (``{path:.*}``, ``{*rest}``). Every request of a gateway or proxy has it.
+_CATCH_ALL = re.compile(r"(^|/)(\*{1,2}|\{[^}]*\*[^}]*\})$")
+
+
+def is_catch_all(span: Span) -> bool:
+    route = span.attributes.get(semconv.HTTP_ROUTE)
+    return isinstance(route, str) and bool(_CATCH_ALL.search(route))
+
+
+def entry_ops(backend: Backend, entries: Sequence[Span]) -> dict[str, str]:
+    """Trace id -> :func:`entry_operation` of its entry span. Behind a gateway whose route
+    is a catch-all (``/*``) every request would be one operation, so a checkout is
+    "slow" next to a health check; there the operation is refined by where the
+    gateway forwarded it: the first SERVER span of another service in the trace."""
+    ops = {s.trace_id: entry_operation(s) for s in entries}
+    proxied = {s.trace_id: s for s in entries if is_catch_all(s)}
+    if not proxied:
+        return ops
+    lo = min(s.start_ns for s in proxied.values())
+    hi = max(s.start_ns + max(s.duration_ns, 0) for s in proxied.values()) + 1
+    first: dict[str, Span] = {}
+    for sp in backend.find_spans(TraceQuery(kind="server", start_ns=lo, end_ns=hi, limit=None)):
+        e = proxied.get(sp.trace_id)
+        if e is None or sp.service_name == e.service_name:
+            continue
+        cur = first.get(sp.trace_id)
+        if cur is None or sp.start_ns < cur.start_ns:
+            first[sp.trace_id] = sp
+    for tid, sp in first.items():
+        ops[tid] = f"{ops[tid]} -> {entry_operation(sp)}"
+    return ops
 
 
 def adjusted_count(span: Span) -> float:
@@ -100,13 +136,14 @@ def mix_weights(sel_ops: Mapping[str, str], base_ops: Mapping[str, str]) -> dict
     return out
 
 
-def comparison_weights(sel: Sequence[Trace], base: Sequence[Trace], entry_of: Mapping[str, Span],
+def comparison_weights(sel: Sequence[Trace], base: Sequence[Trace], op_of: Mapping[str, str],
                        wmap: Mapping[str, float]) -> dict[str, float] | None:
     """Trace id -> weight for attribute and log comparisons: the baseline standardised to
-    the selection's entry-operation mix, times the adjusted count on tail-sampled data;
-    None when neither applies (one operation, unsampled data)."""
-    sel_ops = {t.trace_id: entry_operation(entry_of[t.trace_id]) for t in sel if t.trace_id in entry_of}
-    base_ops = {t.trace_id: entry_operation(entry_of[t.trace_id]) for t in base if t.trace_id in entry_of}
+    the selection's entry-operation mix (``op_of``: trace id -> :func:`entry_ops`), times
+    the adjusted count on tail-sampled data; None when neither applies (one operation,
+    unsampled data)."""
+    sel_ops = {t.trace_id: op_of[t.trace_id] for t in sel if t.trace_id in op_of}
+    base_ops = {t.trace_id: op_of[t.trace_id] for t in base if t.trace_id in op_of}
     mix = mix_weights(sel_ops, base_ops) if len(set(base_ops.values())) > 1 else {}
     if not mix and not wmap:
         return None
