@@ -417,6 +417,22 @@ def _timed_per_call(costs: Sequence[TraceCost], start_of: Mapping[str, int]) -> 
     return series
 
 
+def service_slowed(costs: Sequence[TraceCost], start_of: Mapping[str, int], service: str, time_ns: int,
+                   min_ratio: float = 2.0) -> bool:
+    """Whether any of the service's keys (its own operations, calls into it) took at least
+    ``min_ratio`` times longer per call after ``time_ns`` than before it (medians, a call
+    on each side at least). Not a test: a consistency check for evidence found elsewhere
+    (a metric), so that a busy CPU nobody waited on is not called a cause of slowness."""
+    for k, pts in _timed_per_call(costs, start_of).items():
+        if k[1] != service:
+            continue
+        before = [v for t, v in pts if t < time_ns]
+        after = [v for t, v in pts if t >= time_ns]
+        if before and after and np.median(after) >= min_ratio * max(float(np.median(before)), 1.0):
+            return True
+    return False
+
+
 def key_steps(costs: Sequence[TraceCost], start_of: Mapping[str, int], w_start: int, w_end: int,
               alpha: float = stats.ALPHA, min_traces: int = 30) -> list[KeyOnset]:
     """Every key whose time per occurrence stepped up and stayed up (Pettitt's rank

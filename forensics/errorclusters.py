@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import re
 from collections import Counter, defaultdict
@@ -439,11 +440,31 @@ def trend(times: Sequence[int], entry_times: np.ndarray, inc: Incident) -> tuple
     outside_c = (t >= lo) & (t < hi) & ~inside_c
     inside_r = (entry_times >= inc.start_ns) & (entry_times < inc.end_ns)
     outside_r = (entry_times >= lo) & (entry_times < hi) & ~inside_r
+    if not outside_c.any() and (t < lo).any():
+        # Quiet around the incident but seen earlier in the window: not new. Its rate
+        # before is taken over everything before the incident, history included.
+        outside_c, outside_r = t < inc.start_ns, entry_times < inc.start_ns
     ka, kb = int(inside_c.sum()), int(outside_c.sum())
     na, nb = int(max(inside_r.sum(), ka)), int(max(outside_r.sum(), kb))
     rb, ra = kb / nb if nb else 0.0, ka / na if na else 0.0
     grown = ka >= stats.MIN_SUPPORT and stats.share_test(ka, na, kb, nb) < stats.ALPHA and ra >= 2 * rb
     return ("new" if grown and kb == 0 else "grown" if grown else "background"), rb, ra
+
+
+def late_start_p(times: Sequence[int], entry_times: np.ndarray) -> float:
+    """P(a cluster's first failed request comes this late | its k failed requests are spread
+    at random over the window's N requests): C(N - f, k) / C(N, k), f the requests before
+    its first. Exact for the first occurrence, so no scan over start times to correct for:
+    steady background errors begin near the start and score near 1."""
+    k = len(set(times))
+    n = int(entry_times.size)
+    if k == 0 or n == 0:
+        return 1.0
+    f = int((entry_times < min(times)).sum())
+    m = max(n - f, k)
+    n = max(n, m)
+    lg = math.lgamma
+    return float(min(1.0, math.exp(lg(m + 1) - lg(k + 1) - lg(m - k + 1) - (lg(n + 1) - lg(k + 1) - lg(n - k + 1)))))
 
 
 def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fetched, w_start, width,
@@ -460,6 +481,7 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fet
     first_seen = timeline.versions_first_seen(
         list(entries) + [s for t in fetched.values() for s in t.spans], (semconv.SERVICE_VERSION, semconv.ML_MODEL_VERSION))
     new_versions = timeline.new_in_window(first_seen, w_start, width)
+    late = dict(zip(map(id, clusters), stats.bh_adjust([late_start_p(c.times, entry_times) for c in clusters])))
     for i, c in enumerate(clusters):
         fp_events: dict[str, list[ErrorEvent]] = defaultdict(list)
         for e in c.events:
@@ -472,6 +494,7 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fet
         rate = (sum(wmap.get(t, 1.0) for t in c.traces) / est_total if wmap else len(c.traces) / total) if total else 0.0
         sig_attrs = [a for a in c.attrs if a.significant]
         burst = c.onset is not None and c.onset.significant
+        began = onset.start_ns if onset is not None else None
         if onset is not None:
             kind, r_before, r_after = trend(c.times, entry_times, onset)
         else:
@@ -480,8 +503,17 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fet
             own = locate(entry_times, np.isin(entry_times, np.asarray(c.times, dtype=np.int64))) if c.times else None
             kind, r_before, r_after = (trend(c.times, entry_times, own) if own is not None and own.significant
                                        else (None, 0.0, 0.0))
-            if kind == "background":
+            began = own.start_ns if own is not None and own.significant else None
+            if kind == "background" or (kind == "new" and late[id(c)] >= stats.ALPHA):
+                # A burst of its own, but "new" needs the data before it to show that it was
+                # absent: a burst near the start of the data is only a burst.
                 kind = None
+            if kind is None and len(set(c.times)) >= stats.MIN_SUPPORT and late[id(c)] < stats.ALPHA:
+                # Too few to stand out as a burst among steady errors elsewhere, but none of
+                # them before its first one: a failure that began inside the window.
+                first = min(c.times)
+                began = first
+                kind, r_before, r_after = "new", 0.0, len(set(c.times)) / max(int((entry_times >= first).sum()), 1)
         significant = kind in ("new", "grown") if kind else bool(burst or sig_attrs)
         # What began with the incident outranks what merely grew, and both outrank the steady
         # background; within a tier, by impact (the share of requests it failed).
@@ -504,9 +536,9 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fet
         if sig_attrs:
             parts.append(attributes.describe(sig_attrs[0], "the cluster", "successes"))
         if kind == "new":
-            parts.append(f"new since the onset at {fmt_time((onset or own).start_ns)}")
+            parts.append(f"new since the onset at {fmt_time(began)}")
         elif kind == "grown":
-            parts.append(f"grew from {r_before:.1%} to {r_after:.1%} of requests at {fmt_time((onset or own).start_ns)}")
+            parts.append(f"grew from {r_before:.1%} to {r_after:.1%} of requests at {fmt_time(began)}")
         elif kind == "background":
             parts.append(f"steady background errors: {r_before:.1%} of requests before the onset, {r_after:.1%} after")
         elif burst:

@@ -148,7 +148,9 @@ def strip_learned(text: str, prefix: list[str]) -> str:
             for t in toks[:len(prefix)]:  # cut token by token, keeping the message's own spacing
                 rest = rest[rest.index(t) + len(t):].lstrip()
             rest = rest.lstrip(" -:|>")  # the header's own separator
-            return message(rest) if rest else text
+            # The framework rules may cut more (a logger name after a level the prefix
+            # took): each only cuts header, so the shorter message is the cleaner one.
+            return min((message(rest) if rest else text, message(text)), key=len)
     return message(text)
 
 

@@ -220,7 +220,8 @@ def resource_steps(series: Sequence[MetricSeries], lo_ns: int, hi_ns: int, *,
     points from there that each sit above every point before it and at ten times their
     median (points after ``hi_ns`` may confirm that it lasted); it needs
     :data:`STEP_MIN_AFTER` points and a Welch t on log level significant after correcting for
-    the starts and series scanned. The clearest start per series; largest step first."""
+    the starts and series scanned. The earliest start that holds per series; largest step
+    first."""
     from scipy import stats as _st
     cands = [s for s in series if s.points and s.service_name and is_resource_metric(s.name)]
     names = dict(zip(map(id, cands), display_names([SeriesKey(s.service_name, s.name, _labels(s)) for s in cands])))
@@ -251,14 +252,12 @@ def resource_steps(series: Sequence[MetricSeries], lo_ns: int, hi_ns: int, *,
             ma = float(np.median(v[i:run]))
             tt = _st.ttest_ind(y[i:run], y[:i], equal_var=False, alternative="greater")
             # a flat series has no variance: its step is then as certain as its size says
-            p1 = float(tt.pvalue) if np.isfinite(tt.pvalue) else 0.0
-            if best is None or p1 < best[0]:
-                best = (p1, i, run, mb, ma)
-        if best is None:
-            continue
-        p1, i, run, mb, ma = best
-        p = min(1.0, p1 * max(n_tests, 1.0))
-        if p < alpha:
+            p = min(1.0, (float(tt.pvalue) if np.isfinite(tt.pvalue) else 0.0) * max(n_tests, 1.0))
+            if p < alpha:  # the earliest start that holds is where it began
+                best = (p, i, run, mb, ma)
+                break
+        if best is not None:
+            p, i, run, mb, ma = best
             out.append(ResourceStep(s.name, s.service_name, _labels(s), s.unit, int(t[i]), mb, ma, run - i, p,
                                     names.get(id(s), "")))
     out.sort(key=lambda r: -r.ratio)

@@ -270,11 +270,19 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
             evidence.append((comp, guard.run("attributes", attributes.compare, members, base, weights=weights, default=[]),
                              guard.run("log templates", logmining.over_represented, members, base, weights=weights,
                                        default=[])))
+        # Where in the blamed component: its slow calls against its normal ones, one span each,
+        # so a bad host that serves half the calls stands out (per request, nearly every
+        # request touches it once among several calls and nothing separates).
+        call_attrs = [(c, guard.run("call attributes", _call_attributes, c, [*sel, *after], base, default=[]))
+                      for c in bl.components if c.significant][:2]
         if not anomaly:  # the natural tail: nothing is a cause, in any group
             for c in bl.components:
                 c.significant = False
             for _, al, ll in evidence:
                 for x in (*al, *ll):
+                    x.significant = False
+            for _, al in call_attrs:
+                for x in al:
                     x.significant = False
         bar.step("metrics")
         rate = np.where(nw > 0, kw / np.where(nw > 0, nw, 1), np.nan)
@@ -285,9 +293,12 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
             slow_periods = rate > base_rate
         series = guard.run("metrics", backend.metric_series, MetricQuery(start_ns=f_lo, end_ns=f_hi), default=[])
         metric_stats = guard.run("metrics", metricevidence.evidence, series, e, rate, slow_periods, default=[])
-        on_path = {sp.service_name for t in (*sel, *base, *after) for sp in t.spans}
+        # A resource step is a cause of slowness only for a service on the requests' path
+        # whose own calls did take longer after it (however few of them the traces hold).
+        all_costs = [*sel_costs, *base_costs, *after_costs]
+        start_of_all = {s.trace_id: s.start_ns for s in fe}
         res_steps = [r for r in guard.run("resource metrics", _resource_steps, backend, f_lo, f_hi, default=[])
-                 if r.service in on_path]
+                     if blame.service_slowed(all_costs, start_of_all, r.service, r.time_ns)]
         if res_steps and not anomaly:
             r = res_steps[0]
             anomaly.append(f"{r.service}: {r.name} stepped up from {_lvl(r.before, r.unit)} to "
@@ -296,7 +307,8 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         changes = guard.run("version changes", _version_changes, fe, sel + base, f_lo, width, onset, default=[])
         # --- findings ------------------------------------------------------------------------------
         bar.step("ranking")
-        report.findings = _findings(bl, groups, evidence, metric_stats, onset, changes, thr_label, len(sel), res_steps)
+        report.findings = _findings(bl, groups, evidence, metric_stats, onset, changes, thr_label, len(sel), res_steps,
+                                    call_attrs)
         if not any(f.significant and (f.kind in ("stage", "attribute") or f.evidence.get("resource_step"))
                    for f in report.findings):
             # When it began is context for a cause, not a cause: with none found (a whole machine
@@ -581,7 +593,7 @@ def _part(p: dict[str, Any]) -> str:
 
 
 def _findings(bl: blame.Blame, groups, evidence, metric_stats, onset, changes, thr_label, n_sel,
-              steps: Sequence[metricevidence.ResourceStep] = ()) -> list[Finding]:
+              steps: Sequence[metricevidence.ResourceStep] = (), call_attrs=()) -> list[Finding]:
     """One ranking model: blamed components first (ranked by the share of the excess they
     explain), then the evidence that sets slow requests apart within their operation
     (attributes, logs, metrics; each scored below the component it supports), then changes.
@@ -624,6 +636,13 @@ def _findings(bl: blame.Blame, groups, evidence, metric_stats, onset, changes, t
                         s.evidence() | {"tier": 1, "supports": comp.service if comp else None},
                         service=s.service or None, template=s.template)
             _keep_best(best, ("log", s.template), f)
+    for comp, attr_stats in call_attrs:
+        for a in [x for x in attr_stats if x.significant][:3]:
+            f = Finding("attribute", attributes.describe(a, f"slow calls of {comp.service}", "its other calls"),
+                        abs(a.delta) * 0.9, True, _confidence(a.p_adj, support),
+                        a.evidence() | {"tier": 1, "supports": comp.service, "level": "call"},
+                        attribute=a.attribute, value=a.value, service=comp.service)
+            _keep_best(best, ("attribute", a.attribute, str(a.value)), f)
     out.extend(best.values())
     metric_stats = [m for m in metric_stats if m.significant][:6] + [m for m in metric_stats if not m.significant][:2]
     for m in metric_stats:
@@ -647,7 +666,8 @@ def _findings(bl: blame.Blame, groups, evidence, metric_stats, onset, changes, t
                                      f"resource of a service on the slow requests' path",
                            2.5 + min(math.log10(r.ratio), 3.0) / 10, True, "high" if r.p < 1e-4 else "medium",
                            r.evidence() | {"tier": 0}, service=r.service, metric=r.name))
-    if onset is not None and onset.significant:
+    if onset is not None and onset.significant and onset.rate_after > onset.rate_before:
+        # (a component-located onset need not raise the slow rate: then it is no "slowness began")
         out.append(Finding("change", f"Slowness began at {fmt_time(onset.time_ns)}: slow requests went from "
                                      f"{onset.rate_before:.1%} to {onset.rate_after:.1%}", 0.3, True, "medium",
                            onset.evidence() | {"tier": 1}))
@@ -659,6 +679,32 @@ def _findings(bl: blame.Blame, groups, evidence, metric_stats, onset, changes, t
     out.sort(key=lambda f: (not f.significant, f.evidence.get("tier", 1), -f.score))
     _attach_support(out)
     return out
+
+
+def _call_attributes(c: blame.Component, incident: Sequence[Trace], base: Sequence[Trace]) -> list:
+    """Attribute values over-represented among the component's slow calls: its SERVER spans
+    (of its operation, when it has one) in the incident's requests that took longer than
+    the 95th percentile of the same span name in the baseline, against every such span of
+    the baseline. Each call is compared as a request of one span (its own and its
+    resource's attributes)."""
+    def calls(traces):
+        return [sp for t in traces for sp in t.spans if sp.service_name == c.service and sp.kind == "SERVER"
+                and (c.operation is None or sp.name == c.operation)]
+    normal = calls(base)
+    if len(normal) < stats.MIN_SUPPORT:
+        return []
+    p95: dict[str, float] = {}
+    for name in {sp.name for sp in normal}:
+        d = [sp.duration_ns for sp in normal if sp.name == name]
+        p95[name] = float(np.percentile(d, 95)) if len(d) >= stats.MIN_SUPPORT else float("inf")
+    slow = [sp for sp in calls(incident) if sp.duration_ns > p95.get(sp.name, float("inf"))]
+    if len(slow) < stats.MIN_SUPPORT:
+        return []
+
+    def one(sp: Span) -> Trace:
+        return Trace(f"{sp.trace_id}:{sp.span_id}", [sp], [])
+    return attributes.compare([one(sp) for sp in slow], [one(sp) for sp in normal], max_results=10,
+                              exclude=attributes.OUTCOME_KEYS)
 
 
 RESOURCE_LOOKBACK_NS = 3_600_000_000_000  # history a resource step is judged against

@@ -14,6 +14,8 @@ with its own work. Faults start at ``onset`` (a share of the window):
 - ``background_errors``: payment declines 3% of checkouts, all window long;
 - ``version_errors``: after the onset, ``cart`` fails for requests whose
   ``app.client.version`` (on the frontend's server span) is ``2.0``;
+- ``slow_host``: that service runs on two hosts (``host.name`` host-a / host-b); after the
+  onset its work on host-b takes 80-160 ms longer (a bad node);
 - ``java_logs``: services log with a logback header (timestamp, level, thread,
   logger#line, TraceID/SpanID) in the body, as a filelog receiver ships them.
 
@@ -53,7 +55,7 @@ class Result:
 
 def generate(*, seconds: int = 180, rate: int = 12, onset: float = 0.5, seed: int = 1,
              net_delay: str | None = None, cpu_starved: str | None = None, slow_work: str | None = None,
-             background_errors: bool = False, version_errors: bool = False,
+             background_errors: bool = False, version_errors: bool = False, slow_host: str | None = None,
              java_logs: bool = False, end_ns: int | None = None) -> tuple[MemoryBackend, Result]:
     rnd = random.Random(seed)
     end = end_ns or (1_800_000_000 * S)
@@ -67,8 +69,9 @@ def generate(*, seconds: int = 180, rate: int = 12, onset: float = 0.5, seed: in
     def sid() -> str:
         return f"{next(ids):016x}"
 
-    def res_of(svc: str) -> dict:
-        return {"service.name": svc, "service.instance.id": f"{svc}-7d9f-1", "k8s.pod.name": f"{svc}-7d9f-1"}
+    def res_of(svc: str, host: str = "a") -> dict:
+        return {"service.name": svc, "service.instance.id": f"{svc}-7d9f-{host}", "k8s.pod.name": f"{svc}-7d9f-{host}",
+                "host.name": f"host-{host}"}
 
     def log(t: int, tid: str, span: str, svc: str, level: str, msg: str) -> None:
         body = msg
@@ -103,6 +106,9 @@ def generate(*, seconds: int = 180, rate: int = 12, onset: float = 0.5, seed: in
                 work *= 4
             if after and slow_work == callee:
                 work += rnd.uniform(80, 160) * MS
+            host = rnd.choice("ab") if slow_host == callee else "a"
+            if after and host == "b":
+                work += rnd.uniform(80, 160) * MS
             s_start = cur + gap_out
             s_end = s_start + int(work)
             c_end = s_end + gap_in
@@ -117,13 +123,14 @@ def generate(*, seconds: int = 180, rate: int = 12, onset: float = 0.5, seed: in
                 events = [SpanEvent("exception", s_end, {"exception.type": "KeyError",
                                                          "exception.message": "'currency_code'"})]
                 log(s_end, tid, s_id, callee, "ERROR", f"cart lookup failed for user {rnd.randint(1, 10**5)}: missing currency_code")
-            if (after and (net_delay == callee or cpu_starved in (callee, "frontend") or slow_work == callee)):
+            if (after and (net_delay == callee or cpu_starved in (callee, "frontend") or slow_work == callee
+                           or host == "b")):
                 res.faulty.add(tid)
             log(s_start + MS // 2, tid, s_id, callee, "INFO", f"{op} request for user {rnd.randint(1, 10**5)}")
             child.append(Span(tid, c_id, root, f"{callee}.{op}", "CLIENT", cur, c_end, status,
                               attributes={"rpc.service": callee, "rpc.method": op}, resource=res_of("frontend")))
             child.append(Span(tid, s_id, c_id, f"{callee}.{op}", "SERVER", s_start, s_end, status, "",
-                              {"rpc.method": op}, events, [], res_of(callee)))
+                              {"rpc.method": op}, events, [], res_of(callee, host)))
             cur = c_end + rnd.randint(100, 300) * 1000
             if status == "ERROR":
                 break

@@ -546,6 +546,8 @@ class MemoryBackend:
     def _match(self, s, q, ids):
         if q.root_only and s.parent_span_id:
             return False
+        if q.kind and s.kind != q.kind.upper():
+            return False
         if q.service and s.service_name != q.service:
             return False
         if q.span_name and s.name != q.span_name:

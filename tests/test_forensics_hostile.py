@@ -150,3 +150,67 @@ def test_adjacent_waves_are_one_incident():
     assert one.significant and both.significant
     assert one.end_ns <= 1210 * S  # one scan alone stops at the louder wave
     assert abs(both.start_ns - 900 * S) <= 30 * S and abs(both.end_ns - 1500 * S) <= 30 * S, (both.start_ns, both.end_ns)
+
+
+def test_learned_prefix_and_a_varying_logger_leave_the_message():
+    """Train-Ticket's lines: the learned prefix (time, level) is constant, the logger#line after
+    it is not (one per class); the framework rules must still cut it (templates were
+    'f.c.FoodController#<NUM> TraceID: <HEX> SpanID: <HEX> [createFoodOrder]…')."""
+    import random
+
+    from stagetrace.forensics.logtext import learn_prefix, strip_learned
+    rnd = random.Random(2)
+    msgs = ["[createFoodOrder][Try to Create a FoodOrder!]", "[getAllFood][Get Food Request!]",
+            "[verifyCode][Get image code warn][Code not found]"]
+    loggers = ["f.c.FoodController", "f.s.FoodServiceImpl", "f.mq.RabbitSend", "v.s.i.VerifyCodeServiceImpl"]
+    lines = [f"{rnd.randint(0, 23):02d}:{rnd.randint(0, 59):02d}:{rnd.randint(0, 59):02d}.{rnd.randint(0, 999):03d} "
+             f"{rnd.choice(['INFO ', 'ERROR'])} {rnd.choice(loggers)}#{rnd.randint(10, 400)} "
+             f"TraceID: {rnd.getrandbits(128):032x} SpanID: {rnd.getrandbits(64):016x} {rnd.choice(msgs)}"
+             for _ in range(60)]
+    prefix = learn_prefix(lines)
+    assert prefix, "a constant time + level prefix is learned"
+    assert all(strip_learned(ln, prefix) in msgs for ln in lines), [strip_learned(ln, prefix) for ln in lines[:3]]
+
+
+def test_a_catch_all_gateway_route_is_refined_by_where_it_forwarded():
+    """Behind a gateway whose route is '/*' every request would be one operation (a checkout
+    'slow' next to a health check): the operation is refined by the first SERVER span of
+    another service in the trace. Other routes are left as they are."""
+    from stagetrace.forensics.window import entry_ops, is_catch_all
+
+    def span(tid, sid, parent, svc, name, kind, t, attrs):
+        return Span(tid, sid, parent, name, kind, t, t + 10_000_000, "UNSET", "", attrs, [], [],
+                    {"service.name": svc})
+    spans = []
+    for i, (route, callee) in enumerate([("/api/v1/orders", "order"), ("/api/v1/foods", "food"), ("", "")]):
+        tid = f"{i + 1:032x}"
+        spans.append(span(tid, f"{i + 1:016x}", "", "gateway", "/*", "SERVER", i * S, {"http.route": "/*"}))
+        if callee:
+            spans.append(span(tid, f"{i + 100:016x}", f"{i + 1:016x}", "gateway", "GET", "CLIENT", i * S + 1, {}))
+            spans.append(span(tid, f"{i + 200:016x}", f"{i + 100:016x}", callee, route, "SERVER", i * S + 2,
+                              {"http.route": route}))
+    spans.append(span(f"{9:032x}", f"{9:016x}", "", "web", "GET /", "SERVER", 5 * S, {"http.route": "/"}))
+    b = MemoryBackend(spans, [], [])
+    roots = [s for s in spans if not s.parent_span_id]
+    ops = entry_ops(b, roots)
+    assert ops[f"{1:032x}"] == "gateway: /* -> order: /api/v1/orders"
+    assert ops[f"{2:032x}"] == "gateway: /* -> food: /api/v1/foods"
+    assert ops[f"{3:032x}"] == "gateway: /*"  # forwarded nowhere the traces show
+    assert ops[f"{9:032x}"] == "web: /"
+    assert is_catch_all(roots[0]) and not is_catch_all(roots[-1])
+    assert all(is_catch_all(Span("t", "s", "", "x", "SERVER", 0, 1, attributes={"http.route": r}))
+               for r in ("/**", "/api/{*rest}", "/{path:.*}"))
+
+
+def test_a_cluster_that_begins_late_is_new_and_a_steady_one_is_not():
+    """The exact test on the first occurrence: five failures with none in the 130 requests
+    before the first of them is new; the same five spread over the window are not."""
+    import numpy as np
+
+    from stagetrace.forensics.errorclusters import late_start_p
+    entries = np.arange(0, 184) * S
+    late = [int(t) for t in entries[130:155:5]]
+    spread = [int(t) for t in entries[5::37]]
+    assert late_start_p(late, entries) < 0.01  # stats.ALPHA
+    assert late_start_p(spread, entries) > 0.5
+    assert late_start_p([], entries) == 1.0 and late_start_p(late, entries[:0]) == 1.0

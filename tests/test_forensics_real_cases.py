@@ -33,8 +33,10 @@ def stores(tmp_path_factory):
     return {c.name: accuracy.prepare(c, root, reuse=False) for c in sorted(DATA.glob("case-*"))}
 
 
-@pytest.mark.parametrize("case", ["case-61", "case-84", "case-92"])
+@pytest.mark.parametrize("case", ["case-61", "case-65", "case-83", "case-84", "case-92"])
 def test_real_case_names_the_culprit_significantly_at_every_window(stores, case):
+    """case-65: a new error cluster of five requests among steady errors elsewhere; case-83: a
+    CPU-starved service with a handful of calls, seen clearly only in its CPU metric."""
     gt, data_dir, meta = stores[case]
     backend = EmbeddedBackend(data_dir)
     try:

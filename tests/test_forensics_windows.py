@@ -51,3 +51,18 @@ def test_new_error_cluster_late_in_the_hour_outranks_the_background(window):
     assert top.kind == "error_cluster" and top.service == "cart", (window, rep.verdict)
     # the headline is finding #1 (one story)
     assert top.summary in rep.verdict[1], rep.verdict
+
+
+@pytest.mark.parametrize("window", ["around", "1h"])
+def test_a_bad_host_of_the_blamed_service_is_in_the_top_three_and_attached(window):
+    """catalog runs on two hosts; after the onset its calls on host-b are slow. A request calls
+    catalog up to three times, so nearly every request touches host-b and a per-request
+    comparison sees nothing: the blamed component's own calls are compared instead."""
+    b, res = gen.generate(seconds=3600, rate=3, onset=0.95, slow_host="catalog", seed=21)
+    start, end = _windows(res)[window]
+    rep = investigate_slow(b, start_ns=start, end_ns=end)
+    top = rep.findings[:3]
+    assert top[0].significant and top[0].kind == "stage" and top[0].service == "catalog", rep.verdict
+    host = [f for f in top if f.significant and f.attribute == "host.name"]
+    assert host and host[0].value == "host-b", [f.summary for f in top]
+    assert any("host.name=host-b" in s for s in top[0].evidence.get("supported_by", [])), top[0].evidence
