@@ -47,6 +47,14 @@ class Finding:
     template: str | None = None
     metric: str | None = None
 
+    @property
+    def is_cause(self) -> bool:
+        """A finding that says where or what the cause is (an incident, a component, an
+        attribute value, a saturated resource), as opposed to evidence that supports one
+        (a log template, a correlated metric, an onset)."""
+        return (self.kind in ("error_cluster", "stage", "attribute", "drift", "quality")
+                or bool(self.evidence.get("resource_step")))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind, "summary": self.summary, "score": _num(self.score),

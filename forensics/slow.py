@@ -309,8 +309,7 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         bar.step("ranking")
         report.findings = _findings(bl, groups, evidence, metric_stats, onset, changes, thr_label, len(sel), res_steps,
                                     call_attrs)
-        if not any(f.significant and (f.kind in ("stage", "attribute") or f.evidence.get("resource_step"))
-                   for f in report.findings):
+        if not any(f.significant and f.is_cause for f in report.findings):
             # When it began is context for a cause, not a cause: with none found (a whole machine
             # slowed, one key's warm-up) the onset must not read as a finding the user can act on.
             for f in report.findings:
@@ -764,7 +763,7 @@ def _verdict(report: Report, thr_label: str, anomaly: list[str]) -> list[str]:
     if "estimated_requests" in c:  # tail-sampled: speak of the requests served, not of those stored
         c.update(requests=f"~{c['estimated_requests']:.0f}", slow=f"~{c['estimated_slow']:.0f}")
     sig = report.significant_findings
-    causes = [f for f in sig if f.kind in ("stage", "attribute") or f.evidence.get("resource_step")]
+    causes = [f for f in sig if f.is_cause]
     if not causes and anomaly and report.data.get("incident"):
         return [f"{c['slow']} of {c['requests']} requests were slower than {thr_label}; {anomaly[0]}. No component, "
                 f"attribute, log template or metric explains it (adjusted p < {stats.ALPHA} and a minimum effect size "

@@ -88,9 +88,7 @@ def investigate(backend: Backend, cond: Condition, alert_id: str, out_dir: Path)
         f = next((x for x in report.findings if x.kind == "error_cluster" and any(
             fp.get("exception_type") == want_exc for fp in x.evidence.get("fingerprints") or [])), None)
     if f is None:
-        # (a saturated resource of one service is a component finding that a metric showed)
-        f = next((x for x in sig if x.kind in ("error_cluster", "stage", "attribute", "drift", "quality")
-                  or x.evidence.get("resource_step")), sig[0] if sig else None)
+        f = next((x for x in sig if x.is_cause), sig[0] if sig else None)
     weak = False
     if f is None:
         # Nothing cleared the bar: the cause is still the investigation's first incident or

@@ -207,7 +207,7 @@ def build_postmortem(backend: Backend, *, start_ns: int | None, end_ns: int | No
 
     # --- causes -----------------------------------------------------------------------------------
     causes = ([f for f in err_rep.findings if f.significant and f.kind == "error_cluster"][:2]
-              + [f for f in slow_rep.findings if f.significant and f.kind in ("stage", "attribute")][:2])
+              + [f for f in slow_rep.findings if f.significant and f.is_cause][:2])
     for f in causes:
         q = "q-requests" if f.kind == "error_cluster" else "q-slow"
         lines = [f"{f.summary} [evidence][{q}]"]
