@@ -39,13 +39,16 @@ _LOGGER = re.compile(r"^(?:[A-Za-z_$][\w$]*\.)+(?:\[[^\]\s]*\]\.?)+(?:[#:]\d+)?\
                      r"|^(?:[A-Za-z_$][\w$]*\.)+[\w$]+(?:[#:]\d+)?\]?(?:\s+-\s+|\s*:\s+|\s+\|\s+|\s+(?=\S))"
                      r"|^[A-Za-z_$][\w$]*[#:]\d+\s*[:-]?\s+"
                      r"|^[A-Za-z_][\w.]*:(?=\S)")
+_LEVEL_TOKEN = re.compile(rf"^{_LEVEL}$")
 _IDS_ANYWHERE = re.compile(rf"\s*\[?{_IDS}\]?,?", re.IGNORECASE)
 _LOGFMT_MSG = re.compile(r'(?:^|\s)(?:msg|message)=(?:"((?:[^"\\]|\\.)*)"|(\S+))')
 _MESSAGE_KEYS = ("message", "msg", "@message", "log", "event", "text")
 
 
-def message(text: str) -> str:
-    """The message part of one log line (the line itself when it has no header)."""
+def message(text: str, level_seen: bool = False) -> str:
+    """The message part of one log line (the line itself when it has no header).
+    ``level_seen``: the line's level was already cut (by a learned prefix), so a logger
+    name may come first."""
     s = text.strip()
     if not s:
         return s
@@ -63,7 +66,7 @@ def message(text: str) -> str:
     m = _LOGFMT_MSG.search(s)
     if m and re.match(r"^[\w.@-]+=", s):  # logfmt: the line starts with key=value
         return (m.group(1) if m.group(1) is not None else m.group(2)).replace('\\"', '"').strip()
-    out, saw_level, saw_head, saw_logger = s, False, False, False
+    out, saw_level, saw_head, saw_logger = s, level_seen, level_seen, False
     for _ in range(12):  # a header has a handful of pieces; bounded either way
         for i, rx in enumerate(_HEAD):
             if saw_logger and i != 2:
@@ -148,9 +151,9 @@ def strip_learned(text: str, prefix: list[str]) -> str:
             for t in toks[:len(prefix)]:  # cut token by token, keeping the message's own spacing
                 rest = rest[rest.index(t) + len(t):].lstrip()
             rest = rest.lstrip(" -:|>")  # the header's own separator
-            # The framework rules may cut more (a logger name after a level the prefix
-            # took): each only cuts header, so the shorter message is the cleaner one.
-            return min((message(rest) if rest else text, message(text)), key=len)
+            # a logger name may follow a level the prefix took (one class per line: not constant)
+            level = any(_LEVEL_TOKEN.match(t.strip("[]<>()|")) for t in toks[:len(prefix)])
+            return message(rest, level_seen=level) if rest else text
     return message(text)
 
 
