@@ -149,7 +149,7 @@ def _investigate_model(backend: Any, data_dir: Path, schedule: Schedule) -> dict
     drift = investigate_drift(backend, model=MODEL, version=None, start_ns=start_ns, end_ns=end_ns,
                               reference=reference)
     quality = investigate_quality(backend, model=MODEL, version=None, start_ns=start_ns, end_ns=end_ns,
-                                  reference=reference)
+                                  reference=reference, drift_report=drift)
     out["drift_report"], out["quality_report"] = drift, quality
     for f in drift.significant_findings[:3]:
         ev = f.evidence

@@ -511,7 +511,10 @@ def _series(items: Sequence[Labelled], start_ns: int, interval_ns: int, n: int, 
 
 def investigate_quality(backend: Backend, *, model: str, version: str | None, start_ns: int, end_ns: int,
                         interval_ns: int | None = None, reference: Path | None = None,
-                        positive: str | None = None, with_drift: bool = True) -> Report:
+                        positive: str | None = None, with_drift: bool = True,
+                        drift_report: Report | None = None) -> Report:
+    """``drift_report``: the drift investigation of the same window, when the caller has
+    already made it (else it is made here, unless ``with_drift`` is False)."""
     from .drift import _segment_attrs, inference_spans, investigate_drift
     from .window import fmt_time
 
@@ -597,8 +600,9 @@ def investigate_quality(backend: Backend, *, model: str, version: str | None, st
 
     drift_by_feature: dict[str, Finding] = {}
     if with_drift:
-        drep = guard.run("drift", investigate_drift, backend, model=model, version=version, start_ns=start_ns,
-                         end_ns=end_ns, reference=reference, interval_ns=interval)
+        drep = drift_report if drift_report is not None else guard.run(
+            "drift", investigate_drift, backend, model=model, version=version, start_ns=start_ns, end_ns=end_ns,
+            reference=reference, interval_ns=interval)
         if drep is not None:
             for f in drep.findings:
                 drift_by_feature.setdefault(str(f.evidence.get("feature")), f)
@@ -673,7 +677,7 @@ def investigate_quality(backend: Backend, *, model: str, version: str | None, st
         verdict.append(f"Window: accuracy {_fmt_pct(overall['accuracy'])}, precision {_fmt_pct(overall.get('precision'))}, "
                        f"recall {_fmt_pct(overall.get('recall'))}, AUC {overall['auc']:.3f}, mean score "
                        f"{overall['mean_score']:.3f} vs positive rate {overall['positive_rate']:.3f} "
-                       f"(ECE {data['calibration']['ece']:.3f}); {overall['labelled']} of {len(spans)} predictions labelled.")
+                       f"(ECE {data['calibration']['ece']:.3f}); {overall['labelled']} labelled predictions in {len(spans)} model calls.")
     data["tables"] = _tables(data, binary)
     rep = Report(kind="quality", title=title, findings=findings, verdict=verdict, query=query, window=window,
                  data=data, notes=notes)
