@@ -274,12 +274,38 @@ def _segment_attrs(backend: Backend, spans: list[Span], start_ns: int | None, en
 
 # --- the investigation -------------------------------------------------------------------
 
-def _feature_dists_and_rows(spans: list[Span]) -> dict[str, mp.FeatureDist]:
-    return mp.distributions(spans)
+class _PerSpan:
+    """Each span's distributions, decoded once: the onset and segment searches add up
+    the same spans many times over (decoding was most of a drift report's time)."""
+
+    def __init__(self) -> None:
+        self._feats: dict[int, dict[str, mp.FeatureDist]] = {}
+        self._scores: dict[int, mp.FeatureDist] = {}
+
+    def dist(self, spans: list[Span], feature: str, kind: str) -> mp.FeatureDist:
+        total = mp.FeatureDist(kind)
+        for sp in spans:
+            key = id(sp)
+            if feature == PREDICTION:
+                d = self._scores.get(key)
+                if d is None:
+                    d = self._scores[key] = mp.score_dist([sp])
+            else:
+                one = self._feats.get(key)
+                if one is None:
+                    one = self._feats[key] = mp.distributions([sp])
+                d = one.get(feature)
+                if d is None:
+                    continue
+                total.kind = d.kind
+            total.counts.update(d.counts)
+            total.missing += d.missing
+            total.rows += d.rows
+        return total
 
 
 def _onset(spans: list[Span], feature: str, ref: mp.FeatureDist, start_ns: int, end_ns: int, interval_ns: int,
-           test: _Tester) -> tuple[int | None, list[dict]]:
+           test: _Tester, per_span: _PerSpan) -> tuple[int | None, list[dict]]:
     """First interval from which the feature stays drifted (80 % of later intervals
     with enough rows drift), and the per-interval PSI series."""
     n = max(1, int(np.ceil((end_ns - start_ns) / interval_ns)))
@@ -289,10 +315,7 @@ def _onset(spans: list[Span], feature: str, ref: mp.FeatureDist, start_ns: int, 
         buckets[i].append(s)
     series, flags = [], []
     for i, b in enumerate(buckets):
-        if feature == PREDICTION:
-            cur = mp.score_dist(b)
-        else:
-            cur = mp.distributions(b).get(feature, mp.FeatureDist(ref.kind))
+        cur = per_span.dist(b, feature, ref.kind)
         sh = test(feature, ref, cur) if cur.rows >= 20 else None
         series.append({"start_ns": start_ns + i * interval_ns, "rows": cur.rows,
                        "psi": sh.psi if sh else None, "drift": bool(sh and sh.significant)})
@@ -307,7 +330,7 @@ def _onset(spans: list[Span], feature: str, ref: mp.FeatureDist, start_ns: int, 
 
 
 def _segments(spans: list[Span], seg_attrs: dict[tuple[str, str], dict], feature: str, ref: mp.FeatureDist,
-              test: _Tester) -> list[dict]:
+              test: _Tester, per_span: _PerSpan) -> list[dict]:
     values: dict[str, dict[Any, list[Span]]] = {}
     for s in spans:
         for k, v in seg_attrs.get((s.trace_id, s.span_id), {}).items():
@@ -322,9 +345,8 @@ def _segments(spans: list[Span], seg_attrs: dict[tuple[str, str], dict], feature
                 continue
             ids = {id(s) for s in inside}
             outside = [s for s in spans if id(s) not in ids]
-            dist = (lambda ss: mp.score_dist(ss)) if feature == PREDICTION else \
-                (lambda ss: mp.distributions(ss).get(feature, mp.FeatureDist(ref.kind)))
-            si, so = test(feature, ref, dist(inside)), test(feature, ref, dist(outside))
+            si = test(feature, ref, per_span.dist(inside, feature, ref.kind))
+            so = test(feature, ref, per_span.dist(outside, feature, ref.kind))
             if si is None or not si.significant:
                 continue
             psi_out = so.psi if so is not None else 0.0
@@ -379,6 +401,7 @@ def investigate_drift(backend: Backend, *, model: str, version: str | None, star
     test = _Tester(ref_effects if ref_effects is not None else cur_effects, cur_effects, tests)
     prev_test = _Tester(cur_effects, cur_effects, tests)
     interval = interval_ns or max(1, span_len // 20)
+    per_span = _PerSpan()
     seg_attrs: dict[tuple[str, str], dict] | None = None
     findings: list[Finding] = []
     rows: list[dict] = []
@@ -398,10 +421,10 @@ def investigate_drift(backend: Backend, *, model: str, version: str | None, star
         row = {"feature": feature, **sh.to_dict(), "design_effect": round(cur_effects.get(feature, 1.0), 3),
                "vs_previous": vs_prev.to_dict() if vs_prev is not None else None}
         if sh.significant:
-            onset, series = _onset(spans, feature, r, start_ns, end_ns, interval, test)
+            onset, series = _onset(spans, feature, r, start_ns, end_ns, interval, test, per_span)
             if seg_attrs is None:
                 seg_attrs = _segment_attrs(backend, spans, start_ns, end_ns)
-            segs = _segments(spans, seg_attrs, feature, r, test)
+            segs = _segments(spans, seg_attrs, feature, r, test, per_span)
             onset_all, located = onset, None
             if segs:
                 # Drift confined to one client is diluted in the whole stream, and an
@@ -409,7 +432,7 @@ def investigate_drift(backend: Backend, *, model: str, version: str | None, star
                 # inside the segment, where every interval with its rows shows it.
                 a, v = segs[0]["attribute"], segs[0]["value"]
                 inside = [sp for sp in spans if seg_attrs.get((sp.trace_id, sp.span_id), {}).get(a) == v]
-                seg_onset, _ = _onset(inside, feature, r, start_ns, end_ns, interval, test)
+                seg_onset, _ = _onset(inside, feature, r, start_ns, end_ns, interval, test, per_span)
                 if seg_onset is not None:
                     onset, located = seg_onset, {"attribute": a, "value": v}
             row.update({"onset_ns": onset, "onset_whole_stream_ns": onset_all, "onset_located_in": located,
