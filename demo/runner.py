@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
@@ -206,7 +206,7 @@ def _run(opts: DemoOptions, console: Console, progress: bool, launcher: list[str
     def mark(step: str) -> None:
         timings[step] = round(time.monotonic() - started, 2)
 
-    with _signals_as_interrupt(), procs.ProcessSet(log_dir) as children:
+    with _signals_as_interrupt(), procs.ProcessSet(log_dir) as children, ExitStack() as cleanup:
         # 1. the collector
         console.print(f"[bold]stagetrace demo[/] scenarios: {', '.join(opts.scenarios)}; "
                       f"load {opts.duration_s:.0f} s at ~{opts.rate:.0f} req/s; output {opts.out}")
@@ -260,6 +260,8 @@ def _run(opts: DemoOptions, console: Console, progress: bool, launcher: list[str
         flush_client = True
         # Each answered prediction's label goes back to the collector a few seconds later.
         label_feed = LabelFeed(f"http://127.0.0.1:{coll.http_port}")
+        # a run that stops early (Ctrl-C, a dead service) drops the labels not yet sent
+        cleanup.callback(label_feed.close, timeout_s=2.0, drop=True)
         try:
             # Warm-up first: fresh workers (and this client's first export) are slow, and
             # that must not look like an incident in the clean period.
@@ -284,7 +286,6 @@ def _run(opts: DemoOptions, console: Console, progress: bool, launcher: list[str
                                 f"http://127.0.0.1:{canary_port}", schedule, opts.rate, label_feed)
         except BaseException:
             flush_client = False  # interrupted or failed: nobody will read these spans
-            label_feed.close(timeout_s=2.0, drop=True)
             raise
         finally:
             shutdown_client(flush_client)
