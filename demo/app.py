@@ -13,6 +13,11 @@ Per request: fetch the account's features from the feature service
 and :meth:`Scorer.score` it with the model version this deployment serves
 (``FRAUD_MODEL_VERSION``: v1, or v2 for the canary deployment). v2 raises on a
 transaction without ``device_age_days`` (scenario ``model-errors``).
+
+The answer carries the ``prediction_id`` of the scores (row *i* is ``<id>-<i>``), for
+whoever learns later whether a transaction was fraud: the labels sent back with it
+join the prediction, its model version and its request. It is the one line that
+knows about stagetrace (``last_prediction_id``, a no-op without it).
 """
 
 from __future__ import annotations
@@ -29,6 +34,12 @@ from pydantic import BaseModel, Field
 
 from .model import FEATURES, Scorer, train_model
 from .scenarios import CPU_PREPROCESS, LARGE_BATCH, N_SHARDS, LiveSchedule
+
+try:
+    from stagetrace.instrumentation.profiling import last_prediction_id
+except ImportError:  # served without stagetrace: no id to hand out
+    def last_prediction_id() -> str | None:
+        return None
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 log = logging.getLogger("fraud_api")
@@ -139,12 +150,12 @@ def predict(req: PredictRequest) -> dict:
         raise HTTPException(503, f"feature store unavailable: {type(exc).__name__}") from exc
     X = preprocess(req.transactions, feats)
     try:
-        scores = scorer.score(X)
+        scores = scorer.score(X)[:, 1]  # the fraud probability
     except Exception as exc:
         log.exception("scoring failed for account %s with model %s", req.account_id, scorer.version)
         raise HTTPException(500, f"model {scorer.version} failed: {type(exc).__name__}") from exc
     flagged = int((scores > 0.5).sum())
     if flagged:
         log.info("flagged %d of %d transactions for account %s", flagged, len(scores), req.account_id)
-    return {"account_id": req.account_id, "model_version": scorer.version,
+    return {"account_id": req.account_id, "model_version": scorer.version, "prediction_id": last_prediction_id(),
             "scores": [round(float(s), 4) for s in scores]}

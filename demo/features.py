@@ -30,11 +30,11 @@ from fastapi import FastAPI, Header, HTTPException
 from opentelemetry import metrics
 
 from .scenarios import N_SHARDS, SLOW_SHARD, LiveSchedule
+from .truth import N_USERS, account_rows
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 log = logging.getLogger("feature_store")
 
-N_USERS = 5000
 POOL_SIZE = 2  # connections per shard
 POOL_TIMEOUT_S = 1.5  # then 503 and the client retries
 CACHE_SIZE = 1000  # entries per shard: the whole (small) shard fits, as in a healthy online store
@@ -45,17 +45,14 @@ SHARD_ATTR = "feature.store.shard"
 _COLUMNS = ("user_avg_amount", "user_txn_30d", "account_age_days", "chargebacks_90d")
 
 
-def _seed_database(path: Path, n_users: int = N_USERS, seed: int = 11) -> None:
-    rng = random.Random(seed)
+def _seed_database(path: Path, n_users: int = N_USERS) -> None:
     con = sqlite3.connect(path)
     with con:
         con.execute("CREATE TABLE IF NOT EXISTS user_features (user_id INTEGER PRIMARY KEY, shard INTEGER, "
                     "user_avg_amount REAL, user_txn_30d REAL, account_age_days REAL, chargebacks_90d REAL)")
         con.execute("DELETE FROM user_features")
-        con.executemany("INSERT INTO user_features VALUES (?,?,?,?,?,?)", [
-            (uid, uid % N_SHARDS, round(rng.lognormvariate(3.5, 0.6), 2), float(rng.randint(0, 60)),
-             round(rng.expovariate(1 / 900), 1), float(rng.random() < 0.08))
-            for uid in range(n_users)])
+        con.executemany("INSERT INTO user_features VALUES (?,?,?,?,?,?)",
+                        [(uid, uid % N_SHARDS, *vals) for uid, *vals in account_rows(n_users)])
     con.close()
 
 

@@ -18,6 +18,12 @@ from .loadgen import LoadStats
 from .scenarios import Schedule
 
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
+# The inference spans' ml.model.name is the scikit-learn class (Pipeline); the model is
+# named by the service that serves it, which investigate drift/quality also accept.
+MODEL = "fraud-api"
+REFERENCE_SHARE = 0.3  # of a clean run: the reference period when no fault gives an onset
+MIN_REFERENCE = 50  # predictions: fewer make no reference worth comparing with
+IN_FLIGHT_S = 3.0
 
 
 def _example_ids(finding: Any) -> list[str]:
@@ -74,6 +80,9 @@ def investigate(data_dir: Path, schedule: Schedule, stats: LoadStats, out: Path,
         slow = investigate_slow(backend, start_ns=start_ns, end_ns=end_ns, threshold="p95")
         errors = investigate_errors(backend, start_ns=start_ns, end_ns=end_ns)
         reports = [slow, errors]
+        console.print("  investigating  drift of the model's inputs, quality by the labels sent back ...")
+        model = _investigate_model(backend, data_dir, schedule)
+        reports += [r for r in (model["drift_report"], model["quality_report"]) if r is not None]
         slow_id = _pick_slow(slow, stats, schedule)
         failed_id = _pick_failed(errors, stats)
         traces: dict[str, str] = {}
@@ -98,11 +107,78 @@ def investigate(data_dir: Path, schedule: Schedule, stats: LoadStats, out: Path,
         "slow_causes": _headlines(slow),
         "error_causes": _headlines(errors),
         "slow_verdict": list(slow.verdict), "error_verdict": list(errors.verdict),
-        "traces": traces,
+        "drift": model["drift"], "quality": model["quality"], "reference": model["reference"],
+        "model": MODEL, "traces": traces,
     }
     _print_summary(console, summary, schedule, data_dir, files, stats, n_spans)
     summary["files"] = files
     return summary
+
+
+def _rel(schedule: Schedule, ns: int | None) -> float | None:
+    return None if ns is None else round(ns / 1e9 - schedule.start, 1)
+
+
+def _investigate_model(backend: Any, data_dir: Path, schedule: Schedule) -> dict[str, Any]:
+    """A reference profile from the clean period (as `stagetrace profile build` makes
+    it from a healthy window), then drift and quality over the whole load. Stored where
+    `stagetrace investigate drift --model fraud-api` finds it."""
+    from stagetrace.forensics import mlprofiles as mp
+    from stagetrace.forensics.drift import (inference_spans, investigate_drift, reference_path, row_correlations,
+                                            save_reference)
+    from stagetrace.forensics.quality import investigate_quality
+
+    # predictions of the requests still in flight when the load stopped count too
+    start_ns, end_ns = int(schedule.start * 1e9), int((schedule.end + IN_FLIGHT_S) * 1e9)
+    # Clean until a second before the first fault (a request then runs into it).
+    ref_end = (schedule.onset - 1.0) if schedule.onset is not None else \
+        schedule.start + REFERENCE_SHARE * (schedule.end - schedule.start)
+    out: dict[str, Any] = {"drift": [], "quality": None, "reference": None, "drift_report": None,
+                           "quality_report": None}
+    clean = inference_spans(backend, MODEL, None, start_ns, int(ref_end * 1e9))
+    ref_path = reference_path(data_dir, MODEL, None)
+    if len(clean) >= MIN_REFERENCE:
+        dists = mp.distributions(clean)
+        save_reference(ref_path, MODEL, None, dists, mp.score_dist(clean),
+                       f"{len(clean)} predictions of the clean period, +0.0s..+{ref_end - schedule.start:.1f}s",
+                       correlations=row_correlations(clean))
+        out["reference"] = {"path": str(ref_path), "predictions": len(clean),
+                            "rows": max((d.rows for d in dists.values()), default=0),
+                            "until_s": round(ref_end - schedule.start, 1)}
+    reference = ref_path if out["reference"] else None
+    drift = investigate_drift(backend, model=MODEL, version=None, start_ns=start_ns, end_ns=end_ns,
+                              reference=reference)
+    quality = investigate_quality(backend, model=MODEL, version=None, start_ns=start_ns, end_ns=end_ns,
+                                  reference=reference, drift_report=drift)
+    out["drift_report"], out["quality_report"] = drift, quality
+    for f in drift.significant_findings[:3]:
+        ev = f.evidence
+        seg = (ev.get("segments") or [None])[0]
+        out["drift"].append({"feature": ev.get("feature"), "psi": ev.get("psi"), "threshold": ev.get("threshold"),
+                             "top_group": ev.get("top_group"),
+                             "onset_s": _rel(schedule, ev.get("onset_ns")),
+                             "segment": None if seg is None else {
+                                 "attribute": seg["attribute"], "value": seg["value"], "share": seg["share"],
+                                 "psi_inside": seg["psi_inside"], "psi_outside": seg["psi_outside"]}})
+    q = quality.data
+    onset = q.get("onset")
+    seg = (q.get("segments") or [None])[0]
+    feats = [f for f in quality.findings if f.kind == "feature"]
+    out["quality"] = {
+        "labelled": (q.get("overall") or {}).get("labelled", 0), "predictions": q.get("predictions", 0),
+        "join": q.get("join", {}),
+        "onset_s": _rel(schedule, onset["onset_ns"]) if onset else None,
+        "accuracy_before": onset["accuracy_before"] if onset else None,
+        "accuracy_after": onset["accuracy_after"] if onset else None,
+        "located_in": onset.get("located_in") if onset else None,
+        "segment": None if seg is None else {k: seg.get(k) for k in (
+            "attribute", "value", "labelled", "accuracy_inside", "accuracy_outside", "accuracy_inside_before",
+            "p_value")},
+        "features": [{"feature": f.evidence.get("feature"), "linked_to_drift": f.evidence.get("drift") is not None}
+                     for f in feats[:3]],
+        "verdict": list(quality.verdict),
+    }
+    return out
 
 
 def _headlines(report: Any, n: int = 5) -> list[str]:
@@ -148,6 +224,7 @@ def _print_summary(console: Console, s: dict[str, Any], schedule: Schedule, data
             console.print("    no cause stands out against the baseline")
         for i, text in enumerate(items, 1):
             console.print(f"    {i}. {text}")
+    _print_model(console, s)
     console.print()
     console.print("[bold]Reports[/]  " + "  ".join(str(p) for p in files.values()))
     console.print("[bold]Try next[/]")
@@ -156,3 +233,44 @@ def _print_summary(console: Console, s: dict[str, Any], schedule: Schedule, data
         console.print(f"  stagetrace trace {tid} {dd}   [dim]# the {label} request[/]")
     console.print(f"  stagetrace investigate slow {dd} --format html -o slow.html")
     console.print(f"  stagetrace investigate errors {dd}")
+    console.print(f"  stagetrace investigate drift --model {s['model']} {dd}   [dim]# vs the stored reference[/]")
+    console.print(f"  stagetrace investigate quality --model {s['model']} {dd}")
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
+
+
+def _print_model(console: Console, s: dict[str, Any]) -> None:
+    """Drift (feature, onset, the segment that sends it) and the quality drop it caused."""
+    ref = s["reference"]
+    console.print(f"  [bold]Drift[/] of the model's inputs ({s['model']}"
+                  + (f", vs {ref['rows']} rows of the clean period)" if ref else ", no clean period to compare with)"))
+    if not s["drift"]:
+        console.print("    no feature drifted")
+    for i, d in enumerate(s["drift"], 1):
+        seg = d["segment"]
+        where = (f"; concentrated in {seg['attribute']}={seg['value']} (PSI {seg['psi_inside']:.2f} there vs "
+                 f"{seg['psi_outside']:.2f} elsewhere, {seg['share']:.0%} of requests)") if seg else ""
+        onset = f" from +{d['onset_s']:.1f}s" if d["onset_s"] is not None else ""
+        group = f", new mass in {d['top_group']}" if d.get("top_group") else ""
+        console.print(f"    {i}. {d['feature']} drifted{onset}: PSI {d['psi']:.2f} (bar {d['threshold']:.2f}){group}"
+                      f"{where}")
+    q = s["quality"]
+    console.print(f"  [bold]Quality[/] by the labels sent back ({q['labelled']} labelled predictions, "
+                  f"in {q['predictions']} model calls)")
+    if q["onset_s"] is None and q["segment"] is None:
+        console.print("    " + (q["verdict"][0] if q["verdict"] else "no labels"))
+        return
+    if q["onset_s"] is not None:
+        console.print(f"    accuracy fell from {_pct(q['accuracy_before'])} to {_pct(q['accuracy_after'])} "
+                      f"from +{q['onset_s']:.1f}s")
+    seg = q["segment"]
+    if seg:
+        was = f", was {_pct(seg['accuracy_inside_before'])} before" if seg.get("accuracy_inside_before") is not None \
+            else ""
+        console.print(f"    {seg['attribute']}={seg['value']}: accuracy {_pct(seg['accuracy_inside'])} vs "
+                      f"{_pct(seg['accuracy_outside'])} elsewhere ({seg['labelled']} labelled predictions{was})")
+    for f in q["features"][:1]:
+        link = "; the same feature drifted" if f["linked_to_drift"] else ""
+        console.print(f"    mispredictions set apart by {f['feature']}{link}")

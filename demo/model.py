@@ -25,6 +25,7 @@ log = logging.getLogger("fraud_api.model")
 
 # Column order of the model input (preprocess builds rows in this order): demo/columns.py.
 from .columns import FEATURES  # noqa: E402
+from .truth import fraud_logit  # noqa: E402
 MODEL_NAME = "fraud-detector"
 
 
@@ -40,8 +41,7 @@ def synthetic_dataset(n: int = 4000, seed: int = 7) -> tuple[np.ndarray, np.ndar
     txn_30d = rng.poisson(25, n).astype(float)
     account_age = rng.exponential(900.0, n)
     chargebacks = rng.poisson(0.1, n).astype(float)
-    logit = (-4.0 + 1.2 * np.log1p(amount / avg_amount) + 4.0 * merchant_risk + 0.02 * distance
-             - 0.004 * device_age + 0.8 * chargebacks + 0.6 * ((hour < 5) | (hour > 22)))
+    logit = fraud_logit(amount, hour, merchant_risk, distance, device_age, avg_amount, chargebacks)
     y = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(int)
     X = np.column_stack([amount, hour, merchant_risk, distance, device_age,
                          avg_amount, txn_30d, account_age, chargebacks])
@@ -73,6 +73,14 @@ class Scorer:
         self.model = model
         self.version = version
 
+    @property
+    def classes_(self) -> np.ndarray:
+        """The model's classes (0 = legitimate, 1 = fraud), as a scikit-learn classifier
+        exposes them: the output profile then records a binary classifier's output, and
+        labels sent back as 0/1 join it."""
+        return self.model.classes_
+
     def score(self, X: np.ndarray) -> np.ndarray:
-        """Fraud probability per row. Raises whatever the model raises."""
-        return self.model.predict_proba(X)[:, 1]
+        """Class probabilities per row (legitimate, fraud), as ``predict_proba`` gives
+        them. Raises whatever the model raises."""
+        return self.model.predict_proba(X)

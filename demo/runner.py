@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
@@ -206,7 +206,7 @@ def _run(opts: DemoOptions, console: Console, progress: bool, launcher: list[str
     def mark(step: str) -> None:
         timings[step] = round(time.monotonic() - started, 2)
 
-    with _signals_as_interrupt(), procs.ProcessSet(log_dir) as children:
+    with _signals_as_interrupt(), procs.ProcessSet(log_dir) as children, ExitStack() as cleanup:
         # 1. the collector
         console.print(f"[bold]stagetrace demo[/] scenarios: {', '.join(opts.scenarios)}; "
                       f"load {opts.duration_s:.0f} s at ~{opts.rate:.0f} req/s; output {opts.out}")
@@ -255,9 +255,13 @@ def _run(opts: DemoOptions, console: Console, progress: bool, launcher: list[str
                       f"  ready in {time.monotonic() - t0:.1f} s")
 
         # 3. the load, with the faults staggered in it, from an instrumented client
-        from .loadgen import instrument_client, warm_up
+        from .loadgen import LabelFeed, instrument_client, warm_up
         shutdown_client = instrument_client(f"http://127.0.0.1:{coll.http_port}")
         flush_client = True
+        # Each answered prediction's label goes back to the collector a few seconds later.
+        label_feed = LabelFeed(f"http://127.0.0.1:{coll.http_port}")
+        # a run that stops early (Ctrl-C, a dead service) drops the labels not yet sent
+        cleanup.callback(label_feed.close, timeout_s=2.0, drop=True)
         try:
             # Warm-up first: fresh workers (and this client's first export) are slow, and
             # that must not look like an incident in the clean period.
@@ -279,7 +283,7 @@ def _run(opts: DemoOptions, console: Console, progress: bool, launcher: list[str
                 console.print(f"  fault {name:<15} +{lo - schedule.start:4.1f}s .. +{hi - schedule.start:4.1f}s  "
                               f"{DESCRIPTIONS[name]}")
             stats = _drive_load(console, progress, f"http://127.0.0.1:{api_port}",
-                                f"http://127.0.0.1:{canary_port}", schedule, opts.rate)
+                                f"http://127.0.0.1:{canary_port}", schedule, opts.rate, label_feed)
         except BaseException:
             flush_client = False  # interrupted or failed: nobody will read these spans
             raise
@@ -300,6 +304,15 @@ def _run(opts: DemoOptions, console: Console, progress: bool, launcher: list[str
         mark("telemetry")
         time.sleep(2.5)  # one more watch evaluation over the flushed tail
         children.stop(watch)
+        # The last labels fall due about now (the flush above outlasts their delay);
+        # sent before the collector stops.
+        stats.labels = label_feed.close()
+        if stats.labels.get("unsent") or stats.labels.get("failed_posts"):
+            console.print(f"  [yellow]labels: {stats.labels.get('unsent', 0)} unsent, "
+                          f"{stats.labels.get('failed_posts', 0)} failed posts: {'; '.join(label_feed.errors[:2])}[/]")
+        console.print(f"  labels         {stats.labels.get('accepted', 0)} sent back "
+                      f"{label_feed.delay_s:.0f} s after their predictions"
+                      + (f", {stats.labels['rejected']} rejected" if stats.labels.get("rejected") else ""))
         alerts = incidents_demo.fired_alerts(watch_out)
         console.print(f"  watch          {len(alerts)} alert(s) fired during the load")
         for a in alerts:
@@ -335,7 +348,8 @@ def _run(opts: DemoOptions, console: Console, progress: bool, launcher: list[str
         (run_dir / "run.json").write_text(json.dumps({
             "scenarios": list(opts.scenarios), "schedule": json.loads(schedule.to_env()),
             "pids": result.pids, "ports": result.ports, "data_dir": str(data_dir),
-            "requests": stats.sent, "failed": stats.failed, "spans": n_spans, "timings_s": timings,
+            "requests": stats.sent, "failed": stats.failed, "spans": n_spans, "labels": stats.labels,
+            "timings_s": timings,
             **summary}, indent=2, default=str))
         console.print(f"[dim]done in {time.monotonic() - started:.0f} s[/]")
         if opts.keep_running:
@@ -382,7 +396,7 @@ def _stop_collector(coll: Any, log_dir: Path) -> None:
 
 
 def _drive_load(console: Console, progress: bool, api_url: str, canary_url: str, schedule: Schedule,
-                rate: float):
+                rate: float, labels: Any = None):
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .loadgen import run_load
@@ -399,7 +413,7 @@ def _drive_load(console: Console, progress: bool, api_url: str, canary_url: str,
             def tick(stats, phase):
                 bar.update(task, completed=min(total, time.time() - schedule.start), phase=phase,
                            sent=stats.sent, failed=stats.failed, p95=stats.p95_ms())
-            return run_load(api_url, schedule, rate=rate, canary_url=canary_url, on_tick=tick)
+            return run_load(api_url, schedule, rate=rate, canary_url=canary_url, on_tick=tick, labels=labels)
 
     last_phase = [""]
 
@@ -408,7 +422,7 @@ def _drive_load(console: Console, progress: bool, api_url: str, canary_url: str,
             last_phase[0] = phase
             console.print(f"  load +{max(0.0, time.time() - schedule.start):4.1f}s phase {phase}: "
                           f"{stats.sent} sent, {stats.failed} failed")
-    return run_load(api_url, schedule, rate=rate, canary_url=canary_url, on_tick=tick_plain)
+    return run_load(api_url, schedule, rate=rate, canary_url=canary_url, on_tick=tick_plain, labels=labels)
 
 
 def _retry_store(read: Callable[[], T], attempts: int = 3) -> T:

@@ -15,8 +15,12 @@ Scenarios (``stagetrace demo --scenario``):
                     answers 500.
 3. ``cpu-preprocess`` preprocessing burns CPU on large batches.
 4. ``baseline``     no fault at all (a clean run).
+5. ``silent-drift`` one client (the point-of-sale gateway) starts sending
+                    ``amount`` in cents: no error, no latency change, only the
+                    model's decisions go wrong (the load generator does it, and
+                    feeds back the labels that show it).
 
-``all`` (the default) runs 1-3 staggered after a clean period, so the
+``all`` (the default) runs 1-3 and 5 staggered after a clean period, so the
 investigations have a "before the onset" to compare against.
 """
 
@@ -37,21 +41,27 @@ SLOW_SHARD = "slow-shard"
 MODEL_ERRORS = "model-errors"
 CPU_PREPROCESS = "cpu-preprocess"
 BASELINE = "baseline"
-FAULTS = (SLOW_SHARD, MODEL_ERRORS, CPU_PREPROCESS)
-SCENARIOS = (SLOW_SHARD, MODEL_ERRORS, CPU_PREPROCESS, BASELINE)
-_ALIASES = {"1": SLOW_SHARD, "2": MODEL_ERRORS, "3": CPU_PREPROCESS, "4": BASELINE, "clean": BASELINE}
+SILENT_DRIFT = "silent-drift"
+FAULTS = (SLOW_SHARD, MODEL_ERRORS, CPU_PREPROCESS, SILENT_DRIFT)
+# silent-drift came after baseline: it is number 5, so the numbers users know keep their meaning
+SCENARIOS = (SLOW_SHARD, MODEL_ERRORS, CPU_PREPROCESS, BASELINE, SILENT_DRIFT)
+_ALIASES = {"1": SLOW_SHARD, "2": MODEL_ERRORS, "3": CPU_PREPROCESS, "4": BASELINE, "5": SILENT_DRIFT,
+            "clean": BASELINE, "drift": SILENT_DRIFT}
 
 DESCRIPTIONS = {
     SLOW_SHARD: "feature store slow for one shard (cache misses, growing pool wait)",
     MODEL_ERRORS: "model v2 canary rolled out; it raises on inputs with a missing feature",
     CPU_PREPROCESS: "preprocess burns CPU on large batches",
     BASELINE: "clean baseline, no fault",
+    SILENT_DRIFT: "one client starts sending amount in cents (no error, no latency change)",
 }
 
 # Fraction of the load period at which each fault starts and stops under `all`.
 # The first 30 % is clean; the two latency faults do not overlap, so each slow
-# request has one cause; the error fault overlaps both, as incidents do.
-_STAGGER = {SLOW_SHARD: (0.30, 0.68), MODEL_ERRORS: (0.45, 1.0), CPU_PREPROCESS: (0.68, 1.0)}
+# request has one cause; the error fault overlaps both, as incidents do. The drift
+# starts on its own second (not with another fault), so its onset is its own.
+_STAGGER = {SLOW_SHARD: (0.30, 0.68), MODEL_ERRORS: (0.45, 1.0), CPU_PREPROCESS: (0.68, 1.0),
+            SILENT_DRIFT: (0.38, 1.0)}
 # A single fault starts after a clean 35 % of the run and lasts to the end.
 _SINGLE = (0.35, 1.0)
 
@@ -60,10 +70,15 @@ DEFAULT_SLOW_SHARD = 7
 DEFAULT_CANARY_SHARE = 0.4  # share of accounts the v2 canary scores
 LEGACY_CLIENT_SHARE = 0.2  # share of requests from an old client that omits device_age_days
 LARGE_BATCH = 32  # preprocess burns CPU from this batch size on
+# The clients of the API (User-Agent, share of requests). The point-of-sale gateway is
+# the one whose upstream switches to cents under silent-drift.
+CLIENTS = (("web-checkout/5.2", 0.45), ("mobile-app/4.1", 0.30), ("pos-gateway/2.3", 0.25))
+DRIFT_CLIENT = "pos-gateway/2.3"
+CENTS = 100.0
 
 
 def parse_scenarios(text: str) -> tuple[str, ...]:
-    """``all``, or a comma-separated list of scenario names or numbers 1-4."""
+    """``all``, or a comma-separated list of scenario names or numbers 1-5."""
     text = (text or "all").strip().lower()
     if text == "all":
         return FAULTS

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,10 @@ from .report import Finding, Report
 PREDICTION = "prediction score"
 MAX_SEGMENT_VALUES = 50  # an attribute with more distinct values is an id, not a segment
 MIN_SEGMENT_SHARE = 0.02
+MIN_EFFECT_SPANS = 50  # calls: fewer give no usable estimate of the rows' clustering
+# what the model said is no segment of who asked (a one-row call's class is on its span)
 _SKIP_ATTRS = {semconv.ML_INPUT_PROFILE, semconv.ML_OUTPUT_PROFILE, semconv.ML_PREDICTION_ID, semconv.ML_INPUT_FEATURES,
+               semconv.ML_PREDICTION_CLASS,
                semconv.ML_INPUT_SAMPLE, semconv.ML_PREDICTION_SCORE_MEAN, semconv.ML_PREDICTION_CONFIDENCE_MEAN,
                semconv.ML_BATCH_SIZE, semconv.ML_INPUT_SHAPE, semconv.SERVICE_INSTANCE_ID, "process.pid",
                semconv.URL_FULL, semconv.SERVER_PORT}
@@ -45,11 +49,17 @@ def reference_path(data_dir: Path, model: str, version: str | None) -> Path:
 
 
 def save_reference(path: Path, model: str, version: str | None, dists: dict[str, mp.FeatureDist],
-                   scores: mp.FeatureDist | None, source: str) -> None:
+                   scores: mp.FeatureDist | None, source: str,
+                   correlations: tuple[dict[str, float], dict[str, float]] | None = None) -> None:
+    """``correlations``: :func:`row_correlations` of a reference made from stored
+    predictions; None for independent rows (a training file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"schema": "stagetrace.profile", "version": 1, "model": model, "model_version": version, "source": source,
            "features": {k: v.to_json() for k, v in dists.items()},
            "prediction": scores.to_json() if scores is not None and scores.rows else None}
+    if correlations is not None:
+        doc["row_correlations"] = {k: round(float(v), 4) for k, v in correlations[0].items()}
+        doc["design_effects"] = {k: round(float(v), 4) for k, v in correlations[1].items()}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc), encoding="utf-8")
     tmp.replace(path)
@@ -96,6 +106,109 @@ def profile_from_table(path: str) -> dict[str, mp.FeatureDist]:
     return dists
 
 
+# --- rows that are not independent --------------------------------------------------------
+
+def _icc(groups: list[np.ndarray]) -> float:
+    """Intra-class correlation of values grouped by call (one-way ANOVA estimator),
+    clipped to [0, 1]."""
+    groups = [g for g in groups if len(g)]
+    k = len(groups)
+    n = sum(len(g) for g in groups)
+    if k < 2 or n <= k:
+        return 0.0
+    sizes = np.array([len(g) for g in groups], dtype=np.float64)
+    means = np.array([g.mean() for g in groups])
+    grand = float(np.concatenate(groups).mean())
+    msb = float((sizes * (means - grand) ** 2).sum()) / (k - 1)
+    msw = float(sum(((g - g.mean()) ** 2).sum() for g in groups)) / (n - k)
+    m0 = (n - float((sizes ** 2).sum()) / n) / (k - 1)
+    if msw == 0.0:
+        return 1.0 if msb > 0 else 0.0
+    return float(min(1.0, max(0.0, (msb - msw) / (msb + (m0 - 1) * msw))))
+
+
+def row_correlations(spans: list[Span]) -> tuple[dict[str, float], dict[str, float]]:
+    """(ICC, design effect) per feature and for the prediction scores.
+
+    The rows of one call are not independent draws when they share values (every
+    transaction of a request carries the same account's features), and a test that
+    counts them as such calls drift on noise. Kish's design effect, 1 + (m - 1) * ICC
+    with m the size-weighted mean rows per call, is the factor by which the rows
+    overstate the evidence; dividing the counts by it gives the effective sample. ICC
+    on the bin order (numeric) or the category code (categorical: equal codes are what
+    matters there), from a one-way ANOVA of rows within and between calls."""
+    per: dict[str, list[np.ndarray]] = {}
+    for sp in spans:
+        got = mp.span_profile(sp)
+        if got is not None:
+            names, prof = got
+            miss = mlprofile.is_missing(prof.codes)
+            order = mlprofile.bin_order(prof.codes)
+            for j, name in enumerate(names):
+                if prof.kinds[j] == "r":
+                    continue
+                vals = (order if prof.kinds[j] == "n" else prof.codes.astype(np.int64))[~miss[:, j], j]
+                per.setdefault(name, []).append(vals.astype(np.float64))
+        text = sp.attributes.get(semconv.ML_OUTPUT_PROFILE)
+        out = mlprofile.decode_output(text) if text is not None else None
+        if out is not None:
+            sc = out.scores.astype(np.float64)
+            per.setdefault(PREDICTION, []).append(np.floor(sc[~np.isnan(sc)] * 20))  # score_dist's grid
+    iccs, effects = {}, {}
+    for name, groups in per.items():
+        sizes = [len(g) for g in groups if len(g)]
+        if not sizes:
+            continue
+        iccs[name] = _icc(groups)
+        effects[name] = design_effect(iccs[name], sizes)
+    return iccs, effects
+
+
+def design_effect(icc: float, sizes: list[int]) -> float:
+    """1 + (m - 1) * ICC for calls contributing ``sizes`` rows each."""
+    n = sum(sizes)
+    m = sum(k * k for k in sizes) / n if n else 1.0
+    return max(1.0, 1.0 + (m - 1.0) * icc)
+
+
+def design_effects(spans: list[Span]) -> dict[str, float]:
+    return row_correlations(spans)[1]
+
+
+def _call_sizes(spans: list[Span]) -> list[int]:
+    """Rows each call contributes to the distributions (its sampled rows)."""
+    sizes = []
+    for sp in spans:
+        got = mp.span_profile(sp)
+        if got is not None and got[1].sampled:
+            sizes.append(got[1].sampled)
+    return sizes
+
+
+def _deflate(d: mp.FeatureDist, deff: float) -> mp.FeatureDist:
+    if deff <= 1.0:
+        return d
+    return mp.FeatureDist(d.kind, Counter({k: v / deff for k, v in d.counts.items()}), d.missing / deff,
+                          d.rows / deff)
+
+
+class _Tester:
+    """mp.compare on effective samples: each side's counts divided by its design effect.
+    The effects come from data without drift where there is some (a reference made of
+    stored predictions, else the previous period): drift in a segment makes whole calls
+    differ, which would inflate an effect measured on the drifted window itself."""
+
+    def __init__(self, ref_effects: dict[str, float], cur_effects: dict[str, float], tests: int) -> None:
+        self.ref_effects, self.cur_effects, self.tests = ref_effects, cur_effects, tests
+
+    def __call__(self, feature: str, ref: mp.FeatureDist, cur: mp.FeatureDist) -> mp.Shift | None:
+        sh = mp.compare(feature, _deflate(ref, self.ref_effects.get(feature, 1.0)),
+                        _deflate(cur, self.cur_effects.get(feature, 1.0)), tests=self.tests)
+        if sh is not None:  # report the rows there are, not the effective ones
+            sh.ref_rows, sh.cur_rows = ref.rows, cur.rows
+        return sh
+
+
 # --- reading the window -------------------------------------------------------------------
 
 def inference_spans(backend: Backend, model: str, version: str | None, start_ns: int | None,
@@ -119,23 +232,38 @@ def inference_spans(backend: Backend, model: str, version: str | None, start_ns:
 
 def _segment_attrs(backend: Backend, spans: list[Span], start_ns: int | None, end_ns: int | None) -> dict[tuple[str, str], dict]:
     """Attributes of each inference span's request: its own, its resource's, and those
-    of the root and server spans of its trace (client version, route, tenant...)."""
+    of the root and server spans of its trace (client version, route, tenant...). The
+    server and root spans the prediction runs under come first, nearest first: the
+    server span of a downstream call (a feature store the model's service asked) has
+    the same attributes with the caller's values (its User-Agent is the service's
+    HTTP library, not the client's)."""
     tids = {s.trace_id for s in spans}
-    per_trace: dict[str, dict] = {t: {} for t in tids}
     try:
         traces = backend.get_traces(sorted(tids), start_ns=start_ns, end_ns=end_ns, with_logs=False)
     except Exception:
         traces = {}
+    by_id: dict[str, dict[str, Span]] = {tid: {sp.span_id: sp for sp in tr.spans} for tid, tr in traces.items()}
+    others: dict[str, dict] = {}
     for tid, tr in traces.items():
         attrs: dict[str, Any] = {}
         for sp in tr.spans:
             if sp.kind == "SERVER" or not sp.parent_span_id:
                 for k, v in sp.attributes.items():
                     attrs.setdefault(k, v)
-        per_trace[tid] = attrs
+        others[tid] = attrs
     out = {}
     for s in spans:
-        a = dict(per_trace.get(s.trace_id, {}))
+        a: dict[str, Any] = {}
+        index = by_id.get(s.trace_id, {})
+        parent, seen = index.get(s.parent_span_id or ""), set()
+        while parent is not None and parent.span_id not in seen:  # a cycle in bad data ends the walk
+            seen.add(parent.span_id)
+            if parent.kind == "SERVER" or not parent.parent_span_id:
+                for k, v in parent.attributes.items():
+                    a.setdefault(k, v)
+            parent = index.get(parent.parent_span_id or "")
+        for k, v in others.get(s.trace_id, {}).items():
+            a.setdefault(k, v)
         for k, v in s.resource.items():
             a.setdefault(k, v)
         for k, v in s.attributes.items():
@@ -146,12 +274,38 @@ def _segment_attrs(backend: Backend, spans: list[Span], start_ns: int | None, en
 
 # --- the investigation -------------------------------------------------------------------
 
-def _feature_dists_and_rows(spans: list[Span]) -> dict[str, mp.FeatureDist]:
-    return mp.distributions(spans)
+class _PerSpan:
+    """Each span's distributions, decoded once: the onset and segment searches add up
+    the same spans many times over (decoding was most of a drift report's time)."""
+
+    def __init__(self) -> None:
+        self._feats: dict[int, dict[str, mp.FeatureDist]] = {}
+        self._scores: dict[int, mp.FeatureDist] = {}
+
+    def dist(self, spans: list[Span], feature: str, kind: str) -> mp.FeatureDist:
+        total = mp.FeatureDist(kind)
+        for sp in spans:
+            key = id(sp)
+            if feature == PREDICTION:
+                d = self._scores.get(key)
+                if d is None:
+                    d = self._scores[key] = mp.score_dist([sp])
+            else:
+                one = self._feats.get(key)
+                if one is None:
+                    one = self._feats[key] = mp.distributions([sp])
+                d = one.get(feature)
+                if d is None:
+                    continue
+                total.kind = d.kind
+            total.counts.update(d.counts)
+            total.missing += d.missing
+            total.rows += d.rows
+        return total
 
 
 def _onset(spans: list[Span], feature: str, ref: mp.FeatureDist, start_ns: int, end_ns: int, interval_ns: int,
-           tests: int) -> tuple[int | None, list[dict]]:
+           test: _Tester, per_span: _PerSpan) -> tuple[int | None, list[dict]]:
     """First interval from which the feature stays drifted (80 % of later intervals
     with enough rows drift), and the per-interval PSI series."""
     n = max(1, int(np.ceil((end_ns - start_ns) / interval_ns)))
@@ -161,11 +315,8 @@ def _onset(spans: list[Span], feature: str, ref: mp.FeatureDist, start_ns: int, 
         buckets[i].append(s)
     series, flags = [], []
     for i, b in enumerate(buckets):
-        if feature == PREDICTION:
-            cur = mp.score_dist(b)
-        else:
-            cur = mp.distributions(b).get(feature, mp.FeatureDist(ref.kind))
-        sh = mp.compare(feature, ref, cur, tests=tests) if cur.rows >= 20 else None
+        cur = per_span.dist(b, feature, ref.kind)
+        sh = test(feature, ref, cur) if cur.rows >= 20 else None
         series.append({"start_ns": start_ns + i * interval_ns, "rows": cur.rows,
                        "psi": sh.psi if sh else None, "drift": bool(sh and sh.significant)})
         flags.append(None if sh is None else sh.significant)
@@ -179,7 +330,7 @@ def _onset(spans: list[Span], feature: str, ref: mp.FeatureDist, start_ns: int, 
 
 
 def _segments(spans: list[Span], seg_attrs: dict[tuple[str, str], dict], feature: str, ref: mp.FeatureDist,
-              tests: int) -> list[dict]:
+              test: _Tester, per_span: _PerSpan) -> list[dict]:
     values: dict[str, dict[Any, list[Span]]] = {}
     for s in spans:
         for k, v in seg_attrs.get((s.trace_id, s.span_id), {}).items():
@@ -194,9 +345,8 @@ def _segments(spans: list[Span], seg_attrs: dict[tuple[str, str], dict], feature
                 continue
             ids = {id(s) for s in inside}
             outside = [s for s in spans if id(s) not in ids]
-            dist = (lambda ss: mp.score_dist(ss)) if feature == PREDICTION else \
-                (lambda ss: mp.distributions(ss).get(feature, mp.FeatureDist(ref.kind)))
-            si, so = mp.compare(feature, ref, dist(inside), tests=tests), mp.compare(feature, ref, dist(outside), tests=tests)
+            si = test(feature, ref, per_span.dist(inside, feature, ref.kind))
+            so = test(feature, ref, per_span.dist(outside, feature, ref.kind))
             if si is None or not si.significant:
                 continue
             psi_out = so.psi if so is not None else 0.0
@@ -218,9 +368,16 @@ def investigate_drift(backend: Backend, *, model: str, version: str | None, star
     ref_pred = None
     notes: list[str] = []
     ref_label = "the previous period"
+    ref_effects: dict[str, float] | None = None
+    ref_iccs: dict[str, float] = {}
     if reference is not None and reference.exists():
         ref_feats, ref_pred, doc = load_reference(reference)
         ref_label = f"the reference ({doc.get('source', reference.name)})"
+        raw = doc.get("design_effects")
+        # absent: a training file, whose rows are independent draws
+        ref_effects = {str(k): float(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+        raw = doc.get("row_correlations")
+        ref_iccs = {str(k): float(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
     else:
         notes.append("no reference profile for this model (build one with `stagetrace profile build`); "
                      "compared with the previous period only")
@@ -235,7 +392,16 @@ def investigate_drift(backend: Backend, *, model: str, version: str | None, star
     base = ref_feats if ref_feats is not None else prev_feats
     base_pred = ref_pred if ref_feats is not None else (mp.score_dist(prev) if prev else None)
     tests = len(cur) + 1
+    # The rows' clustering in calls, measured where there is no drift to inflate it (see _Tester).
+    if ref_iccs:  # the reference's correlations, with this window's rows per call
+        sizes = _call_sizes(spans)
+        cur_effects = {f: design_effect(icc, sizes) for f, icc in ref_iccs.items()}
+    else:
+        cur_effects = design_effects(prev if len(prev) >= MIN_EFFECT_SPANS else spans)
+    test = _Tester(ref_effects if ref_effects is not None else cur_effects, cur_effects, tests)
+    prev_test = _Tester(cur_effects, cur_effects, tests)
     interval = interval_ns or max(1, span_len // 20)
+    per_span = _PerSpan()
     seg_attrs: dict[tuple[str, str], dict] | None = None
     findings: list[Finding] = []
     rows: list[dict] = []
@@ -244,22 +410,33 @@ def investigate_drift(backend: Backend, *, model: str, version: str | None, star
     for feature, c, r in items:
         if r is None or not r.rows or not c.rows:
             continue
-        sh = mp.compare(feature, r, c, tests=tests)
+        sh = test(feature, r, c)
         if sh is None:
             continue
         vs_prev = None
         if ref_feats is not None and prev:
             p = mp.score_dist(prev) if feature == PREDICTION else prev_feats.get(feature)
             if p is not None and p.rows:
-                vs_prev = mp.compare(feature, p, c, tests=tests)
-        row = {"feature": feature, **sh.to_dict(),
+                vs_prev = prev_test(feature, p, c)
+        row = {"feature": feature, **sh.to_dict(), "design_effect": round(cur_effects.get(feature, 1.0), 3),
                "vs_previous": vs_prev.to_dict() if vs_prev is not None else None}
         if sh.significant:
-            onset, series = _onset(spans, feature, r, start_ns, end_ns, interval, tests)
+            onset, series = _onset(spans, feature, r, start_ns, end_ns, interval, test, per_span)
             if seg_attrs is None:
                 seg_attrs = _segment_attrs(backend, spans, start_ns, end_ns)
-            segs = _segments(spans, seg_attrs, feature, r, tests)
-            row.update({"onset_ns": onset, "series": series, "segments": segs})
+            segs = _segments(spans, seg_attrs, feature, r, test, per_span)
+            onset_all, located = onset, None
+            if segs:
+                # Drift confined to one client is diluted in the whole stream, and an
+                # interval where that client sent little looks clean: the onset is located
+                # inside the segment, where every interval with its rows shows it.
+                a, v = segs[0]["attribute"], segs[0]["value"]
+                inside = [sp for sp in spans if seg_attrs.get((sp.trace_id, sp.span_id), {}).get(a) == v]
+                seg_onset, _ = _onset(inside, feature, r, start_ns, end_ns, interval, test, per_span)
+                if seg_onset is not None:
+                    onset, located = seg_onset, {"attribute": a, "value": v}
+            row.update({"onset_ns": onset, "onset_whole_stream_ns": onset_all, "onset_located_in": located,
+                        "series": series, "segments": segs})
             miss = ""
             if abs(sh.cur_missing - sh.ref_missing) >= 0.02:
                 miss = f"; missing {sh.ref_missing:.0%} -> {sh.cur_missing:.0%}"
@@ -276,7 +453,10 @@ def investigate_drift(backend: Backend, *, model: str, version: str | None, star
                                     attribute=segs[0]["attribute"] if segs else None,
                                     value=segs[0]["value"] if segs else None,
                                     evidence={"feature": feature, "psi": sh.psi, "p_value": sh.p_value,
-                                              "threshold": sh.threshold, "onset_ns": onset, "groups": sh.groups,
+                                              "threshold": sh.threshold, "onset_ns": onset,
+                                              "onset_whole_stream_ns": onset_all, "onset_located_in": located,
+                                              "design_effect": cur_effects.get(feature, 1.0), "groups": sh.groups,
+                                              "top_group": sh.top_group,
                                               "segments": segs, "example_trace_ids": examples,
                                               "vs_previous_psi": vs_prev.psi if vs_prev else None}))
         rows.append(row)

@@ -124,7 +124,7 @@ def build_cmd(model, version, from_file, since, from_, until, output, **opts) ->
     inference spans (--since / --from / --until)."""
     from . import mlprofiles as mp
     from .cli import _backend
-    from .drift import inference_spans, profile_from_table, reference_path, save_reference
+    from .drift import inference_spans, profile_from_table, reference_path, row_correlations, save_reference
     if from_file and (since or from_ or until):
         raise UserError("use either --from-file or a window (--since/--from/--until), not both")
     target = Path(output) if output else reference_path(resolve_data_dir(opts.get("data_dir")), model, version)
@@ -132,6 +132,7 @@ def build_cmd(model, version, from_file, since, from_, until, output, **opts) ->
         if not Path(from_file).is_file():
             raise UserError(f"no such file: {from_file}")
         dists, scores, source = profile_from_table(from_file), None, f"file {from_file}"
+        correlations = None  # a file's rows are independent draws
     else:
         start, end = _window(since, from_, until)
         backend = _backend(opts)
@@ -142,11 +143,12 @@ def build_cmd(model, version, from_file, since, from_, until, output, **opts) ->
         if not spans:
             raise UserError(f"no profiled inference spans of model {model!r} in the window")
         dists, scores = mp.distributions(spans), mp.score_dist(spans)
+        correlations = row_correlations(spans)  # how the rows of one call resemble each other
         source = f"{len(spans)} stored predictions"
     if not dists:
         raise UserError("nothing to profile: no features found")
     try:
-        save_reference(target, model, version, dists, scores, source)
+        save_reference(target, model, version, dists, scores, source, correlations=correlations)
     except OSError as exc:
         raise UserError(f"cannot write {target}: {exc.strerror or exc}") from None
     rows = max(d.rows for d in dists.values())

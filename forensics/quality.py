@@ -436,13 +436,40 @@ def _row_dists(items: Sequence[Labelled], profiles: dict[int, Any]) -> dict[str,
     return dists
 
 
-def _feature_differences(wrong: Sequence[Labelled], right: Sequence[Labelled],
-                         alpha: float = ALPHA) -> list[dict[str, Any]]:
+def _effective(d: mp.FeatureDist, deff: float) -> mp.FeatureDist:
+    if deff <= 1.0:
+        return d
+    return mp.FeatureDist(d.kind, Counter({k: v / deff for k, v in d.counts.items()}), d.missing / deff, d.rows / deff)
+
+
+def _row_iccs(reference: Path | None, spans: Sequence[Span]) -> dict[str, float]:
+    """How alike the rows of one call are per feature: the reference's, measured on
+    stored predictions without the drop, else measured on ``spans``."""
+    from .drift import load_reference, row_correlations
+
+    if reference is not None and Path(reference).exists():
+        raw = load_reference(Path(reference))[2].get("row_correlations")
+        if isinstance(raw, dict) and raw:
+            return {str(k): float(v) for k, v in raw.items()}
+    unique = list({id(s): s for s in spans}.values())
+    return row_correlations(unique)[0]
+
+
+def _feature_differences(wrong: Sequence[Labelled], right: Sequence[Labelled], alpha: float = ALPHA,
+                         iccs: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """Features whose values differ between mispredicted and correct predictions: the
     missing share (Fisher's exact test) and the distribution (PSI + chi-square), most
-    different first; ``significant`` with Bonferroni over the features."""
+    different first; ``significant`` with Bonferroni over the features. ``iccs``: how
+    alike the rows of one call are per feature (:func:`.drift.row_correlations`); the
+    mispredictions of one request share its account's values, so each side's counts
+    are divided by its design effect before testing."""
+    from .drift import design_effect
+
     profiles: dict[int, Any] = {}
     w, r = _row_dists(wrong, profiles), _row_dists(right, profiles)
+    per_call_w = list(Counter(id(x.span) for x in wrong).values())
+    per_call_r = list(Counter(id(x.span) for x in right).values())
+    iccs = iccs or {}
     names = [n for n in w if n in r]
     m = max(1, len(names))
     out = []
@@ -451,9 +478,12 @@ def _feature_differences(wrong: Sequence[Labelled], right: Sequence[Labelled],
         if fw.rows < 5 or fr.rows < 5:
             continue
         miss_w, miss_r = fw.missing / fw.rows, fr.missing / fr.rows
-        p_miss = float(stats.fisher_exact([[fw.missing, fw.rows - fw.missing], [fr.missing, fr.rows - fr.missing]])[1])
+        icc = iccs.get(name, 0.0)
+        ew, er = _effective(fw, design_effect(icc, per_call_w)), _effective(fr, design_effect(icc, per_call_r))
+        mw, mr, nw, nr = (int(round(v)) for v in (ew.missing, er.missing, ew.rows, er.rows))
+        p_miss = float(stats.fisher_exact([[mw, max(0, nw - mw)], [mr, max(0, nr - mr)]])[1])
         sig_miss = p_miss < alpha / m and abs(miss_w - miss_r) >= 0.1
-        sh = mp.compare(name, fr, fw, tests=m, alpha=alpha)
+        sh = mp.compare(name, er, ew, tests=m, alpha=alpha)
         sig_shift = sh is not None and sh.significant
         entry = {"feature": name, "mispredicted_rows": fw.rows, "correct_rows": fr.rows,
                  "missing_mispredicted": miss_w, "missing_correct": miss_r, "missing_p_value": p_miss,
@@ -481,7 +511,10 @@ def _series(items: Sequence[Labelled], start_ns: int, interval_ns: int, n: int, 
 
 def investigate_quality(backend: Backend, *, model: str, version: str | None, start_ns: int, end_ns: int,
                         interval_ns: int | None = None, reference: Path | None = None,
-                        positive: str | None = None, with_drift: bool = True) -> Report:
+                        positive: str | None = None, with_drift: bool = True,
+                        drift_report: Report | None = None) -> Report:
+    """``drift_report``: the drift investigation of the same window, when the caller has
+    already made it (else it is made here, unless ``with_drift`` is False)."""
     from .drift import _segment_attrs, inference_spans, investigate_drift
     from .window import fmt_time
 
@@ -543,6 +576,15 @@ def investigate_quality(backend: Backend, *, model: str, version: str | None, st
     data["by_segment"] = guard.run("per-segment metrics", _by_segment, items, seg_attrs, binary, default=[]) or []
     after = [x for x in items if onset is None or x.t_ns >= onset["onset_ns"]]
     wrong = [x for x in after if not x.correct]
+    # The new mispredictions are those of the segment the drop concentrates in: the
+    # rest of the stream's errors are the usual ones and would dilute what changed.
+    where_new = ""
+    if onset and segs:
+        s0 = segs[0]
+        in_seg = [x for x in wrong
+                  if seg_attrs.get((x.span.trace_id, x.span.span_id), {}).get(s0["attribute"]) == s0["value"]]
+        if len(in_seg) >= MIN_SIDE:
+            wrong, where_new = in_seg, f" in {s0['attribute']}={s0['value']}"
     # Errors always differ from correct predictions near the decision boundary; what
     # a drop changed is best seen against the errors the model made before it.
     usual = [x for x in items if onset is not None and x.t_ns < onset["onset_ns"] and not x.correct]
@@ -550,14 +592,17 @@ def investigate_quality(backend: Backend, *, model: str, version: str | None, st
         versus, versus_label = usual, "mispredictions before the onset"
     else:
         versus, versus_label = [x for x in after if x.correct], "correct predictions"
-    feats = guard.run("feature differences", _feature_differences, wrong, versus, default=[]) or []
+    iccs = guard.run("row correlations", _row_iccs, reference, [x.span for x in (usual or items)], default={}) or {}
+    feats = guard.run("feature differences", _feature_differences, wrong, versus, iccs=iccs, default=[]) or []
     data["features"] = feats
     data["features_compared_with"] = versus_label
+    data["mispredictions_compared"] = {"rows": len(wrong), "where": where_new.strip() or None}
 
     drift_by_feature: dict[str, Finding] = {}
     if with_drift:
-        drep = guard.run("drift", investigate_drift, backend, model=model, version=version, start_ns=start_ns,
-                         end_ns=end_ns, reference=reference, interval_ns=interval)
+        drep = drift_report if drift_report is not None else guard.run(
+            "drift", investigate_drift, backend, model=model, version=version, start_ns=start_ns, end_ns=end_ns,
+            reference=reference, interval_ns=interval)
         if drep is not None:
             for f in drep.findings:
                 drift_by_feature.setdefault(str(f.evidence.get("feature")), f)
@@ -608,7 +653,7 @@ def investigate_quality(backend: Backend, *, model: str, version: str | None, st
     for e in feats:
         if not e["significant"]:
             continue
-        mis = "mispredictions since the onset" if onset else "mispredictions"
+        mis = ("mispredictions since the onset" + where_new) if onset else "mispredictions"
         if e["missing_mispredicted"] - e["missing_correct"] >= 0.1:
             what = (f"{e['feature']} missing in {e['missing_mispredicted']:.0%} of {mis} vs "
                     f"{e['missing_correct']:.0%} of {versus_label}")
@@ -632,7 +677,7 @@ def investigate_quality(backend: Backend, *, model: str, version: str | None, st
         verdict.append(f"Window: accuracy {_fmt_pct(overall['accuracy'])}, precision {_fmt_pct(overall.get('precision'))}, "
                        f"recall {_fmt_pct(overall.get('recall'))}, AUC {overall['auc']:.3f}, mean score "
                        f"{overall['mean_score']:.3f} vs positive rate {overall['positive_rate']:.3f} "
-                       f"(ECE {data['calibration']['ece']:.3f}); {overall['labelled']} of {len(spans)} predictions labelled.")
+                       f"(ECE {data['calibration']['ece']:.3f}); {overall['labelled']} labelled predictions in {len(spans)} model calls.")
     data["tables"] = _tables(data, binary)
     rep = Report(kind="quality", title=title, findings=findings, verdict=verdict, query=query, window=window,
                  data=data, notes=notes)

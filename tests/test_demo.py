@@ -174,6 +174,40 @@ def test_demo_finds_the_injected_causes(tmp_path: Path) -> None:
     finally:
         backend.close()
 
+    # Silent drift (issue 18): the point-of-sale gateway sends amount in cents from the
+    # fault's start, with no error and no latency change. Drift names the feature, its
+    # onset (within one evaluation interval) and the client, and nothing else in the inputs.
+    from stagetrace.demo.scenarios import DRIFT_CLIENT
+    drift_from = sched["windows"]["silent-drift"][0]
+    drift = next(r for r in reports if r["kind"] == "drift")
+    drifted = [f for f in drift["findings"] if f["significant"]]
+    assert drifted and drifted[0]["evidence"]["feature"] == "amount", drift["verdict"]
+    assert {f["evidence"]["feature"] for f in drifted} <= {"amount", "prediction score"}, drift["verdict"]
+    step = drift["data"]["interval_ns"] / 1e9
+    assert abs(drifted[0]["evidence"]["onset_ns"] / 1e9 - drift_from) <= step, (drifted[0]["evidence"]["onset_ns"],
+                                                                             drift_from, step)
+    seg = drifted[0]["evidence"]["segments"][0]
+    assert (seg["attribute"], seg["value"]) == ("user_agent.original", DRIFT_CLIENT), drifted[0]["summary"]
+    assert seg["psi_inside"] > 1.0 > 0.1 > seg["psi_outside"]
+    # The labels the load generator sent back (each a few seconds after its prediction)
+    # all joined their predictions; the predictions the drift touched got much worse.
+    labels = run["labels"]
+    assert labels["accepted"] > 1000 and labels["rejected"] == labels["unsent"] == labels["failed_posts"] == 0, labels
+    quality = next(r for r in reports if r["kind"] == "quality")
+    q = quality["data"]
+    assert q["join"]["joined"] >= 0.98 * labels["accepted"], q["join"]
+    assert q["onset"] and abs(q["onset"]["onset_ns"] / 1e9 - drift_from) <= q["interval_ns"] / 1e9, q["onset"]
+    qseg = q["segments"][0]
+    assert (qseg["attribute"], qseg["value"]) == ("user_agent.original", DRIFT_CLIENT), quality["verdict"]
+    assert qseg["accuracy_inside"] < 0.6 and qseg["accuracy_outside"] > 0.75 and qseg["accuracy_inside_before"] > 0.75
+    feat = next(f for f in quality["findings"] if f["kind"] == "feature")
+    assert feat["evidence"]["feature"] == "amount" and feat["evidence"]["drift"], feat["summary"]
+    # ...and the demo says so.
+    assert re.search(rf"amount drifted from \+\d+\.\ds: .* concentrated in user_agent.original={re.escape(DRIFT_CLIENT)}",
+                     stdout), stdout[-3000:]
+    assert re.search(rf"user_agent.original={re.escape(DRIFT_CLIENT)}: accuracy \d+% vs \d+% elsewhere", stdout)
+    assert "mispredictions set apart by amount; the same feature drifted" in stdout
+
     # One slow and one failed request opened as traces; the summary says what to run next.
     assert sorted(run["traces"]) == ["failed", "slow"]
     assert sum(r["kind"] == "trace" for r in reports) == 2
@@ -269,8 +303,9 @@ def test_scenario_names_and_schedule() -> None:
     from stagetrace.demo.scenarios import FAULTS, Schedule, parse_scenarios
     from stagetrace.errors import UserError
 
-    assert parse_scenarios("all") == FAULTS
+    assert parse_scenarios("all") == FAULTS and "silent-drift" in FAULTS
     assert parse_scenarios("1,model-errors") == ("slow-shard", "model-errors")
+    assert parse_scenarios("5") == parse_scenarios("drift") == ("silent-drift",)
     with pytest.raises(UserError):
         parse_scenarios("slow-disk")
     with pytest.raises(UserError):
@@ -279,5 +314,57 @@ def test_scenario_names_and_schedule() -> None:
     assert s.onset == 1030.0  # a clean period comes first
     assert s.phase(1010.0) == "baseline" and s.active("slow-shard", 1031.0)
     assert not (s.active("slow-shard", 1080.0) and s.active("cpu-preprocess", 1080.0))  # latency faults apart
+    # the drift starts after the clean period, on its own (its onset is not another fault's)
+    assert s.windows["silent-drift"][0] > s.onset
+    assert s.windows["silent-drift"][0] not in {w[0] for f, w in s.windows.items() if f != "silent-drift"}
     assert Schedule.from_json(s.to_env()) == s
     assert Schedule.plan(("baseline",), 0.0, 10.0).windows == {}
+
+
+def test_drift_client_sends_cents_and_the_truth_does_not_change() -> None:
+    """The same seed with and without silent-drift: the same requests, clients and
+    labels; only the drift client's amounts, and only while the fault is on, are x100."""
+    from stagetrace.demo.loadgen import Workload
+    from stagetrace.demo.scenarios import CLIENTS, DRIFT_CLIENT, Schedule
+
+    clean = Workload(Schedule(start=0.0, end=100.0))
+    drift = Workload(Schedule(start=0.0, end=100.0, windows={"silent-drift": (50.0, 100.0)}))
+    seen, cents, labels = set(), 0, []
+    for i in range(400):
+        now = 25.0 if i < 200 else 75.0
+        a, b = clean.next(now), drift.next(now)
+        assert (a.client, a.labels) == (b.client, b.labels)
+        seen.add(a.client)
+        labels += a.labels
+        amounts = [(t["amount"], u["amount"]) for t, u in zip(a.body["transactions"], b.body["transactions"])]
+        if b.cents:
+            assert now > 50 and b.client == DRIFT_CLIENT
+            assert all(y == round(x * 100) for x, y in amounts)
+            cents += 1
+        else:
+            assert not (now > 50 and b.client == DRIFT_CLIENT)
+            assert all(x == y for x, y in amounts)
+    assert seen == {c for c, _ in CLIENTS} and 20 < cents < 100
+    assert 0.05 < sum(labels) / len(labels) < 0.3  # fraud is rare, but there is some
+
+
+def test_label_feed_sends_each_label_after_its_delay(tmp_path: Path) -> None:
+    """LabelFeed against a real collector: nothing before the delay, everything after,
+    and close() sends what is still pending."""
+    from stagetrace.collector.process import start_collector
+    from stagetrace.demo.loadgen import LabelFeed
+
+    coll = start_collector(tmp_path / "data", grpc_port=0, http_port=0, timeout=30.0)
+    try:
+        feed = LabelFeed(f"http://127.0.0.1:{coll.http_port}", delay_s=1.0, period_s=0.1)
+        t0 = time.time()
+        feed.add([{"prediction_id": f"{'ab' * 16}-{'cd' * 8}-{i}", "label": i % 2} for i in range(5)], t0)
+        feed.add([{"trace_id": "not hex", "label": 1}], t0)  # the collector says why it refuses a line
+        time.sleep(0.5)
+        assert feed.counts["accepted"] == 0
+        counts = feed.close(timeout_s=10)
+        assert time.time() - t0 >= 1.0
+        assert counts == {"queued": 6, "accepted": 5, "rejected": 1, "failed_posts": 0, "unsent": 0}, counts
+        assert any("32 hex" in e for e in feed.errors), feed.errors
+    finally:
+        coll.stop(timeout=15.0)

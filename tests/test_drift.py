@@ -86,3 +86,55 @@ def test_cli_profile_build_and_drift(tmp_path):
     assert "No profiled inference spans of model 'm'" in r.stdout
     r = _cli("investigate", "drift", "--model", "m", "--interval", "0s", "--data-dir", str(data))
     assert r.returncode == 2 and "--interval must be positive" in r.stderr and "Traceback" not in r.stderr
+
+
+def _batched_spans(rng, calls, t0, *, cents_share=0.0, rows_per_call=30):
+    """Calls of ``rows_per_call`` rows: ``amount`` drawn per row, ``acct`` once per call
+    (every row of a request carries its account's value), through the real capture."""
+    from stagetrace import semconv
+    from stagetrace.instrumentation import profiling
+    from stagetrace.instrumentation.profile_capture import input_attributes
+    from stagetrace.model import Span
+
+    settings = profiling.ProfileSettings(features=["amount", "acct"])
+    out = []
+    for i in range(calls):
+        cents = rng.random() < cents_share
+        x = np.column_stack([rng.normal(50.0, 10.0, rows_per_call) * (100.0 if cents else 1.0),
+                             np.full(rows_per_call, rng.lognormal(3.5, 0.6))])
+        attrs = {semconv.ML_STAGE: "inference", semconv.ML_MODEL_NAME: "m"}
+        attrs.update(input_attributes(settings, x, None, "score", "m"))
+        out.append(Span(trace_id=f"{rng.integers(1, 2**63):016x}{i:016x}", span_id=f"{i + 1:016x}", parent_span_id="",
+                        name="inference m", kind="INTERNAL", start_ns=t0 + i * 10**9, end_ns=t0 + i * 10**9 + 1000,
+                        attributes=attrs, resource={"service.name": "api", "client.version": "2.0" if cents else "1.0"}))
+    return out
+
+
+def test_rows_of_one_call_that_share_a_value_are_not_independent_evidence(tmp_path):
+    """150 requests of 30 rows against 150 more from the same distribution: a
+    per-request feature (the account's) is 150 draws, not 4 500, and must not be called
+    drift; a x100 unit change in a quarter of the requests still is."""
+    from stagetrace.forensics.drift import row_correlations
+
+    rng = np.random.default_rng(3)
+    sec = 10**9
+    t0 = 1_700_000_000 * sec
+    ref_spans = _batched_spans(rng, 150, t0 - 1000 * sec)
+    iccs, effects = row_correlations(ref_spans)
+    assert iccs["acct"] == 1.0 and effects["acct"] == 30.0  # identical within a call
+    assert iccs["amount"] < 0.05 and effects["amount"] < 2.5  # independent rows
+    refp = tmp_path / "ref.json"
+    save_reference(refp, "m", None, mp.distributions(ref_spans), None, "t", correlations=(iccs, effects))
+    false_alarms = 0
+    for _ in range(5):
+        clean = _batched_spans(rng, 150, t0)
+        rep = investigate_drift(bench.MemoryBackend(clean), model="m", version=None, start_ns=t0,
+                                end_ns=t0 + 150 * sec, reference=refp)
+        false_alarms += any(f.evidence["feature"] == "acct" for f in rep.findings)
+        assert not any(f.evidence["feature"] == "amount" for f in rep.findings), rep.verdict
+    assert false_alarms == 0
+    drifted = _batched_spans(rng, 150, t0, cents_share=0.25)
+    rep = investigate_drift(bench.MemoryBackend(drifted), model="m", version=None, start_ns=t0,
+                            end_ns=t0 + 150 * sec, reference=refp)
+    assert [f.evidence["feature"] for f in rep.findings] == ["amount"], rep.verdict
+    assert (rep.findings[0].attribute, rep.findings[0].value) == ("client.version", "2.0")

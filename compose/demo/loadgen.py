@@ -4,8 +4,10 @@ run in cycles, each with the demo's fault schedule.
 Each cycle writes the schedule where the services re-read it
 (STAGETRACE_DEMO_SCHEDULE_FILE on a shared volume), so every few minutes the
 stack shows a clean period, then a slow feature-store shard, then model-v2
-errors, then CPU-heavy preprocessing: data for the dashboards, the alerts and
-`stagetrace investigate --backend grafana`.
+errors, then CPU-heavy preprocessing, and the point-of-sale client sending amounts
+in cents (silent drift): data for the dashboards, the alerts and
+`stagetrace investigate --backend grafana`. No labels are fed back here: the
+stack's OpenTelemetry Collector has no labels endpoint (that is `stagetrace collector`).
 """
 
 from __future__ import annotations
