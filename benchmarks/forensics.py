@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -190,7 +191,8 @@ def child(data_dir: Path, what: str, start: int, end: int, extra: str = "") -> d
                        capture_output=True, text=True, cwd=ROOT)
     if p.returncode:
         raise SystemExit(f"{what} failed:\n{p.stderr}")
-    lines = [x for x in p.stdout.splitlines() if x.startswith("{")]  # the result is the last JSON line
+    # the result is the last JSON line (a progress bar may share its line: split at \r too)
+    lines = [x for x in re.split(r"[\r\n]", p.stdout) if x.startswith("{")]
     if not lines:
         raise SystemExit(f"{what}: no result line in its output:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
     return json.loads(lines[-1])

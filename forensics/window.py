@@ -19,11 +19,12 @@ from stagetrace.model import Span, Trace
 def entry_spans(backend: Backend, *, service: str | None, route: str | None,
                 start_ns: int | None, end_ns: int | None) -> list[Span]:
     attrs = {semconv.HTTP_ROUTE: route} if route else {}
+    # read_only: entry spans are only read, so a backend may share their decoded dicts
     roots = backend.find_spans(TraceQuery(service=service, attributes=dict(attrs), start_ns=start_ns,
-                                          end_ns=end_ns, root_only=True, limit=None))
+                                          end_ns=end_ns, root_only=True, limit=None, read_only=True))
     if not roots and service:
         spans = backend.find_spans(TraceQuery(service=service, attributes=dict(attrs), start_ns=start_ns,
-                                              end_ns=end_ns, limit=None))
+                                              end_ns=end_ns, limit=None, read_only=True))
         roots = [s for s in spans if s.kind in ("SERVER", "CONSUMER")]
     # one entry per trace (a service may be entered twice in one trace: keep the first)
     seen: dict[str, Span] = {}
