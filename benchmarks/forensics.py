@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -191,11 +190,11 @@ def child(data_dir: Path, what: str, start: int, end: int, extra: str = "") -> d
                        capture_output=True, text=True, cwd=ROOT)
     if p.returncode:
         raise SystemExit(f"{what} failed:\n{p.stderr}")
-    # the result is the last JSON line (a progress bar may share its line: split at \r too)
-    lines = [x for x in re.split(r"[\r\n]", p.stdout) if x.startswith("{")]
-    if not lines:
-        raise SystemExit(f"{what}: no result line in its output:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
-    return json.loads(lines[-1])
+    # the result is the last JSON object (older stores' DuckDB drew a progress bar on the same line)
+    at = p.stdout.rfind('{"seconds"')
+    if at < 0:
+        raise SystemExit(f"{what}: no result in its output:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    return json.loads(p.stdout[at:].splitlines()[0])
 
 
 def main() -> None:

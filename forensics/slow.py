@@ -30,7 +30,8 @@ from stagetrace.model import Span, Trace
 from . import attributes, blame, incident, logmining, metricevidence, stats, timeline
 from .progress import steps
 from .report import EvidenceGuard, Finding, Report, headline
-from .window import comparison_weights, entry_operation, entry_spans, fmt_ms, fmt_time, sampling_weights
+from .window import (comparison_weights, entry_operation, entry_operations, entry_spans, fmt_ms, fmt_time,
+                     sampling_weights)
 
 MAX_SELECTION = 200
 MAX_BASELINE = 400
@@ -113,7 +114,7 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         w_end = end_ns if end_ns is not None else max(s.start_ns for s in entries) + 1
         dur = np.array([s.duration_ns for s in entries], dtype=np.int64)
         t0 = np.array([s.start_ns for s in entries], dtype=np.int64)
-        ops = np.array([entry_operation(s) for s in entries], dtype=object)
+        ops = np.array(entry_operations(entries), dtype=object)
         # Tail-sampled data (Tempo behind the gateway Collector): each stored request
         # stands for its adjusted count; {} = unsampled, every analysis unweighted.
         wmap = sampling_weights(entries)

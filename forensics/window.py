@@ -45,6 +45,21 @@ def entry_operation(span: Span) -> str:
     return f"{span.service_name}: {name}"
 
 
+def entry_operations(entries: Sequence[Span]) -> list[str]:
+    """:func:`entry_operation` of each entry, computed once per distinct (attributes,
+    resource, name): the spans of a read-only answer share their dicts, so 1.4M
+    requests cost a dict lookup each instead of a string build each."""
+    memo: dict[tuple[int, int, str], str] = {}
+    out = []
+    for s in entries:  # `entries` holds every span, so no id() is reused meanwhile
+        key = (id(s.attributes), id(s.resource), s.name)
+        op = memo.get(key)
+        if op is None:
+            op = memo[key] = entry_operation(s)
+        out.append(op)
+    return out
+
+
 def adjusted_count(span: Span) -> float:
     """How many requests this stored request stands for: the gateway Collector's
     ``sampling.adjusted_count`` (1/p on the probabilistic baseline share of tail
@@ -63,8 +78,15 @@ def adjusted_count(span: Span) -> float:
 def sampling_weights(entries: list[Span]) -> dict[str, float]:
     """Trace id -> adjusted count of its entry span; empty when nothing was sampled
     (every weight 1), so callers can tell weighted from unweighted analyses."""
-    w = {s.trace_id: adjusted_count(s) for s in entries}
-    return w if any(x != 1.0 for x in w.values()) else {}
+    # one adjusted_count per distinct attribute dict (shared in read-only answers), and
+    # no per-request dict at all when nothing was sampled (the usual case)
+    memo: dict[int, float] = {}
+    for s in entries:
+        if id(s.attributes) not in memo:
+            memo[id(s.attributes)] = adjusted_count(s)
+    if all(x == 1.0 for x in memo.values()):
+        return {}
+    return {s.trace_id: memo[id(s.attributes)] for s in entries}
 
 
 def fmt_ms(ns: float) -> str:
