@@ -11,7 +11,15 @@ Parquet blocks the collector cuts from its WAL, without 1M spans of network
 round-trips. Each measurement then runs in a fresh Python process against
 ``EmbeddedBackend`` (peak RSS = that process's ru_maxrss).
 
+Ten times the data (issue 19): ``--copies 7`` writes each generated chunk 7
+times, each copy's trace ids rewritten (the first 8 bytes XOR a per-copy
+constant), so 200k generated requests become 1.4M requests, ~9.8M spans and
+~7M logs with the same rates, faults and timestamps, without an hour of SDK
+generation per copy. ``--base DIR`` takes the chunks from an existing store's
+blocks (e.g. a kept 1.4M run) instead of generating them.
+
     .venv/bin/python benchmarks/forensics.py [--requests 200000] [--keep DIR]
+    .venv/bin/python benchmarks/forensics.py --copies 7 --base DIR1M --keep DIR10M
 """
 
 from __future__ import annotations
@@ -34,7 +42,55 @@ CHUNKS = 10
 CHUNK_MIN = 6
 
 
-def load(data_dir: Path, requests: int) -> dict:
+def copy_ids(t, copy: int):
+    """``t`` (a span or log table) with its trace ids moved to another random-looking id
+    (first 8 bytes XOR a per-copy constant; empty ids stay empty): copy 0 is ``t``."""
+    if copy == 0:
+        return t
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    salt = np.uint64((0x9E3779B97F4A7C15 * copy) & 0xFFFFFFFFFFFFFFFF)
+    ids = t.column("trace_id").combine_chunks()
+    full = pc.fill_null(pc.equal(pc.binary_length(ids), 16), False).to_numpy(zero_copy_only=False)
+    fixed = pc.if_else(full, ids, pa.scalar(bytes(16), pa.binary())).cast(pa.binary(16))
+    raw = np.frombuffer(fixed.buffers()[1], dtype=np.uint8, count=16 * len(fixed),
+                        offset=fixed.offset * 16).reshape(-1, 16).copy()
+    head = raw[:, :8].copy().view(">u8").ravel() ^ salt
+    raw[:, :8] = head.astype(">u8").view(np.uint8).reshape(-1, 8)
+    moved = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(raw), [None, pa.py_buffer(raw.tobytes())])
+    new = pc.if_else(pa.array(full), moved.cast(pa.binary()), ids)
+    return t.set_column(t.schema.get_field_index("trace_id"), "trace_id", new)
+
+
+def replicate(base: Path, data_dir: Path, copies: int) -> dict:
+    """Every span and log block of the store ``base``, ``copies`` times with moved trace
+    ids, plus its metric blocks once (see the module docstring)."""
+    import pyarrow.parquet as pq
+    from stagetrace.collector import store
+
+    meta = json.loads((base / "bench-meta.json").read_text())
+    t0 = time.perf_counter()
+    seq = 0
+    totals = {"spans": 0, "logs": 0}
+    for table in store.TABLES:
+        for ref in store.list_blocks(base, table):
+            t = pq.read_table(ref.path).replace_schema_metadata(None)
+            for c in range(copies if table != store.METRICS else 1):
+                out = copy_ids(t, c) if table != store.METRICS else t
+                store.write_block(data_dir, table, seq, seq, out)
+                seq += 1
+                if table in totals:
+                    totals[table] += out.num_rows
+            print(f"  {table} block {ref.path.name}: {t.num_rows:,} rows x {copies}", flush=True)
+    reqs = meta["requests"] * copies
+    return {"spans": totals["spans"], "logs": totals["logs"], "metric_points": meta["metric_points"],
+            "requests": reqs, "start_ns": meta["start_ns"], "end_ns": meta["end_ns"],
+            "load_s": time.perf_counter() - t0, "copies": copies, "base": str(base)}
+
+
+def load(data_dir: Path, requests: int, copies: int = 1) -> dict:
     import telemetry_gen as gen
     from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
     from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
@@ -59,11 +115,13 @@ def load(data_dir: Path, requests: int) -> dict:
         for table, payload in ((store.SPANS, encode_spans(spans)), (store.LOGS, encode_logs(logs)),
                                (store.METRICS, encode_metrics(ex.metrics[0]))):
             t = store.build_table(table, [payload.SerializeToString()])
-            store.write_block(data_dir, table, i, i, t)
-        totals["spans"] += len(spans)
-        totals["logs"] += len(logs)
+            for c in range(copies if table != store.METRICS else 1):
+                store.write_block(data_dir, table, i * copies + c, i * copies + c, copy_ids(t, c)
+                                  if table != store.METRICS else t)
+        totals["spans"] += len(spans) * copies
+        totals["logs"] += len(logs) * copies
         totals["metric_points"] += r.metric_points
-        totals["requests"] += r.requests
+        totals["requests"] += r.requests * copies
         del spans, logs, ex
         gc.enable()
         gc.collect()
@@ -132,14 +190,29 @@ def child(data_dir: Path, what: str, start: int, end: int, extra: str = "") -> d
                        capture_output=True, text=True, cwd=ROOT)
     if p.returncode:
         raise SystemExit(f"{what} failed:\n{p.stderr}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    # the result is the last JSON object (older stores' DuckDB drew a progress bar on the same line)
+    at = p.stdout.rfind('{"seconds"')
+    if at < 0:
+        raise SystemExit(f"{what}: no result in its output:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    return json.loads(p.stdout[at:].splitlines()[0])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=200_000)
     ap.add_argument("--keep", type=Path, default=None, help="reuse/keep the store in this directory")
+    ap.add_argument("--copies", type=int, default=1, help="write each chunk this many times, trace ids moved")
+    ap.add_argument("--base", type=Path, default=None, help="replicate this kept store instead of generating")
+    ap.add_argument("--only", default="slow,errors,trace", help="measurements to run, comma-separated: "
+                    "slow, errors, trace (in process and `stagetrace trace` CLI); empty: load and compact only")
     args = ap.parse_args()
+    only = {w.strip() for w in args.only.split(",") if w.strip()}
+    if only - {"slow", "errors", "trace"}:
+        raise SystemExit(f"--only: unknown measurement(s) {', '.join(sorted(only - {'slow', 'errors', 'trace'}))}")
+    if args.copies < 1:
+        raise SystemExit("--copies must be at least 1")
+    if args.base is not None and not (args.base / "bench-meta.json").exists():
+        raise SystemExit(f"--base {args.base}: not a store kept by this script (no bench-meta.json)")
     data_dir = args.keep or Path(tempfile.mkdtemp(prefix="stagetrace-bench-forensics-"))
     meta_path = data_dir / "bench-meta.json"
     try:
@@ -147,8 +220,12 @@ def main() -> None:
             totals = json.loads(meta_path.read_text())
             print(f"reusing store {data_dir}")
         else:
-            print(f"loading {args.requests:,} requests into {data_dir}")
-            totals = load(data_dir, args.requests)
+            if args.base is not None:
+                print(f"replicating {args.base} x{args.copies} into {data_dir}")
+                totals = replicate(args.base, data_dir, args.copies)
+            else:
+                print(f"loading {args.requests:,} requests x{args.copies} into {data_dir}")
+                totals = load(data_dir, args.requests, args.copies)
             meta_path.write_text(json.dumps(totals))
         # Merge the chunk blocks as a running collector's maintainer would, so every
         # measurement reads the layout a live store has (a no-op when already done).
@@ -165,7 +242,7 @@ def main() -> None:
               f"{totals['requests']:,} requests (load {totals.get('load_s', 0):.0f} s)")
         s, e = totals["start_ns"], totals["end_ns"]
         rows = []
-        for what in ("slow", "errors"):
+        for what in [w for w in ("slow", "errors") if w in only]:
             r = child(data_dir, what, s, e)
             rows.append((what, r))
             inside = sum(r["backend_seconds"].values())
@@ -173,14 +250,16 @@ def main() -> None:
                   f"{r['peak_rss_mb']:5.0f} MB; {inside:.2f} s inside backend calls {r['backend_seconds']}, "
                   f"{r['seconds'] - inside:.2f} s analysis; {r['significant']} significant findings")
             print(f"    top: {r['top'][0] if r['top'] else '-'}")
-        # trace lookups: ids of random traces from the window
-        from stagetrace.backend import TraceQuery
-        from stagetrace.collector.query import EmbeddedBackend
-        import random
-        b = EmbeddedBackend(data_dir)
-        roots = b.find_spans(TraceQuery(root_only=True, start_ns=s, end_ns=e, limit=None))
-        ids = [x.trace_id for x in random.Random(0).sample(roots, 21)]
-        b.close()
+        if "trace" not in only:
+            return
+        # trace lookups: ids of 21 pseudo-random root traces of the window (one scan of
+        # two columns: turning every root into a Span here would cost gigabytes at 10M)
+        import duckdb
+        files = [str(r.path) for r in _store.list_blocks(data_dir, _store.SPANS)]
+        ids = [bytes(row[0]).hex() for row in duckdb.sql(
+            "SELECT trace_id FROM read_parquet($files) WHERE octet_length(parent_span_id) = 0 "
+            "AND start_ns >= $s AND start_ns < $e ORDER BY hash(trace_id) LIMIT 21",
+            params={"files": files, "s": s, "e": e}).fetchall()]
         r = child(data_dir, "trace", s, e, ",".join(ids))
         tt = r["trace_times"][1:]  # first call includes opening the store
         print(f"trace report+render (in process): median {statistics.median(tt) * 1e3:.0f} ms, "

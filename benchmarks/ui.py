@@ -15,6 +15,9 @@ request of each kind is reported separately as "cold"):
   (API call + drawing), and the drawing alone (`data-render-ms`).
 
     .venv/bin/python benchmarks/ui.py [--requests 200000] [--keep DIR]
+
+A store kept by benchmarks/forensics.py (e.g. its 10M-span ``--copies 7`` store)
+can be given as --keep: then only the searches and the map are measured.
 """
 
 from __future__ import annotations
@@ -147,7 +150,7 @@ def main() -> None:
         while bs.compact(table):
             pass
     print(f"store: {totals['spans']:,} spans, {totals['logs']:,} logs, {totals['requests']:,} requests "
-          f"+ one trace of {BIG_SPANS} spans and {BIG_LOGS} logs")
+          + (f"+ one trace of {BIG_SPANS} spans and {BIG_LOGS} logs" if "big_trace_id" in totals else ""))
     s_ms, e_ms = totals["start_ns"] // 1_000_000, totals["end_ns"] // 1_000_000
     proc = subprocess.Popen([str(Path(sys.executable).with_name("stagetrace")), "ui", "--data-dir", str(data_dir),
                              "--port", "0"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -173,7 +176,10 @@ def main() -> None:
                   + (f"; cold {cold * 1e3:.0f} ms" if cold else ""))
         dt, doc = get(f"{base}api/map?{window}")
         print(f"  service map                  {dt * 1e3:6.0f} ms, {len(doc['edges'])} edges, {doc['spans_read']} spans read")
-        tid = totals["big_trace_id"]
+        tid = totals.get("big_trace_id")
+        if tid is None:  # a store kept by benchmarks/forensics.py (e.g. its --copies 7 store): search only
+            print("no big trace in this store (built by benchmarks/forensics.py): trace page not measured")
+            return
         dt, doc = get(f"{base}api/trace/{tid}")
         print(f"big trace API: {dt * 1e3:.0f} ms ({doc['data']['span_count']} spans, {doc['data']['log_count']} logs)")
         d = chrome()

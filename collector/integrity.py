@@ -56,13 +56,18 @@ def check_path(block_path: Path) -> Path:
     return block_path.with_name(block_path.name[: -len(".parquet")] + CHECK_SUFFIX)
 
 
-def write_check(block_tmp: Path, final_block_path: Path, tids_path: Path | None, info: dict[str, int]) -> None:
+def write_check(block_tmp: Path, final_block_path: Path, tids_path: Path | None, info: dict[str, int],
+                entries_path: Path | None = None) -> None:
     """Write the checksum sidecar of a block still at its temporary name (fsynced,
-    renamed into place before the block itself becomes visible)."""
+    renamed into place before the block itself becomes visible). ``entries_path``:
+    the block's entry-span index (derived data: a reader that finds it damaged reads
+    the block instead, so its checksum is recorded, not enforced here)."""
     crc, size = file_crc32(block_tmp)
     doc: dict[str, Any] = {"crc32": crc, "bytes": size, **info}
     if tids_path is not None:
         doc["tids_crc32"] = file_crc32(tids_path)[0]
+    if entries_path is not None:
+        doc["entries_crc32"], doc["entries_bytes"] = file_crc32(entries_path)
     final = check_path(final_block_path)
     tmp = final.with_name(final.name + ".tmp")
     with open(tmp, "w") as fh:

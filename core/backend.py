@@ -34,6 +34,11 @@ class TraceQuery:
     root_only: bool = False
     kind: str | None = None  # span kind, e.g. "server" (TraceQL's ``kind`` intrinsic)
     limit: int | None = 20  # None = no limit (embedded store only; remote backends cap it)
+    # The caller only reads the spans: a backend may then share one attribute dict,
+    # event list and resource dict among every span that has the same values (the
+    # embedded store decodes each distinct span body once; a 10M-span window's
+    # requests fit in memory). Mutating a span of such an answer changes others.
+    read_only: bool = False
 
 
 @dataclass(slots=True)

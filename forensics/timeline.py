@@ -141,9 +141,22 @@ def first_seen(observations: Iterable[tuple[int, str, Any]]) -> list[FirstSeen]:
 def versions_first_seen(spans: Iterable[Any], keys: Sequence[str]) -> list[FirstSeen]:
     """First time each value of ``keys`` (span attribute, else resource) appears:
     one pass, no intermediate tuples (this runs over every request of the window)."""
-    seen: dict[tuple[str, str], FirstSeen] = {}
+    # Spans of a read-only backend answer share their attribute and resource dicts: group
+    # by those first (one dict lookup per span), then read the keys once per group.
+    groups: dict[tuple[int, int], list] = {}
+    held = []  # keeps every grouped dict alive, so no id() is reused during the pass
     for s in spans:
         a, r, t = s.attributes, s.resource, s.start_ns
+        g = groups.get((id(a), id(r)))
+        if g is None:
+            groups[(id(a), id(r))] = [a, r, t, 1]
+            held.append(s)
+        else:
+            g[3] += 1
+            if t < g[2]:
+                g[2] = t
+    seen: dict[tuple[str, str], FirstSeen] = {}
+    for a, r, t, n in groups.values():
         for k in keys:
             v = a.get(k)
             if v is None:
@@ -152,9 +165,9 @@ def versions_first_seen(spans: Iterable[Any], keys: Sequence[str]) -> list[First
                     continue
             fs = seen.get((k, v))
             if fs is None:
-                seen[(k, v)] = FirstSeen(k, str(v), t, 1)
+                seen[(k, v)] = FirstSeen(k, str(v), t, n)
             else:
-                fs.count += 1
+                fs.count += n
                 if t < fs.first_ns:
                     fs.first_ns = t
     merged: dict[tuple[str, str], FirstSeen] = {}

@@ -91,7 +91,7 @@ def spread_sample(store: Any, query: TraceQuery, *, entry: str, buckets: int, pe
         from stagetrace.backend import attributes_match
         total = None
         # the extent of the rows that pass the byte prefilter: a superset of the matches
-        for batch in store._sql(SPANS, "*, " + span_of_rows, where, params, qualify):
+        for batch in store._sql(SPANS, "*, " + span_of_rows, where, params, qualify, entries=entry != "span"):
             if batch.num_rows:
                 first, last = batch.column("first_start")[0].as_py(), batch.column("last_start")[0].as_py()
                 extent = (int(first), int(last))
@@ -104,7 +104,7 @@ def spread_sample(store: Any, query: TraceQuery, *, entry: str, buckets: int, pe
         return points, total, extent if points else None
     cols = ("trace_id, span_id, name, service, start_ns, duration_ns, status_code, count(*) OVER () AS matched_total, "
             + span_of_rows)
-    for batch in store._sql(SPANS, cols, where, params, qualify):
+    for batch in store._sql(SPANS, cols, where, params, qualify, entries=entry != "span"):
         if not batch.num_rows:
             continue
         d = batch.to_pydict()
@@ -146,7 +146,8 @@ def trace_sample(store: Any, start_ns: int, end_ns: int, max_traces: int) -> tup
     where = ["start_ns >= ?", "start_ns < ?"]
     params: list[Any] = [int(start_ns), int(end_ns)]
     n = 0
-    for batch in store._sql(SPANS, "count(*) AS n", where + ["octet_length(parent_span_id) = 0"], params):
+    for batch in store._sql(SPANS, "count(*) AS n", where + ["octet_length(parent_span_id) = 0"], params,
+                            entries=True):
         n = int(batch.column("n")[0].as_py()) if batch.num_rows else 0
     if n == 0:
         return [], 1.0
