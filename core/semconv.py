@@ -111,6 +111,7 @@ ENV_PROFILE_STAGES = "STAGETRACE_PROFILE_STAGES"  # comma-separated stages to pr
 ENV_PROFILE_FEATURES = "STAGETRACE_PROFILE_FEATURES"  # comma-separated feature names when the model has none
 ENV_PROFILE_REDACT = "STAGETRACE_PROFILE_REDACT"  # comma-separated features never binned nor sampled
 ENV_PROFILE_SAMPLE_RATE = "STAGETRACE_PROFILE_SAMPLE_RATE"  # opt-in raw samples: share of calls (default 0)
+ENV_PROFILE_DEFER = "STAGETRACE_PROFILE_DEFER"  # false: encode profiles in the call, not in the span export thread
 ENV_MODEL_VERSION = "STAGETRACE_MODEL_VERSION"  # default ml.model.version when the library has none
 ENV_SIGNAL_FLUSH_TIMEOUT = "STAGETRACE_SIGNAL_FLUSH_TIMEOUT"  # seconds to flush telemetry on SIGTERM (default 2; 0 = off)
 ENV_DATA_DIR = "STAGETRACE_DATA_DIR"

@@ -37,6 +37,7 @@ from opentelemetry.trace import NoOpTracerProvider, SpanKind, Status, StatusCode
 from stagetrace import semconv
 
 from . import deferred, metrics
+from .profiling import _last_prediction_id as _last_prediction_ctx
 
 _logger = logging.getLogger("stagetrace.instrumentation")
 
@@ -86,7 +87,7 @@ class _Frame:
         self.stage = stage
         self.span = span
         self.has_model = has_model
-        self.profiled = profiled  # ml.input.profile is on the span
+        self.profiled = profiled  # ml.input.profile is on the span (True) or pending on it ([input, output])
 
 
 _current: ContextVar[_Frame | None] = ContextVar("stagetrace_stage", default=None)
@@ -253,6 +254,38 @@ def _profile_input(spec: StageSpec, instance, args, kwargs, model: str | None) -
         return {}
 
 
+_MARK = "_stagetrace_profile"  # profile_export.MARK (that module imports the SDK: loaded on first use)
+_defer_state: list = [None, False]  # [the tracer's span-processor tuple, whether profiles may be deferred]
+
+
+def _can_defer(tracer) -> bool:
+    """Whether every span processor of ``tracer`` exports through our resolving exporter
+    (checked again whenever the provider's processor tuple changes)."""
+    try:
+        procs = tracer.span_processor._span_processors  # SDK tracer; the tuple is replaced on add
+    except AttributeError:
+        return False
+    if procs is _defer_state[0]:
+        return _defer_state[1]
+    try:
+        from . import profile_export
+        ok = profile_export.wrap_processors(procs)
+    except Exception:
+        ok = False
+    _defer_state[0], _defer_state[1] = procs, ok
+    return ok
+
+
+def _defer_input(spec: StageSpec, instance, args, kwargs, model: str | None):
+    try:  # (few calls: each one is a cache miss right after the model ran)
+        x = args[0] if args and spec.model_input is None else _model_input(spec, args, kwargs)
+        return (_capture[0] if _capture else _capture_module()).defer_input(settings.profile, x, instance,
+                                                                            spec.qualname, model)
+    except Exception:
+        _internal_error("input profile", spec)
+        return None
+
+
 def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
     """Open a span for this call, or return None if the call is nested/not applicable."""
     parent = _current.get()
@@ -289,14 +322,24 @@ def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
     version = attrs.get(semconv.ML_MODEL_VERSION)
     if version is None and settings.default_model_version is not None:
         version = attrs[semconv.ML_MODEL_VERSION] = settings.default_model_version
-    profiled = False
+    profiled: Any = False
+    pending = None
     prof = settings.profile
     if prof is not None and spec.stage in prof.stages:
-        pattrs = _profile_input(spec, instance, args, kwargs, model)
-        if pattrs:
-            attrs.update(pattrs)  # set with the others: one attribute-cleaning pass
-            profiled = True
+        if prof.defer and _can_defer(tracer):
+            pending = _defer_input(spec, instance, args, kwargs, model)
+        if pending is None:
+            pattrs = _profile_input(spec, instance, args, kwargs, model)
+            if pattrs:
+                attrs.update(pattrs)  # set with the others: one attribute-cleaning pass
+                profiled = True
     span = tracer.start_span(f"{spec.stage} {model}" if model else spec.default_name, kind=SpanKind.INTERNAL, attributes=attrs)
+    if pending is not None:
+        # encoded by the exporter (profile_export.py); an unsampled span exports nothing
+        target = getattr(span, "_attributes", None)
+        if target is not None:
+            profiled = [pending, None]
+            target.__dict__[_MARK] = profiled
     metric_attrs = metrics.attributes_for(spec.stage, model, version)
     return _Active(span, _Frame(spec.stage, span, model is not None, profiled), metric_attrs, instance)
 
@@ -349,7 +392,14 @@ def _profile_output(active: _Active, spec: StageSpec, result) -> None:
     """Prediction summary of a profiled call that returned (its ``ml.prediction.id`` is
     remembered for ``last_prediction_id()``)."""
     try:
-        capture = _capture_module()
+        capture = _capture[0] if _capture else _capture_module()
+        pending = active.frame.profiled
+        if pending.__class__ is list:  # deferred input: defer the output too when it is an array
+            out = capture.defer_output(result, active.instance)
+            if out is not None:
+                pending[1] = out
+                _last_prediction_ctx.set(active.span.get_span_context())  # remember_prediction, inlined
+                return
         attrs = capture.output_attributes(result, active.instance)
         # ml.prediction.id is the span's own <trace id>-<span id>: derived by readers, not written
         capture.remember_prediction(active.span)
