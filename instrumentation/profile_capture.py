@@ -17,7 +17,6 @@ import numpy as np
 
 from stagetrace import mlprofile, semconv
 
-from .profile_export import MAX_DEFERRED_BYTES as _DEFER_MAX
 from .profiling import ProfileSettings, _last_prediction_id
 
 MAX_SAMPLED_ROWS = 256  # rows binned per call (a strided sample above; summaries cover all rows)
@@ -538,30 +537,8 @@ def remember_prediction(span: Any) -> None:
         _last_prediction_id.set(ctx)
 
 
-# --- deferred capture (profile_export.py): snapshot now, encode in the export thread ------
-# ``tobytes`` is the snapshot: a third of the cost of ``ndarray.copy`` on small arrays, and
-# the app may reuse or modify its arrays once the call returns.
-_ndarray = np.ndarray
-
-
-def defer_input(prof: ProfileSettings, x: Any, instance: Any, qualname: str, model: str | None) -> tuple | None:
-    """What :func:`resolve_input` needs, with a snapshot of ``x``; None when ``x`` is not a
-    small numeric array (then the capture runs inline)."""
-    if type(x) is _ndarray:
-        dt = x.dtype
-        if dt.kind in "fiub" and 0 < x.nbytes <= _DEFER_MAX:
-            return (prof, x.tobytes(), dt, x.shape, instance, qualname, model)
-    return None
-
-
-def defer_output(result: Any, instance: Any) -> tuple | None:
-    """What :func:`resolve_output` needs, with a snapshot of ``result``, or None."""
-    if type(result) is _ndarray:
-        dt = result.dtype
-        if dt.kind in "fiub" and 0 < result.nbytes <= _DEFER_MAX:
-            return (result.tobytes(), dt, result.shape, instance)
-    return None
-
+# --- deferred capture (profile_export.py): the call snapshots its arrays (wrapping._defer_input),
+# the export thread encodes them here ---------------------------------------------------------
 
 def resolve_input(prof: ProfileSettings, raw: bytes, dtype: Any, shape: tuple, instance: Any, qualname: str,
                   model: str | None) -> dict[str, Any]:

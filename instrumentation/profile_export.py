@@ -31,11 +31,14 @@ from typing import Any
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from . import deferred
+from .wrapping import _DEFER_MAX_BYTES, _MARK
 
 _logger = logging.getLogger("stagetrace.instrumentation")
 
-MARK = "_stagetrace_profile"  # attribute of the span's BoundedAttributes: [input payload, output payload]
-MAX_DEFERRED_BYTES = 32768  # per array: 256 rows x 16 float64 features; larger batches are captured inline
+# MARK: the attribute of the span's BoundedAttributes that holds [input snapshot, output snapshot];
+# MAX_DEFERRED_BYTES: per array (256 rows x 16 float64 features); larger ones are captured inline.
+# Both live in wrapping.py, which writes them in the call.
+MARK, MAX_DEFERRED_BYTES = _MARK, _DEFER_MAX_BYTES
 
 _SDK_EXPORT = "opentelemetry.sdk.trace.export"
 _KNOWN = ("BatchSpanProcessor", "SimpleSpanProcessor")

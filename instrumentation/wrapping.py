@@ -254,36 +254,49 @@ def _profile_input(spec: StageSpec, instance, args, kwargs, model: str | None) -
         return {}
 
 
-_MARK = "_stagetrace_profile"  # profile_export.MARK (that module imports the SDK: loaded on first use)
+# Deferred profiles (profile_export.py, which imports the SDK: loaded on first use): the
+# snapshots ride on the span's attribute mapping under _MARK; arrays up to _DEFER_MAX_BYTES
+# (256 rows x 16 float64 features) are deferred, larger ones captured inline.
+_MARK = "_stagetrace_profile"
+_DEFER_MAX_BYTES = 32768
 _defer_state: list = [None, False]  # [the tracer's span-processor tuple, whether profiles may be deferred]
+_ndarray: list = [None]  # numpy.ndarray, once the capture module (which imports numpy) is loaded
 
 
-def _can_defer(tracer) -> bool:
-    """Whether every span processor of ``tracer`` exports through our resolving exporter
-    (checked again whenever the provider's processor tuple changes)."""
-    try:
-        procs = tracer.span_processor._span_processors  # SDK tracer; the tuple is replaced on add
-    except AttributeError:
-        return False
-    if procs is _defer_state[0]:
-        return _defer_state[1]
+def _defer_recheck(procs) -> None:
+    """Whether every span processor in ``procs`` exports through our resolving exporter
+    (asked again whenever the provider's processor tuple changes)."""
     try:
         from . import profile_export
         ok = profile_export.wrap_processors(procs)
+        if _ndarray[0] is None:
+            _ndarray[0] = _capture_module().np.ndarray
     except Exception:
         ok = False
     _defer_state[0], _defer_state[1] = procs, ok
-    return ok
 
 
-def _defer_input(spec: StageSpec, instance, args, kwargs, model: str | None):
-    try:  # (few calls: each one is a cache miss right after the model ran)
+def _defer_input(tracer, spec: StageSpec, instance, args, kwargs, model: str | None):
+    """The deferred input profile's data (a snapshot of a small numeric array), or None
+    when it cannot be deferred. Written out in one function: right after the model ran,
+    every extra code object the call touches is a cache miss (docs/benchmarks.md)."""
+    try:
+        procs = tracer.span_processor._span_processors  # SDK tracer; the tuple is replaced on add
+        if procs is not _defer_state[0]:
+            _defer_recheck(procs)
+        if not _defer_state[1]:
+            return None
         x = args[0] if args and spec.model_input is None else _model_input(spec, args, kwargs)
-        return (_capture[0] if _capture else _capture_module()).defer_input(settings.profile, x, instance,
-                                                                            spec.qualname, model)
+        if x.__class__ is _ndarray[0]:
+            dt = x.dtype
+            if dt.kind in "fiub" and 0 < x.nbytes <= _DEFER_MAX_BYTES:
+                # tobytes: the app may reuse its buffer once the call returns (a third of ndarray.copy's cost)
+                return (settings.profile, x.tobytes(), dt, x.shape, instance, spec.qualname, model)
+    except AttributeError:
+        pass  # not the SDK's tracer: inline
     except Exception:
         _internal_error("input profile", spec)
-        return None
+    return None
 
 
 def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
@@ -326,8 +339,8 @@ def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
     pending = None
     prof = settings.profile
     if prof is not None and spec.stage in prof.stages:
-        if prof.defer and _can_defer(tracer):
-            pending = _defer_input(spec, instance, args, kwargs, model)
+        if prof.defer:
+            pending = _defer_input(tracer, spec, instance, args, kwargs, model)
         if pending is None:
             pattrs = _profile_input(spec, instance, args, kwargs, model)
             if pattrs:
@@ -392,14 +405,15 @@ def _profile_output(active: _Active, spec: StageSpec, result) -> None:
     """Prediction summary of a profiled call that returned (its ``ml.prediction.id`` is
     remembered for ``last_prediction_id()``)."""
     try:
-        capture = _capture[0] if _capture else _capture_module()
         pending = active.frame.profiled
-        if pending.__class__ is list:  # deferred input: defer the output too when it is an array
-            out = capture.defer_output(result, active.instance)
-            if out is not None:
-                pending[1] = out
+        if pending.__class__ is list and result.__class__ is _ndarray[0]:
+            # deferred input: defer the output too (a snapshot, as for the input)
+            dt = result.dtype
+            if dt.kind in "fiub" and 0 < result.nbytes <= _DEFER_MAX_BYTES:
+                pending[1] = (result.tobytes(), dt, result.shape, active.instance)
                 _last_prediction_ctx.set(active.span.get_span_context())  # remember_prediction, inlined
                 return
+        capture = _capture[0] if _capture else _capture_module()
         attrs = capture.output_attributes(result, active.instance)
         # ml.prediction.id is the span's own <trace id>-<span id>: derived by readers, not written
         capture.remember_prediction(active.span)
