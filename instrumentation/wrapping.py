@@ -261,6 +261,7 @@ _MARK = "_stagetrace_profile"
 _DEFER_MAX_BYTES = 32768
 _defer_state: list = [None, False]  # [the tracer's span-processor tuple, whether profiles may be deferred]
 _ndarray: list = [None]  # numpy.ndarray, once the capture module (which imports numpy) is loaded
+_UNSAMPLED = "unsampled"  # _Frame.profiled of a deferrable call whose span records nothing
 
 
 def _defer_recheck(procs) -> None:
@@ -353,6 +354,8 @@ def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
         if target is not None:
             profiled = [pending, None]
             target.__dict__[_MARK] = profiled
+        else:
+            profiled = _UNSAMPLED  # nothing to record; last_prediction_id() still names this call
     metric_attrs = metrics.attributes_for(spec.stage, model, version)
     return _Active(span, _Frame(spec.stage, span, model is not None, profiled), metric_attrs, instance)
 
@@ -406,6 +409,9 @@ def _profile_output(active: _Active, spec: StageSpec, result) -> None:
     remembered for ``last_prediction_id()``)."""
     try:
         pending = active.frame.profiled
+        if pending is _UNSAMPLED:
+            _last_prediction_ctx.set(active.span.get_span_context())
+            return
         if pending.__class__ is list and result.__class__ is _ndarray[0]:
             # deferred input: defer the output too (a snapshot, as for the input)
             dt = result.dtype

@@ -137,8 +137,16 @@ def test_processor_added_later_switches_to_inline(model):
 def test_unsampled_spans_cost_no_profile_and_results_are_unchanged(model):
     m, X = model
     b = X[:4].copy()
-    (r,), spans = _run(SimpleSpanProcessor, profiling.ProfileSettings(), [lambda: m.predict_proba(b)], sampler=ALWAYS_OFF)
+    ids: list = []
+
+    def call():
+        r = m.predict_proba(b)
+        ids.append(profiling.last_prediction_id())
+        return r
+
+    (r, _), spans = _run(SimpleSpanProcessor, profiling.ProfileSettings(), [call, call], sampler=ALWAYS_OFF)
     assert spans == [] and np.array_equal(r, m.predict_proba(b))
+    assert None not in ids and ids[0] != ids[1]  # the app still gets each call's id
 
 
 def test_failure_while_resolving_exports_the_span_without_the_profile(model, monkeypatch):
