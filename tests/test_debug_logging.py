@@ -105,7 +105,7 @@ def test_debug_header_turns_on_debug_logs_for_that_trace_in_both_services_rate_l
     def send(edge: str) -> dict[int, bool]:
         asked = {}
         for item, debug in ((1, False), (2, True), (3, False), (4, True), (5, True), (6, True), (7, True)):
-            r = requests.get(f"{edge}/work/{item}", headers=header if debug else {}, timeout=30)
+            r = requests.get(f"{edge}/call/{item}", headers=header if debug else {}, timeout=30)
             assert r.status_code == 200, r.text
             asked[item] = debug
         return asked
@@ -134,7 +134,7 @@ def test_debug_header_turns_on_debug_logs_for_that_trace_in_both_services_rate_l
 def test_debug_header_does_nothing_unless_configured(tmp_path):
     def send(edge: str) -> dict[int, bool]:
         for item in (11, 12):
-            r = requests.get(f"{edge}/work/{item}", headers={"stagetrace-debug": "1", "baggage": "stagetrace-debug=1"},
+            r = requests.get(f"{edge}/call/{item}", headers={"stagetrace-debug": "1", "baggage": "stagetrace-debug=1"},
                              timeout=30)
             assert r.status_code == 200 and r.json()["debug_enabled"] is False
         return {11: True, 12: True}

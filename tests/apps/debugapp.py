@@ -25,11 +25,11 @@ def health() -> dict:
     return {"ok": True}
 
 
-@app.get("/work/{item}")
+@app.get("/call/{item}")
 def work(item: int) -> dict:
     log.debug("debug detail from %s for item %s", NAME, item)
     log.info("handled item %s in %s", item, NAME)
     down = None
     if DOWNSTREAM:
-        down = requests.get(f"{DOWNSTREAM}/work/{item}", timeout=30).json()
+        down = requests.get(f"{DOWNSTREAM}/call/{item}", timeout=30).json()
     return {"item": item, "service": NAME, "debug_enabled": log.isEnabledFor(logging.DEBUG), "downstream": down}
