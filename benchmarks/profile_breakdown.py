@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/profile_breakdown.py [--rows 1] [--calls 28000]
 
 1. In the real call path: the benchmark's sklearn Pipeline through the sklearn hook, with
-   the capture functions swapped for stubs (nothing, constant attribute dicts, the real
-   ones), the variants alternating call by call, each call timed; p5/p10/p25/p50 and
-   their excess over profiling off.
+   the inline capture functions (``STAGETRACE_PROFILE_DEFER=false``) swapped for stubs
+   (nothing, constant attribute dicts, the real ones), and the default deferred capture,
+   the variants alternating call by call, each call timed; p5/p10/p25/p50 and their
+   excess over profiling off.
 2. Cold caches: the capture functions timed standalone right after an 8 MB copy and a
    model call (what runs before them in a real call), against a no-op.
 """
@@ -45,7 +46,8 @@ def main() -> None:
     X = rng.lognormal(3.0, 1.0, (4000, 9))
     y = (X[:, 0] > np.median(X[:, 0])).astype(int)
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300)).fit(X, y)
-    on = profiling.ProfileSettings()
+    on = profiling.ProfileSettings(defer=False)  # the stubs below replace the inline capture functions
+    deferred = profiling.ProfileSettings()  # the default: snapshots in the call, encoding in the export thread
     batch = X[:a.rows].copy()
     real_in, real_out, real_rem = pc.input_attributes, pc.output_attributes, pc.remember_prediction
     ia = real_in(on, batch, model, "Pipeline.predict_proba", "Pipeline")
@@ -61,6 +63,7 @@ def main() -> None:
         "real in, {} out": (on, real_in, lambda *_: {}, noop),
         "constant in, real out": (on, lambda *_: dict(ia), real_out, noop),
         "real in + out (full)": (on, real_in, real_out, real_rem),
+        "deferred (the default)": (deferred, real_in, real_out, real_rem),
     }
     names = list(variants)
     res: dict[str, list[int]] = {k: [] for k in names}

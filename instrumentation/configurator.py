@@ -9,6 +9,8 @@
   gunicorn forks workers from an already configured master: the SDK (>= 1.39)
   refreshes the id and its export threads after fork; on older SDKs our
   ``register_at_fork`` hook does it, so each worker is its own instance either way.
+* Per-request DEBUG logs, when ``STAGETRACE_DEBUG_REQUESTS`` is on:
+  ``stagetrace.instrumentation.debuglog``.
 * Flush on SIGTERM: ``stagetrace.instrumentation.shutdown`` (uvicorn and its
   gunicorn workers end with a SIG_DFL re-raise that skips atexit).
 """
@@ -28,7 +30,7 @@ from opentelemetry.sdk.resources import Resource
 
 from stagetrace import semconv
 
-from . import deferred, logs, shutdown
+from . import debuglog, deferred, logs, shutdown
 
 _logger = logging.getLogger("stagetrace.instrumentation")
 
@@ -121,6 +123,14 @@ class StagetraceConfigurator(_OTelSDKConfigurator):
                 logs.install(otlp=_logs_exported() and not _someone_else_exports_logs())
         except Exception:
             deferred.warning(_logger, "stagetrace: log correlation could not be installed", exc_info=True)
+
+        # Per-request DEBUG logs (off unless STAGETRACE_DEBUG_REQUESTS is on).
+        try:
+            debug_settings = debuglog.load_settings()
+            if debug_settings is not None:
+                debuglog.install(debug_settings)
+        except Exception:
+            deferred.warning(_logger, "stagetrace: per-request debug logging is off", exc_info=True)
 
         # Flush on SIGTERM where the process would otherwise die without atexit
         # (uvicorn re-raises the signal to SIG_DFL after its graceful shutdown).

@@ -535,3 +535,15 @@ def remember_prediction(span: Any) -> None:
     ctx = span.get_span_context()
     if ctx.is_valid:
         _last_prediction_id.set(ctx)
+
+
+# --- deferred capture (profile_export.py): the call snapshots its arrays (wrapping._defer_input),
+# the export thread encodes them here ---------------------------------------------------------
+
+def resolve_input(prof: ProfileSettings, raw: bytes, dtype: Any, shape: tuple, instance: Any, qualname: str,
+                  model: str | None) -> dict[str, Any]:
+    return input_attributes(prof, np.frombuffer(raw, dtype).reshape(shape), instance, qualname, model)
+
+
+def resolve_output(raw: bytes, dtype: Any, shape: tuple, instance: Any) -> dict[str, Any]:
+    return output_attributes(np.frombuffer(raw, dtype).reshape(shape), instance)

@@ -45,7 +45,7 @@ class ProfileSettings:
     """What to profile; built once by the instrumentor from env and config."""
 
     def __init__(self, *, stages: tuple[str, ...] = (semconv.STAGE_INFERENCE,), features: Any = None,
-                 redact: tuple[str, ...] = (), sample_rate: float = 0.0) -> None:
+                 redact: tuple[str, ...] = (), sample_rate: float = 0.0, defer: bool = True) -> None:
         self.stages = frozenset(stages)
         self.default_features: tuple[str, ...] | None = None
         self.features_by_key: dict[str, tuple[str, ...]] = {}
@@ -57,6 +57,8 @@ class ProfileSettings:
                     self.features_by_key[str(k)] = tuple(str(f) for f in v)
         self.redact = frozenset(redact)
         self.sample_rate = max(0.0, min(1.0, float(sample_rate)))
+        # encode in the span export thread when the SDK's own processors allow it (profile_export.py)
+        self.defer = bool(defer)
 
     def configured_names(self, qualname: str, model: str | None) -> tuple[str, ...] | None:
         byk = self.features_by_key
@@ -105,5 +107,7 @@ def load_settings(environ: Mapping[str, str] | None = None, table: Mapping[str, 
     except (TypeError, ValueError):
         _logger.warning("stagetrace: profile sample rate %r is not a number in [0, 1]; raw samples stay off", rate)
         rate = 0.0
+    defer_text = env.get(semconv.ENV_PROFILE_DEFER, "").strip().lower()
+    defer = defer_text not in ("0", "false", "no", "off") if defer_text else t.get("defer", True) is not False
     return ProfileSettings(stages=tuple(str(s) for s in stages), features=features,
-                           redact=tuple(str(r) for r in redact), sample_rate=rate)
+                           redact=tuple(str(r) for r in redact), sample_rate=rate, defer=defer)

@@ -37,6 +37,7 @@ from opentelemetry.trace import NoOpTracerProvider, SpanKind, Status, StatusCode
 from stagetrace import semconv
 
 from . import deferred, metrics
+from .profiling import _last_prediction_id as _last_prediction_ctx
 
 _logger = logging.getLogger("stagetrace.instrumentation")
 
@@ -86,7 +87,7 @@ class _Frame:
         self.stage = stage
         self.span = span
         self.has_model = has_model
-        self.profiled = profiled  # ml.input.profile is on the span
+        self.profiled = profiled  # ml.input.profile is on the span (True) or pending on it ([input, output])
 
 
 _current: ContextVar[_Frame | None] = ContextVar("stagetrace_stage", default=None)
@@ -253,6 +254,52 @@ def _profile_input(spec: StageSpec, instance, args, kwargs, model: str | None) -
         return {}
 
 
+# Deferred profiles (profile_export.py, which imports the SDK: loaded on first use): the
+# snapshots ride on the span's attribute mapping under _MARK; arrays up to _DEFER_MAX_BYTES
+# (256 rows x 16 float64 features) are deferred, larger ones captured inline.
+_MARK = "_stagetrace_profile"
+_DEFER_MAX_BYTES = 32768
+_defer_state: list = [None, False]  # [the tracer's span-processor tuple, whether profiles may be deferred]
+_ndarray: list = [None]  # numpy.ndarray, once the capture module (which imports numpy) is loaded
+_UNSAMPLED = "unsampled"  # _Frame.profiled of a deferrable call whose span records nothing
+
+
+def _defer_recheck(procs) -> None:
+    """Whether every span processor in ``procs`` exports through our resolving exporter
+    (asked again whenever the provider's processor tuple changes)."""
+    try:
+        from . import profile_export
+        ok = profile_export.wrap_processors(procs)
+        if _ndarray[0] is None:
+            _ndarray[0] = _capture_module().np.ndarray
+    except Exception:
+        ok = False
+    _defer_state[0], _defer_state[1] = procs, ok
+
+
+def _defer_input(tracer, spec: StageSpec, instance, args, kwargs, model: str | None):
+    """The deferred input profile's data (a snapshot of a small numeric array), or None
+    when it cannot be deferred. Written out in one function: right after the model ran,
+    every extra code object the call touches is a cache miss (docs/benchmarks.md)."""
+    try:
+        procs = tracer.span_processor._span_processors  # SDK tracer; the tuple is replaced on add
+        if procs is not _defer_state[0]:
+            _defer_recheck(procs)
+        if not _defer_state[1]:
+            return None
+        x = args[0] if args and spec.model_input is None else _model_input(spec, args, kwargs)
+        if x.__class__ is _ndarray[0]:
+            dt = x.dtype
+            if dt.kind in "fiub" and 0 < x.nbytes <= _DEFER_MAX_BYTES:
+                # tobytes: the app may reuse its buffer once the call returns (a third of ndarray.copy's cost)
+                return (settings.profile, x.tobytes(), dt, x.shape, instance, spec.qualname, model)
+    except AttributeError:
+        pass  # not the SDK's tracer: inline
+    except Exception:
+        _internal_error("input profile", spec)
+    return None
+
+
 def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
     """Open a span for this call, or return None if the call is nested/not applicable."""
     parent = _current.get()
@@ -289,14 +336,26 @@ def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
     version = attrs.get(semconv.ML_MODEL_VERSION)
     if version is None and settings.default_model_version is not None:
         version = attrs[semconv.ML_MODEL_VERSION] = settings.default_model_version
-    profiled = False
+    profiled: Any = False
+    pending = None
     prof = settings.profile
     if prof is not None and spec.stage in prof.stages:
-        pattrs = _profile_input(spec, instance, args, kwargs, model)
-        if pattrs:
-            attrs.update(pattrs)  # set with the others: one attribute-cleaning pass
-            profiled = True
+        if prof.defer:
+            pending = _defer_input(tracer, spec, instance, args, kwargs, model)
+        if pending is None:
+            pattrs = _profile_input(spec, instance, args, kwargs, model)
+            if pattrs:
+                attrs.update(pattrs)  # set with the others: one attribute-cleaning pass
+                profiled = True
     span = tracer.start_span(f"{spec.stage} {model}" if model else spec.default_name, kind=SpanKind.INTERNAL, attributes=attrs)
+    if pending is not None:
+        # encoded by the exporter (profile_export.py); an unsampled span exports nothing
+        target = getattr(span, "_attributes", None)
+        if target is not None:
+            profiled = [pending, None]
+            target.__dict__[_MARK] = profiled
+        else:
+            profiled = _UNSAMPLED  # nothing to record; last_prediction_id() still names this call
     metric_attrs = metrics.attributes_for(spec.stage, model, version)
     return _Active(span, _Frame(spec.stage, span, model is not None, profiled), metric_attrs, instance)
 
@@ -349,7 +408,18 @@ def _profile_output(active: _Active, spec: StageSpec, result) -> None:
     """Prediction summary of a profiled call that returned (its ``ml.prediction.id`` is
     remembered for ``last_prediction_id()``)."""
     try:
-        capture = _capture_module()
+        pending = active.frame.profiled
+        if pending is _UNSAMPLED:
+            _last_prediction_ctx.set(active.span.get_span_context())
+            return
+        if pending.__class__ is list and result.__class__ is _ndarray[0]:
+            # deferred input: defer the output too (a snapshot, as for the input)
+            dt = result.dtype
+            if dt.kind in "fiub" and 0 < result.nbytes <= _DEFER_MAX_BYTES:
+                pending[1] = (result.tobytes(), dt, result.shape, active.instance)
+                _last_prediction_ctx.set(active.span.get_span_context())  # remember_prediction, inlined
+                return
+        capture = _capture[0] if _capture else _capture_module()
         attrs = capture.output_attributes(result, active.instance)
         # ml.prediction.id is the span's own <trace id>-<span id>: derived by readers, not written
         capture.remember_prediction(active.span)
