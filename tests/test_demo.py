@@ -220,8 +220,15 @@ def test_demo_finds_the_injected_causes(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_during_the_load_stops_everything(tmp_path: Path) -> None:
+    # A terminal delivers SIGINT to a process that has not ignored it; a test run started in
+    # the background of a non-interactive shell (`make test &`) inherits SIGINT ignored, and
+    # Python then never raises KeyboardInterrupt. Give the demo a terminal's disposition.
+    def as_in_a_terminal() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     proc = subprocess.Popen([*DEMO, "--duration", "30s", "--out", str(tmp_path / "o")], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=_clean_env(), start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, env=_clean_env(), start_new_session=True,
+                            preexec_fn=as_in_a_terminal)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
     seen: list[str] = []
