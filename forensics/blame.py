@@ -462,14 +462,7 @@ def keys_grown(base: Sequence[TraceCost], after: Sequence[TraceCost], alpha: flo
     """Keys whose own time per occurrence rose since the onset: shifted or with a heavier
     tail (the better of the two tests, Bonferroni over keys), at least 1.5x and 1 ms more
     on average. A busy component picked up only through its natural tail does not qualify."""
-    def per_occ(costs):
-        out: dict[Key, list[float]] = defaultdict(list)
-        for tc in costs:
-            for k, n in tc.count.items():
-                if n > 0:
-                    out[k].append(tc.self_ns.get(k, 0) / n)
-        return out
-    b, a = per_occ(base), per_occ(after)
+    b, a = _per_call(base), _per_call(after)
     keys = [k for k in a if len(a[k]) >= MIN_CALLS and len(b.get(k, [])) >= MIN_CALLS]
     grown = set()
     for k in keys:
