@@ -57,7 +57,7 @@ def check_path(block_path: Path) -> Path:
 
 
 def write_check(block_tmp: Path, final_block_path: Path, tids_path: Path | None, info: dict[str, int],
-                entries_path: Path | None = None) -> None:
+                entries_path: Path | None = None, errors_path: Path | None = None) -> None:
     """Write the checksum sidecar of a block still at its temporary name (fsynced,
     renamed into place before the block itself becomes visible). ``entries_path``:
     the block's entry-span index (derived data: a reader that finds it damaged reads
@@ -68,6 +68,8 @@ def write_check(block_tmp: Path, final_block_path: Path, tids_path: Path | None,
         doc["tids_crc32"] = file_crc32(tids_path)[0]
     if entries_path is not None:
         doc["entries_crc32"], doc["entries_bytes"] = file_crc32(entries_path)
+    if errors_path is not None:  # the error-span sidecar: the same (derived, checked by its reader)
+        doc["errors_crc32"], doc["errors_bytes"] = file_crc32(errors_path)
     final = check_path(final_block_path)
     tmp = final.with_name(final.name + ".tmp")
     with open(tmp, "w") as fh:

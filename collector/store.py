@@ -78,6 +78,12 @@ ROW_GROUP_ROWS = {SPANS: 1024, LOGS: 2048, METRICS: 16384}  # small: trace-by-id
 ENTRY_KINDS = (2, 5)  # OTLP SpanKind SERVER, CONSUMER
 ENTRY_SQL = f"(octet_length(parent_span_id) = 0 OR kind IN {ENTRY_KINDS})"
 ENTRY_ROW_GROUP_ROWS = 16384
+# ...and its spans with ERROR status to a second sidecar (same layout): `investigate
+# errors` and the UI's status=error search read those from every block of the window,
+# and in the block they are spread over nearly every row group (a failing request has
+# several), so a scan decoded the whole block's bodies to find them.
+ERROR_STATUS = 2  # OTLP STATUS_CODE_ERROR
+ERROR_SQL = f"status_code = {ERROR_STATUS}"
 # Columns written (and read back) dictionary-encoded: readers keep them as dictionaries
 # so a row group's resources are not copied out once per row.
 DICT_COLUMNS = ("name", "service", "resource", "scope", "severity_text", "unit", "metric", "series", "kind")
@@ -367,6 +373,10 @@ class BlockRef:
     def entries_path(self) -> Path:
         return self.path.with_name(self.path.name[: -len(".parquet")] + ".entries.parquet")
 
+    @property
+    def errors_path(self) -> Path:
+        return self.path.with_name(self.path.name[: -len(".parquet")] + ".errors.parquet")
+
     def verify(self) -> str | None:
         """Why this block is corrupt, or ``None`` (see :mod:`.integrity`)."""
         return integrity.verify_block(self.path, self.tids_path if self.table in (SPANS, LOGS) else None)
@@ -376,6 +386,7 @@ class BlockRef:
                                            self.tids_path if self.table in (SPANS, LOGS) else None, reason)
         if entry is not None:
             self.entries_path.unlink(missing_ok=True)  # derived from the block: nothing to keep
+            self.errors_path.unlink(missing_ok=True)
         return entry
 
 
@@ -443,7 +454,8 @@ def write_block(data_dir: Path, table: str, lo: int, hi: int, t: pa.Table, *, so
     except BaseException:
         for p in (ref.path.with_name(ref.path.name + ".tmp"), ref.tids_path.with_name(ref.tids_path.name + ".tmp"),
                   ref.check_path.with_name(ref.check_path.name + ".tmp"),
-                  ref.entries_path.with_name(ref.entries_path.name + ".tmp")):
+                  ref.entries_path.with_name(ref.entries_path.name + ".tmp"),
+                  ref.errors_path.with_name(ref.errors_path.name + ".tmp")):
             p.unlink(missing_ok=True)
         raise
 
@@ -483,11 +495,13 @@ def _write_block(data_dir: Path, table: str, ref: BlockRef, t: pa.Table, sort: b
         os.replace(tids_tmp, ref.tids_path)
     if table == SPANS:
         write_entries(ref.entries_path, t)
+        write_errors(ref.errors_path, t)
     # checksums of the block and its index, with what it holds (the quarantine ledger
     # needs rows and time range even when the block's own footer is what broke)
     integrity.write_check(tmp, ref.path, ref.tids_path if table in (SPANS, LOGS) else None,
                           {k.decode().split(".", 1)[1]: int(v) for k, v in meta.items()},
-                          entries_path=ref.entries_path if table == SPANS else None)
+                          entries_path=ref.entries_path if table == SPANS else None,
+                          errors_path=ref.errors_path if table == SPANS else None)
     _failpoint(data_dir, failpoint)
     os.replace(tmp, ref.path)  # the sidecars exist before the block becomes visible
     wal._fsync_dir(d)
@@ -512,8 +526,13 @@ def entry_rows(t: pa.Table) -> pa.Table:
 
 def write_entries(path: Path, t: pa.Table) -> None:
     """Write the entry-span sidecar of a (plain-column) span table, fsynced, at ``path``."""
+    _write_sidecar(path, entry_rows(t))
+
+
+def _write_sidecar(path: Path, rows: pa.Table) -> None:
+    """A span block's sidecar (rows sorted by start time, large row groups), fsynced."""
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(entry_rows(t), tmp, compression="zstd", compression_level=1,
+    pq.write_table(rows, tmp, compression="zstd", compression_level=1,
                    row_group_size=ENTRY_ROW_GROUP_ROWS,
                    use_dictionary=list(DICT_COLUMNS) + ["status_code", "rest"],
                    write_statistics=["start_ns", "duration_ns", "name", "service"], data_page_size=64 << 10)
@@ -521,8 +540,22 @@ def write_entries(path: Path, t: pa.Table) -> None:
     os.replace(tmp, path)
 
 
+def error_rows(t: pa.Table) -> pa.Table:
+    """The spans of a span table with ERROR status (see ERROR_SQL), sorted by start time."""
+    if t.num_rows == 0:
+        return t
+    idx = np.flatnonzero(t.column("status_code").to_numpy(zero_copy_only=False) == ERROR_STATUS)
+    idx = idx[np.argsort(t.column("start_ns").to_numpy()[idx], kind="stable")]
+    return t.take(pa.array(idx))
+
+
+def write_errors(path: Path, t: pa.Table) -> None:
+    """Write the error-span sidecar of a (plain-column) span table, fsynced, at ``path``."""
+    _write_sidecar(path, error_rows(t))
+
+
 def delete_block(ref: BlockRef) -> None:
-    for p in (ref.path, ref.tids_path, ref.check_path, ref.entries_path):  # the block first: readers list it
+    for p in (ref.path, ref.tids_path, ref.check_path, ref.entries_path, ref.errors_path):  # the block first: readers list it
         try:
             os.unlink(p)
         except FileNotFoundError:
@@ -536,7 +569,7 @@ def block_info(ref: BlockRef) -> tuple[int, int, int, int]:
     except (OSError, ValueError):
         doc = None
     if doc is not None and "rows" in doc:
-        size = doc["bytes"] + doc.get("entries_bytes", 0) + (ref.tids_path.stat().st_size
+        size = doc["bytes"] + doc.get("entries_bytes", 0) + doc.get("errors_bytes", 0) + (ref.tids_path.stat().st_size
                                                                if ref.tids_path.exists() else 0)
         return int(doc["rows"]), int(doc.get("min_time_ns", 0)), int(doc.get("max_time_ns", 0)), size
     md = pq.read_metadata(ref.path)
@@ -569,9 +602,10 @@ class BlockStore:
             wal_dir(self.data_dir, table).mkdir(parents=True, exist_ok=True)
             for p in block_dir(self.data_dir, table).glob("*.tmp"):
                 p.unlink(missing_ok=True)  # a writer died mid-block; its WAL is still there
-            for p in block_dir(self.data_dir, table).glob("*.entries.parquet"):
-                if not p.with_name(p.name[: -len(".entries.parquet")] + ".parquet").exists():
-                    p.unlink(missing_ok=True)  # ...after writing the sidecar, before the block
+            for suffix in (".entries.parquet", ".errors.parquet"):
+                for p in block_dir(self.data_dir, table).glob("*" + suffix):
+                    if not p.with_name(p.name[: -len(suffix)] + ".parquet").exists():
+                        p.unlink(missing_ok=True)  # ...after writing the sidecar, before the block
 
     def next_seq(self, table: str) -> int:
         segs = wal.list_segments(wal_dir(self.data_dir, table))

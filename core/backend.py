@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
-from .model import Attributes, LogRecord, MetricSeries, Span, Trace, TraceSummary
+from .model import STATUS_CODES, Attributes, LogRecord, MetricSeries, Span, Trace, TraceSummary
 
 
 @dataclass(slots=True)
@@ -60,6 +60,97 @@ class MetricQuery:
     start_ns: int | None = None
     end_ns: int | None = None
 
+
+
+@dataclass(slots=True)
+class SpanColumns:
+    """The answer of :meth:`Backend.find_span_columns`: matching spans as columns, oldest
+    first, for analyses that read every request of a window (10M-span stores hold over
+    a million) but need whole :class:`Span` objects for only a few hundred of them.
+
+    Rows that share a body (name, kind, status message, attributes, events, links,
+    resource, scope) share one *prototype* span: ``protos[proto[i]]``; anything that
+    depends only on those (an operation name, a sampling weight, a version) is computed
+    once per prototype. Numeric columns are NumPy arrays (imported by the backend that
+    builds them; this module stays light for the CLI's trace-by-id path)."""
+
+    trace_ids: list[str]
+    span_ids: Sequence[str]
+    parent_span_ids: Sequence[str]
+    start_ns: Any  # np.ndarray[int64]
+    duration_ns: Any  # np.ndarray[int64]: end - start as stored (Span.duration_ns clamps it at 0)
+    status: Any  # np.ndarray[int8]: index into model.STATUS_CODES
+    proto: Any  # np.ndarray[int32]: index into protos
+    protos: list[Span]
+
+    def __len__(self) -> int:
+        return len(self.trace_ids)
+
+    def span(self, i: int) -> Span:
+        """Row ``i`` as a Span; it shares the prototype's dicts (read-only, as in a
+        ``TraceQuery(read_only=True)`` answer)."""
+        p = self.protos[int(self.proto[i])]
+        start = int(self.start_ns[i])
+        return Span(self.trace_ids[i], self.span_ids[i], self.parent_span_ids[i], p.name, p.kind, start,
+                    start + int(self.duration_ns[i]), STATUS_CODES[int(self.status[i])], p.status_message,
+                    p.attributes, p.events, p.links, p.resource, p.scope_name, p.scope_version)
+
+    def take(self, idx: Any) -> "SpanColumns":
+        """The rows at ``idx`` (an integer array), in that order."""
+        return SpanColumns([self.trace_ids[i] for i in idx.tolist()], _Taken(self.span_ids, idx),
+                           _Taken(self.parent_span_ids, idx), self.start_ns[idx], self.duration_ns[idx],
+                           self.status[idx], self.proto[idx], self.protos)
+
+
+class _Taken(Sequence[str]):
+    """A lazy selection of a sequence of ids (hex is made for the few rows read)."""
+
+    __slots__ = ("inner", "idx")
+
+    def __init__(self, inner: Sequence[str], idx: Any) -> None:
+        self.inner, self.idx = inner, idx
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self.inner[int(j)] for j in self.idx[i]]
+        return self.inner[int(self.idx[i])]
+
+
+def span_columns(spans: Sequence[Span]) -> SpanColumns:
+    """:class:`SpanColumns` of spans already built (the default of
+    :meth:`Backend.find_span_columns` for backends without a columnar path)."""
+    import numpy as np
+
+    protos: list[Span] = []
+    key_of: dict[tuple, int] = {}
+    proto = np.empty(len(spans), dtype=np.int32)
+    held = []  # keeps each keyed dict alive, so no id() is reused meanwhile
+    for i, s in enumerate(spans):
+        key = (id(s.attributes), id(s.resource), id(s.events), id(s.links), s.name, s.kind, s.status_message,
+               s.scope_name, s.scope_version)
+        j = key_of.get(key)
+        if j is None:
+            j = key_of[key] = len(protos)
+            protos.append(s)
+            held.append(s)
+        proto[i] = j
+    return SpanColumns([s.trace_id for s in spans], [s.span_id for s in spans], [s.parent_span_id for s in spans],
+                       np.array([s.start_ns for s in spans], dtype=np.int64),
+                       np.array([s.end_ns - s.start_ns for s in spans], dtype=np.int64),
+                       np.array([STATUS_CODES.index(s.status_code) if s.status_code in STATUS_CODES else 0
+                                 for s in spans], dtype=np.int8), proto, protos)
+
+
+def find_span_columns(backend: "Backend", query: TraceQuery) -> SpanColumns:
+    """``backend.find_span_columns(query)`` where the backend has a columnar path,
+    else the same rows from :meth:`Backend.find_spans`: every backend answers it."""
+    fn = getattr(backend, "find_span_columns", None)
+    if fn is not None:
+        return fn(query)
+    return span_columns(backend.find_spans(query))
 
 
 def value_equals(have: Any, want: Any) -> bool:
@@ -122,6 +213,9 @@ class Backend(Protocol):
     def find_spans(self, query: TraceQuery) -> list[Span]:
         """The matching spans themselves (not whole traces), oldest first."""
         ...
+
+    # Optional: find_span_columns(query) -> SpanColumns, the rows of find_spans as columns.
+    # Callers use the module function find_span_columns(), which falls back to find_spans.
 
     def find_logs(self, query: LogQuery) -> list[LogRecord]:
         """Log records, oldest first, at most ``query.limit``."""
