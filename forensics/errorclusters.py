@@ -28,8 +28,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from stagetrace import semconv
-from stagetrace.backend import Backend, LogQuery, TraceQuery
-from stagetrace.model import LogRecord, Span, Trace
+from stagetrace.backend import Backend, LogQuery, SpanColumns, TraceQuery
+from stagetrace.model import STATUS_CODES, LogRecord, Span, Trace
 
 from . import attributes, stats, timeline
 from .critical_path import build_tree
@@ -39,7 +39,7 @@ from .logtext import MessageTexts, message
 from .progress import steps
 from .report import EvidenceGuard, Finding, Report, headline
 from .slow import _note_missing_data
-from .window import comparison_weights, entry_ops, entry_spans, fmt_time, sampling_weights
+from .window import ByTrace, comparison_weights, entry_requests, fmt_time, request_ops, request_weights, row_index
 
 MAX_ERROR_TRACES = 300
 MAX_SUCCESS_TRACES = 300
@@ -116,13 +116,15 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
     guard = EvidenceGuard()
     with steps(6, progress) as bar:
         bar.step("reading requests")
-        entries = entry_spans(backend, service=service, route=None, start_ns=start_ns, end_ns=end_ns)
+        # the requests as columns: whole spans only for the sampled ones (10M-span windows)
+        req = entry_requests(backend, service=service, route=None, start_ns=start_ns, end_ns=end_ns)
+        t_entries = req.start_ns.tolist()
         bar.step("reading errors")
         err_spans = backend.find_spans(TraceQuery(service=service, status="error", start_ns=start_ns,
                                                   end_ns=end_ns, limit=None))
         err_logs = backend.find_logs(LogQuery(start_ns=start_ns, end_ns=end_ns, min_severity=17,
                                               service=service, limit=None))
-        times = [s.start_ns for s in entries] + [s.start_ns for s in err_spans] + [r.time_ns for r in err_logs]
+        times = t_entries + [s.start_ns for s in err_spans] + [r.time_ns for r in err_logs]
         report = Report("errors", "Errors", query=query, window={"start_ns": start_ns, "end_ns": end_ns})
         if not times:
             report.verdict = ["No requests and no errors in the window."]
@@ -144,34 +146,36 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
             # in the same requests may still merge into one incident below.
             key = "\x1f".join((e.service, e.exc_type, e.template, *e.frames))
             e.fingerprint = hashlib.sha1(key.encode()).hexdigest()[:12]
-        total_requests = len(entries)
-        entry_by_trace = {s.trace_id: s for s in entries}
-        op_of = entry_ops(backend, entries)
+        total_requests = len(req)
+        ids = req.trace_ids
+        row_of = row_index(req)
+        start_of = ByTrace(row_of, ids, lambda i: t_entries[i])  # trace id -> its request's start
+        ops = request_ops(backend, req)
+        op_of = ByTrace(row_of, ids, lambda i: ops.names[ops.codes[i]])
         # A request failed when its entry span says so, or when an ERROR span or a trace-linked
         # ERROR log sits inside it (many services answer 200 and log the failure).
-        failed_entry = {s.trace_id for s in entries if s.is_error}
-        failed_inner = {e.trace_id for e in events if e.trace_id in entry_by_trace} - failed_entry
+        failed_entry = {ids[i] for i in np.flatnonzero(req.status == STATUS_CODES.index("ERROR")).tolist()}
+        failed_inner = {e.trace_id for e in events if e.trace_id in row_of} - failed_entry
         failed = failed_entry | failed_inner
         # Tail-sampled data: every failing trace is kept (weight 1), successes only p % of the
         # time (weight 1/p), so rates over stored requests need the weights; {} = unsampled.
-        wmap = sampling_weights(entries)
-        est_total = sum(wmap.get(s.trace_id, 1.0) for s in entries) if wmap else float(total_requests)
-        width = timeline.analysis_width(w_start, w_end, [s.start_ns for s in entries] or times)
+        warr = request_weights(req)
+        w_entries = warr.tolist() if warr is not None else None
+        wmap = ByTrace(row_of, ids, w_entries.__getitem__) if w_entries is not None else {}
+        est_total = sum(w_entries) if w_entries is not None else float(total_requests)
+        width = timeline.analysis_width(w_start, w_end, t_entries or times)
         e_edges = timeline.edges(w_start, w_end, width)
-        t_entries = [s.start_ns for s in entries]
-        req_k, req_n = timeline.counts(t_entries, [s.trace_id in failed for s in entries], e_edges)
-        w_entries = [wmap.get(s.trace_id, 1.0) for s in entries] if wmap else None
+        is_failed = [t in failed for t in ids]
+        req_k, req_n = timeline.counts(t_entries, is_failed, e_edges)
         req_nw = None
+        dur = np.maximum(req.duration_ns, 0)  # as Span.duration_ns
         if w_entries is not None:
-            req_kw, req_nw = timeline.weighted_counts(t_entries, [s.trace_id in failed for s in entries], w_entries,
-                                                      e_edges)
+            req_kw, req_nw = timeline.weighted_counts(t_entries, is_failed, w_entries, e_edges)
             report.data["timeline"] = timeline.request_timeline(
-                e_edges, np.zeros_like(req_kw), req_nw, req_kw, np.array(t_entries, dtype=np.int64),
-                np.array([s.duration_ns for s in entries], dtype=np.int64), w_entries)
+                e_edges, np.zeros_like(req_kw), req_nw, req_kw, np.array(t_entries, dtype=np.int64), dur, w_entries)
         else:
             report.data["timeline"] = timeline.request_timeline(
-                e_edges, np.zeros_like(req_k), req_n, req_k, np.array(t_entries, dtype=np.int64),
-                np.array([s.duration_ns for s in entries], dtype=np.int64))
+                e_edges, np.zeros_like(req_k), req_n, req_k, np.array(t_entries, dtype=np.int64), dur)
         del report.data["timeline"]["slow"]
         report.data["sampling"] = {"weighted": bool(wmap)}
         if wmap:
@@ -191,7 +195,7 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
         rnd = random.Random(0)
         err_sample = err_tids if len(err_tids) <= MAX_ERROR_TRACES else rnd.sample(err_tids, MAX_ERROR_TRACES)
         err_set = set(err_tids)
-        ok_pool = [s.trace_id for s in entries if s.trace_id not in failed and s.trace_id not in err_set]
+        ok_pool = [t for t in ids if t not in failed and t not in err_set]
         ok_sample = ok_pool if len(ok_pool) <= MAX_SUCCESS_TRACES else rnd.sample(ok_pool, MAX_SUCCESS_TRACES)
         fetched = backend.get_traces(err_sample + ok_sample, start_ns=w_start, end_ns=w_end + 600_000_000_000)
         successes = [fetched[t] for t in ok_sample if t in fetched]
@@ -233,7 +237,7 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
                                 exclude=attributes.OUTCOME_KEYS,
                                 weights=comparison_weights(sample, successes, op_of, wmap),
                                 default=[]) if sample and successes else []
-            times_c = [entry_by_trace[t].start_ns if t in entry_by_trace else min(e.time_ns for e in events_by_trace[t])
+            times_c = [start_of[t] if t in start_of else min(e.time_ns for e in events_by_trace[t])
                        for t in c.traces] or [e.time_ns for e in c.events]
             c.times = list(times_c)
             k, _ = timeline.counts(times_c, [True] * len(times_c), e_edges)
@@ -249,11 +253,11 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
         bar.step("ranking")
         # When the failure rate has an onset, incidents are what is new or grown since it;
         # clusters at the same rate before and after are the system's steady background.
-        inc = locate(t_entries, [s.trace_id in failed for s in entries]) if entries else None
+        inc = locate(t_entries, is_failed) if total_requests else None
         err_onset = inc if inc is not None and inc.significant else None
         report.data["onset"] = err_onset.evidence() if err_onset else None
         report.data["incident"] = inc.evidence() | {"significant": inc.significant} if inc is not None else None
-        report.findings, report.data["clusters"] = _findings(clusters, total_requests, events_by_trace, entries,
+        report.findings, report.data["clusters"] = _findings(clusters, total_requests, events_by_trace, req,
                                                              fetched, w_start, width, wmap, err_onset, req_n)
         report.data["timeline"]["clusters"] = [{"id": d["id"], "counts": c.counts}
                                                for d, c in zip(report.data["clusters"], clusters)]
@@ -467,19 +471,20 @@ def late_start_p(times: Sequence[int], entry_times: np.ndarray) -> float:
     return float(min(1.0, math.exp(lg(m + 1) - lg(k + 1) - lg(m - k + 1) - (lg(n + 1) - lg(k + 1) - lg(n - k + 1)))))
 
 
-def _findings(clusters: list[Cluster], total: int, events_by_trace, entries, fetched, w_start, width,
+def _findings(clusters: list[Cluster], total: int, events_by_trace, req: SpanColumns, fetched, w_start, width,
               wmap: dict[str, float] | None = None, onset=None, req_n=None):
     """``wmap`` (trace id -> adjusted count, tail-sampled data): error rates are
     Σ w(failed in cluster) / Σ w(requests), i.e. rates among the requests served.
     ``onset`` (of the failure rate) splits new or grown incidents from steady background."""
     findings: list[Finding] = []
     wmap = wmap or {}
-    entry_times = np.array([s.start_ns for s in entries], dtype=np.int64)
-    est_total = sum(wmap.get(s.trace_id, 1.0) for s in entries) if wmap else total
+    entry_times = np.asarray(req.start_ns, dtype=np.int64)
+    est_total = sum(wmap.get(t, 1.0) for t in req.trace_ids) if wmap else total
     total_label = f"~{est_total:.0f}" if wmap else f"{total}"
     details: list[dict[str, Any]] = []
-    first_seen = timeline.versions_first_seen(
-        list(entries) + [s for t in fetched.values() for s in t.spans], (semconv.SERVICE_VERSION, semconv.ML_MODEL_VERSION))
+    groups = (timeline.request_groups(req, np.arange(len(req)))
+              + timeline.span_groups(s for t in fetched.values() for s in t.spans))
+    first_seen = timeline.versions_first_seen_groups(groups, (semconv.SERVICE_VERSION, semconv.ML_MODEL_VERSION))
     new_versions = timeline.new_in_window(first_seen, w_start, width)
     late = dict(zip(map(id, clusters), stats.bh_adjust([late_start_p(c.times, entry_times) for c in clusters])))
     for i, c in enumerate(clusters):

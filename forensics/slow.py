@@ -23,16 +23,18 @@ from typing import Any, Sequence
 import numpy as np
 
 from stagetrace import semconv
-from stagetrace.backend import Backend, MetricQuery
+from stagetrace.backend import Backend, MetricQuery, SpanColumns
 from stagetrace.config import parse_duration_ns
 from stagetrace.errors import UserError
-from stagetrace.model import Span, Trace
+from stagetrace.model import STATUS_CODES, Span, Trace
 
 from . import attributes, blame, incident, logmining, metricevidence, stats, timeline
 from .progress import steps
 from .report import EvidenceGuard, Finding, Report, headline
-from .window import comparison_weights, entry_ops, entry_spans, fmt_ms, fmt_time, sampling_weights
+from .window import (ByTrace, Operations, comparison_weights, entry_requests, fmt_ms, fmt_time, request_ops,
+                     request_weights, row_index)
 
+ERROR = STATUS_CODES.index("ERROR")
 MAX_SELECTION = 200
 MAX_BASELINE = 400
 MAX_AFTER = 300
@@ -60,14 +62,16 @@ def parse_threshold(threshold: str | int, durations: np.ndarray,
     return ns, fmt_ms(ns)
 
 
-def _sample(ids: Sequence[str], k: int, seed: str) -> list[str]:
-    ids = list(ids)
-    if len(ids) <= k:
-        return ids
-    return random.Random(seed).sample(ids, k)
+def _sample(rows: np.ndarray, k: int, seed: str) -> np.ndarray:
+    """``k`` of ``rows`` at random (all of them when there are no more), seeded: the
+    positions ``random.sample`` picks depend only on how many there are and ``k``."""
+    if len(rows) <= k:
+        return rows
+    return rows[random.Random(seed).sample(range(len(rows)), k)]
 
 
-def op_thresholds(threshold: str | int, ops: np.ndarray, dur: np.ndarray, weights: np.ndarray | None = None,
+def op_thresholds(threshold: str | int, ops: np.ndarray | Operations, dur: np.ndarray,
+                  weights: np.ndarray | None = None,
                   mask: np.ndarray | None = None) -> tuple[np.ndarray, str, dict[str, int]]:
     """Per request, the duration over which it is slow *for its own entry operation*.
 
@@ -82,17 +86,22 @@ def op_thresholds(threshold: str | int, ops: np.ndarray, dur: np.ndarray, weight
     glob, label = parse_threshold(threshold, dur[mask], None if weights is None else weights[mask])
     per_op: dict[str, int] = {}
     out = np.full(dur.size, glob, dtype=np.int64)
-    uniq = np.unique(ops)
+    if isinstance(ops, Operations):  # codes into unique names: no sort of a million strings
+        codes, names = ops.codes, ops.names
+    else:
+        uniq_names, codes = np.unique(ops, return_inverse=True)
+        codes, names = codes.reshape(-1), [str(o) for o in uniq_names]
+    uniq = sorted(np.unique(codes).tolist(), key=lambda c: names[c])  # in name order, as np.unique(names)
     if isinstance(threshold, int) or not re.fullmatch(r"p\d+(?:\.\d+)?", str(threshold).strip().lower()):
-        return out, label, {str(o): glob for o in uniq}
-    for o in uniq:
-        sel = ops == o
+        return out, label, {names[c]: glob for c in uniq}
+    for c in uniq:
+        sel = codes == c
         m = sel & mask
         thr = glob
         if m.sum() >= MIN_OP_REQUESTS:
             thr, _ = parse_threshold(threshold, dur[m], None if weights is None else weights[m])
         out[sel] = thr
-        per_op[str(o)] = thr
+        per_op[names[c]] = thr
     if len(uniq) > 1:
         label = f"{str(threshold).strip().lower()} of each operation"
     return out, label, per_op
@@ -105,21 +114,23 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
     guard = EvidenceGuard()
     with steps(8, progress) as bar:
         bar.step("reading requests")
-        entries = entry_spans(backend, service=service, route=route, start_ns=start_ns, end_ns=end_ns)
-        if not entries:
+        # the requests as columns: whole spans only for the sampled ones (10M-span windows)
+        req = entry_requests(backend, service=service, route=route, start_ns=start_ns, end_ns=end_ns)
+        if not len(req):
             r = Report("slow", "Slow requests", query=query, window={"start_ns": start_ns, "end_ns": end_ns})
             r.verdict = ["No requests matched the window and filters, so there is nothing to explain."]
             return r
-        w_start = start_ns if start_ns is not None else entries[0].start_ns
-        w_end = end_ns if end_ns is not None else max(s.start_ns for s in entries) + 1
-        dur = np.array([s.duration_ns for s in entries], dtype=np.int64)
-        t0 = np.array([s.start_ns for s in entries], dtype=np.int64)
-        op_of = entry_ops(backend, entries)
-        ops = np.array([op_of[s.trace_id] for s in entries], dtype=object)
+        t0 = req.start_ns
+        dur = np.maximum(req.duration_ns, 0)  # as Span.duration_ns
+        w_start = start_ns if start_ns is not None else int(t0[0])
+        w_end = end_ns if end_ns is not None else int(t0.max()) + 1
+        row_of = row_index(req)
+        ops = request_ops(backend, req)
+        op_of = ByTrace(row_of, req.trace_ids, lambda i: ops.names[ops.codes[i]])
         # Tail-sampled data (Tempo behind the gateway Collector): each stored request
         # stands for its adjusted count; {} = unsampled, every analysis unweighted.
-        wmap = sampling_weights(entries)
-        warr = np.array([wmap.get(s.trace_id, 1.0) for s in entries]) if wmap else None
+        warr = request_weights(req)
+        wmap = ByTrace(row_of, req.trace_ids, lambda i: float(warr[i])) if warr is not None else {}
         # --- where the incident is ----------------------------------------------------------
         bar.step("finding the incident")
         inc, thr_arr, thr_label, per_op = _incident(threshold, ops, dur, t0, warr)
@@ -127,7 +138,7 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
             # A fault in one component can leave the entry latency almost unchanged (a few
             # calls among many): then the component's own time per call shows where it began.
             weak = inc is not None and inc.significant
-            by_step = guard.run("component steps", _component_step, backend, entries, t0, dur > thr_arr,
+            by_step = guard.run("component steps", _component_step, backend, req, row_of, t0, dur > thr_arr,
                                 jumps_only=weak)
             # the clearer of the two: a weak burst of slow requests loses to a component that
             # jumped by an order of magnitude
@@ -146,7 +157,7 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         in_frame = (t0 >= f_lo) & (t0 < f_hi)
         width = timeline.analysis_width(f_lo, f_hi, t0[in_frame])
         e = timeline.edges(f_lo, f_hi, width)
-        fe = [s for s, m in zip(entries, in_frame) if m]
+        fi = np.flatnonzero(in_frame)  # the frame's requests (rows)
         f_t0, f_slow = t0[in_frame], slow[in_frame]
         f_w = None if warr is None else warr[in_frame]
         k, n = timeline.counts(f_t0, f_slow, e)
@@ -166,11 +177,11 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
             report.data["counts"].update({"estimated_requests": float(warr.sum()),
                                           "estimated_slow": float(warr[slow].sum())})
             dk, dn = timeline.weighted_counts(t0, slow, warr, d_e)
-            errw, _ = timeline.weighted_counts(t0, [s.is_error for s in entries], warr, d_e)
+            errw, _ = timeline.weighted_counts(t0, req.status == ERROR, warr, d_e)
             report.data["timeline"] = timeline.request_timeline(d_e, dk, dn, errw, t0, dur, warr)
         else:
             dk, dn = timeline.counts(t0, slow, d_e)
-            errk, _ = timeline.counts(t0, [s.is_error for s in entries], d_e)
+            errk, _ = timeline.counts(t0, req.status == ERROR, d_e)
             report.data["timeline"] = timeline.request_timeline(d_e, dk, dn, errk, t0, dur)
         report.data["incident"] = inc.evidence() | {"significant": inc.significant} if inc is not None else None
         if not slow.any():
@@ -187,25 +198,26 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         onset_ns = inc.start_ns if onset is not None else None
         inc_end = inc.end_ns if onset is not None else None
 
-        def inside(s: Span) -> bool:
-            return onset_ns is not None and onset_ns <= s.start_ns < inc_end
-
-        f_slow_list = f_slow.tolist()
-        sel_pool = [s.trace_id for s, f in zip(fe, f_slow_list) if f and (onset_ns is None or inside(s))]
+        # pools of rows, in time order (sampling picks positions, so the same requests as ids would)
+        f_inside = ((f_t0 >= onset_ns) & (f_t0 < inc_end) if onset_ns is not None
+                    else np.zeros(len(fi), dtype=bool))
+        sel_pool = fi[f_slow & f_inside] if onset_ns is not None else fi[f_slow]
         if onset_ns is not None:
             # The incident's requests are compared with the normal ones around it (natural tail included).
-            base_pool = [s.trace_id for s in fe if not inside(s)]
+            base_pool = fi[~f_inside]
             if len(base_pool) < MIN_BASELINE:
-                base_pool += [s.trace_id for s, f in zip(fe, f_slow_list) if not f and inside(s)]
+                base_pool = np.concatenate([base_pool, fi[~f_slow & f_inside]])
         else:
-            base_pool = [s.trace_id for s, f in zip(fe, f_slow_list) if not f]
-        sel_ids = _sample(sel_pool, MAX_SELECTION, "selection")
-        base_ids = _sample(base_pool, MAX_BASELINE, "baseline")
+            base_pool = fi[~f_slow]
+        ids_of = req.trace_ids
+        sel_ids = [ids_of[i] for i in _sample(sel_pool, MAX_SELECTION, "selection").tolist()]
+        base_ids = [ids_of[i] for i in _sample(base_pool, MAX_BASELINE, "baseline").tolist()]
         # Every request of the incident, slow or not: what components are scored on (see blame).
-        after_ids = _sample([s.trace_id for s in fe if inside(s)], MAX_AFTER, "after") if onset_ns is not None else []
+        after_ids = ([ids_of[i] for i in _sample(fi[f_inside], MAX_AFTER, "after").tolist()]
+                     if onset_ns is not None else [])
         want = list(dict.fromkeys(sel_ids + base_ids + after_ids))
         fetched = backend.get_traces(want, start_ns=f_lo, end_ns=f_hi + 600_000_000_000, with_logs=True)
-        entry_of = {s.trace_id: s for s in fe}
+        entry_of = ByTrace(row_of, ids_of, req.span, in_frame)
         # With --service S called by others, the request is S's entry span: analyse its subtree only.
         sel = [_subtree(fetched[t], entry_of[t]) for t in sel_ids if t in fetched]
         base = [_subtree(fetched[t], entry_of[t]) for t in base_ids if t in fetched]
@@ -224,7 +236,7 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
             # The slow rate's onset can sit on a busy component's burst; a component that
             # stepped up earlier marks the real start: re-split the same samples there.
             # (An incident located by a component's own step already starts there.)
-            start_of = {s.trace_id: s.start_ns for s in fe}
+            start_of = ByTrace(row_of, ids_of, lambda i: int(t0[i]), in_frame)
             upto = [tc for tc in (*base_costs, *after_costs) if start_of[tc.trace_id] < inc_end]
             stepped = blame.key_steps(upto, start_of, f_lo, inc_end)
             step = min(stepped, key=lambda o: o.time_ns) if stepped else None
@@ -233,7 +245,7 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
                 pool = {tc.trace_id: tc for tc in (*base_costs, *after_costs)}
                 base_costs = [tc for tc in pool.values() if not onset_ns <= start_of[tc.trace_id] < inc_end]
                 after_costs = [tc for tc in pool.values() if onset_ns <= start_of[tc.trace_id] < inc_end]
-                slow_ids = {s.trace_id for s, f in zip(fe, f_slow_list) if f}
+                slow_ids = ByTrace(row_of, ids_of, bool, in_frame & slow)
                 have = {x.trace_id for x in sel_costs}
                 sel_costs = sel_costs + [tc for tc in after_costs if tc.trace_id in slow_ids and tc.trace_id not in have]
                 by_trace = {t.trace_id: t for t in (*sel, *base, *after)}
@@ -296,7 +308,7 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         # A resource step is a cause of slowness only for a service on the requests' path
         # whose own calls did take longer after it (however few of them the traces hold).
         all_costs = [*sel_costs, *base_costs, *after_costs]
-        start_of_all = {s.trace_id: s.start_ns for s in fe}
+        start_of_all = ByTrace(row_of, ids_of, lambda i: int(t0[i]), in_frame)
         res_steps = [r for r in guard.run("resource metrics", _resource_steps, backend, f_lo, f_hi, default=[])
                      if blame.service_slowed(all_costs, start_of_all, r.service, r.time_ns)]
         if res_steps and not anomaly:
@@ -304,7 +316,7 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
             anomaly.append(f"{r.service}: {r.name} stepped up from {_lvl(r.before, r.unit)} to "
                            f"{_lvl(r.after, r.unit)} at {fmt_time(r.time_ns)}")
         bar.step("versions")
-        changes = guard.run("version changes", _version_changes, fe, sel + base, f_lo, width, onset, default=[])
+        changes = guard.run("version changes", _version_changes, req, fi, sel + base, f_lo, width, onset, default=[])
         # --- findings ------------------------------------------------------------------------------
         bar.step("ranking")
         report.findings = _findings(bl, groups, evidence, metric_stats, onset, changes, thr_label, len(sel), res_steps,
@@ -384,21 +396,20 @@ MAX_STEP_SAMPLE = 600
 STRONG_P = 1e-6  # a rate incident this clear needs no corroboration from components
 
 
-def _component_step(backend: Backend, entries: Sequence[Span], t0: np.ndarray,
+def _component_step(backend: Backend, req: SpanColumns, row_of: dict[str, int], t0: np.ndarray,
                     slow: np.ndarray, jumps_only: bool = False) -> incident.Incident | None:
     """The earliest lasting step up in one operation's or call edge's own time per call,
     on a sample of requests spread evenly over the data: an incident that runs from there
     to the end of the data. None when no component stepped up."""
-    n = len(entries)
+    n = len(req)
     if n < 2 * incident.MIN_OUTSIDE:
         return None
-    pick = np.unique(np.linspace(0, n - 1, min(n, MAX_STEP_SAMPLE)).astype(int))  # entries are in time order
-    ids = [entries[i].trace_id for i in pick]
+    pick = np.unique(np.linspace(0, n - 1, min(n, MAX_STEP_SAMPLE)).astype(int))  # requests are in time order
+    ids = [req.trace_ids[i] for i in pick.tolist()]
     lo, hi = int(t0.min()), int(t0.max()) + 1
     fetched = backend.get_traces(ids, start_ns=lo, end_ns=hi + 600_000_000_000)
-    entry_of = {s.trace_id: s for s in entries}
-    costs = blame.trace_costs([_subtree(fetched[t], entry_of[t]) for t in ids if t in fetched])
-    start_of = {tc.trace_id: entry_of[tc.trace_id].start_ns for tc in costs}
+    costs = blame.trace_costs([_subtree(fetched[t], req.span(row_of[t])) for t in ids if t in fetched])
+    start_of = {tc.trace_id: int(t0[row_of[tc.trace_id]]) for tc in costs}
     # The newest requests' traces may still be arriving (children exported after their parent
     # look like self time): a jump that begins in the last 5% of the data is not trusted.
     edge = hi - (hi - lo) // 20
@@ -518,17 +529,18 @@ def _compare_before_window(backend, service, route, w_start, w_end, per_op, thr_
     request against its own operation's threshold. The test runs on stored counts; the
     rates compared (the effect) are the weighted ones when the data is tail-sampled."""
     span = min(w_end - w_start, 3_600_000_000_000)
-    before = entry_spans(backend, service=service, route=route, start_ns=w_start - span, end_ns=w_start)
+    before = entry_requests(backend, service=service, route=route, start_ns=w_start - span, end_ns=w_start)
     if len(before) < 20:
         return []
-    op_b = entry_ops(backend, before)
-    slow_b = [s.duration_ns > per_op.get(op_b[s.trace_id], thr_ns) for s in before]
+    op_b = request_ops(backend, before)
+    thr_of = np.array([per_op.get(name, thr_ns) for name in op_b.names], dtype=np.int64)
+    slow_b = (np.maximum(before.duration_ns, 0) > thr_of[op_b.codes]).tolist()
     kb = sum(slow_b)
     p = stats.share_test(int(k_in), int(n_in), kb, len(before))
     rin, rb = k_in / max(n_in, 1), kb / len(before)
-    bw = sampling_weights(before)
-    if nw_in is not None and (bw or nw_in != n_in):
-        w_before = [bw.get(s.trace_id, 1.0) for s in before]
+    bw = request_weights(before)
+    if nw_in is not None and (bw is not None or nw_in != n_in):
+        w_before = bw.tolist() if bw is not None else [1.0] * len(before)
         rin = float(kw_in) / max(float(nw_in), 1e-9)
         rb = sum(w for f, w in zip(slow_b, w_before) if f) / max(sum(w_before), 1e-9)
     if p < stats.ALPHA and rin >= 2 * max(rb, 1e-9):
@@ -549,9 +561,11 @@ def _histogram(sel: np.ndarray, base: np.ndarray, thr: int, weights=None) -> dic
             "baseline": np.histogram(base, edges)[0].tolist(), "threshold_ms": thr / 1e6}
 
 
-def _version_changes(entries: Sequence[Span], traces: Sequence[Trace], w_start, width, onset) -> list[dict]:
-    spans = list(entries) + [s for t in traces for s in t.spans]
-    new = timeline.new_in_window(timeline.versions_first_seen(spans, VERSION_KEYS), w_start, width)
+def _version_changes(req: SpanColumns, rows: np.ndarray, traces: Sequence[Trace], w_start, width,
+                     onset) -> list[dict]:
+    """Versions first seen inside the window, over the requests ``rows`` and the sampled traces."""
+    groups = timeline.request_groups(req, rows) + timeline.span_groups(s for t in traces for s in t.spans)
+    new = timeline.new_in_window(timeline.versions_first_seen_groups(groups, VERSION_KEYS), w_start, width)
     out = []
     for f in sorted(new, key=lambda f: attributes.attribute_priority(f.attribute)):  # model version first on ties
         near = bool(onset and onset.significant and abs(f.first_ns - onset.time_ns) <= timeline.near_ns(width))

@@ -141,6 +141,12 @@ def first_seen(observations: Iterable[tuple[int, str, Any]]) -> list[FirstSeen]:
 def versions_first_seen(spans: Iterable[Any], keys: Sequence[str]) -> list[FirstSeen]:
     """First time each value of ``keys`` (span attribute, else resource) appears:
     one pass, no intermediate tuples (this runs over every request of the window)."""
+    return versions_first_seen_groups(span_groups(spans), keys)
+
+
+def span_groups(spans: Iterable[Any]) -> list[list]:
+    """[attributes, resource, first start, count] per distinct (attributes, resource)
+    dict pair, in the order the pairs first appear."""
     # Spans of a read-only backend answer share their attribute and resource dicts: group
     # by those first (one dict lookup per span), then read the keys once per group.
     groups: dict[tuple[int, int], list] = {}
@@ -155,8 +161,34 @@ def versions_first_seen(spans: Iterable[Any], keys: Sequence[str]) -> list[First
             g[3] += 1
             if t < g[2]:
                 g[2] = t
+    return list(groups.values())
+
+
+def request_groups(req: Any, rows: np.ndarray) -> list[list]:
+    """:func:`span_groups` of the requests ``rows`` of a :class:`stagetrace.backend.SpanColumns`,
+    one group per prototype in the order the prototypes first appear (the same first-seen
+    answer: values are merged across groups)."""
+    if not len(rows):
+        return []
+    proto = req.proto[rows]
+    start = req.start_ns[rows]
+    uniq, first, inv = np.unique(proto, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    count = np.bincount(inv, minlength=len(uniq))
+    t_min = np.full(len(uniq), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(t_min, inv, start)
+    out = []
+    for j in np.argsort(first, kind="stable").tolist():
+        p = req.protos[int(uniq[j])]
+        out.append([p.attributes, p.resource, int(t_min[j]), int(count[j])])
+    return out
+
+
+def versions_first_seen_groups(groups: Iterable[Sequence], keys: Sequence[str]) -> list[FirstSeen]:
+    """:func:`versions_first_seen` of :func:`span_groups` (attributes, resource, first
+    start, count)."""
     seen: dict[tuple[str, str], FirstSeen] = {}
-    for a, r, t, n in groups.values():
+    for a, r, t, n in groups:
         for k in keys:
             v = a.get(k)
             if v is None:

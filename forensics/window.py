@@ -10,12 +10,48 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
 
 from stagetrace import semconv
-from stagetrace.backend import Backend, TraceQuery
+from stagetrace.backend import Backend, SpanColumns, TraceQuery, find_span_columns, span_columns
 
 from stagetrace.model import Span, Trace
+
+
+def entry_requests(backend: Backend, *, service: str | None, route: str | None,
+                   start_ns: int | None, end_ns: int | None) -> SpanColumns:
+    """:func:`entry_spans` as columns (same rows, same order): a 10M-span window holds
+    over a million requests, and the analyses need whole spans for a few hundred."""
+    attrs = {semconv.HTTP_ROUTE: route} if route else {}
+    cols = find_span_columns(backend, TraceQuery(service=service, attributes=dict(attrs), start_ns=start_ns,
+                                                 end_ns=end_ns, root_only=True, limit=None, read_only=True))
+    if not len(cols) and service:
+        cols = find_span_columns(backend, TraceQuery(service=service, attributes=dict(attrs), start_ns=start_ns,
+                                                     end_ns=end_ns, limit=None, read_only=True))
+        entry_kind = np.array([p.kind in ("SERVER", "CONSUMER") for p in cols.protos], dtype=bool)
+        if len(cols):
+            cols = cols.take(np.flatnonzero(entry_kind[cols.proto]))
+    return first_per_trace(cols)
+
+
+def first_per_trace(cols: SpanColumns) -> SpanColumns:
+    """One row per trace, the earliest (the first of equals), ordered by start time, ties
+    in the order the traces first appear: what :func:`entry_spans` keeps."""
+    n = len(cols)
+    if n == 0:
+        return cols
+    first: dict[str, int] = {}
+    code = np.fromiter((first.setdefault(t, len(first)) for t in cols.trace_ids), dtype=np.int64, count=n)
+    start = cols.start_ns
+    if len(first) == n and (n < 2 or bool((start[1:] >= start[:-1]).all())):
+        return cols  # one row per trace, already in order (the embedded store's answer)
+    order = np.lexsort((np.arange(n), start, code))  # by trace, then start, then position
+    c = code[order]
+    chosen = order[np.concatenate([[True], c[1:] != c[:-1]])]  # traces in first-appearance order
+    return cols.take(chosen[np.argsort(start[chosen], kind="stable")])
 
 
 def entry_spans(backend: Backend, *, service: str | None, route: str | None,
@@ -72,15 +108,57 @@ def is_catch_all(span: Span) -> bool:
     return isinstance(route, str) and bool(_CATCH_ALL.search(route))
 
 
+@dataclass(slots=True)
+class Operations:
+    """Each request's entry operation (:func:`entry_ops`) as a code per row into
+    ``names`` (one code per distinct name)."""
+
+    codes: np.ndarray
+    names: list[str]
+
+
 def entry_ops(backend: Backend, entries: Sequence[Span]) -> dict[str, str]:
     """Trace id -> :func:`entry_operation` of its entry span. Behind a gateway whose route
     is a catch-all (``/*``) every request would be one operation, so a checkout is
     "slow" next to a health check; there the operation is refined by where the
     gateway forwarded it: the first SERVER span of another service in the trace."""
-    ops = dict(zip((s.trace_id for s in entries), entry_operations(entries)))
-    proxied = {s.trace_id: s for s in entries if is_catch_all(s)}
-    if not proxied:
-        return ops
+    cols = span_columns(entries)
+    ops = request_ops(backend, cols)
+    return {t: ops.names[c] for t, c in zip(cols.trace_ids, ops.codes.tolist())}
+
+
+def request_ops(backend: Backend, req: SpanColumns) -> Operations:
+    """:func:`entry_ops` of requests as columns: one :func:`entry_operation` per prototype."""
+    names: list[str] = []
+    code_of: dict[str, int] = {}
+
+    def code(name: str) -> int:
+        c = code_of.get(name)
+        if c is None:
+            c = code_of[name] = len(names)
+            names.append(name)
+        return c
+    if not len(req):
+        return Operations(np.zeros(0, dtype=np.int32), names)
+    used = np.unique(req.proto)
+    per_proto = np.zeros(len(req.protos), dtype=np.int32)
+    catch_all = np.zeros(len(req.protos), dtype=bool)
+    for p in used.tolist():
+        per_proto[p] = code(entry_operation(req.protos[p]))
+        catch_all[p] = is_catch_all(req.protos[p])
+    codes = per_proto[req.proto]
+    rows = np.flatnonzero(catch_all[req.proto])
+    if len(rows):
+        proxied = {req.trace_ids[i]: req.span(i) for i in rows.tolist()}
+        row_of = {req.trace_ids[i]: i for i in rows.tolist()}
+        for tid, sp in _forwarded_to(backend, proxied).items():
+            i = row_of[tid]
+            codes[i] = code(f"{names[codes[i]]} -> {entry_operation(sp)}")
+    return Operations(codes, names)
+
+
+def _forwarded_to(backend: Backend, proxied: Mapping[str, Span]) -> dict[str, Span]:
+    """Trace id -> the first SERVER span of another service in each proxied request."""
     lo = min(s.start_ns for s in proxied.values())
     hi = max(s.start_ns + max(s.duration_ns, 0) for s in proxied.values()) + 1
     first: dict[str, Span] = {}
@@ -91,9 +169,47 @@ def entry_ops(backend: Backend, entries: Sequence[Span]) -> dict[str, str]:
         cur = first.get(sp.trace_id)
         if cur is None or sp.start_ns < cur.start_ns:
             first[sp.trace_id] = sp
-    for tid, sp in first.items():
-        ops[tid] = f"{ops[tid]} -> {entry_operation(sp)}"
-    return ops
+    return first
+
+
+class ByTrace(Mapping[str, Any]):
+    """A read-only trace id -> value mapping over the rows of a request table (``value``
+    of the row; rows outside ``mask`` are absent), without a dict of a million entries
+    per use."""
+
+    __slots__ = ("index", "value", "mask", "ids")
+
+    def __init__(self, index: Mapping[str, int], ids: Sequence[str], value: Callable[[int], Any],
+                 mask: np.ndarray | None = None) -> None:
+        self.index, self.ids, self.value, self.mask = index, ids, value, mask
+
+    def _row(self, tid: str) -> int | None:
+        i = self.index.get(tid)
+        if i is None or (self.mask is not None and not self.mask[i]):
+            return None
+        return i
+
+    def __getitem__(self, tid: str) -> Any:
+        i = self._row(tid)
+        if i is None:
+            raise KeyError(tid)
+        return self.value(i)
+
+    def __contains__(self, tid: object) -> bool:
+        return isinstance(tid, str) and self._row(tid) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        if self.mask is None:
+            return iter(self.ids)
+        return (self.ids[i] for i in np.flatnonzero(self.mask).tolist())
+
+    def __len__(self) -> int:
+        return len(self.ids) if self.mask is None else int(self.mask.sum())
+
+
+def row_index(req: SpanColumns) -> dict[str, int]:
+    """Trace id -> row, of requests with one row per trace (:func:`entry_requests`)."""
+    return {t: i for i, t in enumerate(req.trace_ids)}
 
 
 def adjusted_count(span: Span) -> float:
@@ -123,6 +239,20 @@ def sampling_weights(entries: list[Span]) -> dict[str, float]:
     if all(x == 1.0 for x in memo.values()):
         return {}
     return {s.trace_id: memo[id(s.attributes)] for s in entries}
+
+
+def request_weights(req: SpanColumns) -> np.ndarray | None:
+    """Each request's adjusted count (:func:`sampling_weights`), one per prototype; None
+    when nothing was sampled (every weight 1)."""
+    if not len(req):
+        return None
+    used = np.unique(req.proto)
+    per_proto = np.ones(len(req.protos), dtype=float)
+    for p in used.tolist():
+        per_proto[p] = adjusted_count(req.protos[p])
+    if (per_proto[used] == 1.0).all():
+        return None
+    return per_proto[req.proto]
 
 
 def fmt_ms(ns: float) -> str:
