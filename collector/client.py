@@ -120,6 +120,9 @@ class ServedBackend:
     def find_spans(self, query: TraceQuery) -> list[Span]:
         return self._store().find_spans(query)
 
+    def find_span_columns(self, query: TraceQuery) -> Any:
+        return self._store().find_span_columns(query)
+
     def find_logs(self, query: LogQuery) -> list[LogRecord]:
         return self._store().find_logs(query)
 

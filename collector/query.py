@@ -884,9 +884,19 @@ class _HexIds(Sequence[str]):
         return v.hex() if v is not None else ""
 
 
+_BISECT_ROWS = 16384  # up to this many rows read, find the wanted ids by bisection (no compute import)
+
+
 def _sorted_runs(t: pa.Table, want: list[bytes]) -> list[pa.Table]:
     """The rows of ``t`` (sorted by trace id: a block's row groups) whose id is in
-    ``want`` (sorted), as zero-copy slices; no compute kernel, no Python-object array."""
+    ``want`` (sorted), as zero-copy slices for a small read (a trace lookup needs no
+    compute kernel, no Python-object array); one filter for a bulk one."""
+    if t.num_rows > _BISECT_ROWS or len(want) > 64:
+        # a bulk read (a sample of hundreds of traces): one C++ filter, not a Python list of
+        # every row's id; each trace's rows stay in block order, which is all callers need
+        import pyarrow.compute as pc
+
+        return [t.filter(pc.is_in(t.column("trace_id"), value_set=_binary_array(want)))]
     ids = t.column("trace_id").to_pylist()
     if any(a > b for a, b in zip(ids, ids[1:])):  # not sorted (never written so; be safe)
         import pyarrow.compute as pc

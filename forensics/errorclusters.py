@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
@@ -62,6 +63,7 @@ class ErrorEvent:
     template: str = ""
 
 
+@functools.lru_cache(maxsize=1 << 16)  # the same stack trace repeats with every failure of its kind
 def top_frames(stacktrace: str | None) -> tuple[str, ...]:
     """Innermost frames first: where the exception was raised, not the framework around it."""
     if not stacktrace:

@@ -13,6 +13,7 @@ The full line is still what the trace view shows.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 
@@ -45,6 +46,7 @@ _LOGFMT_MSG = re.compile(r'(?:^|\s)(?:msg|message)=(?:"((?:[^"\\]|\\.)*)"|(\S+))
 _MESSAGE_KEYS = ("message", "msg", "@message", "log", "event", "text")
 
 
+@functools.lru_cache(maxsize=1 << 16)  # pure, and the same error line repeats thousands of times
 def message(text: str, level_seen: bool = False) -> str:
     """The message part of one log line (the line itself when it has no header).
     ``level_seen``: the line's level was already cut (by a learned prefix), so a logger
@@ -163,6 +165,7 @@ class MessageTexts:
 
     def __init__(self) -> None:
         self.prefix: dict[str, list[str]] = {}
+        self._memo: dict[tuple[str, str], str] = {}  # (service, body) -> text: the same error repeats
 
     def learn(self, records) -> "MessageTexts":
         from .logmining import body_text
@@ -176,4 +179,10 @@ class MessageTexts:
 
     def text(self, rec) -> str:
         from .logmining import body_text
-        return strip_learned(body_text(rec), self.prefix.get(rec.service_name, []))
+        body, svc = body_text(rec), rec.service_name
+        hit = self._memo.get((svc, body))
+        if hit is None:
+            hit = strip_learned(body, self.prefix.get(svc, []))
+            if len(self._memo) < 200_000:  # bounded memory
+                self._memo[(svc, body)] = hit
+        return hit

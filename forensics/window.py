@@ -43,11 +43,11 @@ def first_per_trace(cols: SpanColumns) -> SpanColumns:
     n = len(cols)
     if n == 0:
         return cols
+    start = cols.start_ns
+    if (n < 2 or bool((start[1:] >= start[:-1]).all())) and len(set(cols.trace_ids)) == n:
+        return cols  # one row per trace, already in order (the embedded store's answer)
     first: dict[str, int] = {}
     code = np.fromiter((first.setdefault(t, len(first)) for t in cols.trace_ids), dtype=np.int64, count=n)
-    start = cols.start_ns
-    if len(first) == n and (n < 2 or bool((start[1:] >= start[:-1]).all())):
-        return cols  # one row per trace, already in order (the embedded store's answer)
     order = np.lexsort((np.arange(n), start, code))  # by trace, then start, then position
     c = code[order]
     chosen = order[np.concatenate([[True], c[1:] != c[:-1]])]  # traces in first-appearance order
