@@ -299,7 +299,8 @@ class EmbeddedBackend:
         ``entries``: only entry spans can match (roots, SERVER/CONSUMER spans:
         ``store.ENTRY_SQL`` is added to ``where``), so each block's entry-span sidecar
         is read in its place where there is one. ``errors``: likewise, only spans with
-        ERROR status can match (``store.ERROR_SQL``), read from the error-span sidecars."""
+        ERROR status or logs of severity ERROR and above can match (``store.ERROR_SQL``),
+        read from the blocks' error sidecars."""
         yield from self._sql_many(table, [(select, tail_order)], where, params, batch_rows, entries=entries,
                                   errors=errors)[0]
 
@@ -309,11 +310,11 @@ class EmbeddedBackend:
         """:meth:`_sql` for several (select, order/limit/group clause) pairs over one
         snapshot of the table: every statement sees the same rows."""
         entries = entries and table == SPANS
-        errors = errors and table == SPANS
+        errors = errors and table in store.ERROR_SQL
         if entries:
             where = [*where, store.ENTRY_SQL]
         if errors:
-            where = [*where, store.ERROR_SQL]
+            where = [*where, store.ERROR_SQL[table]]
 
         def run() -> list[list[pa.RecordBatch]]:
             view = self._view(table)
@@ -722,7 +723,10 @@ class EmbeddedBackend:
         if service is not None:
             where.append("service = ?")
             params.append(service)
-        return self._matching(LOGS, self._logs, where, params, "ORDER BY time_ns, observed_ns", attrs, limit)
+        # ERROR and above only: every block's error sidecar holds them all
+        errors = query.min_severity is not None and query.min_severity >= store.ERROR_SEVERITY
+        return self._matching(LOGS, self._logs, where, params, "ORDER BY time_ns, observed_ns", attrs, limit,
+                              errors=errors)
 
     def metric_series(self, query: MetricQuery) -> list[MetricSeries]:
         """One series per (metric, point attributes, resource), points oldest first:

@@ -78,12 +78,13 @@ ROW_GROUP_ROWS = {SPANS: 1024, LOGS: 2048, METRICS: 16384}  # small: trace-by-id
 ENTRY_KINDS = (2, 5)  # OTLP SpanKind SERVER, CONSUMER
 ENTRY_SQL = f"(octet_length(parent_span_id) = 0 OR kind IN {ENTRY_KINDS})"
 ENTRY_ROW_GROUP_ROWS = 16384
-# ...and its spans with ERROR status to a second sidecar (same layout): `investigate
-# errors` and the UI's status=error search read those from every block of the window,
-# and in the block they are spread over nearly every row group (a failing request has
-# several), so a scan decoded the whole block's bodies to find them.
+# ...and its spans with ERROR status (a log block: its records of severity ERROR or
+# above) to an error sidecar of the same layout: `investigate errors` reads those from
+# every block of the window, and in the block they are spread over nearly every row
+# group (a failing request has several), so a scan decoded the whole block's bodies.
 ERROR_STATUS = 2  # OTLP STATUS_CODE_ERROR
-ERROR_SQL = f"status_code = {ERROR_STATUS}"
+ERROR_SEVERITY = 17  # OTLP SEVERITY_NUMBER_ERROR
+ERROR_SQL = {"spans": f"status_code = {ERROR_STATUS}", "logs": f"severity_number >= {ERROR_SEVERITY}"}
 # Columns written (and read back) dictionary-encoded: readers keep them as dictionaries
 # so a row group's resources are not copied out once per row.
 DICT_COLUMNS = ("name", "service", "resource", "scope", "severity_text", "unit", "metric", "series", "kind")
@@ -495,13 +496,14 @@ def _write_block(data_dir: Path, table: str, ref: BlockRef, t: pa.Table, sort: b
         os.replace(tids_tmp, ref.tids_path)
     if table == SPANS:
         write_entries(ref.entries_path, t)
-        write_errors(ref.errors_path, t)
+    if table in ERROR_SQL:
+        write_errors(table, ref.errors_path, t)
     # checksums of the block and its index, with what it holds (the quarantine ledger
     # needs rows and time range even when the block's own footer is what broke)
     integrity.write_check(tmp, ref.path, ref.tids_path if table in (SPANS, LOGS) else None,
                           {k.decode().split(".", 1)[1]: int(v) for k, v in meta.items()},
                           entries_path=ref.entries_path if table == SPANS else None,
-                          errors_path=ref.errors_path if table == SPANS else None)
+                          errors_path=ref.errors_path if table in ERROR_SQL else None)
     _failpoint(data_dir, failpoint)
     os.replace(tmp, ref.path)  # the sidecars exist before the block becomes visible
     wal._fsync_dir(d)
@@ -529,29 +531,38 @@ def write_entries(path: Path, t: pa.Table) -> None:
     _write_sidecar(path, entry_rows(t))
 
 
-def _write_sidecar(path: Path, rows: pa.Table) -> None:
-    """A span block's sidecar (rows sorted by start time, large row groups), fsynced."""
+def _write_sidecar(path: Path, rows: pa.Table, stats: Sequence[str] = ("start_ns", "duration_ns", "name", "service"),
+                   dictionary: Sequence[str] = (*DICT_COLUMNS, "status_code", "rest")) -> None:
+    """A block's sidecar (rows sorted by time, large row groups), fsynced."""
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(rows, tmp, compression="zstd", compression_level=1,
-                   row_group_size=ENTRY_ROW_GROUP_ROWS,
-                   use_dictionary=list(DICT_COLUMNS) + ["status_code", "rest"],
-                   write_statistics=["start_ns", "duration_ns", "name", "service"], data_page_size=64 << 10)
+                   row_group_size=ENTRY_ROW_GROUP_ROWS, use_dictionary=list(dictionary),
+                   write_statistics=list(stats), data_page_size=64 << 10)
     _fsync_file(tmp)
     os.replace(tmp, path)
 
 
-def error_rows(t: pa.Table) -> pa.Table:
-    """The spans of a span table with ERROR status (see ERROR_SQL), sorted by start time."""
+def error_rows(table: str, t: pa.Table) -> pa.Table:
+    """The spans with ERROR status of a span table, the records of severity ERROR or
+    above of a log table (see ERROR_SQL), sorted by time."""
     if t.num_rows == 0:
         return t
-    idx = np.flatnonzero(t.column("status_code").to_numpy(zero_copy_only=False) == ERROR_STATUS)
-    idx = idx[np.argsort(t.column("start_ns").to_numpy()[idx], kind="stable")]
+    if table == SPANS:
+        mask = t.column("status_code").to_numpy(zero_copy_only=False) == ERROR_STATUS
+    else:
+        mask = t.column("severity_number").to_numpy(zero_copy_only=False) >= ERROR_SEVERITY
+    idx = np.flatnonzero(mask)
+    idx = idx[np.argsort(t.column(TIME_COLUMN[table]).to_numpy()[idx], kind="stable")]
     return t.take(pa.array(idx))
 
 
-def write_errors(path: Path, t: pa.Table) -> None:
-    """Write the error-span sidecar of a (plain-column) span table, fsynced, at ``path``."""
-    _write_sidecar(path, error_rows(t))
+def write_errors(table: str, path: Path, t: pa.Table) -> None:
+    """Write the error sidecar of a (plain-column) span or log table, fsynced, at ``path``."""
+    if table == SPANS:
+        _write_sidecar(path, error_rows(table, t))
+    else:
+        _write_sidecar(path, error_rows(table, t), stats=["time_ns", "service"],
+                       dictionary=list(DICT_COLUMNS) + ["severity_number"])
 
 
 def delete_block(ref: BlockRef) -> None:

@@ -188,3 +188,48 @@ def test_default_columns_of_a_backend_without_them(mixed_store):  # noqa: F811
     q = TraceQuery(root_only=True, limit=None)
     with EmbeddedBackend(data_dir) as b:
         assert _rows(find_span_columns(_SpansOnly(b), q)) == b.find_spans(q)
+
+
+def _log_request(rnd: random.Random, n: int) -> bytes:
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+    from opentelemetry.proto.common.v1 import common_pb2
+    from opentelemetry.proto.resource.v1 import resource_pb2
+
+    req = logs_service_pb2.ExportLogsServiceRequest()
+    rl = req.resource_logs.add(resource=resource_pb2.Resource(attributes=[
+        common_pb2.KeyValue(key="service.name", value=common_pb2.AnyValue(string_value=f"svc{n % 3}"))]))
+    sl = rl.scope_logs.add()
+    for i in range(40):
+        sev = rnd.choice([0, 9, 13, 17, 17, 21])
+        sl.log_records.add(time_unix_nano=NOW + rnd.randrange(600 * SEC), severity_number=sev,
+                           trace_id=rnd.getrandbits(128).to_bytes(16, "big"), span_id=rnd.getrandbits(64).to_bytes(8, "big"),
+                           body=common_pb2.AnyValue(string_value=f"line {n}-{i} sev {sev}"))
+    return req.SerializeToString()
+
+
+@pytest.mark.parametrize("min_severity", [17, 21, 13, None])
+def test_log_error_sidecar_reads_equal_a_full_scan(tmp_path, min_severity):
+    from stagetrace.backend import LogQuery
+
+    rnd = random.Random(11)
+    for seq in range(3):
+        t = store.build_table(store.LOGS, [_log_request(rnd, seq * 10 + k) for k in range(10)])
+        store.write_block(tmp_path, store.LOGS, seq, seq, t)
+    for ref in store.list_blocks(tmp_path, store.LOGS):
+        side = pq.read_table(ref.errors_path)
+        block = pq.read_table(ref.path)
+        assert sorted(side.column("span_id").to_pylist()) == sorted(
+            r["span_id"] for r in block.to_pylist() if r["severity_number"] >= 17)
+    q = LogQuery(min_severity=min_severity, start_ns=NOW + 60 * SEC, end_ns=NOW + 500 * SEC, limit=None)
+    with EmbeddedBackend(tmp_path) as b:
+        fast = b.find_logs(q)
+        svc = b.find_logs(LogQuery(min_severity=min_severity, service="svc1", start_ns=q.start_ns, end_ns=q.end_ns,
+                                   limit=None))
+    for ref in store.list_blocks(tmp_path, store.LOGS):
+        ref.errors_path.unlink()
+    with EmbeddedBackend(tmp_path) as b:
+        plain = b.find_logs(q)
+        svc_plain = b.find_logs(LogQuery(min_severity=min_severity, service="svc1", start_ns=q.start_ns,
+                                         end_ns=q.end_ns, limit=None))
+    assert fast == plain and svc == svc_plain and svc
+    assert len(plain) > 50 and all(r.severity_number >= (min_severity or 0) for r in plain)
