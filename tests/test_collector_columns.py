@@ -90,18 +90,6 @@ def test_a_damaged_or_missing_error_sidecar_only_costs_speed(mixed_store):  # no
         assert _rows(b.find_span_columns(q)) == before
 
 
-def test_error_sidecars_follow_their_block(mixed_store):  # noqa: F811
-    data_dir, _, _ = mixed_store
-    refs = store.list_blocks(data_dir, store.SPANS)
-    assert all(r.errors_path.exists() for r in refs)
-    store.delete_block(refs[0])
-    assert not refs[0].errors_path.exists()
-    orphan = store.block_dir(data_dir, store.SPANS) / "0000000000000900-0000000000000900.errors.parquet"
-    orphan.write_bytes(b"PAR1")
-    store.BlockStore(data_dir)
-    assert not orphan.exists()
-
-
 class _SpansOnly:
     """A backend without the columnar path (as the Tempo backend): the default applies."""
 

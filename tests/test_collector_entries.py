@@ -141,14 +141,16 @@ def test_a_damaged_or_missing_sidecar_only_costs_speed(mixed_store):
     assert _plain(data_dir, q, hide_sidecars=True) == before
 
 
-def test_sidecars_follow_their_block(mixed_store):
+@pytest.mark.parametrize("sidecar", ["entries", "errors"])
+def test_sidecars_follow_their_block(mixed_store, sidecar):
     data_dir, bs, w = mixed_store
     refs = store.list_blocks(data_dir, store.SPANS)
-    assert all(r.entries_path.exists() for r in refs)
+    path_of = (lambda r: r.entries_path) if sidecar == "entries" else (lambda r: r.errors_path)
+    assert all(path_of(r).exists() for r in refs)
     store.delete_block(refs[0])
-    assert not refs[0].entries_path.exists()
+    assert not path_of(refs[0]).exists()
     # a sidecar left by a writer killed before its block was renamed into place
-    orphan = store.block_dir(data_dir, store.SPANS) / "0000000000000900-0000000000000900.entries.parquet"
+    orphan = store.block_dir(data_dir, store.SPANS) / f"0000000000000900-0000000000000900.{sidecar}.parquet"
     orphan.write_bytes(b"PAR1")
     store.BlockStore(data_dir)
     assert not orphan.exists()
