@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"
 
 CHILD = r"""
-import json, sys, time
+import json, re, sys, time
 from stagetrace.collector.query import EmbeddedBackend
 from stagetrace.forensics import investigate_errors, investigate_slow, render
 jobs = json.loads(sys.stdin.read())
@@ -42,7 +42,8 @@ for j in jobs:
         text = render(fn(b, start_ns=j["start"], end_ns=j["end"]), "json")
     except Exception as exc:
         text = f"RAISED {type(exc).__name__}: {exc}"
-    out.append({"text": text, "seconds": time.perf_counter() - t})
+    out.append({"text": re.sub(r'"generated_at_ns": \d+', '"generated_at_ns": 0', text),
+                "seconds": time.perf_counter() - t})
     b.close()
 print(json.dumps(out))
 """
@@ -79,7 +80,9 @@ def accuracy_jobs(root: Path) -> list[dict]:
 
 
 def run(jobs: list[dict], pythonpath: str | None) -> list[dict]:
-    env = dict(os.environ)
+    # one string-hash seed for both: set iteration orders (e.g. which failing traces a
+    # cluster lists as examples) otherwise differ between any two processes
+    env = dict(os.environ, PYTHONHASHSEED="0")
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     else:
@@ -96,11 +99,14 @@ def main() -> int:
     ap.add_argument("--before", required=True, help="directory holding the 'before' stagetrace package")
     ap.add_argument("--bench", type=Path, action="append", default=[], help="a kept benchmarks/forensics.py store")
     ap.add_argument("--accuracy", type=Path, action="append", default=[], help="a kept benchmarks/accuracy.py root")
+    ap.add_argument("--case", action="append", default=[], help="only stores whose name contains this (repeatable)")
     args = ap.parse_args()
     if not (Path(args.before) / "stagetrace").is_dir():
         print(f"same_reports: --before {args.before}: no stagetrace package there", file=sys.stderr)
         return 2
     jobs = [j for d in args.bench for j in bench_jobs(d)] + [j for r in args.accuracy for j in accuracy_jobs(r)]
+    if args.case:
+        jobs = [j for j in jobs if any(c in j["label"] for c in args.case)]
     if not jobs:
         print("same_reports: nothing to compare (give --bench or --accuracy)", file=sys.stderr)
         return 2
