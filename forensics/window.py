@@ -209,7 +209,7 @@ class ByTrace(Mapping[str, Any]):
 
 def row_index(req: SpanColumns) -> dict[str, int]:
     """Trace id -> row, of requests with one row per trace (:func:`entry_requests`)."""
-    return {t: i for i, t in enumerate(req.trace_ids)}
+    return dict(zip(req.trace_ids, range(len(req.trace_ids))))
 
 
 def adjusted_count(span: Span) -> float:
