@@ -83,21 +83,6 @@ def entry_operation(span: Span) -> str:
     return f"{span.service_name}: {name}"
 
 
-def entry_operations(entries: Sequence[Span]) -> list[str]:
-    """:func:`entry_operation` of each entry, computed once per distinct (attributes,
-    resource, name): the spans of a read-only answer share their dicts, so 1.4M
-    requests cost a dict lookup each instead of a string build each."""
-    memo: dict[tuple[int, int, str], str] = {}
-    out = []
-    for s in entries:  # `entries` holds every span, so no id() is reused meanwhile
-        key = (id(s.attributes), id(s.resource), s.name)
-        op = memo.get(key)
-        if op is None:
-            op = memo[key] = entry_operation(s)
-        out.append(op)
-    return out
-
-
 # A route template that matches any path: the last segment is ``*`` / ``**`` or a greedy
 # variable (``{path:.*}``, ``{*rest}``). Every request of a gateway or proxy has it.
 _CATCH_ALL = re.compile(r"(^|/)(\*{1,2}|\{[^}]*\*[^}]*\})$")
