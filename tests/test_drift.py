@@ -86,6 +86,9 @@ def test_cli_profile_build_and_drift(tmp_path):
     assert "No profiled inference spans of model 'm'" in r.stdout
     r = _cli("investigate", "drift", "--model", "m", "--interval", "0s", "--data-dir", str(data))
     assert r.returncode == 2 and "--interval must be positive" in r.stderr and "Traceback" not in r.stderr
+    # an interval that cuts a long window into millions of buckets is a typo: one line, not a hang
+    r = _cli("investigate", "drift", "--model", "m", "--interval", "1ms", "--since", "3650d", "--data-dir", str(data))
+    assert r.returncode == 2 and "--interval is too small" in r.stderr and "Traceback" not in r.stderr
 
 
 def _batched_spans(rng, calls, t0, *, cents_share=0.0, rows_per_call=30):
