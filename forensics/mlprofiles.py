@@ -112,8 +112,11 @@ def row_correlations(spans: list[Span]) -> tuple[dict[str, float], dict[str, flo
     with m the size-weighted mean rows per call, is the factor by which the rows
     overstate the evidence; dividing the counts by it gives the effective sample. ICC
     on the bin order (numeric) or the category code (categorical: equal codes are what
-    matters there), from a one-way ANOVA of rows within and between calls."""
+    matters there), from a one-way ANOVA of rows within and between calls; and on whether
+    the value is missing, when it is missing anywhere (a client that omits a feature omits
+    it in every row of its request): the larger of the two."""
     per: dict[str, list[np.ndarray]] = {}
+    missing: dict[str, list[np.ndarray]] = {}
     for sp in spans:
         got = span_profile(sp)
         if got is not None:
@@ -125,6 +128,7 @@ def row_correlations(spans: list[Span]) -> tuple[dict[str, float], dict[str, flo
                     continue
                 vals = (order if prof.kinds[j] == "n" else prof.codes.astype(np.int64))[~miss[:, j], j]
                 per.setdefault(name, []).append(vals.astype(np.float64))
+                missing.setdefault(name, []).append(miss[:, j].astype(np.float64))
         text = sp.attributes.get(semconv.ML_OUTPUT_PROFILE)
         out = mlprofile.decode_output(text) if text is not None else None
         if out is not None:
@@ -133,10 +137,14 @@ def row_correlations(spans: list[Span]) -> tuple[dict[str, float], dict[str, flo
     iccs, effects = {}, {}
     for name, groups in per.items():
         sizes = [len(g) for g in groups if len(g)]
-        if not sizes:
+        flags = [f for f in missing.get(name, []) if len(f)]
+        icc_v = _icc(groups) if sizes else 0.0
+        icc_m = _icc(flags) if any(f.any() for f in flags) else 0.0
+        if not sizes and not icc_m:
             continue
-        iccs[name] = _icc(groups)
-        effects[name] = design_effect(iccs[name], sizes)
+        iccs[name] = max(icc_v, icc_m)
+        effects[name] = max(design_effect(icc_v, sizes) if sizes else 1.0,
+                            design_effect(icc_m, [len(f) for f in flags]) if icc_m else 1.0)
     return iccs, effects
 
 

@@ -88,10 +88,11 @@ def test_cli_profile_build_and_drift(tmp_path):
     assert r.returncode == 2 and "--interval must be positive" in r.stderr and "Traceback" not in r.stderr
 
 
-def _batched_spans(rng, calls, t0, *, cents_share=0.0, rows_per_call=30, amount_missing=False):
+def _batched_spans(rng, calls, t0, *, cents_share=0.0, rows_per_call=30, amount_missing=False, omit_share=0.0):
     """Calls of ``rows_per_call`` rows: ``amount`` drawn per row (NaN in every row with
-    ``amount_missing``), ``acct`` once per call (every row of a request carries its
-    account's value), through the real capture."""
+    ``amount_missing``, and in every row of a share ``omit_share`` of the calls: a client
+    that omits it), ``acct`` once per call (every row of a request carries its account's
+    value), through the real capture."""
     from stagetrace import semconv
     from stagetrace.instrumentation import profiling
     from stagetrace.instrumentation.profile_capture import input_attributes
@@ -103,7 +104,7 @@ def _batched_spans(rng, calls, t0, *, cents_share=0.0, rows_per_call=30, amount_
         cents = rng.random() < cents_share
         x = np.column_stack([rng.normal(50.0, 10.0, rows_per_call) * (100.0 if cents else 1.0),
                              np.full(rows_per_call, rng.lognormal(3.5, 0.6))])
-        if amount_missing:
+        if amount_missing or (omit_share and rng.random() < omit_share):
             x[:, 0] = np.nan
         attrs = {semconv.ML_STAGE: "inference", semconv.ML_MODEL_NAME: "m"}
         attrs.update(input_attributes(settings, x, None, "score", "m"))
@@ -158,6 +159,16 @@ def test_input_evidence_counts_calls_not_the_rows_of_one_batch():
         assert diffs["acct"]["row_correlation"] == 1.0  # every row of a call shares its account
         named += diffs["acct"]["significant"]
         assert not diffs["amount"]["significant"], diffs["amount"]
+    assert named == 0
+    # A client that omits amount in whole requests (a fifth of them): 8 failing calls that
+    # happen to hold 3 such requests are 3 of 8, not 90 of 240 independent missing values.
+    named = 0
+    for _ in range(5):
+        normal = _batched_spans(rng, 200, t0, omit_share=0.2)
+        failing = _batched_spans(rng, 3, t0, amount_missing=True) + _batched_spans(rng, 5, t0 + 10**10)
+        diffs = {d["feature"]: d for d in compare_input_profiles(failing, normal)}
+        assert 0.3 < diffs["amount"]["missing_failing"] < 0.45 and diffs["amount"]["row_correlation"] > 0.9
+        named += diffs["amount"]["significant"]
     assert named == 0
     failing = _batched_spans(rng, 4, t0 + 300 * 10**9, amount_missing=True)
     diffs = compare_input_profiles(failing, _batched_spans(rng, 200, t0))
