@@ -2,7 +2,8 @@
 and the post-mortem draft written next to the reports.
 
 The demo's load lasts ~35 s, so its watch runs the SRE workbook's burn-rate tiers scaled
-down to seconds (1 h/5 m becomes 12 s/3 s): the same rules, on the demo's time scale.
+down to seconds (1 h/5 m becomes 12 s/3 s): the same rules, on the demo's time scale; and
+the model's drift and quality rules (issue 18) over 6 s windows.
 """
 
 from __future__ import annotations
@@ -62,6 +63,26 @@ min_events = 3
 name = "version-change-regression"
 kind = "version_change"
 within = "60s"
+
+# The model's inputs against the clean period's reference profile (the demo stores it with
+# `stagetrace profile build` once the clean period is over; until then, against the previous
+# 6 s), over the last 6 s: ~1 000 rows, enough for one client's unit change within seconds.
+[[rules]]
+name = "model-input-drift"
+kind = "drift"
+model = "fraud-api"
+within = "6s"
+
+# Accuracy by the labels fed back 3 s after each prediction (the clean period's is ~88%);
+# the same window as the drift rule, so both share one drift investigation and the
+# quality cause links to it.
+[[rules]]
+name = "model-accuracy"
+kind = "quality"
+model = "fraud-api"
+objective = 0.8
+within = "6s"
+min_events = 100
 """
 
 
