@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 
 from stagetrace import semconv
 from stagetrace.errors import UserError
@@ -319,15 +320,17 @@ def _run(opts: DemoOptions, console: Console, progress: bool, launcher: list[str
                       + (f", {stats.labels['rejected']} rejected" if stats.labels.get("rejected") else ""))
         if early_ref.result:  # `profile build` says what it wrote
             console.print(f"  reference      at +{early_ref.result['at_s']:.1f}s, for the watch's drift rule: "
-                          f"{early_ref.result['line']}")
+                          f"{escape(early_ref.result['line'])}")
         alerts = incidents_demo.fired_alerts(watch_out)
         console.print(f"  watch          {len(alerts)} alert(s) fired during the load")
         for a in alerts:
             lab, ann = a["labels"], a.get("annotations", {})
-            console.print(f"    [red]FIRING[/] {lab.get('alertname')} [{lab.get('severity')}] "
-                          f"+{a['fired_at'] / 1e9 - schedule.start:.0f}s  {ann.get('summary', '')}")
+            # escaped: "[page]" and the texts are not rich markup
+            sev = escape(f"[{lab.get('severity')}]")
+            console.print(f"    [red]FIRING[/] {escape(str(lab.get('alertname')))} {sev} "
+                          f"+{a['fired_at'] / 1e9 - schedule.start:.0f}s  {escape(ann.get('summary', ''))}")
             if ann.get("root_cause"):
-                console.print(f"           cause: {ann['root_cause']}")
+                console.print(f"           cause: {escape(ann['root_cause'])}")
         if not opts.keep_running:
             children.stop_many([api, canary, feat])
             # The collector too: on SIGTERM it cuts its write-ahead log into blocks,
