@@ -41,6 +41,7 @@ CAPTURED_HEADERS = "x-feature-shard"
 RUN_MARKER = ".stagetrace-demo-run"
 READY_TIMEOUT_S = 90.0
 FLUSH_TIMEOUT_S = 20.0
+WATCH_CATCH_UP_S = 20.0  # for the watch's last evaluation to finish (2 s when it keeps up)
 
 
 @dataclass
@@ -307,7 +308,9 @@ def _run(opts: DemoOptions, console: Console, progress: bool, launcher: list[str
         # (the instrumentation also flushes on SIGTERM, but waiting is the proof).
         n_spans = _wait_for_telemetry(data_dir, schedule, console)
         mark("telemetry")
-        time.sleep(2.5)  # one more watch evaluation over the flushed tail
+        # one more watch evaluation over the flushed tail (bounded: a late watch is stopped)
+        if not incidents_demo.wait_for_evaluation(data_dir, time.time_ns(), WATCH_CATCH_UP_S, watch.alive):
+            console.print(f"  [yellow]watch          still evaluating after {WATCH_CATCH_UP_S:.0f} s; stopped[/]")
         children.stop(watch)
         # The last labels fall due about now (the flush above outlasts their delay);
         # sent before the collector stops.

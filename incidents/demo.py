@@ -101,6 +101,28 @@ def write_rules(run_dir: Path) -> Path:
     return p
 
 
+def wait_for_evaluation(data_dir: Path, after_ns: int, timeout_s: float, alive: Any = lambda: True) -> bool:
+    """Wait (at most ``timeout_s``) until the watch has finished an evaluation that began at
+    or after ``after_ns``: the niced watch can be a whole evaluation behind on a busy machine
+    (each alert that fires runs its cause investigation first), and stopping it then loses
+    the alerts of the end of the load. True when it caught up."""
+    import time
+
+    from .state import StateStore
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            done = int(StateStore(data_dir).load().get("last_eval_ns") or 0) >= after_ns
+        except Exception:  # noqa: BLE001 - a state being replaced, or none yet: look again
+            done = False
+        if done:
+            return True
+        if time.monotonic() >= deadline or not alive():
+            return False
+        time.sleep(0.25)
+
+
 def fired_alerts(out: Path) -> list[dict[str, Any]]:
     """The firing notifications the watch appended to ``alerts.jsonl``."""
     path = out / "alerts.jsonl"

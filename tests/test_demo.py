@@ -401,3 +401,21 @@ def test_label_feed_sends_each_label_after_its_delay(tmp_path: Path) -> None:
         assert any("32 hex" in e for e in feed.errors), feed.errors
     finally:
         coll.stop(timeout=15.0)
+
+
+def test_the_demo_waits_for_the_watchs_last_evaluation(tmp_path: Path) -> None:
+    """The demo stops its watch only once an evaluation that began after the load has
+    finished (the saved state says when the last one began), bounded, and not for a dead watch."""
+    from stagetrace.incidents.demo import wait_for_evaluation
+    from stagetrace.incidents.state import StateStore
+
+    assert not wait_for_evaluation(tmp_path, 1, 0.3)  # no state yet: the watch never finished one
+    store = StateStore(tmp_path)
+    doc = store.load()
+    doc["last_eval_ns"] = 2_000
+    store.save(doc)
+    assert wait_for_evaluation(tmp_path, 1_500, 0.3)
+    assert not wait_for_evaluation(tmp_path, 2_500, 0.5)  # it gives up
+    asked: list[int] = []
+    assert not wait_for_evaluation(tmp_path, 2_500, 3600, alive=lambda: bool(asked.append(1)))
+    assert len(asked) == 1  # a dead watch is not waited for
