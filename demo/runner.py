@@ -312,6 +312,7 @@ def _run(opts: DemoOptions, console: Console, progress: bool, launcher: list[str
         if not incidents_demo.wait_for_evaluation(data_dir, time.time_ns(), WATCH_CATCH_UP_S, watch.alive):
             console.print(f"  [yellow]watch          still evaluating after {WATCH_CATCH_UP_S:.0f} s; stopped[/]")
         children.stop(watch)
+        early_ref.stop()  # late: only the watch wanted it, and the investigation below writes the same file
         # The last labels fall due about now (the flush above outlasts their delay);
         # sent before the collector stops.
         stats.labels = label_feed.close()
