@@ -27,6 +27,8 @@ _SKIP_PREFIXES = ("telemetry.", "process.pid", "process.command", "process.execu
                   "network.peer.", "net.peer.", "net.sock.", "thread.", "otel.", "log.")
 _SKIP_KEYS = {semconv.SERVER_PORT, semconv.ML_INPUT_VALUE, semconv.ML_OUTPUT_VALUE, semconv.ML_STAGE,
               semconv.ML_INPUT_SHAPE,
+              # the model's input/output profiles: compared feature by feature (mlprofiles), not as strings
+              semconv.ML_INPUT_FEATURES, semconv.ML_INPUT_PROFILE, semconv.ML_INPUT_SAMPLE, semconv.ML_OUTPUT_PROFILE,
               # tail-sampling bookkeeping: kept *because* slow or failing, so always "over-represented"
               semconv.TAILSAMPLING_POLICY, semconv.SAMPLING_ADJUSTED_COUNT}
 MAX_CATEGORIES = 25  # a key with more distinct values is high-cardinality (unless numeric)

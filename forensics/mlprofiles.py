@@ -15,7 +15,7 @@ import numpy as np
 from scipy import stats
 
 from stagetrace import mlprofile, semconv
-from stagetrace.model import Span
+from stagetrace.model import Span, Trace
 
 ALPHA = 0.01  # family-wise, Bonferroni over the features tested
 PSI_MIN = 0.1  # the usual "moderate shift" bar; raised when the samples are small
@@ -299,8 +299,21 @@ def compare(feature: str, ref: FeatureDist, cur: FeatureDist, tests: int = 1, al
                  [{"group": lb, "reference": float(a), "current": float(b)} for lb, a, b in zip(labels, rs, cs)], top)
 
 
+def compare_trace_inputs(selected: Sequence[Trace], normal: Sequence[Trace],
+                         what: str = "failing") -> list[dict[str, Any]]:
+    """:func:`compare_input_profiles` over the spans of two groups of requests (failing or
+    slow vs normal); empty when no span carries a profile."""
+    sel = [s for t in selected for s in t.spans]
+    out = compare_input_profiles(sel, [s for t in normal for s in t.spans], what=what)
+    # the service whose model took these inputs (the profile sits on its inference spans)
+    owners = Counter(s.service_name for s in sel if semconv.ML_INPUT_PROFILE in s.attributes)
+    for e in out:
+        e["service"] = owners.most_common(1)[0][0] if owners else None
+    return out
+
+
 def compare_input_profiles(failing_spans: Sequence[Span], normal_spans: Sequence[Span],
-                           alpha: float = ALPHA) -> list[dict[str, Any]]:
+                           alpha: float = ALPHA, what: str = "failing") -> list[dict[str, Any]]:
     """Per-feature differences between the input profiles of two groups of spans
     (failing or slow vs normal), most different first. Each entry: feature, missing
     share in each group with Fisher's exact test on it, the distribution shift (PSI,
@@ -337,13 +350,17 @@ def compare_input_profiles(failing_spans: Sequence[Span], normal_spans: Sequence
                  "top_group": shift.top_group if shift else None, "row_correlation": round(icc, 4),
                  "significant": bool(sig_miss or (shift is not None and shift.significant))}
         if sig_miss:
-            entry["summary"] = f"{name} missing in {miss_f:.0%} of failing vs {miss_n:.0%} of normal predictions"
+            entry["summary"] = f"{name} missing in {miss_f:.0%} of {what} vs {miss_n:.0%} of normal predictions"
         elif shift is not None and shift.significant:
             entry["summary"] = (f"{name} distribution differs (PSI {shift.psi:.2f}); "
-                                f"failing predictions concentrate in {shift.top_group}")
+                                f"{what} predictions concentrate in {shift.top_group}")
         else:
             entry["summary"] = f"{name}: no significant difference"
         entry["score"] = abs(miss_f - miss_n) * 10 * sig_miss + (shift.psi if shift else 0.0)
+        # the effect on the scale of an attribute's share difference (0..1): the missing
+        # share's difference, or the distribution's total variation distance
+        tvd = 0.5 * sum(abs(g["reference"] - g["current"]) for g in shift.groups) if shift else 0.0
+        entry["effect"] = round(max(abs(miss_f - miss_n) if sig_miss else 0.0, tvd), 4)
         out.append(entry)
     out.sort(key=lambda e: (not e["significant"], -e["score"]))
     return out
