@@ -21,6 +21,7 @@ HTTP_RESPONSE_STATUS_CODE = "http.response.status_code"
 URL_FULL = "url.full"
 SERVER_ADDRESS = "server.address"
 SERVER_PORT = "server.port"
+CLIENT_PORT = "client.port"  # the caller's ephemeral port: a connection, never a segment
 PEER_SERVICE = "peer.service"
 EXCEPTION_TYPE = "exception.type"
 EXCEPTION_MESSAGE = "exception.message"

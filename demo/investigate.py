@@ -119,33 +119,47 @@ def _rel(schedule: Schedule, ns: int | None) -> float | None:
     return None if ns is None else round(ns / 1e9 - schedule.start, 1)
 
 
-def _investigate_model(backend: Any, data_dir: Path, schedule: Schedule) -> dict[str, Any]:
-    """A reference profile from the clean period (as `stagetrace profile build` makes
-    it from a healthy window), then drift and quality over the whole load. Stored where
-    `stagetrace investigate drift --model fraud-api` finds it."""
+def clean_reference_end(schedule: Schedule) -> float:
+    """Where the clean period ends: a second before the first fault (a request then runs
+    into it), or a share of a clean run."""
+    if schedule.onset is not None:
+        return schedule.onset - 1.0
+    return schedule.start + REFERENCE_SHARE * (schedule.end - schedule.start)
+
+
+def save_clean_reference(backend: Any, data_dir: Path, schedule: Schedule) -> dict[str, Any] | None:
+    """The model's reference profile from the predictions of the clean period, as
+    `stagetrace profile build` makes it from a healthy window, stored where
+    `stagetrace investigate drift --model fraud-api` and the watch's drift rule find it.
+    None when the clean period has too few predictions to compare with."""
     from stagetrace.forensics import mlprofiles as mp
-    from stagetrace.forensics.drift import (inference_spans, investigate_drift, reference_path, row_correlations,
-                                            save_reference)
+    from stagetrace.forensics.drift import inference_spans, reference_path, row_correlations, save_reference
+
+    ref_end = clean_reference_end(schedule)
+    clean = inference_spans(backend, MODEL, None, int(schedule.start * 1e9), int(ref_end * 1e9))
+    if len(clean) < MIN_REFERENCE:
+        return None
+    path = reference_path(data_dir, MODEL, None)
+    dists = mp.distributions(clean)
+    save_reference(path, MODEL, None, dists, mp.score_dist(clean),
+                   f"{len(clean)} predictions of the clean period, +0.0s..+{ref_end - schedule.start:.1f}s",
+                   correlations=row_correlations(clean))
+    return {"path": str(path), "predictions": len(clean), "rows": max((d.rows for d in dists.values()), default=0),
+            "until_s": round(ref_end - schedule.start, 1)}
+
+
+def _investigate_model(backend: Any, data_dir: Path, schedule: Schedule) -> dict[str, Any]:
+    """The reference profile of the clean period (made again now that all of its telemetry
+    is in), then drift and quality over the whole load."""
+    from stagetrace.forensics.drift import investigate_drift
     from stagetrace.forensics.quality import investigate_quality
 
     # predictions of the requests still in flight when the load stopped count too
     start_ns, end_ns = int(schedule.start * 1e9), int((schedule.end + IN_FLIGHT_S) * 1e9)
-    # Clean until a second before the first fault (a request then runs into it).
-    ref_end = (schedule.onset - 1.0) if schedule.onset is not None else \
-        schedule.start + REFERENCE_SHARE * (schedule.end - schedule.start)
     out: dict[str, Any] = {"drift": [], "quality": None, "reference": None, "drift_report": None,
                            "quality_report": None}
-    clean = inference_spans(backend, MODEL, None, start_ns, int(ref_end * 1e9))
-    ref_path = reference_path(data_dir, MODEL, None)
-    if len(clean) >= MIN_REFERENCE:
-        dists = mp.distributions(clean)
-        save_reference(ref_path, MODEL, None, dists, mp.score_dist(clean),
-                       f"{len(clean)} predictions of the clean period, +0.0s..+{ref_end - schedule.start:.1f}s",
-                       correlations=row_correlations(clean))
-        out["reference"] = {"path": str(ref_path), "predictions": len(clean),
-                            "rows": max((d.rows for d in dists.values()), default=0),
-                            "until_s": round(ref_end - schedule.start, 1)}
-    reference = ref_path if out["reference"] else None
+    out["reference"] = save_clean_reference(backend, data_dir, schedule)
+    reference = Path(out["reference"]["path"]) if out["reference"] else None
     drift = investigate_drift(backend, model=MODEL, version=None, start_ns=start_ns, end_ns=end_ns,
                               reference=reference)
     quality = investigate_quality(backend, model=MODEL, version=None, start_ns=start_ns, end_ns=end_ns,

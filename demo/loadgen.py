@@ -150,17 +150,23 @@ def _trace_id_of(resp: requests.Response | None) -> str | None:
 
 
 class LabelFeed:
-    """Sends each prediction's label to ``POST /stagetrace/v1/labels`` ``delay_s`` after
-    the prediction was made, in batches, from its own thread. Over plain urllib, which
-    nothing instruments: the labels are not traffic of the system under test, and their
-    requests must not appear among its traces."""
+    """Sends each prediction's label ``delay_s`` after the prediction was made, in batches,
+    from its own thread: as JSON lines to ``POST /stagetrace/v1/labels`` of a stagetrace
+    collector, or (``otlp``) as the ``ml.label`` OTLP log records that endpoint makes of
+    them (:func:`stagetrace.collector.labels.parse_lines`: one place for the convention),
+    to any OTLP/HTTP receiver's ``/v1/logs`` - an OpenTelemetry Collector that sends logs
+    to Loki, in the compose stack. Over plain urllib, which nothing instruments: the
+    labels are not traffic of the system under test, and their requests must not appear
+    among its traces."""
 
-    MAX_LINES = 5000  # per request: well under the endpoint's 4 MiB
+    MAX_LINES = 5000  # per request: well under the endpoint's 4 MiB (and the Collector's default limits)
 
-    def __init__(self, collector_http: str, delay_s: float = LABEL_DELAY_S, period_s: float = 0.5) -> None:
+    def __init__(self, collector_http: str, delay_s: float = LABEL_DELAY_S, period_s: float = 0.5, *,
+                 otlp: bool = False) -> None:
         from stagetrace.collector.labels import PATH
 
-        self.url = collector_http.rstrip("/") + PATH
+        self.otlp = otlp
+        self.url = collector_http.rstrip("/") + ("/v1/logs" if otlp else PATH)
         self.delay_s = delay_s
         self.period_s = period_s
         self._pending: list[tuple[float, dict]] = []  # (due, line), in due order
@@ -188,20 +194,59 @@ class LabelFeed:
 
     def _post(self, lines: list[dict]) -> bool:
         body = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        if self.otlp:
+            return self._post_otlp(body)
         req = urllib.request.Request(self.url, data=body, method="POST",
                                      headers={"Content-Type": "application/x-ndjson"})
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 doc = json.loads(resp.read() or b"{}")
         except (urllib.error.URLError, OSError, ValueError) as exc:
-            self.counts["failed_posts"] += 1
-            if len(self.errors) < 5:
-                self.errors.append(f"{type(exc).__name__}: {exc}")
+            self._failed(exc)
             return False
         self.counts["accepted"] += int(doc.get("accepted", 0))
         self.counts["rejected"] += int(doc.get("rejected", 0))
-        self.errors += [str(e) for e in doc.get("errors", [])][: max(0, 5 - len(self.errors))]
+        self._note(str(e) for e in doc.get("errors", []))
         return True
+
+    def _post_otlp(self, body: bytes) -> bool:
+        """OTLP/HTTP protobuf; a line that is no label is refused here, as the labels
+        endpoint would, and the receiver's partial success counts as rejected."""
+        from google.protobuf.message import DecodeError
+        from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+
+        from stagetrace.collector.labels import parse_lines
+
+        payload, n, bad, errors = parse_lines(body)
+        self.counts["rejected"] += bad
+        self._note(errors)
+        if payload is None:
+            return True
+        req = urllib.request.Request(self.url, data=payload, method="POST",
+                                     headers={"Content-Type": "application/x-protobuf"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                raw = resp.read()
+            refused = logs_service_pb2.ExportLogsServiceResponse.FromString(raw).partial_success.rejected_log_records
+        except (urllib.error.URLError, OSError) as exc:
+            self.counts["rejected"] -= bad  # the lines are tried again with the batch
+            self._failed(exc)
+            return False
+        except DecodeError:  # a 2xx whose body is no OTLP response: accepted
+            refused = 0
+        self.counts["accepted"] += n - int(refused)
+        self.counts["rejected"] += int(refused)
+        return True
+
+    def _failed(self, exc: Exception) -> None:
+        self.counts["failed_posts"] += 1
+        self._note([f"{type(exc).__name__}: {exc}"])
+
+    def _note(self, errors) -> None:
+        for e in errors:
+            if len(self.errors) >= 5:
+                return
+            self.errors.append(str(e))
 
     def _loop(self) -> None:
         while True:

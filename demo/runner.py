@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 
 from stagetrace import semconv
 from stagetrace.errors import UserError
@@ -40,6 +41,7 @@ CAPTURED_HEADERS = "x-feature-shard"
 RUN_MARKER = ".stagetrace-demo-run"
 READY_TIMEOUT_S = 90.0
 FLUSH_TIMEOUT_S = 20.0
+WATCH_CATCH_UP_S = 20.0  # for the watch's last evaluation to finish (2 s when it keeps up)
 
 
 @dataclass
@@ -282,6 +284,10 @@ def _run(opts: DemoOptions, console: Console, progress: bool, launcher: list[str
             for name, (lo, hi) in schedule.windows.items():
                 console.print(f"  fault {name:<15} +{lo - schedule.start:4.1f}s .. +{hi - schedule.start:4.1f}s  "
                               f"{DESCRIPTIONS[name]}")
+            # The model's reference profile, once the clean period is over: what the watch's
+            # drift rule compares with (as a team runs `stagetrace profile build` on a healthy window)
+            early_ref = _reference_when_clean_ends(data_dir, schedule)
+            cleanup.callback(early_ref.stop)
             stats = _drive_load(console, progress, f"http://127.0.0.1:{api_port}",
                                 f"http://127.0.0.1:{canary_port}", schedule, opts.rate, label_feed)
         except BaseException:
@@ -302,8 +308,11 @@ def _run(opts: DemoOptions, console: Console, progress: bool, launcher: list[str
         # (the instrumentation also flushes on SIGTERM, but waiting is the proof).
         n_spans = _wait_for_telemetry(data_dir, schedule, console)
         mark("telemetry")
-        time.sleep(2.5)  # one more watch evaluation over the flushed tail
+        # one more watch evaluation over the flushed tail (bounded: a late watch is stopped)
+        if not incidents_demo.wait_for_evaluation(data_dir, time.time_ns(), WATCH_CATCH_UP_S, watch.alive):
+            console.print(f"  [yellow]watch          still evaluating after {WATCH_CATCH_UP_S:.0f} s; stopped[/]")
         children.stop(watch)
+        early_ref.stop()  # late: only the watch wanted it, and the investigation below writes the same file
         # The last labels fall due about now (the flush above outlasts their delay);
         # sent before the collector stops.
         stats.labels = label_feed.close()
@@ -313,14 +322,19 @@ def _run(opts: DemoOptions, console: Console, progress: bool, launcher: list[str
         console.print(f"  labels         {stats.labels.get('accepted', 0)} sent back "
                       f"{label_feed.delay_s:.0f} s after their predictions"
                       + (f", {stats.labels['rejected']} rejected" if stats.labels.get("rejected") else ""))
+        if early_ref.result:  # `profile build` says what it wrote
+            console.print(f"  reference      at +{early_ref.result['at_s']:.1f}s, for the watch's drift rule: "
+                          f"{escape(early_ref.result['line'])}")
         alerts = incidents_demo.fired_alerts(watch_out)
         console.print(f"  watch          {len(alerts)} alert(s) fired during the load")
         for a in alerts:
             lab, ann = a["labels"], a.get("annotations", {})
-            console.print(f"    [red]FIRING[/] {lab.get('alertname')} [{lab.get('severity')}] "
-                          f"+{a['fired_at'] / 1e9 - schedule.start:.0f}s  {ann.get('summary', '')}")
+            # escaped: "[page]" and the texts are not rich markup
+            sev = escape(f"[{lab.get('severity')}]")
+            console.print(f"    [red]FIRING[/] {escape(str(lab.get('alertname')))} {sev} "
+                          f"+{a['fired_at'] / 1e9 - schedule.start:.0f}s  {escape(ann.get('summary', ''))}")
             if ann.get("root_cause"):
-                console.print(f"           cause: {ann['root_cause']}")
+                console.print(f"           cause: {escape(ann['root_cause'])}")
         if not opts.keep_running:
             children.stop_many([api, canary, feat])
             # The collector too: on SIGTERM it cuts its write-ahead log into blocks,
@@ -361,6 +375,68 @@ def _run(opts: DemoOptions, console: Console, progress: bool, launcher: list[str
             except KeyboardInterrupt:
                 pass
     return result
+
+
+class _DelayedReference(threading.Timer):
+    """Runs `stagetrace profile build` over the clean period once it is over (niced, in its
+    own process: the load generator's process must not lose CPU to it), storing the
+    reference profile where the watch's drift rule finds it. Best effort: without it the
+    watch compares with the previous period."""
+
+    def __init__(self, delay_s: float, data_dir: Path, schedule: Schedule) -> None:
+        super().__init__(max(0.0, delay_s), self._build)
+        self.daemon = True
+        self.data_dir, self.schedule = data_dir, schedule
+        self.result: dict[str, Any] | None = None
+        self._proc: Any = None
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def _build(self) -> None:
+        import subprocess
+
+        from .investigate import MODEL, clean_reference_end
+
+        nice = [shutil.which("nice"), "-n", "10"] if shutil.which("nice") else []
+        argv = [*nice, sys.executable, "-m", "stagetrace.cli", "profile", "build", "--model", MODEL,
+                "--data-dir", str(self.data_dir), "--from", f"{self.schedule.start:.3f}",
+                "--until", f"{clean_reference_end(self.schedule):.3f}"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STAGETRACE_"))}
+        with self._lock:
+            if self._stopped:
+                return
+            self._proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            out, _ = self._proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.communicate()
+            return
+        if self._proc.returncode == 0:
+            self.result = {"line": out.strip().splitlines()[-1] if out.strip() else "",
+                           "at_s": round(time.time() - self.schedule.start, 1)}
+
+    def stop(self) -> None:
+        """Cancel, or end the build if it is running (the demo is stopping)."""
+        self.cancel()
+        with self._lock:
+            self._stopped = True
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# the clean period's last spans are exported within 0.5 s (OTEL_BSP_SCHEDULE_DELAY) of ending
+_EXPORT_MARGIN_S = 1.5
+
+
+def _reference_when_clean_ends(data_dir: Path, schedule: Schedule) -> _DelayedReference:
+    from .investigate import clean_reference_end
+
+    t = _DelayedReference(clean_reference_end(schedule) + _EXPORT_MARGIN_S - time.time(), data_dir, schedule)
+    t.start()
+    return t
 
 
 def _write_schedule(path: Path, schedule: Schedule) -> None:

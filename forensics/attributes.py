@@ -19,6 +19,7 @@ from stagetrace import semconv
 from stagetrace.model import Trace
 
 from . import stats
+from .window import weighted_evidence
 
 # Identifiers, timestamps and SDK bookkeeping: never a cause, always high-cardinality noise.
 _SKIP_PREFIXES = ("telemetry.", "process.pid", "process.command", "process.executable", "process.runtime",
@@ -26,6 +27,8 @@ _SKIP_PREFIXES = ("telemetry.", "process.pid", "process.command", "process.execu
                   "network.peer.", "net.peer.", "net.sock.", "thread.", "otel.", "log.")
 _SKIP_KEYS = {semconv.SERVER_PORT, semconv.ML_INPUT_VALUE, semconv.ML_OUTPUT_VALUE, semconv.ML_STAGE,
               semconv.ML_INPUT_SHAPE,
+              # the model's input/output profiles: compared feature by feature (mlprofiles), not as strings
+              semconv.ML_INPUT_FEATURES, semconv.ML_INPUT_PROFILE, semconv.ML_INPUT_SAMPLE, semconv.ML_OUTPUT_PROFILE,
               # tail-sampling bookkeeping: kept *because* slow or failing, so always "over-represented"
               semconv.TAILSAMPLING_POLICY, semconv.SAMPLING_ADJUSTED_COUNT}
 MAX_CATEGORIES = 25  # a key with more distinct values is high-cardinality (unless numeric)
@@ -77,13 +80,7 @@ class AttrStat:
         if self.numeric:
             ev.update({"ks_statistic": self.ks_d, "selection_median": self.sel_median,
                        "baseline_median": self.base_median})
-        if self.sel_w is not None and self.base_w is not None:
-            # the *_count/*_total above are stored traces; shares and these are estimates for all requests
-            ev.update({"sampling_weighted": True, "selection_weighted_count": self.sel_w[0],
-                       "selection_weighted_total": self.sel_w[1], "baseline_weighted_count": self.base_w[0],
-                       "baseline_weighted_total": self.base_w[1],
-                       "selection_effective_n": self.neff[0] if self.neff else None,
-                       "baseline_effective_n": self.neff[1] if self.neff else None})
+        ev.update(weighted_evidence(self.sel_w, self.base_w, self.neff))
         if self.aliases:
             ev["aliases"] = [{"attribute": k, "value": v} for k, v in self.aliases]
         return ev

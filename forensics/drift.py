@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +23,18 @@ from stagetrace.errors import UserError
 from stagetrace.model import Span
 
 from . import mlprofiles as mp
+# the rows-of-one-call helpers live with the distributions; imported from here too
+from .mlprofiles import PREDICTION, call_sizes, design_effect, design_effects, row_correlations  # noqa: F401
 from .report import Finding, Report
 
-PREDICTION = "prediction score"
 MAX_SEGMENT_VALUES = 50  # an attribute with more distinct values is an id, not a segment
 MIN_SEGMENT_SHARE = 0.02
-MIN_EFFECT_SPANS = 50  # calls: fewer give no usable estimate of the rows' clustering
 # what the model said is no segment of who asked (a one-row call's class is on its span)
 _SKIP_ATTRS = {semconv.ML_INPUT_PROFILE, semconv.ML_OUTPUT_PROFILE, semconv.ML_PREDICTION_ID, semconv.ML_INPUT_FEATURES,
                semconv.ML_PREDICTION_CLASS,
                semconv.ML_INPUT_SAMPLE, semconv.ML_PREDICTION_SCORE_MEAN, semconv.ML_PREDICTION_CONFIDENCE_MEAN,
                semconv.ML_BATCH_SIZE, semconv.ML_INPUT_SHAPE, semconv.SERVICE_INSTANCE_ID, "process.pid",
-               semconv.URL_FULL, semconv.SERVER_PORT}
+               semconv.URL_FULL, semconv.SERVER_PORT, semconv.CLIENT_PORT}
 
 
 # --- reference profiles --------------------------------------------------------------
@@ -106,92 +105,6 @@ def profile_from_table(path: str) -> dict[str, mp.FeatureDist]:
     return dists
 
 
-# --- rows that are not independent --------------------------------------------------------
-
-def _icc(groups: list[np.ndarray]) -> float:
-    """Intra-class correlation of values grouped by call (one-way ANOVA estimator),
-    clipped to [0, 1]."""
-    groups = [g for g in groups if len(g)]
-    k = len(groups)
-    n = sum(len(g) for g in groups)
-    if k < 2 or n <= k:
-        return 0.0
-    sizes = np.array([len(g) for g in groups], dtype=np.float64)
-    means = np.array([g.mean() for g in groups])
-    grand = float(np.concatenate(groups).mean())
-    msb = float((sizes * (means - grand) ** 2).sum()) / (k - 1)
-    msw = float(sum(((g - g.mean()) ** 2).sum() for g in groups)) / (n - k)
-    m0 = (n - float((sizes ** 2).sum()) / n) / (k - 1)
-    if msw == 0.0:
-        return 1.0 if msb > 0 else 0.0
-    return float(min(1.0, max(0.0, (msb - msw) / (msb + (m0 - 1) * msw))))
-
-
-def row_correlations(spans: list[Span]) -> tuple[dict[str, float], dict[str, float]]:
-    """(ICC, design effect) per feature and for the prediction scores.
-
-    The rows of one call are not independent draws when they share values (every
-    transaction of a request carries the same account's features), and a test that
-    counts them as such calls drift on noise. Kish's design effect, 1 + (m - 1) * ICC
-    with m the size-weighted mean rows per call, is the factor by which the rows
-    overstate the evidence; dividing the counts by it gives the effective sample. ICC
-    on the bin order (numeric) or the category code (categorical: equal codes are what
-    matters there), from a one-way ANOVA of rows within and between calls."""
-    per: dict[str, list[np.ndarray]] = {}
-    for sp in spans:
-        got = mp.span_profile(sp)
-        if got is not None:
-            names, prof = got
-            miss = mlprofile.is_missing(prof.codes)
-            order = mlprofile.bin_order(prof.codes)
-            for j, name in enumerate(names):
-                if prof.kinds[j] == "r":
-                    continue
-                vals = (order if prof.kinds[j] == "n" else prof.codes.astype(np.int64))[~miss[:, j], j]
-                per.setdefault(name, []).append(vals.astype(np.float64))
-        text = sp.attributes.get(semconv.ML_OUTPUT_PROFILE)
-        out = mlprofile.decode_output(text) if text is not None else None
-        if out is not None:
-            sc = out.scores.astype(np.float64)
-            per.setdefault(PREDICTION, []).append(np.floor(sc[~np.isnan(sc)] * 20))  # score_dist's grid
-    iccs, effects = {}, {}
-    for name, groups in per.items():
-        sizes = [len(g) for g in groups if len(g)]
-        if not sizes:
-            continue
-        iccs[name] = _icc(groups)
-        effects[name] = design_effect(iccs[name], sizes)
-    return iccs, effects
-
-
-def design_effect(icc: float, sizes: list[int]) -> float:
-    """1 + (m - 1) * ICC for calls contributing ``sizes`` rows each."""
-    n = sum(sizes)
-    m = sum(k * k for k in sizes) / n if n else 1.0
-    return max(1.0, 1.0 + (m - 1.0) * icc)
-
-
-def design_effects(spans: list[Span]) -> dict[str, float]:
-    return row_correlations(spans)[1]
-
-
-def _call_sizes(spans: list[Span]) -> list[int]:
-    """Rows each call contributes to the distributions (its sampled rows)."""
-    sizes = []
-    for sp in spans:
-        got = mp.span_profile(sp)
-        if got is not None and got[1].sampled:
-            sizes.append(got[1].sampled)
-    return sizes
-
-
-def _deflate(d: mp.FeatureDist, deff: float) -> mp.FeatureDist:
-    if deff <= 1.0:
-        return d
-    return mp.FeatureDist(d.kind, Counter({k: v / deff for k, v in d.counts.items()}), d.missing / deff,
-                          d.rows / deff)
-
-
 class _Tester:
     """mp.compare on effective samples: each side's counts divided by its design effect.
     The effects come from data without drift where there is some (a reference made of
@@ -202,8 +115,8 @@ class _Tester:
         self.ref_effects, self.cur_effects, self.tests = ref_effects, cur_effects, tests
 
     def __call__(self, feature: str, ref: mp.FeatureDist, cur: mp.FeatureDist) -> mp.Shift | None:
-        sh = mp.compare(feature, _deflate(ref, self.ref_effects.get(feature, 1.0)),
-                        _deflate(cur, self.cur_effects.get(feature, 1.0)), tests=self.tests)
+        sh = mp.compare(feature, mp.effective(ref, self.ref_effects.get(feature, 1.0)),
+                        mp.effective(cur, self.cur_effects.get(feature, 1.0)), tests=self.tests)
         if sh is not None:  # report the rows there are, not the effective ones
             sh.ref_rows, sh.cur_rows = ref.rows, cur.rows
         return sh
@@ -394,10 +307,10 @@ def investigate_drift(backend: Backend, *, model: str, version: str | None, star
     tests = len(cur) + 1
     # The rows' clustering in calls, measured where there is no drift to inflate it (see _Tester).
     if ref_iccs:  # the reference's correlations, with this window's rows per call
-        sizes = _call_sizes(spans)
+        sizes = call_sizes(spans)
         cur_effects = {f: design_effect(icc, sizes) for f, icc in ref_iccs.items()}
     else:
-        cur_effects = design_effects(prev if len(prev) >= MIN_EFFECT_SPANS else spans)
+        cur_effects = design_effects(prev if len(prev) >= mp.MIN_ICC_CALLS else spans)
     test = _Tester(ref_effects if ref_effects is not None else cur_effects, cur_effects, tests)
     prev_test = _Tester(cur_effects, cur_effects, tests)
     interval = interval_ns or max(1, span_len // 20)
@@ -460,7 +373,9 @@ def investigate_drift(backend: Backend, *, model: str, version: str | None, star
                                               "segments": segs, "example_trace_ids": examples,
                                               "vs_previous_psi": vs_prev.psi if vs_prev else None}))
         rows.append(row)
-    findings.sort(key=lambda f: -f.score)
+    # Inputs first: the prediction scores drift because an input did (they lead only when no
+    # input drifted, e.g. a changed model), and the drifted input is what to act on.
+    findings.sort(key=lambda f: (f.evidence.get("feature") == PREDICTION, -f.score))
     verdict = []
     if findings:
         from .window import fmt_time

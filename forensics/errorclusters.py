@@ -32,7 +32,7 @@ from stagetrace import semconv
 from stagetrace.backend import Backend, LogQuery, SpanColumns, TraceQuery
 from stagetrace.model import STATUS_CODES, LogRecord, Span, Trace
 
-from . import attributes, stats, timeline
+from . import attributes, mlprofiles, stats, timeline
 from .critical_path import build_tree
 from .incident import Incident, locate
 from .logmining import LogMiner, message_text
@@ -233,7 +233,7 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
             # every span of the failing requests (server span and resources included), against
             # successes re-weighted to the same mix of entry operations
             # the model's inputs (stagetrace's input profiles on inference spans), failing vs successful
-            c.inputs = [x for x in guard.run("model inputs", _input_differences, sample, successes, default=[])
+            c.inputs = [x for x in guard.run("model inputs", mlprofiles.compare_trace_inputs, sample, successes, default=[])
                         if x.get("significant")]
             c.attrs = guard.run("attributes", attributes.compare, sample, successes, max_results=10,
                                 exclude=attributes.OUTCOME_KEYS,
@@ -280,13 +280,6 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
         _note_missing_data(backend, report, w_start, w_end)
         guard.note(report)
         return report
-
-
-def _input_differences(failing: Sequence[Trace], ok: Sequence[Trace]) -> list[dict[str, Any]]:
-    """Per feature, how the input profiles of the failing requests' predictions differ from
-    the successful ones' (missing values, distribution); empty when no span carries a profile."""
-    from .mlprofiles import compare_input_profiles
-    return compare_input_profiles([s for t in failing for s in t.spans], [s for t in ok for s in t.spans])
 
 
 def _merge(events: Sequence[ErrorEvent], e_edges: np.ndarray) -> list[Cluster]:

@@ -13,6 +13,8 @@ from typing import Any, Mapping, Sequence
 
 from stagetrace.model import LogRecord, Trace
 
+from .window import weighted_evidence
+
 # drain3 and scipy are imported where used: `stagetrace trace` needs body_text only
 # and must start fast.
 
@@ -114,12 +116,7 @@ class TemplateStat:
               "baseline_count": self.base_traces, "baseline_total": self.base_n, "lines": self.lines,
               "severity": self.severity, "p_value": self.p, "p_adjusted": self.p_adj,
               "example_trace_ids": [e["trace_id"] for e in self.examples], "example_lines": self.examples}
-        if self.sel_w is not None and self.base_w is not None:
-            ev.update({"sampling_weighted": True, "selection_weighted_count": self.sel_w[0],
-                       "selection_weighted_total": self.sel_w[1], "baseline_weighted_count": self.base_w[0],
-                       "baseline_weighted_total": self.base_w[1],
-                       "selection_effective_n": self.neff[0] if self.neff else None,
-                       "baseline_effective_n": self.neff[1] if self.neff else None})
+        ev.update(weighted_evidence(self.sel_w, self.base_w, self.neff))
         return ev
 
 

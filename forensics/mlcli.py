@@ -22,6 +22,37 @@ def _window(since, from_, until):
     return resolve_window(since, from_, until)
 
 
+MAX_BUCKETS = 10_000  # an --interval that cuts the window finer than this is a typo, not a question
+
+
+def _interval(interval: str | None, start: int, end: int) -> int | None:
+    """``--interval`` in ns, or None for the analysis' default (the window / 20)."""
+    if not interval:
+        return None
+    ns = parse_duration_ns(interval, default_unit="s")
+    if ns <= 0:
+        raise UserError("--interval must be positive")
+    if (end - start) // ns > MAX_BUCKETS:
+        raise UserError(f"--interval is too small for the window (over {MAX_BUCKETS} buckets)")
+    return ns
+
+
+def _reference(reference: str | None, model: str, version: str | None, data_dir) -> Path | None:
+    """The reference profile to compare with: ``--reference``, else the one ``profile build``
+    stored for this model and version, else for the model (any version); None when none exists."""
+    from .drift import reference_path
+    if reference:
+        ref = Path(reference)
+        if not ref.exists():
+            raise UserError(f"no reference profile at {ref}")
+        return ref
+    root = resolve_data_dir(data_dir)
+    for ref in (reference_path(root, model, version), reference_path(root, model, None)):
+        if ref.exists():
+            return ref
+    return None
+
+
 def _window_opts(func):
     func = click.option("--until", "until", metavar="T", default=None, help="End of the window (default: now).")(func)
     func = click.option("--from", "from_", metavar="T", default=None,
@@ -44,21 +75,14 @@ def drift_cmd(model, version, since, from_, until, interval, reference, fmt, out
     """Did the model's inputs or predictions drift? PSI + chi-square per feature vs the
     reference profile and the previous period; onset, segments, example traces."""
     from .cli import _backend, _emit
-    from .drift import investigate_drift, reference_path
+    from .drift import investigate_drift
     start, end = _window(since, from_, until)
-    interval_ns = parse_duration_ns(interval, default_unit="s") if interval else None
-    if interval_ns is not None and interval_ns <= 0:
-        raise UserError("--interval must be positive")
-    ref = Path(reference) if reference else reference_path(resolve_data_dir(opts.get("data_dir")), model, version)
-    if reference and not ref.exists():
-        raise UserError(f"no reference profile at {ref}")
-    if not ref.exists() and version is not None:
-        any_version = reference_path(resolve_data_dir(opts.get("data_dir")), model, None)
-        ref = any_version if any_version.exists() else ref
+    interval_ns = _interval(interval, start, end)
+    ref = _reference(reference, model, version, opts.get("data_dir"))
     backend = _backend(opts)
     try:
         report = investigate_drift(backend, model=model, version=version, start_ns=start, end_ns=end,
-                                   reference=ref if ref.exists() else None, interval_ns=interval_ns)
+                                   reference=ref, interval_ns=interval_ns)
     finally:
         backend.close()
     _emit(report, fmt, output)
@@ -82,23 +106,13 @@ def quality_cmd(model, version, since, from_, until, interval, positive, referen
     of a drop; what sets mispredictions apart (features, attributes), linked to drift."""
     from .cli import _backend, _emit
     from .quality import investigate_quality
-    from .drift import reference_path
     start, end = _window(since, from_, until)
-    interval_ns = parse_duration_ns(interval, default_unit="s") if interval else None
-    if interval_ns is not None and interval_ns <= 0:
-        raise UserError("--interval must be positive")
-    if interval_ns is not None and (end - start) // interval_ns > 10_000:
-        raise UserError("--interval is too small for the window (over 10000 buckets)")
-    ref = Path(reference) if reference else reference_path(resolve_data_dir(opts.get("data_dir")), model, version)
-    if reference and not ref.exists():
-        raise UserError(f"no reference profile at {ref}")
-    if not ref.exists() and version is not None:
-        any_version = reference_path(resolve_data_dir(opts.get("data_dir")), model, None)
-        ref = any_version if any_version.exists() else ref
+    interval_ns = _interval(interval, start, end)
+    ref = _reference(reference, model, version, opts.get("data_dir"))
     backend = _backend(opts)
     try:
         report = investigate_quality(backend, model=model, version=version, start_ns=start, end_ns=end,
-                                     interval_ns=interval_ns, reference=ref if ref.exists() else None,
+                                     interval_ns=interval_ns, reference=ref,
                                      positive=positive)
     finally:
         backend.close()

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import stats
 
 from stagetrace import mlprofile, semconv
-from stagetrace.model import Span
+from stagetrace.model import Span, Trace
 
 ALPHA = 0.01  # family-wise, Bonferroni over the features tested
 PSI_MIN = 0.1  # the usual "moderate shift" bar; raised when the samples are small
@@ -23,6 +23,8 @@ MAX_GROUPS = 10
 MISSING = "missing"
 NEW = "new category"
 OTHER = "other categories"
+PREDICTION = "prediction score"  # the model's scores, compared like a feature
+MIN_ICC_CALLS = 50  # calls: fewer give no usable estimate of how alike the rows of one call are
 
 
 @dataclass(slots=True)
@@ -80,6 +82,101 @@ def distributions(spans: Iterable[Span]) -> dict[str, FeatureDist]:
     return dists
 
 
+# --- rows that are not independent --------------------------------------------------------
+
+def _icc(groups: list[np.ndarray]) -> float:
+    """Intra-class correlation of values grouped by call (one-way ANOVA estimator),
+    clipped to [0, 1]."""
+    groups = [g for g in groups if len(g)]
+    k = len(groups)
+    n = sum(len(g) for g in groups)
+    if k < 2 or n <= k:
+        return 0.0
+    sizes = np.array([len(g) for g in groups], dtype=np.float64)
+    means = np.array([g.mean() for g in groups])
+    grand = float(np.concatenate(groups).mean())
+    msb = float((sizes * (means - grand) ** 2).sum()) / (k - 1)
+    msw = float(sum(((g - g.mean()) ** 2).sum() for g in groups)) / (n - k)
+    m0 = (n - float((sizes ** 2).sum()) / n) / (k - 1)
+    if msw == 0.0:
+        return 1.0 if msb > 0 else 0.0
+    return float(min(1.0, max(0.0, (msb - msw) / (msb + (m0 - 1) * msw))))
+
+
+def row_correlations(spans: list[Span]) -> tuple[dict[str, float], dict[str, float]]:
+    """(ICC, design effect) per feature and for the prediction scores.
+
+    The rows of one call are not independent draws when they share values (every
+    transaction of a request carries the same account's features), and a test that
+    counts them as such calls drift on noise. Kish's design effect, 1 + (m - 1) * ICC
+    with m the size-weighted mean rows per call, is the factor by which the rows
+    overstate the evidence; dividing the counts by it gives the effective sample. ICC
+    on the bin order (numeric) or the category code (categorical: equal codes are what
+    matters there), from a one-way ANOVA of rows within and between calls; and on whether
+    the value is missing, when it is missing anywhere (a client that omits a feature omits
+    it in every row of its request): the larger of the two."""
+    per: dict[str, list[np.ndarray]] = {}
+    missing: dict[str, list[np.ndarray]] = {}
+    for sp in spans:
+        got = span_profile(sp)
+        if got is not None:
+            names, prof = got
+            miss = mlprofile.is_missing(prof.codes)
+            order = mlprofile.bin_order(prof.codes)
+            for j, name in enumerate(names):
+                if prof.kinds[j] == "r":
+                    continue
+                vals = (order if prof.kinds[j] == "n" else prof.codes.astype(np.int64))[~miss[:, j], j]
+                per.setdefault(name, []).append(vals.astype(np.float64))
+                missing.setdefault(name, []).append(miss[:, j].astype(np.float64))
+        text = sp.attributes.get(semconv.ML_OUTPUT_PROFILE)
+        out = mlprofile.decode_output(text) if text is not None else None
+        if out is not None:
+            sc = out.scores.astype(np.float64)
+            per.setdefault(PREDICTION, []).append(np.floor(sc[~np.isnan(sc)] * 20))  # score_dist's grid
+    iccs, effects = {}, {}
+    for name, groups in per.items():
+        sizes = [len(g) for g in groups if len(g)]
+        flags = [f for f in missing.get(name, []) if len(f)]
+        icc_v = _icc(groups) if sizes else 0.0
+        icc_m = _icc(flags) if any(f.any() for f in flags) else 0.0
+        if not sizes and not icc_m:
+            continue
+        iccs[name] = max(icc_v, icc_m)
+        effects[name] = max(design_effect(icc_v, sizes) if sizes else 1.0,
+                            design_effect(icc_m, [len(f) for f in flags]) if icc_m else 1.0)
+    return iccs, effects
+
+
+def design_effect(icc: float, sizes: list[int]) -> float:
+    """1 + (m - 1) * ICC for calls contributing ``sizes`` rows each."""
+    n = sum(sizes)
+    m = sum(k * k for k in sizes) / n if n else 1.0
+    return max(1.0, 1.0 + (m - 1.0) * icc)
+
+
+def design_effects(spans: list[Span]) -> dict[str, float]:
+    return row_correlations(spans)[1]
+
+
+def call_sizes(spans: list[Span]) -> list[int]:
+    """Rows each call contributes to the distributions (its sampled rows)."""
+    sizes = []
+    for sp in spans:
+        got = span_profile(sp)
+        if got is not None and got[1].sampled:
+            sizes.append(got[1].sampled)
+    return sizes
+
+
+def effective(d: FeatureDist, deff: float) -> FeatureDist:
+    """``d`` as the effective sample it is worth: every count divided by its design effect."""
+    if deff <= 1.0:
+        return d
+    return FeatureDist(d.kind, Counter({k: v / deff for k, v in d.counts.items()}), d.missing / deff,
+                          d.rows / deff)
+
+
 # --- grouping and tests ---------------------------------------------------------------
 
 def groups_for(ref: FeatureDist, cur: FeatureDist) -> tuple[list[str], Any]:
@@ -98,24 +195,25 @@ def groups_for(ref: FeatureDist, cur: FeatureDist) -> tuple[list[str], Any]:
                 return i
             return len(top) if code in known else len(top) + 1
         return labels + [MISSING], of
-    codes = sorted(ref.counts or cur.counts, key=lambda c: int(mlprofile.bin_order(np.array([c]))[0]))
-    if not codes:
+    keys = list(ref.counts or cur.counts)
+    if not keys:
         return [MISSING], lambda code: 0
+    # the value order of every code at once (a watch evaluates this many times a second)
+    order_of = dict(zip(keys, mlprofile.bin_order(np.array(keys)).tolist()))
+    codes = sorted(keys, key=order_of.__getitem__)
     total = sum(ref.counts[c] for c in codes) or 1
     bounds: list[int] = []  # order value of the last code of each group
     acc = 0
     for c in codes:
         acc += ref.counts[c]
         if acc >= total * (len(bounds) + 1) / MAX_GROUPS or c == codes[-1]:
-            bounds.append(int(mlprofile.bin_order(np.array([c]))[0]))
+            bounds.append(order_of[c])
     bounds = sorted(set(bounds))
     labels = []
-    lo_code = codes[0]
-    by_order = {int(mlprofile.bin_order(np.array([c]))[0]): c for c in codes}
+    by_order = {order_of[c]: c for c in codes}
     prev = None
     for b in bounds:
-        first = lo_code if prev is None else min((c for c in codes if int(mlprofile.bin_order(np.array([c]))[0]) > prev),
-                                                 key=lambda c: int(mlprofile.bin_order(np.array([c]))[0]))
+        first = codes[0] if prev is None else min((c for c in codes if order_of[c] > prev), key=order_of.__getitem__)
         lo = mlprofile.bin_edges(first)[0]
         hi = mlprofile.bin_edges(by_order[b])[1]
         labels.append(f"[{lo:.4g}, {hi:.4g})")
@@ -126,7 +224,9 @@ def groups_for(ref: FeatureDist, cur: FeatureDist) -> tuple[list[str], Any]:
     bnd = np.array(bounds)
 
     def of(code: int) -> int:
-        o = int(mlprofile.bin_order(np.array([code]))[0])
+        o = order_of.get(code)
+        if o is None:
+            o = int(mlprofile.bin_order(np.array([code]))[0])
         return int(min(np.searchsorted(bnd, o, side="left"), len(bnd) - 1))
     return labels + [MISSING], of
 
@@ -199,37 +299,68 @@ def compare(feature: str, ref: FeatureDist, cur: FeatureDist, tests: int = 1, al
                  [{"group": lb, "reference": float(a), "current": float(b)} for lb, a, b in zip(labels, rs, cs)], top)
 
 
+def compare_trace_inputs(selected: Sequence[Trace], normal: Sequence[Trace],
+                         what: str = "failing") -> list[dict[str, Any]]:
+    """:func:`compare_input_profiles` over the spans of two groups of requests (failing or
+    slow vs normal); empty when no span carries a profile."""
+    sel = [s for t in selected for s in t.spans]
+    out = compare_input_profiles(sel, [s for t in normal for s in t.spans], what=what)
+    # the service whose model took these inputs (the profile sits on its inference spans)
+    owners = Counter(s.service_name for s in sel if semconv.ML_INPUT_PROFILE in s.attributes)
+    for e in out:
+        e["service"] = owners.most_common(1)[0][0] if owners else None
+    return out
+
+
 def compare_input_profiles(failing_spans: Sequence[Span], normal_spans: Sequence[Span],
-                           alpha: float = ALPHA) -> list[dict[str, Any]]:
+                           alpha: float = ALPHA, what: str = "failing") -> list[dict[str, Any]]:
     """Per-feature differences between the input profiles of two groups of spans
     (failing or slow vs normal), most different first. Each entry: feature, missing
     share in each group with Fisher's exact test on it, the distribution shift (PSI,
     chi-square p), and ``significant`` (Bonferroni over features). For
-    ``investigate errors``/``slow``: "device_age_days missing in 100% vs 0%"."""
+    ``investigate errors``/``slow``: "device_age_days missing in 100% vs 0%".
+
+    The rows of one call (a batch) are not independent observations: a few large
+    batches would otherwise make their shared values look like a difference. Each
+    side's counts are divided by its design effect (:func:`design_effect`), with the
+    rows' correlation within calls measured on the normal calls (the failing ones may
+    differ as a whole, which would inflate it) when there are enough of them."""
     fail, norm = distributions(failing_spans), distributions(normal_spans)
     names = [n for n in fail if n in norm]
+    if not names:
+        return []
+    base = list(normal_spans) if len(normal_spans) >= MIN_ICC_CALLS else [*normal_spans, *failing_spans]
+    iccs = row_correlations(base)[0]
+    sizes_f, sizes_n = call_sizes(failing_spans), call_sizes(normal_spans)
     out = []
     m = max(1, len(names))
     for name in names:
         f, n = fail[name], norm[name]
-        table = [[f.missing, max(0, f.rows - f.missing)], [n.missing, max(0, n.rows - n.missing)]]
-        p_miss = float(stats.fisher_exact(table)[1]) if f.rows and n.rows else 1.0
+        icc = iccs.get(name, 0.0)
+        ef, en = effective(f, design_effect(icc, sizes_f)), effective(n, design_effect(icc, sizes_n))
+        mf, mn, rf, rn = (int(round(v)) for v in (ef.missing, en.missing, ef.rows, en.rows))
+        table = [[mf, max(0, rf - mf)], [mn, max(0, rn - mn)]]
+        p_miss = float(stats.fisher_exact(table)[1]) if rf and rn else 1.0
         miss_f, miss_n = f.missing / max(1, f.rows), n.missing / max(1, n.rows)
-        shift = compare(name, n, f, tests=m, alpha=alpha)
+        shift = compare(name, en, ef, tests=m, alpha=alpha)
         sig_miss = p_miss < alpha / m and abs(miss_f - miss_n) >= 0.1
         entry = {"feature": name, "kind": f.kind, "failing_rows": f.rows, "normal_rows": n.rows,
                  "missing_failing": miss_f, "missing_normal": miss_n, "missing_p_value": p_miss,
                  "psi": shift.psi if shift else 0.0, "p_value": shift.p_value if shift else 1.0,
-                 "top_group": shift.top_group if shift else None,
+                 "top_group": shift.top_group if shift else None, "row_correlation": round(icc, 4),
                  "significant": bool(sig_miss or (shift is not None and shift.significant))}
         if sig_miss:
-            entry["summary"] = f"{name} missing in {miss_f:.0%} of failing vs {miss_n:.0%} of normal predictions"
+            entry["summary"] = f"{name} missing in {miss_f:.0%} of {what} vs {miss_n:.0%} of normal predictions"
         elif shift is not None and shift.significant:
             entry["summary"] = (f"{name} distribution differs (PSI {shift.psi:.2f}); "
-                                f"failing predictions concentrate in {shift.top_group}")
+                                f"{what} predictions concentrate in {shift.top_group}")
         else:
             entry["summary"] = f"{name}: no significant difference"
         entry["score"] = abs(miss_f - miss_n) * 10 * sig_miss + (shift.psi if shift else 0.0)
+        # the effect on the scale of an attribute's share difference (0..1): the missing
+        # share's difference, or the distribution's total variation distance
+        tvd = 0.5 * sum(abs(g["reference"] - g["current"]) for g in shift.groups) if shift else 0.0
+        entry["effect"] = round(max(abs(miss_f - miss_n) if sig_miss else 0.0, tvd), 4)
         out.append(entry)
     out.sort(key=lambda e: (not e["significant"], -e["score"]))
     return out

@@ -436,23 +436,17 @@ def _row_dists(items: Sequence[Labelled], profiles: dict[int, Any]) -> dict[str,
     return dists
 
 
-def _effective(d: mp.FeatureDist, deff: float) -> mp.FeatureDist:
-    if deff <= 1.0:
-        return d
-    return mp.FeatureDist(d.kind, Counter({k: v / deff for k, v in d.counts.items()}), d.missing / deff, d.rows / deff)
-
-
 def _row_iccs(reference: Path | None, spans: Sequence[Span]) -> dict[str, float]:
     """How alike the rows of one call are per feature: the reference's, measured on
     stored predictions without the drop, else measured on ``spans``."""
-    from .drift import load_reference, row_correlations
+    from .drift import load_reference
 
     if reference is not None and Path(reference).exists():
         raw = load_reference(Path(reference))[2].get("row_correlations")
         if isinstance(raw, dict) and raw:
             return {str(k): float(v) for k, v in raw.items()}
     unique = list({id(s): s for s in spans}.values())
-    return row_correlations(unique)[0]
+    return mp.row_correlations(unique)[0]
 
 
 def _feature_differences(wrong: Sequence[Labelled], right: Sequence[Labelled], alpha: float = ALPHA,
@@ -460,11 +454,9 @@ def _feature_differences(wrong: Sequence[Labelled], right: Sequence[Labelled], a
     """Features whose values differ between mispredicted and correct predictions: the
     missing share (Fisher's exact test) and the distribution (PSI + chi-square), most
     different first; ``significant`` with Bonferroni over the features. ``iccs``: how
-    alike the rows of one call are per feature (:func:`.drift.row_correlations`); the
+    alike the rows of one call are per feature (:func:`.mlprofiles.row_correlations`); the
     mispredictions of one request share its account's values, so each side's counts
     are divided by its design effect before testing."""
-    from .drift import design_effect
-
     profiles: dict[int, Any] = {}
     w, r = _row_dists(wrong, profiles), _row_dists(right, profiles)
     per_call_w = list(Counter(id(x.span) for x in wrong).values())
@@ -479,7 +471,8 @@ def _feature_differences(wrong: Sequence[Labelled], right: Sequence[Labelled], a
             continue
         miss_w, miss_r = fw.missing / fw.rows, fr.missing / fr.rows
         icc = iccs.get(name, 0.0)
-        ew, er = _effective(fw, design_effect(icc, per_call_w)), _effective(fr, design_effect(icc, per_call_r))
+        ew = mp.effective(fw, mp.design_effect(icc, per_call_w))
+        er = mp.effective(fr, mp.design_effect(icc, per_call_r))
         mw, mr, nw, nr = (int(round(v)) for v in (ew.missing, er.missing, ew.rows, er.rows))
         p_miss = float(stats.fisher_exact([[mw, max(0, nw - mw)], [mr, max(0, nr - mr)]])[1])
         sig_miss = p_miss < alpha / m and abs(miss_w - miss_r) >= 0.1

@@ -28,7 +28,7 @@ from stagetrace.config import parse_duration_ns
 from stagetrace.errors import UserError
 from stagetrace.model import STATUS_CODES, Span, Trace
 
-from . import attributes, blame, incident, logmining, metricevidence, stats, timeline
+from . import attributes, blame, incident, logmining, metricevidence, mlprofiles, stats, timeline
 from .progress import steps
 from .report import EvidenceGuard, Finding, Report, headline
 from .window import (ByTrace, Operations, comparison_weights, entry_requests, fmt_ms, fmt_time, request_ops,
@@ -276,6 +276,14 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
             anomaly.append("span or resource attributes set the slow requests apart")
         if any(s.significant for s in evidence[0][2]):
             anomaly.append("log templates set the slow requests apart")
+        # The model's inputs (issue 18): what the slow requests' predictions were fed, per feature,
+        # against the incident's other requests (the same time: inputs that drift over the
+        # window would otherwise set the whole incident apart, slow or not).
+        slow_set = ByTrace(row_of, ids_of, bool, in_frame & slow)  # the frame's slow requests
+        peers = [t for t in after if t.trace_id not in slow_set] if onset_ns is not None else base
+        inputs = guard.run("model inputs", mlprofiles.compare_trace_inputs, sel, peers, "slow", default=[])
+        if any(x["significant"] for x in inputs):
+            anomaly.append("the model's inputs set the slow requests apart")
         for comp in groups if len(groups) > 1 else []:
             members = [by_id[t] for t in comp.group if t in by_id]
             weights = comparison_weights(members, base, op_of, wmap)  # this group's operation mix
@@ -296,6 +304,8 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
             for _, al in call_attrs:
                 for x in al:
                     x.significant = False
+            for x in inputs:
+                x["significant"] = False
         bar.step("metrics")
         rate = np.where(nw > 0, kw / np.where(nw > 0, nw, 1), np.nan)
         if onset_ns is not None:
@@ -320,7 +330,7 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         # --- findings ------------------------------------------------------------------------------
         bar.step("ranking")
         report.findings = _findings(bl, groups, evidence, metric_stats, onset, changes, thr_label, len(sel), res_steps,
-                                    call_attrs)
+                                    call_attrs, inputs)
         if not any(f.significant and f.is_cause for f in report.findings):
             # When it began is context for a cause, not a cause: with none found (a whole machine
             # slowed, one key's warm-up) the onset must not read as a finding the user can act on.
@@ -606,7 +616,7 @@ def _part(p: dict[str, Any]) -> str:
 
 
 def _findings(bl: blame.Blame, groups, evidence, metric_stats, onset, changes, thr_label, n_sel,
-              steps: Sequence[metricevidence.ResourceStep] = (), call_attrs=()) -> list[Finding]:
+              steps: Sequence[metricevidence.ResourceStep] = (), call_attrs=(), inputs=()) -> list[Finding]:
     """One ranking model: blamed components first (ranked by the share of the excess they
     explain), then the evidence that sets slow requests apart within their operation
     (attributes, logs, metrics; each scored below the component it supports), then changes.
@@ -656,6 +666,11 @@ def _findings(bl: blame.Blame, groups, evidence, metric_stats, onset, changes, t
                         a.evidence() | {"tier": 1, "supports": comp.service, "level": "call"},
                         attribute=a.attribute, value=a.value, service=comp.service)
             _keep_best(best, ("attribute", a.attribute, str(a.value)), f)
+    for x in [x for x in inputs if x["significant"]][:2]:
+        f = Finding("attribute", x["summary"], x["effect"] * 0.9, True,
+                    _confidence(min(x["missing_p_value"], x["p_value"]), support), {"input_profile": x, "tier": 1},
+                    attribute=semconv.ML_INPUT_FEATURES, value=x["feature"], service=x["service"])
+        _keep_best(best, ("attribute", semconv.ML_INPUT_FEATURES, x["feature"]), f)
     out.extend(best.values())
     metric_stats = [m for m in metric_stats if m.significant][:6] + [m for m in metric_stats if not m.significant][:2]
     for m in metric_stats:

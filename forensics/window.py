@@ -240,6 +240,20 @@ def request_weights(req: SpanColumns) -> np.ndarray | None:
     return per_proto[req.proto]
 
 
+def weighted_evidence(sel_w: tuple[float, float] | None, base_w: tuple[float, float] | None,
+                      neff: tuple[float, float] | None) -> dict[str, Any]:
+    """The evidence keys of a sampling-weighted comparison (empty when unweighted): the
+    stored-trace counts beside them stay as they are; these are the estimates for all
+    requests, and the effective sample sizes the test used."""
+    if sel_w is None or base_w is None:
+        return {}
+    return {"sampling_weighted": True, "selection_weighted_count": sel_w[0],
+            "selection_weighted_total": sel_w[1], "baseline_weighted_count": base_w[0],
+            "baseline_weighted_total": base_w[1],
+            "selection_effective_n": neff[0] if neff else None,
+            "baseline_effective_n": neff[1] if neff else None}
+
+
 def fmt_ms(ns: float) -> str:
     ms = ns / 1e6
     if ms >= 10_000:

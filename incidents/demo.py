@@ -2,7 +2,8 @@
 and the post-mortem draft written next to the reports.
 
 The demo's load lasts ~35 s, so its watch runs the SRE workbook's burn-rate tiers scaled
-down to seconds (1 h/5 m becomes 12 s/3 s): the same rules, on the demo's time scale.
+down to seconds (1 h/5 m becomes 12 s/3 s): the same rules, on the demo's time scale; and
+the model's drift and quality rules (issue 18) over 6 s windows.
 """
 
 from __future__ import annotations
@@ -62,6 +63,26 @@ min_events = 3
 name = "version-change-regression"
 kind = "version_change"
 within = "60s"
+
+# The model's inputs against the clean period's reference profile (the demo stores it with
+# `stagetrace profile build` once the clean period is over; until then, against the previous
+# 6 s), over the last 6 s: ~1 000 rows, enough for one client's unit change within seconds.
+[[rules]]
+name = "model-input-drift"
+kind = "drift"
+model = "fraud-api"
+within = "6s"
+
+# Accuracy by the labels fed back 3 s after each prediction (the clean period's is ~88%);
+# the same window as the drift rule, so both share one drift investigation and the
+# quality cause links to it.
+[[rules]]
+name = "model-accuracy"
+kind = "quality"
+model = "fraud-api"
+objective = 0.8
+within = "6s"
+min_events = 100
 """
 
 
@@ -78,6 +99,28 @@ def write_rules(run_dir: Path) -> Path:
     p = run_dir / "watch-rules.toml"
     p.write_text(DEMO_RULES_TOML, encoding="utf-8")
     return p
+
+
+def wait_for_evaluation(data_dir: Path, after_ns: int, timeout_s: float, alive: Any = lambda: True) -> bool:
+    """Wait (at most ``timeout_s``) until the watch has finished an evaluation that began at
+    or after ``after_ns``: the niced watch can be a whole evaluation behind on a busy machine
+    (each alert that fires runs its cause investigation first), and stopping it then loses
+    the alerts of the end of the load. True when it caught up."""
+    import time
+
+    from .state import StateStore
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            done = int(StateStore(data_dir).load().get("last_eval_ns") or 0) >= after_ns
+        except Exception:  # noqa: BLE001 - a state being replaced, or none yet: look again
+            done = False
+        if done:
+            return True
+        if time.monotonic() >= deadline or not alive():
+            return False
+        time.sleep(0.25)
 
 
 def fired_alerts(out: Path) -> list[dict[str, Any]]:

@@ -48,14 +48,20 @@ def _reference(rule: Rule, data_dir: Path | None) -> Path | None:
     return None
 
 
-def evaluate_models(cfg: WatchConfig, backend: Backend, now_ns: int, data_dir: Path | None = None) -> list[Condition]:
-    """Conditions of the drift and quality rules true at ``now_ns``."""
+def evaluate_models(cfg: WatchConfig, backend: Backend, now_ns: int, data_dir: Path | None = None,
+                    ignore_before_ns: int | None = None) -> list[Condition]:
+    """Conditions of the drift and quality rules true at ``now_ns``. Data older than
+    ``ignore_before_ns`` (a demo's warm-up) is not read: a quality window starts after it,
+    and a drift rule without a reference profile waits until its previous period does."""
     out: list[Condition] = []
+    # a drift and a quality rule of the same model and window share one drift investigation
+    # (the quality report links its findings to the drift of the same window)
+    drift_reports: dict[tuple, Any] = {}
     for rule in cfg.rules:
         if rule.kind == "drift":
-            c = _drift(rule, backend, now_ns, data_dir)
+            c = _drift(rule, backend, now_ns, data_dir, ignore_before_ns, drift_reports)
         elif rule.kind == "quality":
-            c = _quality(rule, backend, now_ns, data_dir)
+            c = _quality(rule, backend, now_ns, data_dir, ignore_before_ns, drift_reports)
         else:
             continue
         if c is not None:
@@ -70,14 +76,20 @@ def _labels(rule: Rule, severity: str) -> dict[str, str]:
     return labels
 
 
-def _drift(rule: Rule, backend: Backend, now_ns: int, data_dir: Path | None) -> Condition | None:
+def _drift(rule: Rule, backend: Backend, now_ns: int, data_dir: Path | None, ignore_before_ns: int | None,
+           shared: dict[tuple, Any]) -> Condition | None:
     from stagetrace.forensics.drift import investigate_drift
     from stagetrace.forensics.window import fmt_time
 
     start = now_ns - rule.within_ns
     ref = _reference(rule, data_dir)
+    if ignore_before_ns is not None:
+        if ref is None and start - rule.within_ns < ignore_before_ns:
+            return None  # the previous period it would compare with is not part of the story yet
+        start = max(start, ignore_before_ns)
     rep = investigate_drift(backend, model=str(rule.model), version=rule.version, start_ns=start, end_ns=now_ns,
                             reference=ref)
+    shared[(rule.model, rule.version, start, now_ns, ref)] = rep
     sig = [f for f in rep.findings if f.significant]
     if not sig:
         return None
@@ -100,13 +112,17 @@ def _drift(rule: Rule, backend: Backend, now_ns: int, data_dir: Path | None) -> 
     return cond
 
 
-def _quality(rule: Rule, backend: Backend, now_ns: int, data_dir: Path | None) -> Condition | None:
+def _quality(rule: Rule, backend: Backend, now_ns: int, data_dir: Path | None, ignore_before_ns: int | None,
+             shared: dict[tuple, Any]) -> Condition | None:
     from stagetrace.forensics.quality import investigate_quality
     from stagetrace.forensics.window import fmt_time
 
     start = now_ns - rule.within_ns
+    if ignore_before_ns is not None:
+        start = max(start, ignore_before_ns)
+    ref = _reference(rule, data_dir)
     rep = investigate_quality(backend, model=str(rule.model), version=rule.version, start_ns=start, end_ns=now_ns,
-                              reference=_reference(rule, data_dir))
+                              reference=ref, drift_report=shared.get((rule.model, rule.version, start, now_ns, ref)))
     overall = rep.data.get("overall") or {}
     n, acc = overall.get("labelled", 0), overall.get("accuracy")
     on = rep.data.get("onset") or {}

@@ -184,7 +184,10 @@ def build_postmortem(backend: Backend, *, start_ns: int | None, end_ns: int | No
         if a.get("fired_at"):
             first_fire = a["fired_at"] if first_fire is None else min(first_fire, a["fired_at"])
             # detection is measured from the onset of the kind of trouble the alert watches
-            mine = slow_onset if lab.get("slo") == "latency" else (min(err_onsets) if err_onsets else None)
+            if a.get("kind") in ("drift", "quality"):  # the slow/errors onsets are not theirs
+                mine = a.get("onset_ns")
+            else:
+                mine = slow_onset if lab.get("slo") == "latency" else (min(err_onsets) if err_onsets else None)
             ref = mine if mine is not None and mine <= a["fired_at"] else onset
             ttd = (f"; time to detect {fmt_duration(max(0, a['fired_at'] - ref) // 10**9 * 10**9)}"
                    if ref is not None and a["fired_at"] >= ref else "")

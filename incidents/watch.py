@@ -97,7 +97,7 @@ class Watcher:
         conds = evaluate(self.cfg, self.agg, now, frozen)
         if any(r.kind in MODEL_KINDS for r in self.cfg.rules):
             try:
-                conds += evaluate_models(self.cfg, self._backend(), now, self.data_dir)
+                conds += evaluate_models(self.cfg, self._backend(), now, self.data_dir, self.ignore_before_ns)
             except Exception as exc:  # noqa: BLE001 - odd data must not stop the other rules
                 msg = f"{type(exc).__name__}: {exc}"
                 if self.state.get("model_rules_error") != msg:

@@ -59,7 +59,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from stagetrace import semconv as sc
 
-SCENARIOS = ("clean", "slow_shard", "v2_errors", "cpu_burn", "edge_latency")
+SCENARIOS = ("clean", "slow_shard", "v2_errors", "cpu_burn", "edge_latency", "slow_inputs")
 MS = 1_000_000
 API, FEATURES = "fraud-api", "feature-service"
 SLOW_SHARD = 7
@@ -223,9 +223,12 @@ def _hex(i: int, width: int) -> str:
 
 def generate(scenario: str, exporters, *, minutes: float = 20, per_minute: int = 60,
              onset_fraction: float = 0.5, seed: int = 7, end_ns: int | None = None,
-             tail_sampling: TailSampling | None = None, metric_step_s: int = 10) -> GenResult:
+             tail_sampling: TailSampling | None = None, metric_step_s: int = 10,
+             profiles: bool = False) -> GenResult:
     """Emit ``minutes`` of history ending at ``end_ns`` (default: now); with
-    ``tail_sampling``, store only the spans the gateway Collector would keep."""
+    ``tail_sampling``, store only the spans the gateway Collector would keep; with
+    ``profiles`` (always under ``slow_inputs``), inference spans carry the model's input
+    profile, made by the real capture code."""
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}")
     rnd = random.Random(f"{scenario}:{seed}")
@@ -241,7 +244,8 @@ def generate(scenario: str, exporters, *, minutes: float = 20, per_minute: int =
     res.requests = n
     for i in range(n):
         t = start_ns + int((i + rnd.random()) * (end_ns - start_ns - 3e9) / n)
-        _request(rnd, scenario, t, t >= onset_ns, api[i % 2], feat, res)
+        _request(rnd, scenario, t, t >= onset_ns, api[i % 2], feat, res,
+                 profiles or scenario == "slow_inputs")
     for s in (*api, feat):
         s.flush()
     res.metric_points = _metrics(rnd, scenario, exporters, api, feat, start_ns, end_ns, onset_ns, metric_step_s)
@@ -252,6 +256,25 @@ def generate(scenario: str, exporters, *, minutes: float = 20, per_minute: int =
 
 def _lognormal(rnd: random.Random, median_ms: float, sigma: float = 0.35) -> int:
     return int(median_ms * math.exp(rnd.gauss(0, sigma)) * MS)
+
+
+_PROFILE_SETTINGS = None
+
+
+def _input_profile(rnd, batch: int, missing: bool) -> dict:
+    """The inference span's input profile of a batch (amount, merchant_risk, device_age_days),
+    through the instrumentation's own capture code; merchant_risk absent when ``missing``."""
+    global _PROFILE_SETTINGS
+    import numpy as np
+    from stagetrace.instrumentation import profiling
+    from stagetrace.instrumentation.profile_capture import input_attributes
+
+    if _PROFILE_SETTINGS is None:
+        _PROFILE_SETTINGS = profiling.ProfileSettings(features=["amount", "merchant_risk", "device_age_days"])
+    x = np.array([[rnd.lognormvariate(3.5, 0.8), rnd.random(), rnd.randint(0, 900)] for _ in range(batch)], dtype=float)
+    if missing:
+        x[:, 1] = np.nan
+    return input_attributes(_PROFILE_SETTINGS, x, None, "score", "fraud-gbm")
 
 
 def _log(svc: _Service, span, t: int, sev: SeverityNumber, body: str, res: GenResult, **attrs) -> None:
@@ -270,7 +293,8 @@ def _exc_event(span, exc_type: str, message: str, frames: list[str], t: int) -> 
                                         sc.EXCEPTION_STACKTRACE: stack}, timestamp=t)
 
 
-def _request(rnd, scenario, t0, faulty, api: _Service, feat: _Service, res: GenResult) -> None:
+def _request(rnd, scenario, t0, faulty, api: _Service, feat: _Service, res: GenResult,
+             profiles: bool = False) -> None:
     user = f"u{rnd.randrange(100000)}"
     shard = rnd.randrange(8)
     batch = rnd.randint(64, 256) if rnd.random() < 0.12 else rnd.randint(1, 32)
@@ -362,6 +386,11 @@ def _request(rnd, scenario, t0, faulty, api: _Service, feat: _Service, res: GenR
         d = _lognormal(rnd, 12)
         if rnd.random() < 0.03:
             d += rnd.randint(60, 250) * MS  # natural tail: GC pause, no log line
+        if profiles:
+            inf.set_attributes(_input_profile(rnd, batch, missing_feature))
+        if scenario == "slow_inputs" and faulty and missing_feature:
+            d += rnd.randint(150, 400) * MS  # the new imputer's slow path for rows without merchant_risk
+            injected = True
         if version == "v2" and missing_feature:
             d = _lognormal(rnd, 3)
             msg = "missing feature 'merchant_risk'"

@@ -208,6 +208,32 @@ def test_demo_finds_the_injected_causes(tmp_path: Path) -> None:
     assert re.search(rf"user_agent.original={re.escape(DRIFT_CLIENT)}: accuracy \d+% vs \d+% elsewhere", stdout)
     assert "mispredictions set apart by amount; the same feature drifted" in stdout
 
+    # The watch beside the load (issue 18, part 6): a drift alert naming amount and the
+    # client that sends it, and an accuracy alert once the labels came back, each with its
+    # cause, like the latency and error alerts; neither in the clean period before the drift.
+    from stagetrace.incidents.demo import fired_alerts
+    model_alerts = [a for a in fired_alerts(out / "watch")
+                    if a["labels"]["alertname"] in ("model-input-drift", "model-accuracy")]
+    assert all(a["fired_at"] / 1e9 >= drift_from for a in model_alerts), \
+        [(a["labels"]["alertname"], a["fired_at"] / 1e9 - drift_from) for a in model_alerts]
+    fired = {}
+    for a in model_alerts:
+        fired.setdefault(a["labels"]["alertname"], a)
+    assert set(fired) == {"model-input-drift", "model-accuracy"}, (sorted(fired), stdout[-3000:])
+    ann = fired["model-input-drift"]["annotations"]
+    assert ann["feature"] == "amount" and ann["cause_kind"] == "drift", json.dumps(ann, indent=1)
+    assert (ann["cause_attribute"], ann["cause_value"]) == ("user_agent.original", DRIFT_CLIENT), ann["root_cause"]
+    assert ann["root_cause"].startswith("amount drifted") and Path(ann["report"]).is_file()
+    ann = fired["model-accuracy"]["annotations"]
+    assert float(ann["accuracy"]) < 0.8 and fired["model-accuracy"]["labels"]["severity"] == "page"
+    assert ann["cause_kind"] == "quality" and "accuracy fell" in ann["root_cause"], json.dumps(ann, indent=1)
+    assert Path(ann["report"]).is_file()
+    assert re.search(r"FIRING model-input-drift \[ticket\] \+\d+s  fraud-api: input drift in amount", stdout)
+    assert re.search(r"FIRING model-accuracy \[page\] \+\d+s  fraud-api: accuracy \d", stdout)
+    assert re.search(r"cause: amount drifted vs the (reference|previous period)", stdout), stdout[-3000:]
+    pm = (out / "postmortem.md").read_text()
+    assert "`model-input-drift`" in pm and "`model-accuracy`" in pm
+
     # One slow and one failed request opened as traces; the summary says what to run next.
     assert sorted(run["traces"]) == ["failed", "slow"]
     assert sum(r["kind"] == "trace" for r in reports) == 2
@@ -375,3 +401,21 @@ def test_label_feed_sends_each_label_after_its_delay(tmp_path: Path) -> None:
         assert any("32 hex" in e for e in feed.errors), feed.errors
     finally:
         coll.stop(timeout=15.0)
+
+
+def test_the_demo_waits_for_the_watchs_last_evaluation(tmp_path: Path) -> None:
+    """The demo stops its watch only once an evaluation that began after the load has
+    finished (the saved state says when the last one began), bounded, and not for a dead watch."""
+    from stagetrace.incidents.demo import wait_for_evaluation
+    from stagetrace.incidents.state import StateStore
+
+    assert not wait_for_evaluation(tmp_path, 1, 0.3)  # no state yet: the watch never finished one
+    store = StateStore(tmp_path)
+    doc = store.load()
+    doc["last_eval_ns"] = 2_000
+    store.save(doc)
+    assert wait_for_evaluation(tmp_path, 1_500, 0.3)
+    assert not wait_for_evaluation(tmp_path, 2_500, 0.5)  # it gives up
+    asked: list[int] = []
+    assert not wait_for_evaluation(tmp_path, 2_500, 3600, alive=lambda: bool(asked.append(1)))
+    assert len(asked) == 1  # a dead watch is not waited for

@@ -86,11 +86,16 @@ def test_cli_profile_build_and_drift(tmp_path):
     assert "No profiled inference spans of model 'm'" in r.stdout
     r = _cli("investigate", "drift", "--model", "m", "--interval", "0s", "--data-dir", str(data))
     assert r.returncode == 2 and "--interval must be positive" in r.stderr and "Traceback" not in r.stderr
+    # an interval that cuts a long window into millions of buckets is a typo: one line, not a hang
+    r = _cli("investigate", "drift", "--model", "m", "--interval", "1ms", "--since", "3650d", "--data-dir", str(data))
+    assert r.returncode == 2 and "--interval is too small" in r.stderr and "Traceback" not in r.stderr
 
 
-def _batched_spans(rng, calls, t0, *, cents_share=0.0, rows_per_call=30):
-    """Calls of ``rows_per_call`` rows: ``amount`` drawn per row, ``acct`` once per call
-    (every row of a request carries its account's value), through the real capture."""
+def _batched_spans(rng, calls, t0, *, cents_share=0.0, rows_per_call=30, amount_missing=False, omit_share=0.0):
+    """Calls of ``rows_per_call`` rows: ``amount`` drawn per row (NaN in every row with
+    ``amount_missing``, and in every row of a share ``omit_share`` of the calls: a client
+    that omits it), ``acct`` once per call (every row of a request carries its account's
+    value), through the real capture."""
     from stagetrace import semconv
     from stagetrace.instrumentation import profiling
     from stagetrace.instrumentation.profile_capture import input_attributes
@@ -102,6 +107,8 @@ def _batched_spans(rng, calls, t0, *, cents_share=0.0, rows_per_call=30):
         cents = rng.random() < cents_share
         x = np.column_stack([rng.normal(50.0, 10.0, rows_per_call) * (100.0 if cents else 1.0),
                              np.full(rows_per_call, rng.lognormal(3.5, 0.6))])
+        if amount_missing or (omit_share and rng.random() < omit_share):
+            x[:, 0] = np.nan
         attrs = {semconv.ML_STAGE: "inference", semconv.ML_MODEL_NAME: "m"}
         attrs.update(input_attributes(settings, x, None, "score", "m"))
         out.append(Span(trace_id=f"{rng.integers(1, 2**63):016x}{i:016x}", span_id=f"{i + 1:016x}", parent_span_id="",
@@ -138,3 +145,36 @@ def test_rows_of_one_call_that_share_a_value_are_not_independent_evidence(tmp_pa
                             end_ns=t0 + 150 * sec, reference=refp)
     assert [f.evidence["feature"] for f in rep.findings] == ["amount"], rep.verdict
     assert (rep.findings[0].attribute, rep.findings[0].value) == ("client.version", "2.0")
+
+
+def test_input_evidence_counts_calls_not_the_rows_of_one_batch():
+    """The inputs of failing vs normal predictions (investigate errors / slow): a handful of
+    big failing batches carry 4 accounts, not 120 independent values, so ``acct`` (one value
+    per call, from the same distribution on both sides) must not be named; a feature
+    missing in every failing row still is."""
+    rng = np.random.default_rng(17)
+    t0 = 1_700_000_000 * 10**9
+    named = 0
+    for _ in range(5):
+        normal = _batched_spans(rng, 200, t0)
+        failing = _batched_spans(rng, 4, t0 + 300 * 10**9)
+        diffs = {d["feature"]: d for d in compare_input_profiles(failing, normal)}
+        assert diffs["acct"]["row_correlation"] == 1.0  # every row of a call shares its account
+        named += diffs["acct"]["significant"]
+        assert not diffs["amount"]["significant"], diffs["amount"]
+    assert named == 0
+    # A client that omits amount in whole requests (a fifth of them): 8 failing calls that
+    # happen to hold 3 such requests are 3 of 8, not 90 of 240 independent missing values.
+    named = 0
+    for _ in range(5):
+        normal = _batched_spans(rng, 200, t0, omit_share=0.2)
+        failing = _batched_spans(rng, 3, t0, amount_missing=True) + _batched_spans(rng, 5, t0 + 10**10)
+        diffs = {d["feature"]: d for d in compare_input_profiles(failing, normal)}
+        assert 0.3 < diffs["amount"]["missing_failing"] < 0.45 and diffs["amount"]["row_correlation"] > 0.9
+        named += diffs["amount"]["significant"]
+    assert named == 0
+    failing = _batched_spans(rng, 4, t0 + 300 * 10**9, amount_missing=True)
+    diffs = compare_input_profiles(failing, _batched_spans(rng, 200, t0))
+    assert diffs[0]["feature"] == "amount" and diffs[0]["significant"], diffs[0]
+    assert "amount missing in 100% of failing vs 0% of normal" in diffs[0]["summary"]
+    assert not any(d["significant"] for d in diffs[1:]), diffs[1:]

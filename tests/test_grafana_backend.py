@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
@@ -591,3 +592,90 @@ def test_credentials_in_urls_are_not_printed():
     with pytest.raises(UserError) as e:
         GrafanaBackend(loki_url="ftp://u:s3cret@loki")
     assert "s3cret" not in str(e.value)
+
+
+# --- delayed labels in the compose stack: OTLP logs -> Collector -> Loki ---------------------
+
+@pytest.mark.slow
+def test_quality_from_labels_sent_as_otlp_logs_is_the_same_over_loki(tmp_path, monkeypatch):
+    """The compose stack has no labels endpoint: its load generator sends each label as an
+    ``ml.label`` OTLP log record (LabelFeed(otlp=True)) to the OpenTelemetry Collector,
+    whose logs pipeline exports them to Loki's OTLP endpoint. Here the labels go, as that
+    OTLP/HTTP request, to a real `stagetrace collector`'s /v1/logs, and the predictions
+    (benchmarks/quality.py's labelled stream: a real scikit-learn model through the real
+    capture code) are exported by the real SDK's OTLP span exporter. Tempo and Loki cannot
+    run here: the same spans and records are then served by the data-set fake in the
+    recorded Tempo/Loki shapes (Loki's OTLP ingestion: log attributes as structured
+    metadata, dots flattened, every value a string; grafana_fakes.loki_entry, checked
+    against the recordings by test_encoders_reproduce_the_recordings), and
+    `investigate quality` must say the same over both."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import numpy as np
+    import quality as bench
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from grafana_fakes import DatasetStack
+    from stagetrace import semconv
+    from stagetrace.collector.process import start_collector
+    from stagetrace.collector.query import EmbeddedBackend
+    from stagetrace.demo.loadgen import LabelFeed
+    from stagetrace.forensics.quality import investigate_quality
+
+    # a stream that ended 15 minutes ago: every label (1-10 minutes late) has come in
+    end = (time.time_ns() - 900 * 10**9) // 10**9 * 10**9
+    t0 = end - bench.BUCKETS * bench.BUCKET
+    monkeypatch.setattr(bench, "T0", t0)
+    model = bench.fit_model(4)
+    spans, labels = bench.stream(model, np.random.default_rng(8), "unit", 12)
+    with start_collector(tmp_path / "data") as c:
+        providers, ids = {}, {}
+        for s in spans:
+            key = tuple(sorted(s.resource.items()))
+            if key not in providers:
+                providers[key] = TracerProvider(resource=Resource.create(dict(s.resource)))
+                providers[key].add_span_processor(BatchSpanProcessor(OTLPSpanExporter(
+                    endpoint=c.http_endpoint + "/v1/traces")))
+            sp = providers[key].get_tracer("bench").start_span(s.name, start_time=s.start_ns, attributes=s.attributes)
+            sp.end(end_time=s.end_ns)
+            ctx = sp.get_span_context()
+            ids[(s.trace_id, s.span_id)] = (f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}")
+        for p in providers.values():
+            p.shutdown()
+        feed = LabelFeed(c.http_endpoint, delay_s=0.0, period_s=0.05, otlp=True)
+        assert feed.url.endswith("/v1/logs")
+        lines = []
+        for r in labels:
+            tid, sid = ids[(r.trace_id, r.span_id)]
+            lines.append({"prediction_id": f"{tid}-{sid}", "label": r.attributes[semconv.ML_LABEL_VALUE],
+                          "time": r.time_ns})
+        feed.add(lines + [{"prediction_id": "x"}], time.time())  # the last one is no label
+        counts = feed.close(timeout_s=30)
+        assert counts["accepted"] == len(labels) and counts["rejected"] == 1 and not counts["failed_posts"], counts
+        window = dict(model="fraud", version=None, start_ns=t0, end_ns=end, interval_ns=bench.BUCKET)
+        with EmbeddedBackend(c.data_dir) as emb:
+            deadline = time.monotonic() + 60
+            while len(emb.find_spans(TraceQuery(start_ns=t0, end_ns=end, limit=None))) < len(spans):
+                assert time.monotonic() < deadline, "the collector did not store every span"
+                time.sleep(0.5)
+            stored_logs = emb.find_logs(LogQuery(limit=None))
+            assert len(stored_logs) == len(labels)
+            rec = stored_logs[0]
+            assert rec.attributes[semconv.EVENT_NAME] == semconv.ML_LABEL_EVENT and rec.trace_id
+            want = investigate_quality(emb, **window)
+            stack = DatasetStack(emb.find_spans(TraceQuery(limit=None)), stored_logs)
+            try:
+                with GrafanaBackend(tempo_url=stack.url, loki_url=stack.url, timeout_s=30) as remote:
+                    got = investigate_quality(remote, **window)
+            finally:
+                stack.close()
+    # the comparison proves something: the labels joined and the drop was found
+    assert want.data["join"]["joined"] == len(labels), want.data["join"]
+    top = want.findings[0]
+    assert (top.kind, top.attribute, top.value) == ("quality", "client.version", "2.0"), want.verdict
+    # the labels were read from Loki's query_range (structured metadata filter), bounded
+    assert any(r["path"] == "/loki/api/v1/query_range" and 'event_name="ml.label"' in r["query"]["query"]
+               for r in stack.requests)
+    assert _report(got) == _report(want)

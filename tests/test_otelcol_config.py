@@ -372,3 +372,17 @@ def test_own_metrics_reachable_by_the_compose_prometheus(name):
     targets = [t for job in prom["scrape_configs"] if job["job_name"] == "otelcol"
                for sc in job["static_configs"] for t in sc["targets"]]
     assert reader["host"] == "0.0.0.0" and targets == [f"otelcol:{reader['port']}"]
+
+
+@pytest.mark.parametrize("name", BASES)
+def test_model_profiles_survive_attribute_truncation(name):
+    """truncate_all cuts every string attribute at 4 KiB; a cut profile would not decode.
+    No Collector runs here, so this checks the statement order (cache, truncate, restore,
+    drop above the bound) with the names forensics reads (stagetrace.semconv)."""
+    stmts = _resolved(CONFIGS[name])["processors"]["transform"]["trace_statements"][0]["statements"]
+    cut = next(i for i, s in enumerate(stmts) if s.startswith("truncate_all(attributes,"))
+    for key in (semconv.ML_INPUT_PROFILE, semconv.ML_OUTPUT_PROFILE):
+        saved = f'set(cache["{key}"], attributes["{key}"])'
+        restored = f'set(attributes["{key}"], cache["{key}"]) where cache["{key}"] != nil'
+        dropped = f'delete_key(attributes, "{key}") where Len(attributes["{key}"]) > 65536'
+        assert stmts.index(saved) < cut < stmts.index(restored) < stmts.index(dropped), stmts

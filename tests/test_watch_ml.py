@@ -115,3 +115,34 @@ def test_drift_and_quality_alerts_fire_after_the_change_with_their_cause(tmp_pat
         assert got["fraud-accuracy"]["annotations"]["root_cause"] == ann["root_cause"]
     finally:
         am.stop()
+
+
+def test_model_rules_read_nothing_before_ignore_before_and_share_the_drift(monkeypatch):
+    """``watch --ignore-before`` (the demo's warm-up): a drift rule without a reference
+    profile compares the window with the period before it, so it waits until that period
+    is after the floor; a quality window starts at the floor. A drift and a quality rule of
+    the same model and window run one drift investigation between them."""
+    from stagetrace.forensics import drift as drift_mod
+    from stagetrace.incidents.mlrules import evaluate_models
+
+    model = bench.fit_model(2)
+    spans, logs = bench.stream(model, np.random.default_rng(5), "unit", 12)
+    store = bench.Memory(spans, logs)
+    now = bench.T0 + 16 * bench.BUCKET
+    cfg = parse_config({"default_rules": False, "rules": [
+        {"name": "d", "kind": "drift", "model": "fraud", "within": "300s"},
+        {"name": "q", "kind": "quality", "model": "fraud", "objective": 0.75, "within": "300s", "min_events": 60}]})
+    calls = []
+    real = drift_mod.investigate_drift
+    monkeypatch.setattr(drift_mod, "investigate_drift", lambda *a, **k: calls.append(k) or real(*a, **k))
+    got = {c.rule.name: c for c in evaluate_models(cfg, store, now)}
+    assert set(got) == {"d", "q"} and got["d"].annotations["feature"] == "amount"
+    assert len(calls) == 1  # the quality rule reused the drift rule's investigation
+    # the previous period (bucket 10-13) reaches before the floor: no drift verdict yet
+    floor = now - 450 * 10**9
+    calls.clear()
+    got = {c.rule.name: c for c in evaluate_models(cfg, store, now, ignore_before_ns=floor)}
+    assert "d" not in got, got["d"].summary
+    assert got["q"].window_ns == (now - 300 * 10**9, now)  # inside the floor already
+    got = {c.rule.name: c for c in evaluate_models(cfg, store, now, ignore_before_ns=now - 200 * 10**9)}
+    assert "d" not in got and got["q"].window_ns == (now - 200 * 10**9, now)
