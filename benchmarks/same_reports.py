@@ -100,6 +100,7 @@ def main() -> int:
     ap.add_argument("--bench", type=Path, action="append", default=[], help="a kept benchmarks/forensics.py store")
     ap.add_argument("--accuracy", type=Path, action="append", default=[], help="a kept benchmarks/accuracy.py root")
     ap.add_argument("--case", action="append", default=[], help="only stores whose name contains this (repeatable)")
+    ap.add_argument("--diff-lines", type=int, default=40, help="lines of each differing report's diff to print")
     args = ap.parse_args()
     if not (Path(args.before) / "stagetrace").is_dir():
         print(f"same_reports: --before {args.before}: no stagetrace package there", file=sys.stderr)
@@ -118,7 +119,7 @@ def main() -> int:
         print(f"{'same   ' if same else 'DIFFERS'} {j['label']:60} before {b['seconds']:6.2f} s, after {a['seconds']:6.2f} s")
         if not same:
             diff = difflib.unified_diff(b["text"].splitlines(), a["text"].splitlines(), "before", "after", lineterm="", n=1)
-            for line in list(diff)[:40]:
+            for line in list(diff)[:args.diff_lines]:
                 print("    " + line)
     print(f"\n{len(jobs) - differ} of {len(jobs)} reports identical")
     return 1 if differ else 0
