@@ -9,7 +9,9 @@ store it is one SQL statement (:mod:`.fastscan`: 60 time buckets x 20 random + 5
 slowest, one streaming pass) and the result list is the newest
 :data:`MAX_RESULT_ROWS` matching requests, exactly (a top-N over the start-sorted
 entry sidecars, as Jaeger and Tempo answer a search with the newest N); elsewhere
-the portable method here: at most :data:`POINT_BUDGET` requests over
+over a window too big to read in full (:data:`.fastscan.SCAN_BUDGET_ROWS`) the
+plot is drawn from evenly spaced row groups, and the page says which share of the
+rows it read. Elsewhere the portable method here: at most :data:`POINT_BUDGET` requests over
 :data:`SLICES` slices, then the slow tail of the busy slices, and the result list
 is the newest of those (``newest_exact`` false). The page says how many points it
 shows and how many matched.
@@ -225,11 +227,11 @@ def _search(backend: Backend, f: SearchFilters, budget: int) -> dict[str, Any]:
     total: int | None = None
     extent: tuple[int, int] | None = None
     rows: list[dict[str, Any]] | None = None
-    read_fraction, newest_exact = 1.0, False
+    read_fraction, newest_exact, estimated = 1.0, False, False
     if fast is not None:
         mode, got = fast
         points, total, extent, rows = got.points, got.total, got.extent, got.newest
-        read_fraction, newest_exact = got.read_fraction, got.newest_exact
+        read_fraction, newest_exact, estimated = got.read_fraction, got.newest_exact, got.total_estimated
         sampled = total is None or total > len(points)
     else:
         mode, points, sampled, extent = _sliced_search(backend, f, remote, budget)
@@ -244,7 +246,7 @@ def _search(backend: Backend, f: SearchFilters, budget: int) -> dict[str, Any]:
     # "matched" is scaled up from them (an estimate); newest_exact: "rows" are the
     # newest matches of the whole window, not just of the points read
     return {"mode": mode, "points": points, "rows": rows, "newest_exact": newest_exact,
-            "read_fraction": read_fraction, "matched_estimated": read_fraction < 1.0 and total is not None,
+            "read_fraction": read_fraction, "matched_estimated": estimated,
             "count": len(points), "matched": total,
             "sampled": sampled, "errors": sum(1 for p in points if p["error"]), "p50_ms": q(0.5), "p95_ms": q(0.95),
             "window": {"start_ms": f.start_ns / 1e6, "end_ms": f.end_ns / 1e6}, "extent": ext_ms,

@@ -20,7 +20,7 @@ interface, owned by the collector.)
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -37,7 +37,8 @@ _REQUIRED = ("_span_where", "_sql", "_sql_many", "_spans", "_view", "_retry", "c
 # drawn from a sample of whole row groups of the span blocks: a block is sorted by trace id,
 # so each of its row groups is a random set of traces spread over the block's time range.
 SCAN_BUDGET_ROWS = 1_500_000
-SAMPLE_ROWS = 400_000  # block rows read for that sample
+SAMPLE_ROWS = 150_000  # block rows read for that sample (~20k requests of a 10M-span hour)
+SAMPLE_MIN_MATCHES = 100_000  # fewer matching rows: read them all (cheaper than the sample, and exact)
 HASH_MOD = 1_000_000
 
 
@@ -65,6 +66,7 @@ class Sample(NamedTuple):
     newest: list[dict[str, Any]]  # the newest matching spans, newest first (exact unless newest_exact is False)
     read_fraction: float = 1.0  # < 1: the points come from this fraction of the window's rows, total is estimated
     newest_exact: bool = True
+    total_estimated: bool = False  # total scaled up from the sample
 
 
 def spread_sample(store: Any, query: TraceQuery, *, entry: str, buckets: int, per_bucket: int,
@@ -87,6 +89,12 @@ def spread_sample(store: Any, query: TraceQuery, *, entry: str, buckets: int, pe
     pass. The newest spans are a top-N over the start time, which DuckDB answers by
     reading the newest row groups of the start-sorted entry sidecars and skipping the
     rest. Both statements read one snapshot of the store.
+
+    Over a window holding more than SCAN_BUDGET_ROWS candidate rows, the plot is drawn
+    from a row-group sample instead (:func:`_row_group_sample`; ``read_fraction`` says
+    how much was read): always with attribute conditions (then the newest are the
+    sample's own), and otherwise when more than SAMPLE_MIN_MATCHES rows match, counted
+    exactly first (so the total, the extent and the newest stay exact).
 
     Without attribute conditions only the index columns are read, and nothing is
     decoded. Attribute values live in each span's stored protobuf, so with them the
@@ -113,20 +121,34 @@ def spread_sample(store: Any, query: TraceQuery, *, entry: str, buckets: int, pe
                f"min_by({row}, hash(span_id), {int(per_bucket)}) AS picked, "
                f"max_by({row}, duration_ns, {int(slowest_per_bucket)}) AS slowest")
     bucket = f"((start_ns - {start}) // {width})"
-    sampled = _row_group_sample(store, entry != "span", start, end, cols + ("parent_span_id", "kind"))
+    counted: list[tuple[int, int | None, int | None]] = []
+
+    def worth_sampling() -> bool:
+        """Over a big window: with attribute conditions always (their exact scan decodes
+        every body); else only when many rows match, counted exactly first (a cheap scan
+        of the filter columns: a selective filter's exact answer is cheaper than a sample)."""
+        if attrs:
+            return True
+        batches = [b for b in store._sql(SPANS, "count(*) AS n, min(start_ns) AS a, max(start_ns) AS z", where,
+                                          params, entries=entry != "span") if b.num_rows]
+        d = batches[0].to_pydict() if batches else {"n": [0], "a": [None], "z": [None]}
+        counted.append((int(d["n"][0]), d["a"][0], d["z"][0]))
+        return counted[0][0] > SAMPLE_MIN_MATCHES
+
+    sampled = _row_group_sample(store, entry != "span", start, end, cols + ("parent_span_id", "kind"), worth_sampling)
     if sampled is not None:
-        got_sample, in_sample = _from_rows(store, sampled, grouped, bucket, where, params, entry, attrs, newest)
+        got_sample = _from_rows(store, sampled, grouped, bucket, where, params, entry, attrs, newest)
         if attrs:
             return got_sample
-        if in_sample >= buckets * per_bucket:
-            # the newest are exact still: a top-N over the start-sorted entry sidecars is cheap
-            order = f"ORDER BY start_ns DESC, span_id DESC LIMIT {int(newest)}"
-            rows = [p for batch in (store._sql(SPANS, ", ".join(cols), where, params, order,
-                                               entries=entry != "span") if newest > 0 else [])
-                    for p in _index_points(batch)]
-            return got_sample._replace(newest=rows, newest_exact=True)
-        # few matches in the sample (a selective filter): too sparse a plot, and the exact
-        # scan below is the cheaper one then (the filter columns prune most rows)
+        n, first_start, last_start = counted[0]
+        # the total, the extent and the newest are exact still: the newest are a top-N over
+        # the start-sorted entry sidecars, which reads their newest row groups only
+        order = f"ORDER BY start_ns DESC, span_id DESC LIMIT {int(newest)}"
+        rows = [p for batch in (store._sql(SPANS, ", ".join(cols), where, params, order,
+                                           entries=entry != "span") if newest > 0 else [])
+                for p in _index_points(batch)]
+        return got_sample._replace(total=n, extent=(int(first_start), int(last_start)) if n else None, newest=rows,
+                                   newest_exact=True, total_estimated=False)
     if attrs:
         # these rows come from whole blocks (sorted by trace id, not by time), so a top-N
         # statement would scan them all again: the newest ride along in the same pass
@@ -186,10 +208,11 @@ class _Rows(NamedTuple):
     extent: tuple[int, int] | None  # the sampled sources' row-group start range, clipped to the window
 
 
-def _row_group_sample(store: Any, entries: bool, start: int, end: int, columns: tuple[str, ...]) -> _Rows | None:
+def _row_group_sample(store: Any, entries: bool, start: int, end: int, columns: tuple[str, ...],
+                      worth_it: Callable[[], bool]) -> _Rows | None:
     """Evenly spaced row groups of every span block that overlap the window, about
     SAMPLE_ROWS rows in all, when a full answer would read more than SCAN_BUDGET_ROWS
-    rows (entry sidecars when ``entries``); None when it would not."""
+    rows (entry sidecars when ``entries``) and ``worth_it()``; None otherwise."""
     cols = list(dict.fromkeys(columns))
 
     def run() -> _Rows | None:
@@ -205,7 +228,7 @@ def _row_group_sample(store: Any, entries: bool, start: int, end: int, columns: 
             path, sidecar = b.source(entries)
             candidates += _overlap(pq.ParquetFile(path), start, end)[1] if sidecar else rows
         candidates += view.tail.num_rows
-        if candidates <= SCAN_BUDGET_ROWS:
+        if candidates <= SCAN_BUDGET_ROWS or not worth_it():
             return None
         block_rows = sum(r for _, _, r in overlapping) + view.tail.num_rows
         fraction = min(1.0, SAMPLE_ROWS / max(1, block_rows))
@@ -255,10 +278,10 @@ def _overlap(pf: Any, start: int, end: int) -> tuple[list[int], int, tuple[int, 
 
 
 def _from_rows(store: Any, rows: _Rows, grouped: str, bucket: str, where: list[str], params: list[Any], entry: str,
-               attrs: dict[str, Any], newest: int) -> tuple[Sample, int]:
+               attrs: dict[str, Any], newest: int) -> Sample:
     """:func:`spread_sample`'s statement over a row-group sample: the points, the total
-    scaled up from the sample, the newest points of the sample (not exact); and the
-    number of sampled rows that passed the SQL conditions."""
+    scaled up from the sample (None with attribute conditions), the newest points of the
+    sample (not exact)."""
     from stagetrace.collector.store import ENTRY_SQL
     cond = list(where) + ([ENTRY_SQL] if entry != "span" else [])
     con = store.con
@@ -283,7 +306,7 @@ def _from_rows(store: Any, rows: _Rows, grouped: str, bucket: str, where: list[s
     total = None if attrs else round(n / rows.fraction)
     recent = sorted(points, key=lambda p: (-p["start_ms"], p["span_id"]))[:newest]
     return Sample(points, total, rows.extent if points else None, recent, read_fraction=rows.fraction,
-                  newest_exact=False), n
+                  newest_exact=False, total_estimated=total is not None)
 
 
 def _unique(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
