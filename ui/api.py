@@ -8,11 +8,11 @@ each moment's slowest requests (the dots people want to brush). On the embedded
 store it is one SQL statement (:mod:`.fastscan`: 60 time buckets x 20 random + 5
 slowest, one streaming pass) and the result list is the newest
 :data:`MAX_RESULT_ROWS` matching requests, exactly (a top-N over the start-sorted
-entry sidecars, as Jaeger and Tempo answer a search with the newest N); elsewhere
-over a window too big to read in full (:data:`.fastscan.SCAN_BUDGET_ROWS`) the
-plot is drawn from evenly spaced row groups, and the page says which share of the
-rows it read. Elsewhere the portable method here: at most :data:`POINT_BUDGET` requests over
-:data:`SLICES` slices, then the slow tail of the busy slices, and the result list
+entry sidecars, as Jaeger and Tempo answer a search with the newest N); over a
+window too big to read in full (:data:`.fastscan.SCAN_BUDGET_ROWS`) the plot is
+drawn from evenly spaced row groups, and the page says which share of the rows it
+read. Elsewhere the portable method here: at most :data:`POINT_BUDGET` requests
+over :data:`SLICES` slices, then the slow tail of the busy slices, and the result list
 is the newest of those (``newest_exact`` false). The page says how many points it
 shows and how many matched.
 
