@@ -260,6 +260,8 @@ def main() -> None:
     ap.add_argument("--protocol", choices=("http", "grpc"), default="http")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the store here (default: a temp dir, removed)")
     ap.add_argument("--drain-timeout", type=float, default=1800.0)
+    ap.add_argument("--no-lookups", action="store_true",
+                    help="no trace-by-id lookups during the run (they make the collector decode its WAL tail)")
     args = ap.parse_args()
     if args.spans < args.batch * args.clients or args.clients < 1 or args.batch < 1:
         raise SystemExit("--spans must be at least --batch x --clients, both at least 1")
@@ -289,7 +291,8 @@ def main() -> None:
         sampler.start()
         lookups = Lookups(data, work, args.clients)
         go.write_text("go")
-        lookups.start()
+        if not args.no_lookups:
+            lookups.start()
         results = []
         for p, _ in procs:
             out, _ = p.communicate(timeout=7200)
@@ -315,7 +318,8 @@ def main() -> None:
         drained = time.perf_counter() - acked_at
         sampler.stop.set()
         sampler.join()
-        lookups.join()
+        if lookups.is_alive():
+            lookups.join()
         during_found, during_missing = lookups.found, lookups.missing
         import random
         rnd, final, after = random.Random(11), [(r[0] // args.batch) for r in results], []
