@@ -648,6 +648,7 @@ def test_big_window_is_drawn_from_a_labelled_row_group_sample(store, monkeypatch
     with EmbeddedBackend(store["data_dir"]) as emb:
         n_rows = len(emb.find_spans(TraceQuery(start_ns=r.start_ns, end_ns=r.end_ns, limit=None)))
         monkeypatch.setattr(fastscan, "SCAN_BUDGET_ROWS", 100)
+        monkeypatch.setattr(fastscan, "ATTR_SCAN_BUDGET_ROWS", 100)
         monkeypatch.setattr(fastscan, "SAMPLE_ROWS", n_rows // 2)
         monkeypatch.setattr(fastscan, "SAMPLE_MIN_MATCHES", 100)
         monkeypatch.setattr(api, "FAST_PER_BUCKET", 2)  # this store's sample of rows holds a few hundred requests

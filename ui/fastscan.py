@@ -37,6 +37,7 @@ _REQUIRED = ("_span_where", "_sql", "_sql_many", "_spans", "_view", "_retry", "c
 # drawn from a sample of whole row groups of the span blocks: a block is sorted by trace id,
 # so each of its row groups is a random set of traces spread over the block's time range.
 SCAN_BUDGET_ROWS = 1_500_000
+ATTR_SCAN_BUDGET_ROWS = 500_000  # with attribute conditions every stored body is read: ~0.6 us a row
 SAMPLE_ROWS = 150_000  # block rows read for that sample (~20k requests of a 10M-span hour)
 SAMPLE_MIN_MATCHES = 100_000  # fewer matching rows: read them all (cheaper than the sample, and exact)
 HASH_MOD = 1_000_000
@@ -90,7 +91,8 @@ def spread_sample(store: Any, query: TraceQuery, *, entry: str, buckets: int, pe
     reading the newest row groups of the start-sorted entry sidecars and skipping the
     rest. Both statements read one snapshot of the store.
 
-    Over a window holding more than SCAN_BUDGET_ROWS candidate rows, the plot is drawn
+    Over a window holding more than SCAN_BUDGET_ROWS candidate rows (ATTR_SCAN_BUDGET_ROWS
+    with attribute conditions), the plot is drawn
     from a row-group sample instead (:func:`_row_group_sample`; ``read_fraction`` says
     how much was read): always with attribute conditions (then the newest are the
     sample's own), and otherwise when more than SAMPLE_MIN_MATCHES rows match, counted
@@ -135,7 +137,8 @@ def spread_sample(store: Any, query: TraceQuery, *, entry: str, buckets: int, pe
         counted.append((int(d["n"][0]), d["a"][0], d["z"][0]))
         return counted[0][0] > SAMPLE_MIN_MATCHES
 
-    sampled = _row_group_sample(store, entry != "span", start, end, cols + ("parent_span_id", "kind"), worth_sampling)
+    sampled = _row_group_sample(store, entry != "span", start, end, cols + ("parent_span_id", "kind"),
+                                ATTR_SCAN_BUDGET_ROWS if attrs else SCAN_BUDGET_ROWS, worth_sampling)
     if sampled is not None:
         got_sample = _from_rows(store, sampled, grouped, bucket, where, params, entry, attrs, newest)
         if attrs:
@@ -149,11 +152,18 @@ def spread_sample(store: Any, query: TraceQuery, *, entry: str, buckets: int, pe
                 for p in _index_points(batch)]
         return got_sample._replace(total=n, extent=(int(first_start), int(last_start)) if n else None, newest=rows,
                                    newest_exact=True, total_estimated=False)
-    # the newest ride along in the same pass (the grand-total grouping set): a separate
-    # top-N statement would scan again, and DuckDB's top-N reads files oldest first, so
-    # under a selective filter it reads nearly everything (measured: 2x the CPU at 10M)
+    # The newest: with a selective condition (or an attribute, whose rows come from whole
+    # blocks, not the time-sorted sidecars) they ride along in the same pass, as the
+    # grand-total grouping set; DuckDB's top-N statement reads files oldest first and only
+    # prunes once it holds N rows, so under a selective filter it reads nearly everything
+    # again (2x the CPU at 10M). Unfiltered, the top-N fills at once and skips the rest,
+    # while max_by over time-sorted rows would push every row through its heap (2x at 1.4M).
+    selective = bool(attrs) or any(x is not None for x in (q.status, q.span_name, q.min_duration_ns,
+                                                          q.max_duration_ns))
     statements = [(grouped + f", max_by({row}, (start_ns, span_id), {max(1, int(newest))}) AS newest, "
-                   f"grouping({bucket}) AS whole", f"GROUP BY GROUPING SETS (({bucket}), ())")]
+                   f"grouping({bucket}) AS whole", f"GROUP BY GROUPING SETS (({bucket}), ())")] if selective else [
+        (grouped + f", NULL AS newest, 0 AS whole", f"GROUP BY {bucket}"),
+        (", ".join(cols), f"ORDER BY start_ns DESC, span_id DESC LIMIT {max(1, int(newest))}")]
     got = store._sql_many(SPANS, statements, where, params, entries=entry != "span")
     total, first, last = 0, None, None
     parts = []
@@ -191,7 +201,9 @@ def spread_sample(store: Any, query: TraceQuery, *, entry: str, buckets: int, pe
         return Sample(points, None, extent if points else None, rows)
     points = _unique(_index_points(picked)) if picked is not None else []
     points.sort(key=lambda p: (p["start_ms"], p["span_id"]))
-    rows = _index_points(ordered)[:newest] if ordered is not None else []
+    if not selective:
+        ordered = pa.Table.from_batches(got[1]) if got[1] else None
+    rows = _index_points(ordered)[:newest] if ordered is not None and newest > 0 else []
     return Sample(points, total, extent, rows)
 
 
@@ -202,11 +214,11 @@ class _Rows(NamedTuple):
     extent: tuple[int, int] | None  # the sampled sources' row-group start range, clipped to the window
 
 
-def _row_group_sample(store: Any, entries: bool, start: int, end: int, columns: tuple[str, ...],
+def _row_group_sample(store: Any, entries: bool, start: int, end: int, columns: tuple[str, ...], budget: int,
                       worth_it: Callable[[], bool]) -> _Rows | None:
     """Evenly spaced row groups of every span block that overlap the window, about
-    SAMPLE_ROWS rows in all, when a full answer would read more than SCAN_BUDGET_ROWS
-    rows (entry sidecars when ``entries``) and ``worth_it()``; None otherwise."""
+    SAMPLE_ROWS rows in all, when a full answer would read more than ``budget`` rows
+    (entry sidecars when ``entries``) and ``worth_it()``; None otherwise."""
     cols = list(dict.fromkeys(columns))
 
     def run() -> _Rows | None:
@@ -222,7 +234,7 @@ def _row_group_sample(store: Any, entries: bool, start: int, end: int, columns: 
             path, sidecar = b.source(entries)
             candidates += _overlap(pq.ParquetFile(path), start, end)[1] if sidecar else rows
         candidates += view.tail.num_rows
-        if candidates <= SCAN_BUDGET_ROWS or not worth_it():
+        if candidates <= budget or not worth_it():
             return None
         block_rows = sum(r for _, _, r in overlapping) + view.tail.num_rows
         fraction = min(1.0, SAMPLE_ROWS / max(1, block_rows))
