@@ -165,10 +165,21 @@ def _status_kb(pid: int, field: str) -> int:
     return 0
 
 
+def _role(pid: int, collector_pid: int) -> str:
+    if pid == collector_pid:
+        return "collector"
+    try:
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+    except OSError:
+        return "worker"
+    return "maintainer" if b"collector.maintainer" in cmd else "worker"
+
+
 class MemorySampler(threading.Thread):
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid, self.peak_kb, self.hwm_kb, self.stop = pid, 0, {}, threading.Event()
+        self.names: dict[int, str] = {}
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -176,6 +187,8 @@ class MemorySampler(threading.Thread):
             self.peak_kb = max(self.peak_kb, sum(_status_kb(p, "VmRSS") for p in pids))
             for p in pids:
                 self.hwm_kb[p] = max(self.hwm_kb.get(p, 0), _status_kb(p, "VmHWM"))
+                if p not in self.names:
+                    self.names[p] = _role(p, self.pid)
             self.stop.wait(0.2)
 
 
@@ -325,12 +338,13 @@ def main() -> None:
         rnd, final, after = random.Random(11), [(r[0] // args.batch) for r in results], []
         for _ in range(LOOKUPS_AFTER):
             after.append(lookups.one(rnd, final))
-        hwm = sorted(sampler.hwm_kb.values(), reverse=True)
+        hwm = sorted(((sampler.names.get(p, "worker"), kb) for p, kb in sampler.hwm_kb.items()),
+                     key=lambda x: -x[1])
         print(f"everything acknowledged in blocks {drained:.1f} s after the last ack "
               f"({acked / (wall + drained):,.0f} spans/s end to end); {in_blocks:,} spans in "
               f"{len(list((data / 'blocks' / 'spans').glob('*.parquet')))} blocks", flush=True)
         print(f"peak memory: collector + maintainer + workers {sampler.peak_kb / 2**20:.2f} GiB (sampled sum of RSS); "
-              f"per process peak (VmHWM) {', '.join(f'{k / 2**20:.2f}' for k in hwm)} GiB", flush=True)
+              f"per process peak (VmHWM) {', '.join(f'{n} {k / 2**20:.2f}' for n, k in hwm)} GiB", flush=True)
         print(f"trace-by-id served by the collector, during ingest: {_pcts(lookups.during)} "
               f"({during_found} whole, {during_missing} not); after: {_pcts(after)} "
               f"({lookups.found - during_found} whole, {lookups.missing - during_missing} not)"
