@@ -53,6 +53,7 @@ from .store import LOGS, METRICS, SCHEMAS, SPANS
 _STATUS_OF = {"unset": 0, "ok": 1, "error": 2}
 _RETRIES = 12  # ~1.5 s of back-off in total before giving up
 _REST_CACHE_MAX = 200_000  # distinct span bodies kept decoded per reader
+_TAIL_SEARCH_MAX_IDS = 8  # trace-by-id for at most this many ids searches the WAL's bytes
 _INDEX_COLUMNS = ["trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "duration_ns",
                   "status_code", "service"]
 
@@ -147,7 +148,8 @@ class _Tail:
 @dataclass(slots=True)
 class _View:
     blocks: list[_Block]
-    tail: pa.Table
+    tail: pa.Table  # the WAL tail decoded (empty when the view was taken without it)
+    segments: list[tuple[int, Path]]  # the WAL segments not yet in a block
 
 
 class EmbeddedBackend:
@@ -186,7 +188,7 @@ class EmbeddedBackend:
                     pass
         return self._con
 
-    def _view(self, table: str) -> _View:
+    def _view(self, table: str, *, decode_tail: bool = True) -> _View:
         snap = store.snapshot(self.data_dir, table)
         blocks = []
         live = set()
@@ -201,7 +203,8 @@ class EmbeddedBackend:
             blocks.append(b)
         for p in [p for p in self._blocks if p.parent == store.block_dir(self.data_dir, table) and p not in live]:
             del self._blocks[p]
-        return _View(blocks, self._tails[table].refresh(snap.tail))
+        tail = self._tails[table].refresh(snap.tail) if decode_tail else pa.Table.from_batches([], SCHEMAS[table])
+        return _View(blocks, tail, snap.tail)
 
     def _open_block(self, ref: store.BlockRef) -> _Block | None:
         """Open a block the first time this reader meets it: verify its checksum, then
@@ -258,8 +261,11 @@ class EmbeddedBackend:
 
     def _rows_by_trace(self, table: str, tids: Sequence[bytes], columns: list[str] | None = None) -> pa.Table:
         def run() -> pa.Table:
-            view = self._view(table)
             want = sorted(set(tids))
+            # a few ids: find their WAL records by their bytes, decode only those
+            # (wal.records_containing); many: decoding the whole tail once is cheaper
+            by_bytes = len(want) <= _TAIL_SEARCH_MAX_IDS
+            view = self._view(table, decode_tail=not by_bytes)
             prefixes = np.array([store.prefix_of(t) for t in want], dtype=np.uint64)
             parts = []
             for b in view.blocks:
@@ -274,7 +280,11 @@ class EmbeddedBackend:
                     continue
                 t = b.pf.read_row_groups(sorted(rgs), columns=columns)
                 parts.extend(_sorted_runs(t, want))
-            tail = view.tail if columns is None else view.tail.select(columns)
+            tail = view.tail
+            if by_bytes:
+                payloads = [p for _, path in view.segments for p in wal.records_containing(path, want)]
+                tail = store.build_table_safe(table, payloads)[0] if payloads else tail
+            tail = tail if columns is None else tail.select(columns)
             if tail.num_rows:
                 import pyarrow.compute as pc
 
