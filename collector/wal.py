@@ -77,40 +77,6 @@ def read_records(path: Path, start: int = 0) -> Iterator[tuple[int, bytes]]:
         yield start + pos, payload
 
 
-def records_containing(path: Path, needles: list[bytes]) -> list[bytes]:
-    """Payloads of the complete records of a segment whose bytes contain any of
-    ``needles`` (e.g. a trace id: OTLP protobuf stores ids as raw bytes), checksummed.
-
-    Why: a trace-by-id lookup needs a handful of records, and decoding every record of
-    the log to find them costs seconds and the log's size in memory while the log is
-    long (a collector under backpressure holds up to 256 MiB). This walks the record
-    headers of a memory map and searches each record's bytes, decoding nothing. Like
-    :func:`read_records` it ends at a torn tail; unlike it, only matching records are
-    checksummed, so a damaged record in the middle (never produced by the writer,
-    which appends whole records) hides only itself. Raises FileNotFoundError if the
-    segment is gone (cut into a block meanwhile)."""
-    import mmap
-
-    out: list[bytes] = []
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size < _HEADER.size:
-            return out
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            pos = 0
-            while pos + _HEADER.size <= size:
-                length, crc = _HEADER.unpack_from(mm, pos)
-                start, end = pos + _HEADER.size, pos + _HEADER.size + length
-                if length > MAX_RECORD or end > size:
-                    break
-                if any(mm.find(n, start, end) >= 0 for n in needles):
-                    payload = mm[start:end]
-                    if zlib.crc32(payload) == crc:
-                        out.append(payload)
-                pos = end
-    return out
-
-
 class WalWriter:
     """Appends records to the active segment of one signal; thread-safe."""
 
