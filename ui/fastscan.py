@@ -65,7 +65,7 @@ class Sample(NamedTuple):
     total: int | None  # matching spans in the window; None when unknown (attribute filters)
     extent: tuple[int, int] | None  # first and last start (ns) of the matches (see spread_sample)
     newest: list[dict[str, Any]]  # the newest matching spans, newest first (exact unless newest_exact is False)
-    read_fraction: float = 1.0  # < 1: the points come from this fraction of the window's rows, total is estimated
+    read_fraction: float = 1.0  # < 1: the points come from this fraction of the window's rows
     newest_exact: bool = True
     total_estimated: bool = False  # total scaled up from the sample
 
@@ -87,16 +87,15 @@ def spread_sample(store: Any, query: TraceQuery, *, entry: str, buckets: int, pe
     Why a GROUP BY and not a window: ranking every matching row per bucket (``QUALIFY
     row_number() OVER ...``) sorts all of them, 2-3x the CPU of this at 10M spans;
     ``min_by``/``max_by`` with a count keep a small heap per bucket in one streaming
-    pass. The newest spans are a top-N over the start time, which DuckDB answers by
-    reading the newest row groups of the start-sorted entry sidecars and skipping the
-    rest. Both statements read one snapshot of the store.
+    pass. The newest come from the same pass or from a top-N statement over the same
+    snapshot, whichever reads less (see the comment in the code).
 
     Over a window holding more than SCAN_BUDGET_ROWS candidate rows (ATTR_SCAN_BUDGET_ROWS
-    with attribute conditions), the plot is drawn
-    from a row-group sample instead (:func:`_row_group_sample`; ``read_fraction`` says
-    how much was read): always with attribute conditions (then the newest are the
-    sample's own), and otherwise when more than SAMPLE_MIN_MATCHES rows match, counted
-    exactly first (so the total, the extent and the newest stay exact).
+    with attribute conditions), the plot is drawn from a row-group sample instead
+    (:func:`_row_group_sample`; ``read_fraction`` says how much was read): always with
+    attribute conditions (then the newest are the sample's own, ``newest_exact`` False),
+    and otherwise when more than SAMPLE_MIN_MATCHES rows match, counted exactly first
+    (so the total, the extent and the newest stay exact).
 
     Without attribute conditions only the index columns are read, and nothing is
     decoded. Attribute values live in each span's stored protobuf, so with them the
