@@ -9,7 +9,11 @@ in requests of BATCH spans, as fast as they are answered. Reported:
   Parquet block (block row counts from their check files == spans acknowledged), and
   the WAL backlog (bytes) at the last acknowledgement;
 - peak memory: the largest sampled sum of RSS over the collector and its descendants
-  (maintainer, cut workers), sampled every 0.2 s, and each process's own peak (VmHWM).
+  (maintainer, cut workers), sampled every 0.2 s, and each process's own peak (VmHWM);
+- trace-by-id lookups served by the collector (what `stagetrace trace ID` asks while a
+  collector runs: its query API over HTTP, from this process), of ids the clients have
+  already had acknowledged: every 0.25 s during the run, then LOOKUPS_AFTER once
+  everything is in blocks; p50/p99 and how many found their whole trace.
 
 Requests: the SDK's own encoder builds POOL distinct requests before the clock
 (4-span traces, 8 attributes per span, as in benchmarks/collector.py); each send
@@ -34,6 +38,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = 64
+LOOKUPS_AFTER = 500
+LOOKUP_EVERY_S = 0.25
 
 
 def _templates(batch: int, seed: int) -> list[tuple[bytes, list[list[int]]]]:
@@ -80,8 +86,14 @@ def _templates(batch: int, seed: int) -> list[tuple[bytes, list[list[int]]]]:
     return out
 
 
+def trace_id_of(client_no: int, n_req: int, k: int) -> bytes:
+    """The trace id a client gives trace ``k`` (from 0) of its request ``n_req`` (from 0)."""
+    return struct.pack(">IIQ", client_no + 1, n_req + 1, k + 1)
+
+
 def client_main(protocol: str, endpoint: str, n_spans: int, batch: int, client_no: int, ready: str, go: str) -> None:
     templates = _templates(batch, client_no)
+    progress = Path(ready).with_name(f"acked-{client_no}")  # requests acknowledged so far, for the lookups
     if protocol == "grpc":
         import grpc
         call = grpc.insecure_channel(endpoint).unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
@@ -117,13 +129,15 @@ def client_main(protocol: str, endpoint: str, n_spans: int, batch: int, client_n
         buf = bytearray(body)
         # unique trace ids: (client, request number, trace number within the request)
         for k, places in enumerate(offsets):
-            new = struct.pack(">IIQ", client_no + 1, n_req + 1, k + 1)
+            new = trace_id_of(client_no, n_req, k)
             for at in places:
                 buf[at:at + 16] = new
         if not send(bytes(buf)):
             failed += batch
         sent += batch
         n_req += 1
+        if n_req % 50 == 0:
+            progress.write_text(str(n_req))
     t1 = time.perf_counter()
     print(f"{sent} {failed} {t0!r} {t1!r}", flush=True)
 
@@ -151,10 +165,21 @@ def _status_kb(pid: int, field: str) -> int:
     return 0
 
 
+def _role(pid: int, collector_pid: int) -> str:
+    if pid == collector_pid:
+        return "collector"
+    try:
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+    except OSError:
+        return "worker"
+    return "maintainer" if b"collector.maintainer" in cmd else "worker"
+
+
 class MemorySampler(threading.Thread):
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid, self.peak_kb, self.hwm_kb, self.stop = pid, 0, {}, threading.Event()
+        self.names: dict[int, str] = {}
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -162,7 +187,66 @@ class MemorySampler(threading.Thread):
             self.peak_kb = max(self.peak_kb, sum(_status_kb(p, "VmRSS") for p in pids))
             for p in pids:
                 self.hwm_kb[p] = max(self.hwm_kb.get(p, 0), _status_kb(p, "VmHWM"))
+                if p not in self.names:
+                    self.names[p] = _role(p, self.pid)
             self.stop.wait(0.2)
+
+
+class Lookups(threading.Thread):
+    """Trace-by-id lookups of acknowledged ids, served by the collector, while the clients send."""
+
+    def __init__(self, data: Path, work: Path, clients: int) -> None:
+        super().__init__(daemon=True)
+        self.data, self.work, self.clients = data, work, clients
+        self.during: list[float] = []
+        self.found = self.missing = 0
+        self.error: str | None = None
+        self.stop = threading.Event()
+
+    def one(self, rnd: "random.Random", acked: list[int]) -> float | None:
+        from stagetrace.collector.client import open_embedded
+        ready = [c for c in range(self.clients) if acked[c] > 0]
+        if not ready:
+            return None
+        c = rnd.choice(ready)
+        tid = trace_id_of(c, rnd.randrange(acked[c]), 0).hex()
+        backend = open_embedded(self.data)
+        t = time.perf_counter()
+        got = backend._post("get_trace", [tid], {"start_ns": None, "end_ns": None})  # served, or it raises
+        dt = time.perf_counter() - t
+        if got is not None and len(got.spans) == 4:
+            self.found += 1
+        else:
+            self.missing += 1
+        return dt
+
+    def acked(self) -> list[int]:
+        out = []
+        for c in range(self.clients):
+            try:
+                out.append(int((self.work / f"acked-{c}").read_text() or 0))
+            except (OSError, ValueError):
+                out.append(0)
+        return out
+
+    def run(self) -> None:
+        import random
+        rnd = random.Random(7)
+        try:
+            while not self.stop.wait(LOOKUP_EVERY_S):
+                dt = self.one(rnd, self.acked())
+                if dt is not None:
+                    self.during.append(dt)
+        except Exception as exc:  # reported beside the figures: a lookup that fails is a finding
+            self.error = f"{type(exc).__name__}: {exc}"
+
+
+def _pcts(xs: list[float]) -> str:
+    import numpy as np
+    if not xs:
+        return "none"
+    return (f"p50 {np.percentile(xs, 50) * 1e3:.1f} ms, p99 {np.percentile(xs, 99) * 1e3:.1f} ms, "
+            f"max {max(xs) * 1e3:.1f} ms over {len(xs)}")
 
 
 def rows_in_blocks(data: Path) -> int:
@@ -189,6 +273,8 @@ def main() -> None:
     ap.add_argument("--protocol", choices=("http", "grpc"), default="http")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the store here (default: a temp dir, removed)")
     ap.add_argument("--drain-timeout", type=float, default=1800.0)
+    ap.add_argument("--no-lookups", action="store_true",
+                    help="no trace-by-id lookups during the run (they make the collector decode its WAL tail)")
     args = ap.parse_args()
     if args.spans < args.batch * args.clients or args.clients < 1 or args.batch < 1:
         raise SystemExit("--spans must be at least --batch x --clients, both at least 1")
@@ -216,13 +302,17 @@ def main() -> None:
             time.sleep(0.05)
         sampler = MemorySampler(c.pid)
         sampler.start()
+        lookups = Lookups(data, work, args.clients)
         go.write_text("go")
+        if not args.no_lookups:
+            lookups.start()
         results = []
         for p, _ in procs:
             out, _ = p.communicate(timeout=7200)
             n, failed, t0, t1 = out.split()
             results.append((int(n), int(failed), float(t0), float(t1)))
         acked_at = time.perf_counter()
+        lookups.stop.set()
         sent, failed = sum(r[0] for r in results), sum(r[1] for r in results)
         acked = sent - failed
         backlog = wal_bytes(data)
@@ -241,12 +331,24 @@ def main() -> None:
         drained = time.perf_counter() - acked_at
         sampler.stop.set()
         sampler.join()
-        hwm = sorted(sampler.hwm_kb.values(), reverse=True)
+        if lookups.is_alive():
+            lookups.join()
+        during_found, during_missing = lookups.found, lookups.missing
+        import random
+        rnd, final, after = random.Random(11), [(r[0] // args.batch) for r in results], []
+        for _ in range(LOOKUPS_AFTER):
+            after.append(lookups.one(rnd, final))
+        hwm = sorted(((sampler.names.get(p, "worker"), kb) for p, kb in sampler.hwm_kb.items()),
+                     key=lambda x: -x[1])
         print(f"everything acknowledged in blocks {drained:.1f} s after the last ack "
               f"({acked / (wall + drained):,.0f} spans/s end to end); {in_blocks:,} spans in "
               f"{len(list((data / 'blocks' / 'spans').glob('*.parquet')))} blocks", flush=True)
         print(f"peak memory: collector + maintainer + workers {sampler.peak_kb / 2**20:.2f} GiB (sampled sum of RSS); "
-              f"per process peak (VmHWM) {', '.join(f'{k / 2**20:.2f}' for k in hwm)} GiB", flush=True)
+              f"per process peak (VmHWM) {', '.join(f'{n} {k / 2**20:.2f}' for n, k in hwm)} GiB", flush=True)
+        print(f"trace-by-id served by the collector, during ingest: {_pcts(lookups.during)} "
+              f"({during_found} whole, {during_missing} not); after: {_pcts(after)} "
+              f"({lookups.found - during_found} whole, {lookups.missing - during_missing} not)"
+              + (f"; lookups stopped: {lookups.error}" if lookups.error else ""), flush=True)
         c.stop(timeout=300)
     finally:
         if args.workdir is None:

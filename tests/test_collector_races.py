@@ -35,8 +35,8 @@ def _compact_after_first_listing(monkeypatch, bs: store.BlockStore) -> list[int]
     real_view = EmbeddedBackend._view
     calls = [0]
 
-    def view_then_compact(self, table):
-        v = real_view(self, table)
+    def view_then_compact(self, table, **kw):
+        v = real_view(self, table, **kw)
         calls[0] += 1
         if table == store.SPANS and calls[0] == 1:
             assert bs.compact(store.SPANS)  # deletes the four blocks just listed

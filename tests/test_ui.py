@@ -598,6 +598,120 @@ def test_fast_sample_agrees_with_the_backend(store):
         assert edge["requests"] == r.requests
 
 
+def _newest(spans, n: int) -> list[str]:
+    """The newest ``n`` spans' ids, as a full scan orders them (start, then span id, descending)."""
+    return [s.span_id for s in sorted(spans, key=lambda s: (s.start_ns, s.span_id), reverse=True)[:n]]
+
+
+SEARCHES = (  # (search form, the same as a find_spans query, keep only entry spans)
+    ({}, {"root_only": True}, False),
+    ({"status": "error"}, {"root_only": True, "status": "error"}, False),
+    ({"service": gen.FEATURES}, {"service": gen.FEATURES}, True),
+    ({"operation": "feature_store.lookup", "attributes": {"feature.store.shard": 7}},
+     {"span_name": "feature_store.lookup", "attributes": {"feature.store.shard": 7}}, False),
+)
+
+
+def test_search_lists_the_newest_matches_exactly(store, monkeypatch):
+    """The result list is the newest matching requests of the whole window (what Jaeger and
+    Tempo answer), not the newest of the plotted sample: the same as a full scan's."""
+    from stagetrace.backend import TraceQuery
+    from stagetrace.collector.query import EmbeddedBackend
+    from stagetrace.ui import api
+
+    # a sparser plot than the page's (this store holds fewer requests than its 1,500 points)
+    monkeypatch.setattr(api, "FAST_PER_BUCKET", 2)
+    monkeypatch.setattr(api, "FAST_SLOWEST_PER_BUCKET", 1)
+    r = store["slow"]
+    with EmbeddedBackend(store["data_dir"]) as emb:
+        for form, kw, entry_only in SEARCHES:
+            want = emb.find_spans(TraceQuery(start_ns=r.start_ns, end_ns=r.end_ns, limit=None, **kw))
+            if entry_only:
+                want = [s for s in want if not s.parent_span_id or s.kind in ("SERVER", "CONSUMER")]
+            doc = api.search(emb, api.SearchFilters(start_ns=r.start_ns, end_ns=r.end_ns, **form))
+            assert doc["newest_exact"], form
+            assert [p["span_id"] for p in doc["rows"]] == _newest(want, api.MAX_RESULT_ROWS), form
+            if not form:  # more requests than points: a list of the sample's newest would differ
+                assert doc["sampled"] and doc["count"] < len(want) and len(want) > api.MAX_RESULT_ROWS
+                store["one_query_sample_doc"] = doc
+
+
+def test_big_window_is_drawn_from_a_labelled_row_group_sample(store, monkeypatch):
+    """Over more rows than a search may read, the plot comes from evenly spaced row groups
+    (ui/fastscan.py): its points are real matches, the total is an estimate and says so,
+    and the list stays the exact newest matches (an attribute filter: the sample's newest)."""
+    from stagetrace.backend import TraceQuery
+    from stagetrace.collector.query import EmbeddedBackend
+    from stagetrace.ui import api, fastscan
+
+    r = store["slow"]
+    with EmbeddedBackend(store["data_dir"]) as emb:
+        n_rows = len(emb.find_spans(TraceQuery(start_ns=r.start_ns, end_ns=r.end_ns, limit=None)))
+        monkeypatch.setattr(fastscan, "SCAN_BUDGET_ROWS", 100)
+        monkeypatch.setattr(fastscan, "ATTR_SCAN_BUDGET_ROWS", 100)
+        monkeypatch.setattr(fastscan, "SAMPLE_ROWS", n_rows // 2)
+        monkeypatch.setattr(fastscan, "SAMPLE_MIN_MATCHES", 100)
+        monkeypatch.setattr(api, "FAST_PER_BUCKET", 2)  # this store's sample of rows holds a few hundred requests
+        for form, kw, entry_only in SEARCHES:
+            want = emb.find_spans(TraceQuery(start_ns=r.start_ns, end_ns=r.end_ns, limit=None, **kw))
+            if entry_only:
+                want = [s for s in want if not s.parent_span_id or s.kind in ("SERVER", "CONSUMER")]
+            by_id = {s.span_id: s for s in want}
+            doc = api.search(emb, api.SearchFilters(start_ns=r.start_ns, end_ns=r.end_ns, **form))
+            if form.get("status") == "error":  # few matches (counted first): read exactly instead
+                assert len(want) <= 100 and doc["read_fraction"] == 1.0 and doc["matched"] == len(want)
+                continue
+            assert 0.2 < doc["read_fraction"] < 0.9 and doc["sampled"], form
+            assert doc["points"] and all(p["span_id"] in by_id for p in doc["points"]), form
+            assert doc["extent"]["first_ms"] <= min(s.start_ns for s in want) / 1e6, form  # never narrower
+            assert doc["extent"]["last_ms"] >= max(s.start_ns for s in want) / 1e6, form
+            if "attributes" in form:
+                assert doc["matched"] is None and not doc["newest_exact"]
+                assert all(p["span_id"] in by_id for p in doc["rows"])
+            else:
+                assert doc["matched"] == len(want) and not doc["matched_estimated"], form  # counted exactly
+                assert doc["newest_exact"] and [p["span_id"] for p in doc["rows"]] == _newest(
+                    want, api.MAX_RESULT_ROWS), form
+        sampled = api.search(emb, api.SearchFilters(start_ns=r.start_ns, end_ns=r.end_ns))
+    store["row_group_sample_doc"] = sampled
+
+
+def test_page_says_when_it_shows_a_sample(store, driver):
+    """The summary says "N of M shown" and how the sample was taken, and nothing of a sample
+    when every match is shown. The sampled answers are the ones the two tests above computed
+    (this store is too small for the page's own sizes), served to the page's own search code
+    in place of the server's answer."""
+    d, slow = driver, store["slow"]
+    open_page(d, f"{store['url']}?{window(slow)}")
+    doc = d.execute_script("return window.stagetrace.lastSearch")
+    summary = d.find_element("id", "search-summary").text
+    assert not doc["sampled"] and summary.startswith(f"{doc['count']} requests ·") and "sample" not in summary
+    answers = [store.get("one_query_sample_doc"), store.get("row_group_sample_doc")]
+    if None in answers:
+        pytest.skip("needs the answers of the two tests above")
+    for sampled in answers:
+        d.execute_script("""
+            const doc = arguments[0];
+            window.realFetch = window.realFetch || window.fetch;
+            window.fetch = (url, opts) => String(url).includes('/api/search')
+                ? Promise.resolve(new Response(JSON.stringify(doc), {status: 200, headers: {'Content-Type': 'application/json'}}))
+                : window.realFetch(url, opts);
+            searchPage();  // the page's own search, drawn from this answer""", sampled)
+        wait(d, f"return document.getElementById('search-summary').textContent.includes('{sampled['count']} of ')")
+        summary = d.find_element("id", "search-summary").text
+        heading = d.find_element("id", "result-heading").text
+        if sampled["read_fraction"] < 1:
+            pct = f"{100 * sampled['read_fraction']:.0f}%"
+            assert f"{sampled['count']} of {sampled['matched']:,} requests shown" in summary
+            assert f"drawn from {pct} of the window's rows" in summary and "newest of all of them" in summary
+            assert heading == f"Newest {len(sampled['rows'])} of {sampled['matched']:,}"
+        else:
+            assert f"{sampled['count']} of {sampled['matched']:,} requests shown" in summary
+            assert "(a sample spread over the window, with each moment's slowest)" in summary
+            assert heading == f"Newest {len(sampled['rows'])} of {sampled['matched']:,}"
+    assert console_errors(d) == []
+
+
 def test_https_with_a_token(store, tmp_path):
     """--tls-cert/--tls-key serve HTTPS (a self-signed certificate made with the openssl CLI)."""
     import ssl

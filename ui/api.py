@@ -6,9 +6,15 @@ which is fine for an investigation but not for a search page that must answer in
 under a second. So the plot is a sample spread over the window that always keeps
 each moment's slowest requests (the dots people want to brush). On the embedded
 store it is one SQL statement (:mod:`.fastscan`: 60 time buckets x 20 random + 5
-slowest); elsewhere the portable method here: at most :data:`POINT_BUDGET`
-requests over :data:`SLICES` slices, then the slow tail of the busy slices.
-The page says how many points it shows and how many matched.
+slowest, one streaming pass) and the result list is the newest
+:data:`MAX_RESULT_ROWS` matching requests, exactly (a top-N over the start-sorted
+entry sidecars, as Jaeger and Tempo answer a search with the newest N); over a
+window too big to read in full (:data:`.fastscan.SCAN_BUDGET_ROWS`) the plot is
+drawn from evenly spaced row groups, and the page says which share of the rows it
+read. Elsewhere the portable method here: at most :data:`POINT_BUDGET` requests
+over :data:`SLICES` slices, then the slow tail of the busy slices, and the result list
+is the newest of those (``newest_exact`` false). The page says how many points it
+shows and how many matched.
 
 A request is what ``investigate slow`` calls one (forensics/window.py): a
 trace's root span; with a service filter, that service's entry spans (its roots
@@ -220,8 +226,12 @@ def _search(backend: Backend, f: SearchFilters, budget: int) -> dict[str, Any]:
     fast = None if remote else _fast_search(backend, f)
     total: int | None = None
     extent: tuple[int, int] | None = None
+    rows: list[dict[str, Any]] | None = None
+    read_fraction, newest_exact, estimated = 1.0, False, False
     if fast is not None:
-        mode, points, total, extent = fast
+        mode, got = fast
+        points, total, extent, rows = got.points, got.total, got.extent, got.newest
+        read_fraction, newest_exact, estimated = got.read_fraction, got.newest_exact, got.total_estimated
         sampled = total is None or total > len(points)
     else:
         mode, points, sampled, extent = _sliced_search(backend, f, remote, budget)
@@ -230,17 +240,22 @@ def _search(backend: Backend, f: SearchFilters, budget: int) -> dict[str, Any]:
 
     def q(p: float) -> float | None:
         return durs[min(len(durs) - 1, int(p * len(durs)))] if durs else None
-    rows = sorted(points, key=lambda p: -p["start_ms"])[:MAX_RESULT_ROWS]
-    return {"mode": mode, "points": points, "rows": rows, "count": len(points), "matched": total,
+    if rows is None:  # the portable method: the newest of the points read
+        rows = sorted(points, key=lambda p: -p["start_ms"])[:MAX_RESULT_ROWS]
+    # read_fraction < 1: the points come from that share of the window's rows and
+    # "matched" is scaled up from them (an estimate); newest_exact: "rows" are the
+    # newest matches of the whole window, not just of the points read
+    return {"mode": mode, "points": points, "rows": rows, "newest_exact": newest_exact,
+            "read_fraction": read_fraction, "matched_estimated": estimated,
+            "count": len(points), "matched": total,
             "sampled": sampled, "errors": sum(1 for p in points if p["error"]), "p50_ms": q(0.5), "p95_ms": q(0.95),
             "window": {"start_ms": f.start_ns / 1e6, "end_ms": f.end_ns / 1e6}, "extent": ext_ms,
             "services": sorted({p["service"] for p in points}),
             "took_ms": round((time.perf_counter() - t0) * 1e3, 1)}
 
 
-def _fast_search(backend: Backend, f: SearchFilters) -> tuple[str, list[dict[str, Any]], int | None,
-                                                               tuple[int, int] | None] | None:
-    """The embedded store's one-query sample (:mod:`.fastscan`); None when it does not apply."""
+def _fast_search(backend: Backend, f: SearchFilters) -> tuple[str, Any] | None:
+    """The embedded store's sample and newest requests (:mod:`.fastscan`); None when it does not apply."""
     from . import fastscan
     store = fastscan.embedded_store(backend)
     if store is None:
@@ -248,8 +263,8 @@ def _fast_search(backend: Backend, f: SearchFilters) -> tuple[str, list[dict[str
     mode = "span" if f.operation or f.attrs() else "entry" if f.service else "root"
     got = fastscan.spread_sample(store, _query(f, f.start_ns, f.end_ns, None, root_only=False), entry=mode,
                                  buckets=FAST_BUCKETS, per_bucket=FAST_PER_BUCKET,
-                                 slowest_per_bucket=FAST_SLOWEST_PER_BUCKET)
-    return None if got is None else (mode, *got)
+                                 slowest_per_bucket=FAST_SLOWEST_PER_BUCKET, newest=MAX_RESULT_ROWS)
+    return mode, got
 
 
 def _sliced_search(backend: Backend, f: SearchFilters, remote: bool,

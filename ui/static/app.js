@@ -205,8 +205,8 @@ async function searchPage() {
   if (fitNote) summary.after(fitNote);
   const w = doc.window;
   summary.replaceChildren(
-    el("strong", { text: doc.matched !== null && doc.matched !== undefined && doc.matched !== doc.count ? `${doc.count} of ${doc.matched} ${doc.mode === "span" ? "spans" : "requests"}` : `${doc.count} ${doc.mode === "span" ? "spans" : "requests"}` }),
-    ` ${doc.sampled ? "(a sample spread over the window, with each moment's slowest)" : ""} · ${doc.errors} error${doc.errors === 1 ? "" : "s"} · p50 ${fmtMs(doc.p50_ms)} · p95 ${fmtMs(doc.p95_ms)} · ${fmtTime(w.start_ms)} – ${fmtClock(w.end_ms)} · ${doc.took_ms} ms`);
+    el("strong", { id: "search-count", text: searchCount(doc) }),
+    ` ${sampleNote(doc)} · ${doc.errors} error${doc.errors === 1 ? "" : "s"} · p50 ${fmtMs(doc.p50_ms)} · p95 ${fmtMs(doc.p95_ms)} · ${fmtTime(w.start_ms)} – ${fmtClock(w.end_ms)} · ${doc.took_ms} ms`);
   const win = { from: Math.round(w.start_ms), to: Math.round(w.end_ms) };
   const investigateWith = (kind, extra) => runInvestigation(panel, kind, Object.assign({}, f, win, extra || {}));
   actions.querySelector("#why-slow").addEventListener("click", () => investigateWith("slow"));
@@ -224,11 +224,30 @@ async function searchPage() {
         : () => runInvestigation(panel, "slow", Object.assign({}, f, range, { min: sel.d0.toFixed(3) + "ms" })),
     });
   });
-  results.replaceChildren(resultTable(doc.rows, doc.count));
+  // the list is the newest of every match when the store says so, else the newest of the points
+  results.replaceChildren(doc.newest_exact && doc.matched !== null && doc.matched !== undefined
+    ? resultTable(doc.rows, doc.matched, doc.matched_estimated) : resultTable(doc.rows, doc.count, false));
   app.dataset.state = "ready";
 }
 
-function resultTable(rows, total) {
+// "N of M shown": how many points the plot holds of how many requests matched (about
+// how many, when the store was too big to count them all and a share of it was read).
+function searchCount(doc) {
+  const what = doc.mode === "span" ? "spans" : "requests";
+  if (doc.matched === null || doc.matched === undefined || doc.matched === doc.count) return `${doc.count} ${what}`;
+  return `${doc.count} of ${doc.matched_estimated ? "about " : ""}${doc.matched.toLocaleString("en")} ${what} shown`;
+}
+
+function sampleNote(doc) {
+  if (!doc.sampled) return "";
+  if (doc.read_fraction < 1) {
+    const pct = (100 * doc.read_fraction).toFixed(doc.read_fraction < 0.1 ? 1 : 0);
+    return `(a sample: the plot is drawn from ${pct}% of the window's rows, read evenly over it${doc.newest_exact ? "; the list below is the newest of all of them" : "; the list below is the newest of that sample"})`;
+  }
+  return "(a sample spread over the window, with each moment's slowest)";
+}
+
+function resultTable(rows, total, about) {
   if (!rows.length) return el("p", { class: "muted", id: "no-results", text: "No requests match these filters in this time range." });
   const max = Math.max(...rows.map((r) => r.duration_ms)) || 1;
   const body = el("tbody");
@@ -242,7 +261,7 @@ function resultTable(rows, total) {
       el("td", {}, traceLink(r.trace_id, r.trace_id.slice(0, 16) + "…"))));
   }
   return el("div", {},
-    el("h3", { text: rows.length < total ? `Newest ${rows.length} of ${total}` : `${rows.length} requests` }),
+    el("h3", { id: "result-heading", text: rows.length < total ? `Newest ${rows.length} of ${about ? "about " : ""}${total.toLocaleString("en")}` : `${rows.length} requests` }),
     el("table", { class: "results", id: "result-table" },
       el("thead", {}, el("tr", {}, ...["time", "service", "operation", "duration", "status", "trace"].map((h) => el("th", { text: h })))),
       body));
