@@ -210,3 +210,67 @@ def test_profiles_from_lightgbm_onnxruntime_and_transformers(tmp_path):
     # the text classifier's classes are the model's labels, in id order, and both were predicted
     assert mlprofile.decode_output(by_pid[text["prediction_id"]].attributes[semconv.ML_OUTPUT_PROFILE]).classes \
         == ["legit", "fraud"] and set(text["labels"]) == {"legit", "fraud"}
+
+
+@pytest.mark.slow
+def test_model_names_from_env_config_and_resource_under_opentelemetry_instrument(tmp_path):
+    """``STAGETRACE_MODEL_NAME`` names the process's model (over ``ml.model.name`` in
+    ``OTEL_RESOURCE_ATTRIBUTES``, which names it when the variable is unset),
+    ``[tool.stagetrace.model.stages]`` names single models and user stages, and
+    ``investigate drift --model NAME`` selects the spans by that name."""
+    from stagetrace.forensics import drift
+
+    apps = Path(__file__).parent / "apps"
+    cfg = tmp_path / "stagetrace.toml"
+    cfg.write_text('[model.stages]\nLogisticRegression = { name = "fraud-lr", version = "lr-3" }\n'
+                   '"modelname_stages:score" = "fraud-user"\n')
+    common = {"STAGETRACE_CONFIG": str(cfg), "PYTHONPATH": str(apps), "STAGETRACE_STAGES": "inference=modelname_stages:score",
+              "OTEL_RESOURCE_ATTRIBUTES": "ml.model.name=from-resource,ml.model.version=r9"}
+    with start_collector(tmp_path / "data", token="s3cret") as c:
+        _run_instrumented(apps / "modelname_app.py", [str(tmp_path / "one.json")], c, tmp_path,
+                          STAGETRACE_MODEL_NAME="fraud-scorer", **common)
+        _run_instrumented(apps / "modelname_app.py", [str(tmp_path / "two.json")], c, tmp_path,
+                          OTEL_SERVICE_NAME="scorer-2", STAGETRACE_MODEL_VERSION="v5", **common)
+        spans = _inference_spans(c.data_dir, 6)
+        with EmbeddedBackend(c.data_dir) as be:
+            pre = [s for s in be.find_spans(TraceQuery(limit=None)) if s.attributes.get(semconv.ML_STAGE) == "preprocess"]
+            selected = drift.inference_spans(be, "fraud-scorer", None, None, None)
+    by_pid = {mlprofile.prediction_id(s.trace_id, s.span_id): s for s in spans}
+
+    def named(run: str, call: str) -> tuple:
+        s = by_pid[json.loads((tmp_path / run).read_text())[call]]
+        return s.name, s.attributes.get(semconv.ML_MODEL_NAME), s.attributes.get(semconv.ML_MODEL_VERSION)
+
+    assert named("one.json", "pipeline") == ("inference fraud-scorer", "fraud-scorer", "r9")
+    assert named("one.json", "lr") == ("inference fraud-lr", "fraud-lr", "lr-3")
+    assert named("one.json", "user") == ("inference fraud-user", "fraud-user", "r9")
+    assert named("two.json", "pipeline") == ("inference from-resource", "from-resource", "v5")
+    assert named("two.json", "lr") == ("inference fraud-lr", "fraud-lr", "lr-3")
+    # a stage that is not profiled keeps the library's name (the scaler inside the pipeline)
+    assert pre and {s.attributes[semconv.ML_MODEL_NAME] for s in pre} == {"StandardScaler"}
+    assert [s.attributes[semconv.ML_MODEL_NAME] for s in selected] == ["fraud-scorer"], [(s.name, s.service_name, dict(s.attributes)) for s in selected]
+    assert selected[0].service_name == "scorer"
+
+
+def test_model_name_settings_precedence_and_bad_values(caplog):
+    from stagetrace.instrumentation import deferred, modelnames
+
+    res = {semconv.ML_MODEL_NAME: "res-name", semconv.ML_MODEL_VERSION: "res-v"}
+    table = {"name": "toml-name", "version": "toml-v", "stages": {"app.m:Scorer.score": {"name": "u", "version": "u1"},
+                                                                   "LGBMClassifier": "gbm"}}
+    n = modelnames.load({semconv.ENV_MODEL_NAME: "env-name"}, table, res)
+    assert n.resolve("inference", "LGBMClassifier.predict", "LGBMClassifier", None) == ("gbm", "toml-v")
+    assert n.resolve("inference", "Scorer.score", None, None) == ("u", "u1")
+    assert n.resolve("inference", "Booster.predict", "Booster", "meta-v") == ("env-name", "meta-v")  # library version kept
+    assert n.resolve("preprocess", "StandardScaler.transform", "StandardScaler", None) == ("StandardScaler", "toml-v")
+    assert modelnames.load({}, {"name": "toml-name"}, res).resolve("inference", "x", "X", None) == ("toml-name", "res-v")
+    assert modelnames.load({}, None, res).resolve("inference", "x", "X", None) == ("res-name", "res-v")
+    assert modelnames.load({}, None, {}) is None  # nothing set: the wrapper does nothing extra
+    caplog.set_level("WARNING", logger="stagetrace.instrumentation")
+    bad = modelnames.load({}, {"name": ["x"], "stages": {"A": {"name": 3, "colour": "red"}, "B": ""}}, {})
+    deferred.flush()
+    assert bad is not None and bad.resolve("inference", "A.f", "A", None) == ("3", None)
+    assert bad.resolve("inference", "B.f", "B", None) == ("B", None)
+    text = caplog.text
+    assert "[tool.stagetrace.model] name" in text and "colour" in text and "[tool.stagetrace.model.stages] B" in text
+    assert modelnames.load({}, "not a table", {}) is None and "it must be a table" in caplog.text
