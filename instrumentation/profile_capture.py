@@ -615,9 +615,11 @@ def _encode_output(rows: int, classes: list[str], scores: Any, predicted: Any, c
 
 
 def remember_prediction(span: Any) -> None:
-    """Remember the span for :func:`.profiling.last_prediction_id` (its context is read
-    and the id text made only when the app asks for it)."""
-    _last_prediction_id.set(span)
+    """Remember the span's context for :func:`.profiling.last_prediction_id` (the id
+    text is made only when the app asks for it)."""
+    ctx = span.get_span_context()
+    if ctx.is_valid:
+        _last_prediction_id.set(ctx)
 
 
 # --- deferred capture (profile_export.py): the call snapshots its arrays (wrapping._defer_input),

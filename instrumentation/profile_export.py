@@ -35,7 +35,7 @@ from .wrapping import _DEFER_MAX_BYTES, _MARK
 
 _logger = logging.getLogger("stagetrace.instrumentation")
 
-# MARK: the attribute of the span's BoundedAttributes that holds the snapshots (one flat list);
+# MARK: the attribute of the span's BoundedAttributes that holds [input snapshot, output snapshot];
 # MAX_DEFERRED_BYTES: per array (256 rows x 16 float64 features); larger ones are captured inline.
 # Both live in wrapping.py, which writes them in the call.
 MARK, MAX_DEFERRED_BYTES = _MARK, _DEFER_MAX_BYTES
@@ -84,11 +84,11 @@ def resolve(attrs: Any) -> None:
         from . import profile_capture as pc
 
         new: dict[str, Any] = {}
-        # [profile settings, input bytes, dtype, shape, model, qualname, model name, output bytes, dtype, shape]
-        # (wrapping._defer_input); the output's slots stay None when it was captured inline
-        new.update(pc.resolve_input(*pending[:7]))
-        if pending[7] is not None:
-            new.update(pc.resolve_output(pending[7], pending[8], pending[9], pending[4]))
+        inp, out = pending
+        if inp is not None:
+            new.update(pc.resolve_input(*inp))
+        if out is not None:
+            new.update(pc.resolve_output(*out))
         d, maxlen, max_value_len = attrs._dict, attrs.maxlen, attrs.max_value_len
         for key, value in new.items():
             if isinstance(value, str) and max_value_len is not None:

@@ -27,8 +27,8 @@ from . import stages
 
 _logger = logging.getLogger("stagetrace.instrumentation")
 
-# The span of the last profiled call; its context is read and the id text made only when
-# asked for (formatting it on every call would cost more than the rest of a one-row profile).
+# The span context of the last profiled call; the id text is made only when asked for
+# (formatting it on every call would cost more than the rest of a one-row profile).
 _last_prediction_id: ContextVar[Any] = ContextVar("stagetrace_last_prediction_id", default=None)
 
 
@@ -37,11 +37,8 @@ def last_prediction_id() -> str | None:
     task): what an app returns to whoever will send the label. A batch's rows are
     this id plus ``-<row>``. The default id is the span's own ``<trace id>-<span id>``,
     so it is not written on the span: readers derive it (``mlprofile.prediction_id``)."""
-    span = _last_prediction_id.get()
-    if span is None:
-        return None
-    ctx = span.get_span_context()
-    if not ctx.is_valid:  # a non-recording provider's span: there is no id to give
+    ctx = _last_prediction_id.get()
+    if ctx is None:
         return None
     return "%032x-%016x" % (ctx.trace_id, ctx.span_id)
 

@@ -291,10 +291,8 @@ def _defer_input(tracer, spec: StageSpec, instance, args, kwargs, model: str | N
         if x.__class__ is _ndarray[0]:
             dt = x.dtype
             if dt.kind in "fiub" and 0 < x.nbytes <= _DEFER_MAX_BYTES:
-                # tobytes: the app may reuse its buffer once the call returns (a third of ndarray.copy's cost).
-                # One flat list for both snapshots (the output's three slots filled after the call): one
-                # object per call instead of three (profile_export.resolve reads it)
-                return [settings.profile, x.tobytes(), dt, x.shape, instance, spec.qualname, model, None, None, None]
+                # tobytes: the app may reuse its buffer once the call returns (a third of ndarray.copy's cost)
+                return (settings.profile, x.tobytes(), dt, x.shape, instance, spec.qualname, model)
     except AttributeError:
         pass  # not the SDK's tracer: inline
     except Exception:
@@ -355,7 +353,7 @@ def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
         # encoded by the exporter (profile_export.py); an unsampled span exports nothing
         target = getattr(span, "_attributes", None)
         if target is not None:
-            profiled = pending
+            profiled = [pending, None]
             target.__dict__[_MARK] = profiled
         else:
             profiled = _UNSAMPLED  # nothing to record; last_prediction_id() still names this call
@@ -426,16 +424,14 @@ def _profile_output(active: _Active, spec: StageSpec, result) -> None:
     try:
         pending = active.frame.profiled
         if pending is _UNSAMPLED:
-            _last_prediction_ctx.set(active.span)
+            _last_prediction_ctx.set(active.span.get_span_context())
             return
         if pending.__class__ is list and result.__class__ is _ndarray[0]:
             # deferred input: defer the output too (a snapshot, as for the input)
             dt = result.dtype
             if dt.kind in "fiub" and 0 < result.nbytes <= _DEFER_MAX_BYTES:
-                pending[7] = result.tobytes()
-                pending[8] = dt
-                pending[9] = result.shape
-                _last_prediction_ctx.set(active.span)  # remember_prediction, inlined
+                pending[1] = (result.tobytes(), dt, result.shape, active.instance)
+                _last_prediction_ctx.set(active.span.get_span_context())  # remember_prediction, inlined
                 return
         capture = _capture[0] if _capture else _capture_module()
         # ml.prediction.id is the span's own <trace id>-<span id>: derived by readers, not written.
