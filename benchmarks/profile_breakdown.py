@@ -68,11 +68,14 @@ def main() -> None:
         active.frame.profiled[1] = (snap_out, batch.dtype, (len(batch), 2), active.instance)
         wrapping._last_prediction_ctx.set(active.span.get_span_context())
 
+    no_stage = profiling.ProfileSettings(stages=())  # settings set, the stage not among them: a control
+
     def no_snapshot(*_):
         return None
     variants = {
         "off": (None, real_in, real_out, real_rem, real_defer, real_output),
         "off again (A/A control)": (None, real_in, real_out, real_rem, real_defer, real_output),
+        "on, no stage profiled": (no_stage, real_in, real_out, real_rem, real_defer, real_output),
         "on, capture returns {}": (on, lambda *_: {}, real_out, real_rem, real_defer, real_output),
         "constant in, {} out": (on, lambda *_: dict(ia), lambda *_: {}, noop, real_defer, real_output),
         "constant in + out": (on, lambda *_: dict(ia), lambda *_: dict(oa), noop, real_defer, real_output),
@@ -86,7 +89,7 @@ def main() -> None:
     if real_defer is None:
         variants = {k: v for k, v in variants.items() if "snapshot" not in k}
     if a.deferred_only:
-        variants = {k: v for k, v in variants.items() if k.startswith(("off", "deferred"))}
+        variants = {k: v for k, v in variants.items() if k.startswith(("off", "deferred", "on, no stage"))}
     names = list(variants)
     res: dict[str, list[int]] = {k: [] for k in names}
     clock = time.perf_counter_ns
