@@ -63,8 +63,8 @@ def describe(instance, args, kwargs):
 
 
 def _one_column(x) -> bool:
-    shape = getattr(x, "shape", None)
-    return shape is not None and (len(shape) == 1 or len(shape) == 2 and shape[1] == 1)
+    shape = getattr(x, "shape", None)  # (an OrtValue's shape is a method: not a column)
+    return isinstance(shape, tuple) and (len(shape) == 1 or len(shape) == 2 and shape[1] == 1)
 
 
 def model_input(args, kwargs):

@@ -525,8 +525,8 @@ def output_attributes(result: Any, instance: Any) -> dict[str, Any]:
 
 
 def _onnx_output(outputs: list) -> tuple[Any, list[str] | None, int | None]:
-    """(what to summarise, its class labels, its row count if that holds only the first rows) of ``InferenceSession.run``'s list of outputs.
-    A converted classifier returns its predicted labels and its probabilities, either a 2-D
+    """(what to summarise, its class labels, the row count when that holds only the first
+    rows) of ``InferenceSession.run``'s list of outputs. A converted classifier returns its predicted labels and its probabilities, either a 2-D
     array (columns in class order: a binary one's column 1 is the positive-class score,
     as for scikit-learn) or, with skl2onnx's default ZipMap, one ``{class: p}`` dict per
     row (whose keys are the class labels). Otherwise the first 2-D float output (scores,
