@@ -4,9 +4,10 @@
 
 1. In the real call path: the benchmark's sklearn Pipeline through the sklearn hook, with
    the inline capture functions (``STAGETRACE_PROFILE_DEFER=false``) swapped for stubs
-   (nothing, constant attribute dicts, the real ones), and the default deferred capture,
-   the variants alternating call by call, each call timed; p5/p10/p25/p50 and their
-   excess over profiling off.
+   (nothing, constant attribute dicts, the real ones), and the default deferred capture
+   (also with its snapshots made of constants, and with nothing deferred), the variants
+   alternating call by call (order rotated every round), each call timed; p5/p10/p25/p50
+   and their excess over profiling off, with a second "off" as an A/A control of the noise.
 2. Cold caches: the capture functions timed standalone right after an 8 MB copy and a
    model call (what runs before them in a real call), against a no-op.
 """
@@ -23,6 +24,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1)
     ap.add_argument("--calls", type=int, default=28000)
+    ap.add_argument("--deferred-only", action="store_true", help="only off, the A/A control and the deferred variants")
     a = ap.parse_args()
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -55,27 +57,55 @@ def main() -> None:
 
     def noop(*_):
         return None
+    # (stubs for a tree whose snapshots are taken in functions of their own; inlined ones cannot be stubbed)
+    real_defer, real_output = getattr(wrapping, "_defer_input", None), wrapping._profile_output
+    snap_in, snap_out = batch.tobytes(), model.predict_proba(batch).tobytes()
+
+    def const_snapshot(tracer, spec, instance, args, kwargs, model_name):  # the deferred snapshot, made of constants
+        return (deferred, snap_in, batch.dtype, batch.shape, instance, spec.qualname, model_name)
+
+    def const_output(active, spec, result):  # only what last_prediction_id() needs
+        active.frame.profiled[1] = (snap_out, batch.dtype, (len(batch), 2), active.instance)
+        wrapping._last_prediction_ctx.set(active.span.get_span_context())
+
+    no_stage = profiling.ProfileSettings(stages=())  # settings set, the stage not among them: a control
+
+    def no_snapshot(*_):
+        return None
     variants = {
-        "off": (None, real_in, real_out, real_rem),
-        "on, capture returns {}": (on, lambda *_: {}, real_out, real_rem),
-        "constant in, {} out": (on, lambda *_: dict(ia), lambda *_: {}, noop),
-        "constant in + out": (on, lambda *_: dict(ia), lambda *_: dict(oa), noop),
-        "real in, {} out": (on, real_in, lambda *_: {}, noop),
-        "constant in, real out": (on, lambda *_: dict(ia), real_out, noop),
-        "real in + out (full)": (on, real_in, real_out, real_rem),
-        "deferred (the default)": (deferred, real_in, real_out, real_rem),
+        "off": (None, real_in, real_out, real_rem, real_defer, real_output),
+        "off again (A/A control)": (None, real_in, real_out, real_rem, real_defer, real_output),
+        "on, no stage profiled": (no_stage, real_in, real_out, real_rem, real_defer, real_output),
+        "on, capture returns {}": (on, lambda *_: {}, real_out, real_rem, real_defer, real_output),
+        "constant in, {} out": (on, lambda *_: dict(ia), lambda *_: {}, noop, real_defer, real_output),
+        "constant in + out": (on, lambda *_: dict(ia), lambda *_: dict(oa), noop, real_defer, real_output),
+        "real in, {} out": (on, real_in, lambda *_: {}, noop, real_defer, real_output),
+        "constant in, real out": (on, lambda *_: dict(ia), real_out, noop, real_defer, real_output),
+        "real in + out (full)": (on, real_in, real_out, real_rem, real_defer, real_output),
+        "deferred, no snapshot": (deferred, lambda *_: {}, real_out, real_rem, no_snapshot, real_output),
+        "deferred, const snapshot": (deferred, real_in, real_out, real_rem, const_snapshot, const_output),
+        "deferred (the default)": (deferred, real_in, real_out, real_rem, real_defer, real_output),
     }
+    if real_defer is None:
+        variants = {k: v for k, v in variants.items() if "snapshot" not in k}
+    if a.deferred_only:
+        variants = {k: v for k, v in variants.items() if k.startswith(("off", "deferred", "on, no stage"))}
     names = list(variants)
     res: dict[str, list[int]] = {k: [] for k in names}
     clock = time.perf_counter_ns
+
+    def use(k: str) -> None:
+        (wrapping.settings.profile, pc.input_attributes, pc.output_attributes, pc.remember_prediction,
+         wrapping._defer_input, wrapping._profile_output) = variants[k]
     for i in range(a.calls + 200 * len(names)):
-        k = names[i % len(names)]
-        wrapping.settings.profile, pc.input_attributes, pc.output_attributes, pc.remember_prediction = variants[k]
+        r, j = divmod(i, len(names))
+        k = names[(j + r) % len(names)]  # the order rotated every round
+        use(k)
         t0 = clock()
         model.predict_proba(batch)
         if i >= 200 * len(names):  # warm-up first
             res[k].append(clock() - t0)
-    wrapping.settings.profile, pc.input_attributes, pc.output_attributes, pc.remember_prediction = variants["off"]
+    use("off")
     qs = (5, 10, 25, 50)
     base = {q: np.percentile(res["off"], q) for q in qs}
     print(f"in the call path, {a.rows}-row batch, {a.calls} calls alternating {len(names)} variants (us; +excess over off)")

@@ -116,6 +116,7 @@ ENV_PROFILE_DEFER = "STAGETRACE_PROFILE_DEFER"  # false: encode profiles in the 
 ENV_DEBUG_REQUESTS = "STAGETRACE_DEBUG_REQUESTS"  # true: per-request DEBUG logs (instrumentation/debuglog.py); off by default
 ENV_DEBUG_HEADER = "STAGETRACE_DEBUG_HEADER"  # header and baggage key that asks for them (default stagetrace-debug)
 ENV_DEBUG_RATE = "STAGETRACE_DEBUG_RATE"  # admitted debug traces per process: N/s, N/min, N/h (default 10/min)
+ENV_MODEL_NAME = "STAGETRACE_MODEL_NAME"  # ml.model.name of the profiled stages' spans (instrumentation/modelnames.py)
 ENV_MODEL_VERSION = "STAGETRACE_MODEL_VERSION"  # default ml.model.version when the library has none
 ENV_SIGNAL_FLUSH_TIMEOUT = "STAGETRACE_SIGNAL_FLUSH_TIMEOUT"  # seconds to flush telemetry on SIGTERM (default 2; 0 = off)
 ENV_DATA_DIR = "STAGETRACE_DATA_DIR"

@@ -45,22 +45,43 @@ def _model_attrs(session) -> dict:
     return attrs
 
 
-def describe(instance, args, kwargs):
+def _feed(args, kwargs):
     feed = args[1] if len(args) > 1 else kwargs.get("input_feed")
+    return feed if isinstance(feed, dict) and feed else None
+
+
+def describe(instance, args, kwargs):
+    feed = _feed(args, kwargs)
     attrs: dict = {}
-    if isinstance(feed, dict) and feed:
+    if feed is not None:
         attrs.update(describe_input(next(iter(feed.values()))))
+        if isinstance(model_input(args, kwargs), dict):
+            attrs[semconv.ML_FEATURE_COUNT] = len(feed)
     if instance is not None:
         attrs.update(_model_attrs(instance))
     return attrs
 
 
+def _one_column(x) -> bool:
+    shape = getattr(x, "shape", None)  # (an OrtValue's shape is a method: not a column)
+    return isinstance(shape, tuple) and (len(shape) == 1 or len(shape) == 2 and shape[1] == 1)
+
+
 def model_input(args, kwargs):
-    """The first array of ``run(output_names, input_feed)``'s feed."""
-    feed = args[1] if len(args) > 1 else kwargs.get("input_feed")
-    if isinstance(feed, dict) and feed:
-        return next(iter(feed.values()))
-    return None
+    """What ``run(output_names, input_feed)`` profiles. A feed of one matrix: that array
+    (feature names from config, else ``f0``...). A feed whose inputs are each one column
+    (skl2onnx's conversion of a DataFrame: one named input per column): the columns by
+    input name, so the input names are the feature names."""
+    feed = _feed(args, kwargs)
+    if feed is None:
+        return None
+    first = next(iter(feed.values()))
+    if not all(_one_column(v) for v in feed.values()):
+        return first
+    rows = first.shape[0]
+    if any(v.shape[0] != rows for v in feed.values()):
+        return first
+    return {str(name): v.reshape(-1) for name, v in feed.items()}
 
 
 def on_import(module: ModuleType) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Collection
 from types import ModuleType
 from typing import Any
 
+from opentelemetry import trace as trace_api
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 # Imported here, not in _version_ok (nor lazily by importlib.metadata): that runs in a
 # post-import hook, under the import lock of the library being imported (deferred.py).
@@ -26,7 +27,7 @@ from packaging.specifiers import SpecifierSet
 from stagetrace import semconv
 
 from . import (deferred, hook_feast, hook_lightgbm, hook_onnxruntime, hook_sklearn, hook_torch,
-               hook_transformers, hook_xgboost, importhook, logs, metrics, profiling, stages, wrapping)
+               hook_transformers, hook_xgboost, importhook, logs, metrics, modelnames, profiling, stages, wrapping)
 from .package import _hooked_libraries, _instruments
 
 _logger = logging.getLogger("stagetrace.instrumentation")
@@ -121,9 +122,10 @@ class StagetraceInstrumentor(BaseInstrumentor):
         wrapping.settings.explicit_provider = kwargs.get("tracer_provider")
         metrics._state.explicit_provider = kwargs.get("meter_provider")
         metrics.reset()
-        wrapping.settings.default_model_version = os.environ.get(semconv.ENV_MODEL_VERSION) or None
         wrapping.settings.payload_hook = self._payload_hook(kwargs.get("payload_hook"))
-        wrapping.settings.profile = self._profile_settings(kwargs.get("profile"))
+        table = self._tool_table()
+        wrapping.settings.profile = self._profile_settings(kwargs.get("profile"), table)
+        wrapping.settings.naming = self._model_naming(table, wrapping.settings.profile)
         logs.install_record_factory()
 
         wanted = kwargs.get("libraries")
@@ -142,14 +144,34 @@ class StagetraceInstrumentor(BaseInstrumentor):
             importhook.when_imported(target.module, _stage_callback(target))
 
     @staticmethod
-    def _profile_settings(explicit):
+    def _tool_table() -> dict:
+        try:
+            return stages.tool_table()
+        except Exception:
+            _logger.warning("stagetrace: cannot read [tool.stagetrace]; using the defaults", exc_info=True)
+            return {}
+
+    @staticmethod
+    def _model_naming(table: dict, profile):
+        """Model names/versions from env, ``[tool.stagetrace.model]`` and the resource (modelnames.py)."""
+        try:
+            provider = wrapping.settings.explicit_provider or trace_api.get_tracer_provider()
+            named = profile.stages if profile is not None else frozenset({semconv.STAGE_INFERENCE})
+            return modelnames.load(table=table.get("model"), resource=modelnames.resource_attributes(provider),
+                                   named_stages=named)
+        except Exception:
+            _logger.warning("stagetrace: cannot read the model name settings; library names are used", exc_info=True)
+            return None
+
+    @staticmethod
+    def _profile_settings(explicit, tool: dict):
         """``profile=`` (a ProfileSettings, or False for off), else env + ``[tool.stagetrace.profile]``."""
         if explicit is False:
             return None
         if explicit is not None:
             return explicit
         try:
-            table = stages.tool_table().get("profile")
+            table = tool.get("profile")
             if table is not None and not isinstance(table, dict):
                 _logger.warning("stagetrace: [tool.stagetrace.profile] must be a table; using the defaults")
                 table = None
@@ -180,6 +202,7 @@ class StagetraceInstrumentor(BaseInstrumentor):
         wrapping.settings.explicit_provider = None
         wrapping.settings.payload_hook = None
         wrapping.settings.profile = None
+        wrapping.settings.naming = None
         metrics._state.explicit_provider = None
         metrics.reset()
         logs.uninstall_record_factory()

@@ -125,19 +125,31 @@ def _as_matrix(x: Any) -> tuple[Any, tuple[str, ...] | None] | None:
             return _Columns(names, [list(v) for v in vals]), names
         return _Columns(names, [[v] for v in vals]), names
     if isinstance(x, str):
-        return _Columns(("text.length",), [[len(x)]]), ("text.length",)
+        return _text_columns([x]), _TEXT_FEATURES
     if isinstance(x, (list, tuple)) and x:
         first = x[0]
         if isinstance(first, Mapping):
             names = tuple(str(k) for k in first)
             return _Columns(names, [[row.get(k) if isinstance(row, Mapping) else None for row in x] for k in first]), names
         if isinstance(first, str):
-            return _Columns(("text.length",), [[len(s) if isinstance(s, str) else None for s in x]]), ("text.length",)
+            return _text_columns(x), _TEXT_FEATURES
         try:
             return np.asarray(x), None
         except Exception:
             return None
     return None
+
+
+# A text input (transformers pipelines) is profiled by its size, never its content: the
+# length in characters and the number of whitespace-separated words of each text. Token
+# counts would need the model's tokenizer to run a second time in the call.
+_TEXT_FEATURES = ("text.length", "text.words")
+
+
+def _text_columns(texts: Any) -> _Columns:
+    ok = [t if isinstance(t, str) else None for t in texts]
+    return _Columns(_TEXT_FEATURES, [[None if t is None else len(t) for t in ok],
+                                     [None if t is None else len(t.split()) for t in ok]])
 
 
 class _Columns:
@@ -421,6 +433,8 @@ def output_attributes(result: Any, instance: Any) -> dict[str, Any]:
                 col = r[:MAX_OUTPUT_ROWS, 1].astype("<f4")
                 packed = col.tobytes()
                 m = sum(col.tolist()) / len(col)
+                if m != m:  # a row without a score (NaN input): the mean of the others
+                    m = _nanmean(col)
             attrs = {semconv.ML_OUTPUT_PROFILE: f"{mlprofile.VERSION}|{rows}|{ctext}|{_b2a(packed, newline=False).decode('ascii')}||"}
             if m == m:
                 attrs[semconv.ML_PREDICTION_SCORE_MEAN] = m
@@ -432,22 +446,21 @@ def output_attributes(result: Any, instance: Any) -> dict[str, Any]:
     conf: Any = None
     classes: list[str] = []
     r = result
-    if isinstance(r, list) and r and isinstance(r[0], np.ndarray):  # ONNX Runtime: one array per output
-        r = next((o for o in r if o.ndim == 2 and o.dtype.kind == "f"), r[0])
+    known: list[str] | None = None
+    total = None  # the output's row count, when r holds only its first rows
+    if isinstance(r, list) and r and instance is not None and type(instance).__module__.startswith("onnxruntime"):
+        r, known, total = _onnx_output(r)
+    if isinstance(r, Mapping) and not _is_label_scores(r):  # transformers ModelOutput of a model called directly
+        r = r.get("logits")
     if _is_torch(r):
         r = r.detach().cpu().numpy()
     if isinstance(r, (float, int, np.floating, np.integer)) and not isinstance(r, bool):
         rows = 1
         scores = np.array([float(r)], dtype=np.float32)
-    elif isinstance(r, (list, tuple)) and r and isinstance(r[0], Mapping):  # transformers: [{label, score}]
-        items = [x[0] if isinstance(x, list) and x else x for x in r][:MAX_OUTPUT_ROWS]
-        rows = len(r)
-        labels = [str(x.get("label")) if isinstance(x, Mapping) else "" for x in items]
-        classes = sorted(set(labels))
-        index = {c: i for i, c in enumerate(classes)}
-        predicted = np.array([index[lb] for lb in labels], dtype=np.int16)
-        conf = np.array([float(x.get("score", math.nan)) if isinstance(x, Mapping) else math.nan for x in items],
-                        dtype=np.float32)
+    elif isinstance(r, Mapping) or isinstance(r, (list, tuple)) and r and isinstance(r[0], (Mapping, list)) \
+            and _is_label_scores(r[0]):
+        # transformers text classification: {label, score} per text (a list of them per text with top_k)
+        rows, classes, scores, predicted, conf = _label_scores([r] if isinstance(r, Mapping) else r, instance)
     else:
         if isinstance(r, (list, tuple)):
             try:
@@ -456,11 +469,12 @@ def output_attributes(result: Any, instance: Any) -> dict[str, Any]:
                 return {}
         if not isinstance(r, np.ndarray) or r.ndim == 0 or r.ndim > 2:
             return {}
-        rows = int(r.shape[0])
+        rows = int(r.shape[0]) if total is None else total
         a = r[:MAX_OUTPUT_ROWS]
         if a.ndim == 2 and a.shape[1] == 1:
             a = a[:, 0]
-        known = _model_info(instance)[1] if instance is not None else None
+        if known is None:
+            known = _model_info(instance)[1] if instance is not None else None
         if a.ndim == 2 and a.dtype.kind in "fiu" and a.shape[1] == 2 and known is not None and len(known) == 2:
             # a binary classifier's probabilities: the positive-class score says it all
             # (class and confidence are derived by the reader), which halves the work;
@@ -471,6 +485,8 @@ def output_attributes(result: Any, instance: Any) -> dict[str, Any]:
             k = len(values)
             attrs = {semconv.ML_OUTPUT_PROFILE: _encode_output(rows, classes, scores, None, None, k)}
             m = sum(values) / k
+            if m != m:
+                m = _nanmean(scores)
             if m == m:
                 attrs[semconv.ML_PREDICTION_SCORE_MEAN] = m
                 if k == 1:
@@ -499,6 +515,8 @@ def output_attributes(result: Any, instance: Any) -> dict[str, Any]:
     # plain sums, not nanmean (several times slower on small arrays); a NaN mean is left out
     if conf is not None:
         m = float(conf.sum()) / k
+        if m != m:
+            m = _nanmean(conf)
         if m == m:
             attrs[semconv.ML_PREDICTION_CONFIDENCE_MEAN] = m
     if predicted is not None and rows == 1 and 0 <= int(predicted[0]) < len(classes):
@@ -506,10 +524,77 @@ def output_attributes(result: Any, instance: Any) -> dict[str, Any]:
     return attrs
 
 
+def _onnx_output(outputs: list) -> tuple[Any, list[str] | None, int | None]:
+    """(what to summarise, its class labels, the row count when that holds only the first
+    rows) of ``InferenceSession.run``'s list of outputs. A converted classifier returns its predicted labels and its probabilities, either a 2-D
+    array (columns in class order: a binary one's column 1 is the positive-class score,
+    as for scikit-learn) or, with skl2onnx's default ZipMap, one ``{class: p}`` dict per
+    row (whose keys are the class labels). Otherwise the first 2-D float output (scores,
+    logits), else the first output."""
+    labels = next((o for o in outputs if isinstance(o, np.ndarray) and o.ndim == 1), None)
+    for o in outputs:
+        if isinstance(o, list) and o and isinstance(o[0], Mapping):  # ZipMap
+            keys = list(o[0])
+            probs = np.array([[row.get(k, math.nan) for k in keys] for row in o[:MAX_OUTPUT_ROWS]], dtype=np.float32)
+            return probs, [str(k) for k in keys], len(o)
+    arrays = [o for o in outputs if isinstance(o, np.ndarray)]
+    probs = next((o for o in arrays if o.ndim == 2 and o.dtype.kind == "f"), None)
+    if probs is not None:
+        return probs, (["0", "1"] if labels is not None and probs.shape[1] == 2 else None), None
+    return (arrays[0] if arrays else None), None, None
+
+
+def _is_label_scores(x: Any) -> bool:
+    if isinstance(x, list):
+        x = x[0] if x else None
+    return isinstance(x, Mapping) and "label" in x
+
+
+def _pipeline_classes(instance: Any) -> list[str] | None:
+    """A transformers pipeline's class labels, in index order (``model.config.id2label``)."""
+    if instance is None or not type(instance).__module__.startswith("transformers"):
+        return None
+    id2label = getattr(getattr(getattr(instance, "model", None), "config", None), "id2label", None)
+    if not isinstance(id2label, Mapping) or not id2label:
+        return None
+    try:
+        return [str(id2label[i]) for i in sorted(id2label, key=int)]
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
+def _label_scores(items: list, instance: Any) -> tuple[int, list[str], Any, Any, Any]:
+    """(rows, classes, scores, predicted, confidence) of a text classifier's output: per
+    text its top ``{label, score}`` (the first of a list: pipelines sort by score). The
+    classes are the model's (``id2label``) so every call indexes them the same way; for a
+    binary model the score is the positive class's probability, as for scikit-learn."""
+    rows = len(items)
+    top = [(x[0] if x else None) if isinstance(x, list) else x for x in items[:MAX_OUTPUT_ROWS]]
+    labels = [str(x.get("label")) if isinstance(x, Mapping) else None for x in top]
+    conf = np.array([float(x.get("score", math.nan)) if isinstance(x, Mapping) else math.nan for x in top],
+                    dtype=np.float32)
+    classes = _pipeline_classes(instance) or sorted({lb for lb in labels if lb is not None})
+    index = {c: i for i, c in enumerate(classes)}
+    predicted = np.array([index.get(lb, -1) if lb is not None else -1 for lb in labels], dtype=np.int16)
+    scores = None
+    if len(classes) == 2:
+        scores = np.where(predicted == 1, conf, np.where(predicted == 0, 1.0 - conf, np.nan)).astype(np.float32)
+    return rows, classes, scores, predicted, conf
+
+
+def _nanmean(a: Any) -> float:
+    """Mean of the non-NaN values (NaN if none): only on the rare path where a plain sum
+    met a NaN (nanmean is several times slower than a sum on small arrays)."""
+    ok = a[a == a]
+    return float(ok.mean()) if len(ok) else math.nan
+
+
 def _finish(rows: int, classes: list[str], scores: Any, predicted: Any, conf: Any, k: int) -> dict[str, Any]:
     attrs: dict[str, Any] = {semconv.ML_OUTPUT_PROFILE: _encode_output(rows, classes, scores, predicted, conf, k)}
     if scores is not None:
         m = float(scores.sum()) / k if k > 1 else float(scores[0])
+        if m != m and k > 1:
+            m = _nanmean(scores)
         if m == m:
             attrs[semconv.ML_PREDICTION_SCORE_MEAN] = m
     return attrs

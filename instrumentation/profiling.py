@@ -23,6 +23,8 @@ from typing import Any
 
 from stagetrace import semconv
 
+from . import stages
+
 _logger = logging.getLogger("stagetrace.instrumentation")
 
 # The span context of the last profiled call; the id text is made only when asked for
@@ -61,14 +63,10 @@ class ProfileSettings:
         self.defer = bool(defer)
 
     def configured_names(self, qualname: str, model: str | None) -> tuple[str, ...] | None:
-        byk = self.features_by_key
-        if byk:
-            for key in (qualname, model):
-                if key and key in byk:
-                    return byk[key]
-            for k, v in byk.items():  # "module:qualname" keys
-                if k.endswith(":" + qualname):
-                    return v
+        if self.features_by_key:
+            got = stages.by_target(self.features_by_key, qualname, model)
+            if got is not None:
+                return got
         return self.default_features
 
 

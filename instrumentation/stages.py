@@ -172,6 +172,20 @@ def load(environ: dict[str, str] | None = None, cwd: Path | None = None) -> list
     return out
 
 
+def by_target(table: dict[str, Any], qualname: str, name: str | None) -> Any:
+    """The entry of a per-stage settings table (profile feature names, model names) for
+    a span of target ``qualname`` whose model the library calls ``name``: keyed by the
+    qualname, the model name, or ``module:qualname``; None when there is none."""
+    for key in (qualname, name):
+        if key and key in table:
+            return table[key]
+    suffix = ":" + qualname
+    for k, v in table.items():
+        if k.endswith(suffix):
+            return v
+    return None
+
+
 def module_findable(name: str) -> bool:
     """Whether ``name`` can be imported, *without executing it or any parent not yet imported*.
 

@@ -113,7 +113,7 @@ def current_model_name() -> str | None:
 class _Settings:
     explicit_provider = None  # tracer_provider kwarg of instrument(); None = global
     payload_hook: PayloadHook | None = None
-    default_model_version: str | None = None
+    naming = None  # modelnames.ModelNaming: the user's model names and versions, or None
     profile = None  # profiling.ProfileSettings, or None when input/output profiles are off
 
 
@@ -333,9 +333,10 @@ def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
             except Exception:
                 _internal_error("describe", spec)
     model = attrs.get(semconv.ML_MODEL_NAME)
+    has_model = model is not None  # what the library said (a nested hook fills in the rest)
     version = attrs.get(semconv.ML_MODEL_VERSION)
-    if version is None and settings.default_model_version is not None:
-        version = attrs[semconv.ML_MODEL_VERSION] = settings.default_model_version
+    if settings.naming is not None:
+        model, version = _named(spec.stage, spec.qualname, model, version, attrs)
     profiled: Any = False
     pending = None
     prof = settings.profile
@@ -357,7 +358,17 @@ def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
         else:
             profiled = _UNSAMPLED  # nothing to record; last_prediction_id() still names this call
     metric_attrs = metrics.attributes_for(spec.stage, model, version)
-    return _Active(span, _Frame(spec.stage, span, model is not None, profiled), metric_attrs, instance)
+    return _Active(span, _Frame(spec.stage, span, has_model, profiled), metric_attrs, instance)
+
+
+def _named(stage: str, qualname: str, model: str | None, version: str | None, attrs: dict) -> tuple:
+    """The user's model name and version (modelnames.py) written into ``attrs``."""
+    model, version = settings.naming.resolve(stage, qualname, model, version)
+    if model is not None:
+        attrs[semconv.ML_MODEL_NAME] = model
+    if version is not None:
+        attrs[semconv.ML_MODEL_VERSION] = version
+    return model, version
 
 
 def _enrich(parent: _Frame, spec: StageSpec, instance, args, kwargs) -> None:
@@ -368,6 +379,9 @@ def _enrich(parent: _Frame, spec: StageSpec, instance, args, kwargs) -> None:
         span = parent.span
         existing = getattr(span, "attributes", None) or {}
         attrs = dict(spec.describe(instance, args, kwargs)) if spec.describe else {}
+        if settings.naming is not None:  # a name the user gave the inner model (or the process's)
+            _named(parent.stage, spec.qualname, attrs.get(semconv.ML_MODEL_NAME), attrs.get(semconv.ML_MODEL_VERSION),
+                   attrs)
         if spec.framework:
             attrs.setdefault(semconv.ML_MODEL_FRAMEWORK, spec.framework)
         for k, v in attrs.items():
@@ -420,9 +434,10 @@ def _profile_output(active: _Active, spec: StageSpec, result) -> None:
                 _last_prediction_ctx.set(active.span.get_span_context())  # remember_prediction, inlined
                 return
         capture = _capture[0] if _capture else _capture_module()
-        attrs = capture.output_attributes(result, active.instance)
-        # ml.prediction.id is the span's own <trace id>-<span id>: derived by readers, not written
+        # ml.prediction.id is the span's own <trace id>-<span id>: derived by readers, not written.
+        # Remembered first: if the summary fails, last_prediction_id() must not name the previous call
         capture.remember_prediction(active.span)
+        attrs = capture.output_attributes(result, active.instance)
         if attrs:
             active.span.set_attributes(attrs)
     except Exception:

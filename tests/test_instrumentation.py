@@ -581,6 +581,36 @@ def test_transformers_pipeline_and_tokenizer(instrumented):
     assert span.name == "preprocess tiny-tokenizer" and span.attributes[semconv.ML_BATCH_SIZE] == 2
 
 
+def test_transformers_pipeline_profiles_every_output_shape(instrumented):
+    """One text (a one-item list), a batch, and top_k=None (all labels per text, sorted):
+    each call's output profile has the model's id2label classes and, per text, the top
+    label and its score; the pipeline's return value is the one it returned."""
+    from stagetrace import mlprofile
+
+    tel = instrumented
+    _, clf = _tiny_text_pipeline()
+    for texts, kw in ((["good card", "bad fraud card"], {}), ("fraud", {}), (["good", "bad card"], {"top_k": None})):
+        tel.exporter.clear()
+        out = clf(texts, **kw)
+        (span,) = [s for s in tel.stage_spans() if s.attributes[semconv.ML_STAGE] == "inference"]
+        items = out if isinstance(texts, list) else out[:1]
+        top = [x[0] if isinstance(x, list) else x for x in items]
+        assert all(isinstance(x, dict) and {"label", "score"} <= set(x) for x in top), out  # unchanged shape
+        prof = mlprofile.decode_output(span.attributes[semconv.ML_OUTPUT_PROFILE])
+        assert prof.classes == ["LABEL_0", "LABEL_1"] and prof.rows == len(top), (kw, prof)
+        assert [prof.classes[k] for k in prof.predicted.tolist()] == [x["label"] for x in top]
+        np.testing.assert_allclose(prof.confidence, [x["score"] for x in top], rtol=1e-5)
+        np.testing.assert_allclose(prof.scores, [x["score"] if x["label"] == "LABEL_1" else 1 - x["score"] for x in top],
+                                   rtol=1e-5)
+        inp = mlprofile.decode_input(span.attributes[semconv.ML_INPUT_PROFILE])
+        words = [texts] if isinstance(texts, str) else texts
+        assert mlprofile.parse_feature_list(span.attributes[semconv.ML_INPUT_FEATURES]) == ["text.length", "text.words"]
+        for i, t in enumerate(words):
+            for j, v in enumerate((len(t), len(t.split()))):
+                lo, hi = mlprofile.bin_edges(int(inp.codes[i, j]))
+                assert lo <= v <= hi
+
+
 def test_feast_hook(tel, tmp_path, monkeypatch):
     """The real Feast: a local repo (sqlite online store, file registry), no network."""
     monkeypatch.setenv("FEAST_USAGE", "False")
