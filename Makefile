@@ -3,7 +3,11 @@
 PY ?= python3
 VENV ?= .venv
 PIP = $(VENV)/bin/pip
-PYTEST_ARGS ?=
+# Two workers, one test file each at a time (a file's module fixtures, such as the real
+# cases' stores, are built once): most tests wait on the servers and processes they start,
+# and the suite alone used 1.1 of 2 cores (docs/benchmarks.md, "CI time").
+# `make test PYTEST_ARGS=` runs them in one process.
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 # Servers the tests start themselves (on 127.0.0.1): Prometheus, Alertmanager, and
 # headless Chromium with its WebDriver for the UI tests.
 APT_PACKAGES = prometheus prometheus-alertmanager chromium chromium-driver

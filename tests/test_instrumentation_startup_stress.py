@@ -5,7 +5,9 @@ Every worker imports an app named by broken stage entries (so stagetrace's
 post-import hook warns under the app's import lock) with the OTLP log handler and
 the JSON console handler attached, exporting to an in-test OTLP receiver.
 
-* ``test_every_worker_answers``: 40 plain starts (4 at a time). The hang needs
+* ``test_every_worker_answers``: 24 plain starts (4 at a time; the issue's 40 with
+  ``STAGETRACE_STRESS_STARTS=40``: the forced test below is the one that meets the
+  interleaving every time, so CI spends its minutes there). The hang needs
   another thread to be inside a logging handler at the very moment a worker's hook
   warns, a few microseconds' window: this run shows that start-up works under load,
   but it cannot be relied on to meet the interleaving by chance.
@@ -38,6 +40,7 @@ WORKERS = 2
 BAD_ENTRIES = ("inference=stressapp:NoSuchScorer.score", "preprocess=stressapp:LIMIT",
                "feature_fetch=stressapp:missing_function")
 STAGES = ";".join(("inference=stressapp:score",) + BAD_ENTRIES)
+STARTS = int(os.environ.get("STAGETRACE_STRESS_STARTS", "24"))
 READY_S = 60  # per start; a healthy start takes 2-6 s on a loaded 2-core machine
 
 
@@ -131,7 +134,7 @@ def stress(starts: int, parallel: int, force: bool) -> None:
 
 @pytest.mark.slow
 def test_every_worker_answers():
-    stress(starts=40, parallel=4, force=False)
+    stress(starts=STARTS, parallel=4, force=False)
 
 
 @pytest.mark.slow
