@@ -421,9 +421,11 @@ def _component_step(backend: Backend, req: SpanColumns, row_of: dict[str, int], 
     costs = blame.trace_costs([_subtree(fetched[t], req.span(row_of[t])) for t in ids if t in fetched])
     start_of = {tc.trace_id: int(t0[row_of[tc.trace_id]]) for tc in costs}
     # The newest requests' traces may still be arriving (children exported after their parent
-    # look like self time): a jump that begins in the last 5% of the data is not trusted.
-    edge = hi - (hi - lo) // 20
-    jumps = [j for j in blame.key_jumps(costs, start_of) if j.time_ns < edge]
+    # look like self time): a jump that begins in the last 5% of the data is not trusted. One
+    # in the first tenth has too few calls before it to call a change (warm-up, or data spliced
+    # from another period): the same margin key_steps keeps on each side.
+    first, edge = lo + (hi - lo) // 10, hi - (hi - lo) // 20
+    jumps = [j for j in blame.key_jumps(costs, start_of) if first <= j.time_ns < edge]
     if jumps:
         step = min(jumps, key=lambda o: o.time_ns)  # the earliest order-of-magnitude jump: where trouble began
     elif jumps_only:

@@ -16,6 +16,9 @@ with its own work. Faults start at ``onset`` (a share of the window):
   ``app.client.version`` (on the frontend's server span) is ``2.0``;
 - ``slow_host``: that service runs on two hosts (``host.name`` host-a / host-b); after the
   onset its work on host-b takes 80-160 ms longer (a bad node);
+- ``spliced_head``: that service's work is 10x shorter in the first 7% of the window, as
+  when a baseline recorded at another time sits just before the incident's data (the
+  Nezha cases' fault-free minute): a real level change that is not the incident;
 - ``java_logs``: services log with a logback header (timestamp, level, thread,
   logger#line, TraceID/SpanID) in the body, as a filelog receiver ships them.
 
@@ -56,7 +59,8 @@ class Result:
 def generate(*, seconds: int = 180, rate: int = 12, onset: float = 0.5, seed: int = 1,
              net_delay: str | None = None, cpu_starved: str | None = None, slow_work: str | None = None,
              background_errors: bool = False, version_errors: bool = False, slow_host: str | None = None,
-             java_logs: bool = False, end_ns: int | None = None) -> tuple[MemoryBackend, Result]:
+             java_logs: bool = False, spliced_head: str | None = None,
+             end_ns: int | None = None) -> tuple[MemoryBackend, Result]:
     rnd = random.Random(seed)
     end = end_ns or (1_800_000_000 * S)
     start = end - seconds * S
@@ -104,6 +108,8 @@ def generate(*, seconds: int = 180, rate: int = 12, onset: float = 0.5, seed: in
             work = rnd.uniform(lo, hi) * MS * (1 + (rnd.random() < 0.03) * rnd.uniform(1, 4))  # natural tail
             if after and cpu_starved == callee:
                 work *= 4
+            if spliced_head == callee and t0 < start + int(0.07 * seconds * S):
+                work /= 10
             if after and slow_work == callee:
                 work += rnd.uniform(80, 160) * MS
             host = rnd.choice("ab") if slow_host == callee else "a"

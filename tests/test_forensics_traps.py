@@ -51,6 +51,20 @@ def test_cpu_starved_caller_is_blamed_not_its_callees():
         [f.summary for f in _components(rep)]
 
 
+def test_a_level_change_at_the_start_of_the_data_is_not_the_incident():
+    """A service whose calls were 10x faster in the first 7% of the data (a baseline from
+    another time in front of the case) must not become the incident's onset, ahead of the
+    real fault: a network delay into a service called by one request in ten."""
+    for seed in (1, 6):
+        rep, res = _slow(seconds=240, rate=2, net_delay="payment", spliced_head="catalog", seed=seed)
+        sig = rep.significant_findings
+        assert sig and sig[0].kind == "stage" and sig[0].service == "payment", [f.summary for f in sig[:3]]
+        assert not any(f.service == "catalog" for f in sig), [f.summary for f in sig]
+        # located on the fault (a rarely called service's jump is seen a few calls late), not the head
+        onset, width = rep.data["incident"]["onset_ns"], res.end_ns - res.start_ns
+        assert res.onset_ns - 0.1 * width <= onset <= res.onset_ns + 0.2 * width, (onset - res.start_ns) / 1e9
+
+
 def test_two_concurrent_causes_come_out_as_two_groups():
     rep, _ = _slow(net_delay="currency", slow_work="ads", seed=6)
     groups = {g["service"] for g in rep.data["groups"]}
