@@ -8,6 +8,9 @@ PIP = $(VENV)/bin/pip
 # and the suite alone used 1.1 of 2 cores (docs/benchmarks.md, "CI time").
 # `make test PYTEST_ARGS=` runs them in one process.
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
+# Files holding tests marked `alone` (their detection depends on the CPU they get): they run
+# after the others, by themselves. tests/test_skeleton.py checks this list is complete.
+ALONE_FILES = tests/test_demo.py
 # Servers the tests start themselves (on 127.0.0.1): Prometheus, Alertmanager, and
 # headless Chromium with its WebDriver for the UI tests.
 APT_PACKAGES = prometheus prometheus-alertmanager chromium chromium-driver
@@ -30,7 +33,8 @@ deps: venv
 	$(PIP) install -q 'torch==2.13.0' -e '.[test]'
 
 test: deps
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS) -m "not alone"
+	$(VENV)/bin/python -m pytest -m alone $(ALONE_FILES)
 
 demo: venv
 	$(PIP) install -q -e '.[demo]'

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,16 @@ def test_a_missing_subcommand_module_is_one_line_not_a_traceback(monkeypatch, ca
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'ghost' is unavailable" in err[0] and "no_such_module" in err[0]
+
+
+def test_every_test_marked_alone_is_in_the_makefiles_alone_run():
+    """`make test` runs the `alone` tests by file after the parallel run (collecting the whole
+    suite again for one test costs ~10 s of imports). A marked test in a file the Makefile
+    does not list would run in neither pass."""
+    import re
+    root = Path(__file__).resolve().parent
+    listed = re.search(r"^ALONE_FILES\s*=\s*(.*)$", (root.parent / "Makefile").read_text(), re.M)
+    assert listed, "the Makefile has no ALONE_FILES line"
+    files = {Path(f).name for f in listed.group(1).split()}
+    marked = {p.name for p in root.glob("test_*.py") if re.search(r"^\s*@pytest\.mark\.alone\b", p.read_text(), re.M)}
+    assert marked == files, (sorted(marked), sorted(files))
