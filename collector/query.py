@@ -660,7 +660,7 @@ class EmbeddedBackend:
         """Spans of one batch of :meth:`_shared_spans` rows, column by column (no per-row
         tuple unpacking or dict lookups by blob)."""
         col = batch.column
-        h_rest, h_res = col("h_rest").to_numpy(), col("h_resource").to_numpy()
+        h_rest, h_res = _numpy(col("h_rest")), _numpy(col("h_resource"))
         if attrs:  # decided once per distinct (body, resource)
             pairs, inv = np.unique(np.stack([h_rest, h_res], axis=1), axis=0, return_inverse=True)
             ok = np.array([attributes_match(attrs, bodies[int(r)][1], resources[int(s)]) for r, s in pairs], bool)
@@ -673,12 +673,12 @@ class EmbeddedBackend:
         if n == 0:
             return iter(())
         body = [bodies[h] for h in h_rest.tolist()]
-        scope = [scopes[h] for h in col("h_scope").to_numpy().tolist()]
+        scope = [scopes[h] for h in _numpy(col("h_scope")).tolist()]
         kinds = [SPAN_KINDS[k] if 0 <= k < len(SPAN_KINDS) else "UNSPECIFIED" for k in col("kind").to_pylist()]
         codes = [STATUS_CODES[c] if 0 <= c < 3 else "UNSET" for c in col("status_code").to_pylist()]
-        start = col("start_ns").to_numpy()
+        start = _numpy(col("start_ns"))
         return map(Span, _hex_list(col("trace_id")), _hex_list(col("span_id")), _hex_list(col("parent_span_id")),
-                   col("name").to_pylist(), kinds, start.tolist(), (start + col("duration_ns").to_numpy()).tolist(),
+                   col("name").to_pylist(), kinds, start.tolist(), (start + _numpy(col("duration_ns"))).tolist(),
                    codes, [b[0] for b in body], [b[1] for b in body], [b[2] for b in body], [b[3] for b in body],
                    [resources[h] for h in h_res.tolist()], [s[0] for s in scope], [s[1] for s in scope])
 

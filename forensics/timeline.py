@@ -172,14 +172,17 @@ def request_groups(req: Any, rows: np.ndarray) -> list[list]:
         return []
     proto = req.proto[rows]
     start = req.start_ns[rows]
-    uniq, first, inv = np.unique(proto, return_index=True, return_inverse=True)
-    inv = inv.reshape(-1)
-    count = np.bincount(inv, minlength=len(uniq))
-    t_min = np.full(len(uniq), np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(t_min, inv, start)
+    # prototype codes are small integers: counted and reduced per code, no sort of the rows
+    n_protos = len(req.protos)
+    count = np.bincount(proto, minlength=n_protos)
+    first = np.full(n_protos, len(proto), dtype=np.int64)
+    np.minimum.at(first, proto, np.arange(len(proto)))
+    t_min = np.full(n_protos, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(t_min, proto, start)
+    used = np.flatnonzero(count)
     out = []
-    for j in np.argsort(first, kind="stable").tolist():
-        p = req.protos[int(uniq[j])]
+    for j in used[np.argsort(first[used], kind="stable")].tolist():
+        p = req.protos[j]
         out.append([p.attributes, p.resource, int(t_min[j]), int(count[j])])
     return out
 
