@@ -7,7 +7,9 @@ bench-meta.json, both commands) and kept `benchmarks/accuracy.py` stores
 (``--accuracy DIR``: each case's five windows, the command its ground truth names).
 "Before" is a package tree given as ``--before PKG`` (a directory holding
 ``stagetrace/``, e.g. main's sources laid out by `git archive` as the package dirs
-map them); "after" is the installed package.
+map them); "after" is the installed package, or ``--after PKG``. Both run with
+``PYTHONHASHSEED=0`` unless ``--before-seed``/``--after-seed`` say otherwise: the
+same version under two seeds shows whether a report depends on the string-hash seed.
 
     .venv/bin/python benchmarks/same_reports.py --before /tmp/x/before-pkg \\
         --bench /tmp/x/f1m --accuracy /tmp/x/acc
@@ -79,10 +81,10 @@ def accuracy_jobs(root: Path) -> list[dict]:
     return jobs
 
 
-def run(jobs: list[dict], pythonpath: str | None) -> list[dict]:
-    # one string-hash seed for both: set iteration orders (e.g. which failing traces a
-    # cluster lists as examples) otherwise differ between any two processes
-    env = dict(os.environ, PYTHONHASHSEED="0")
+def run(jobs: list[dict], pythonpath: str | None, seed: str = "0") -> list[dict]:
+    # a fixed string-hash seed: reports must not depend on it, but older versions did
+    # (set iteration orders), so a comparison with them needs the same seed for both
+    env = dict(os.environ, PYTHONHASHSEED=seed)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     else:
@@ -97,21 +99,25 @@ def run(jobs: list[dict], pythonpath: str | None) -> list[dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", required=True, help="directory holding the 'before' stagetrace package")
+    ap.add_argument("--after", help="directory holding the 'after' package (default: the installed one)")
+    ap.add_argument("--before-seed", default="0", help="PYTHONHASHSEED of the 'before' run")
+    ap.add_argument("--after-seed", default="0", help="PYTHONHASHSEED of the 'after' run")
     ap.add_argument("--bench", type=Path, action="append", default=[], help="a kept benchmarks/forensics.py store")
     ap.add_argument("--accuracy", type=Path, action="append", default=[], help="a kept benchmarks/accuracy.py root")
     ap.add_argument("--case", action="append", default=[], help="only stores whose name contains this (repeatable)")
     ap.add_argument("--diff-lines", type=int, default=40, help="lines of each differing report's diff to print")
     args = ap.parse_args()
-    if not (Path(args.before) / "stagetrace").is_dir():
-        print(f"same_reports: --before {args.before}: no stagetrace package there", file=sys.stderr)
-        return 2
+    for flag, pkg in (("--before", args.before), ("--after", args.after)):
+        if pkg is not None and not (Path(pkg) / "stagetrace").is_dir():
+            print(f"same_reports: {flag} {pkg}: no stagetrace package there", file=sys.stderr)
+            return 2
     jobs = [j for d in args.bench for j in bench_jobs(d)] + [j for r in args.accuracy for j in accuracy_jobs(r)]
     if args.case:
         jobs = [j for j in jobs if any(c in j["label"] for c in args.case)]
     if not jobs:
         print("same_reports: nothing to compare (give --bench or --accuracy)", file=sys.stderr)
         return 2
-    before, after = run(jobs, args.before), run(jobs, None)
+    before, after = run(jobs, args.before, args.before_seed), run(jobs, args.after, args.after_seed)
     differ = 0
     for j, b, a in zip(jobs, before, after):
         same = b["text"] == a["text"]

@@ -628,9 +628,10 @@ class EmbeddedBackend:
         if n == 0:
             return span_columns([])
         name_enc = pc.dictionary_encode(t.column("name")).combine_chunks()
-        cols = [t.column("h_rest").to_numpy(), t.column("h_resource").to_numpy(), t.column("h_scope").to_numpy(),
-                name_enc.indices.to_numpy(zero_copy_only=False), t.column("kind").to_numpy(zero_copy_only=False)]
-        inv, first, values = _factorize(cols)
+        col = t.column
+        cols = [_numpy(col("h_rest")), _numpy(col("h_resource")), _numpy(col("h_scope")), _numpy(name_enc.indices),
+                _numpy(col("kind"))]
+        inv, values = _factorize(cols)
         protos: list[Span] = []
         n_kinds = len(SPAN_KINDS)
         name_dict = name_enc.dictionary.to_pylist()
@@ -646,11 +647,11 @@ class EmbeddedBackend:
                 keep = keep[: int(query.limit)]
             if len(keep) < n:
                 t, inv, n = t.take(pa.array(keep)), inv[keep], len(keep)
-        status = t.column("status_code").to_numpy(zero_copy_only=False).astype(np.int8)
+        status = _numpy(t.column("status_code")).astype(np.int8)
         status[(status < 0) | (status > 2)] = 0
         return SpanColumns(_hex_list(t.column("trace_id")), _HexIds(t.column("span_id")),
-                           _HexIds(t.column("parent_span_id")), t.column("start_ns").to_numpy().astype(np.int64),
-                           t.column("duration_ns").to_numpy().astype(np.int64), status, inv.astype(np.int32), protos)
+                           _HexIds(t.column("parent_span_id")), _numpy(t.column("start_ns")).astype(np.int64),
+                           _numpy(t.column("duration_ns")).astype(np.int64), status, inv.astype(np.int32), protos)
 
     @staticmethod
     def _shared_batch(batch: pa.RecordBatch, bodies: dict[int, tuple[str, dict, list, list]],
@@ -659,7 +660,7 @@ class EmbeddedBackend:
         """Spans of one batch of :meth:`_shared_spans` rows, column by column (no per-row
         tuple unpacking or dict lookups by blob)."""
         col = batch.column
-        h_rest, h_res = col("h_rest").to_numpy(), col("h_resource").to_numpy()
+        h_rest, h_res = _numpy(col("h_rest")), _numpy(col("h_resource"))
         if attrs:  # decided once per distinct (body, resource)
             pairs, inv = np.unique(np.stack([h_rest, h_res], axis=1), axis=0, return_inverse=True)
             ok = np.array([attributes_match(attrs, bodies[int(r)][1], resources[int(s)]) for r, s in pairs], bool)
@@ -672,12 +673,12 @@ class EmbeddedBackend:
         if n == 0:
             return iter(())
         body = [bodies[h] for h in h_rest.tolist()]
-        scope = [scopes[h] for h in col("h_scope").to_numpy().tolist()]
+        scope = [scopes[h] for h in _numpy(col("h_scope")).tolist()]
         kinds = [SPAN_KINDS[k] if 0 <= k < len(SPAN_KINDS) else "UNSPECIFIED" for k in col("kind").to_pylist()]
         codes = [STATUS_CODES[c] if 0 <= c < 3 else "UNSET" for c in col("status_code").to_pylist()]
-        start = col("start_ns").to_numpy()
+        start = _numpy(col("start_ns"))
         return map(Span, _hex_list(col("trace_id")), _hex_list(col("span_id")), _hex_list(col("parent_span_id")),
-                   col("name").to_pylist(), kinds, start.tolist(), (start + col("duration_ns").to_numpy()).tolist(),
+                   col("name").to_pylist(), kinds, start.tolist(), (start + _numpy(col("duration_ns"))).tolist(),
                    codes, [b[0] for b in body], [b[1] for b in body], [b[2] for b in body], [b[3] for b in body],
                    [resources[h] for h in h_res.tolist()], [s[0] for s in scope], [s[1] for s in scope])
 
@@ -762,7 +763,7 @@ class EmbeddedBackend:
                 return []
             recs = list(self._logs(self._rows_by_trace(LOGS, ids)))
             recs = [r for r in recs if _log_match(r, query, service, attrs)]
-            recs.sort(key=lambda r: (r.time_ns, r.observed_time_ns))
+            recs.sort(key=_log_order)
             return recs[:limit] if limit is not None else recs
         where, params = [], []
         if query.start_ns is not None:
@@ -779,8 +780,7 @@ class EmbeddedBackend:
             params.append(service)
         # ERROR and above only: every block's error sidecar holds them all
         errors = query.min_severity is not None and query.min_severity >= store.ERROR_SEVERITY
-        return self._matching(LOGS, self._logs, where, params, "ORDER BY time_ns, observed_ns", attrs, limit,
-                              errors=errors)
+        return self._matching(LOGS, self._logs, where, params, _LOG_ORDER_SQL, attrs, limit, errors=errors)
 
     def metric_series(self, query: MetricQuery) -> list[MetricSeries]:
         """One series per (metric, point attributes, resource), points oldest first:
@@ -879,6 +879,17 @@ def _binary_array(values: Sequence[bytes]) -> pa.Array:
                                                              pa.py_buffer(b"".join(values))])
 
 
+def _numpy(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A fixed-width column as NumPy, from its data buffer: pyarrow's ``to_numpy``
+    imports pandas (0.4-0.6 s), which nothing else on the investigate path needs."""
+    if isinstance(a, pa.ChunkedArray):
+        a = a.combine_chunks()
+    if a.null_count or not pa.types.is_primitive(a.type) or pa.types.is_boolean(a.type):
+        return a.to_numpy(zero_copy_only=False)
+    dtype = np.dtype(a.type.to_pandas_dtype())
+    return np.frombuffer(a.buffers()[1], dtype=dtype, count=len(a), offset=a.offset * dtype.itemsize)
+
+
 def _hex_list(ids: pa.Array) -> list[str]:
     """Lower-case hex of each id (``b"".hex()`` is ""): one ``hex()`` over the column's
     data buffer, sliced at the offsets, instead of one call per row."""
@@ -897,26 +908,55 @@ def _hex_list(ids: pa.Array) -> list[str]:
     return [text[a:b] for a, b in zip(pos, pos[1:])]
 
 
-def _factorize(cols: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[tuple]]:
+def _factorize(cols: Sequence[np.ndarray]) -> tuple[np.ndarray, list[tuple]]:
     """Group rows by the tuple of their values in ``cols`` (equal-length integer arrays):
-    (group of each row, first row of each group, each group's values as Python ints).
-    Each column is factorised on its own and the codes are combined into one integer,
-    a far cheaper sort than ``np.unique(axis=0)`` (measured 1.2 s for 200k rows)."""
+    (group of each row, each group's values as Python ints), groups in ascending order of
+    their value tuples. Each column and then the combined code are dictionary-encoded by
+    hashing (Arrow), so only the few thousand distinct values are sorted, not the rows:
+    at 1.4M requests six sorts of every row were ~0.7 s of CPU (``np.unique(axis=0)``
+    was slower still: 1.2 s for 200k rows)."""
+    import pyarrow.compute as pc
+
+    def encode(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(distinct values ascending, each row's index into them)."""
+        c = np.ascontiguousarray(c)  # wrapped, not converted: pa.array(ndarray) imports pandas too
+        enc = pc.dictionary_encode(pa.Array.from_buffers(pa.from_numpy_dtype(c.dtype), len(c), [None, pa.py_buffer(c)]))
+        u = _numpy(enc.dictionary)
+        order = np.argsort(u, kind="stable")
+        rank = np.empty(len(u), dtype=np.int64)
+        rank[order] = np.arange(len(u))
+        return u[order], rank[_numpy(enc.indices)]
+
     combined = np.zeros(len(cols[0]), dtype=np.int64)
     size = 1
     uniques = []
     for c in cols:
-        u, code = np.unique(c, return_inverse=True)
+        u, code = encode(c)
         uniques.append(u)
         if size * len(u) >= 1 << 62:  # more distinct tuples than an int64 holds: regroup first
-            _, combined = np.unique(combined, return_inverse=True)
+            _, combined = encode(combined)
             size = int(combined.max()) + 1
-        combined = combined * len(u) + code.reshape(-1)
+        combined = combined * len(u) + code
         size *= len(u)
-    _, first, inv = np.unique(combined, return_index=True, return_inverse=True)
-    values = [tuple(int(u[int(code)]) for u, code in zip(uniques, row))
-              for row in zip(*(np.searchsorted(u, c[first]) for u, c in zip(uniques, cols)))]
-    return inv.reshape(-1), first, values
+    groups, inv = encode(combined)
+    # each group's value in each column: its first row's (all rows of a group agree)
+    first = np.zeros(len(groups), dtype=np.int64)
+    first[inv[::-1]] = np.arange(len(inv) - 1, -1, -1)
+    values = [tuple(int(v) for v in row) for row in zip(*(c[first] for c in cols))]
+    return inv, values
+
+
+# find_logs' order: by time, then a total order over the rest of the row. Ordering by time
+# alone left ties (records of one nanosecond: frequent in bulk-loaded or replicated data)
+# in whatever order DuckDB's parallel scan met them, and reports listed different example
+# lines from run to run.
+_LOG_ORDER_SQL = "ORDER BY time_ns, observed_ns, trace_id, span_id, severity_number, rest, resource, scope"
+
+
+def _log_order(r: LogRecord) -> tuple:
+    """:data:`_LOG_ORDER_SQL` on decoded records (lower-case hex sorts as the bytes do);
+    records equal on all of it keep their order in the blocks, fixed for a store."""
+    return (r.time_ns, r.observed_time_ns, r.trace_id, r.span_id, r.severity_number)
 
 
 def _errors_only(q: TraceQuery) -> bool:

@@ -10,6 +10,7 @@ and summarised by the cut that best separates the two groups.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -138,8 +139,14 @@ def _collapse_aliases(results: list["AttrStat"], hits: dict[int, tuple[frozenset
     return keep
 
 
+@functools.lru_cache(maxsize=4096)  # a handful of distinct keys, checked on every span of every sample
 def _usable(key: str) -> bool:
     return key not in _SKIP_KEYS and not key.startswith(_SKIP_PREFIXES)
+
+
+def _value_order(v: Any) -> tuple[str, str]:
+    """A total order over attribute values of any type (a set of them has none)."""
+    return type(v).__name__, repr(v)
 
 
 def _scalar(v: Any) -> Any:
@@ -210,7 +217,7 @@ def compare(selection: Sequence[Trace], baseline: Sequence[Trace], *, min_delta:
             continue
         if len(vals) > MAX_CATEGORIES or len(vals) < 2 and all(key in a for _, a in (*sel, *base)):
             continue  # high-cardinality, or a constant everyone has
-        for v in vals:
+        for v in sorted(vals, key=_value_order):  # a set: in hash-seed order ties would rank differently
             if key == semconv.SERVICE_NAME:
                 continue  # which services a request reached is the component blame's question
             via = carriers.get((key, v), set())

@@ -111,7 +111,7 @@ def edge_growth(sel: Sequence[TraceCost], base: Sequence[TraceCost], alpha: floa
             for e, g in tc.gaps.items():
                 acc[e].extend(g)
     out: dict[tuple[str, str], EdgeGrowth] = {}
-    for e in set(s_gaps) | set(b_gaps):
+    for e in sorted(set(s_gaps) | set(b_gaps)):  # sorted: the report lists edges in this order
         s, b = s_gaps.get(e, []), b_gaps.get(e, [])
         sm = float(np.mean(s)) if s else 0.0
         bm = float(np.mean(b)) if b else 0.0
@@ -290,7 +290,7 @@ def blame(sel: Sequence[TraceCost], base: Sequence[TraceCost], *, after: Sequenc
     per_occ = {k: tot[k] / occ[k] for k in occ if occ[k] > 0}
 
     def excess(tc: TraceCost) -> dict[Key, float]:
-        keys = set(tc.self_ns) | set(tc.count)
+        keys = sorted(set(tc.self_ns) | set(tc.count))  # sorted: sums and ties must not follow the hash seed
         return {k: tc.self_ns.get(k, 0) - tc.count.get(k, 0) * per_occ.get(k, 0.0) for k in keys}
 
     edges = edge_growth(target, base, alpha)

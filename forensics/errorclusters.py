@@ -40,7 +40,7 @@ from .logtext import MessageTexts, message
 from .progress import steps
 from .report import EvidenceGuard, Finding, Report, headline
 from .slow import _note_missing_data
-from .window import ByTrace, comparison_weights, entry_requests, fmt_time, request_ops, request_weights, row_index
+from .window import ByTrace, comparison_weights, fmt_time, indexed_entry_requests, request_ops, request_weights
 
 MAX_ERROR_TRACES = 300
 MAX_SUCCESS_TRACES = 300
@@ -119,11 +119,12 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
     with steps(6, progress) as bar:
         bar.step("reading requests")
         # the requests as columns: whole spans only for the sampled ones (10M-span windows)
-        req = entry_requests(backend, service=service, route=None, start_ns=start_ns, end_ns=end_ns)
+        req, row_of = indexed_entry_requests(backend, service=service, route=None, start_ns=start_ns, end_ns=end_ns)
         t_entries = req.start_ns.tolist()
         bar.step("reading errors")
+        # read_only: the error spans are only read, so the store shares their decoded bodies
         err_spans = backend.find_spans(TraceQuery(service=service, status="error", start_ns=start_ns,
-                                                  end_ns=end_ns, limit=None))
+                                                  end_ns=end_ns, limit=None, read_only=True))
         err_logs = backend.find_logs(LogQuery(start_ns=start_ns, end_ns=end_ns, min_severity=17,
                                               service=service, limit=None))
         times = t_entries + [s.start_ns for s in err_spans] + [r.time_ns for r in err_logs]
@@ -150,34 +151,37 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
             e.fingerprint = hashlib.sha1(key.encode()).hexdigest()[:12]
         total_requests = len(req)
         ids = req.trace_ids
-        row_of = row_index(req)
         start_of = ByTrace(row_of, ids, lambda i: t_entries[i])  # trace id -> its request's start
         ops = request_ops(backend, req)
         op_of = ByTrace(row_of, ids, lambda i: ops.names[ops.codes[i]])
         # A request failed when its entry span says so, or when an ERROR span or a trace-linked
         # ERROR log sits inside it (many services answer 200 and log the failure).
-        failed_entry = {ids[i] for i in np.flatnonzero(req.status == STATUS_CODES.index("ERROR")).tolist()}
+        entry_failed = req.status == STATUS_CODES.index("ERROR")
+        failed_entry = {ids[i] for i in np.flatnonzero(entry_failed).tolist()}
         failed_inner = {e.trace_id for e in events if e.trace_id in row_of} - failed_entry
         failed = failed_entry | failed_inner
+        # the same as a row mask (the per-request passes below run over a million rows at 10M spans)
+        failed_rows = entry_failed.copy()
+        failed_rows[[row_of[t] for t in failed_inner]] = True
         # Tail-sampled data: every failing trace is kept (weight 1), successes only p % of the
         # time (weight 1/p), so rates over stored requests need the weights; {} = unsampled.
         warr = request_weights(req)
         w_entries = warr.tolist() if warr is not None else None
         wmap = ByTrace(row_of, ids, w_entries.__getitem__) if w_entries is not None else {}
         est_total = sum(w_entries) if w_entries is not None else float(total_requests)
-        width = timeline.analysis_width(w_start, w_end, t_entries or times)
+        width = timeline.analysis_width(w_start, w_end, req.start_ns if total_requests else times)
         e_edges = timeline.edges(w_start, w_end, width)
-        is_failed = [t in failed for t in ids]
-        req_k, req_n = timeline.counts(t_entries, is_failed, e_edges)
+        is_failed = failed_rows  # per request, in row order
+        req_k, req_n = timeline.counts(req.start_ns, is_failed, e_edges)
         req_nw = None
         dur = np.maximum(req.duration_ns, 0)  # as Span.duration_ns
         if w_entries is not None:
-            req_kw, req_nw = timeline.weighted_counts(t_entries, is_failed, w_entries, e_edges)
+            req_kw, req_nw = timeline.weighted_counts(req.start_ns, is_failed, w_entries, e_edges)
             report.data["timeline"] = timeline.request_timeline(
-                e_edges, np.zeros_like(req_kw), req_nw, req_kw, np.array(t_entries, dtype=np.int64), dur, w_entries)
+                e_edges, np.zeros_like(req_kw), req_nw, req_kw, req.start_ns, dur, w_entries)
         else:
             report.data["timeline"] = timeline.request_timeline(
-                e_edges, np.zeros_like(req_k), req_n, req_k, np.array(t_entries, dtype=np.int64), dur)
+                e_edges, np.zeros_like(req_k), req_n, req_k, req.start_ns, dur)
         del report.data["timeline"]["slow"]
         report.data["sampling"] = {"weighted": bool(wmap)}
         if wmap:
@@ -196,9 +200,14 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
         err_tids = sorted({e.trace_id for e in events if e.trace_id})
         rnd = random.Random(0)
         err_sample = err_tids if len(err_tids) <= MAX_ERROR_TRACES else rnd.sample(err_tids, MAX_ERROR_TRACES)
-        err_set = set(err_tids)
-        ok_pool = [t for t in ids if t not in failed and t not in err_set]
-        ok_sample = ok_pool if len(ok_pool) <= MAX_SUCCESS_TRACES else rnd.sample(ok_pool, MAX_SUCCESS_TRACES)
+        # the successful requests with no error event, as rows in request order; sampling
+        # positions picks the requests that sampling the list of their ids picked
+        busy = failed_rows.copy()
+        busy[[row_of[t] for t in err_tids if t in row_of]] = True
+        ok_rows = np.flatnonzero(~busy)
+        if len(ok_rows) > MAX_SUCCESS_TRACES:
+            ok_rows = ok_rows[rnd.sample(range(len(ok_rows)), MAX_SUCCESS_TRACES)]
+        ok_sample = [ids[i] for i in ok_rows.tolist()]
         fetched = backend.get_traces(err_sample + ok_sample, start_ns=w_start, end_ns=w_end + 600_000_000_000)
         successes = [fetched[t] for t in ok_sample if t in fetched]
         fp_cluster = {fp: i for i, c in enumerate(clusters) for fp in c.fingerprints}
@@ -227,7 +236,8 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
                 clusters[owner[e.trace_id]].events.append(e)
         clusters = [c for c in clusters if c.events]
         for c in clusters:
-            sample = [fetched[t] for t in c.traces if t in fetched]
+            traces = sorted(c.traces)  # a set: its order would follow the hash seed into the comparisons
+            sample = [fetched[t] for t in traces if t in fetched]
             for t in sample:
                 _record(failures.get(t.trace_id), c)
             # every span of the failing requests (server span and resources included), against
@@ -240,14 +250,14 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
                                 weights=comparison_weights(sample, successes, op_of, wmap),
                                 default=[]) if sample and successes else []
             times_c = [start_of[t] if t in start_of else min(e.time_ns for e in events_by_trace[t])
-                       for t in c.traces] or [e.time_ns for e in c.events]
+                       for t in traces] or [e.time_ns for e in c.events]
             c.times = list(times_c)
             k, _ = timeline.counts(times_c, [True] * len(times_c), e_edges)
             c.counts = k.tolist()
             n = np.maximum(req_n, k)
             if wmap:  # the test on stored counts, the rates (effect floor) weighted
                 kw, _ = timeline.weighted_counts(times_c, [True] * len(times_c),
-                                                 [wmap.get(t, 1.0) for t in c.traces] or [1.0] * len(times_c), e_edges)
+                                                 [wmap.get(t, 1.0) for t in traces] or [1.0] * len(times_c), e_edges)
                 c.onset = timeline.detect_onset(k, n, e_edges, min_ratio=3.0, weighted=(kw, np.maximum(req_nw, kw)))
             else:
                 c.onset = timeline.detect_onset(k, n, e_edges, min_ratio=3.0)
@@ -255,7 +265,7 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
         bar.step("ranking")
         # When the failure rate has an onset, incidents are what is new or grown since it;
         # clusters at the same rate before and after are the system's steady background.
-        inc = locate(t_entries, is_failed) if total_requests else None
+        inc = locate(req.start_ns, is_failed) if total_requests else None
         err_onset = inc if inc is not None and inc.significant else None
         report.data["onset"] = err_onset.evidence() if err_onset else None
         report.data["incident"] = inc.evidence() | {"significant": inc.significant} if inc is not None else None
@@ -269,7 +279,7 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
                                  "sampled_error_traces": len(err_sample), "sampled_successes": len(successes)}
         if wmap:
             report.data["counts"].update({"estimated_requests": est_total,
-                                          "estimated_failed_requests": sum(wmap.get(t, 1.0) for t in failed)})
+                                          "estimated_failed_requests": sum(wmap.get(t, 1.0) for t in sorted(failed))})
         report.verdict = _verdict(report)
         report.notes.append(f"Error events: spans with ERROR status, exception events and ERROR logs. Samples of at "
                             f"most {MAX_ERROR_TRACES} failing and {MAX_SUCCESS_TRACES} successful traces; "
@@ -358,7 +368,7 @@ def _failure(t: Trace, evs: Sequence[ErrorEvent]) -> _Failure | None:
         return None
     _depths(root)
     bad = _error_spans(t, evs) & set(nodes)
-    leaves = [nodes[s] for s in bad if not _has_bad_desc(nodes[s], bad)]
+    leaves = [nodes[s] for s in sorted(bad) if not _has_bad_desc(nodes[s], bad)]  # sorted: ties by span id
     if not leaves:
         return None
     origin = max(leaves, key=lambda n: (n.depth, -n.span.start_ns))
@@ -491,7 +501,7 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, req: SpanCol
         log_tmpls = Counter(e.template for e in c.events if e.source == "log")
         template = log_tmpls.most_common(1)[0][0] if log_tmpls else None
         affected = len(c.traces) or len({e.time_ns for e in c.events})
-        rate = (sum(wmap.get(t, 1.0) for t in c.traces) / est_total if wmap else len(c.traces) / total) if total else 0.0
+        rate = (sum(wmap.get(t, 1.0) for t in sorted(c.traces)) / est_total if wmap else len(c.traces) / total) if total else 0.0
         sig_attrs = [a for a in c.attrs if a.significant]
         burst = c.onset is not None and c.onset.significant
         began = onset.start_ns if onset is not None else None

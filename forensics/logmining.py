@@ -170,6 +170,8 @@ def over_represented(selection: Sequence[Trace], baseline: Sequence[Trace], *, m
         st = TemplateStat(templates.get(cid, ""), len(s_hit), len(s_set), len(b_hit), len(b_set),
                           h["lines"], max(h["sev"], key=h["sev"].get), svc, h["ex"])
         if weights:
+            # sums in id order: over a set, the float sum's last bits followed the hash seed
+            s_hit, s_set, b_hit, b_set = sorted(s_hit), sorted(s_set), sorted(b_hit), sorted(b_set)
             st.sel_w = (sum(w(t) for t in s_hit), sum(w(t) for t in s_set))
             st.base_w = (sum(w(t) for t in b_hit), sum(w(t) for t in b_set))
             st.neff = (stats.effective_n([w(t) for t in s_set]), stats.effective_n([w(t) for t in b_set]))

@@ -31,8 +31,8 @@ from stagetrace.model import STATUS_CODES, Span, Trace
 from . import attributes, blame, incident, logmining, metricevidence, mlprofiles, stats, timeline
 from .progress import steps
 from .report import EvidenceGuard, Finding, Report, headline
-from .window import (ByTrace, Operations, comparison_weights, entry_requests, fmt_ms, fmt_time, request_ops,
-                     request_weights, row_index)
+from .window import (ByTrace, Operations, comparison_weights, entry_requests, fmt_ms, fmt_time,
+                     indexed_entry_requests, request_ops, request_weights)
 
 ERROR = STATUS_CODES.index("ERROR")
 MAX_SELECTION = 200
@@ -115,7 +115,7 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
     with steps(8, progress) as bar:
         bar.step("reading requests")
         # the requests as columns: whole spans only for the sampled ones (10M-span windows)
-        req = entry_requests(backend, service=service, route=route, start_ns=start_ns, end_ns=end_ns)
+        req, row_of = indexed_entry_requests(backend, service=service, route=route, start_ns=start_ns, end_ns=end_ns)
         if not len(req):
             r = Report("slow", "Slow requests", query=query, window={"start_ns": start_ns, "end_ns": end_ns})
             r.verdict = ["No requests matched the window and filters, so there is nothing to explain."]
@@ -124,7 +124,6 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         dur = np.maximum(req.duration_ns, 0)  # as Span.duration_ns
         w_start = start_ns if start_ns is not None else int(t0[0])
         w_end = end_ns if end_ns is not None else int(t0.max()) + 1
-        row_of = row_index(req)
         ops = request_ops(backend, req)
         op_of = ByTrace(row_of, req.trace_ids, lambda i: ops.names[ops.codes[i]])
         # Tail-sampled data (Tempo behind the gateway Collector): each stored request

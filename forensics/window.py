@@ -25,6 +25,13 @@ def entry_requests(backend: Backend, *, service: str | None, route: str | None,
                    start_ns: int | None, end_ns: int | None) -> SpanColumns:
     """:func:`entry_spans` as columns (same rows, same order): a 10M-span window holds
     over a million requests, and the analyses need whole spans for a few hundred."""
+    return indexed_entry_requests(backend, service=service, route=route, start_ns=start_ns, end_ns=end_ns)[0]
+
+
+def indexed_entry_requests(backend: Backend, *, service: str | None, route: str | None,
+                           start_ns: int | None, end_ns: int | None) -> tuple[SpanColumns, dict[str, int]]:
+    """:func:`entry_requests` and its :func:`row_index`, built once: the index is also
+    the one-row-per-trace check, which otherwise built a set of a million ids for nothing."""
     attrs = {semconv.HTTP_ROUTE: route} if route else {}
     cols = find_span_columns(backend, TraceQuery(service=service, attributes=dict(attrs), start_ns=start_ns,
                                                  end_ns=end_ns, root_only=True, limit=None, read_only=True))
@@ -34,24 +41,32 @@ def entry_requests(backend: Backend, *, service: str | None, route: str | None,
         entry_kind = np.array([p.kind in ("SERVER", "CONSUMER") for p in cols.protos], dtype=bool)
         if len(cols):
             cols = cols.take(np.flatnonzero(entry_kind[cols.proto]))
-    return first_per_trace(cols)
+    return indexed_first_per_trace(cols)
 
 
 def first_per_trace(cols: SpanColumns) -> SpanColumns:
     """One row per trace, the earliest (the first of equals), ordered by start time, ties
     in the order the traces first appear: what :func:`entry_spans` keeps."""
+    return indexed_first_per_trace(cols)[0]
+
+
+def indexed_first_per_trace(cols: SpanColumns) -> tuple[SpanColumns, dict[str, int]]:
+    """:func:`first_per_trace` and the :func:`row_index` of its answer."""
     n = len(cols)
     if n == 0:
-        return cols
+        return cols, {}
     start = cols.start_ns
-    if (n < 2 or bool((start[1:] >= start[:-1]).all())) and len(set(cols.trace_ids)) == n:
-        return cols  # one row per trace, already in order (the embedded store's answer)
+    if n < 2 or bool((start[1:] >= start[:-1]).all()):
+        index = row_index(cols)
+        if len(index) == n:
+            return cols, index  # one row per trace, already in order (the embedded store's answer)
     first: dict[str, int] = {}
     code = np.fromiter((first.setdefault(t, len(first)) for t in cols.trace_ids), dtype=np.int64, count=n)
     order = np.lexsort((np.arange(n), start, code))  # by trace, then start, then position
     c = code[order]
     chosen = order[np.concatenate([[True], c[1:] != c[:-1]])]  # traces in first-appearance order
-    return cols.take(chosen[np.argsort(start[chosen], kind="stable")])
+    out = cols.take(chosen[np.argsort(start[chosen], kind="stable")])
+    return out, row_index(out)
 
 
 def entry_spans(backend: Backend, *, service: str | None, route: str | None,

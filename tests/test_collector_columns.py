@@ -221,3 +221,58 @@ def test_log_error_sidecar_reads_equal_a_full_scan(tmp_path, min_severity):
                                          end_ns=q.end_ns, limit=None))
     assert fast == plain and svc == svc_plain and svc
     assert len(plain) > 50 and all(r.severity_number >= (min_severity or 0) for r in plain)
+
+
+def _tied_logs(tids: list[int]) -> bytes:
+    """One request: a log record per trace id, all at the same nanosecond."""
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+    from opentelemetry.proto.common.v1 import common_pb2
+
+    req = logs_service_pb2.ExportLogsServiceRequest()
+    sl = req.resource_logs.add().scope_logs.add()
+    for t in tids:
+        sl.log_records.add(time_unix_nano=NOW, observed_time_unix_nano=NOW, severity_number=17,
+                           trace_id=t.to_bytes(16, "big"), span_id=(t + 1).to_bytes(8, "big"),
+                           body=common_pb2.AnyValue(string_value=f"same instant {t}"))
+    return req.SerializeToString()
+
+
+@pytest.mark.parametrize("min_severity", [17, None])  # the error sidecars, and the blocks
+def test_find_logs_orders_records_of_one_instant_totally(tmp_path, min_severity):
+    """Records at one nanosecond come back in one order whatever the blocks they sit in
+    (here the later block holds the smaller trace ids): by trace id, then span id."""
+    from stagetrace.backend import LogQuery
+
+    store.write_block(tmp_path, store.LOGS, 0, 0, store.build_table(store.LOGS, [_tied_logs([900, 700, 800])]))
+    store.write_block(tmp_path, store.LOGS, 1, 1, store.build_table(store.LOGS, [_tied_logs([300, 100, 200])]))
+    want = [f"{t:032x}" for t in (100, 200, 300, 700, 800, 900)]
+    with EmbeddedBackend(tmp_path) as b:
+        got = b.find_logs(LogQuery(min_severity=min_severity, limit=None))
+        by_id = b.find_logs(LogQuery(trace_ids=list(reversed(want)), limit=None))
+    assert [r.trace_id for r in got] == want
+    assert [r.trace_id for r in by_id] == want
+
+
+def test_indexed_first_per_trace_index_is_the_row_index():
+    shared = {"http.route": "/a"}
+    unique = [_span(f"{i:032x}", 10 * i, attributes=shared) for i in range(5)]
+    dups = [_span("b" * 32, 50), _span("a" * 32, 40), _span("b" * 32, 30), _span("c" * 32, 40)]
+    for spans in (unique, dups):
+        cols, index = window.indexed_first_per_trace(span_columns(spans))
+        assert _rows(cols) == _rows(window.first_per_trace(span_columns(spans)))
+        assert index == {t: i for i, t in enumerate(cols.trace_ids)} and len(index) == len(cols)
+
+
+def test_factorize_groups_rows_as_unique_over_rows_does():
+    from stagetrace.collector.query import _factorize
+
+    rnd = np.random.default_rng(5)
+    protos = [rnd.integers(0, 2**63, 60, dtype=np.int64).view(np.uint64), rnd.integers(0, 4, 60).astype(np.uint64),
+              rnd.integers(-3, 3, 60).astype(np.int32), rnd.integers(0, 6, 60).astype(np.int8)]
+    pick = rnd.integers(0, 60, 5000)
+    cols = [p[pick] for p in protos]
+    inv, values = _factorize(cols)
+    rows = np.stack([c.astype(object) for c in cols], axis=1)
+    want = sorted({tuple(int(x) for x in r) for r in rows.tolist()})
+    assert values == want  # groups in ascending order of their value tuples
+    assert [values[g] for g in inv.tolist()] == [tuple(int(x) for x in r) for r in rows.tolist()]
