@@ -61,6 +61,9 @@ class StageSpec:
     # The model input among the call's arguments (self excluded), for the input
     # profile; default: the first positional argument.
     model_input: Callable[[tuple, dict], Any] | None = None
+    # A model's own training (``fit``): no span, and no stage span for any call inside it
+    # (GradientBoostingClassifier.fit predicts with its init estimator; that is not serving).
+    quiet: bool = False
 
     @functools.cached_property
     def base_attributes(self) -> dict[str, Any]:
@@ -91,6 +94,8 @@ class _Frame:
 
 
 _current: ContextVar[_Frame | None] = ContextVar("stagetrace_stage", default=None)
+# The frame of a quiet call (a model's fit): no stage of its own, and no span under it.
+_QUIET = _Frame(None, None, True, True)  # type: ignore[arg-type]
 
 
 def current_stage() -> str | None:
@@ -303,7 +308,9 @@ def _defer_input(tracer, spec: StageSpec, instance, args, kwargs, model: str | N
 def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
     """Open a span for this call, or return None if the call is nested/not applicable."""
     parent = _current.get()
-    if parent is not None and parent.stage == spec.stage:
+    if parent is not None and (parent.stage == spec.stage or parent is _QUIET):
+        if parent is _QUIET:  # inside a model's own fit
+            return None
         if not parent.has_model and spec.describe is not None:
             _enrich(parent, spec, instance, args, kwargs)
         if not parent.profiled and spec.framework and settings.profile is not None \
@@ -608,7 +615,9 @@ def make_function_wrapper(fn: Callable, spec: StageSpec, is_method: bool) -> Cal
     settings_ = settings
     tm = _trace_mod
 
-    if kind == "sync":
+    if spec.quiet:
+        wrapper = _make_quiet(fn)
+    elif kind == "sync":
         if is_method:
             @functools.wraps(fn)
             def wrapper(*args, **kwargs):
@@ -641,6 +650,19 @@ def make_function_wrapper(fn: Callable, spec: StageSpec, is_method: bool) -> Cal
     else:
         wrapper = _make_asyncgen(spec, fn, is_method)
     wrapper.__stagetrace_spec__ = spec  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _make_quiet(fn: Callable) -> Callable:
+    """A wrapper that makes no span and lets no stage span start inside the call (only
+    synchronous functions are wrapped this way: ``wrap`` refuses the others)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        token = _current.set(_QUIET)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _current.reset(token)
     return wrapper
 
 
@@ -708,7 +730,9 @@ def wrap(owner: Any, attr: str, spec: StageSpec) -> bool:
     raw = owner.__dict__[attr] if in_dict else getattr(owner, attr)
     is_class = isinstance(owner, type)
     if isinstance(raw, type):
-        return False  # replacing a class by a function would break isinstance(); name a method
+        return False
+    if spec.quiet and not (isinstance(raw, types.FunctionType) and _kind(raw) == "sync"):
+        return False  # quiet wrappers are for plain training methods only  # replacing a class by a function would break isinstance(); name a method
     if isinstance(raw, staticmethod):
         new: Any = staticmethod(make_function_wrapper(raw.__func__, spec, False))
     elif isinstance(raw, classmethod):

@@ -462,6 +462,29 @@ def test_sklearn_estimator_alone(instrumented):
     assert any(a[semconv.ML_MODEL_NAME] == "RandomForestClassifier" and a[semconv.METRIC_OUTCOME] == "ok" for a, _ in points)
 
 
+def test_predictions_inside_a_models_own_fit_are_not_inference(instrumented):
+    tel = instrumented
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = _data()
+    # GradientBoostingClassifier.fit predicts with its init estimator (a DummyClassifier)
+    clf = GradientBoostingClassifier(n_estimators=3, random_state=0).fit(X, y)
+    pipe = make_pipeline(StandardScaler(), GradientBoostingClassifier(n_estimators=2)).fit(X, y)
+    assert tel.stage_spans() == [], [s.name for s in tel.stage_spans()]
+    proba = clf.predict_proba(X[:3])
+    (span,) = tel.stage_spans()  # serving after the fit still makes its span
+    assert span.name == "inference GradientBoostingClassifier"
+    tel.exporter.clear()
+    pipe.predict(X[:2])
+    assert [s.name for s in tel.spans("inference")] == ["inference Pipeline"]
+    # the quiet wrapper changes nothing the fit returns or raises
+    assert isinstance(clf, GradientBoostingClassifier) and proba.shape == (3, 2)
+    with pytest.raises(ValueError):
+        GradientBoostingClassifier().fit(X, y[:-1])
+
+
 def test_xgboost_hook(instrumented):
     tel = instrumented
     import xgboost as xgb
