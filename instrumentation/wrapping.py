@@ -361,7 +361,8 @@ def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
         target = getattr(span, "_attributes", None)
         if target is not None:
             profiled = [pending, None]
-            target.__dict__[_MARK] = profiled
+            # a plain attribute (the name is a constant): cheaper than materialising __dict__
+            target._stagetrace_profile = profiled
         else:
             profiled = _UNSAMPLED  # nothing to record; last_prediction_id() still names this call
     metric_attrs = metrics.attributes_for(spec.stage, model, version)
@@ -438,7 +439,8 @@ def _profile_output(active: _Active, spec: StageSpec, result) -> None:
             dt = result.dtype
             if dt.kind in "fiub" and 0 < result.nbytes <= _DEFER_MAX_BYTES:
                 pending[1] = (result.tobytes(), dt, result.shape, active.instance)
-                _last_prediction_ctx.set(active.span.get_span_context())  # remember_prediction, inlined
+                # remember_prediction, inlined; _context is what the SDK span's get_span_context returns
+                _last_prediction_ctx.set(active.span._context)
                 return
         capture = _capture[0] if _capture else _capture_module()
         # ml.prediction.id is the span's own <trace id>-<span id>: derived by readers, not written.
