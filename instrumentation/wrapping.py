@@ -90,7 +90,7 @@ class _Frame:
         self.stage = stage
         self.span = span
         self.has_model = has_model
-        self.profiled = profiled  # ml.input.profile is on the span (True) or pending on it ([input, output])
+        self.profiled = profiled  # ml.input.profile is on the span (True) or pending on it (_defer_input's list)
 
 
 _current: ContextVar[_Frame | None] = ContextVar("stagetrace_stage", default=None)
@@ -297,7 +297,8 @@ def _defer_input(tracer, spec: StageSpec, instance, args, kwargs, model: str | N
             dt = x.dtype
             if dt.kind in "fiub" and 0 < x.nbytes <= _DEFER_MAX_BYTES:
                 # tobytes: the app may reuse its buffer once the call returns (a third of ndarray.copy's cost)
-                return (settings.profile, x.tobytes(), dt, x.shape, instance, spec.qualname, model)
+                # one flat list: slots 0-6 the input (resolve_input's arguments), 7-9 the output
+                return [settings.profile, x.tobytes(), dt, x.shape, instance, spec.qualname, model, None, None, None]
     except AttributeError:
         pass  # not the SDK's tracer: inline
     except Exception:
@@ -360,7 +361,7 @@ def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
         # encoded by the exporter (profile_export.py); an unsampled span exports nothing
         target = getattr(span, "_attributes", None)
         if target is not None:
-            profiled = [pending, None]
+            profiled = pending
             # a plain attribute (the name is a constant): cheaper than materialising __dict__
             target._stagetrace_profile = profiled
         else:
@@ -438,7 +439,9 @@ def _profile_output(active: _Active, spec: StageSpec, result) -> None:
             # deferred input: defer the output too (a snapshot, as for the input)
             dt = result.dtype
             if dt.kind in "fiub" and 0 < result.nbytes <= _DEFER_MAX_BYTES:
-                pending[1] = (result.tobytes(), dt, result.shape, active.instance)
+                pending[7] = result.tobytes()
+                pending[8] = dt
+                pending[9] = result.shape
                 # remember_prediction, inlined; _context is what the SDK span's get_span_context returns
                 _last_prediction_ctx.set(active.span._context)
                 return
