@@ -61,6 +61,9 @@ class StageSpec:
     # The model input among the call's arguments (self excluded), for the input
     # profile; default: the first positional argument.
     model_input: Callable[[tuple, dict], Any] | None = None
+    # True when a call's output is not what the model's classes describe (LightGBM
+    # ``raw_score=True``): its output profile then names no classes.
+    raw_output: Callable[[tuple, dict], bool] | None = None
     # A model's own training (``fit``): no span, and no stage span for any call inside it
     # (GradientBoostingClassifier.fit predicts with its init estimator; that is not serving).
     quiet: bool = False
@@ -348,8 +351,11 @@ def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
     profiled: Any = False
     pending = None
     prof = settings.profile
+    out_owner = instance  # whose classes describe the output
     if prof is not None and spec.stage in prof.stages:
-        if prof.defer:
+        if spec.raw_output is not None and spec.raw_output(args, kwargs):
+            out_owner = None  # (captured inline: rare, and the deferred output takes the input's owner)
+        elif prof.defer:
             pending = _defer_input(tracer, spec, instance, args, kwargs, model)
         if pending is None:
             pattrs = _profile_input(spec, instance, args, kwargs, model)
@@ -367,7 +373,7 @@ def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
         else:
             profiled = _UNSAMPLED  # nothing to record; last_prediction_id() still names this call
     metric_attrs = metrics.attributes_for(spec.stage, model, version)
-    return _Active(span, _Frame(spec.stage, span, has_model, profiled), metric_attrs, instance)
+    return _Active(span, _Frame(spec.stage, span, has_model, profiled), metric_attrs, out_owner)
 
 
 def _named(stage: str, qualname: str, model: str | None, version: str | None, attrs: dict) -> tuple:
