@@ -271,8 +271,12 @@ import gc
 gc.collect()
 if gc_mode == "nogc":  # the calls' own code only: collections of the queued spans are left out
     gc.disable()
+before = len(gc.get_objects())
 for _ in range(n):
     m.predict_proba(x)
+if gc_mode == "count":  # objects the collector tracks, per span waiting in the export queue
+    gc.collect()
+    print((len(gc.get_objects()) - before) / n, flush=True)
 os._exit(0)  # no exit-time flush in the count
 '''
 
@@ -304,6 +308,12 @@ def compare_instructions(ref: str, calls: tuple[int, int] = (1000, 5000)) -> Non
         lo, hi = calls
         print(f"instructions per one-row call (sklearn hook's spec, a model returning a (1, 2) array; "
               f"calls {lo} and {hi}, PYTHONHASHSEED=0; load average {os.getloadavg()[0]:.1f})")
+        for label, path in trees.items():
+            env = dict(os.environ, **({"PYTHONPATH": path} if path else {}))
+            per = {mode: subprocess.run([sys.executable, "-c", _INSTR_CHILD, mode, "2000", "count"], env=env,
+                                        capture_output=True, text=True, check=True).stdout.strip()
+                   for mode in ("off", "on")}
+            print(f"  objects tracked by the cyclic GC per queued span, {label}: off {per['off']}, on {per['on']}")
         for gc_mode in ("nogc", "gc"):
             for label, path in trees.items():
                 per = {}
