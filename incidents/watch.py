@@ -22,7 +22,7 @@ investigation takes seconds, so it runs on one worker thread with its own backen
 while the loop goes on evaluating. A firing alert is held back from its targets until
 its cause is attached (an on-call engineer's first message should say why), for at most
 ``CAUSE_WAIT_NS``; past that it goes out without, and the cause follows in the next
-update (Alertmanager and webhooks get it at once, as a refresh). At most
+update (Alertmanager gets it at once, as a refresh). At most
 ``MAX_PENDING_CAUSES`` investigations wait; an alert past that is sent without a cause,
 which says so.
 """
@@ -57,6 +57,14 @@ CAUSE_WAIT_NS = 60 * 10**9  # longest a firing alert is held back waiting for it
 
 def alert_key(labels: dict[str, str]) -> str:
     return hashlib.sha1(json.dumps(labels, sort_keys=True).encode()).hexdigest()
+
+
+def _close_quietly(backend: Backend | None) -> None:
+    if backend is not None:
+        try:
+            backend.close()
+        except Exception:  # noqa: BLE001 - closing what failed must not fail the watch
+            pass
 
 
 class Watcher:
@@ -163,12 +171,8 @@ class Watcher:
             self._pool = None
             if self._causes:
                 self.deliver_causes()
-        if self._cause_backend is not None:
-            try:
-                self._cause_backend.close()
-            except Exception:  # noqa: BLE001
-                pass
-            self._cause_backend = None
+        _close_quietly(self._cause_backend)
+        self._cause_backend = None
         self._drop_backend()
 
     # --- reading ---------------------------------------------------------------------------
@@ -178,12 +182,8 @@ class Watcher:
         return self.backend
 
     def _drop_backend(self) -> None:
-        if self.backend is not None:
-            try:
-                self.backend.close()
-            except Exception:  # noqa: BLE001
-                pass
-            self.backend = None
+        _close_quietly(self.backend)
+        self.backend = None
 
     def _read(self, now: int) -> None:
         """Fold in the spans and error logs since the last read (and the settle margin)."""
