@@ -97,6 +97,8 @@ class Watcher:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._cause_backend: Backend | None = None  # the worker's own: never used by the loop
         self.cause_ready = threading.Event()  # set when an investigation finished (run() delivers it)
+        for a in self.state["alerts"].values():
+            a.pop("cause_wait_until", None)  # a restart: no investigation of before is running any more
 
     # --- one evaluation --------------------------------------------------------------------
     def step(self, now_ns: int | None = None) -> list[tuple[str, dict[str, Any]]]:
@@ -161,7 +163,8 @@ class Watcher:
         self.cause_ready.clear()
         self._collect_causes()
         sent = self._deliver(now)
-        self._save(now)
+        self.state["causes_pending"] = len(self._causes)
+        self.store.save(self.state)  # (not last_eval_ns: this was no evaluation)
         return sent
 
     def close(self) -> None:
