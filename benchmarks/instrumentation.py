@@ -36,6 +36,10 @@ of calls were dominated by other processes' bursts). Reported: the 10th percenti
 the median of each, their differences, and the median of the paired differences; the
 target is judged on the largest of the three. Targets: <= 3 % of the 64-row call, <= 5 us
 for one row.
+
+``--instructions --compare-with GITREF``: the profile's in-call cost in instructions
+(valgrind), GITREF's package and this tree's: independent of the machine's load, though runs
+of the same code differ by up to ~3 000 instructions per call (about 0.7 us).
 """
 
 from __future__ import annotations
@@ -198,20 +202,10 @@ def profile_cost(pairs: int, batch_sizes=(64, 1)) -> None:
 def compare_profile_cost(ref: str, pairs: int, runs: int) -> None:
     """The profile cost of ``ref``'s package and of this tree's, in child processes one after
     the other (old, new, old, new...), so both see the same machine."""
-    import shutil
     import tempfile
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    folders = {"core": "stagetrace", "instrumentation": "stagetrace/instrumentation",
-               "collector": "stagetrace/collector", "forensics": "stagetrace/forensics"}
     with tempfile.TemporaryDirectory(prefix="stagetrace-bench-") as tmp:
-        for src, dst in folders.items():
-            archive = subprocess.run(["git", "-C", root, "archive", "--format=tar", ref, src],
-                                     capture_output=True, check=True).stdout
-            os.makedirs(os.path.join(tmp, "x"), exist_ok=True)
-            subprocess.run(["tar", "-x", "-C", os.path.join(tmp, "x")], input=archive, check=True)
-            shutil.move(os.path.join(tmp, "x", src), os.path.join(tmp, dst))
-        trees = {f"{ref} (before)": tmp, "this tree": None}
+        trees = {f"{ref} (before)": _extract(ref, tmp), "this tree": None}
         for run in range(runs):
             for label, path in trees.items():
                 env = dict(os.environ)
@@ -220,6 +214,114 @@ def compare_profile_cost(ref: str, pairs: int, runs: int) -> None:
                 print(f"\n=== run {run + 1}: {label}", flush=True)
                 subprocess.run([sys.executable, os.path.abspath(__file__), "--profile-only", "--profile-pairs",
                                 str(pairs)], env=env, check=True)
+
+
+def _extract(ref: str, tmp: str) -> str:
+    """``ref``'s stagetrace package under ``tmp`` (a path to put first on PYTHONPATH)."""
+    import shutil
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    folders = {"core": "stagetrace", "instrumentation": "stagetrace/instrumentation",
+               "collector": "stagetrace/collector", "forensics": "stagetrace/forensics"}
+    for src, dst in folders.items():
+        archive = subprocess.run(["git", "-C", root, "archive", "--format=tar", ref, src],
+                                 capture_output=True, check=True).stdout
+        os.makedirs(os.path.join(tmp, "x"), exist_ok=True)
+        subprocess.run(["tar", "-x", "-C", os.path.join(tmp, "x")], input=archive, check=True)
+        shutil.move(os.path.join(tmp, "x", src), os.path.join(tmp, dst))
+    return tmp
+
+
+# --- instruction counts (valgrind): the in-call cost free of the machine's load ----------------------
+_INSTR_CHILD = r'''
+import os, sys
+import numpy as np
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from stagetrace.instrumentation import hook_sklearn, profiling, wrapping
+from stagetrace.instrumentation.instrumentor import StagetraceInstrumentor
+
+class Drop(SpanExporter):
+    def export(self, spans):
+        return SpanExportResult.SUCCESS
+
+tp = TracerProvider()  # the export thread never runs while the calls are counted (it would add its own work)
+tp.add_span_processor(BatchSpanProcessor(Drop(), max_queue_size=1 << 17, max_export_batch_size=1 << 16,
+                                         schedule_delay_millis=600000))
+metrics.set_meter_provider(MeterProvider())
+StagetraceInstrumentor().instrument(tracer_provider=tp, stages="", libraries=[])
+
+class Model:  # a fitted binary classifier's shape: 9 features in, (rows, 2) probabilities out
+    classes_ = np.array([0, 1])
+    out = np.array([[0.3, 0.7]])
+    def predict_proba(self, X):
+        return self.out
+
+wrapping.wrap(Model, "predict_proba", wrapping.StageSpec("inference", "Model.predict_proba", "sklearn",
+                                                         hook_sklearn.describe))
+m, x = Model(), np.ones((1, 9))
+mode, n, gc_mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+wrapping.settings.profile = profiling.ProfileSettings() if mode == "on" else None
+for _ in range(300):
+    m.predict_proba(x)
+tp.force_flush()
+import gc
+gc.collect()
+if gc_mode == "nogc":  # the calls' own code only: collections of the queued spans are left out
+    gc.disable()
+before = len(gc.get_objects())
+for _ in range(n):
+    m.predict_proba(x)
+if gc_mode == "count":  # objects the collector tracks, per span waiting in the export queue
+    gc.collect()
+    print((len(gc.get_objects()) - before) / n, flush=True)
+os._exit(0)  # no exit-time flush in the count
+'''
+
+
+def _instructions(pythonpath: str | None, mode: str, calls: int, gc_mode: str) -> int:
+    """Instructions executed by one child process (valgrind's cachegrind, no cache simulation)."""
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    out = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+                          sys.executable, "-c", _INSTR_CHILD, mode, str(calls), gc_mode],
+                         env=env, capture_output=True, text=True, check=True).stderr
+    line = next(ln for ln in out.splitlines() if "I" in ln and "refs:" in ln)
+    return int(line.rsplit(None, 1)[-1].replace(",", ""))
+
+
+def compare_instructions(ref: str, calls: tuple[int, int] = (1000, 5000)) -> None:
+    """Per-call instructions of a one-row profiled call, profile off and on, ``ref``'s package
+    and this tree's: (count at the larger call number - at the smaller) / the difference, so
+    start-up and warm-up cancel. Independent of the machine's load (not of cache misses),
+    though not exact: runs of the same code differ by up to ~3 000 instructions per call
+    (memory layout, the spans' random ids), so read differences below that as none.
+    Twice: with the cyclic GC off during the calls (the calls' own code), and on (adds the
+    collections, whose cost grows with the spans left in the queue: the count is then
+    sensitive to when the collections fall)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="stagetrace-bench-") as tmp:
+        trees = {f"{ref} (before)": _extract(ref, tmp), "this tree": None}
+        lo, hi = calls
+        print(f"instructions per one-row call (sklearn hook's spec, a model returning a (1, 2) array; "
+              f"calls {lo} and {hi}, PYTHONHASHSEED=0; load average {os.getloadavg()[0]:.1f})")
+        for label, path in trees.items():
+            env = dict(os.environ, **({"PYTHONPATH": path} if path else {}))
+            per = {mode: subprocess.run([sys.executable, "-c", _INSTR_CHILD, mode, "2000", "count"], env=env,
+                                        capture_output=True, text=True, check=True).stdout.strip()
+                   for mode in ("off", "on")}
+            print(f"  objects tracked by the cyclic GC per queued span, {label}: off {per['off']}, on {per['on']}")
+        for gc_mode in ("nogc", "gc"):
+            for label, path in trees.items():
+                per = {}
+                for mode in ("off", "on"):
+                    per[mode] = (_instructions(path, mode, hi, gc_mode) - _instructions(path, mode, lo, gc_mode)) / (hi - lo)
+                print(f"  GC {'off' if gc_mode == 'nogc' else 'on ':<4}{label:<16} off {per['off']:9.0f}   "
+                      f"on {per['on']:9.0f}   profile {per['on'] - per['off']:7.0f}", flush=True)
 
 
 def main() -> None:
@@ -235,7 +337,12 @@ def main() -> None:
                     help="with --profile-only: also measure the profile cost of GITREF's code, in child "
                          "processes alternating with this tree's (old, new, old, new)")
     ap.add_argument("--runs", type=int, default=2, help=argparse.SUPPRESS)
+    ap.add_argument("--instructions", action="store_true",
+                    help="with --compare-with: instructions per one-row call under valgrind, profile off and on")
     a = ap.parse_args()
+    if a.instructions and a.compare_with:
+        compare_instructions(a.compare_with)
+        return
     if a.profile_only and a.compare_with:
         compare_profile_cost(a.compare_with, a.profile_pairs, a.runs)
         return

@@ -62,11 +62,12 @@ def main() -> None:
     snap_in, snap_out = batch.tobytes(), model.predict_proba(batch).tobytes()
 
     def const_snapshot(tracer, spec, instance, args, kwargs, model_name):  # the deferred snapshot, made of constants
-        return (deferred, snap_in, batch.dtype, batch.shape, instance, spec.qualname, model_name)
+        return [deferred, snap_in, batch.dtype, batch.shape, instance, spec.qualname, model_name, None, None, None]
 
     def const_output(active, spec, result):  # only what last_prediction_id() needs
-        active.frame.profiled[1] = (snap_out, batch.dtype, (len(batch), 2), active.instance)
-        wrapping._last_prediction_ctx.set(active.span.get_span_context())
+        pending = active.frame.profiled
+        pending[7], pending[8], pending[9] = snap_out, batch.dtype, (len(batch), 2)
+        wrapping._last_prediction_ctx.set(active.span._context)
 
     no_stage = profiling.ProfileSettings(stages=())  # settings set, the stage not among them: a control
 

@@ -49,6 +49,8 @@ def parse_time_ns(text: str, option: str) -> int:
     import datetime as _dt
     import math
     t = text.strip()
+    if t.isdigit() and int(t) > 10**17:  # Unix ns (Loki returns ml.label.time so): exact, not through a float
+        return int(t)
     try:
         x = float(t)
     except ValueError:

@@ -31,6 +31,7 @@ from scipy import stats
 
 from stagetrace import mlprofile, semconv
 from stagetrace.backend import Backend, LogQuery
+from stagetrace.config import UserError, parse_time_ns
 from stagetrace.model import LogRecord, Span
 
 from . import mlprofiles as mp
@@ -177,8 +178,7 @@ def join(spans: Sequence[Span], labels: Sequence[LogRecord], model: str,
         if span is None:
             counts["unmatched"] += 1
             continue
-        when = a.get(semconv.ML_LABEL_TIME)
-        when = int(when) if isinstance(when, (int, float)) else rec.time_ns
+        when = _label_time_ns(a.get(semconv.ML_LABEL_TIME), rec.time_ns)
         key = (span.trace_id, span.span_id, int(row))
         if key in latest:
             counts["relabelled"] += 1
@@ -214,6 +214,19 @@ def join(spans: Sequence[Span], labels: Sequence[LogRecord], model: str,
 
 
 # --- metrics -----------------------------------------------------------------------------
+
+def _label_time_ns(value: Any, default: int) -> int:
+    """``ml.label.time`` as a number (our store) or as text (Loki returns every attribute
+    as a string); ``default`` (the record's time) when it is absent or unreadable."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return parse_time_ns(value, semconv.ML_LABEL_TIME)
+        except UserError:
+            return default
+    return default
+
 
 def auc(y: np.ndarray, p: np.ndarray) -> float | None:
     """Area under the ROC curve by ranks (Mann-Whitney U); None without both classes."""

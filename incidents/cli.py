@@ -80,7 +80,7 @@ def watch_group(ctx: click.Context, rules_file, interval, out_dir, am_urls, webh
         from stagetrace.forensics.cli import parse_time_ns
         floor = parse_time_ns(ignore_before, "--ignore-before")
     w = Watcher(cfg, state_dir=data, out_dir=out, open_backend=_open_factory(opts), investigate=not no_investigate,
-                ignore_before_ns=floor)
+                ignore_before_ns=floor, background_causes=not once)
     targets: list = [LogTarget(_echo), JsonlTarget(jsonl or out / "alerts.jsonl")]
     targets += [AlertmanagerTarget(u, w.hold_ns) for u in am_urls]
     targets += [WebhookTarget(u, w.hold_ns) for u in webhooks]

@@ -103,9 +103,10 @@ def write_rules(run_dir: Path) -> Path:
 
 def wait_for_evaluation(data_dir: Path, after_ns: int, timeout_s: float, alive: Any = lambda: True) -> bool:
     """Wait (at most ``timeout_s``) until the watch has finished an evaluation that began at
-    or after ``after_ns``: the niced watch can be a whole evaluation behind on a busy machine
-    (each alert that fires runs its cause investigation first), and stopping it then loses
-    the alerts of the end of the load. True when it caught up."""
+    or after ``after_ns`` and has no cause investigation still running: the niced watch can
+    be a whole evaluation behind on a busy machine, and an alert waits for its cause before
+    it is sent, so stopping it then loses the alerts of the end of the load. True when it
+    caught up."""
     import time
 
     from .state import StateStore
@@ -113,7 +114,8 @@ def wait_for_evaluation(data_dir: Path, after_ns: int, timeout_s: float, alive: 
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            done = int(StateStore(data_dir).load().get("last_eval_ns") or 0) >= after_ns
+            state = StateStore(data_dir).load()
+            done = int(state.get("last_eval_ns") or 0) >= after_ns and not state.get("causes_pending")
         except Exception:  # noqa: BLE001 - a state being replaced, or none yet: look again
             done = False
         if done:

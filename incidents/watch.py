@@ -16,10 +16,20 @@ restart finds its firing alerts and what each target was already told.
 A failing read of the backend does not resolve anything (missing data is not good
 news); it raises the ``WatchCannotReadTelemetry`` alert instead, which resolves once
 reads succeed again.
+
+Causes off the loop (``background_causes``, what ``stagetrace watch`` runs): an
+investigation takes seconds, so it runs on one worker thread with its own backend,
+while the loop goes on evaluating. A firing alert is held back from its targets until
+its cause is attached (an on-call engineer's first message should say why), for at most
+``CAUSE_WAIT_NS``; past that it goes out without, and the cause follows in the next
+update (Alertmanager gets it at once, as a refresh). At most
+``MAX_PENDING_CAUSES`` investigations wait; an alert past that is sent without a cause,
+which says so.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -41,10 +51,20 @@ from .state import SilenceStore, StateStore
 log = logging.getLogger("stagetrace.watch")
 TELEMETRY_RULE = Rule("WatchCannotReadTelemetry", "errors", severity="page")
 MAX_RESOLVE_ATTEMPTS = 20
+MAX_PENDING_CAUSES = 8
+CAUSE_WAIT_NS = 60 * 10**9  # longest a firing alert is held back waiting for its cause
 
 
 def alert_key(labels: dict[str, str]) -> str:
     return hashlib.sha1(json.dumps(labels, sort_keys=True).encode()).hexdigest()
+
+
+def _close_quietly(backend: Backend | None) -> None:
+    if backend is not None:
+        try:
+            backend.close()
+        except Exception:  # noqa: BLE001 - closing what failed must not fail the watch
+            pass
 
 
 class Watcher:
@@ -54,7 +74,7 @@ class Watcher:
     def __init__(self, cfg: WatchConfig, *, state_dir: str | Path, out_dir: str | Path,
                  open_backend: Callable[[], Backend], targets: Sequence[Target] = (),
                  clock: Callable[[], int] = time.time_ns, investigate: bool = True,
-                 ignore_before_ns: int | None = None) -> None:
+                 ignore_before_ns: int | None = None, background_causes: bool = False) -> None:
         self.cfg = cfg
         self.open_backend = open_backend
         self.targets = list(targets)
@@ -72,12 +92,20 @@ class Watcher:
         self.backend: Backend | None = None
         self.refresh_ns = max(cfg.interval_ns, 60 * 10**9)  # Alertmanager re-send period
         self.hold_ns = 4 * self.refresh_ns  # endsAt ahead of now while firing
+        self.background_causes = background_causes
+        self._causes: dict[str, concurrent.futures.Future] = {}  # alert key -> its investigation
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._cause_backend: Backend | None = None  # the worker's own: never used by the loop
+        self.cause_ready = threading.Event()  # set when an investigation finished (run() delivers it)
+        for a in self.state["alerts"].values():
+            a.pop("cause_wait_until", None)  # a restart: no investigation of before is running any more
 
     # --- one evaluation --------------------------------------------------------------------
     def step(self, now_ns: int | None = None) -> list[tuple[str, dict[str, Any]]]:
         """Evaluate once at ``now_ns`` (default: the clock). Returns the notifications
         sent as (event, alert) pairs."""
         now = self.clock() if now_ns is None else now_ns
+        self._collect_causes()
         try:
             self._read(now)
         except Exception as exc:  # noqa: BLE001 - any read failure is the telemetry alert
@@ -110,7 +138,8 @@ class Watcher:
         return sent
 
     def run(self, stop: threading.Event | None = None, on_cycle: Callable[[], None] | None = None) -> None:
-        """Evaluate every ``interval`` until ``stop`` is set (or Ctrl-C)."""
+        """Evaluate every ``interval`` until ``stop`` is set (or Ctrl-C); a cause that
+        arrives in between is delivered at once."""
         stop = stop or threading.Event()
         try:
             while not stop.is_set():
@@ -118,11 +147,35 @@ class Watcher:
                 self.step()
                 if on_cycle:
                     on_cycle()
-                stop.wait(max(0.0, self.cfg.interval_ns / 1e9 - (time.monotonic() - t0)))
+                while not stop.is_set():
+                    left = self.cfg.interval_ns / 1e9 - (time.monotonic() - t0)
+                    if left <= 0:
+                        break
+                    if self.cause_ready.wait(min(left, 0.5)):
+                        self.deliver_causes()
         finally:
             self.close()
 
+    def deliver_causes(self, now_ns: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """Attach the causes that arrived and send what they held back, without a new
+        evaluation. Returns the notifications sent."""
+        now = self.clock() if now_ns is None else now_ns
+        self.cause_ready.clear()
+        self._collect_causes()
+        sent = self._deliver(now)
+        self.state["causes_pending"] = len(self._causes)
+        self.store.save(self.state)  # (not last_eval_ns: this was no evaluation)
+        return sent
+
     def close(self) -> None:
+        if self._pool is not None:
+            # the investigation under way finishes; its alert and the ones still waiting go out now
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+            if self._causes:
+                self.deliver_causes()
+        _close_quietly(self._cause_backend)
+        self._cause_backend = None
         self._drop_backend()
 
     # --- reading ---------------------------------------------------------------------------
@@ -132,12 +185,8 @@ class Watcher:
         return self.backend
 
     def _drop_backend(self) -> None:
-        if self.backend is not None:
-            try:
-                self.backend.close()
-            except Exception:  # noqa: BLE001
-                pass
-            self.backend = None
+        _close_quietly(self.backend)
+        self.backend = None
 
     def _read(self, now: int) -> None:
         """Fold in the spans and error logs since the last read (and the settle margin)."""
@@ -167,7 +216,6 @@ class Watcher:
     def _lifecycle(self, conds: list[Condition], now: int, only: set[str] | None = None,
                    for_ns: int | None = None) -> list[tuple[str, dict[str, Any]]]:
         alerts: dict[str, dict[str, Any]] = self.state["alerts"]
-        sent: list[tuple[str, dict[str, Any]]] = []
         seen = set()
         for c in conds:
             key = alert_key(c.labels)
@@ -194,7 +242,10 @@ class Watcher:
             if a["state"] == "pending" and now - a["active_since"] >= wait:
                 a["state"], a["fired_at"] = "firing", now
                 if self.investigate and c.investigate and self.backend is not None:
-                    self._attach_cause(a, c)
+                    if self.background_causes:
+                        self._start_cause(a, c, now)
+                    else:
+                        self._attach_cause(a, c)
                 self._write_alert(a)
         for key, a in list(alerts.items()):
             if key in seen or (only is not None and key not in only):
@@ -204,13 +255,21 @@ class Watcher:
                 continue
             a["state"], a["resolved_at"] = "resolved", now
             a["pending_resolve"] = [t for t in a.get("delivered", {})]
+            a.pop("cause_wait_until", None)
             del alerts[key]
             self.state["history"].append(a)
             self._write_alert(a)
-        # deliveries: firing alerts, then resolutions still owed
+        return self._deliver(now)
+
+    def _deliver(self, now: int) -> list[tuple[str, dict[str, Any]]]:
+        """Deliveries: firing alerts, then resolutions still owed."""
+        alerts: dict[str, dict[str, Any]] = self.state["alerts"]
+        sent: list[tuple[str, dict[str, Any]]] = []
         for a in alerts.values():
             if a["state"] != "firing":
                 continue
+            if a.get("cause_wait_until", 0) > now:
+                continue  # held back: its cause is on the way
             sil = self.silences.matching(a["labels"], now)
             if sil is not None:
                 a["silenced_by"] = sil.id
@@ -260,7 +319,45 @@ class Watcher:
 
     def _attach_cause(self, a: dict[str, Any], c: Condition) -> None:
         assert self.backend is not None
-        found = cause_mod.investigate(self.backend, c, a["id"], self.out_dir)
+        self._apply_cause(a, cause_mod.investigate(self.backend, c, a["id"], self.out_dir))
+
+    def _start_cause(self, a: dict[str, Any], c: Condition, now: int) -> None:
+        """Run the investigation on the worker thread; the alert waits for it (``_deliver``)."""
+        if len(self._causes) >= MAX_PENDING_CAUSES:
+            a["annotations"]["cause_error"] = f"not investigated: {MAX_PENDING_CAUSES} investigations already waiting"
+            return
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="stagetrace-cause")
+        fut = self._pool.submit(self._investigate_off_loop, c, a["id"])
+        fut.add_done_callback(lambda _f: self.cause_ready.set())
+        self._causes[a["key"]] = fut
+        a["cause_wait_until"] = now + CAUSE_WAIT_NS
+
+    def _investigate_off_loop(self, c: Condition, alert_id: str) -> cause_mod.Cause:
+        if self._cause_backend is None:  # (only this worker thread touches it)
+            self._cause_backend = self.open_backend()
+        return cause_mod.investigate(self._cause_backend, c, alert_id, self.out_dir)
+
+    def _collect_causes(self) -> None:
+        """Attach every finished investigation to its alert (firing, or resolved since)."""
+        for key, fut in list(self._causes.items()):
+            if not fut.done():
+                continue
+            del self._causes[key]
+            a = self.state["alerts"].get(key) or next(
+                (h for h in reversed(self.state["history"]) if h.get("key") == key), None)
+            if a is None:
+                continue
+            a.pop("cause_wait_until", None)
+            try:
+                self._apply_cause(a, fut.result())
+            except Exception as exc:  # noqa: BLE001 - the backend could not be opened: say so, send anyway
+                a["annotations"]["cause_error"] = f"{type(exc).__name__}: {exc}"[:500]
+            for rec in a.get("delivered", {}).values():
+                rec["sent_at"] = 0  # told before its cause came: refresh the targets that take updates
+            self._write_alert(a)
+
+    def _apply_cause(self, a: dict[str, Any], found: cause_mod.Cause) -> None:
         a["annotations"].update(found.annotations())
         a["report_files"] = found.files
         a["cause"] = {"lines": found.lines, "top": {k: v for k, v in found.top.items()},
@@ -278,6 +375,7 @@ class Watcher:
 
     def _save(self, now: int) -> None:
         self.state["last_eval_ns"] = now
+        self.state["causes_pending"] = len(self._causes)  # (the demo waits for them before it stops the watch)
         self.store.save(self.state)
 
     # --- views -------------------------------------------------------------------------------

@@ -20,6 +20,13 @@ def describe(instance, args, kwargs):
     return attrs
 
 
+def raw_output(args, kwargs) -> bool:
+    """Margins, leaf indices or contributions instead of probabilities (``raw_score``,
+    ``pred_leaf``, ``pred_contrib``, by keyword or among the first positional flags of either predict)."""
+    return any(kwargs.get(k) for k in ("raw_score", "pred_leaf", "pred_contrib")) or any(bool(v) for v in args[1:6]
+                                                                                        if isinstance(v, bool))
+
+
 def on_import(module: ModuleType) -> None:
     if module.__name__ == "lightgbm.basic":
         targets = [(module.Booster, ("predict",))]
@@ -30,4 +37,5 @@ def on_import(module: ModuleType) -> None:
             continue
         for meth in names:
             if meth in cls.__dict__:
-                wrap(cls, meth, StageSpec(semconv.STAGE_INFERENCE, f"{cls.__qualname__}.{meth}", FRAMEWORK, describe))
+                wrap(cls, meth, StageSpec(semconv.STAGE_INFERENCE, f"{cls.__qualname__}.{meth}", FRAMEWORK, describe,
+                                          raw_output=raw_output))

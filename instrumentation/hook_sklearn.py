@@ -1,6 +1,8 @@
 """scikit-learn: predict / predict_proba / predict_log_proba / decision_function
 -> inference; ``transform`` -> preprocess, but only inside an inference span (a
 Pipeline's predict), so fitting and ad-hoc transforms outside serving make no spans.
+``fit`` and its kin are wrapped quietly: no span, and the predictions a model makes
+inside its own fit (GradientBoostingClassifier's init estimator) are not inference.
 
 sklearn defines these methods on many classes and mixins (e.g.
 ``LinearClassifierMixin.predict``), so we wrap each class that defines one in its
@@ -21,6 +23,7 @@ WATCH = (("sklearn", True),)
 
 INFERENCE_METHODS = ("predict", "predict_proba", "predict_log_proba", "decision_function")
 PREPROCESS_METHODS = ("transform",)
+FIT_METHODS = ("fit", "partial_fit", "fit_transform", "fit_predict")
 
 
 def describe(instance, args, kwargs):
@@ -38,6 +41,9 @@ def on_import(module: ModuleType) -> None:
         for meth in INFERENCE_METHODS:
             if meth in obj.__dict__:
                 wrap(obj, meth, StageSpec(semconv.STAGE_INFERENCE, f"{obj.__qualname__}.{meth}", FRAMEWORK, describe))
+        for meth in FIT_METHODS:
+            if meth in obj.__dict__:
+                wrap(obj, meth, StageSpec(semconv.STAGE_INFERENCE, f"{obj.__qualname__}.{meth}", FRAMEWORK, quiet=True))
         for meth in PREPROCESS_METHODS:
             if meth in obj.__dict__:
                 wrap(obj, meth, StageSpec(semconv.STAGE_PREPROCESS, f"{obj.__qualname__}.{meth}", FRAMEWORK, describe,

@@ -7,6 +7,7 @@ import base64
 import binascii
 import json
 import math
+import os
 import random
 import struct
 import sys
@@ -386,8 +387,24 @@ def _raw_sample(data: Any, names: tuple[str, ...], redact: frozenset) -> str:
 
 # --- outputs -----------------------------------------------------------------------
 
+def _is_lightgbm_booster(instance: Any) -> bool:
+    return type(instance).__name__ == "Booster" and type(instance).__module__.startswith("lightgbm")
+
+
 def _classes_of(instance: Any) -> list[str] | None:
     classes = getattr(instance, "classes_", None)
+    if classes is None and type(instance).__module__.startswith("onnxruntime"):
+        return _onnx_classes(instance)
+    if classes is None and _is_lightgbm_booster(instance):
+        # a Booster has no classes_: its objective says (binary: 0/1; multiclass: 0..num_class-1)
+        try:
+            objective = str(instance.params.get("objective", "")).split()[0] if instance.params else ""
+            if objective in ("binary",):
+                return ["0", "1"]
+            if objective in ("multiclass", "softmax", "multiclassova", "multiclass_ova", "ova", "ovr"):
+                return [str(i) for i in range(int(instance.num_model_per_iteration()))]
+        except Exception:
+            return None
     if classes is None:
         return None
     try:
@@ -449,7 +466,7 @@ def output_attributes(result: Any, instance: Any) -> dict[str, Any]:
     known: list[str] | None = None
     total = None  # the output's row count, when r holds only its first rows
     if isinstance(r, list) and r and instance is not None and type(instance).__module__.startswith("onnxruntime"):
-        r, known, total = _onnx_output(r)
+        r, known, total = _onnx_output(r, instance)
     if isinstance(r, Mapping) and not _is_label_scores(r):  # transformers ModelOutput of a model called directly
         r = r.get("logits")
     if _is_torch(r):
@@ -475,11 +492,13 @@ def output_attributes(result: Any, instance: Any) -> dict[str, Any]:
             a = a[:, 0]
         if known is None:
             known = _model_info(instance)[1] if instance is not None else None
-        if a.ndim == 2 and a.dtype.kind in "fiu" and a.shape[1] == 2 and known is not None and len(known) == 2:
-            # a binary classifier's probabilities: the positive-class score says it all
-            # (class and confidence are derived by the reader), which halves the work;
-            # Python sums beat numpy reductions on arrays this small
-            scores = a[:, 1].astype(np.float32)
+        if known is not None and len(known) == 2 and a.dtype.kind in "fiu" and (
+                a.ndim == 2 and a.shape[1] == 2 or a.ndim == 1 and a.dtype.kind == "f" and _is_lightgbm_booster(instance)):
+            # a binary classifier's probabilities (a LightGBM Booster's 1-D output is the
+            # positive class's): the positive-class score says it all (class and confidence
+            # are derived by the reader), which halves the work; Python sums beat numpy
+            # reductions on arrays this small
+            scores = (a[:, 1] if a.ndim == 2 else a).astype(np.float32)
             classes = known
             values = scores.tolist()
             k = len(values)
@@ -524,11 +543,11 @@ def output_attributes(result: Any, instance: Any) -> dict[str, Any]:
     return attrs
 
 
-def _onnx_output(outputs: list) -> tuple[Any, list[str] | None, int | None]:
+def _onnx_output(outputs: list, session: Any) -> tuple[Any, list[str] | None, int | None]:
     """(what to summarise, its class labels, the row count when that holds only the first
     rows) of ``InferenceSession.run``'s list of outputs. A converted classifier returns its predicted labels and its probabilities, either a 2-D
-    array (columns in class order: a binary one's column 1 is the positive-class score,
-    as for scikit-learn) or, with skl2onnx's default ZipMap, one ``{class: p}`` dict per
+    array (columns in class order, the labels read from the model: ``_onnx_classes``; a
+    binary one's column 1 is the positive-class score, as for scikit-learn) or, with skl2onnx's default ZipMap, one ``{class: p}`` dict per
     row (whose keys are the class labels). Otherwise the first 2-D float output (scores,
     logits), else the first output."""
     labels = next((o for o in outputs if isinstance(o, np.ndarray) and o.ndim == 1), None)
@@ -539,9 +558,49 @@ def _onnx_output(outputs: list) -> tuple[Any, list[str] | None, int | None]:
             return probs, [str(k) for k in keys], len(o)
     arrays = [o for o in outputs if isinstance(o, np.ndarray)]
     probs = next((o for o in arrays if o.ndim == 2 and o.dtype.kind == "f"), None)
+    if probs is not None and labels is not None:  # a classifier: its labels from the model, else column numbers
+        known = _model_info(session)[1]
+        if known is not None and len(known) == probs.shape[1]:
+            return probs, known, None
+        return probs, (["0", "1"] if probs.shape[1] == 2 else None), None
     if probs is not None:
-        return probs, (["0", "1"] if labels is not None and probs.shape[1] == 2 else None), None
+        return probs, None, None
     return (arrays[0] if arrays else None), None, None
+
+
+_ONNX_MAX_BYTES = 128 << 20  # a larger model is not parsed a second time for its labels
+
+
+def _onnx_classes(session: Any) -> list[str] | None:
+    """The class labels of a converted classifier without ZipMap: the ``classlabels_*``
+    attribute of its last ``ai.onnx.ml`` node that has one (LinearClassifier,
+    TreeEnsembleClassifier, SVMClassifier...). ONNX Runtime does not expose the graph, so
+    this parses the model (with the ``onnx`` package, when installed; once per session:
+    ``_model_info``). None when it cannot say (the caller falls back to column numbers)."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    try:
+        raw, path = getattr(session, "_model_bytes", None), getattr(session, "_model_path", None)
+        if isinstance(raw, bytes) and 0 < len(raw) <= _ONNX_MAX_BYTES:
+            model = onnx.load_model_from_string(raw)
+        elif isinstance(path, str) and os.path.getsize(path) <= _ONNX_MAX_BYTES:
+            model = onnx.load(path, load_external_data=False)
+        else:
+            return None
+        found = None
+        for node in model.graph.node:
+            if node.domain != "ai.onnx.ml":
+                continue
+            for att in node.attribute:
+                if att.name == "classlabels_strings" and att.strings:
+                    found = [b.decode("utf-8", "replace") for b in att.strings]
+                elif att.name in ("classlabels_int64s", "classlabels_ints") and att.ints:
+                    found = [str(i) for i in att.ints]
+        return found
+    except Exception:
+        return None
 
 
 def _is_label_scores(x: Any) -> bool:

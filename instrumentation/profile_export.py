@@ -35,7 +35,7 @@ from .wrapping import _DEFER_MAX_BYTES, _MARK
 
 _logger = logging.getLogger("stagetrace.instrumentation")
 
-# MARK: the attribute of the span's BoundedAttributes that holds [input snapshot, output snapshot];
+# MARK: the attribute of the span's BoundedAttributes that holds the snapshots (wrapping._defer_input's list);
 # MAX_DEFERRED_BYTES: per array (256 rows x 16 float64 features); larger ones are captured inline.
 # Both live in wrapping.py, which writes them in the call.
 MARK, MAX_DEFERRED_BYTES = _MARK, _DEFER_MAX_BYTES
@@ -84,11 +84,9 @@ def resolve(attrs: Any) -> None:
         from . import profile_capture as pc
 
         new: dict[str, Any] = {}
-        inp, out = pending
-        if inp is not None:
-            new.update(pc.resolve_input(*inp))
-        if out is not None:
-            new.update(pc.resolve_output(*out))
+        new.update(pc.resolve_input(*pending[:7]))
+        if pending[7] is not None:  # the output's bytes, dtype, shape; the model is the input's slot 4
+            new.update(pc.resolve_output(pending[7], pending[8], pending[9], pending[4]))
         d, maxlen, max_value_len = attrs._dict, attrs.maxlen, attrs.max_value_len
         for key, value in new.items():
             if isinstance(value, str) and max_value_len is not None:

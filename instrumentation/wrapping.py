@@ -61,6 +61,12 @@ class StageSpec:
     # The model input among the call's arguments (self excluded), for the input
     # profile; default: the first positional argument.
     model_input: Callable[[tuple, dict], Any] | None = None
+    # True when a call's output is not what the model's classes describe (LightGBM
+    # ``raw_score=True``): its output profile then names no classes.
+    raw_output: Callable[[tuple, dict], bool] | None = None
+    # A model's own training (``fit``): no span, and no stage span for any call inside it
+    # (GradientBoostingClassifier.fit predicts with its init estimator; that is not serving).
+    quiet: bool = False
 
     @functools.cached_property
     def base_attributes(self) -> dict[str, Any]:
@@ -87,10 +93,12 @@ class _Frame:
         self.stage = stage
         self.span = span
         self.has_model = has_model
-        self.profiled = profiled  # ml.input.profile is on the span (True) or pending on it ([input, output])
+        self.profiled = profiled  # ml.input.profile is on the span (True) or pending on it (_defer_input's list)
 
 
 _current: ContextVar[_Frame | None] = ContextVar("stagetrace_stage", default=None)
+# The frame of a quiet call (a model's fit): no stage of its own, and no span under it.
+_QUIET = _Frame(None, None, True, True)  # type: ignore[arg-type]
 
 
 def current_stage() -> str | None:
@@ -292,7 +300,8 @@ def _defer_input(tracer, spec: StageSpec, instance, args, kwargs, model: str | N
             dt = x.dtype
             if dt.kind in "fiub" and 0 < x.nbytes <= _DEFER_MAX_BYTES:
                 # tobytes: the app may reuse its buffer once the call returns (a third of ndarray.copy's cost)
-                return (settings.profile, x.tobytes(), dt, x.shape, instance, spec.qualname, model)
+                # one flat list: slots 0-6 the input (resolve_input's arguments), 7-9 the output
+                return [settings.profile, x.tobytes(), dt, x.shape, instance, spec.qualname, model, None, None, None]
     except AttributeError:
         pass  # not the SDK's tracer: inline
     except Exception:
@@ -303,7 +312,9 @@ def _defer_input(tracer, spec: StageSpec, instance, args, kwargs, model: str | N
 def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
     """Open a span for this call, or return None if the call is nested/not applicable."""
     parent = _current.get()
-    if parent is not None and parent.stage == spec.stage:
+    if parent is not None and (parent.stage == spec.stage or parent is _QUIET):
+        if parent is _QUIET:  # inside a model's own fit
+            return None
         if not parent.has_model and spec.describe is not None:
             _enrich(parent, spec, instance, args, kwargs)
         if not parent.profiled and spec.framework and settings.profile is not None \
@@ -340,8 +351,11 @@ def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
     profiled: Any = False
     pending = None
     prof = settings.profile
+    out_owner = instance  # whose classes describe the output
     if prof is not None and spec.stage in prof.stages:
-        if prof.defer:
+        if spec.raw_output is not None and spec.raw_output(args, kwargs):
+            out_owner = None  # (captured inline: rare, and the deferred output takes the input's owner)
+        elif prof.defer:
             pending = _defer_input(tracer, spec, instance, args, kwargs, model)
         if pending is None:
             pattrs = _profile_input(spec, instance, args, kwargs, model)
@@ -353,12 +367,13 @@ def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
         # encoded by the exporter (profile_export.py); an unsampled span exports nothing
         target = getattr(span, "_attributes", None)
         if target is not None:
-            profiled = [pending, None]
-            target.__dict__[_MARK] = profiled
+            profiled = pending
+            # a plain attribute (the name is a constant): cheaper than materialising __dict__
+            target._stagetrace_profile = profiled
         else:
             profiled = _UNSAMPLED  # nothing to record; last_prediction_id() still names this call
     metric_attrs = metrics.attributes_for(spec.stage, model, version)
-    return _Active(span, _Frame(spec.stage, span, has_model, profiled), metric_attrs, instance)
+    return _Active(span, _Frame(spec.stage, span, has_model, profiled), metric_attrs, out_owner)
 
 
 def _named(stage: str, qualname: str, model: str | None, version: str | None, attrs: dict) -> tuple:
@@ -430,8 +445,11 @@ def _profile_output(active: _Active, spec: StageSpec, result) -> None:
             # deferred input: defer the output too (a snapshot, as for the input)
             dt = result.dtype
             if dt.kind in "fiub" and 0 < result.nbytes <= _DEFER_MAX_BYTES:
-                pending[1] = (result.tobytes(), dt, result.shape, active.instance)
-                _last_prediction_ctx.set(active.span.get_span_context())  # remember_prediction, inlined
+                pending[7] = result.tobytes()
+                pending[8] = dt
+                pending[9] = result.shape
+                # remember_prediction, inlined; _context is what the SDK span's get_span_context returns
+                _last_prediction_ctx.set(active.span._context)
                 return
         capture = _capture[0] if _capture else _capture_module()
         # ml.prediction.id is the span's own <trace id>-<span id>: derived by readers, not written.
@@ -608,7 +626,9 @@ def make_function_wrapper(fn: Callable, spec: StageSpec, is_method: bool) -> Cal
     settings_ = settings
     tm = _trace_mod
 
-    if kind == "sync":
+    if spec.quiet:
+        wrapper = _make_quiet(fn)
+    elif kind == "sync":
         if is_method:
             @functools.wraps(fn)
             def wrapper(*args, **kwargs):
@@ -641,6 +661,19 @@ def make_function_wrapper(fn: Callable, spec: StageSpec, is_method: bool) -> Cal
     else:
         wrapper = _make_asyncgen(spec, fn, is_method)
     wrapper.__stagetrace_spec__ = spec  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _make_quiet(fn: Callable) -> Callable:
+    """A wrapper that makes no span and lets no stage span start inside the call (only
+    synchronous functions are wrapped this way: ``wrap`` refuses the others)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        token = _current.set(_QUIET)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _current.reset(token)
     return wrapper
 
 
@@ -708,7 +741,9 @@ def wrap(owner: Any, attr: str, spec: StageSpec) -> bool:
     raw = owner.__dict__[attr] if in_dict else getattr(owner, attr)
     is_class = isinstance(owner, type)
     if isinstance(raw, type):
-        return False  # replacing a class by a function would break isinstance(); name a method
+        return False
+    if spec.quiet and not (isinstance(raw, types.FunctionType) and _kind(raw) == "sync"):
+        return False  # quiet wrappers are for plain training methods only  # replacing a class by a function would break isinstance(); name a method
     if isinstance(raw, staticmethod):
         new: Any = staticmethod(make_function_wrapper(raw.__func__, spec, False))
     elif isinstance(raw, classmethod):

@@ -462,6 +462,29 @@ def test_sklearn_estimator_alone(instrumented):
     assert any(a[semconv.ML_MODEL_NAME] == "RandomForestClassifier" and a[semconv.METRIC_OUTCOME] == "ok" for a, _ in points)
 
 
+def test_predictions_inside_a_models_own_fit_are_not_inference(instrumented):
+    tel = instrumented
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = _data()
+    # GradientBoostingClassifier.fit predicts with its init estimator (a DummyClassifier)
+    clf = GradientBoostingClassifier(n_estimators=3, random_state=0).fit(X, y)
+    pipe = make_pipeline(StandardScaler(), GradientBoostingClassifier(n_estimators=2)).fit(X, y)
+    assert tel.stage_spans() == [], [s.name for s in tel.stage_spans()]
+    proba = clf.predict_proba(X[:3])
+    (span,) = tel.stage_spans()  # serving after the fit still makes its span
+    assert span.name == "inference GradientBoostingClassifier"
+    tel.exporter.clear()
+    pipe.predict(X[:2])
+    assert [s.name for s in tel.spans("inference")] == ["inference Pipeline"]
+    # the quiet wrapper changes nothing the fit returns or raises
+    assert isinstance(clf, GradientBoostingClassifier) and proba.shape == (3, 2)
+    with pytest.raises(ValueError):
+        GradientBoostingClassifier().fit(X, y[:-1])
+
+
 def test_xgboost_hook(instrumented):
     tel = instrumented
     import xgboost as xgb
@@ -494,6 +517,38 @@ def test_lightgbm_hook(instrumented):
     clf.booster_.predict(X[:3])
     (span,) = tel.stage_spans()
     assert span.name == "inference Booster" and span.attributes[semconv.ML_BATCH_SIZE] == 3
+
+
+def test_lightgbm_booster_classes_from_its_objective(instrumented):
+    tel = instrumented
+    import lightgbm as lgb
+
+    from stagetrace import mlprofile
+
+    X, y = _data(200)
+    binary = lgb.train({"objective": "binary", "verbose": -1, "min_data_in_leaf": 5}, lgb.Dataset(X, y), 5)
+    multi = lgb.train({"objective": "multiclass", "num_class": 3, "verbose": -1, "min_data_in_leaf": 5},
+                      lgb.Dataset(X, (X[:, 0] * 3).astype(int)), 5)
+    tel.exporter.clear()
+
+    def output():
+        (span,) = tel.stage_spans()
+        tel.exporter.clear()
+        return span.attributes, mlprofile.decode_output(span.attributes[semconv.ML_OUTPUT_PROFILE])
+
+    p = binary.predict(X[:4])  # 1-D: the positive class's probability
+    a, out = output()
+    assert out.classes == ["0", "1"] and list(out.predicted) == [int(v > 0.5) for v in p]
+    assert a[semconv.ML_PREDICTION_SCORE_MEAN] == pytest.approx(float(np.mean(p)), abs=1e-6)
+    p1 = binary.predict(X[:1])
+    a, out = output()
+    assert a[semconv.ML_PREDICTION_CLASS] == ("1" if p1[0] > 0.5 else "0")
+    binary.predict(X[:4], raw_score=True)  # margins, not probabilities: no classes claimed
+    a, out = output()
+    assert out.classes == [] and semconv.ML_PREDICTION_CLASS not in a
+    pm = multi.predict(X[:5])
+    a, out = output()
+    assert out.classes == ["0", "1", "2"] and list(out.predicted) == list(pm.argmax(axis=1))
 
 
 def test_torch_top_level_module_only(instrumented):
@@ -542,6 +597,39 @@ def test_onnxruntime_hook(instrumented, tmp_path):
     (span,) = tel.stage_spans()
     assert span.name == "inference fraud.onnx" and span.attributes[semconv.ML_MODEL_FRAMEWORK] == "onnxruntime"
     assert span.attributes[semconv.ML_BATCH_SIZE] == 6
+
+
+@pytest.mark.parametrize("from_file", [True, False])
+def test_onnxruntime_classifier_without_zipmap_names_the_models_classes(instrumented, tmp_path, from_file):
+    tel = instrumented
+    import onnxruntime as ort
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    from stagetrace import mlprofile
+
+    X, y = _data(80)
+    cases = {"strings": np.where(y == 1, "legit", "fraud"), "ints": np.where(y == 1, 7, 3),
+             "three": np.array(["a", "b", "c"])[(X[:, 0] * 3).astype(int)]}
+    for name, labels in cases.items():
+        clf = LogisticRegression().fit(X, labels)
+        onx = to_onnx(clf, X[:1], options={id(clf): {"zipmap": False}})  # label + probability matrix outputs
+        if from_file:
+            path = tmp_path / f"{name}.onnx"
+            path.write_bytes(onx.SerializeToString())
+            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        else:
+            sess = ort.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
+        tel.exporter.clear()
+        got_labels, _ = sess.run(None, {sess.get_inputs()[0].name: X[:5]})
+        (span,) = tel.stage_spans()
+        out = mlprofile.decode_output(span.attributes[semconv.ML_OUTPUT_PROFILE])
+        assert out.classes == [str(c) for c in clf.classes_], name
+        assert [out.classes[i] for i in out.predicted] == [str(v) for v in got_labels], name
+        tel.exporter.clear()
+        one, _ = sess.run(None, {sess.get_inputs()[0].name: X[:1]})
+        (span,) = tel.stage_spans()
+        assert span.attributes[semconv.ML_PREDICTION_CLASS] == str(one[0]), name
 
 
 def _tiny_text_pipeline():

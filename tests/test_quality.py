@@ -132,6 +132,33 @@ def test_join_by_prediction_id_row_trace_and_custom_id():
     assert [(x.label, x.predicted, round(x.score, 3)) for x in items] == [(0, 0, 0.1)]
 
 
+def test_label_time_read_back_from_loki_as_text_orders_relabels():
+    """Loki returns every attribute as a string (the shape of /work/shared/samples/loki/
+    loki_query_range_by_trace_categorized.json, categorized encoding): ml.label.time must
+    still say which of two labels of one prediction is the later one, not the entry's time."""
+    from stagetrace.forensics.grafana import parse_loki_streams
+
+    one = _span(1, [0.9])
+    pid = mlprofile.prediction_id(one.trace_id, one.span_id)
+    base = 1795556800000000000
+
+    def entry(entry_ns: int, value: str, label_time: str) -> list:
+        return [str(entry_ns), "", {"structuredMetadata": {
+            "event_name": "ml.label", "ml_label_value": value, "ml_label_time": label_time, "ml_prediction_id": pid,
+            "severity_number": "9", "severity_text": "INFO", "observed_timestamp": str(entry_ns)}}]
+    # the corrected label (1, known at base + 2 s) reached Loki first; the stale one (0, known
+    # at base + 1 s, given as ISO 8601 text) was sent again later
+    doc = {"status": "success", "data": {"resultType": "streams", "encodingFlags": ["categorize-labels"], "result": [
+        {"stream": {"service_name": "labels"}, "values": [
+            entry(base + 10 * 10**9, "1", str(base + 2 * 10**9)),
+            entry(base + 20 * 10**9, "0", "2026-11-24T21:46:41Z")]}]}}
+    labels = parse_loki_streams(doc)
+    assert all(isinstance(r.attributes[semconv.ML_LABEL_TIME], str) for r in labels)
+    items, counts = q.join([one], labels, "m")
+    assert counts["relabelled"] == 1
+    assert [(x.label, x.correct) for x in items] == [(1, True)]
+
+
 # --- labelled streams with known answers ------------------------------------------------
 
 def test_unit_change_drop_onset_segment_and_linked_drift(model, reference):

@@ -33,12 +33,12 @@ STEP = 30_000_000_000
 pytestmark = pytest.mark.slow
 
 
-def _watcher(store, tmp: Path, targets=(), investigate=True, backend=None) -> Watcher:
+def _watcher(store, tmp: Path, targets=(), investigate=True, backend=None, **kw) -> Watcher:
     from stagetrace.collector.query import EmbeddedBackend
     cfg = load_config(store["rules"])
     return Watcher(cfg, state_dir=tmp / "state", out_dir=tmp / "out",
                    open_backend=backend or (lambda: EmbeddedBackend(store["data_dir"])),
-                   targets=list(targets), investigate=investigate)
+                   targets=list(targets), investigate=investigate, **kw)
 
 
 def _replay(w: Watcher, seg, start_min: float = 3, until_ns: int | None = None, from_ns: int | None = None):
@@ -91,6 +91,43 @@ def test_fast_burn_pages_within_the_window_with_its_cause_then_resolves(incident
     assert [x["event"] for x in lines if x["labels"]["alertname"] == "predict-latency"] == ["firing", "resolved"]
     # nothing paged before the onset
     assert all(t >= onset for t, ev, a in events if ev == "firing" and a["labels"]["severity"] == "page")
+
+
+def test_causes_run_off_the_evaluation_loop_and_the_page_waits_for_its_cause(incident_store, tmp_path, monkeypatch):
+    """The investigation (real, over the real store) is held on a gate: the evaluation goes on
+    meanwhile, the page is not sent without its cause, and goes out with it once it arrives."""
+    import threading
+
+    from stagetrace.incidents import cause as cause_mod
+
+    seg = incident_store["segments"]["burn"]
+    real, gate, started, stalled = cause_mod.investigate, threading.Event(), threading.Event(), []
+
+    def gated(*a, **kw):
+        started.set()
+        if not gate.wait(120):  # a loop that ran the investigation itself would stop here
+            stalled.append(True)
+        return real(*a, **kw)
+    monkeypatch.setattr(cause_mod, "investigate", gated)
+    jl = tmp_path / "alerts.jsonl"
+    w = _watcher(incident_store, tmp_path, [JsonlTarget(jl)], background_causes=True)
+
+    def pages(sent):
+        return [a for ev, a in sent if ev == "firing" and a["labels"]["alertname"] == "predict-latency"]
+    t = seg.start_ns + 3 * MIN
+    while t <= seg.end_ns and not started.is_set():
+        assert pages(w.step(t)) == []
+        t += STEP
+    assert started.is_set() and not stalled  # the page fired, and step() returned while its cause ran
+    # the next evaluation (30 s later, within CAUSE_WAIT_NS) while the investigation waits: held back
+    assert pages(w.step(t)) == [] and not stalled
+    assert not jl.exists() or "predict-latency" not in jl.read_text()
+    gate.set()
+    assert w.cause_ready.wait(120)
+    sent = pages(w.deliver_causes(t))
+    assert len(sent) == 1 and _cause_is_shard_7(sent[0]["annotations"]), sent
+    assert not stalled and w.state["causes_pending"] == 0
+    w.close()
 
 
 def test_a_one_minute_blip_does_not_page(incident_store, tmp_path):
