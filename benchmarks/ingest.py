@@ -175,11 +175,27 @@ def _role(pid: int, collector_pid: int) -> str:
     return "maintainer" if b"collector.maintainer" in cmd else "worker"
 
 
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a live process (all its threads), in seconds."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class MemorySampler(threading.Thread):
-    def __init__(self, pid: int) -> None:
+    """Every 0.2 s: RSS of the collector's process tree, each process's peak, its CPU
+    time so far, and the WAL backlog (so the report can say how long ingest sat at the
+    backpressure limit, which is what sets the drain time)."""
+
+    def __init__(self, pid: int, data: Path | None = None) -> None:
         super().__init__(daemon=True)
         self.pid, self.peak_kb, self.hwm_kb, self.stop = pid, 0, {}, threading.Event()
         self.names: dict[int, str] = {}
+        self.cpu: dict[int, float] = {}
+        self.data = data
+        self.backlog: list[int] = []
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -187,8 +203,14 @@ class MemorySampler(threading.Thread):
             self.peak_kb = max(self.peak_kb, sum(_status_kb(p, "VmRSS") for p in pids))
             for p in pids:
                 self.hwm_kb[p] = max(self.hwm_kb.get(p, 0), _status_kb(p, "VmHWM"))
+                self.cpu[p] = max(self.cpu.get(p, 0.0), _cpu_s(p))
                 if p not in self.names:
                     self.names[p] = _role(p, self.pid)
+            if self.data is not None:
+                try:
+                    self.backlog.append(wal_bytes(self.data))
+                except OSError:
+                    pass
             self.stop.wait(0.2)
 
 
@@ -300,8 +322,9 @@ def main() -> None:
             if any(p.poll() is not None for p, _ in procs):
                 raise SystemExit("a client process failed while building its requests")
             time.sleep(0.05)
-        sampler = MemorySampler(c.pid)
+        sampler = MemorySampler(c.pid, data)
         sampler.start()
+        load0 = os.getloadavg()[0]
         lookups = Lookups(data, work, args.clients)
         go.write_text("go")
         if not args.no_lookups:
@@ -313,6 +336,8 @@ def main() -> None:
             results.append((int(n), int(failed), float(t0), float(t1)))
         acked_at = time.perf_counter()
         lookups.stop.set()
+        n_during = len(sampler.backlog)
+        load1 = os.getloadavg()[0]
         sent, failed = sum(r[0] for r in results), sum(r[1] for r in results)
         acked = sent - failed
         backlog = wal_bytes(data)
@@ -343,6 +368,15 @@ def main() -> None:
         print(f"everything acknowledged in blocks {drained:.1f} s after the last ack "
               f"({acked / (wall + drained):,.0f} spans/s end to end); {in_blocks:,} spans in "
               f"{len(list((data / 'blocks' / 'spans').glob('*.parquet')))} blocks", flush=True)
+        import numpy as np
+        during = np.array(sampler.backlog[:n_during] or [0]) / 2**20
+        cpu: dict[str, float] = {}
+        for p, secs in sampler.cpu.items():
+            cpu[sampler.names.get(p, "worker")] = cpu.get(sampler.names.get(p, "worker"), 0.0) + secs
+        print(f"WAL backlog while sending: median {np.median(during):.0f} MiB, max {during.max():.0f} MiB; "
+              f"CPU s: {', '.join(f'{n} {v:.0f}' for n, v in sorted(cpu.items()))}; "
+              f"load average (1 min) {load0:.1f} at the start, {load1:.1f} at the last ack, "
+              f"{os.getloadavg()[0]:.1f} at the end", flush=True)
         print(f"peak memory: collector + maintainer + workers {sampler.peak_kb / 2**20:.2f} GiB (sampled sum of RSS); "
               f"per process peak (VmHWM) {', '.join(f'{n} {k / 2**20:.2f}' for n, k in hwm)} GiB", flush=True)
         print(f"trace-by-id served by the collector, during ingest: {_pcts(lookups.during)} "
