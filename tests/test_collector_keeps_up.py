@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,18 +23,10 @@ from stagetrace.collector.process import start_collector
 from stagetrace.collector.query import EmbeddedBackend
 from stagetrace.collector.receiver import ExportError, Ingestor, Limits
 
+from test_collector_lifecycle import _wait_for
 from test_collector_store import request, write_segments
 
 MiB = 1 << 20
-
-
-def _wait_for(pred, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 def _check(backlog: int, lag: float) -> str | None:
@@ -147,3 +138,16 @@ def test_blocks_written_a_slice_at_a_time_keep_their_row_groups(tmp_path, rows):
     assert back.column("rest").type == pa.binary()  # plain in the file, not an Arrow dictionary
     assert pq.read_metadata(ref.entries_path).metadata[b"stagetrace.rows"] == str(rows).encode()
     assert Path(ref.errors_path).exists()
+
+
+def test_blocks_either_side_of_a_tier_boundary_are_merged(tmp_path):
+    # cuts of a busy WAL make blocks of varying size (here 15k and 17k spans: either side
+    # of the first tier boundary, 16,384); they must still be compacted
+    bs = store.BlockStore(tmp_path)
+    for seq, n in enumerate((15, 17, 15, 17), start=1):
+        t = store.build_table(store.SPANS, [request(seq * 100 + k, 1000) for k in range(n)], dictionaries=True)
+        store.write_block(tmp_path, store.SPANS, seq, seq, t)
+    assert bs.compact(store.SPANS)
+    assert [(b.lo, b.hi) for b in store.list_blocks(tmp_path, store.SPANS)] == [(1, 4)]
+    with EmbeddedBackend(tmp_path) as b:
+        assert b.stats()["spans"] == 64_000

@@ -742,3 +742,28 @@ def test_https_with_a_token(store, tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_error_search_reads_the_error_sidecars(store, monkeypatch):
+    """`status=error` reads each block's error-span sidecar (or its entry sidecar, if that is
+    smaller), not every entry span, and answers what find_spans answers."""
+    from stagetrace.backend import TraceQuery
+    from stagetrace.collector import query as cq
+    from stagetrace.ui import api
+
+    read: list[str] = []
+    real = cq._Block.source
+
+    def source(self, entries, errors=False):
+        got = real(self, entries, errors)
+        read.append(got[0].name)
+        return got
+    monkeypatch.setattr(cq._Block, "source", source)
+    r = store["errors"]
+    with cq.EmbeddedBackend(store["data_dir"]) as emb:
+        doc = api.search(emb, api.SearchFilters(start_ns=r.start_ns, end_ns=r.end_ns, status="error"))
+        want = emb.find_spans(TraceQuery(start_ns=r.start_ns, end_ns=r.end_ns, root_only=True, status="error",
+                                         limit=None))
+    assert read and all(name.endswith(".errors.parquet") for name in read), sorted(set(read))[:5]
+    assert want and doc["matched"] == len(want)
+    assert [p["span_id"] for p in doc["rows"]] == _newest(want, api.MAX_RESULT_ROWS)
