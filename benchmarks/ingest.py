@@ -282,6 +282,11 @@ def rows_in_blocks(data: Path) -> int:
     return total
 
 
+def store_blocks(data: Path) -> list:
+    from stagetrace.collector import store
+    return store.list_blocks(data, store.SPANS)
+
+
 def wal_bytes(data: Path) -> int:
     from stagetrace.collector import store
     return sum(p.stat().st_size for _, p in store.snapshot(data, store.SPANS).tail if p.exists())
@@ -354,6 +359,7 @@ def main() -> None:
                                  f"{args.drain_timeout:.0f} s")
             time.sleep(0.1)
         drained = time.perf_counter() - acked_at
+        n_blocks = len(store_blocks(data))
         sampler.stop.set()
         sampler.join()
         if lookups.is_alive():
@@ -363,11 +369,12 @@ def main() -> None:
         rnd, final, after = random.Random(11), [(r[0] // args.batch) for r in results], []
         for _ in range(LOOKUPS_AFTER):
             after.append(lookups.one(rnd, final))
+        blocks_after = len(store_blocks(data))
         hwm = sorted(((sampler.names.get(p, "worker"), kb) for p, kb in sampler.hwm_kb.items()),
                      key=lambda x: -x[1])
         print(f"everything acknowledged in blocks {drained:.1f} s after the last ack "
               f"({acked / (wall + drained):,.0f} spans/s end to end); {in_blocks:,} spans in "
-              f"{len(list((data / 'blocks' / 'spans').glob('*.parquet')))} blocks", flush=True)
+              f"{n_blocks} blocks ({blocks_after} after the lookups that follow)", flush=True)
         import numpy as np
         during = np.array(sampler.backlog[:n_during] or [0]) / 2**20
         cpu: dict[str, float] = {}
