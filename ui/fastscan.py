@@ -293,6 +293,8 @@ def _from_rows(store: Any, rows: _Rows, grouped: str, bucket: str, where: list[s
     sample (not exact)."""
     from stagetrace.collector.store import ENTRY_SQL
     cond = list(where) + ([ENTRY_SQL] if entry != "span" else [])
+    if attrs:  # the same byte prefilter as the SQL's, in Arrow first (see _prefiltered)
+        rows = rows._replace(blocks=_prefiltered(rows.blocks, attrs), tail=_prefiltered(rows.tail, attrs))
     con = store.con
     con.register("ui_sample_blocks", rows.blocks)
     con.register("ui_sample_tail", rows.tail)
@@ -316,6 +318,33 @@ def _from_rows(store: Any, rows: _Rows, grouped: str, bucket: str, where: list[s
     recent = sorted(points, key=lambda p: (-p["start_ms"], p["span_id"]))[:newest]
     return Sample(points, total, rows.extent if points else None, recent, read_fraction=rows.fraction,
                   newest_exact=False, total_estimated=total is not None)
+
+
+def _prefiltered(t: pa.Table, attrs: dict[str, Any]) -> pa.Table:
+    """The rows of ``t`` whose stored span or resource bytes hold every text of
+    :func:`_prefilter`, matched on the raw bytes in Arrow.
+
+    Why: the SQL's ``contains(CAST(rest AS VARCHAR), ...)`` makes DuckDB render every
+    row's protobuf as escaped text first; over a 150k-row sample that was half of an
+    attribute search (0.47 of 0.93 s at 1.4M spans). On the raw bytes the condition is
+    the same necessary one (the texts are printable ASCII without backslashes), and
+    the SQL then runs over the few rows that pass."""
+    import pyarrow.compute as pc
+
+    if not t.num_rows:
+        return t
+    # bodies and resources repeat (a span's body holds no ids or times): match each
+    # distinct value once, then spread the answer over the rows
+    encoded = [t.column(c).combine_chunks().dictionary_encode() for c in ("rest", "resource")]
+    mask = None
+    for k, v in attrs.items():
+        for text in _prefilter(k, v):
+            hit = None
+            for col in encoded:
+                one = pc.take(pc.match_substring(col.dictionary, text), col.indices)
+                hit = one if hit is None else pc.or_(hit, one)
+            mask = hit if mask is None else pc.and_(mask, hit)
+    return t if mask is None else t.filter(mask)
 
 
 def _unique(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
