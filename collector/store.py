@@ -627,6 +627,7 @@ class StoreConfig:
     # memory, and a backlog cut in one piece cost ~1 GiB (20M-span ingest)
     max_cut_bytes: int = 64 << 20
     compact_fan_in: int = 4
+    compact_max_fan_in: int = 16  # blocks one merge may take when more have piled up
 
 
 class BlockStore:
@@ -726,14 +727,9 @@ class BlockStore:
             # renamed a new block into place since the listing, and that one is live
             if r.path not in live and any(b.lo <= r.lo and r.hi <= b.hi for b in blocks):
                 delete_block(r)
-        def tier(rows: int) -> int:
-            t, cap = 0, 16384
-            while rows >= cap and t < 8:
-                t += 1
-                cap *= cfg.compact_fan_in
-            return t
+        tier = self._tier
         run: list[BlockRef] = []
-        for b in blocks:
+        for i, b in enumerate(blocks):
             try:
                 rows = self._info_of(b)[0]
             except FileNotFoundError:
@@ -752,6 +748,7 @@ class BlockStore:
                 if total > cfg.max_block_rows:
                     run = run[1:]
                     continue
+                run = self._extend_run(run, total, blocks[i + 1:])
                 if not self.verified(run):
                     return True
                 merged = read_blocks_for_merge(table, [r.path for r in run])
@@ -763,6 +760,36 @@ class BlockStore:
                 log.debug("compacted %d %s blocks into %s", len(run), table, new.path.name)
                 return True
         return False
+
+    def _tier(self, rows: int) -> int:
+        t, cap = 0, 16384
+        while rows >= cap and t < 8:
+            t += 1
+            cap *= self.config.compact_fan_in
+        return t
+
+    def _extend_run(self, run: list[BlockRef], total: int, following: Sequence[BlockRef]) -> list[BlockRef]:
+        """``run`` (ready to merge) and the adjacent blocks after it, up to
+        ``compact_max_fan_in`` blocks and ``max_block_rows`` rows, none of a higher tier.
+
+        Why: when compaction is behind (a saturated maintainer cuts 40-80k-span blocks
+        every second or two), merging four at a time rewrote each span once per tier;
+        merging what has piled up at once rewrites it once (the 5M-span ingest left
+        ~250 blocks behind with runs of four)."""
+        cfg = self.config
+        top = max(self._tier(self._info_of(r)[0]) for r in run)
+        out = list(run)
+        for b in following:
+            try:
+                rows = self._info_of(b)[0]
+            except Exception:  # gone or unreadable: the next round deals with it
+                break
+            if (len(out) >= cfg.compact_max_fan_in or rows >= cfg.max_block_rows
+                    or total + rows > cfg.max_block_rows or self._tier(rows) > top):
+                break
+            out.append(b)
+            total += rows
+        return out
 
     def enforce_retention(self, now_ns: int | None = None) -> int:
         """Delete whole blocks older than the age limit, then oldest-first over the size limit."""

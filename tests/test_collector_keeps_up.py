@@ -151,3 +151,16 @@ def test_blocks_either_side_of_a_tier_boundary_are_merged(tmp_path):
     assert [(b.lo, b.hi) for b in store.list_blocks(tmp_path, store.SPANS)] == [(1, 4)]
     with EmbeddedBackend(tmp_path) as b:
         assert b.stats()["spans"] == 64_000
+
+
+def test_small_blocks_that_piled_up_are_merged_in_one_pass(tmp_path):
+    # compaction behind a saturated cut: ten small blocks wait; one merge takes them all
+    # (up to compact_max_fan_in), so each span is rewritten once, not once per tier
+    bs = store.BlockStore(tmp_path)
+    for seq in range(1, 11):
+        t = store.build_table(store.SPANS, [request(seq * 100 + k, 10) for k in range(10)], dictionaries=True)
+        store.write_block(tmp_path, store.SPANS, seq, seq, t)
+    assert bs.compact(store.SPANS)
+    assert [(b.lo, b.hi) for b in store.list_blocks(tmp_path, store.SPANS)] == [(1, 10)]
+    with EmbeddedBackend(tmp_path) as b:
+        assert b.stats()["spans"] == 1000
