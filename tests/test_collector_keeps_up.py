@@ -164,3 +164,30 @@ def test_small_blocks_that_piled_up_are_merged_in_one_pass(tmp_path):
     assert [(b.lo, b.hi) for b in store.list_blocks(tmp_path, store.SPANS)] == [(1, 10)]
     with EmbeddedBackend(tmp_path) as b:
         assert b.stats()["spans"] == 1000
+
+
+def test_a_retried_read_does_not_verify_the_unchanged_blocks_again(tmp_path, monkeypatch):
+    # a cut or merge removing a file under a read makes the reader retry; it must not
+    # re-verify (checksum) every cached block, which made a lookup take 19 s at ~200 blocks
+    from stagetrace.collector import query as cq
+
+    w = write_segments(tmp_path, [[request(n, 3)] for n in range(1, 4)])
+    bs = store.BlockStore(tmp_path)
+    for seq in range(2, 5):
+        bs.cut(store.SPANS, seq)
+    w.close()
+    with EmbeddedBackend(tmp_path) as b:
+        assert len(b.get_trace((2).to_bytes(16, "big").hex()).spans) == 3  # every block opened and verified
+        verified: list[str] = []
+        real_verify, real_holds = store.BlockRef.verify, cq._Block.holds
+        monkeypatch.setattr(store.BlockRef, "verify", lambda ref: verified.append(ref.path.name) or real_verify(ref))
+        failed = []
+
+        def holds(self, prefixes):
+            if not failed:
+                failed.append(1)
+                raise FileNotFoundError("a block vanished under the read")
+            return real_holds(self, prefixes)
+        monkeypatch.setattr(cq._Block, "holds", holds)
+        assert len(b.get_trace((3).to_bytes(16, "big").hex()).spans) == 3
+        assert failed and verified == []
