@@ -175,11 +175,27 @@ def _role(pid: int, collector_pid: int) -> str:
     return "maintainer" if b"collector.maintainer" in cmd else "worker"
 
 
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a live process (all its threads), in seconds."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class MemorySampler(threading.Thread):
-    def __init__(self, pid: int) -> None:
+    """Every 0.2 s: RSS of the collector's process tree, each process's peak, its CPU
+    time so far, and the WAL backlog (so the report can say how long ingest sat at the
+    backpressure limit, which is what sets the drain time)."""
+
+    def __init__(self, pid: int, data: Path | None = None) -> None:
         super().__init__(daemon=True)
         self.pid, self.peak_kb, self.hwm_kb, self.stop = pid, 0, {}, threading.Event()
         self.names: dict[int, str] = {}
+        self.cpu: dict[int, float] = {}
+        self.data = data
+        self.backlog: list[int] = []
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -187,8 +203,14 @@ class MemorySampler(threading.Thread):
             self.peak_kb = max(self.peak_kb, sum(_status_kb(p, "VmRSS") for p in pids))
             for p in pids:
                 self.hwm_kb[p] = max(self.hwm_kb.get(p, 0), _status_kb(p, "VmHWM"))
+                self.cpu[p] = max(self.cpu.get(p, 0.0), _cpu_s(p))
                 if p not in self.names:
                     self.names[p] = _role(p, self.pid)
+            if self.data is not None:
+                try:
+                    self.backlog.append(wal_bytes(self.data))
+                except OSError:
+                    pass
             self.stop.wait(0.2)
 
 
@@ -260,6 +282,11 @@ def rows_in_blocks(data: Path) -> int:
     return total
 
 
+def store_blocks(data: Path) -> list:
+    from stagetrace.collector import store
+    return store.list_blocks(data, store.SPANS)
+
+
 def wal_bytes(data: Path) -> int:
     from stagetrace.collector import store
     return sum(p.stat().st_size for _, p in store.snapshot(data, store.SPANS).tail if p.exists())
@@ -300,8 +327,9 @@ def main() -> None:
             if any(p.poll() is not None for p, _ in procs):
                 raise SystemExit("a client process failed while building its requests")
             time.sleep(0.05)
-        sampler = MemorySampler(c.pid)
+        sampler = MemorySampler(c.pid, data)
         sampler.start()
+        load0 = os.getloadavg()[0]
         lookups = Lookups(data, work, args.clients)
         go.write_text("go")
         if not args.no_lookups:
@@ -313,6 +341,8 @@ def main() -> None:
             results.append((int(n), int(failed), float(t0), float(t1)))
         acked_at = time.perf_counter()
         lookups.stop.set()
+        n_during = len(sampler.backlog)
+        load1 = os.getloadavg()[0]
         sent, failed = sum(r[0] for r in results), sum(r[1] for r in results)
         acked = sent - failed
         backlog = wal_bytes(data)
@@ -329,6 +359,7 @@ def main() -> None:
                                  f"{args.drain_timeout:.0f} s")
             time.sleep(0.1)
         drained = time.perf_counter() - acked_at
+        n_blocks = len(store_blocks(data))
         sampler.stop.set()
         sampler.join()
         if lookups.is_alive():
@@ -338,11 +369,21 @@ def main() -> None:
         rnd, final, after = random.Random(11), [(r[0] // args.batch) for r in results], []
         for _ in range(LOOKUPS_AFTER):
             after.append(lookups.one(rnd, final))
+        blocks_after = len(store_blocks(data))
         hwm = sorted(((sampler.names.get(p, "worker"), kb) for p, kb in sampler.hwm_kb.items()),
                      key=lambda x: -x[1])
         print(f"everything acknowledged in blocks {drained:.1f} s after the last ack "
               f"({acked / (wall + drained):,.0f} spans/s end to end); {in_blocks:,} spans in "
-              f"{len(list((data / 'blocks' / 'spans').glob('*.parquet')))} blocks", flush=True)
+              f"{n_blocks} blocks ({blocks_after} after the lookups that follow)", flush=True)
+        import numpy as np
+        during = np.array(sampler.backlog[:n_during] or [0]) / 2**20
+        cpu: dict[str, float] = {}
+        for p, secs in sampler.cpu.items():
+            cpu[sampler.names.get(p, "worker")] = cpu.get(sampler.names.get(p, "worker"), 0.0) + secs
+        print(f"WAL backlog while sending: median {np.median(during):.0f} MiB, max {during.max():.0f} MiB; "
+              f"CPU s: {', '.join(f'{n} {v:.0f}' for n, v in sorted(cpu.items()))}; "
+              f"load average (1 min) {load0:.1f} at the start, {load1:.1f} at the last ack, "
+              f"{os.getloadavg()[0]:.1f} at the end", flush=True)
         print(f"peak memory: collector + maintainer + workers {sampler.peak_kb / 2**20:.2f} GiB (sampled sum of RSS); "
               f"per process peak (VmHWM) {', '.join(f'{n} {k / 2**20:.2f}' for n, k in hwm)} GiB", flush=True)
         print(f"trace-by-id served by the collector, during ingest: {_pcts(lookups.during)} "

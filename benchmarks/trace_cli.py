@@ -27,10 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(cmd: list[str]) -> tuple[float, float]:
+def run(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd="/tmp")
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd="/tmp", env=env)
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
@@ -41,6 +41,9 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, required=True)
     ap.add_argument("--trace-id", default=None, help="default: one from the newest span block's entry sidecar")
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--before", type=Path, default=None,
+                    help="also run both commands with this package dir first on PYTHONPATH (e.g. main's, from "
+                         "`git archive`), interleaved with the others")
     args = ap.parse_args()
     from stagetrace.collector.client import ServedBackend, open_embedded
 
@@ -61,15 +64,21 @@ def main() -> None:
         "stagetrace trace ID --format json": [exe, "trace", tid, "--data-dir", str(args.data_dir), "--format", "json"],
         "stagetrace trace ID (text)": [exe, "trace", tid, "--data-dir", str(args.data_dir)],
     }
-    for cmd in cmds.values():  # warm the page cache and the collector
-        run(cmd)
+    envs: dict[str, dict | None] = {k: None for k in cmds}
+    if args.before is not None:
+        before_env = dict(os.environ, PYTHONPATH=str(args.before))
+        for name in ("stagetrace trace ID --format json", "stagetrace trace ID (text)"):
+            cmds[f"{name}, before"] = cmds[name]
+            envs[f"{name}, before"] = before_env
+    for name, cmd in cmds.items():  # warm the page cache and the collector
+        run(cmd, envs[name])
     got: dict[str, list[tuple[float, float]]] = {k: [] for k in cmds}
     served, report = [], []
     from stagetrace.forensics import trace_report
     import stagetrace.forensics.render_text  # noqa: F401  (imported before the clock)
     for _ in range(args.rounds):
         for name, cmd in cmds.items():
-            got[name].append(run(cmd))
+            got[name].append(run(cmd, envs[name]))
         t = time.perf_counter()
         backend.get_trace(tid)
         served.append(time.perf_counter() - t)

@@ -60,6 +60,9 @@ def _env(name: str) -> dict:
               help="Concurrent export requests per protocol before 429 / RESOURCE_EXHAUSTED with a retry hint.")
 @click.option("--max-backlog-bytes", default="256MiB", show_default=True, **_env(semconv.ENV_COLLECTOR_MAX_BACKLOG_BYTES),
               help="Write-ahead log not yet stored in blocks before 503 / UNAVAILABLE with a retry hint.")
+@click.option("--max-lag", default="2s", show_default=True, **_env(semconv.ENV_COLLECTOR_MAX_LAG),
+              help="503 / UNAVAILABLE with a retry hint while acknowledged data has waited longer than this to be "
+                   "stored in blocks (over 16MiB of write-ahead log); 0 turns it off.")
 @click.option("--retention", default="7d", show_default=True, **_env(semconv.ENV_COLLECTOR_RETENTION),
               help="Delete data older than this (e.g. 24h, 7d); 0 keeps everything.")
 @click.option("--retention-bytes", default="10GiB", show_default=True, **_env(semconv.ENV_COLLECTOR_RETENTION_BYTES),
@@ -78,7 +81,7 @@ def _env(name: str) -> dict:
 def collector_cmd(ctx: click.Context, host: str, grpc_port: int, http_port: int, data_dir: str | None,
                   token: str | None, allow_remote: bool, tls_cert_file: str | None, tls_key_file: str | None,
                   insecure: bool, max_request_bytes: str, max_inflight: int, max_backlog_bytes: str,
-                  retention: str, retention_bytes: str, fsync: bool, wal_segment_age: str, log_level: str,
+                  max_lag: str, retention: str, retention_bytes: str, fsync: bool, wal_segment_age: str, log_level: str,
                   parent_pid: int | None, pdeathsig: bool) -> None:
     """Run the embedded OTLP receiver (gRPC + HTTP) and telemetry store.
 
@@ -108,7 +111,8 @@ def collector_cmd(ctx: click.Context, host: str, grpc_port: int, http_port: int,
                         "in clear text; give --tls-cert-file and --tls-key-file (or --insecure to accept that)")
     retention_ns = 0 if retention.strip() in ("0", "off", "none") else parse_duration_ns(retention, default_unit="s")
     limits = Limits(max_request_bytes=parse_size(max_request_bytes), max_inflight=max_inflight,
-                    max_backlog_bytes=parse_size(max_backlog_bytes))
+                    max_backlog_bytes=parse_size(max_backlog_bytes),
+                    max_lag_s=parse_duration_ns(max_lag, default_unit="s") / 1e9)
     if limits.max_request_bytes < 1024:
         raise UserError("--max-request-bytes must be at least 1KiB")
     cfg = CollectorConfig(data_dir=resolve_data_dir(data_dir), host=host, grpc_port=grpc_port, http_port=http_port,

@@ -68,7 +68,8 @@ class Maintainer:
             self._pool = None
 
     def step(self) -> bool:
-        """One round of work; True if there may be more to do right away."""
+        """One round of work, cuts and compaction in turn (tests; :meth:`run` does both
+        at once); True if there may be more to do right away."""
         busy = self.cut_closed() > 0
         for t in TABLES:
             if self.stop_event.is_set():
@@ -78,23 +79,60 @@ class Maintainer:
                 self.cut_closed()  # cutting first keeps the WAL backlog short
         return busy
 
+    def compact_all(self) -> bool:
+        """One compaction per table; True if any merged (there may be more)."""
+        busy = False
+        for t in TABLES:
+            if self.stop_event.is_set():
+                break
+            busy = self.store.compact(t) or busy
+        return busy
+
     def run(self, alive: "callable[[], bool]" = lambda: True) -> None:
+        """Cut closed WAL segments in this thread; compact and apply retention in another.
+
+        Why two threads: a merge of 1M-span blocks takes seconds, and while it ran no
+        segment was cut, so the WAL grew towards the receivers' backpressure limit and
+        everything acknowledged took that much longer to reach blocks (20M-span ingest:
+        13.5 s after the last acknowledgement; docs/benchmarks.md). Arrow reads, sorts
+        and writes without the GIL, so the two overlap; they touch disjoint files (a cut
+        writes a new range, a merge rewrites existing blocks)."""
+        alive_flag = threading.Event()
+        alive_flag.set()
+        compactor = threading.Thread(target=self._compact_loop, args=(alive_flag,), name="compaction", daemon=True)
+        compactor.start()
+        try:
+            self._loop(lambda: self.cut_closed() > 0, alive, alive_flag)
+        finally:
+            alive_flag.clear()
+            compactor.join()
+            self.close()
+
+    def _compact_loop(self, alive_flag: threading.Event) -> None:
         last_retention = 0.0
-        while not self.stop_event.is_set() and alive():
+
+        def one_round() -> bool:
+            nonlocal last_retention
+            busy = self.compact_all()
+            if time.monotonic() - last_retention >= self.retention_interval_s:
+                last_retention = time.monotonic()
+                removed = self.store.enforce_retention()
+                if removed:
+                    log.info("retention removed %d blocks", removed)
+            return busy
+        self._loop(one_round, alive_flag.is_set, alive_flag)
+
+    def _loop(self, work: "callable[[], bool]", alive: "callable[[], bool]", alive_flag: threading.Event) -> None:
+        while not self.stop_event.is_set() and alive() and alive_flag.is_set():
             try:
-                busy = self.step()
-                if time.monotonic() - last_retention >= self.retention_interval_s:
-                    last_retention = time.monotonic()
-                    removed = self.store.enforce_retention()
-                    if removed:
-                        log.info("retention removed %d blocks", removed)
+                busy = work()
             except Exception:  # keep going: the WAL still holds everything acknowledged
                 log.exception("block maintenance failed; will retry")
                 busy = False
                 self.stop_event.wait(2.0)
             if not busy:
                 self.stop_event.wait(self.interval_s)
-        self.close()
+        alive_flag.clear()  # the other loop ends too
 
 
 def lock_data_dir(data_dir: Path, alive: "callable[[], bool]") -> int:

@@ -83,27 +83,34 @@ class _Block:
             self.tids = np.load(ref.tids_path, mmap_mode="r") if ref.tids_path.exists() else None
         else:
             self.tids = None
-        self._sidecars: dict[str, Path | None] = {}  # "entries"/"errors" -> intact sidecar, once looked at
+        self._sidecars: dict[str, tuple[Path, int] | None] = {}  # "entries"/"errors" -> intact sidecar, once looked at
 
     def source(self, entries: bool, errors: bool = False) -> tuple[Path, bool]:
         """(file to scan, whether it is a sidecar): the entry-span sidecar when asked for
-        (``entries``), else the error-span one (``errors``), when intact (its checksum as
-        the block's check file records it); else the block itself, which holds the same
-        rows among others."""
-        want = "entries" if entries else "errors" if errors else None
-        if want is None:
+        (``entries``), the error-span one (``errors``), the smaller of the two when both
+        are (the caller's conditions then include both: either holds every row that can
+        match, and errors are mostly far fewer than requests), when intact (its checksum
+        as the block's check file records it); else the block itself, which holds the
+        same rows among others."""
+        found = [got for want, on in (("entries", entries), ("errors", errors)) if on
+                 and (got := self._sidecar(want)) is not None]
+        if not found:
             return self.ref.path, False
+        return min(found, key=lambda x: x[1])[0], True
+
+    def _sidecar(self, want: str) -> tuple[Path, int] | None:
+        """(path, bytes) of the intact ``entries`` or ``errors`` sidecar, checked once."""
         if want not in self._sidecars:
             self._sidecars[want] = None
             path = self.ref.entries_path if want == "entries" else self.ref.errors_path
             try:
                 doc = integrity.read_check(self.ref.path) or {}
-                if f"{want}_crc32" in doc and integrity.file_crc32(path)[0] == doc[f"{want}_crc32"]:
-                    self._sidecars[want] = path
+                crc, size = integrity.file_crc32(path)
+                if f"{want}_crc32" in doc and crc == doc[f"{want}_crc32"]:
+                    self._sidecars[want] = (path, size)
             except (OSError, ValueError):
                 pass
-        found = self._sidecars[want]
-        return (found, True) if found is not None else (self.ref.path, False)
+        return self._sidecars[want]
 
     def row_groups_for(self, tid: bytes) -> Iterator[int]:
         i = bisect.bisect_right(self.rg_min, tid) - 1
@@ -151,46 +158,77 @@ class _Tail:
 
 
 class _TailIds:
-    """Which write-ahead-log records hold each trace id, per segment, built incrementally.
+    """Which write-ahead-log records may hold each trace id, per segment, built incrementally.
 
     Why: a trace-by-id lookup needs a handful of records, and decoding every record of
     the log into columns (:class:`_Tail`) to find them costs seconds and the log's size
-    in memory while the log is long: a collector under ingest backpressure holds up to
-    256 MiB, and its query service answered lookups in up to 12-28 s holding ~0.85 GiB
-    more (docs/benchmarks.md, 20M-span ingest). Reading only the trace ids of each new
-    record (the C protobuf parser, no columns) and keeping (payload start, end) per id
-    costs a small fraction of that; the lookup then reads and decodes only the records
-    it needs."""
+    in memory while the log is long (docs/benchmarks.md, 20M-span ingest). Parsing each
+    new record with the protobuf parser just for its ids was still most of a lookup
+    served during ingest (0.1-0.2 s of CPU, up to 1.4 s behind the receivers' threads:
+    the p99), so the ids are found in the bytes instead (:func:`_id_keys_in`, numpy,
+    ~10x less), as 64-bit keys of the 16 bytes, a superset; the lookup then decodes only
+    the records that may hold its ids, and the caller keeps the rows of the exact ids."""
 
     def __init__(self, table: str) -> None:
-        self.signal = {SPANS: otlp.TRACES, LOGS: otlp.LOGS}[table]
-        self.segments: dict[tuple[int, int], tuple[int, dict[bytes, list[tuple[int, int]]]]] = {}
-
-    def _ids(self, payload: bytes) -> set[bytes]:
-        req = otlp.REQUEST_TYPES[self.signal].FromString(payload)
-        if self.signal == otlp.TRACES:
-            return {sp.trace_id for rs in req.resource_spans for ss in rs.scope_spans for sp in ss.spans}
-        return {lr.trace_id for rl in req.resource_logs for sl in rl.scope_logs for lr in sl.log_records}
+        self.tag = _ID_TAG[table]
+        # per segment: (offset indexed up to, record (start, end) pairs, id keys, record number of each key)
+        self.segments: dict[tuple[int, int], tuple[int, list[tuple[int, int]], np.ndarray, np.ndarray]] = {}
 
     def records(self, segments: list[tuple[int, Path]], want: Sequence[bytes]) -> list[bytes]:
-        """Payloads of the records of ``segments`` that hold any id of ``want``, in log order."""
+        """Payloads of the records of ``segments`` that may hold an id of ``want``, in log order."""
         keyed = [((seq, os.stat(path).st_ino), path) for seq, path in segments]  # FileNotFoundError -> retry
         live = {key for key, _ in keyed}
         for key in [k for k in self.segments if k not in live]:
             del self.segments[key]
+        wanted = _id_keys(np.frombuffer(b"".join(t for t in want if len(t) == 16), dtype=np.uint8).reshape(-1, 16))
         out: list[bytes] = []
         for key, path in keyed:
-            offset, ids = self.segments.get(key, (0, {}))
-            for end, payload in wal.read_records(path, offset):  # checksummed; stops at a torn tail
-                for t in self._ids(payload):
-                    ids.setdefault(t, []).append((end - len(payload), end))
-                offset = end
-            self.segments[key] = (offset, ids)
-            spots = sorted({r for t in want for r in ids.get(t, ())})
-            if spots:
+            offset, spans, keys, owner = self.segments.get(key, (0, [], _NO_IDS, _NO_IDS.astype(np.int64)))
+            data, found = wal.scan_records(path, offset)  # checksummed; stops at a torn tail
+            if found:
+                # one numpy pass over all new records, not one per record: under ingest every
+                # numpy call gives the GIL to the receivers' threads and waits to get it back
+                new_keys, new_owner = _id_keys_in(data, found, self.tag)
+                keys, owner = np.concatenate([keys, new_keys]), np.concatenate([owner, new_owner + len(spans)])
+                spans.extend((offset + a, offset + b) for a, b in found)
+                offset += found[-1][1]
+            self.segments[key] = (offset, spans, keys, owner)
+            hits = np.unique(owner[np.isin(keys, wanted)])
+            if len(hits):
                 with open(path, "rb") as fh:
-                    out.extend(os.pread(fh.fileno(), b - a, a) for a, b in spots)
+                    out.extend(os.pread(fh.fileno(), spans[i][1] - spans[i][0], spans[i][0]) for i in hits)
         return out
+
+
+# the key and length protobuf writes before a 16-byte trace id: Span field 1, LogRecord field 9
+_ID_TAG = {SPANS: b"\x0a\x10", LOGS: b"\x4a\x10"}
+_NO_IDS = np.zeros(0, dtype=np.uint64)
+
+
+def _id_keys_in(data: bytes, records: list[tuple[int, int]], tag: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, record numbers): the key (:func:`_id_keys`) of the 16 bytes after every
+    occurrence of ``tag`` inside a record's payload (``records``: (start, end) in
+    ``data``), and which record it is in. Every trace id of the records' spans (or log
+    records) is among them, since protobuf writes each as ``tag`` + 16 bytes; other
+    bytes that happen to look the same only cost a needless decode of their record.
+    Kept with repeats (no sort): ~16 bytes per span of the log, 30 MB at its 256 MiB cap."""
+    a = np.frombuffer(data, dtype=np.uint8)
+    n = len(a)
+    if n < 18:
+        return _NO_IDS, _NO_IDS.astype(np.int64)
+    at = np.flatnonzero((a[:n - 17] == tag[0]) & (a[1:n - 16] == tag[1]))
+    bounds = np.array(records, dtype=np.int64)
+    rec = np.searchsorted(bounds[:, 0], at, side="right") - 1
+    inside = (rec >= 0) & (at + 18 <= bounds[np.maximum(rec, 0), 1])
+    at, rec = at[inside], rec[inside]
+    return _id_keys(a[at[:, None] + np.arange(2, 18)]), rec
+
+
+def _id_keys(ids: np.ndarray) -> np.ndarray:
+    """One uint64 per 16-byte id (rows of a (k, 16) uint8 array), mixing both halves:
+    ids that differ only in their second half (sequential ones) keep distinct keys."""
+    halves = np.ascontiguousarray(ids).view(">u8").astype(np.uint64).reshape(-1, 2)
+    return halves[:, 0] * np.uint64(0x9E3779B97F4A7C15) + halves[:, 1]
 
 
 @dataclass(slots=True)
@@ -294,14 +332,28 @@ class EmbeddedBackend:
                         raise
                     # most likely a block deleted by compaction/retention after we listed it
                     # (FileNotFoundError; DuckDB: "No files found that match the pattern ...").
-                    # Re-list from scratch: cached handles may name deleted files. A real I/O
+                    # Re-list: cached handles may name deleted files. A real I/O
                     # problem fails the same way every time and is reported below.
                     last = exc
-                self._blocks.clear()
+                self._forget_changed_blocks()
                 time.sleep(min(0.2, 0.005 * 2 ** attempt))  # compaction of a big block takes a while
             if last is not None and not isinstance(last, OSError):  # the same Arrow/DuckDB read error every time
                 raise self._damaged(last) from None
             raise BackendError(f"cannot read the store in {self.data_dir}: {last}")
+
+    def _forget_changed_blocks(self) -> None:
+        """Drop the cached blocks whose file is gone or was replaced; keep the rest.
+
+        Why not all: a retry follows every cut or merge that removed a file under a
+        read, and reopening every block verifies each one's checksum again (the whole
+        file): with ~200 blocks during a busy ingest that made one lookup take 19 s."""
+        for path, b in list(self._blocks.items()):
+            try:
+                same = os.stat(path).st_ino == b.ino
+            except OSError:
+                same = False
+            if not same:
+                del self._blocks[path]
 
     def _damaged(self, exc: BaseException) -> "StoreDamaged":
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__

@@ -87,6 +87,13 @@ class Limits:
     max_request_bytes: int = 16 << 20  # per request, after decompression
     max_inflight: int = 16  # concurrent export requests per protocol
     max_backlog_bytes: int = 256 << 20  # WAL not yet cut into blocks
+    # Ingest must not run ahead of its own acknowledgements: refuse while the oldest
+    # closed WAL segment has waited longer than this to be cut into a block (and the
+    # backlog is over lag_floor_bytes, so a maintainer restart or a burst is absorbed).
+    # The byte limit alone let a saturated collector sit at 256 MiB, 13-18 s of cutting
+    # behind what it had acknowledged (docs/benchmarks.md, 20M-span ingest). 0: off.
+    max_lag_s: float = 2.0
+    lag_floor_bytes: int = 16 << 20
     retry_after_s: int = 1
 
 
@@ -113,11 +120,12 @@ class Ingestor:
     """Decode, validate and durably append one export request; protocol-neutral."""
 
     def __init__(self, writers: dict[str, wal.WalWriter], limits: Limits, token: str | None,
-                 backlog_bytes: Callable[[], int]) -> None:
+                 backlog_bytes: Callable[[], int], lag_s: Callable[[], float] = lambda: 0.0) -> None:
         self.writers = writers  # by store table
         self.limits = limits
         self.token = token
         self._backlog_bytes = backlog_bytes
+        self._lag_s = lag_s
         self.stats = {"requests": 0, "refused": 0, "accepted": 0, "rejected": 0}
 
     def check_token(self, authorization: str | None) -> None:
@@ -128,9 +136,13 @@ class Ingestor:
             raise ExportError("unauthenticated", "missing or invalid bearer token")
 
     def check_backlog(self) -> None:
-        if self._backlog_bytes() > self.limits.max_backlog_bytes:
+        backlog, lim = self._backlog_bytes(), self.limits
+        if backlog > lim.max_backlog_bytes:
             raise ExportError("unavailable", "the store is behind (write-ahead log backlog over its limit); retry later",
-                              self.limits.retry_after_s)
+                              lim.retry_after_s)
+        if lim.max_lag_s and backlog > lim.lag_floor_bytes and (lag := self._lag_s()) > lim.max_lag_s:
+            raise ExportError("unavailable", f"the store is behind (acknowledged data waiting {lag:.1f} s to be "
+                              f"stored in blocks, limit {lim.max_lag_s:g} s); retry later", lim.retry_after_s)
 
     def export(self, signal: str, body: bytes, *, json_body: bool) -> Any:
         """Return the Export*ServiceResponse; raise :class:`ExportError` to refuse."""

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,7 +86,8 @@ class Collector:
                                          segment_bytes=cfg.segment_bytes, segment_age_s=cfg.segment_age_s,
                                          fsync=cfg.fsync) for t in TABLES}
         self._backlog = 0
-        self.ingestor = Ingestor(self.writers, cfg.limits, cfg.token, lambda: self._backlog)
+        self._lag_s = 0.0
+        self.ingestor = Ingestor(self.writers, cfg.limits, cfg.token, lambda: self._backlog, lambda: self._lag_s)
         self._child: subprocess.Popen | None = None
         self._maint: Maintainer | None = None
         self._start_maintainer()
@@ -107,14 +109,23 @@ class Collector:
             self.query.warm()
 
     def _measure_backlog(self) -> int:
-        total = 0
+        return self._measure_wal()[0]
+
+    def _measure_wal(self) -> tuple[int, float]:
+        """(bytes in the WAL, seconds since the oldest closed segment was last written):
+        how far blocks are behind what was acknowledged (see ``Limits.max_lag_s``)."""
+        total, oldest = 0, None
         for t in TABLES:
-            for _, p in wal.list_segments(wal_dir(self.data_dir, t)):
+            segs = wal.list_segments(wal_dir(self.data_dir, t))
+            for i, (_, p) in enumerate(segs):
                 try:
-                    total += p.stat().st_size
-                except FileNotFoundError:
-                    pass
-        return total
+                    st = p.stat()
+                except FileNotFoundError:  # cut meanwhile
+                    continue
+                total += st.st_size
+                if i < len(segs) - 1:  # closed: waiting for the maintainer (the last is being written)
+                    oldest = st.st_mtime if oldest is None else min(oldest, st.st_mtime)
+        return total, (max(0.0, time.time() - oldest) if oldest is not None else 0.0)
 
     def _start_maintainer(self) -> None:
         cfg = self.config
@@ -140,7 +151,7 @@ class Collector:
             try:
                 for w in self.writers.values():
                     w.rotate_if_due()
-                self._backlog = self._measure_backlog()
+                self._backlog, self._lag_s = self._measure_wal()
                 child = self._child
                 if child is not None and child.poll() is not None and not self._stop.is_set():
                     log.error("block maintainer exited with %s; restarting it", child.returncode)
@@ -186,7 +197,7 @@ class Collector:
             try:
                 for t in TABLES:
                     try:
-                        self.store.cut(t, 1 << 62)
+                        self.store.cut_all(t)
                     except Exception:
                         log.exception("final cut of %s failed; the WAL keeps the data", t)
             finally:

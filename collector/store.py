@@ -251,7 +251,13 @@ def build_table(table: str, payloads: Iterable[bytes], *, dictionaries: bool = F
     arrays = []
     for f in schema:
         values = cols[f.name]
-        if pa.types.is_dictionary(f.type):
+        if pa.types.is_dictionary(f.type) and f.type.value_type == pa.string():
+            # protobuf hands out a new str per access, so a Python dict re-hashes every
+            # name (~0.4 s per 250k spans); Arrow's hash in C++ costs ~0.02 s
+            arrays.append(pa.array(values, pa.string()).dictionary_encode())
+        elif pa.types.is_dictionary(f.type):
+            # the byte columns repeat one object per resource and scope (hash cached) or
+            # are fresh bytes hashed once: a Python dict is faster here than Arrow's hash
             index: dict[Any, int] = {}
             codes = np.fromiter((index.setdefault(v, len(index)) for v in values), dtype=np.int32, count=len(values))
             arrays.append(pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(list(index), f.type.value_type)))
@@ -474,17 +480,16 @@ def _write_block(data_dir: Path, table: str, ref: BlockRef, t: pa.Table, sort: b
     meta = {b"stagetrace.rows": str(t.num_rows).encode(),
             b"stagetrace.min_time_ns": str(pc.min(tcol).as_py() or 0).encode(),
             b"stagetrace.max_time_ns": str(pc.max(tcol).as_py() or 0).encode()}
+    t = t.replace_schema_metadata(meta)  # the sidecars carry it too
     # Plain columns into the writer: given an Arrow dictionary it writes the *whole*
     # dictionary into every row group (a merged block's span bodies: ~2 MB per
     # 1024-row group, measured), so each trace-by-id read decoded all of it. From
     # plain values Parquet builds each row group's dictionary from that group's rows.
-    t = t.cast(SCHEMAS[table]).replace_schema_metadata(meta)
-    pq.write_table(
+    write_plain(
         # zstd level 1: as small as level 3 on these columns (measured), writes ~25% faster
-        t, tmp, compression="zstd", compression_level=1, row_group_size=ROW_GROUP_ROWS[table],
+        t, tmp, SCHEMAS[table].with_metadata(meta), row_group_size=ROW_GROUP_ROWS[table],
         use_dictionary=list(DICT_COLUMNS) + ["status_code", "severity_number"] + (["rest"] if table == SPANS else []),
         write_statistics=["trace_id", "start_ns", "time_ns", "observed_ns", "name", "service"],
-        data_page_size=64 << 10,
     )
     _fsync_file(tmp)
     if table in (SPANS, LOGS):
@@ -508,6 +513,26 @@ def _write_block(data_dir: Path, table: str, ref: BlockRef, t: pa.Table, sort: b
     os.replace(tmp, ref.path)  # the sidecars exist before the block becomes visible
     wal._fsync_dir(d)
     return ref
+
+
+# rows made plain (dictionaries decoded) at a time when writing: a multiple of every row group size
+WRITE_SLICE_ROWS = 64 * 1024
+
+
+def write_plain(t: pa.Table, path: Path, schema: pa.Schema, *, row_group_size: int, **options: Any) -> None:
+    """Write ``t`` (dictionary columns or not) to ``path`` with plain ``schema``, a slice
+    of :data:`WRITE_SLICE_ROWS` at a time (zstd level 1, 64 KiB pages).
+
+    Why slices: the writer wants plain values (see the caller), and decoding a merged
+    1M-span block's bodies, resources and scopes all at once held ~0.5 GiB more than
+    its dictionaries do; slice by slice it is one slice's worth. Row groups come out
+    the same (the slice is a multiple of the row-group size)."""
+    assert WRITE_SLICE_ROWS % row_group_size == 0
+    with pq.ParquetWriter(path, schema, compression="zstd", compression_level=1, data_page_size=64 << 10,
+                          **options) as writer:
+        for off in range(0, max(t.num_rows, 1), WRITE_SLICE_ROWS):
+            part = t.slice(off, WRITE_SLICE_ROWS)
+            writer.write_table(part.cast(schema) if part.schema != schema else part, row_group_size=row_group_size)
 
 
 def entry_rows(t: pa.Table) -> pa.Table:
@@ -535,9 +560,10 @@ def _write_sidecar(path: Path, rows: pa.Table, stats: Sequence[str] = ("start_ns
                    dictionary: Sequence[str] = (*DICT_COLUMNS, "status_code", "rest")) -> None:
     """A block's sidecar (rows sorted by time, large row groups), fsynced."""
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(rows, tmp, compression="zstd", compression_level=1,
-                   row_group_size=ENTRY_ROW_GROUP_ROWS, use_dictionary=list(dictionary),
-                   write_statistics=list(stats), data_page_size=64 << 10)
+    schema = pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in rows.schema],
+                       metadata=rows.schema.metadata)
+    write_plain(rows, tmp, schema, row_group_size=ENTRY_ROW_GROUP_ROWS, use_dictionary=list(dictionary),
+                write_statistics=list(stats))
     _fsync_file(tmp)
     os.replace(tmp, path)
 
@@ -597,7 +623,11 @@ class StoreConfig:
     retention_ns: int = 7 * 86_400 * 10**9  # 7 days
     retention_bytes: int = 10 << 30  # 10 GiB over all blocks
     max_block_rows: int = 1_000_000  # compaction stops merging at this size
+    # one cut reads at most this much WAL (at least one segment): a block is built in
+    # memory, and a backlog cut in one piece cost ~1 GiB (20M-span ingest)
+    max_cut_bytes: int = 64 << 20
     compact_fan_in: int = 4
+    compact_max_fan_in: int = 16  # blocks one merge may take when more have piled up
 
 
 class BlockStore:
@@ -649,7 +679,7 @@ class BlockStore:
         halves of the segments are built in two worker processes at once (two
         blocks with adjacent ranges; compaction merges them later)."""
         snap = snapshot(self.data_dir, table)
-        segs = [(s, p) for s, p in snap.tail if s < before_seq]
+        segs = first_segments_within(self.config.max_cut_bytes, [(s, p) for s, p in snap.tail if s < before_seq])
         if not segs:
             return None
         groups = [segs]
@@ -669,6 +699,14 @@ class BlockStore:
         self._drop_covered_segments(table)
         return refs[-1]
 
+    def cut_all(self, table: str, before_seq: int = 1 << 62) -> int:
+        """Cut every closed segment below ``before_seq``, in as many blocks as
+        ``max_cut_bytes`` needs; the number of blocks written."""
+        n = 0
+        while self.cut(table, before_seq) is not None:
+            n += 1
+        return n
+
     def _drop_covered_segments(self, table: str) -> None:
         blocks = list_blocks(self.data_dir, table)
         for seq, p in wal.list_segments(wal_dir(self.data_dir, table)):
@@ -685,16 +723,13 @@ class BlockStore:
                     if (m := _BLOCK_RE.match(p.name))]
         live = {b.path for b in blocks}
         for r in all_refs:
-            if r.path not in live:
+            # only inputs inside a wider listed block: a cut (another thread) may have
+            # renamed a new block into place since the listing, and that one is live
+            if r.path not in live and any(b.lo <= r.lo and r.hi <= b.hi for b in blocks):
                 delete_block(r)
-        def tier(rows: int) -> int:
-            t, cap = 0, 16384
-            while rows >= cap and t < 8:
-                t += 1
-                cap *= cfg.compact_fan_in
-            return t
+        tier = self._tier
         run: list[BlockRef] = []
-        for b in blocks:
+        for i, b in enumerate(blocks):
             try:
                 rows = self._info_of(b)[0]
             except FileNotFoundError:
@@ -702,7 +737,8 @@ class BlockStore:
             except Exception as exc:  # an unreadable footer: corrupt, set it aside
                 b.quarantine(self.data_dir, f"unreadable footer: {str(exc).splitlines()[0][:200]}")
                 return True
-            if run and (tier(rows) != tier(self._info_of(run[0])[0]) or rows >= cfg.max_block_rows):
+            if run and (not _same_tier(tier(rows), [tier(self._info_of(r)[0]) for r in run])
+                        or rows >= cfg.max_block_rows):
                 run = []
             if rows >= cfg.max_block_rows:
                 continue
@@ -712,6 +748,7 @@ class BlockStore:
                 if total > cfg.max_block_rows:
                     run = run[1:]
                     continue
+                run = self._extend_run(run, total, blocks[i + 1:])
                 if not self.verified(run):
                     return True
                 merged = read_blocks_for_merge(table, [r.path for r in run])
@@ -723,6 +760,36 @@ class BlockStore:
                 log.debug("compacted %d %s blocks into %s", len(run), table, new.path.name)
                 return True
         return False
+
+    def _tier(self, rows: int) -> int:
+        t, cap = 0, 16384
+        while rows >= cap and t < 8:
+            t += 1
+            cap *= self.config.compact_fan_in
+        return t
+
+    def _extend_run(self, run: list[BlockRef], total: int, following: Sequence[BlockRef]) -> list[BlockRef]:
+        """``run`` (ready to merge) and the adjacent blocks after it, up to
+        ``compact_max_fan_in`` blocks and ``max_block_rows`` rows, none of a higher tier.
+
+        Why: when compaction is behind (a saturated maintainer cuts 40-80k-span blocks
+        every second or two), merging four at a time rewrote each span once per tier;
+        merging what has piled up at once rewrites it once (the 5M-span ingest left
+        ~250 blocks behind with runs of four)."""
+        cfg = self.config
+        top = max(self._tier(self._info_of(r)[0]) for r in run)
+        out = list(run)
+        for b in following:
+            try:
+                rows = self._info_of(b)[0]
+            except Exception:  # gone or unreadable: the next round deals with it
+                break
+            if (len(out) >= cfg.compact_max_fan_in or rows >= cfg.max_block_rows
+                    or total + rows > cfg.max_block_rows or self._tier(rows) > top):
+                break
+            out.append(b)
+            total += rows
+        return out
 
     def enforce_retention(self, now_ns: int | None = None) -> int:
         """Delete whole blocks older than the age limit, then oldest-first over the size limit."""
@@ -762,6 +829,16 @@ class BlockStore:
         return total
 
 
+def _same_tier(t: int, run_tiers: Sequence[int]) -> bool:
+    """Whether a block of tier ``t`` may join a run of blocks of ``run_tiers`` (adjacent
+    tiers too). Why not equal tiers only: cuts of a busy WAL make blocks of varying size
+    on both sides of a tier boundary (40-80k spans, cut as soon as a segment closes,
+    so that acknowledged data reaches blocks within seconds), and strict runs of one
+    tier then never formed: 252 blocks stayed unmerged after a 5M-span ingest. A tier
+    apart, a merge still at least doubles the smallest input (bounded rewrites)."""
+    return max(run_tiers + [t]) - min(run_tiers + [t]) <= 1
+
+
 def _merge_schema(table: str) -> pa.Schema:
     """The table's schema with its repetitive columns as dictionaries (see below)."""
     schema = SCHEMAS[table]
@@ -785,6 +862,23 @@ def read_blocks_for_merge(table: str, paths: Sequence[Path]) -> pa.Table:
         parts.append(t)
     merged = pa.concat_tables(parts)
     return merged.unify_dictionaries().combine_chunks()
+
+
+def first_segments_within(max_bytes: int, segs: Sequence[tuple[int, Path]]) -> list[tuple[int, Path]]:
+    """The leading segments of ``segs`` that add up to at most ``max_bytes`` (always
+    the first one: a segment is never split)."""
+    out: list[tuple[int, Path]] = []
+    total = 0
+    for seq, p in segs:
+        try:
+            size = p.stat().st_size
+        except FileNotFoundError:  # cut meanwhile (a second cutter): cut() finds it covered
+            size = 0
+        if out and total + size > max_bytes:
+            break
+        out.append((seq, p))
+        total += size
+    return out
 
 
 def cut_segments(data_dir: Path, table: str, segs: Sequence[tuple[int, Path]],

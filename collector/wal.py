@@ -60,21 +60,32 @@ def read_records(path: Path, start: int = 0) -> Iterator[tuple[int, bytes]]:
     Stops quietly at a torn or corrupt tail: such a record was never acknowledged.
     Raises FileNotFoundError if the segment is gone (cut into a block meanwhile).
     """
+    data, spans = scan_records(path, start)
+    for a, b in spans:
+        yield start + b, data[a:b]
+
+
+def scan_records(path: Path, start: int = 0) -> tuple[bytes, list[tuple[int, int]]]:
+    """The segment's bytes from ``start`` and the (start, end) of each complete,
+    checksummed record's payload in them, up to a torn or corrupt tail (as
+    :func:`read_records`, for readers that look at all payloads at once)."""
     with open(path, "rb") as fh:
         fh.seek(start)
         data = fh.read()
+    spans = []
     pos = 0
     n = len(data)
+    view = memoryview(data)
     while pos + _HEADER.size <= n:
         length, crc = _HEADER.unpack_from(data, pos)
         end = pos + _HEADER.size + length
         if length > MAX_RECORD or end > n:
-            return
-        payload = data[pos + _HEADER.size:end]
-        if zlib.crc32(payload) != crc:
-            return
+            break
+        if zlib.crc32(view[pos + _HEADER.size:end]) != crc:
+            break
+        spans.append((pos + _HEADER.size, end))
         pos = end
-        yield start + pos, payload
+    return data, spans
 
 
 class WalWriter:

@@ -13,7 +13,6 @@ from typing import Any, Mapping, Sequence
 
 from stagetrace.model import LogRecord, Trace
 
-from .window import weighted_evidence
 
 # drain3 and scipy are imported where used: `stagetrace trace` needs body_text only
 # and must start fast.
@@ -116,6 +115,7 @@ class TemplateStat:
               "baseline_count": self.base_traces, "baseline_total": self.base_n, "lines": self.lines,
               "severity": self.severity, "p_value": self.p, "p_adjusted": self.p_adj,
               "example_trace_ids": [e["trace_id"] for e in self.examples], "example_lines": self.examples}
+        from .window import weighted_evidence  # numpy: not for `stagetrace trace`, which needs body_text only
         ev.update(weighted_evidence(self.sel_w, self.base_w, self.neff))
         return ev
 

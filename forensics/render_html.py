@@ -16,7 +16,7 @@ from typing import Sequence
 from .metricnames import limit_series
 from .render_text import METRIC_ROWS_PER_METRIC
 from .report import Report, headline, to_json
-from .window import fmt_ms, fmt_time
+from .timefmt import fmt_ms, fmt_time
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330;max-width:1200px}

@@ -7,7 +7,7 @@ from typing import Sequence
 from .metricnames import limit_series
 from .render_text import METRIC_ROWS_PER_METRIC
 from .report import Report, headline
-from .window import fmt_ms, fmt_time
+from .timefmt import fmt_ms, fmt_time
 
 
 def _cell(x: object) -> str:

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from .metricnames import limit_series
 from .report import Report, headline
-from .window import fmt_ms, fmt_time
+from .timefmt import fmt_ms, fmt_time
 
 _SEV_STYLE = {"ERROR": "bold red", "FATAL": "bold red", "CRITICAL": "bold red", "WARN": "yellow", "WARNING": "yellow"}
 BAR = 36

@@ -21,7 +21,7 @@ from .critical_path import critical_path
 from .logmining import body_text
 from .metricnames import SeriesKey, display_names
 from .report import Finding, Report
-from .window import fmt_ms, fmt_time
+from .timefmt import fmt_ms, fmt_time
 
 METRIC_PAD_NS = 30_000_000_000
 

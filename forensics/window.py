@@ -20,6 +20,8 @@ from stagetrace.backend import Backend, SpanColumns, TraceQuery, find_span_colum
 
 from stagetrace.model import Span, Trace
 
+from .timefmt import fmt_ms, fmt_time  # noqa: F401 (re-exported: the analyses and incidents import them here)
+
 
 def entry_requests(backend: Backend, *, service: str | None, route: str | None,
                    start_ns: int | None, end_ns: int | None) -> SpanColumns:
@@ -267,22 +269,6 @@ def weighted_evidence(sel_w: tuple[float, float] | None, base_w: tuple[float, fl
             "baseline_weighted_total": base_w[1],
             "selection_effective_n": neff[0] if neff else None,
             "baseline_effective_n": neff[1] if neff else None}
-
-
-def fmt_ms(ns: float) -> str:
-    ms = ns / 1e6
-    if ms >= 10_000:
-        return f"{ms / 1000:.1f} s"
-    if ms >= 100:
-        return f"{ms:.0f} ms"
-    if ms >= 1:
-        return f"{ms:.1f} ms"
-    return f"{ms * 1000:.0f} µs"
-
-
-def fmt_time(ns: int) -> str:
-    import datetime as _dt
-    return _dt.datetime.fromtimestamp(ns / 1e9, tz=_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def mix_weights(sel_ops: Mapping[str, str], base_ops: Mapping[str, str]) -> dict[str, float]:

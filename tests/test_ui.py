@@ -742,3 +742,45 @@ def test_https_with_a_token(store, tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_error_search_reads_the_error_sidecars(store, monkeypatch):
+    """`status=error` reads each block's error-span sidecar (or its entry sidecar, if that is
+    smaller), not every entry span, and answers what find_spans answers."""
+    from stagetrace.backend import TraceQuery
+    from stagetrace.collector import query as cq
+    from stagetrace.ui import api
+
+    read: list[str] = []
+    real = cq._Block.source
+
+    def source(self, entries, errors=False):
+        got = real(self, entries, errors)
+        read.append(got[0].name)
+        return got
+    monkeypatch.setattr(cq._Block, "source", source)
+    r = store["errors"]
+    with cq.EmbeddedBackend(store["data_dir"]) as emb:
+        doc = api.search(emb, api.SearchFilters(start_ns=r.start_ns, end_ns=r.end_ns, status="error"))
+        want = emb.find_spans(TraceQuery(start_ns=r.start_ns, end_ns=r.end_ns, root_only=True, status="error",
+                                         limit=None))
+    assert read and all(name.endswith(".errors.parquet") for name in read), sorted(set(read))[:5]
+    assert want and doc["matched"] == len(want)
+    assert [p["span_id"] for p in doc["rows"]] == _newest(want, api.MAX_RESULT_ROWS)
+
+
+def test_attribute_prefilter_keeps_exactly_the_rows_holding_every_text():
+    """The sample's byte prefilter (run in Arrow before DuckDB) keeps a row when each
+    text is in its span body or its resource, on the raw bytes."""
+    import pyarrow as pa
+
+    from stagetrace.ui import fastscan
+
+    body = b"\x0a\x10ml.model.version\x12\x04\x0a\x02v2"
+    t = pa.table({"rest": pa.array([body, b"\x0aml.model.version", b"other", b"v2", body], pa.binary()),
+                  "resource": pa.array([b"r", b"r\x12v2", b"ml.model.version v2", b"r", b"r"], pa.binary()),
+                  "n": [0, 1, 2, 3, 4]})
+    got = fastscan._prefiltered(t, {"ml.model.version": "v2"})
+    assert got.column("n").to_pylist() == [0, 1, 2, 4]  # row 3 lacks the key
+    assert fastscan._prefiltered(t, {"ml.model.version": 7}).column("n").to_pylist() == [0, 1, 2, 4]  # key only
+    assert fastscan._prefiltered(t.slice(0, 0), {"a": "b"}).num_rows == 0

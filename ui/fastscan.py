@@ -108,6 +108,10 @@ def spread_sample(store: Any, query: TraceQuery, *, entry: str, buckets: int, pe
                    root_only=entry == "root", limit=None)
     where, params, attrs = store._span_where(q)
     params = list(params)
+    # only spans with ERROR status can match: read the blocks' error sidecars (or the
+    # entry sidecars, whichever is smaller) instead of every entry span
+    from stagetrace.collector.query import _errors_only
+    errors = _errors_only(q)
     if entry == "entry":
         where = where + [f"(octet_length(parent_span_id) = 0 OR kind IN ({SERVER}, {CONSUMER}))"]
     for k, v in attrs.items():
@@ -131,12 +135,12 @@ def spread_sample(store: Any, query: TraceQuery, *, entry: str, buckets: int, pe
         if attrs:
             return True
         batches = [b for b in store._sql(SPANS, "count(*) AS n, min(start_ns) AS a, max(start_ns) AS z", where,
-                                          params, entries=entry != "span") if b.num_rows]
+                                          params, entries=entry != "span", errors=errors) if b.num_rows]
         d = batches[0].to_pydict() if batches else {"n": [0], "a": [None], "z": [None]}
         counted.append((int(d["n"][0]), d["a"][0], d["z"][0]))
         return counted[0][0] > SAMPLE_MIN_MATCHES
 
-    sampled = _row_group_sample(store, entry != "span", start, end, cols + ("parent_span_id", "kind"),
+    sampled = _row_group_sample(store, entry != "span", errors, start, end, cols + ("parent_span_id", "kind"),
                                 ATTR_SCAN_BUDGET_ROWS if attrs else SCAN_BUDGET_ROWS, worth_sampling)
     if sampled is not None:
         got_sample = _from_rows(store, sampled, grouped, bucket, where, params, entry, attrs, newest)
@@ -147,7 +151,7 @@ def spread_sample(store: Any, query: TraceQuery, *, entry: str, buckets: int, pe
         # the start-sorted entry sidecars, which reads their newest row groups only
         order = f"ORDER BY start_ns DESC, span_id DESC LIMIT {int(newest)}"
         rows = [p for batch in (store._sql(SPANS, ", ".join(cols), where, params, order,
-                                           entries=entry != "span") if newest > 0 else [])
+                                           entries=entry != "span", errors=errors) if newest > 0 else [])
                 for p in _index_points(batch)]
         return got_sample._replace(total=n, extent=(int(first_start), int(last_start)) if n else None, newest=rows,
                                    newest_exact=True, total_estimated=False)
@@ -163,7 +167,7 @@ def spread_sample(store: Any, query: TraceQuery, *, entry: str, buckets: int, pe
                    f"grouping({bucket}) AS whole", f"GROUP BY GROUPING SETS (({bucket}), ())")] if selective else [
         (grouped + f", NULL AS newest, 0 AS whole", f"GROUP BY {bucket}"),
         (", ".join(cols), f"ORDER BY start_ns DESC, span_id DESC LIMIT {max(1, int(newest))}")]
-    got = store._sql_many(SPANS, statements, where, params, entries=entry != "span")
+    got = store._sql_many(SPANS, statements, where, params, entries=entry != "span", errors=errors)
     total, first, last = 0, None, None
     parts = []
     candidates = None
@@ -195,7 +199,7 @@ def spread_sample(store: Any, query: TraceQuery, *, entry: str, buckets: int, pe
         if ordered is not None:
             rows = _checked_points(store, ordered, attrs)[:newest]
             if len(rows) < newest and candidates.num_rows >= newest:  # the prefilter let non-matches through
-                rows = _newest_checked(store, where, params, attrs, entry, newest)
+                rows = _newest_checked(store, where, params, attrs, entry, newest, errors)
         points.sort(key=lambda p: (p["start_ms"], p["span_id"]))
         return Sample(points, None, extent if points else None, rows)
     points = _unique(_index_points(picked)) if picked is not None else []
@@ -213,7 +217,7 @@ class _Rows(NamedTuple):
     extent: tuple[int, int] | None  # the sampled sources' row-group start range, clipped to the window
 
 
-def _row_group_sample(store: Any, entries: bool, start: int, end: int, columns: tuple[str, ...], budget: int,
+def _row_group_sample(store: Any, entries: bool, errors: bool, start: int, end: int, columns: tuple[str, ...], budget: int,
                       worth_it: Callable[[], bool]) -> _Rows | None:
     """Evenly spaced row groups of every span block that overlap the window, about
     SAMPLE_ROWS rows in all, when a full answer would read more than ``budget`` rows
@@ -230,7 +234,7 @@ def _row_group_sample(store: Any, entries: bool, start: int, end: int, columns: 
             overlapping.append((b, rgs, rows))
             if span is not None:
                 lo, hi = (span if lo is None else (min(lo, span[0]), max(hi, span[1])))
-            path, sidecar = b.source(entries)
+            path, sidecar = b.source(entries, errors)
             candidates += _overlap(pq.ParquetFile(path), start, end)[1] if sidecar else rows
         candidates += view.tail.num_rows
         if candidates <= budget or not worth_it():
@@ -289,6 +293,8 @@ def _from_rows(store: Any, rows: _Rows, grouped: str, bucket: str, where: list[s
     sample (not exact)."""
     from stagetrace.collector.store import ENTRY_SQL
     cond = list(where) + ([ENTRY_SQL] if entry != "span" else [])
+    if attrs:  # the same byte prefilter as the SQL's, in Arrow first (see _prefiltered)
+        rows = rows._replace(blocks=_prefiltered(rows.blocks, attrs), tail=_prefiltered(rows.tail, attrs))
     con = store.con
     con.register("ui_sample_blocks", rows.blocks)
     con.register("ui_sample_tail", rows.tail)
@@ -312,6 +318,33 @@ def _from_rows(store: Any, rows: _Rows, grouped: str, bucket: str, where: list[s
     recent = sorted(points, key=lambda p: (-p["start_ms"], p["span_id"]))[:newest]
     return Sample(points, total, rows.extent if points else None, recent, read_fraction=rows.fraction,
                   newest_exact=False, total_estimated=total is not None)
+
+
+def _prefiltered(t: pa.Table, attrs: dict[str, Any]) -> pa.Table:
+    """The rows of ``t`` whose stored span or resource bytes hold every text of
+    :func:`_prefilter`, matched on the raw bytes in Arrow.
+
+    Why: the SQL's ``contains(CAST(rest AS VARCHAR), ...)`` makes DuckDB render every
+    row's protobuf as escaped text first; over a 150k-row sample that was half of an
+    attribute search (0.47 of 0.93 s at 1.4M spans). On the raw bytes the condition is
+    the same necessary one (the texts are printable ASCII without backslashes), and
+    the SQL then runs over the few rows that pass."""
+    import pyarrow.compute as pc
+
+    if not t.num_rows:
+        return t
+    # bodies and resources repeat (a span's body holds no ids or times): match each
+    # distinct value once, then spread the answer over the rows
+    encoded = [t.column(c).combine_chunks().dictionary_encode() for c in ("rest", "resource")]
+    mask = None
+    for k, v in attrs.items():
+        for text in _prefilter(k, v):
+            hit = None
+            for col in encoded:
+                one = pc.take(pc.match_substring(col.dictionary, text), col.indices)
+                hit = one if hit is None else pc.or_(hit, one)
+            mask = hit if mask is None else pc.and_(mask, hit)
+    return t if mask is None else t.filter(mask)
 
 
 def _unique(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -354,7 +387,7 @@ def _checked_points(store: Any, rows: Any, attrs: dict[str, Any]) -> list[dict[s
 
 
 def _newest_checked(store: Any, where: list[str], params: list[Any], attrs: dict[str, Any], entry: str,
-                    newest: int) -> list[dict[str, Any]]:
+                    newest: int, errors: bool) -> list[dict[str, Any]]:
     """The ``newest`` newest spans that match ``attrs`` exactly: the newest rows that pass
     the byte prefilter, checked after decoding, read again with a doubled limit while
     the prefilter let through rows that do not match and more rows remain."""
@@ -362,7 +395,8 @@ def _newest_checked(store: Any, where: list[str], params: list[Any], attrs: dict
     limit = newest
     while True:
         order = f"ORDER BY start_ns DESC, span_id DESC LIMIT {int(limit)}"
-        batches = list(store._sql(SPANS, cols, where, params, order, entries=entry != "span"))
+        batches = list(store._sql(SPANS, cols, where, params, order, entries=entry != "span",
+                                  errors=errors))
         read = sum(b.num_rows for b in batches)
         out = [p for b in batches for p in _checked_points(store, b, attrs)]
         if len(out) >= newest or read < limit:
