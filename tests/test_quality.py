@@ -133,8 +133,8 @@ def test_join_by_prediction_id_row_trace_and_custom_id():
 
 
 def test_label_time_read_back_from_loki_as_text_orders_relabels():
-    """Loki returns every attribute as a string (the shape of /work/shared/samples/loki/
-    loki_query_range_by_trace_categorized.json, categorized encoding): ml.label.time must
+    """Loki returns every attribute as a string (the shape of the real sample
+    tests/data/samples/loki/loki_query_range_by_trace_categorized.json, categorized encoding): ml.label.time must
     still say which of two labels of one prediction is the later one, not the entry's time."""
     from stagetrace.forensics.grafana import parse_loki_streams
 
