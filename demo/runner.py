@@ -42,6 +42,7 @@ RUN_MARKER = ".stagetrace-demo-run"
 READY_TIMEOUT_S = 90.0
 FLUSH_TIMEOUT_S = 20.0
 WATCH_CATCH_UP_S = 20.0  # for the watch's last evaluation to finish (2 s when it keeps up)
+WATCH_START_S = 20.0  # for the watch to start up and finish its first evaluation
 
 
 @dataclass
@@ -278,6 +279,10 @@ def _run(opts: DemoOptions, console: Console, progress: bool, launcher: list[str
                                    {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STAGETRACE_"))},
                                    cwd=str(run_dir))
             console.print(f"  watch          every 2 s, alerts to {watch_out / 'alerts.jsonl'}, pid {watch.pid}")
+            # The clean period starts once the watch has started up: its imports take CPU
+            # from the services on a small machine, and the slow first seconds they caused
+            # looked like an incident in the clean period.
+            incidents_demo.wait_for_evaluation(data_dir, time.time_ns(), WATCH_START_S, watch.alive)
             mark("services")
             schedule = Schedule.plan(opts.scenarios, time.time() + 1.0, opts.duration_s)
             _write_schedule(schedule_file, schedule)

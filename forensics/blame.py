@@ -47,6 +47,10 @@ Key = tuple[str, str, str]  # (level, service, operation): level "operation" | "
 
 MIN_CALLS = 5  # an edge with fewer calls on either side is not judged "grown"
 MIN_GROWTH_NS = 1_000_000  # 1 ms: below this a grown gap is scheduling noise
+# Calls after an order-of-magnitude jump needed to call it (key_jumps): a component called a
+# few times a minute has only a handful in the minutes after a fault, and the size filters
+# (x5 the median, 80% of them above the 90th percentile before) keep noise out.
+MIN_JUMP_CALLS = 4
 
 
 @dataclass(slots=True)
@@ -474,11 +478,11 @@ def keys_grown(base: Sequence[TraceCost], after: Sequence[TraceCost], alpha: flo
 
 
 def key_jumps(costs: Sequence[TraceCost], start_of: Mapping[str, int], alpha: float = stats.ALPHA,
-              min_side: int = stats.MIN_SUPPORT, min_before: int = 3, min_ratio: float = 5.0,
+              min_side: int = MIN_JUMP_CALLS, min_before: int = 3, min_ratio: float = 5.0,
               max_calls: int = 2000) -> list[KeyOnset]:
     """Keys whose time per call jumped by an order of magnitude and stayed there: the
-    split of each key's calls (in time order) with the largest Welch t on log time per
-    call, corrected for the splits and keys scanned, kept when the median after it is at
+    split of each key's calls (in time order) with the largest t on log time per call
+    (``stats.log_step``), corrected for the splits and keys scanned, kept when the median after it is at
     least ``min_ratio`` times the median before, 1 ms more, and at least 80 % of the calls
     after it sit above the 90th percentile before (a burst of a noisy operation does not).
 
@@ -502,4 +506,19 @@ def key_jumps(costs: Sequence[TraceCost], start_of: Mapping[str, int], alpha: fl
         if p < alpha and maf >= min_ratio * mbf and maf - mbf >= MIN_GROWTH_NS and consistent:
             found.append(KeyOnset(k, int(pts[split][0]), p, mbf, maf))
     return sorted(found, key=lambda o: o.p)
+
+
+def key_service(step: KeyOnset, onsets: Sequence[KeyOnset], costs: Sequence[TraceCost],
+                start_of: Mapping[str, int], min_calls: int = 3 + MIN_JUMP_CALLS) -> str:
+    """The service a key's step or jump blames (``onsets``: every key that stepped). An
+    operation's is its own service; a call edge's is the callee's side, unless at least half of the caller's other outgoing calls (those with
+    calls enough to test) stepped too: then the caller is starved (CPU, GC, threads)."""
+    level, callee, op = step.key
+    if level != "edge" or "->" not in op:
+        return callee
+    caller = op.split("->", 1)[0]
+    outs = [k for k, v in _timed_per_call(costs, start_of).items()
+            if k[0] == "edge" and k != step.key and k[2].startswith(caller + "->") and len(v) >= min_calls]
+    stepped = {j.key for j in onsets}
+    return caller if outs and sum(k in stepped for k in outs) / len(outs) >= 0.5 else callee
 

@@ -52,6 +52,8 @@ class Incident:
     frame: tuple[int, int]  # [start, end) of the data it is compared with
     by: str = "rate"  # "rate": the requests' slow/failure rate; "component": one component's own time stepped up
     key: tuple[str, str, str] | None = None  # with by="component": the operation or call edge
+    service: str | None = None  # with by="component": the service it blames (a starved caller for an edge)
+    key_ms: tuple[float, float] | None = None  # with by="component": median time per call before, after
 
 
     def evidence(self) -> dict[str, Any]:
@@ -60,7 +62,8 @@ class Incident:
                 "rate_outside": self.rate_out, "requests_inside": self.n_in, "hits_inside": self.hits_in,
                 "requests_outside": self.n_out, "hits_outside": self.hits_out, "p_value": self.p,
                 "frame_start_ns": self.frame[0], "frame_end_ns": self.frame[1], "located_by": self.by,
-                "key": list(self.key) if self.key else None}
+                "key": list(self.key) if self.key else None, "service": self.service,
+                "key_ms": list(self.key_ms) if self.key_ms else None}
 
 
 def resolution(times_ns: np.ndarray, max_buckets: int = MAX_BUCKETS) -> tuple[int, int, int]:

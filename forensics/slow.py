@@ -330,6 +330,8 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         bar.step("ranking")
         report.findings = _findings(bl, groups, evidence, metric_stats, onset, changes, thr_label, len(sel), res_steps,
                                     call_attrs, inputs)
+        if onset is not None and inc.by == "component":
+            _add_stepped_component(report.findings, inc)
         if not any(f.significant and f.is_cause for f in report.findings):
             # When it began is context for a cause, not a cause: with none found (a whole machine
             # slowed, one key's warm-up) the onset must not read as a finding the user can act on.
@@ -425,19 +427,24 @@ def _component_step(backend: Backend, req: SpanColumns, row_of: dict[str, int], 
     # from another period): the same margin key_steps keeps on each side.
     first, edge = lo + (hi - lo) // 10, hi - (hi - lo) // 20
     jumps = [j for j in blame.key_jumps(costs, start_of) if first <= j.time_ns < edge]
+    found = jumps
     if jumps:
-        step = min(jumps, key=lambda o: o.time_ns)  # the earliest order-of-magnitude jump: where trouble began
+        # the clearest order-of-magnitude jump (a level shift between two recorded periods
+        # can jump earlier, and less clearly, than the fault)
+        step = min(jumps, key=lambda o: (o.p, o.time_ns))
     elif jumps_only:
         return None
     else:
-        steps_found = blame.key_steps(costs, start_of, lo, hi)
-        if not steps_found:
+        found = blame.key_steps(costs, start_of, lo, hi)
+        if not found:
             return None
-        step = min(steps_found, key=lambda o: o.time_ns)
+        step = min(found, key=lambda o: o.time_ns)
     inside = t0 >= step.time_ns
     ki, ni, ko, no = int(slow[inside].sum()), int(inside.sum()), int(slow[~inside].sum()), int((~inside).sum())
     return incident.Incident(step.time_ns, hi, step.p, ki / max(ni, 1), ko / max(no, 1), ki, ni, ko, no, True, True,
-                             incident.frame_of(step.time_ns, hi, lo, hi), by="component", key=step.key)
+                             incident.frame_of(step.time_ns, hi, lo, hi), by="component", key=step.key,
+                             service=blame.key_service(step, found, costs, start_of),
+                             key_ms=(step.before_ns / 1e6, step.after_ns / 1e6))
 
 
 def _onset_of(inc: incident.Incident, e: np.ndarray) -> timeline.Onset:
@@ -708,6 +715,33 @@ def _findings(bl: blame.Blame, groups, evidence, metric_stats, onset, changes, t
     out.sort(key=lambda f: (not f.significant, f.evidence.get("tier", 1), -f.score))
     _attach_support(out)
     return out
+
+
+def _add_stepped_component(findings: list[Finding], inc: incident.Incident) -> None:
+    """The component whose own time per call stepped up where the incident began is a cause
+    in itself (its step test is corrected for every key scanned), also when the requests it
+    slowed are too few, or too little slowed, for the slow-request comparison to blame it: a
+    service called a few times a minute. Listed after the components that comparison blames."""
+    if not inc.key or not inc.service or not inc.key_ms:
+        return
+    if any(f.kind == "stage" and f.service == inc.service and f.significant for f in findings):
+        return  # blamed already: one finding per component
+    findings[:] = [f for f in findings if not (f.kind == "stage" and f.service == inc.service)]
+    level, _, op = inc.key
+    what = f"calls {op.replace('->', ' to ')}" if level == "edge" else op
+    caller, _, callee = op.partition("->")
+    starved = level == "edge" and inc.service == caller
+    before, after = inc.key_ms
+    summary = (f"{inc.service}: {what} went from {before:.1f} to {after:.1f} ms per call at "
+               f"{fmt_time(inc.start_ns)} and stayed there, where the incident began"
+               + (f"; its other outgoing calls stepped up too: it is starved (CPU, GC or threads)" if starved else ""))
+    f = Finding("stage", summary, 1.0, inc.significant, _confidence(inc.p, 1) if inc.significant else "low",
+                {"tier": 1, "level": "component step", "key": list(inc.key), "p_value": inc.p,
+                 "before_ms": before, "after_ms": after, "onset_ns": inc.start_ns},
+                service=inc.service, operation=op if level == "operation" else None,
+                edge={"caller": caller, "callee": callee} if level == "edge" else None)
+    findings.append(f)
+    findings.sort(key=lambda x: (not x.significant, x.evidence.get("tier", 1), -x.score))
 
 
 def _call_attributes(c: blame.Component, incident: Sequence[Trace], base: Sequence[Trace]) -> list:

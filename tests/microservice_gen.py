@@ -19,6 +19,10 @@ with its own work. Faults start at ``onset`` (a share of the window):
 - ``spliced_head``: that service's work is 10x shorter in the first 7% of the window, as
   when a baseline recorded at another time sits just before the incident's data (the
   Nezha cases' fault-free minute): a real level change that is not the incident;
+- ``rare_jump``: ``POST /checkout`` also calls ``verify`` on one checkout in four (a
+  service called a few times a minute); if True, after the onset its own work is 20x
+  longer: a jump from well under a millisecond to several, which leaves the requests
+  within their route's normal latency;
 - ``java_logs``: services log with a logback header (timestamp, level, thread,
   logger#line, TraceID/SpanID) in the body, as a filelog receiver ships them.
 
@@ -43,7 +47,7 @@ ROUTES = {
     + [("currency", "Convert")] * 4 + [("payment", "Charge"), ("shipping", "ShipOrder")],
 }
 ROUTE_MIX = [("GET /", 0.6), ("GET /cart", 0.3), ("POST /checkout", 0.1)]
-WORK_MS = {"catalog": (3, 6), "ads": (2, 4), "cart": (4, 8), "currency": (2, 5), "payment": (30, 60),
+WORK_MS = {"verify": (0.3, 0.6), "catalog": (3, 6), "ads": (2, 4), "cart": (4, 8), "currency": (2, 5), "payment": (30, 60),
            "shipping": (40, 80), "frontend": (2, 5)}
 
 
@@ -59,7 +63,7 @@ class Result:
 def generate(*, seconds: int = 180, rate: int = 12, onset: float = 0.5, seed: int = 1,
              net_delay: str | None = None, cpu_starved: str | None = None, slow_work: str | None = None,
              background_errors: bool = False, version_errors: bool = False, slow_host: str | None = None,
-             java_logs: bool = False, spliced_head: str | None = None,
+             java_logs: bool = False, spliced_head: str | None = None, rare_jump: bool | None = None,
              end_ns: int | None = None) -> tuple[MemoryBackend, Result]:
     rnd = random.Random(seed)
     end = end_ns or (1_800_000_000 * S)
@@ -96,7 +100,10 @@ def generate(*, seconds: int = 180, rate: int = 12, onset: float = 0.5, seed: in
         cur = t0 + rnd.randint(1, 3) * MS
         child: list[Span] = []
         failed = None
-        for callee, op in ROUTES[route]:
+        calls = ROUTES[route]
+        if rare_jump is not None and route == "POST /checkout" and rnd.random() < 0.25:
+            calls = [*calls, ("verify", "Check")]
+        for callee, op in calls:
             c_id, s_id = sid(), sid()
             gap_out = rnd.randint(200, 600) * 1000
             if after and cpu_starved == "frontend":
@@ -110,6 +117,9 @@ def generate(*, seconds: int = 180, rate: int = 12, onset: float = 0.5, seed: in
                 work *= 4
             if spliced_head == callee and t0 < start + int(0.07 * seconds * S):
                 work /= 10
+            if after and rare_jump and callee == "verify":
+                work *= 20
+                res.faulty.add(tid)
             if after and slow_work == callee:
                 work += rnd.uniform(80, 160) * MS
             host = rnd.choice("ab") if slow_host == callee else "a"
