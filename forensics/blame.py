@@ -508,17 +508,28 @@ def key_jumps(costs: Sequence[TraceCost], start_of: Mapping[str, int], alpha: fl
     return sorted(found, key=lambda o: o.p)
 
 
-def key_service(step: KeyOnset, onsets: Sequence[KeyOnset], costs: Sequence[TraceCost],
-                start_of: Mapping[str, int], min_calls: int = 3 + MIN_JUMP_CALLS) -> str:
-    """The service a key's step or jump blames (``onsets``: every key that stepped). An
-    operation's is its own service; a call edge's is the callee's side, unless at least half of the caller's other outgoing calls (those with
-    calls enough to test) stepped too: then the caller is starved (CPU, GC, threads)."""
+def key_service(step: KeyOnset, costs: Sequence[TraceCost], start_of: Mapping[str, int]) -> str:
+    """The service a key's step or jump blames. An operation's is its own service. A call
+    edge's is decided as for the slow requests' edges (``_side``), each edge's calls split at
+    the step: the callee's side, unless the caller's other outgoing calls grew too (median x2
+    and 1 ms more), and more of them than the callee's other incoming calls: then the caller
+    is starved (CPU, GC, threads)."""
     level, callee, op = step.key
     if level != "edge" or "->" not in op:
         return callee
-    caller = op.split("->", 1)[0]
-    outs = [k for k, v in _timed_per_call(costs, start_of).items()
-            if k[0] == "edge" and k != step.key and k[2].startswith(caller + "->") and len(v) >= min_calls]
-    stepped = {j.key for j in onsets}
-    return caller if outs and sum(k in stepped for k in outs) / len(outs) >= 0.5 else callee
+    edges: dict[tuple[str, str], EdgeGrowth] = {}
+    for k, pts in _timed_per_call(costs, start_of).items():
+        if k[0] != "edge" or "->" not in k[2]:
+            continue
+        before = [v for t, v in pts if t < step.time_ns]
+        after = [v for t, v in pts if t >= step.time_ns]
+        bm = float(np.median(before)) if before else 0.0
+        am = float(np.median(after)) if after else 0.0
+        g = EdgeGrowth(k[2].split("->", 1)[0], k[1], am, bm, (len(after), len(before)), 1.0)
+        g.grew = bool(before and after) and am >= 2 * bm and am - bm >= MIN_GROWTH_NS
+        edges[(g.caller, g.callee)] = g
+    g = edges.get((op.split("->", 1)[0], callee))
+    if g is None:
+        return callee
+    return g.caller if _side(g, list(edges.values())) == "caller" else g.callee
 

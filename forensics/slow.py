@@ -427,7 +427,6 @@ def _component_step(backend: Backend, req: SpanColumns, row_of: dict[str, int], 
     # from another period): the same margin key_steps keeps on each side.
     first, edge = lo + (hi - lo) // 10, hi - (hi - lo) // 20
     jumps = [j for j in blame.key_jumps(costs, start_of) if first <= j.time_ns < edge]
-    found = jumps
     if jumps:
         # the clearest order-of-magnitude jump (a level shift between two recorded periods
         # can jump earlier, and less clearly, than the fault)
@@ -435,15 +434,15 @@ def _component_step(backend: Backend, req: SpanColumns, row_of: dict[str, int], 
     elif jumps_only:
         return None
     else:
-        found = blame.key_steps(costs, start_of, lo, hi)
-        if not found:
+        steps_found = blame.key_steps(costs, start_of, lo, hi)
+        if not steps_found:
             return None
-        step = min(found, key=lambda o: o.time_ns)
+        step = min(steps_found, key=lambda o: o.time_ns)
     inside = t0 >= step.time_ns
     ki, ni, ko, no = int(slow[inside].sum()), int(inside.sum()), int(slow[~inside].sum()), int((~inside).sum())
     return incident.Incident(step.time_ns, hi, step.p, ki / max(ni, 1), ko / max(no, 1), ki, ni, ko, no, True, True,
                              incident.frame_of(step.time_ns, hi, lo, hi), by="component", key=step.key,
-                             service=blame.key_service(step, found, costs, start_of),
+                             service=blame.key_service(step, costs, start_of),
                              key_ms=(step.before_ns / 1e6, step.after_ns / 1e6))
 
 

@@ -154,3 +154,19 @@ from stagetrace.forensics.logtext import message  # noqa: E402
 ])
 def test_log_header_is_stripped_before_templating(line, want):
     assert message(line) == want
+
+
+def test_a_stepped_call_edge_is_blamed_on_the_callee_or_on_a_starved_caller():
+    """The service a component step blames (blame.key_service): for a call edge, the callee's
+    side (network delay into it), unless the caller's other outgoing calls stepped up too
+    (CPU starvation of the caller)."""
+    from stagetrace.forensics import blame
+
+    for fault, blamed in (({"net_delay": "catalog"}, "catalog"), ({"cpu_starved": "frontend"}, "frontend")):
+        b, res = gen.generate(seed=5, **fault)
+        ids = sorted({s.trace_id for s in b.spans})
+        traces = b.get_traces(ids, start_ns=res.start_ns, end_ns=res.end_ns)
+        costs = blame.trace_costs([traces[t] for t in ids])
+        start_of = {tid: min(s.start_ns for s in traces[tid].spans) for tid in ids}
+        step = blame.KeyOnset(("edge", "catalog", "frontend->catalog"), res.onset_ns, 1e-9, 1e6, 1e8)
+        assert blame.key_service(step, costs, start_of) == blamed, fault
