@@ -22,7 +22,7 @@ It prints AC@1 and AC@3 per dataset and window, and how many runs raised (must b
 Nothing here knows a case, a service name or a fault type: the labels are read only to score.
 
     .venv/bin/python benchmarks/accuracy.py [--dataset DIR ...] [--keep DIR] [--case case-11 ...]
-        [--window exact --window 1h ...] [--json FILE] [-v]
+        [--window exact --window 1h ...] [--without-metrics] [--json FILE] [-v]
 
 ``--keep DIR`` keeps the per-case stores and reuses them on the next run (ingest takes most
 of the time; the windows are relative to the stored case, not to the wall clock).
@@ -95,14 +95,15 @@ def load(case_dir: Path, name: str) -> dict | None:
     return json.loads(gzip.open(p).read()) if p.exists() else None
 
 
-def ingest(case_dir: Path, data_dir: Path, gt: dict, end_ns: int) -> dict[str, int]:
-    """Send one case (and its baseline minute) to a fresh collector on ``data_dir``."""
+def ingest(case_dir: Path, data_dir: Path, gt: dict, end_ns: int, metrics: bool = True) -> dict[str, int]:
+    """Send one case (and its baseline minute) to a fresh collector on ``data_dir``; without
+    its metrics when ``metrics`` is False (traces and logs only, as many users have)."""
     from stagetrace.collector.process import start_collector
     from stagetrace.collector.query import EmbeddedBackend
 
     offset = end_ns - int(gt["window"]["end_unix_nano"])
     docs: list[dict] = []
-    for name in ("traces", "logs", "metrics"):
+    for name in ("traces", "logs", "metrics") if metrics else ("traces", "logs"):
         d = load(case_dir, name)
         if d is not None:
             shift_times(d, offset)
@@ -149,9 +150,9 @@ def significant_rank(findings: list[dict], culprit: str) -> int | None:
     return None
 
 
-def prepare(case_dir: Path, store_root: Path, reuse: bool) -> tuple[dict, Path, dict]:
+def prepare(case_dir: Path, store_root: Path, reuse: bool, metrics: bool = True) -> tuple[dict, Path, dict]:
     gt = json.loads((case_dir / "ground_truth.json").read_text())
-    data_dir = store_root / f"{case_dir.parent.name}-{case_dir.name}"
+    data_dir = store_root / f"{case_dir.parent.name}-{case_dir.name}{'' if metrics else '-nometrics'}"
     meta_path = data_dir / "accuracy-case.json"
     if reuse and meta_path.exists():
         return gt, data_dir, json.loads(meta_path.read_text())
@@ -160,7 +161,7 @@ def prepare(case_dir: Path, store_root: Path, reuse: bool) -> tuple[dict, Path, 
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True)
     t = time.perf_counter()
-    meta = ingest(case_dir, data_dir, gt, time.time_ns() - MINUTE)
+    meta = ingest(case_dir, data_dir, gt, time.time_ns() - MINUTE, metrics)
     meta["ingest_s"] = time.perf_counter() - t
     meta_path.write_text(json.dumps(meta))
     return gt, data_dir, meta
@@ -200,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", action="append", default=[], choices=list(ALL_WINDOWS),
                     help="only this window (repeatable; default: the five of WINDOWS)")
     ap.add_argument("--json", type=Path, default=None, help="write per-case results to this file")
+    ap.add_argument("--without-metrics", action="store_true",
+                    help="ingest traces and logs only (what the before-stop smoke sends); datasets are "
+                         "reported as NAME/no-metrics")
     ap.add_argument("-v", "--verbose", action="store_true", help="print each run's verdict too")
     args = ap.parse_args(argv)
     datasets = args.dataset or sorted(p for p in DATASETS.iterdir() if p.is_dir()) if DATASETS.is_dir() else args.dataset
@@ -218,20 +222,24 @@ def main(argv: list[str] | None = None) -> int:
     from stagetrace.collector.query import EmbeddedBackend
 
     results: list[dict[str, Any]] = []
+
+    def label(ds: Path) -> str:
+        return ds.name + ("/no-metrics" if args.without_metrics else "")
+
     for ds in datasets:
         cases = sorted(p for p in ds.iterdir() if (p / "ground_truth.json").exists())
         if args.case:
             cases = [c for c in cases if c.name in set(args.case)]
         for c in cases:
-            gt, data_dir, meta = prepare(c, store_root, reuse=args.keep is not None)
+            gt, data_dir, meta = prepare(c, store_root, reuse=args.keep is not None, metrics=not args.without_metrics)
             backend = EmbeddedBackend(data_dir)
             try:
                 for w in windows:
-                    r = run_window(backend, gt, meta, w) | {"dataset": ds.name, "case": c.name,
+                    r = run_window(backend, gt, meta, w) | {"dataset": label(ds), "case": c.name,
                                                             "fault": gt["fault"]["type"]}
                     results.append(r)
                     status = f"RAISED {r['raised'][:100]}" if r["raised"] else f"rank {r['rank'] or '-':>2}"
-                    print(f"{ds.name[:22]:22} {c.name:8} {r['fault'][:14]:14} {r['kind']:6} {w:5} "
+                    print(f"{label(ds)[:22]:22} {c.name:8} {r['fault'][:14]:14} {r['kind']:6} {w:5} "
                           f"{r['culprit'][:30]:30} {status}  ({r['seconds']:.1f} s)", flush=True)
                     if r["raised"] and args.verbose:
                         print(r["trace"])
@@ -246,14 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'dataset':28} {'window':6} {'AC@1':>7} {'AC@3':>7} {'raised':>6}")
     for ds in datasets:
         for w in windows:
-            rs = [r for r in results if r["dataset"] == ds.name and r["window"] == w]
+            rs = [r for r in results if r["dataset"] == label(ds) and r["window"] == w]
             if not rs:
                 continue
             n = len(rs)
             a1 = sum(1 for r in rs if r["rank"] is not None and r["rank"] <= 1)
             a3 = sum(1 for r in rs if r["rank"] is not None and r["rank"] <= 3)
             raised = sum(1 for r in rs if r["raised"])
-            print(f"{ds.name:28} {w:6} {a1:>3}/{n:<3} {a3:>3}/{n:<3} {raised:>6}")
+            print(f"{label(ds):28} {w:6} {a1:>3}/{n:<3} {a3:>3}/{n:<3} {raised:>6}")
     raised_total = sum(1 for r in results if r["raised"])
     print(f"\nruns: {len(results)}, raised: {raised_total}")
     if args.json:
