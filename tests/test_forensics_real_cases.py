@@ -50,6 +50,26 @@ def test_real_case_names_the_culprit_significantly_at_every_window(stores, case)
     assert all(rank == 1 for rank in ranks.values()), (ranks, {r["window"]: r["top"] for r in runs})
 
 
+@pytest.mark.parametrize("case, window", [("case-81", "1h"), ("case-83", "exact")])
+def test_traces_and_logs_alone_name_a_cpu_fault_with_few_calls(stores, tmp_path, case, window):
+    """Without metrics (what the before-stop smoke sends, and what many users have), a CPU fault
+    in a service with a handful of calls is named from its calls' jump. case-81: four calls from
+    ts-auth-service into ts-verification-code-service went from ~3 to 33-82 ms (at its exact
+    window only three calls come before them: too few to call). case-83: ts-preserve-service's
+    calls to travel, security and contacts all stepped up together: it is starved, not they."""
+    if (DATA / case / "metrics.json.gz").exists():
+        gt, data_dir, meta = accuracy.prepare(DATA / case, tmp_path, reuse=False, metrics=False)
+    else:
+        gt, data_dir, meta = stores[case]
+    backend = EmbeddedBackend(data_dir)
+    try:
+        r = accuracy.run_window(backend, gt, meta, window)
+    finally:
+        backend.close()
+    assert not r["raised"], r["raised"]
+    assert r["rank"] == 1, r["top"]
+
+
 def test_fault_free_minute_names_no_cause(tmp_path):
     """The same system with no fault: the baseline minute alone, investigated over the default hour."""
     case = DATA / "case-84"
