@@ -143,11 +143,12 @@ class _Block:
     def bodies_file(self) -> Any:
         """The block opened with its span bodies (``rest``) read as dictionaries too,
         for scans that match the bodies' bytes: each row group's few distinct bodies
-        are matched once, and no column of every row's body is materialised."""
+        are matched once, and no column of every row's body is materialised. (The footer
+        is the one already parsed: a first search opens every block.)"""
         if self._pf_bodies is None:
             names = SCHEMAS[self.ref.table].names
-            self._pf_bodies = pq.ParquetFile(self.ref.path, memory_map=True, read_dictionary=[
-                c for c in (*store.DICT_COLUMNS, "rest") if c in names])
+            self._pf_bodies = pq.ParquetFile(self.ref.path, memory_map=True, metadata=self.pf.metadata,
+                                             read_dictionary=[c for c in (*store.DICT_COLUMNS, "rest") if c in names])
         return self._pf_bodies
 
     def row_groups_for(self, tid: bytes) -> Iterator[int]:
