@@ -51,6 +51,7 @@ from stagetrace.model import (SPAN_KINDS, STATUS_CODES, LogRecord, MetricPoint, 
 
 from . import integrity, otlp, quarantine, store, wal
 from .store import LOGS, METRICS, SCHEMAS, SPANS
+from .tailindex import TailIndex, id_keys, keys_of
 
 _STATUS_OF = {"unset": 0, "ok": 1, "error": 2}
 _RETRIES = 12  # ~1.5 s of back-off in total before giving up
@@ -219,7 +220,7 @@ class _TailIds:
         live = {key for key, _ in keyed}
         for key in [k for k in self.segments if k not in live]:
             del self.segments[key]
-        wanted = _id_keys(np.frombuffer(b"".join(t for t in want if len(t) == 16), dtype=np.uint8).reshape(-1, 16))
+        wanted = keys_of(want)
         out: list[bytes] = []
         for key, path in keyed:
             offset, spans, keys, owner = self.segments.get(key, (0, [], _NO_IDS, _NO_IDS.astype(np.int64)))
@@ -245,7 +246,7 @@ _NO_IDS = np.zeros(0, dtype=np.uint64)
 
 
 def _id_keys_in(data: bytes, records: list[tuple[int, int]], tag: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """(keys, record numbers): the key (:func:`_id_keys`) of the 16 bytes after every
+    """(keys, record numbers): the key (:func:`.tailindex.id_keys`) of the 16 bytes after every
     occurrence of ``tag`` inside a record's payload (``records``: (start, end) in
     ``data``), and which record it is in. Every trace id of the records' spans (or log
     records) is among them, since protobuf writes each as ``tag`` + 16 bytes; other
@@ -260,14 +261,7 @@ def _id_keys_in(data: bytes, records: list[tuple[int, int]], tag: bytes) -> tupl
     rec = np.searchsorted(bounds[:, 0], at, side="right") - 1
     inside = (rec >= 0) & (at + 18 <= bounds[np.maximum(rec, 0), 1])
     at, rec = at[inside], rec[inside]
-    return _id_keys(a[at[:, None] + np.arange(2, 18)]), rec
-
-
-def _id_keys(ids: np.ndarray) -> np.ndarray:
-    """One uint64 per 16-byte id (rows of a (k, 16) uint8 array), mixing both halves:
-    ids that differ only in their second half (sequential ones) keep distinct keys."""
-    halves = np.ascontiguousarray(ids).view(">u8").astype(np.uint64).reshape(-1, 2)
-    return halves[:, 0] * np.uint64(0x9E3779B97F4A7C15) + halves[:, 1]
+    return id_keys(a[at[:, None] + np.arange(2, 18)]), rec
 
 
 @dataclass(slots=True)
@@ -286,8 +280,11 @@ class EmbeddedBackend:
 
     name = "embedded"
 
-    def __init__(self, data_dir: str | Path) -> None:
+    def __init__(self, data_dir: str | Path, *, tail_index: "TailIndex | None" = None) -> None:
         self.data_dir = Path(data_dir).expanduser()
+        # in the collector's process: its receivers' index of the WAL records they appended
+        # (tailindex.py), so a trace-by-id lookup reads no log bytes to find its records
+        self._tail_index = tail_index
         self._blocks: dict[Path, _Block] = {}
         self._tails = {t: _Tail(t) for t in store.TABLES}
         self._tail_ids = {t: _TailIds(t) for t in (SPANS, LOGS)}
@@ -422,7 +419,7 @@ class EmbeddedBackend:
                 parts.extend(_sorted_runs(t, want))
             tail = view.tail
             if by_bytes:
-                payloads = self._tail_ids[table].records(view.segments, want)
+                payloads = self._tail_records(table, view.segments, want)
                 tail = store.build_table_safe(table, payloads)[0] if payloads else tail
             tail = tail if columns is None else tail.select(columns)
             if tail.num_rows:
@@ -435,6 +432,15 @@ class EmbeddedBackend:
                 parts = [p.cast(schema) for p in parts]  # (casting imports pyarrow.compute: only when needed)
             return pa.concat_tables(parts) if parts else pa.Table.from_batches([], schema)
         return self._retry(run)
+
+    def _tail_records(self, table: str, segments: list[tuple[int, Path]], want: Sequence[bytes]) -> list[bytes]:
+        """Payloads of the WAL records of ``segments`` that may hold an id of ``want``:
+        from the receivers' index where this process has one (:mod:`.tailindex`), else
+        (and for segments it does not cover) from a scan of the log's bytes (:class:`_TailIds`)."""
+        indexed: list[bytes] = []
+        if self._tail_index is not None:
+            indexed, segments = self._tail_index.records(table, segments, want)
+        return (self._tail_ids[table].records(segments, want) if segments else []) + indexed
 
     def _sql(self, table: str, select: str, where: list[str], params: list[Any], tail_order: str = "",
              batch_rows: int = 8192, *, entries: bool = False, errors: bool = False) -> Iterator[pa.RecordBatch]:

@@ -43,15 +43,16 @@ class QueryService:
     across threads, and ingest keeps the other core.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, tail_index: Any = None) -> None:
         self.data_dir = data_dir
+        self._tail_index = tail_index  # tailindex.TailIndex of this process's receivers, if any
         self._lock = threading.Lock()
         self._backend: Any = None
 
     def _open(self) -> Any:
         if self._backend is None:
             from .query import EmbeddedBackend
-            self._backend = EmbeddedBackend(self.data_dir)
+            self._backend = EmbeddedBackend(self.data_dir, tail_index=self._tail_index)
         return self._backend
 
     def warm(self) -> None:
