@@ -838,3 +838,36 @@ def test_block_start_ranges_agree_with_the_footers_and_are_read_once(store):
                 assert hi.tolist() == [s.max if k else 2 ** 63 - 1 for s, k in zip(stats, known)]
                 assert rows.tolist() == [md.row_group(i).num_rows for i in range(md.num_row_groups)]
                 assert b.start_ranges(path)[0] is lo  # kept, not read again
+
+
+def test_the_ui_opens_the_store_before_the_first_search(store, monkeypatch):
+    """`stagetrace ui` opens and verifies the blocks, reads their row-group ranges and
+    sets DuckDB up in the background when it starts (ui/fastscan.py warm): the first
+    search then opens no block and reads no footer, and answers as without the warm-up."""
+    from stagetrace.collector import query as cq
+    from stagetrace.ui import api
+    from stagetrace.ui.server import UIConfig, UIServer
+
+    r = store["slow"]
+    f = api.SearchFilters(start_ns=r.start_ns, end_ns=r.end_ns, attributes={"feature.store.shard": 7})
+    opened, ranged = [], []
+    real_open, real_ranges = cq.EmbeddedBackend._open_block, cq._Block.start_ranges
+    monkeypatch.setattr(cq.EmbeddedBackend, "_open_block", lambda self, ref: opened.append(ref) or real_open(self, ref))
+    monkeypatch.setattr(cq._Block, "start_ranges", lambda self, path=None: ranged.append(
+        (self.ref.path, path)) or real_ranges(self, path))
+    ui = UIServer(UIConfig(open_backend=lambda: cq.EmbeddedBackend(store["data_dir"])))
+    ui.start()
+    try:
+        ui.warming.join(120)
+        assert opened and ranged  # the warm-up did the opening
+        firsts = set(ranged)
+        opened.clear()
+        doc = ui.with_backend(lambda b: api.search(b, f))
+        assert opened == []
+        assert set(ranged) == firsts  # nothing the warm-up had not read already
+    finally:
+        ui.stop()
+    with cq.EmbeddedBackend(store["data_dir"]) as emb:
+        cold = api.search(emb, f)
+    assert [p["span_id"] for p in doc["points"]] == [p["span_id"] for p in cold["points"]]
+    assert doc["points"] and doc["rows"] == cold["rows"]
