@@ -10,9 +10,11 @@ on it (utime + stime from /proc, DuckDB's threads included), beside the load ave
 The stores are only read.
 
     .venv/bin/python benchmarks/ui_scale.py --store /tmp/scale/f1m-new --store /tmp/scale/f10m-new \
-        [--before /tmp/wt19b/before-pkg] [--rounds 5] [--first "attr ml.model.version=v2"] [--drop-cache]
+        [--before /tmp/wt19b/before-pkg] [--rounds 5] [--first "attr ml.model.version=v2"] [--first-after 5] [--drop-cache]
 
-``--first`` names the search each fresh process answers first (default: no filter);
+``--first`` names the search each fresh process answers first (default: no filter),
+``--first-after`` how long after its start (default 0: at once; the UI warms up in
+the background meanwhile, as it does before someone opens the page);
 with ``--drop-cache`` every file of the store is dropped from the OS page cache
 (``posix_fadvise(DONTNEED)``) before each process starts, so that first search reads
 from disk, as a user's first search after the store was written long ago would.
@@ -83,6 +85,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--first", default="no filter", choices=list(QUERIES),
                     help="the search each fresh process answers first")
+    ap.add_argument("--first-after", type=float, default=0.0,
+                    help="seconds between a process's start and its first search (a user opening the page)")
     ap.add_argument("--drop-cache", action="store_true",
                     help="drop the store's files from the page cache before each process starts")
     args = ap.parse_args()
@@ -97,8 +101,9 @@ def main() -> None:
             for name, pp in variants:  # the first search of each process, page cache dropped first if asked
                 dropped = drop_page_cache(data_dir) if args.drop_cache else 0
                 proc, base = servers[name] = start_ui(data_dir, pp)
+                time.sleep(args.first_after)
                 dt, cpu, _ = timed(proc, f"{base}api/search?{window}{QUERIES[args.first]}")
-                print(f"  {name}: first search of the process ({args.first}"
+                print(f"  {name}: first search of the process ({args.first}, {args.first_after:g} s after its start"
                       f"{f', {dropped} files dropped from the page cache' if dropped else ''}): "
                       f"{dt * 1e3:.0f} ms wall, {cpu * 1e3:.0f} ms CPU")
             got: dict[tuple[str, str], list[tuple[float, float]]] = {}
