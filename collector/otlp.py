@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import json_format
@@ -108,6 +108,10 @@ class Validation:
     accepted: int
     rejected: int
     message: str = ""
+    # the trace ids of the request's spans or log records, read while validating them
+    # (for the collector's index of its write-ahead log: collector/tailindex.py); a
+    # superset of the kept ones' (a rejected record's id may be among them)
+    trace_ids: list[bytes] = field(default_factory=list)
 
 
 def validate(signal: str, req: Message) -> Validation:
@@ -135,11 +139,13 @@ def _span_problem(sp: Any) -> str | None:
 def _validate_traces(req: Any) -> Validation:
     accepted = rejected = 0
     first = ""
+    ids: list[bytes] = []
     for rs in req.resource_spans:
         for ss in rs.scope_spans:
             bad = []
             for i, sp in enumerate(ss.spans):
                 tid, sid = sp.trace_id, sp.span_id
+                ids.append(tid)
                 if (len(tid) == 16 and len(sid) == 8 and tid != _ZERO_TRACE and sid != _ZERO_SPAN
                         and len(sp.parent_span_id) in (0, 8)
                         and sp.start_time_unix_nano <= _MAX_TIME and sp.end_time_unix_nano <= _MAX_TIME):
@@ -151,17 +157,21 @@ def _validate_traces(req: Any) -> Validation:
                 del ss.spans[i]
             accepted += len(ss.spans)
             rejected += len(bad)
-    return Validation(accepted, rejected, _summary(rejected, "span", first))
+    return Validation(accepted, rejected, _summary(rejected, "span", first), ids)
 
 
 def _validate_logs(req: Any) -> Validation:
     accepted = rejected = 0
     first = ""
+    ids: list[bytes] = []
     for rl in req.resource_logs:
         for sl in rl.scope_logs:
             bad = []
             for i, lr in enumerate(sl.log_records):
-                lt, ls = len(lr.trace_id), len(lr.span_id)
+                tid = lr.trace_id
+                lt, ls = len(tid), len(lr.span_id)
+                if lt:
+                    ids.append(tid)
                 if (lt in (0, 16) and ls in (0, 8) and lr.time_unix_nano <= _MAX_TIME
                         and lr.observed_time_unix_nano <= _MAX_TIME):
                     continue
@@ -174,7 +184,7 @@ def _validate_logs(req: Any) -> Validation:
                 del sl.log_records[i]
             accepted += len(sl.log_records)
             rejected += len(bad)
-    return Validation(accepted, rejected, _summary(rejected, "log record", first))
+    return Validation(accepted, rejected, _summary(rejected, "log record", first), ids)
 
 
 def metric_points(metric: Any) -> Any:

@@ -43,32 +43,40 @@ class QueryService:
     across threads, and ingest keeps the other core.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, tail_index: Any = None) -> None:
         self.data_dir = data_dir
+        self._tail_index = tail_index  # tailindex.TailIndex of this process's receivers, if any
         self._lock = threading.Lock()
         self._backend: Any = None
 
     def _open(self) -> Any:
         if self._backend is None:
             from .query import EmbeddedBackend
-            self._backend = EmbeddedBackend(self.data_dir)
+            self._backend = EmbeddedBackend(self.data_dir, tail_index=self._tail_index)
         return self._backend
 
-    def warm(self) -> None:
-        """Open the store and touch every block in a background thread, so the
-        first lookup after start is as fast as the rest."""
+    def warm(self) -> threading.Thread:
+        """Open the store and touch every block in a background thread (returned), so
+        the first lookup after start is as fast as the rest."""
         def run() -> None:
             from stagetrace import wire
             from stagetrace.backend import MetricQuery
 
             try:  # one of each served query: the first of each pays DuckDB's and the views' set-up
+                from .store import SPANS, build_table
+
+                # decoding log records into columns imports pandas (through pyarrow), 1-3 s
+                # under load: the first lookup that found its trace in the log paid it
+                build_table(SPANS, [])
                 now = time.time_ns()
                 self.call("get_trace", wire.dumps({"args": ["0" * 31 + "1"]}))
                 self.call("metric_series", wire.dumps({"args": [MetricQuery(start_ns=now - 10**9, end_ns=now)]}))
                 self.call("metric_names", b"{}")
             except Exception:
                 log.debug("query warm-up failed", exc_info=True)
-        threading.Thread(target=run, name="query-warmup", daemon=True).start()
+        t = threading.Thread(target=run, name="query-warmup", daemon=True)
+        t.start()
+        return t
 
     def call(self, method: str, body: bytes) -> tuple[int, bytes]:
         """Run one query; returns (HTTP status, JSON body)."""

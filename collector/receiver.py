@@ -35,6 +35,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from . import labels, otlp, queryapi, wal
 from .store import TABLE_OF_SIGNAL
+from .tailindex import TailIndex
 
 log = logging.getLogger("stagetrace.collector.receiver")
 
@@ -120,8 +121,10 @@ class Ingestor:
     """Decode, validate and durably append one export request; protocol-neutral."""
 
     def __init__(self, writers: dict[str, wal.WalWriter], limits: Limits, token: str | None,
-                 backlog_bytes: Callable[[], int], lag_s: Callable[[], float] = lambda: 0.0) -> None:
+                 backlog_bytes: Callable[[], int], lag_s: Callable[[], float] = lambda: 0.0,
+                 tail_index: TailIndex | None = None) -> None:
         self.writers = writers  # by store table
+        self.tail_index = tail_index  # when this process serves lookups: the ids of what it appends
         self.limits = limits
         self.token = token
         self._backlog_bytes = backlog_bytes
@@ -154,12 +157,15 @@ class Ingestor:
         v = otlp.validate(signal, req)
         if v.accepted:
             payload = body if (not json_body and not v.rejected) else req.SerializeToString()
+            table = TABLE_OF_SIGNAL[signal]
             try:
-                self.writers[TABLE_OF_SIGNAL[signal]].append(payload)
+                seq, start, end = self.writers[table].append(payload)
             except OSError as exc:  # disk full, ...: nothing was acknowledged, the client retries
                 log.error("write-ahead log append failed: %s", exc)
                 raise ExportError("unavailable", f"cannot write to the store: {exc.strerror or exc}",
                                   self.limits.retry_after_s * 5) from None
+            if self.tail_index is not None and v.trace_ids:
+                self.tail_index.add(table, seq, start, end, v.trace_ids)
         self.stats["accepted"] += v.accepted
         self.stats["rejected"] += v.rejected
         resp = otlp.RESPONSE_TYPES[signal]()

@@ -17,7 +17,8 @@ from pathlib import Path
 from . import queryapi, wal
 from .maintainer import Maintainer, lock_data_dir
 from .receiver import Ingestor, Limits, TLSFiles, start_grpc, start_http
-from .store import TABLES, BlockStore, StoreConfig, wal_dir
+from .store import LOGS, SPANS, TABLES, BlockStore, StoreConfig, wal_dir
+from .tailindex import TailIndex
 
 log = logging.getLogger("stagetrace.collector")
 
@@ -87,7 +88,11 @@ class Collector:
                                          fsync=cfg.fsync) for t in TABLES}
         self._backlog = 0
         self._lag_s = 0.0
-        self.ingestor = Ingestor(self.writers, cfg.limits, cfg.token, lambda: self._backlog, lambda: self._lag_s)
+        # serving lookups: the receivers index the trace ids of what they append, for the query service
+        tail_index = TailIndex({t: self.writers[t].active_seq for t in (SPANS, LOGS)},
+                               {t: wal_dir(self.data_dir, t) for t in (SPANS, LOGS)}) if cfg.serve_queries else None
+        self.ingestor = Ingestor(self.writers, cfg.limits, cfg.token, lambda: self._backlog, lambda: self._lag_s,
+                                 tail_index)
         self._child: subprocess.Popen | None = None
         self._maint: Maintainer | None = None
         self._start_maintainer()
@@ -95,7 +100,7 @@ class Collector:
         self._housekeeper.start()
         self.grpc_server = None
         self.http_server = None
-        self.query = queryapi.QueryService(self.data_dir) if cfg.serve_queries else None
+        self.query = queryapi.QueryService(self.data_dir, tail_index) if cfg.serve_queries else None
         try:
             self.grpc_server, self.grpc_port = start_grpc(self.ingestor, cfg.host, cfg.grpc_port, cfg.tls)
             self.http_server, self.http_port, self._http_thread = start_http(self.ingestor, cfg.host, cfg.http_port,

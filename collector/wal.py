@@ -31,6 +31,7 @@ from typing import Iterator
 _FAIL_ENOSPC = "wal_enospc" in os.environ.get("STAGETRACE_FAILPOINTS", "")
 
 _HEADER = struct.Struct("<II")
+HEADER_BYTES = _HEADER.size
 _NAME_RE = re.compile(r"^(\d{16})\.wal$")
 MAX_RECORD = 1 << 30
 
@@ -52,6 +53,11 @@ def list_segments(directory: Path) -> list[tuple[int, Path]]:
             out.append((int(m.group(1)), directory / name))
     out.sort()
     return out
+
+
+def unpack_header(data: bytes) -> tuple[int, int]:
+    """(payload length, CRC-32) from the first HEADER_BYTES of a record."""
+    return _HEADER.unpack_from(data, 0)
 
 
 def read_records(path: Path, start: int = 0) -> Iterator[tuple[int, bytes]]:
@@ -119,7 +125,9 @@ class WalWriter:
     def active_seq(self) -> int:
         return self._seq
 
-    def append(self, payload: bytes) -> None:
+    def append(self, payload: bytes) -> tuple[int, int, int]:
+        """Write one record; returns (segment seq, payload start, payload end) in that
+        segment's file, for an index of what is where (:mod:`.tailindex`)."""
         record = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
         with self._lock:
             if self._fd < 0:
@@ -144,12 +152,14 @@ class WalWriter:
                 # continue in a new segment (the part is then a torn tail, ignored).
                 self._undo_partial_locked()
                 raise
+            where = (self._seq, self._size + _HEADER.size, self._size + len(record))
             self._size += len(record)
             if self._size >= self.segment_bytes:
                 try:
                     self._rotate_locked()
                 except OSError:  # the record is written (and will be acknowledged); the next append retries
                     pass
+            return where
 
     def _undo_partial_locked(self) -> None:
         try:

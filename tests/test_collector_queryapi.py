@@ -172,3 +172,17 @@ def test_served_backend_answers_like_the_store(tmp_path):
         finally:
             served.close()
             direct.close()
+
+
+def test_warm_up_pays_the_first_log_decode_imports(tmp_path):
+    """The first lookup that finds its trace in the write-ahead log decodes records into
+    columns, which imports pandas through pyarrow (1-3 s under load: the slowest lookup
+    during ingest, docs/benchmarks.md session 8); the query service's warm-up pays it at
+    start instead. A fresh process, so nothing else imported it first."""
+    probe = ("import sys; from pathlib import Path\n"
+             "from stagetrace.collector.queryapi import QueryService\n"
+             f"QueryService(Path({str(tmp_path)!r})).warm().join(120)\n"
+             "print('pandas' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"

@@ -91,3 +91,76 @@ def test_logs_in_the_log_are_found_by_their_trace_id(tmp_path):
         got = b.get_trace(tid(8))
         assert len(got.spans) == 2 and [lg.body for lg in got.logs] == ["line 0", "line 1", "line 2"]
         assert b._tails[store.LOGS].segments == {}  # found through the id index, not by decoding the log
+
+
+def _ingest(data_dir, requests, first_seq=1):
+    """A real Ingestor and WAL writer with the receivers' trace-id index, as the collector
+    builds them when it serves lookups; ``requests``: lists of OTLP trace requests, one
+    segment each."""
+    from stagetrace.collector import wal
+    from stagetrace.collector.receiver import Ingestor, Limits
+    from stagetrace.collector.tailindex import TailIndex
+
+    writers = {t: wal.WalWriter(store.wal_dir(data_dir, t), first_seq, segment_bytes=1 << 40) for t in store.TABLES}
+    index = TailIndex({t: first_seq for t in (store.SPANS, store.LOGS)},
+                      {t: store.wal_dir(data_dir, t) for t in (store.SPANS, store.LOGS)})
+    ing = Ingestor(writers, Limits(), None, lambda: 0, tail_index=index)
+    for group in requests:
+        for body in group:
+            ing.export("traces", body, json_body=False)
+        writers[store.SPANS].rotate()
+    return writers, index
+
+
+def test_served_lookups_find_log_records_from_the_receivers_index_without_reading_the_log(tmp_path, monkeypatch):
+    """In the collector's process the receivers index the trace ids of what they append
+    (collector/tailindex.py): a lookup then reads no log bytes to find its records (no
+    scan of the segments), only the records themselves, and answers what a reader without
+    the index answers (a scan of the log)."""
+    from stagetrace.collector import wal
+
+    groups = [[request(1, 1, t0=NOW + k), *[request(10 * k + j + 2, 3) for j in range(10)]] for k in range(4)]
+    writers, index = _ingest(tmp_path, groups)
+    scanned = []
+    real_scan = wal.scan_records
+    monkeypatch.setattr(wal, "scan_records", lambda path, start=0: scanned.append(path) or real_scan(path, start))
+    with EmbeddedBackend(tmp_path, tail_index=index) as b:
+        got = {t: b.get_trace(t) for t in (tid(1), tid(23), tid(35), "f" * 32)}
+        assert scanned == []  # found through the index, not by reading the log
+        assert b._tails[store.SPANS].segments == {}  # and nothing decoded into columns
+    with EmbeddedBackend(tmp_path) as b:  # the scan, for comparison
+        want = {t: b.get_trace(t) for t in got}
+        assert scanned  # this one did read the log
+    assert got["f" * 32] is None and want["f" * 32] is None
+    for t in (tid(1), tid(23), tid(35)):
+        assert [(s.span_id, s.start_ns, s.name, s.attributes) for s in got[t].spans] == \
+            [(s.span_id, s.start_ns, s.name, s.attributes) for s in want[t].spans]
+    assert len(got[tid(1)].spans) == 4  # one span in each segment
+    for w in writers.values():
+        w.close()
+
+
+def test_the_index_leaves_older_and_damaged_segments_to_the_scan(tmp_path):
+    """Segments this process did not write (a previous run's, below the writer's first
+    sequence number) and a segment whose indexed record no longer matches its checksum
+    are scanned as before: the answer is the scan's, never a record the log does not hold."""
+    old = write_segments(tmp_path, [[request(1, 2, t0=NOW), request(2, 2)]])  # segment 1: a previous run
+    old.close()
+    writers, index = _ingest(tmp_path, [[request(1, 1, t0=NOW + 5), request(3, 2)], [request(4, 2)]], first_seq=10)
+    with EmbeddedBackend(tmp_path, tail_index=index) as b:
+        assert len(b.get_trace(tid(1)).spans) == 3  # 2 from the old segment (scanned), 1 from the index
+        assert len(b.get_trace(tid(2)).spans) == 2
+    seg = store.wal_dir(tmp_path, store.SPANS) / "0000000000000011.wal"
+    data = bytearray(seg.read_bytes())
+    at = bytes(data).rindex(b"op1")
+    data[at + 1] = ord("q")  # a span name in trace 4's record: still a valid request, but not what was written
+    seg.write_bytes(bytes(data))
+    with EmbeddedBackend(tmp_path, tail_index=index) as b:
+        assert b.get_trace(tid(4)) is None  # the scan stops at the damaged record, as without the index
+        assert len(b.get_trace(tid(3)).spans) == 2
+    for w in writers.values():
+        w.close()
+    index.add(store.SPANS, 12, 8, 20, [bytes(16)])  # a new segment: deleted ones are forgotten
+    seg.unlink()
+    index.add(store.SPANS, 13, 8, 20, [bytes(16)])
+    assert 11 not in index._segments[store.SPANS] and 10 in index._segments[store.SPANS]

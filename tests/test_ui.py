@@ -784,3 +784,90 @@ def test_attribute_prefilter_keeps_exactly_the_rows_holding_every_text():
     assert got.column("n").to_pylist() == [0, 1, 2, 4]  # row 3 lacks the key
     assert fastscan._prefiltered(t, {"ml.model.version": 7}).column("n").to_pylist() == [0, 1, 2, 4]  # key only
     assert fastscan._prefiltered(t.slice(0, 0), {"a": "b"}).num_rows == 0
+
+
+def test_attribute_sample_is_prefiltered_on_the_blocks_body_dictionaries(store, monkeypatch):
+    """With an attribute filter, the row-group sample reads each block's bodies as
+    dictionaries and keeps only the rows that pass the byte prefilter as it reads them
+    (matching each row group's few distinct bodies, materialising nothing else): the
+    same rows as prefiltering the plainly read sample, and the prefilter sees dictionaries."""
+    import pyarrow as pa
+
+    from stagetrace.collector.query import EmbeddedBackend
+    from stagetrace.ui import fastscan
+
+    r = store["slow"]
+    attrs = {"feature.store.shard": "7", "service.name": gen.FEATURES}
+    cols = fastscan._SAMPLE_COLUMNS + fastscan._DECODE_COLUMNS
+    seen_types = []
+    real = fastscan._prefiltered
+
+    def spy(t, a):
+        seen_types.append(t.schema.field("rest").type)
+        return real(t, a)
+    with EmbeddedBackend(store["data_dir"]) as emb:
+        monkeypatch.setattr(fastscan, "SAMPLE_ROWS", 10 ** 9)  # every row group, so both reads see the same rows
+        plain = fastscan._row_group_sample(emb, False, False, r.start_ns, r.end_ns, cols, 0, lambda: True)
+        monkeypatch.setattr(fastscan, "_prefiltered", spy)
+        got = fastscan._row_group_sample(emb, False, False, r.start_ns, r.end_ns, cols, 0, lambda: True, attrs)
+    want = real(plain.blocks, attrs)
+    assert 0 < want.num_rows < plain.blocks.num_rows  # the prefilter keeps some rows, not all
+    assert sorted(got.blocks.column("span_id").to_pylist()) == sorted(want.column("span_id").to_pylist())
+    assert got.fraction == plain.fraction and got.extent == plain.extent
+    assert any(pa.types.is_dictionary(t) for t in seen_types), seen_types
+
+
+def test_block_start_ranges_agree_with_the_footers_and_are_read_once(store):
+    """Each block's row-group start ranges (kept per reader: a search asks for them on
+    every request) are the footer's statistics, for the block and for its sidecars."""
+    import pyarrow.parquet as pq
+
+    from stagetrace.collector.query import EmbeddedBackend
+
+    with EmbeddedBackend(store["data_dir"]) as emb:
+        blocks = emb._view("spans").blocks
+        assert blocks
+        for b in blocks:
+            for path in (b.ref.path, b.source(True)[0], b.source(False, True)[0]):
+                md = pq.ParquetFile(path).metadata
+                ci = md.schema.names.index("start_ns")
+                stats = [md.row_group(i).column(ci).statistics for i in range(md.num_row_groups)]
+                lo, hi, rows = b.start_ranges(path)
+                known = [s is not None and s.has_min_max for s in stats]  # none: the widest range, always read
+                assert lo.tolist() == [s.min if k else -2 ** 63 for s, k in zip(stats, known)]
+                assert hi.tolist() == [s.max if k else 2 ** 63 - 1 for s, k in zip(stats, known)]
+                assert rows.tolist() == [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+                assert b.start_ranges(path)[0] is lo  # kept, not read again
+
+
+def test_the_ui_opens_the_store_before_the_first_search(store, monkeypatch):
+    """`stagetrace ui` opens and verifies the blocks, reads their row-group ranges and
+    sets DuckDB up in the background when it starts (ui/fastscan.py warm): the first
+    search then opens no block and reads no footer, and answers as without the warm-up."""
+    from stagetrace.collector import query as cq
+    from stagetrace.ui import api
+    from stagetrace.ui.server import UIConfig, UIServer
+
+    r = store["slow"]
+    f = api.SearchFilters(start_ns=r.start_ns, end_ns=r.end_ns, attributes={"feature.store.shard": 7})
+    opened, ranged = [], []
+    real_open, real_ranges = cq.EmbeddedBackend._open_block, cq._Block.start_ranges
+    monkeypatch.setattr(cq.EmbeddedBackend, "_open_block", lambda self, ref: opened.append(ref) or real_open(self, ref))
+    monkeypatch.setattr(cq._Block, "start_ranges", lambda self, path=None: ranged.append(
+        (self.ref.path, path)) or real_ranges(self, path))
+    ui = UIServer(UIConfig(open_backend=lambda: cq.EmbeddedBackend(store["data_dir"])))
+    ui.start()
+    try:
+        ui.warming.join(120)
+        assert opened and ranged  # the warm-up did the opening
+        firsts = set(ranged)
+        opened.clear()
+        doc = ui.with_backend(lambda b: api.search(b, f))
+        assert opened == []
+        assert set(ranged) == firsts  # nothing the warm-up had not read already
+    finally:
+        ui.stop()
+    with cq.EmbeddedBackend(store["data_dir"]) as emb:
+        cold = api.search(emb, f)
+    assert [p["span_id"] for p in doc["points"]] == [p["span_id"] for p in cold["points"]]
+    assert doc["points"] and doc["rows"] == cold["rows"]

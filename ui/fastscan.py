@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from stagetrace.backend import Backend, TraceQuery
 from stagetrace.collector.store import SPAN_SCHEMA
@@ -56,6 +55,27 @@ def embedded_store(backend: Backend) -> Any | None:
     if isinstance(store, EmbeddedBackend) and all(hasattr(store, m) for m in _REQUIRED):
         return store
     return None
+
+
+def warm(store: Any) -> None:
+    """Do now what the first search of a process would: open (and verify) every span
+    block, read the row-group start ranges of the blocks and their sidecars, import
+    and connect DuckDB and let it read the sidecars' footers.
+
+    Why: the UI is started before someone opens the page, and the first search paid
+    all of this (~1 s of CPU at 10M spans; 2.6 s of wall on a quiet machine in session
+    7, when the store's files were not in the page cache). Run on the UI's start, in
+    the background, under the same lock as a search."""
+    def run() -> None:
+        for b in store._view(SPANS).blocks:
+            b.start_ranges()
+            for entries, errors in ((True, False), (False, True)):
+                path, sidecar = b.source(entries, errors)
+                if sidecar:
+                    b.start_ranges(path)
+        for entries, errors in ((True, False), (False, True)):
+            list(store._sql(SPANS, "count(*)", ["start_ns < 0"], [], entries=entries, errors=errors))
+    store._retry(run)
 
 
 class Sample(NamedTuple):
@@ -141,7 +161,7 @@ def spread_sample(store: Any, query: TraceQuery, *, entry: str, buckets: int, pe
         return counted[0][0] > SAMPLE_MIN_MATCHES
 
     sampled = _row_group_sample(store, entry != "span", errors, start, end, cols + ("parent_span_id", "kind"),
-                                ATTR_SCAN_BUDGET_ROWS if attrs else SCAN_BUDGET_ROWS, worth_sampling)
+                                ATTR_SCAN_BUDGET_ROWS if attrs else SCAN_BUDGET_ROWS, worth_sampling, attrs)
     if sampled is not None:
         got_sample = _from_rows(store, sampled, grouped, bucket, where, params, entry, attrs, newest)
         if attrs:
@@ -218,10 +238,12 @@ class _Rows(NamedTuple):
 
 
 def _row_group_sample(store: Any, entries: bool, errors: bool, start: int, end: int, columns: tuple[str, ...], budget: int,
-                      worth_it: Callable[[], bool]) -> _Rows | None:
+                      worth_it: Callable[[], bool], attrs: dict[str, Any] | None = None) -> _Rows | None:
     """Evenly spaced row groups of every span block that overlap the window, about
     SAMPLE_ROWS rows in all, when a full answer would read more than ``budget`` rows
-    (entry sidecars when ``entries``) and ``worth_it()``; None otherwise."""
+    (entry sidecars when ``entries``) and ``worth_it()``; None otherwise. With ``attrs``
+    only the rows that pass their byte prefilter are kept (:func:`_prefiltered`),
+    matched on each row group's dictionary of bodies as it is read."""
     cols = list(dict.fromkeys(columns))
 
     def run() -> _Rows | None:
@@ -230,30 +252,35 @@ def _row_group_sample(store: Any, entries: bool, errors: bool, start: int, end: 
         overlapping: list[tuple[Any, list[int], int]] = []
         lo = hi = None
         for b in view.blocks:
-            rgs, rows, span = _overlap(b.pf, start, end)
+            rgs, rows, span = _overlap(b.start_ranges(), start, end)
             overlapping.append((b, rgs, rows))
             if span is not None:
                 lo, hi = (span if lo is None else (min(lo, span[0]), max(hi, span[1])))
             path, sidecar = b.source(entries, errors)
-            candidates += _overlap(pq.ParquetFile(path), start, end)[1] if sidecar else rows
+            candidates += _overlap(b.start_ranges(path), start, end)[1] if sidecar else rows
         candidates += view.tail.num_rows
         if candidates <= budget or not worth_it():
             return None
         block_rows = sum(r for _, _, r in overlapping) + view.tail.num_rows
         fraction = min(1.0, SAMPLE_ROWS / max(1, block_rows))
+        schema = pa.schema([SPAN_SCHEMA.field(c) for c in cols])
         parts = []
+        read = 0
         for b, rgs, _ in overlapping:
             k = max(1, round(len(rgs) * fraction))
             pick = sorted({rgs[int(j * len(rgs) / k)] for j in range(k)}) if rgs else []
             if pick:
-                parts.append(b.pf.read_row_groups(pick, columns=cols).cast(
-                    pa.schema([SPAN_SCHEMA.field(c) for c in cols])))
-        schema = pa.schema([SPAN_SCHEMA.field(c) for c in cols])
+                # with attributes: bodies as dictionaries, prefiltered before anything is
+                # materialised (a fresh 10-30 MB per search cost more in page faults than
+                # in matching: docs/benchmarks.md, issue 19 session 8)
+                got = (b.bodies_file() if attrs else b.pf).read_row_groups(pick, columns=cols)
+                read += got.num_rows
+                parts.append((_prefiltered(got, attrs) if attrs else got).cast(schema))
         tail = view.tail.select(cols)
         step = max(1, round(1 / fraction))
         tail = tail.take(pa.array(range(0, tail.num_rows, step), pa.int64())) if tail.num_rows else tail
+        read += tail.num_rows
         blocks = pa.concat_tables(parts) if parts else schema.empty_table()
-        read = blocks.num_rows + tail.num_rows
         if tail.num_rows:  # the write-ahead log's rows have no statistics: their own first and last start
             import pyarrow.compute as pc
             ts = view.tail.column("start_ns")
@@ -262,28 +289,20 @@ def _row_group_sample(store: Any, entries: bool, errors: bool, start: int, end: 
                 lo = min(lo, pc.min(ts).as_py()) if lo is not None else pc.min(ts).as_py()
                 hi = max(hi, pc.max(ts).as_py()) if hi is not None else pc.max(ts).as_py()
         ext = (max(start, lo), min(end - 1, hi)) if lo is not None else None
+        tail = _prefiltered(tail, attrs) if attrs else tail
         return _Rows(blocks, tail.cast(schema), read / max(1, block_rows), ext)
     return store._retry(run)
 
 
-def _overlap(pf: Any, start: int, end: int) -> tuple[list[int], int, tuple[int, int] | None]:
-    """(row groups of a Parquet file whose start times meet [start, end), their rows,
-    their first and last start time) from the footer's statistics."""
-    md = pf.metadata
-    ci = md.schema.names.index("start_ns")
-    rgs, rows, lo, hi = [], 0, None, None
-    for i in range(md.num_row_groups):
-        st = md.row_group(i).column(ci).statistics
-        if st is None or not st.has_min_max:
-            a, z = start, end - 1
-        elif st.max < start or st.min >= end:
-            continue
-        else:
-            a, z = st.min, st.max
-        rgs.append(i)
-        rows += md.row_group(i).num_rows
-        lo, hi = (a, z) if lo is None else (min(lo, a), max(hi, z))
-    return rgs, rows, (lo, hi) if lo is not None else None
+def _overlap(ranges: tuple[Any, Any, Any], start: int, end: int) -> tuple[list[int], int, tuple[int, int] | None]:
+    """(row groups whose start times meet [start, end), their rows, their first and
+    last start time), given each row group's (first start, last start, rows) as
+    :meth:`_Block.start_ranges <stagetrace.collector.query._Block.start_ranges>` keeps them."""
+    lo, hi, rows = ranges
+    hit = (hi >= start) & (lo < end)
+    if not hit.any():
+        return [], 0, None
+    return hit.nonzero()[0].tolist(), int(rows[hit].sum()), (int(lo[hit].min()), int(hi[hit].max()))
 
 
 def _from_rows(store: Any, rows: _Rows, grouped: str, bucket: str, where: list[str], params: list[Any], entry: str,
@@ -293,9 +312,7 @@ def _from_rows(store: Any, rows: _Rows, grouped: str, bucket: str, where: list[s
     sample (not exact)."""
     from stagetrace.collector.store import ENTRY_SQL
     cond = list(where) + ([ENTRY_SQL] if entry != "span" else [])
-    if attrs:  # the same byte prefilter as the SQL's, in Arrow first (see _prefiltered)
-        rows = rows._replace(blocks=_prefiltered(rows.blocks, attrs), tail=_prefiltered(rows.tail, attrs))
-    con = store.con
+    con = store.con  # with attributes, rows were prefiltered as they were read (see _row_group_sample)
     con.register("ui_sample_blocks", rows.blocks)
     con.register("ui_sample_tail", rows.tail)
     try:
@@ -328,23 +345,32 @@ def _prefiltered(t: pa.Table, attrs: dict[str, Any]) -> pa.Table:
     row's protobuf as escaped text first; over a 150k-row sample that was half of an
     attribute search (0.47 of 0.93 s at 1.4M spans). On the raw bytes the condition is
     the same necessary one (the texts are printable ASCII without backslashes), and
-    the SQL then runs over the few rows that pass."""
+    the SQL then runs over the few rows that pass. Bodies and resources repeat (a
+    span's body holds no ids or times): each distinct value is matched once, on the
+    column's own dictionaries when it was read as one, and the answer spread over the rows."""
     import pyarrow.compute as pc
 
     if not t.num_rows:
         return t
-    # bodies and resources repeat (a span's body holds no ids or times): match each
-    # distinct value once, then spread the answer over the rows
-    encoded = [t.column(c).combine_chunks().dictionary_encode() for c in ("rest", "resource")]
+    columns = [_as_dictionaries(t.column(c)) for c in ("rest", "resource")]
     mask = None
     for k, v in attrs.items():
         for text in _prefilter(k, v):
             hit = None
-            for col in encoded:
-                one = pc.take(pc.match_substring(col.dictionary, text), col.indices)
+            for chunks in columns:
+                one = pa.chunked_array([pc.take(pc.match_substring(ch.dictionary, text), ch.indices)
+                                        for ch in chunks], pa.bool_())
                 hit = one if hit is None else pc.or_(hit, one)
             mask = hit if mask is None else pc.and_(mask, hit)
     return t if mask is None else t.filter(mask)
+
+
+def _as_dictionaries(col: pa.ChunkedArray) -> list[pa.DictionaryArray]:
+    """``col``'s chunks as dictionary arrays: as they are when read as dictionaries,
+    else the whole column encoded once."""
+    if pa.types.is_dictionary(col.type):
+        return list(col.chunks)
+    return [col.combine_chunks().dictionary_encode()]
 
 
 def _unique(points: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -82,6 +82,7 @@ class UIServer:
         self._investigating = threading.Semaphore(1)
         self.httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.warming: threading.Thread | None = None  # the warm-up started by start()
 
     # --- backend access -----------------------------------------------------------
 
@@ -90,6 +91,20 @@ class UIServer:
             if self._backend is None:
                 self._backend = self.config.open_backend()
             return fn(self._backend)
+
+    def warm(self) -> threading.Thread:
+        """Open the store and do what a first search would (:func:`.fastscan.warm`) in a
+        background thread (returned), so the page's first search does not pay for it."""
+        def run() -> None:
+            from . import fastscan
+
+            try:
+                self.with_backend(lambda b: fastscan.warm(store) if (store := fastscan.embedded_store(b)) else None)
+            except Exception:  # the first search will meet the same problem and report it
+                log.debug("UI warm-up failed", exc_info=True)
+        t = threading.Thread(target=run, name="ui-warmup", daemon=True)
+        t.start()
+        return t
 
     def investigate(self, req: api.InvestigateRequest) -> Any:
         """Investigations get their own backend, so browsing stays responsive meanwhile."""
@@ -114,6 +129,7 @@ class UIServer:
         self.httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, name="ui-http", daemon=True)
         self._thread.start()
+        self.warming = self.warm()
 
     @property
     def port(self) -> int:
