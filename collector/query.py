@@ -46,6 +46,7 @@ from stagetrace.backend import (LogQuery, MetricQuery, SpanColumns, TraceQuery, 
                                 span_columns)
 from stagetrace.config import normalize_trace_id
 from stagetrace.errors import BackendError, UserError
+from stagetrace.traceids import HexIds, id_keys
 from stagetrace.model import (SPAN_KINDS, STATUS_CODES, LogRecord, MetricPoint, MetricSeries, Span, SpanEvent,
                               SpanLink, Trace, TraceSummary)
 
@@ -180,7 +181,7 @@ class _TailIds:
         live = {key for key, _ in keyed}
         for key in [k for k in self.segments if k not in live]:
             del self.segments[key]
-        wanted = _id_keys(np.frombuffer(b"".join(t for t in want if len(t) == 16), dtype=np.uint8).reshape(-1, 16))
+        wanted = id_keys(np.frombuffer(b"".join(t for t in want if len(t) == 16), dtype=np.uint8).reshape(-1, 16))
         out: list[bytes] = []
         for key, path in keyed:
             offset, spans, keys, owner = self.segments.get(key, (0, [], _NO_IDS, _NO_IDS.astype(np.int64)))
@@ -206,7 +207,7 @@ _NO_IDS = np.zeros(0, dtype=np.uint64)
 
 
 def _id_keys_in(data: bytes, records: list[tuple[int, int]], tag: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """(keys, record numbers): the key (:func:`_id_keys`) of the 16 bytes after every
+    """(keys, record numbers): the key (:func:`stagetrace.traceids.id_keys`) of the 16 bytes after every
     occurrence of ``tag`` inside a record's payload (``records``: (start, end) in
     ``data``), and which record it is in. Every trace id of the records' spans (or log
     records) is among them, since protobuf writes each as ``tag`` + 16 bytes; other
@@ -221,14 +222,7 @@ def _id_keys_in(data: bytes, records: list[tuple[int, int]], tag: bytes) -> tupl
     rec = np.searchsorted(bounds[:, 0], at, side="right") - 1
     inside = (rec >= 0) & (at + 18 <= bounds[np.maximum(rec, 0), 1])
     at, rec = at[inside], rec[inside]
-    return _id_keys(a[at[:, None] + np.arange(2, 18)]), rec
-
-
-def _id_keys(ids: np.ndarray) -> np.ndarray:
-    """One uint64 per 16-byte id (rows of a (k, 16) uint8 array), mixing both halves:
-    ids that differ only in their second half (sequential ones) keep distinct keys."""
-    halves = np.ascontiguousarray(ids).view(">u8").astype(np.uint64).reshape(-1, 2)
-    return halves[:, 0] * np.uint64(0x9E3779B97F4A7C15) + halves[:, 1]
+    return id_keys(a[at[:, None] + np.arange(2, 18)]), rec
 
 
 @dataclass(slots=True)
@@ -701,7 +695,7 @@ class EmbeddedBackend:
                 t, inv, n = t.take(pa.array(keep)), inv[keep], len(keep)
         status = _numpy(t.column("status_code")).astype(np.int8)
         status[(status < 0) | (status > 2)] = 0
-        return SpanColumns(_hex_list(t.column("trace_id")), _HexIds(t.column("span_id")),
+        return SpanColumns(_trace_ids(t.column("trace_id")), _HexIds(t.column("span_id")),
                            _HexIds(t.column("parent_span_id")), _numpy(t.column("start_ns")).astype(np.int64),
                            _numpy(t.column("duration_ns")).astype(np.int64), status, inv.astype(np.int32), protos)
 
@@ -958,6 +952,21 @@ def _hex_list(ids: pa.Array) -> list[str]:
     text = bytes(memoryview(data)[base:int(offsets[-1])]).hex() if data is not None else ""
     pos = ((offsets - base) * 2).tolist()
     return [text[a:b] for a, b in zip(pos, pos[1:])]
+
+
+def _trace_ids(ids: pa.Array | pa.ChunkedArray) -> Sequence[str]:
+    """Hex of each id, as :class:`stagetrace.traceids.HexIds` over the column's bytes when
+    every id is 16 bytes (the hex of a million ids is made only for the few read), else
+    as a list (:func:`_hex_list`)."""
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    if ids.null_count or not pa.types.is_binary(ids.type) or not len(ids):
+        return _hex_list(ids)
+    offsets = np.frombuffer(ids.buffers()[1], dtype=np.int32, count=len(ids) + 1, offset=ids.offset * 4)
+    if not bool((np.diff(offsets) == 16).all()):
+        return _hex_list(ids)
+    raw = np.frombuffer(ids.buffers()[2], dtype=np.uint8, count=16 * len(ids), offset=int(offsets[0]))
+    return HexIds(raw.reshape(-1, 16))
 
 
 def _factorize(cols: Sequence[np.ndarray]) -> tuple[np.ndarray, list[tuple]]:
