@@ -70,12 +70,32 @@ def test_row_index_answers_as_the_dict(name):
                 index[t]
 
 
+@pytest.mark.parametrize("name", list(_id_sets()))
+def test_rows_all_at_once_equal_one_by_one(name):
+    raw = _id_sets()[name]
+    index = row_index(HexIds(raw))
+    ids = [bytes(r).hex() for r in raw]
+    rnd = np.random.default_rng(1)
+    other = [bytes(r).hex() for r in rnd.integers(0, 256, (50, 16), dtype=np.uint8)]
+    mixed = [ids[i] for i in rnd.integers(0, len(ids), 80)] + other + ids[::-1]
+    assert traceids.rows_of(index, mixed) == [index.get(t) for t in mixed]
+    assert traceids.rows_of(index, mixed) == traceids.rows_of(dict(index), mixed)
+    assert [i for i in index.rows(mixed) if i is not None]  # some are found
+    odd = [ids[0], ids[1].upper() if ids[1].upper() != ids[1] else "Z" * 32, ids[2][:30], "", ids[3]]
+    assert index.rows(odd) == [0, None, None, None, 3]
+    assert index.rows([ids[0], ids[1].upper()]) == [0, index.get(ids[1].upper())]
+    assert index.rows([]) == []
+    empty = row_index(HexIds(np.zeros((0, 16), dtype=np.uint8)))
+    assert empty.rows(ids[:3]) == [None, None, None] and ids[0] not in empty
+
+
 def test_key_clash_ids_are_both_found():
     raw = _id_sets()["key clash"]
     keys = traceids.id_keys(raw)
     assert keys[1] == keys[2]  # the construction holds: two ids, one key
     index = row_index(HexIds(raw))
     assert index[bytes(raw[1]).hex()] == 1 and index[bytes(raw[2]).hex()] == 2
+    assert index.rows([bytes(raw[2]).hex(), bytes(raw[1]).hex()]) == [2, 1]
 
 
 @pytest.mark.parametrize("rows", [[0, 1, 0], [1, 2, 1], [1, 2, 2, 0], [3, 3]])
