@@ -140,7 +140,7 @@ def row_index(ids: Sequence[str]) -> Mapping[str, int] | None:
     row per trace first). A :class:`RowIndex` for 16-byte :class:`HexIds`, else a dict."""
     if isinstance(ids, HexIds) and ids.raw.ndim == 2 and ids.raw.shape[1] == 16:
         keys = id_keys(ids.raw)
-        order = keys.argsort(kind="stable")
+        order = keys.argsort()  # equal keys are all walked, so their order does not matter
         keys = keys[order]
         if bool((keys[1:] == keys[:-1]).any()):  # equal keys: a repeated id, or (rarely) a key clash
             rows = order[_equal_runs(keys)].tolist()
