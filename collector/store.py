@@ -71,10 +71,7 @@ SORT_KEYS = {
     METRICS: [("name", "ascending"), ("series", "ascending"), ("time_ns", "ascending")],
 }
 TIME_COLUMN = {SPANS: "start_ns", LOGS: "time_ns", METRICS: "time_ns"}
-# small: trace-by-id reads one. Logs 512 (was 2048): `investigate` fetches a few hundred
-# traces and decoded a 2048-row group for each one's ~5 records; at 512 the blocks are
-# the same size (37.6 vs 37.7 MB at 1M logs, docs/benchmarks.md, session 8)
-ROW_GROUP_ROWS = {SPANS: 1024, LOGS: 512, METRICS: 16384}
+ROW_GROUP_ROWS = {SPANS: 1024, LOGS: 2048, METRICS: 16384}  # small: trace-by-id reads one
 # A span block's entry spans (trace roots, SERVER and CONSUMER spans: the requests an
 # investigation or the UI search starts from) are also written to a sidecar sorted by
 # start time, so those scans read ~1/7 of the rows and skip row groups outside the window.
