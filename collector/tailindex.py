@@ -26,16 +26,11 @@ from typing import Sequence
 
 import numpy as np
 
+from stagetrace.traceids import id_keys
+
 from . import wal
 
 _NO_KEYS = np.zeros(0, dtype=np.uint64)
-
-
-def id_keys(ids: np.ndarray) -> np.ndarray:
-    """One uint64 per 16-byte id (rows of a (k, 16) uint8 array), mixing both halves:
-    ids that differ only in their second half (sequential ones) keep distinct keys."""
-    halves = np.ascontiguousarray(ids).view(">u8").astype(np.uint64).reshape(-1, 2)
-    return halves[:, 0] * np.uint64(0x9E3779B97F4A7C15) + halves[:, 1]
 
 
 def keys_of(ids: Sequence[bytes]) -> np.ndarray:

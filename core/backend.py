@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 from .model import STATUS_CODES, Attributes, LogRecord, MetricSeries, Span, Trace, TraceSummary
+from .traceids import HexIds
 
 
 @dataclass(slots=True)
@@ -74,7 +75,7 @@ class SpanColumns:
     once per prototype. Numeric columns are NumPy arrays (imported by the backend that
     builds them; this module stays light for the CLI's trace-by-id path)."""
 
-    trace_ids: list[str]
+    trace_ids: Sequence[str]  # a list, or ids made per item read (stagetrace.traceids.HexIds)
     span_ids: Sequence[str]
     parent_span_ids: Sequence[str]
     start_ns: Any  # np.ndarray[int64]
@@ -97,7 +98,8 @@ class SpanColumns:
 
     def take(self, idx: Any) -> "SpanColumns":
         """The rows at ``idx`` (an integer array), in that order."""
-        return SpanColumns([self.trace_ids[i] for i in idx.tolist()], _Taken(self.span_ids, idx),
+        ids = self.trace_ids
+        return SpanColumns(ids.take(idx) if isinstance(ids, HexIds) else [ids[i] for i in idx.tolist()], _Taken(self.span_ids, idx),
                            _Taken(self.parent_span_ids, idx), self.start_ns[idx], self.duration_ns[idx],
                            self.status[idx], self.proto[idx], self.protos)
 

@@ -35,6 +35,8 @@ def investigate_slow(backend: "Backend", *, service: str | None = None, route: s
     operation, with attribute, log and metric evidence, onset and version changes.
     ``threshold`` is ``"p95"``-style percentile text, a duration text such as
     ``"500ms"``, or nanoseconds as an int."""
+    from .stats import prefetch
+    prefetch()  # scipy.stats imports on a thread while the requests are read
     from .slow import investigate_slow as _run
     return _run(backend, service=service, route=route, start_ns=start_ns, end_ns=end_ns,
                 threshold=threshold, progress=progress)
@@ -45,6 +47,8 @@ def investigate_errors(backend: "Backend", *, service: str | None = None,
                        progress: bool = False) -> "Report":
     """Cluster errors (spans, exception events, ERROR logs) into incidents,
     ranked by impact, each with origin span, attributes and examples."""
+    from .stats import prefetch
+    prefetch()  # scipy.stats imports on a thread while the requests are read
     from .errorclusters import investigate_errors as _run
     return _run(backend, service=service, start_ns=start_ns, end_ns=end_ns, progress=progress)
 

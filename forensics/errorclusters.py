@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from stagetrace import semconv
+from stagetrace import semconv, traceids
 from stagetrace.backend import Backend, LogQuery, SpanColumns, TraceQuery
 from stagetrace.model import STATUS_CODES, LogRecord, Span, Trace
 
@@ -151,14 +151,15 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
             e.fingerprint = hashlib.sha1(key.encode()).hexdigest()[:12]
         total_requests = len(req)
         ids = req.trace_ids
-        start_of = ByTrace(row_of, ids, lambda i: t_entries[i])  # trace id -> its request's start
         ops = request_ops(backend, req)
         op_of = ByTrace(row_of, ids, lambda i: ops.names[ops.codes[i]])
         # A request failed when its entry span says so, or when an ERROR span or a trace-linked
         # ERROR log sits inside it (many services answer 200 and log the failure).
         entry_failed = req.status == STATUS_CODES.index("ERROR")
         failed_entry = {ids[i] for i in np.flatnonzero(entry_failed).tolist()}
-        failed_inner = {e.trace_id for e in events if e.trace_id in row_of} - failed_entry
+        # each distinct id looked up once, all together (the index searches the ids' bytes)
+        ev_tids = sorted({e.trace_id for e in events})
+        failed_inner = {t for t, i in zip(ev_tids, traceids.rows_of(row_of, ev_tids)) if i is not None} - failed_entry
         failed = failed_entry | failed_inner
         # the same as a row mask (the per-request passes below run over a million rows at 10M spans)
         failed_rows = entry_failed.copy()
@@ -203,7 +204,7 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
         # the successful requests with no error event, as rows in request order; sampling
         # positions picks the requests that sampling the list of their ids picked
         busy = failed_rows.copy()
-        busy[[row_of[t] for t in err_tids if t in row_of]] = True
+        busy[[i for i in traceids.rows_of(row_of, err_tids) if i is not None]] = True
         ok_rows = np.flatnonzero(~busy)
         if len(ok_rows) > MAX_SUCCESS_TRACES:
             ok_rows = ok_rows[rnd.sample(range(len(ok_rows)), MAX_SUCCESS_TRACES)]
@@ -249,8 +250,8 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
                                 exclude=attributes.OUTCOME_KEYS,
                                 weights=comparison_weights(sample, successes, op_of, wmap),
                                 default=[]) if sample and successes else []
-            times_c = [start_of[t] if t in start_of else min(e.time_ns for e in events_by_trace[t])
-                       for t in traces] or [e.time_ns for e in c.events]
+            times_c = [t_entries[i] if i is not None else min(e.time_ns for e in events_by_trace[t])
+                       for t, i in zip(traces, traceids.rows_of(row_of, traces))] or [e.time_ns for e in c.events]
             c.times = list(times_c)
             k, _ = timeline.counts(times_c, [True] * len(times_c), e_edges)
             c.counts = k.tolist()

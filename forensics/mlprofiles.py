@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from scipy import stats
+import scipy  # scipy.stats is imported on first use (stats.prefetch)
 
 from stagetrace import mlprofile, semconv
 from stagetrace.model import Span, Trace
@@ -286,8 +286,8 @@ def compare(feature: str, ref: FeatureDist, cur: FeatureDist, tests: int = 1, al
         p = 1.0
     else:
         table = np.vstack([r[keep], c[keep]])
-        p = float(stats.chi2_contingency(table, correction=False)[1])
-    noise = stats.chi2.ppf(1 - alpha, max(1, g - 1)) * (1 / r.sum() + 1 / c.sum())
+        p = float(scipy.stats.chi2_contingency(table, correction=False)[1])
+    noise = scipy.stats.chi2.ppf(1 - alpha, max(1, g - 1)) * (1 / r.sum() + 1 / c.sum())
     thr = max(PSI_MIN, float(noise))
     sig = p < alpha / max(1, tests) and value >= thr
     rs, cs = r / r.sum(), c / c.sum()
@@ -340,7 +340,7 @@ def compare_input_profiles(failing_spans: Sequence[Span], normal_spans: Sequence
         ef, en = effective(f, design_effect(icc, sizes_f)), effective(n, design_effect(icc, sizes_n))
         mf, mn, rf, rn = (int(round(v)) for v in (ef.missing, en.missing, ef.rows, en.rows))
         table = [[mf, max(0, rf - mf)], [mn, max(0, rn - mn)]]
-        p_miss = float(stats.fisher_exact(table)[1]) if rf and rn else 1.0
+        p_miss = float(scipy.stats.fisher_exact(table)[1]) if rf and rn else 1.0
         miss_f, miss_n = f.missing / max(1, f.rows), n.missing / max(1, n.rows)
         shift = compare(name, en, ef, tests=m, alpha=alpha)
         sig_miss = p_miss < alpha / m and abs(miss_f - miss_n) >= 0.1

@@ -10,15 +10,36 @@ sample from producing confident nonsense.
 from __future__ import annotations
 
 import math
+import sys
+import threading
 from typing import Sequence
 
 import numpy as np
-from scipy import stats as _st
+import scipy  # scipy.stats itself is imported on first use (see prefetch)
 
 ALPHA = 0.01
 # A difference carried by fewer requests than this is an anecdote, whatever its p-value
 # (2 of 6 slow requests vs 0 of 114 clears Fisher + BH, and is a healthy tail's noise).
 MIN_SUPPORT = 5
+
+
+def prefetch() -> None:
+    """Start importing ``scipy.stats`` on a thread, if nobody has yet.
+
+    Why: the import costs ~1 s of CPU (it rewrites hundreds of docstrings), and an
+    investigation uses the tests only after reading its requests, a read spent mostly
+    in DuckDB and Arrow with the GIL released; on a thread the import overlaps that
+    read instead of preceding it. The first test waits for it if it is still running
+    (Python's import lock); a failed import fails again there, with its message."""
+    if "scipy.stats" not in sys.modules:
+        threading.Thread(target=_import_stats, name="stagetrace-scipy-stats").start()
+
+
+def _import_stats() -> None:
+    try:
+        import scipy.stats  # noqa: F401
+    except Exception:  # reported by the first use, in the caller's thread
+        pass
 
 
 def bh_adjust(pvalues: Sequence[float]) -> list[float]:
@@ -55,9 +76,9 @@ def share_test(a_hit: int, a_n: int, b_hit: int, b_n: int) -> float:
     a_hit, b_hit = min(max(int(a_hit), 0), a_n), min(max(int(b_hit), 0), b_n)
     table = [[a_hit, a_n - a_hit], [b_hit, b_n - b_hit]]
     if min(a_hit, a_n - a_hit, b_hit, b_n - b_hit) >= 1000:
-        chi2, p, _, _ = _st.chi2_contingency(table, correction=True)
+        chi2, p, _, _ = scipy.stats.chi2_contingency(table, correction=True)
         return p / 2 if a_hit / a_n > b_hit / b_n else 1.0
-    return float(_st.fisher_exact(table, alternative="greater")[1])
+    return float(scipy.stats.fisher_exact(table, alternative="greater")[1])
 
 
 def greater_test(a: Sequence[float], b: Sequence[float]) -> float:
@@ -67,7 +88,7 @@ def greater_test(a: Sequence[float], b: Sequence[float]) -> float:
     a_arr, b_arr = np.asarray(a, float), np.asarray(b, float)
     if np.all(a_arr == a_arr[0]) and np.all(b_arr == a_arr[0]):
         return 1.0
-    return float(_st.mannwhitneyu(a_arr, b_arr, alternative="greater").pvalue)
+    return float(scipy.stats.mannwhitneyu(a_arr, b_arr, alternative="greater").pvalue)
 
 
 def distribution_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
@@ -75,7 +96,7 @@ def distribution_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, fl
     between the two CDFs, a scale-free effect size for numeric attributes."""
     if len(a) < 3 or len(b) < 3:
         return 0.0, 1.0
-    r = _st.ks_2samp(np.asarray(a, float), np.asarray(b, float))
+    r = scipy.stats.ks_2samp(np.asarray(a, float), np.asarray(b, float))
     return float(r.statistic), float(r.pvalue)
 
 
@@ -87,7 +108,7 @@ def correlation(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     xa, ya = np.asarray(x, float), np.asarray(y, float)
     if np.ptp(xa) == 0 or np.ptp(ya) == 0:
         return float("nan"), 1.0
-    r = _st.spearmanr(xa, ya)
+    r = scipy.stats.spearmanr(xa, ya)
     rho, p = float(r.statistic), float(r.pvalue)
     return (rho, p) if not math.isnan(rho) else (float("nan"), 1.0)
 
@@ -205,7 +226,7 @@ def pettitt_increase(x: Sequence[float]) -> tuple[int, float]:
     n = a.size
     if n < 10:
         return -1, 1.0
-    r = _st.rankdata(a)
+    r = scipy.stats.rankdata(a)
     u = 2 * np.cumsum(r) - np.arange(1, n + 1) * (n + 1)  # U_t for the first t values
     t = int(np.argmin(u[:-1])) + 1  # the first t values sit lowest
     k = -float(u[t - 1])
@@ -242,7 +263,7 @@ def log_step(values: Sequence[float], min_before: int, min_after: int, floor: fl
     i = int(np.argmax(t))
     if t[i] <= 0:
         return None
-    return int(j[i]), float(t[i]), float(_st.t.sf(t[i], n - 2))
+    return int(j[i]), float(t[i]), float(scipy.stats.t.sf(t[i], n - 2))
 
 
 def scan_tests(n_splits: int) -> float:

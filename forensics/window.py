@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from stagetrace import semconv
+from stagetrace import semconv, traceids
 from stagetrace.backend import Backend, SpanColumns, TraceQuery, find_span_columns, span_columns
 
 from stagetrace.model import Span, Trace
@@ -31,7 +31,7 @@ def entry_requests(backend: Backend, *, service: str | None, route: str | None,
 
 
 def indexed_entry_requests(backend: Backend, *, service: str | None, route: str | None,
-                           start_ns: int | None, end_ns: int | None) -> tuple[SpanColumns, dict[str, int]]:
+                           start_ns: int | None, end_ns: int | None) -> tuple[SpanColumns, Mapping[str, int]]:
     """:func:`entry_requests` and its :func:`row_index`, built once: the index is also
     the one-row-per-trace check, which otherwise built a set of a million ids for nothing."""
     attrs = {semconv.HTTP_ROUTE: route} if route else {}
@@ -52,15 +52,15 @@ def first_per_trace(cols: SpanColumns) -> SpanColumns:
     return indexed_first_per_trace(cols)[0]
 
 
-def indexed_first_per_trace(cols: SpanColumns) -> tuple[SpanColumns, dict[str, int]]:
+def indexed_first_per_trace(cols: SpanColumns) -> tuple[SpanColumns, Mapping[str, int]]:
     """:func:`first_per_trace` and the :func:`row_index` of its answer."""
     n = len(cols)
     if n == 0:
         return cols, {}
     start = cols.start_ns
     if n < 2 or bool((start[1:] >= start[:-1]).all()):
-        index = row_index(cols)
-        if len(index) == n:
+        index = traceids.row_index(cols.trace_ids)
+        if index is not None:
             return cols, index  # one row per trace, already in order (the embedded store's answer)
     first: dict[str, int] = {}
     code = np.fromiter((first.setdefault(t, len(first)) for t in cols.trace_ids), dtype=np.int64, count=n)
@@ -209,9 +209,12 @@ class ByTrace(Mapping[str, Any]):
         return len(self.ids) if self.mask is None else int(self.mask.sum())
 
 
-def row_index(req: SpanColumns) -> dict[str, int]:
-    """Trace id -> row, of requests with one row per trace (:func:`entry_requests`)."""
-    return dict(zip(req.trace_ids, range(len(req.trace_ids))))
+def row_index(req: SpanColumns) -> Mapping[str, int]:
+    """Trace id -> row, of requests with one row per trace (:func:`entry_requests`);
+    searched in the ids' bytes rather than a dict of a million strings where it can be
+    (:mod:`stagetrace.traceids`)."""
+    index = traceids.row_index(req.trace_ids)
+    return index if index is not None else dict(zip(req.trace_ids, range(len(req.trace_ids))))
 
 
 def adjusted_count(span: Span) -> float:
