@@ -67,6 +67,10 @@ class StageSpec:
     # A model's own training (``fit``): no span, and no stage span for any call inside it
     # (GradientBoostingClassifier.fit predicts with its init estimator; that is not serving).
     quiet: bool = False
+    # True when this call is part of training, decided per call (a torch Module in train mode
+    # with gradients on, XGBoost's ``predict(training=True)``): run quietly, as ``quiet``.
+    # Synchronous callables only.
+    training: Callable[[Any, tuple, dict], bool] | None = None
 
     @functools.cached_property
     def base_attributes(self) -> dict[str, Any]:
@@ -493,7 +497,17 @@ def _safe_enter(active: _Active | None, spec: StageSpec) -> None:
             _internal_error("context attach", spec)
 
 
+def _in_training(spec: StageSpec, instance, args, kwargs) -> bool:
+    try:
+        return bool(spec.training(instance, args, kwargs))  # type: ignore[misc]
+    except Exception:
+        _internal_error("training check", spec)
+        return False
+
+
 def _sync_call(spec: StageSpec, tracer, fn, instance, dargs, args, kwargs):
+    if spec.training is not None and _in_training(spec, instance, dargs, kwargs):
+        return _call_quietly(fn, args, kwargs)
     active = _safe_begin(tracer, spec, instance, dargs, kwargs)
     if active is None:
         return fn(*args, **kwargs)
@@ -669,12 +683,17 @@ def _make_quiet(fn: Callable) -> Callable:
     synchronous functions are wrapped this way: ``wrap`` refuses the others)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        token = _current.set(_QUIET)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            _current.reset(token)
+        return _call_quietly(fn, args, kwargs)
     return wrapper
+
+
+def _call_quietly(fn: Callable, args: tuple, kwargs: dict):
+    """``fn(*args, **kwargs)`` with no stage span inside it (training, not serving)."""
+    token = _current.set(_QUIET)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _current.reset(token)
 
 
 class _WrappedDescriptor:
@@ -742,6 +761,8 @@ def wrap(owner: Any, attr: str, spec: StageSpec) -> bool:
     is_class = isinstance(owner, type)
     if isinstance(raw, type):
         return False
+    if getattr(raw, "__stagetrace_spec__", None) is not None:
+        return True  # a re-export of a function we wrapped where it is defined (xgboost.train)
     if spec.quiet and not (isinstance(raw, types.FunctionType) and _kind(raw) == "sync"):
         return False  # quiet wrappers are for plain training methods only  # replacing a class by a function would break isinstance(); name a method
     if isinstance(raw, staticmethod):
@@ -766,6 +787,14 @@ def wrap(owner: Any, attr: str, spec: StageSpec) -> bool:
 
 
 _INHERITED = object()
+
+
+def wrap_quiet(owner: Any, names: tuple[str, ...], prefix: str, framework: str) -> None:
+    """Wrap each of ``owner``'s own ``names`` (training functions: ``fit``, ``train``) quietly:
+    no span, and no stage span for the predictions made inside (eval sets, callbacks)."""
+    for name in names:
+        if name in getattr(owner, "__dict__", {}):
+            wrap(owner, name, StageSpec(semconv.STAGE_INFERENCE, f"{prefix}.{name}", framework, quiet=True))
 
 
 def unwrap_all() -> None:
