@@ -18,7 +18,7 @@ import numpy as np
 
 from stagetrace import mlprofile, semconv
 
-from .profiling import ProfileSettings, _last_prediction_id
+from .profiling import ProfileSettings
 
 MAX_SAMPLED_ROWS = 256  # rows binned per call (a strided sample above; summaries cover all rows)
 MAX_OUTPUT_ROWS = 256  # rows whose score/class is kept (label joins by row index below that)
@@ -697,15 +697,7 @@ def _encode_output(rows: int, classes: list[str], scores: Any, predicted: Any, c
     return "|".join((mlprofile.VERSION, str(rows), ctext, b64(scores, "<f4"), b64(predicted, "<i2"), b64(conf, "<f4")))
 
 
-def remember_prediction(span: Any) -> None:
-    """Remember the span's context for :func:`.profiling.last_prediction_id` (the id
-    text is made only when the app asks for it)."""
-    ctx = span.get_span_context()
-    if ctx.is_valid:
-        _last_prediction_id.set(ctx)
-
-
-# --- deferred capture (profile_export.py): the call snapshots its arrays (wrapping._defer_input),
+# --- deferred capture (profile_export.py): the call snapshots its arrays (wrapping._begin, _end),
 # the export thread encodes them here ---------------------------------------------------------
 
 def resolve_input(prof: ProfileSettings, raw: bytes, dtype: Any, shape: tuple, instance: Any, qualname: str,

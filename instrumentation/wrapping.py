@@ -37,7 +37,6 @@ from opentelemetry.trace import NoOpTracerProvider, SpanKind, Status, StatusCode
 from stagetrace import semconv
 
 from . import deferred, metrics
-from .profiling import _last_prediction_id as _last_prediction_ctx
 
 _logger = logging.getLogger("stagetrace.instrumentation")
 
@@ -89,15 +88,26 @@ class StageSpec:
 
 
 class _Frame:
-    """The innermost active stage in this context."""
+    """The innermost active stage in this context, or (``stage`` None) the last one that made a
+    prediction: what :func:`last_prediction_span` reads.
 
-    __slots__ = ("stage", "span", "has_model", "profiled")
+    Why the last prediction lives here and not in a context variable of its own: setting one
+    more context variable per call cost about a quarter of a one-row profile (its own write,
+    and every later context-variable read missing its cache; docs/benchmarks.md). A frame
+    already has to be set and reset; on the way out, a call that made a prediction at the
+    top of its context leaves itself, as a done frame, instead of restoring the empty slot.
+    """
 
-    def __init__(self, stage: str, span, has_model: bool, profiled: bool = False) -> None:
+    __slots__ = ("stage", "span", "has_model", "profiled", "last", "inherited")
+
+    def __init__(self, stage: str | None, span, has_model: bool, profiled: Any = False, last=None) -> None:
         self.stage = stage
         self.span = span
         self.has_model = has_model
-        self.profiled = profiled  # ml.input.profile is on the span (True) or pending on it (_defer_input's list)
+        self.profiled = profiled  # ml.input.profile is on the span (True) or pending on it (_begin's snapshot list)
+        # the span of the last profiled call that returned in this context, and its value when
+        # this frame began (a nested call's prediction changes ``last``: see _Active.exit)
+        self.last = self.inherited = last
 
 
 _current: ContextVar[_Frame | None] = ContextVar("stagetrace_stage", default=None)
@@ -111,9 +121,16 @@ def current_stage() -> str | None:
     return frame.stage if frame is not None else None
 
 
+def last_prediction_span():
+    """The span of the last profiled call that returned in this context (thread or task),
+    or None (see :func:`.profiling.last_prediction_id`)."""
+    frame = _current.get()
+    return frame.last if frame is not None else None
+
+
 def current_model_name() -> str | None:
     frame = _current.get()
-    if frame is None:
+    if frame is None or frame.stage is None:
         return None
     try:
         return frame.span.attributes.get(semconv.ML_MODEL_NAME)  # SDK span
@@ -232,11 +249,30 @@ class _Active:
     def enter(self) -> None:
         self.tokens = (context_api.attach(self.ctx), _current.set(self.frame))
 
-    def exit(self) -> None:
+    def exit(self, returned: bool = False, final: bool = True) -> None:
+        """Leave the call's context. ``returned``: the call returned (a profiled call is then
+        the context's last prediction); ``final``: it will not be entered again (a generator
+        is entered at every item)."""
         tokens, self.tokens = self.tokens, None
-        if tokens is not None:
-            _current.reset(tokens[1])
-            context_api.detach(tokens[0])
+        if tokens is None:
+            return
+        frame = self.frame
+        if returned and frame.profiled:
+            frame.last = self.span
+        token = tokens[1]
+        if frame.last is frame.inherited:
+            _current.reset(token)
+        else:  # a prediction was made in this call: the context remembers it
+            parent = token.old_value
+            if parent.__class__ is _Frame and parent.stage is not None:
+                parent.last = frame.last  # inside a running stage: it hands it on when it ends
+                _current.reset(token)
+            elif final:
+                frame.stage = None  # at the top: this frame, done, stays as the context's value
+                _current.set(frame)
+            else:
+                _current.set(_Frame(None, None, True, False, frame.last))
+        context_api.detach(tokens[0])
 
 
 def _model_input(spec: StageSpec, args: tuple, kwargs: dict) -> Any:
@@ -289,30 +325,6 @@ def _defer_recheck(procs) -> None:
     _defer_state[0], _defer_state[1] = procs, ok
 
 
-def _defer_input(tracer, spec: StageSpec, instance, args, kwargs, model: str | None):
-    """The deferred input profile's data (a snapshot of a small numeric array), or None
-    when it cannot be deferred. Written out in one function: right after the model ran,
-    every extra code object the call touches is a cache miss (docs/benchmarks.md)."""
-    try:
-        procs = tracer.span_processor._span_processors  # SDK tracer; the tuple is replaced on add
-        if procs is not _defer_state[0]:
-            _defer_recheck(procs)
-        if not _defer_state[1]:
-            return None
-        x = args[0] if args and spec.model_input is None else _model_input(spec, args, kwargs)
-        if x.__class__ is _ndarray[0]:
-            dt = x.dtype
-            if dt.kind in "fiub" and 0 < x.nbytes <= _DEFER_MAX_BYTES:
-                # tobytes: the app may reuse its buffer once the call returns (a third of ndarray.copy's cost)
-                # one flat list: slots 0-6 the input (resolve_input's arguments), 7-9 the output
-                return [settings.profile, x.tobytes(), dt, x.shape, instance, spec.qualname, model, None, None, None]
-    except AttributeError:
-        pass  # not the SDK's tracer: inline
-    except Exception:
-        _internal_error("input profile", spec)
-    return None
-
-
 def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
     """Open a span for this call, or return None if the call is nested/not applicable."""
     parent = _current.get()
@@ -360,7 +372,25 @@ def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
         if spec.raw_output is not None and spec.raw_output(args, kwargs):
             out_owner = None  # (captured inline: rare, and the deferred output takes the input's owner)
         elif prof.defer:
-            pending = _defer_input(tracer, spec, instance, args, kwargs, model)
+            # the snapshot of a small numeric input, deferred to the export thread; written out
+            # here, not in a function: right after the model ran, every extra frame and code
+            # object the call touches costs (docs/benchmarks.md)
+            try:
+                procs = tracer.span_processor._span_processors  # SDK tracer; the tuple is replaced on add
+                if procs is not _defer_state[0]:
+                    _defer_recheck(procs)
+                if _defer_state[1]:
+                    x = args[0] if args and spec.model_input is None else _model_input(spec, args, kwargs)
+                    if x.__class__ is _ndarray[0] and 0 < x.nbytes <= _DEFER_MAX_BYTES:
+                        dt = x.dtype
+                        if dt.kind in "fiub":
+                            # tobytes: the app may reuse its buffer once the call returns; one flat
+                            # list: slots 0-6 the input (resolve_input's arguments), 7-9 the output
+                            pending = [prof, x.tobytes(), dt, x.shape, instance, spec.qualname, model, None, None, None]
+            except AttributeError:
+                pass  # not the SDK's tracer: inline
+            except Exception:
+                _internal_error("input profile", spec)
         if pending is None:
             pattrs = _profile_input(spec, instance, args, kwargs, model)
             if pattrs:
@@ -377,7 +407,8 @@ def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
         else:
             profiled = _UNSAMPLED  # nothing to record; last_prediction_id() still names this call
     metric_attrs = metrics.attributes_for(spec.stage, model, version)
-    return _Active(span, _Frame(spec.stage, span, has_model, profiled), metric_attrs, out_owner)
+    return _Active(span, _Frame(spec.stage, span, has_model, profiled, parent.last if parent is not None else None),
+                   metric_attrs, out_owner)
 
 
 def _named(stage: str, qualname: str, model: str | None, version: str | None, attrs: dict) -> tuple:
@@ -423,8 +454,17 @@ def _end(active: _Active, spec: StageSpec, exc: BaseException | None, args, kwar
             else:
                 outcome = semconv.OUTCOME_CANCELLED
         else:
-            if active.frame.profiled:
-                _profile_output(active, spec, result)
+            pending = active.frame.profiled
+            if pending:
+                try:
+                    if pending.__class__ is list and result.__class__ is _ndarray[0] \
+                            and 0 < result.nbytes <= _DEFER_MAX_BYTES and result.dtype.kind in "fiub":
+                        # deferred input: defer the output too (a snapshot, as for the input)
+                        pending[7:] = result.tobytes(), result.dtype, result.shape
+                    else:
+                        _profile_output(active, spec, result)
+                except Exception:
+                    _internal_error("output profile", spec)
             if settings.payload_hook is not None:
                 try:
                     settings.payload_hook(span, spec.stage, args, kwargs, result)
@@ -438,27 +478,16 @@ def _end(active: _Active, spec: StageSpec, exc: BaseException | None, args, kwar
 
 
 def _profile_output(active: _Active, spec: StageSpec, result) -> None:
-    """Prediction summary of a profiled call that returned (its ``ml.prediction.id`` is
-    remembered for ``last_prediction_id()``)."""
+    """Prediction summary of a profiled call that returned, captured in the call (its
+    ``ml.prediction.id`` is remembered for ``last_prediction_id()``); the deferred case is
+    written out in ``_end``."""
     try:
         pending = active.frame.profiled
         if pending is _UNSAMPLED:
-            _last_prediction_ctx.set(active.span.get_span_context())
             return
-        if pending.__class__ is list and result.__class__ is _ndarray[0]:
-            # deferred input: defer the output too (a snapshot, as for the input)
-            dt = result.dtype
-            if dt.kind in "fiub" and 0 < result.nbytes <= _DEFER_MAX_BYTES:
-                pending[7] = result.tobytes()
-                pending[8] = dt
-                pending[9] = result.shape
-                # remember_prediction, inlined; _context is what the SDK span's get_span_context returns
-                _last_prediction_ctx.set(active.span._context)
-                return
         capture = _capture[0] if _capture else _capture_module()
-        # ml.prediction.id is the span's own <trace id>-<span id>: derived by readers, not written.
-        # Remembered first: if the summary fails, last_prediction_id() must not name the previous call
-        capture.remember_prediction(active.span)
+        # ml.prediction.id is the span's own <trace id>-<span id>: derived by readers, not written
+        # (the call is remembered for last_prediction_id() by _Active.exit, whatever happens here)
         attrs = capture.output_attributes(result, active.instance)
         if attrs:
             active.span.set_attributes(attrs)
@@ -474,9 +503,9 @@ _trace_mod = trace_api
 _NOOP = NoOpTracerProvider
 
 
-def _exit_quietly(active: _Active, spec: StageSpec) -> None:
+def _exit_quietly(active: _Active, spec: StageSpec, returned: bool = False, final: bool = True) -> None:
     try:
-        active.exit()
+        active.exit(returned, final)
     except Exception:
         _internal_error("context detach", spec)
 
@@ -518,7 +547,7 @@ def _sync_call(spec: StageSpec, tracer, fn, instance, dargs, args, kwargs):
         _exit_quietly(active, spec)
         _end(active, spec, exc, dargs, kwargs)
         raise
-    _exit_quietly(active, spec)
+    _exit_quietly(active, spec, True)
     _end(active, spec, None, dargs, kwargs, result)
     return result
 
@@ -534,7 +563,7 @@ async def _async_call(spec: StageSpec, tracer, fn, instance, dargs, args, kwargs
         _exit_quietly(active, spec)
         _end(active, spec, exc, dargs, kwargs)
         raise
-    _exit_quietly(active, spec)
+    _exit_quietly(active, spec, True)
     _end(active, spec, None, dargs, kwargs, result)
     return result
 
@@ -560,14 +589,14 @@ def _gen_call(spec: StageSpec, fn, instance, dargs, args, kwargs):
             else:
                 value = gen.send(send_value)
         except StopIteration as stop:
-            _exit_quietly(active, spec)
+            _exit_quietly(active, spec, True)
             _end(active, spec, None, dargs, kwargs, stop.value)
             return stop.value
         except BaseException as exc:
             _exit_quietly(active, spec)
             _end(active, spec, exc, dargs, kwargs)
             raise
-        _exit_quietly(active, spec)
+        _exit_quietly(active, spec, final=False)
         try:
             send_value = yield value
         except GeneratorExit:
@@ -598,7 +627,7 @@ def _make_asyncgen(spec: StageSpec, fn, is_method: bool):
                     value = await agen.asend(send_value)
             except StopAsyncIteration:
                 if active is not None:
-                    _exit_quietly(active, spec)
+                    _exit_quietly(active, spec, True)
                     _end(active, spec, None, dargs, kwargs)
                 return
             except BaseException as exc:
@@ -607,7 +636,7 @@ def _make_asyncgen(spec: StageSpec, fn, is_method: bool):
                     _end(active, spec, exc, dargs, kwargs)
                 raise
             if active is not None:
-                _exit_quietly(active, spec)
+                _exit_quietly(active, spec, final=False)
             try:
                 send_value = yield value
             except GeneratorExit:
