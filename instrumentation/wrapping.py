@@ -94,20 +94,23 @@ class _Frame:
     Why the last prediction lives here and not in a context variable of its own: setting one
     more context variable per call cost about a quarter of a one-row profile (its own write,
     and every later context-variable read missing its cache; docs/benchmarks.md). A frame
-    already has to be set and reset; on the way out, a call that made a prediction at the
-    top of its context leaves itself, as a done frame, instead of restoring the empty slot.
+    is set in the context variable anyway; a call that made a prediction at the top of its
+    context just stays there, done, instead of restoring the empty slot: no context-variable
+    write on the way out at all.
     """
 
-    __slots__ = ("stage", "span", "has_model", "profiled", "last", "inherited")
+    __slots__ = ("stage", "span", "has_model", "profiled", "up", "last", "inherited")
 
-    def __init__(self, stage: str | None, span, has_model: bool, profiled: Any = False, last=None) -> None:
+    def __init__(self, stage: str | None, span, has_model: bool, profiled: Any = False, up: _Frame | None = None,
+                 last=None) -> None:
         self.stage = stage
         self.span = span
         self.has_model = has_model
         self.profiled = profiled  # ml.input.profile is on the span (True) or pending on it (_begin's snapshot list)
+        self.up = up  # the frame this one runs in (a running stage, a done frame, or None)
         # the span of the last profiled call that returned in this context, and its value when
         # this frame began (a nested call's prediction changes ``last``: see _Active.exit)
-        self.last = self.inherited = last
+        self.last = self.inherited = up.last if up is not None else last
 
 
 _current: ContextVar[_Frame | None] = ContextVar("stagetrace_stage", default=None)
@@ -259,19 +262,18 @@ class _Active:
         frame = self.frame
         if returned and frame.profiled:
             frame.last = self.span
-        token = tokens[1]
         if frame.last is frame.inherited:
-            _current.reset(token)
+            _current.reset(tokens[1])
         else:  # a prediction was made in this call: the context remembers it
-            parent = token.old_value
-            if parent.__class__ is _Frame and parent.stage is not None:
-                parent.last = frame.last  # inside a running stage: it hands it on when it ends
-                _current.reset(token)
-            elif final:
-                frame.stage = None  # at the top: this frame, done, stays as the context's value
-                _current.set(frame)
-            else:
-                _current.set(_Frame(None, None, True, False, frame.last))
+            up = frame.up
+            if up is not None and up.stage is not None:
+                up.last = frame.last  # inside a running stage: it hands it on when it ends
+                _current.reset(tokens[1])
+            elif final and _current.get() is frame:
+                frame.stage = None  # at the top: this frame stays, done, as the context's value
+                frame.up = None  # (no chain of done frames)
+            else:  # a generator between items: the consumer sees no stage, only the prediction
+                _current.set(_Frame(None, None, True, False, None, frame.last))
         context_api.detach(tokens[0])
 
 
@@ -407,8 +409,7 @@ def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
         else:
             profiled = _UNSAMPLED  # nothing to record; last_prediction_id() still names this call
     metric_attrs = metrics.attributes_for(spec.stage, model, version)
-    return _Active(span, _Frame(spec.stage, span, has_model, profiled, parent.last if parent is not None else None),
-                   metric_attrs, out_owner)
+    return _Active(span, _Frame(spec.stage, span, has_model, profiled, parent), metric_attrs, out_owner)
 
 
 def _named(stage: str, qualname: str, model: str | None, version: str | None, attrs: dict) -> tuple:
