@@ -519,36 +519,43 @@ def test_lightgbm_hook(instrumented):
     assert span.name == "inference Booster" and span.attributes[semconv.ML_BATCH_SIZE] == 3
 
 
+def _one_output(tel):
+    """The attributes and decoded output profile of the one stage span exported since the last call."""
+    from stagetrace import mlprofile
+
+    (span,) = tel.stage_spans()
+    tel.exporter.clear()
+    return span.attributes, mlprofile.decode_output(span.attributes[semconv.ML_OUTPUT_PROFILE])
+
+
+def _check_booster_classes(tel, binary, multi, X, raw_kwargs) -> None:
+    """A binary Booster's 1-D output is the positive class's probability (classes 0/1), its
+    margins (``raw_kwargs``) name no classes, a 3-class one's columns are classes 0..2."""
+    p = binary(X[:4])
+    a, out = _one_output(tel)
+    assert out.classes == ["0", "1"] and list(out.predicted) == [int(v > 0.5) for v in p]
+    assert a[semconv.ML_PREDICTION_SCORE_MEAN] == pytest.approx(float(np.mean(p)), abs=1e-6)
+    p1 = binary(X[:1])
+    a, out = _one_output(tel)
+    assert a[semconv.ML_PREDICTION_CLASS] == ("1" if p1[0] > 0.5 else "0")
+    binary(X[:4], **raw_kwargs)  # margins, not probabilities: no classes claimed
+    a, out = _one_output(tel)
+    assert out.classes == [] and semconv.ML_PREDICTION_CLASS not in a
+    pm = multi(X[:5])
+    a, out = _one_output(tel)
+    assert out.classes == ["0", "1", "2"] and list(out.predicted) == list(pm.argmax(axis=1))
+
+
 def test_lightgbm_booster_classes_from_its_objective(instrumented):
     tel = instrumented
     import lightgbm as lgb
-
-    from stagetrace import mlprofile
 
     X, y = _data(200)
     binary = lgb.train({"objective": "binary", "verbose": -1, "min_data_in_leaf": 5}, lgb.Dataset(X, y), 5)
     multi = lgb.train({"objective": "multiclass", "num_class": 3, "verbose": -1, "min_data_in_leaf": 5},
                       lgb.Dataset(X, (X[:, 0] * 3).astype(int)), 5)
     tel.exporter.clear()
-
-    def output():
-        (span,) = tel.stage_spans()
-        tel.exporter.clear()
-        return span.attributes, mlprofile.decode_output(span.attributes[semconv.ML_OUTPUT_PROFILE])
-
-    p = binary.predict(X[:4])  # 1-D: the positive class's probability
-    a, out = output()
-    assert out.classes == ["0", "1"] and list(out.predicted) == [int(v > 0.5) for v in p]
-    assert a[semconv.ML_PREDICTION_SCORE_MEAN] == pytest.approx(float(np.mean(p)), abs=1e-6)
-    p1 = binary.predict(X[:1])
-    a, out = output()
-    assert a[semconv.ML_PREDICTION_CLASS] == ("1" if p1[0] > 0.5 else "0")
-    binary.predict(X[:4], raw_score=True)  # margins, not probabilities: no classes claimed
-    a, out = output()
-    assert out.classes == [] and semconv.ML_PREDICTION_CLASS not in a
-    pm = multi.predict(X[:5])
-    a, out = output()
-    assert out.classes == ["0", "1", "2"] and list(out.predicted) == list(pm.argmax(axis=1))
+    _check_booster_classes(tel, binary.predict, multi.predict, X, {"raw_score": True})
 
 
 def test_xgboost_booster_classes_from_its_objective(instrumented):
@@ -557,36 +564,16 @@ def test_xgboost_booster_classes_from_its_objective(instrumented):
     tel = instrumented
     import xgboost as xgb
 
-    from stagetrace import mlprofile
-
     X, y = _data(200)
     binary = xgb.train({"objective": "binary:logistic", "max_depth": 2}, xgb.DMatrix(X, label=y), 5)
     multi = xgb.train({"objective": "multi:softprob", "num_class": 3, "max_depth": 2},
                       xgb.DMatrix(X, label=(X[:, 0] * 3).astype(int)), 5)
     raw = xgb.train({"objective": "binary:logitraw", "max_depth": 2}, xgb.DMatrix(X, label=y), 5)
     tel.exporter.clear()
-
-    def output():
-        (span,) = tel.stage_spans()
-        tel.exporter.clear()
-        return span.attributes, mlprofile.decode_output(span.attributes[semconv.ML_OUTPUT_PROFILE])
-
-    p = binary.inplace_predict(X[:4])  # 1-D: the positive class's probability
-    a, out = output()
-    assert out.classes == ["0", "1"] and list(out.predicted) == [int(v > 0.5) for v in p]
-    assert a[semconv.ML_PREDICTION_SCORE_MEAN] == pytest.approx(float(np.mean(p)), abs=1e-6)
-    p1 = binary.inplace_predict(X[:1])
-    a, out = output()
-    assert a[semconv.ML_PREDICTION_CLASS] == ("1" if p1[0] > 0.5 else "0")
-    binary.inplace_predict(X[:4], predict_type="margin")  # margins, not probabilities: no classes claimed
-    a, out = output()
-    assert out.classes == [] and semconv.ML_PREDICTION_CLASS not in a
+    _check_booster_classes(tel, binary.inplace_predict, multi.inplace_predict, X, {"predict_type": "margin"})
     raw.inplace_predict(X[:4])  # binary:logitraw: margins too
-    a, out = output()
+    a, out = _one_output(tel)
     assert out.classes == [] and semconv.ML_PREDICTION_CLASS not in a
-    pm = multi.inplace_predict(X[:5])
-    a, out = output()
-    assert out.classes == ["0", "1", "2"] and list(out.predicted) == list(pm.argmax(axis=1))
 
 
 @pytest.mark.filterwarnings("ignore:The argument 'eval_set' is deprecated")
