@@ -296,7 +296,7 @@ def _instructions(pythonpath: str | None, mode: str, calls: int, gc_mode: str) -
     return int(line.rsplit(None, 1)[-1].replace(",", ""))
 
 
-def compare_instructions(ref: str, calls: tuple[int, int] = (1000, 5000)) -> None:
+def compare_instructions(ref: str, calls: tuple[int, int] = (1000, 5000), gc_modes=("nogc", "gc")) -> None:
     """Per-call instructions of a one-row profiled call, profile off and on, ``ref``'s package
     and this tree's: (count at the larger call number - at the smaller) / the difference, so
     start-up and warm-up cancel. Independent of the machine's load (not of cache misses),
@@ -318,7 +318,7 @@ def compare_instructions(ref: str, calls: tuple[int, int] = (1000, 5000)) -> Non
                                         capture_output=True, text=True, check=True).stdout.strip()
                    for mode in ("off", "on")}
             print(f"  objects tracked by the cyclic GC per queued span, {label}: off {per['off']}, on {per['on']}")
-        for gc_mode in ("nogc", "gc"):
+        for gc_mode in gc_modes:
             for label, path in trees.items():
                 per = {}
                 for mode in ("off", "on"):
@@ -342,9 +342,19 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=2, help=argparse.SUPPRESS)
     ap.add_argument("--instructions", action="store_true",
                     help="with --compare-with: instructions per one-row call under valgrind, profile off and on")
+    ap.add_argument("--instr-calls", default="1000,5000", metavar="LO,HI",
+                    help="with --instructions: the two call counts whose difference is counted (more: less spread)")
+    ap.add_argument("--instr-gc", choices=("both", "off", "on"), default="both",
+                    help="with --instructions: count with the cyclic GC off, on, or both")
     a = ap.parse_args()
     if a.instructions and a.compare_with:
-        compare_instructions(a.compare_with)
+        try:
+            lo, hi = (int(v) for v in a.instr_calls.split(","))
+            if not 0 < lo < hi:
+                raise ValueError
+        except ValueError:
+            ap.error(f"--instr-calls {a.instr_calls!r}: two call counts LO,HI with 0 < LO < HI")
+        compare_instructions(a.compare_with, (lo, hi), {"both": ("nogc", "gc"), "off": ("nogc",), "on": ("gc",)}[a.instr_gc])
         return
     if a.profile_only and a.compare_with:
         compare_profile_cost(a.compare_with, a.profile_pairs, a.runs)
