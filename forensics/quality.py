@@ -386,8 +386,8 @@ def _unconfound(found: list[dict[str, Any]], err: np.ndarray, alpha: float) -> l
     the canary starts ``ml.model.version=v1`` is worse than v2 too, and in a short window
     its excess can outrank the drifting client's. S is explained by T when, outside T,
     S is no worse than the rest (not significantly, one-sided Fisher at ``alpha``), while
-    T is worse than the rest both inside and outside S: T's effect holds whichever
-    value S takes, S's is only T's. The explained segment stays in the list (it is worse:
+    T is worse than the rest both inside and outside S, and better supported outside S
+    than S is outside T: T's effect holds whichever value S takes, S's is only T's. The explained segment stays in the list (it is worse:
     an interaction worth seeing), with ``explained_by`` naming T."""
     total = len(err)
     masks = []
@@ -404,19 +404,21 @@ def _unconfound(found: list[dict[str, Any]], err: np.ndarray, alpha: float) -> l
     def worse(c: tuple[int, int, int, int] | None) -> bool:
         return c is not None and c[0] / c[1] > c[2] / c[3]
 
-    def shown_worse(c: tuple[int, int, int, int] | None) -> bool:
-        if c is None:
-            return False
-        ei, ni, eo, no = c
-        return ei / ni > eo / no and float(stats.fisher_exact([[ei, ni - ei], [eo, no - eo]],
-                                                              alternative="greater")[1]) < alpha
+    def p_worse(c: tuple[int, int, int, int] | None) -> float:  # one-sided Fisher; 1 when not worse at all
+        if not worse(c):
+            return 1.0
+        ei, ni, eo, no = c  # type: ignore[misc]
+        return float(stats.fisher_exact([[ei, ni - ei], [eo, no - eo]], alternative="greater")[1])
     explainer: dict[int, int] = {}
     for i, f in enumerate(found):
         for j, g in enumerate(found):
             if j == i or g["attribute"] == f["attribute"] or j in explainer:
                 continue
             s, t = masks[i], masks[j]
-            if not shown_worse(excess(s, ~t)) and worse(excess(t, s)) and worse(excess(t, ~s)):
+            s_alone, t_alone = p_worse(excess(s, ~t)), p_worse(excess(t, ~s))
+            # (t_alone < s_alone: of two segments that could each explain the other in a small
+            # window, the one better supported without the other stays first)
+            if s_alone >= alpha and t_alone < s_alone and worse(excess(t, s)):  # (t_alone < 1: worse outside S)
                 explainer[i] = j
                 f["explained_by"] = f"{g['attribute']}={g['value']}"
                 break
