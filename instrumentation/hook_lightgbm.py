@@ -1,4 +1,9 @@
-"""LightGBM: ``Booster.predict`` and the sklearn wrappers -> inference."""
+"""LightGBM: ``Booster.predict`` and the sklearn wrappers -> inference.
+
+Training is not serving: ``lightgbm.train``/``cv``, the sklearn wrappers' ``fit`` and a
+Booster's own ``update``/``refit`` are wrapped quietly (no span, and no stage span for a
+prediction inside, such as a callback scoring a validation set).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,13 @@ from types import ModuleType
 
 from stagetrace import semconv
 
-from .wrapping import StageSpec, describe_input, first_arg, wrap
+from .wrapping import StageSpec, describe_input, first_arg, wrap, wrap_quiet
 
 DIST = "lightgbm"
 FRAMEWORK = "lightgbm"
-WATCH = (("lightgbm.basic", False), ("lightgbm.sklearn", False))
+WATCH = (("lightgbm.basic", False), ("lightgbm.sklearn", False), ("lightgbm.engine", False), ("lightgbm", False))
+
+_SKLEARN_CLASSES = ("LGBMModel", "LGBMClassifier", "LGBMRegressor", "LGBMRanker")
 
 
 def describe(instance, args, kwargs):
@@ -28,10 +35,17 @@ def raw_output(args, kwargs) -> bool:
 
 
 def on_import(module: ModuleType) -> None:
+    if module.__name__ in ("lightgbm.engine", "lightgbm"):
+        wrap_quiet(module, ("train", "cv"), "lightgbm", FRAMEWORK)
+        return
     if module.__name__ == "lightgbm.basic":
         targets = [(module.Booster, ("predict",))]
+        wrap_quiet(module.Booster, ("update", "refit"), "Booster", FRAMEWORK)
     else:
-        targets = [(getattr(module, n, None), ("predict", "predict_proba")) for n in ("LGBMModel", "LGBMClassifier", "LGBMRegressor", "LGBMRanker")]
+        targets = [(getattr(module, n, None), ("predict", "predict_proba")) for n in _SKLEARN_CLASSES]
+        for cls, _ in targets:
+            if isinstance(cls, type):
+                wrap_quiet(cls, ("fit",), cls.__qualname__, FRAMEWORK)
     for cls, names in targets:
         if not isinstance(cls, type):
             continue

@@ -15,7 +15,7 @@ from types import ModuleType
 
 from stagetrace import semconv
 
-from .wrapping import StageSpec, describe_input, first_arg, wrap
+from .wrapping import StageSpec, describe_input, first_arg, wrap, wrap_quiet
 
 DIST = "scikit-learn"
 FRAMEWORK = "sklearn"
@@ -41,9 +41,7 @@ def on_import(module: ModuleType) -> None:
         for meth in INFERENCE_METHODS:
             if meth in obj.__dict__:
                 wrap(obj, meth, StageSpec(semconv.STAGE_INFERENCE, f"{obj.__qualname__}.{meth}", FRAMEWORK, describe))
-        for meth in FIT_METHODS:
-            if meth in obj.__dict__:
-                wrap(obj, meth, StageSpec(semconv.STAGE_INFERENCE, f"{obj.__qualname__}.{meth}", FRAMEWORK, quiet=True))
+        wrap_quiet(obj, FIT_METHODS, obj.__qualname__, FRAMEWORK)
         for meth in PREPROCESS_METHODS:
             if meth in obj.__dict__:
                 wrap(obj, meth, StageSpec(semconv.STAGE_PREPROCESS, f"{obj.__qualname__}.{meth}", FRAMEWORK, describe,

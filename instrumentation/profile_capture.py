@@ -18,7 +18,7 @@ import numpy as np
 
 from stagetrace import mlprofile, semconv
 
-from .profiling import ProfileSettings, _last_prediction_id
+from .profiling import ProfileSettings
 
 MAX_SAMPLED_ROWS = 256  # rows binned per call (a strided sample above; summaries cover all rows)
 MAX_OUTPUT_ROWS = 256  # rows whose score/class is kept (label joins by row index below that)
@@ -387,26 +387,50 @@ def _raw_sample(data: Any, names: tuple[str, ...], redact: frozenset) -> str:
 
 # --- outputs -----------------------------------------------------------------------
 
-def _is_lightgbm_booster(instance: Any) -> bool:
-    return type(instance).__name__ == "Booster" and type(instance).__module__.startswith("lightgbm")
+def _booster_library(instance: Any) -> str | None:
+    """"lightgbm" or "xgboost" for a library's own ``Booster`` (no ``classes_``; its 1-D
+    output is the positive class's probability when its objective is binary), else None."""
+    cls = type(instance)
+    if cls.__name__ != "Booster":
+        return None
+    mod = cls.__module__
+    return "lightgbm" if mod.startswith("lightgbm") else "xgboost" if mod.startswith("xgboost") else None
+
+
+# objectives whose output is class probabilities (anything else, e.g. XGBoost's binary:logitraw
+# or LightGBM's regression, names no classes)
+_LGBM_MULTICLASS = ("multiclass", "softmax", "multiclassova", "multiclass_ova", "ova", "ovr")
+_XGB_MULTICLASS = ("multi:softprob", "multi:softmax")
+
+
+def _booster_classes(instance: Any, library: str) -> list[str] | None:
+    """A Booster's classes from its objective: binary -> 0/1, multiclass -> 0..num_class-1."""
+    try:
+        if library == "lightgbm":
+            objective = str(instance.params.get("objective", "")).split()[0] if instance.params else ""
+            if objective == "binary":
+                return ["0", "1"]
+            if objective in _LGBM_MULTICLASS:
+                return [str(i) for i in range(int(instance.num_model_per_iteration()))]
+            return None
+        learner = json.loads(instance.save_config())["learner"]  # once per model (_model_info)
+        objective = learner["objective"]["name"]
+        if objective == "binary:logistic":
+            return ["0", "1"]
+        if objective in _XGB_MULTICLASS:
+            return [str(i) for i in range(int(learner["learner_model_param"]["num_class"]))]
+    except Exception:
+        return None
+    return None
 
 
 def _classes_of(instance: Any) -> list[str] | None:
     classes = getattr(instance, "classes_", None)
     if classes is None and type(instance).__module__.startswith("onnxruntime"):
         return _onnx_classes(instance)
-    if classes is None and _is_lightgbm_booster(instance):
-        # a Booster has no classes_: its objective says (binary: 0/1; multiclass: 0..num_class-1)
-        try:
-            objective = str(instance.params.get("objective", "")).split()[0] if instance.params else ""
-            if objective in ("binary",):
-                return ["0", "1"]
-            if objective in ("multiclass", "softmax", "multiclassova", "multiclass_ova", "ova", "ovr"):
-                return [str(i) for i in range(int(instance.num_model_per_iteration()))]
-        except Exception:
-            return None
     if classes is None:
-        return None
+        library = _booster_library(instance)
+        return _booster_classes(instance, library) if library is not None else None
     try:
         return [str(c) for c in classes]
     except TypeError:
@@ -493,9 +517,9 @@ def output_attributes(result: Any, instance: Any) -> dict[str, Any]:
         if known is None:
             known = _model_info(instance)[1] if instance is not None else None
         if known is not None and len(known) == 2 and a.dtype.kind in "fiu" and (
-                a.ndim == 2 and a.shape[1] == 2 or a.ndim == 1 and a.dtype.kind == "f" and _is_lightgbm_booster(instance)):
-            # a binary classifier's probabilities (a LightGBM Booster's 1-D output is the
-            # positive class's): the positive-class score says it all (class and confidence
+                a.ndim == 2 and a.shape[1] == 2 or a.ndim == 1 and a.dtype.kind == "f" and _booster_library(instance) is not None):
+            # a binary classifier's probabilities (a LightGBM or XGBoost Booster's 1-D output
+            # is the positive class's): the positive-class score says it all (class and confidence
             # are derived by the reader), which halves the work; Python sums beat numpy
             # reductions on arrays this small
             scores = (a[:, 1] if a.ndim == 2 else a).astype(np.float32)
@@ -673,15 +697,7 @@ def _encode_output(rows: int, classes: list[str], scores: Any, predicted: Any, c
     return "|".join((mlprofile.VERSION, str(rows), ctext, b64(scores, "<f4"), b64(predicted, "<i2"), b64(conf, "<f4")))
 
 
-def remember_prediction(span: Any) -> None:
-    """Remember the span's context for :func:`.profiling.last_prediction_id` (the id
-    text is made only when the app asks for it)."""
-    ctx = span.get_span_context()
-    if ctx.is_valid:
-        _last_prediction_id.set(ctx)
-
-
-# --- deferred capture (profile_export.py): the call snapshots its arrays (wrapping._defer_input),
+# --- deferred capture (profile_export.py): the call snapshots its arrays (wrapping._begin, _end),
 # the export thread encodes them here ---------------------------------------------------------
 
 def resolve_input(prof: ProfileSettings, raw: bytes, dtype: Any, shape: tuple, instance: Any, qualname: str,

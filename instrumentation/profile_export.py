@@ -35,7 +35,7 @@ from .wrapping import _DEFER_MAX_BYTES, _MARK
 
 _logger = logging.getLogger("stagetrace.instrumentation")
 
-# MARK: the attribute of the span's BoundedAttributes that holds the snapshots (wrapping._defer_input's list);
+# MARK: the attribute of the span's BoundedAttributes that holds the snapshots (wrapping._begin's list);
 # MAX_DEFERRED_BYTES: per array (256 rows x 16 float64 features); larger ones are captured inline.
 # Both live in wrapping.py, which writes them in the call.
 MARK, MAX_DEFERRED_BYTES = _MARK, _DEFER_MAX_BYTES

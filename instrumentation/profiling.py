@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from contextvars import ContextVar
 from typing import Any
 
 from stagetrace import semconv
@@ -27,18 +26,22 @@ from . import stages
 
 _logger = logging.getLogger("stagetrace.instrumentation")
 
-# The span context of the last profiled call; the id text is made only when asked for
-# (formatting it on every call would cost more than the rest of a one-row profile).
-_last_prediction_id: ContextVar[Any] = ContextVar("stagetrace_last_prediction_id", default=None)
-
-
 def last_prediction_id() -> str | None:
-    """The ``ml.prediction.id`` of the last profiled call in this context (thread or
-    task): what an app returns to whoever will send the label. A batch's rows are
-    this id plus ``-<row>``. The default id is the span's own ``<trace id>-<span id>``,
-    so it is not written on the span: readers derive it (``mlprofile.prediction_id``)."""
-    ctx = _last_prediction_id.get()
-    if ctx is None:
+    """The ``ml.prediction.id`` of the last profiled call that returned in this context
+    (thread or task): what an app returns to whoever will send the label. A batch's rows
+    are this id plus ``-<row>``. The default id is the span's own ``<trace id>-<span id>``,
+    so it is not written on the span: readers derive it (``mlprofile.prediction_id``).
+
+    The id text is made only here, when asked (formatting it on every call would cost more
+    than the rest of a one-row profile). A prediction made inside a running stage by a task
+    or thread started within it counts as that stage's last prediction too."""
+    from .wrapping import last_prediction_span  # wrapping imports this module
+
+    span = last_prediction_span()
+    if span is None:
+        return None
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
         return None
     return "%032x-%016x" % (ctx.trace_id, ctx.span_id)
 

@@ -37,7 +37,6 @@ from opentelemetry.trace import NoOpTracerProvider, SpanKind, Status, StatusCode
 from stagetrace import semconv
 
 from . import deferred, metrics
-from .profiling import _last_prediction_id as _last_prediction_ctx
 
 _logger = logging.getLogger("stagetrace.instrumentation")
 
@@ -67,6 +66,10 @@ class StageSpec:
     # A model's own training (``fit``): no span, and no stage span for any call inside it
     # (GradientBoostingClassifier.fit predicts with its init estimator; that is not serving).
     quiet: bool = False
+    # True when this call is part of training, decided per call (a torch Module in train mode
+    # with gradients on, XGBoost's ``predict(training=True)``): run quietly, as ``quiet``.
+    # Synchronous callables only.
+    training: Callable[[Any, tuple, dict], bool] | None = None
 
     @functools.cached_property
     def base_attributes(self) -> dict[str, Any]:
@@ -85,15 +88,29 @@ class StageSpec:
 
 
 class _Frame:
-    """The innermost active stage in this context."""
+    """The innermost active stage in this context, or (``stage`` None) the last one that made a
+    prediction: what :func:`last_prediction_span` reads.
 
-    __slots__ = ("stage", "span", "has_model", "profiled")
+    Why the last prediction lives here and not in a context variable of its own: setting one
+    more context variable per call cost about a quarter of a one-row profile (its own write,
+    and every later context-variable read missing its cache; docs/benchmarks.md). A frame
+    is set in the context variable anyway; a call that made a prediction at the top of its
+    context just stays there, done, instead of restoring the empty slot: no context-variable
+    write on the way out at all.
+    """
 
-    def __init__(self, stage: str, span, has_model: bool, profiled: bool = False) -> None:
+    __slots__ = ("stage", "span", "has_model", "profiled", "up", "last", "inherited")
+
+    def __init__(self, stage: str | None, span, has_model: bool, profiled: Any = False, up: _Frame | None = None,
+                 last=None) -> None:
         self.stage = stage
         self.span = span
         self.has_model = has_model
-        self.profiled = profiled  # ml.input.profile is on the span (True) or pending on it (_defer_input's list)
+        self.profiled = profiled  # ml.input.profile is on the span (True) or pending on it (_begin's snapshot list)
+        self.up = up  # the frame this one runs in (a running stage, a done frame, or None)
+        # the span of the last profiled call that returned in this context, and its value when
+        # this frame began (a nested call's prediction changes ``last``: see _Active.exit)
+        self.last = self.inherited = up.last if up is not None else last
 
 
 _current: ContextVar[_Frame | None] = ContextVar("stagetrace_stage", default=None)
@@ -107,9 +124,16 @@ def current_stage() -> str | None:
     return frame.stage if frame is not None else None
 
 
+def last_prediction_span():
+    """The span of the last profiled call that returned in this context (thread or task),
+    or None (see :func:`.profiling.last_prediction_id`)."""
+    frame = _current.get()
+    return frame.last if frame is not None else None
+
+
 def current_model_name() -> str | None:
     frame = _current.get()
-    if frame is None:
+    if frame is None or frame.stage is None:
         return None
     try:
         return frame.span.attributes.get(semconv.ML_MODEL_NAME)  # SDK span
@@ -228,11 +252,29 @@ class _Active:
     def enter(self) -> None:
         self.tokens = (context_api.attach(self.ctx), _current.set(self.frame))
 
-    def exit(self) -> None:
+    def exit(self, returned: bool = False, final: bool = True) -> None:
+        """Leave the call's context. ``returned``: the call returned (a profiled call is then
+        the context's last prediction); ``final``: it will not be entered again (a generator
+        is entered at every item)."""
         tokens, self.tokens = self.tokens, None
-        if tokens is not None:
+        if tokens is None:
+            return
+        frame = self.frame
+        if returned and frame.profiled:
+            frame.last = self.span
+        if frame.last is frame.inherited:
             _current.reset(tokens[1])
-            context_api.detach(tokens[0])
+        else:  # a prediction was made in this call: the context remembers it
+            up = frame.up
+            if up is not None and up.stage is not None:
+                up.last = frame.last  # inside a running stage: it hands it on when it ends
+                _current.reset(tokens[1])
+            elif final and _current.get() is frame:
+                frame.stage = None  # at the top: this frame stays, done, as the context's value
+                frame.up = None  # (no chain of done frames)
+            else:  # a generator between items: the consumer sees no stage, only the prediction
+                _current.set(_Frame(None, None, True, False, None, frame.last))
+        context_api.detach(tokens[0])
 
 
 def _model_input(spec: StageSpec, args: tuple, kwargs: dict) -> Any:
@@ -285,30 +327,6 @@ def _defer_recheck(procs) -> None:
     _defer_state[0], _defer_state[1] = procs, ok
 
 
-def _defer_input(tracer, spec: StageSpec, instance, args, kwargs, model: str | None):
-    """The deferred input profile's data (a snapshot of a small numeric array), or None
-    when it cannot be deferred. Written out in one function: right after the model ran,
-    every extra code object the call touches is a cache miss (docs/benchmarks.md)."""
-    try:
-        procs = tracer.span_processor._span_processors  # SDK tracer; the tuple is replaced on add
-        if procs is not _defer_state[0]:
-            _defer_recheck(procs)
-        if not _defer_state[1]:
-            return None
-        x = args[0] if args and spec.model_input is None else _model_input(spec, args, kwargs)
-        if x.__class__ is _ndarray[0]:
-            dt = x.dtype
-            if dt.kind in "fiub" and 0 < x.nbytes <= _DEFER_MAX_BYTES:
-                # tobytes: the app may reuse its buffer once the call returns (a third of ndarray.copy's cost)
-                # one flat list: slots 0-6 the input (resolve_input's arguments), 7-9 the output
-                return [settings.profile, x.tobytes(), dt, x.shape, instance, spec.qualname, model, None, None, None]
-    except AttributeError:
-        pass  # not the SDK's tracer: inline
-    except Exception:
-        _internal_error("input profile", spec)
-    return None
-
-
 def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
     """Open a span for this call, or return None if the call is nested/not applicable."""
     parent = _current.get()
@@ -356,7 +374,25 @@ def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
         if spec.raw_output is not None and spec.raw_output(args, kwargs):
             out_owner = None  # (captured inline: rare, and the deferred output takes the input's owner)
         elif prof.defer:
-            pending = _defer_input(tracer, spec, instance, args, kwargs, model)
+            # the snapshot of a small numeric input, deferred to the export thread; written out
+            # here, not in a function: right after the model ran, every extra frame and code
+            # object the call touches costs (docs/benchmarks.md)
+            try:
+                procs = tracer.span_processor._span_processors  # SDK tracer; the tuple is replaced on add
+                if procs is not _defer_state[0]:
+                    _defer_recheck(procs)
+                if _defer_state[1]:
+                    x = args[0] if args and spec.model_input is None else _model_input(spec, args, kwargs)
+                    if x.__class__ is _ndarray[0] and 0 < x.nbytes <= _DEFER_MAX_BYTES:
+                        dt = x.dtype
+                        if dt.kind in "fiub":
+                            # tobytes: the app may reuse its buffer once the call returns; one flat
+                            # list: slots 0-6 the input (resolve_input's arguments), 7-9 the output
+                            pending = [prof, x.tobytes(), dt, x.shape, instance, spec.qualname, model, None, None, None]
+            except AttributeError:
+                pass  # not the SDK's tracer: inline
+            except Exception:
+                _internal_error("input profile", spec)
         if pending is None:
             pattrs = _profile_input(spec, instance, args, kwargs, model)
             if pattrs:
@@ -373,7 +409,7 @@ def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
         else:
             profiled = _UNSAMPLED  # nothing to record; last_prediction_id() still names this call
     metric_attrs = metrics.attributes_for(spec.stage, model, version)
-    return _Active(span, _Frame(spec.stage, span, has_model, profiled), metric_attrs, out_owner)
+    return _Active(span, _Frame(spec.stage, span, has_model, profiled, parent), metric_attrs, out_owner)
 
 
 def _named(stage: str, qualname: str, model: str | None, version: str | None, attrs: dict) -> tuple:
@@ -419,8 +455,17 @@ def _end(active: _Active, spec: StageSpec, exc: BaseException | None, args, kwar
             else:
                 outcome = semconv.OUTCOME_CANCELLED
         else:
-            if active.frame.profiled:
-                _profile_output(active, spec, result)
+            pending = active.frame.profiled
+            if pending:
+                try:
+                    if pending.__class__ is list and result.__class__ is _ndarray[0] \
+                            and 0 < result.nbytes <= _DEFER_MAX_BYTES and result.dtype.kind in "fiub":
+                        # deferred input: defer the output too (a snapshot, as for the input)
+                        pending[7:] = result.tobytes(), result.dtype, result.shape
+                    else:
+                        _profile_output(active, spec, result)
+                except Exception:
+                    _internal_error("output profile", spec)
             if settings.payload_hook is not None:
                 try:
                     settings.payload_hook(span, spec.stage, args, kwargs, result)
@@ -434,27 +479,16 @@ def _end(active: _Active, spec: StageSpec, exc: BaseException | None, args, kwar
 
 
 def _profile_output(active: _Active, spec: StageSpec, result) -> None:
-    """Prediction summary of a profiled call that returned (its ``ml.prediction.id`` is
-    remembered for ``last_prediction_id()``)."""
+    """Prediction summary of a profiled call that returned, captured in the call (its
+    ``ml.prediction.id`` is remembered for ``last_prediction_id()``); the deferred case is
+    written out in ``_end``."""
     try:
         pending = active.frame.profiled
         if pending is _UNSAMPLED:
-            _last_prediction_ctx.set(active.span.get_span_context())
             return
-        if pending.__class__ is list and result.__class__ is _ndarray[0]:
-            # deferred input: defer the output too (a snapshot, as for the input)
-            dt = result.dtype
-            if dt.kind in "fiub" and 0 < result.nbytes <= _DEFER_MAX_BYTES:
-                pending[7] = result.tobytes()
-                pending[8] = dt
-                pending[9] = result.shape
-                # remember_prediction, inlined; _context is what the SDK span's get_span_context returns
-                _last_prediction_ctx.set(active.span._context)
-                return
         capture = _capture[0] if _capture else _capture_module()
-        # ml.prediction.id is the span's own <trace id>-<span id>: derived by readers, not written.
-        # Remembered first: if the summary fails, last_prediction_id() must not name the previous call
-        capture.remember_prediction(active.span)
+        # ml.prediction.id is the span's own <trace id>-<span id>: derived by readers, not written
+        # (the call is remembered for last_prediction_id() by _Active.exit, whatever happens here)
         attrs = capture.output_attributes(result, active.instance)
         if attrs:
             active.span.set_attributes(attrs)
@@ -470,9 +504,9 @@ _trace_mod = trace_api
 _NOOP = NoOpTracerProvider
 
 
-def _exit_quietly(active: _Active, spec: StageSpec) -> None:
+def _exit_quietly(active: _Active, spec: StageSpec, returned: bool = False, final: bool = True) -> None:
     try:
-        active.exit()
+        active.exit(returned, final)
     except Exception:
         _internal_error("context detach", spec)
 
@@ -493,7 +527,17 @@ def _safe_enter(active: _Active | None, spec: StageSpec) -> None:
             _internal_error("context attach", spec)
 
 
+def _in_training(spec: StageSpec, instance, args, kwargs) -> bool:
+    try:
+        return bool(spec.training(instance, args, kwargs))  # type: ignore[misc]
+    except Exception:
+        _internal_error("training check", spec)
+        return False
+
+
 def _sync_call(spec: StageSpec, tracer, fn, instance, dargs, args, kwargs):
+    if spec.training is not None and _in_training(spec, instance, dargs, kwargs):
+        return _call_quietly(fn, args, kwargs)
     active = _safe_begin(tracer, spec, instance, dargs, kwargs)
     if active is None:
         return fn(*args, **kwargs)
@@ -504,7 +548,7 @@ def _sync_call(spec: StageSpec, tracer, fn, instance, dargs, args, kwargs):
         _exit_quietly(active, spec)
         _end(active, spec, exc, dargs, kwargs)
         raise
-    _exit_quietly(active, spec)
+    _exit_quietly(active, spec, True)
     _end(active, spec, None, dargs, kwargs, result)
     return result
 
@@ -520,7 +564,7 @@ async def _async_call(spec: StageSpec, tracer, fn, instance, dargs, args, kwargs
         _exit_quietly(active, spec)
         _end(active, spec, exc, dargs, kwargs)
         raise
-    _exit_quietly(active, spec)
+    _exit_quietly(active, spec, True)
     _end(active, spec, None, dargs, kwargs, result)
     return result
 
@@ -546,14 +590,14 @@ def _gen_call(spec: StageSpec, fn, instance, dargs, args, kwargs):
             else:
                 value = gen.send(send_value)
         except StopIteration as stop:
-            _exit_quietly(active, spec)
+            _exit_quietly(active, spec, True)
             _end(active, spec, None, dargs, kwargs, stop.value)
             return stop.value
         except BaseException as exc:
             _exit_quietly(active, spec)
             _end(active, spec, exc, dargs, kwargs)
             raise
-        _exit_quietly(active, spec)
+        _exit_quietly(active, spec, final=False)
         try:
             send_value = yield value
         except GeneratorExit:
@@ -584,7 +628,7 @@ def _make_asyncgen(spec: StageSpec, fn, is_method: bool):
                     value = await agen.asend(send_value)
             except StopAsyncIteration:
                 if active is not None:
-                    _exit_quietly(active, spec)
+                    _exit_quietly(active, spec, True)
                     _end(active, spec, None, dargs, kwargs)
                 return
             except BaseException as exc:
@@ -593,7 +637,7 @@ def _make_asyncgen(spec: StageSpec, fn, is_method: bool):
                     _end(active, spec, exc, dargs, kwargs)
                 raise
             if active is not None:
-                _exit_quietly(active, spec)
+                _exit_quietly(active, spec, final=False)
             try:
                 send_value = yield value
             except GeneratorExit:
@@ -669,12 +713,17 @@ def _make_quiet(fn: Callable) -> Callable:
     synchronous functions are wrapped this way: ``wrap`` refuses the others)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        token = _current.set(_QUIET)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            _current.reset(token)
+        return _call_quietly(fn, args, kwargs)
     return wrapper
+
+
+def _call_quietly(fn: Callable, args: tuple, kwargs: dict):
+    """``fn(*args, **kwargs)`` with no stage span inside it (training, not serving)."""
+    token = _current.set(_QUIET)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _current.reset(token)
 
 
 class _WrappedDescriptor:
@@ -742,6 +791,8 @@ def wrap(owner: Any, attr: str, spec: StageSpec) -> bool:
     is_class = isinstance(owner, type)
     if isinstance(raw, type):
         return False
+    if getattr(raw, "__stagetrace_spec__", None) is not None:
+        return True  # a re-export of a function we wrapped where it is defined (xgboost.train)
     if spec.quiet and not (isinstance(raw, types.FunctionType) and _kind(raw) == "sync"):
         return False  # quiet wrappers are for plain training methods only  # replacing a class by a function would break isinstance(); name a method
     if isinstance(raw, staticmethod):
@@ -766,6 +817,14 @@ def wrap(owner: Any, attr: str, spec: StageSpec) -> bool:
 
 
 _INHERITED = object()
+
+
+def wrap_quiet(owner: Any, names: tuple[str, ...], prefix: str, framework: str) -> None:
+    """Wrap each of ``owner``'s own ``names`` (training functions: ``fit``, ``train``) quietly:
+    no span, and no stage span for the predictions made inside (eval sets, callbacks)."""
+    for name in names:
+        if name in getattr(owner, "__dict__", {}):
+            wrap(owner, name, StageSpec(semconv.STAGE_INFERENCE, f"{prefix}.{name}", framework, quiet=True))
 
 
 def unwrap_all() -> None:

@@ -519,36 +519,127 @@ def test_lightgbm_hook(instrumented):
     assert span.name == "inference Booster" and span.attributes[semconv.ML_BATCH_SIZE] == 3
 
 
+def _one_output(tel):
+    """The attributes and decoded output profile of the one stage span exported since the last call."""
+    from stagetrace import mlprofile
+
+    (span,) = tel.stage_spans()
+    tel.exporter.clear()
+    return span.attributes, mlprofile.decode_output(span.attributes[semconv.ML_OUTPUT_PROFILE])
+
+
+def _check_booster_classes(tel, binary, multi, X, raw_kwargs) -> None:
+    """A binary Booster's 1-D output is the positive class's probability (classes 0/1), its
+    margins (``raw_kwargs``) name no classes, a 3-class one's columns are classes 0..2."""
+    p = binary(X[:4])
+    a, out = _one_output(tel)
+    assert out.classes == ["0", "1"] and list(out.predicted) == [int(v > 0.5) for v in p]
+    assert a[semconv.ML_PREDICTION_SCORE_MEAN] == pytest.approx(float(np.mean(p)), abs=1e-6)
+    p1 = binary(X[:1])
+    a, out = _one_output(tel)
+    assert a[semconv.ML_PREDICTION_CLASS] == ("1" if p1[0] > 0.5 else "0")
+    binary(X[:4], **raw_kwargs)  # margins, not probabilities: no classes claimed
+    a, out = _one_output(tel)
+    assert out.classes == [] and semconv.ML_PREDICTION_CLASS not in a
+    pm = multi(X[:5])
+    a, out = _one_output(tel)
+    assert out.classes == ["0", "1", "2"] and list(out.predicted) == list(pm.argmax(axis=1))
+
+
 def test_lightgbm_booster_classes_from_its_objective(instrumented):
     tel = instrumented
     import lightgbm as lgb
-
-    from stagetrace import mlprofile
 
     X, y = _data(200)
     binary = lgb.train({"objective": "binary", "verbose": -1, "min_data_in_leaf": 5}, lgb.Dataset(X, y), 5)
     multi = lgb.train({"objective": "multiclass", "num_class": 3, "verbose": -1, "min_data_in_leaf": 5},
                       lgb.Dataset(X, (X[:, 0] * 3).astype(int)), 5)
     tel.exporter.clear()
+    _check_booster_classes(tel, binary.predict, multi.predict, X, {"raw_score": True})
 
-    def output():
-        (span,) = tel.stage_spans()
-        tel.exporter.clear()
-        return span.attributes, mlprofile.decode_output(span.attributes[semconv.ML_OUTPUT_PROFILE])
 
-    p = binary.predict(X[:4])  # 1-D: the positive class's probability
-    a, out = output()
-    assert out.classes == ["0", "1"] and list(out.predicted) == [int(v > 0.5) for v in p]
-    assert a[semconv.ML_PREDICTION_SCORE_MEAN] == pytest.approx(float(np.mean(p)), abs=1e-6)
-    p1 = binary.predict(X[:1])
-    a, out = output()
-    assert a[semconv.ML_PREDICTION_CLASS] == ("1" if p1[0] > 0.5 else "0")
-    binary.predict(X[:4], raw_score=True)  # margins, not probabilities: no classes claimed
-    a, out = output()
+def test_xgboost_booster_classes_from_its_objective(instrumented):
+    """A Booster has no classes_: binary:logistic -> 0/1 (its 1-D output is the positive
+    class's probability), multi:softprob -> 0..num_class-1, margins -> no classes."""
+    tel = instrumented
+    import xgboost as xgb
+
+    X, y = _data(200)
+    binary = xgb.train({"objective": "binary:logistic", "max_depth": 2}, xgb.DMatrix(X, label=y), 5)
+    multi = xgb.train({"objective": "multi:softprob", "num_class": 3, "max_depth": 2},
+                      xgb.DMatrix(X, label=(X[:, 0] * 3).astype(int)), 5)
+    raw = xgb.train({"objective": "binary:logitraw", "max_depth": 2}, xgb.DMatrix(X, label=y), 5)
+    tel.exporter.clear()
+    _check_booster_classes(tel, binary.inplace_predict, multi.inplace_predict, X, {"predict_type": "margin"})
+    raw.inplace_predict(X[:4])  # binary:logitraw: margins too
+    a, out = _one_output(tel)
     assert out.classes == [] and semconv.ML_PREDICTION_CLASS not in a
-    pm = multi.predict(X[:5])
-    a, out = output()
-    assert out.classes == ["0", "1", "2"] and list(out.predicted) == list(pm.argmax(axis=1))
+
+
+@pytest.mark.filterwarnings("ignore:The argument 'eval_set' is deprecated")
+def test_predictions_inside_training_loops_are_not_inference(instrumented):
+    """Eval sets scored by callbacks and custom metrics during xgb.train / lgb.train /
+    fit, and forward passes of a torch training step, make no inference span; serving
+    calls afterwards (and a torch model in eval mode or under no_grad) still do."""
+    tel = instrumented
+    import lightgbm as lgb
+    import torch
+    import xgboost as xgb
+
+    X, y = _data(200)
+    Xv, yv = X[150:], y[150:]
+    seen = []
+
+    class XgbScoreEval(xgb.callback.TrainingCallback):  # a user callback predicting on the eval set
+        def after_iteration(self, model, epoch, evals_log):
+            seen.append(model.inplace_predict(Xv))
+            return False
+
+    def xgb_metric(predt, dmat):  # a custom metric: xgboost itself predicts on each eval set for it
+        return "err", float(np.mean((predt > 0.5) != dmat.get_label()))
+
+    def xgb_objective(predt, dmat):  # a custom objective: Booster.update predicts with training=True
+        p = 1.0 / (1.0 + np.exp(-predt))
+        return p - dmat.get_label(), p * (1.0 - p)
+
+    dv = xgb.DMatrix(Xv, label=yv)
+    bst = xgb.train({"objective": "binary:logistic", "max_depth": 2}, xgb.DMatrix(X, label=y), 3, evals=[(dv, "v")],
+                    custom_metric=xgb_metric, callbacks=[XgbScoreEval()], verbose_eval=False)
+    xgb.train({"max_depth": 2}, xgb.DMatrix(X, label=y), 2, obj=xgb_objective, verbose_eval=False)
+    xclf = xgb.XGBClassifier(n_estimators=3, max_depth=2, callbacks=[XgbScoreEval()],
+                             eval_metric=lambda yt_, yp_: float(np.mean((yp_ > 0.5) != yt_)))  # sklearn-style
+    xclf.fit(X, y, eval_set=[(Xv, yv)], verbose=False)
+    lbst = lgb.train({"objective": "binary", "verbose": -1, "min_data_in_leaf": 5}, lgb.Dataset(X, y), 3,
+                     valid_sets=[lgb.Dataset(Xv, yv)], callbacks=[lambda env: seen.append(env.model.predict(Xv))])
+    lclf = lgb.LGBMClassifier(n_estimators=3, min_child_samples=5, verbose=-1)
+    lclf.fit(X, y, eval_set=[(Xv, yv)], callbacks=[lambda env: seen.append(env.model.predict(Xv))])
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    xt, yt = torch.tensor(X), torch.tensor(y, dtype=torch.float32)[:, None]
+    for _ in range(3):  # a training step: train mode, gradients on, no eval()
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(xt), yt)
+        loss.backward()
+        opt.step()
+    assert len(seen) == 3 + 3 + 3 + 3
+    assert tel.stage_spans() == [], [s.name for s in tel.stage_spans()]
+
+    bst.inplace_predict(Xv)
+    xclf.predict_proba(Xv)
+    lbst.predict(Xv)
+    lclf.predict_proba(Xv)
+    with torch.no_grad():  # train mode, but no gradients: serving
+        net(xt[:2])
+    net.eval()
+    net(xt[:2])  # eval mode with gradients on: serving
+    names = [s.name for s in tel.stage_spans()]
+    assert names == ["inference Booster", "inference XGBClassifier", "inference Booster", "inference LGBMClassifier",
+                     "inference Sequential", "inference Sequential"], names
+    # the quiet wrappers change nothing a training function returns or raises
+    assert isinstance(bst, xgb.Booster) and isinstance(lbst, lgb.Booster) and float(loss.detach()) > 0
+    with pytest.raises(xgb.core.XGBoostError):
+        xgb.train({"objective": "no-such-objective"}, xgb.DMatrix(X, label=y), 1)
 
 
 def test_torch_top_level_module_only(instrumented):

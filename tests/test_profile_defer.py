@@ -167,3 +167,74 @@ def test_defer_switch_in_env_and_config():
     assert profiling.load_settings({semconv.ENV_PROFILE_DEFER: "false"}).defer is False
     assert profiling.load_settings({}, {"defer": False}).defer is False
     assert profiling.load_settings({semconv.ENV_PROFILE_DEFER: "true"}, {"defer": False}).defer is True
+
+
+def test_last_prediction_id_follows_each_context(model):
+    """``last_prediction_id()`` names the last profiled call that returned in this thread or
+    task: nested under a running stage, after it ends, not changed by a call that raised,
+    nor by other threads or tasks; the stage slot reads as no stage once a call is done."""
+    import asyncio
+    import threading
+
+    m, X = model
+    b = X[:3].copy()
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider()
+    tp.add_span_processor(BatchSpanProcessor(exporter))
+    inst = StagetraceInstrumentor()
+    inst.instrument(tracer_provider=tp, stages="", libraries=["sklearn"], profile=profiling.ProfileSettings())
+    seen: dict = {}
+
+    def handler(x):  # a user stage around the model call (not profiled itself)
+        m.predict_proba(x)
+        seen["inside"] = profiling.last_prediction_id()
+        return "ok"
+
+    handle = wrapping.make_function_wrapper(handler, wrapping.StageSpec("request", "handler"), False)
+
+    def span_id(span):
+        return mlprofile.prediction_id(f"{span.context.trace_id:032x}", f"{span.context.span_id:016x}")
+
+    try:
+        m.predict_proba(b)
+        first = profiling.last_prediction_id()
+        assert wrapping.current_stage() is None and wrapping.current_model_name() is None
+        assert handle(b) == "ok"
+        after = profiling.last_prediction_id()
+        assert after == seen["inside"] != first  # the nested prediction, kept after the stage ended
+        with pytest.raises(ValueError):
+            m.predict_proba(np.ones((2, 2)))  # wrong feature count: raises, names no prediction
+        assert profiling.last_prediction_id() == after
+
+        def other_thread():
+            seen["thread before"] = profiling.last_prediction_id()
+            m.predict_proba(b)
+            seen["thread"] = profiling.last_prediction_id()
+
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join()
+        assert seen["thread before"] is None and seen["thread"] not in (None, after)
+        assert profiling.last_prediction_id() == after
+
+        async def task(name, pause):
+            m.predict_proba(b)
+            mine = profiling.last_prediction_id()
+            await asyncio.sleep(pause)  # the other task predicts meanwhile
+            seen[name] = (mine, profiling.last_prediction_id())
+
+        async def main():
+            await asyncio.gather(task("a", 0.05), task("b", 0.0))
+
+        asyncio.run(main())
+        for name in ("a", "b"):
+            mine, later = seen[name]
+            assert mine == later and mine not in (None, after)
+        assert seen["a"][0] != seen["b"][0] and profiling.last_prediction_id() == after
+        tp.force_flush()
+    finally:
+        inst.uninstrument()
+        tp.shutdown()
+    spans = {span_id(s): s for s in exporter.get_finished_spans() if s.attributes.get(semconv.ML_STAGE) == "inference"}
+    for pid in (first, after, seen["thread"], seen["a"][0], seen["b"][0]):
+        assert pid in spans and semconv.ML_OUTPUT_PROFILE in spans[pid].attributes

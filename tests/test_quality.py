@@ -201,6 +201,46 @@ def test_clean_stream_reports_no_drop(model, reference):
     assert rep.data["calibration"]["ece"] < 0.05  # a logistic model on its own distribution is calibrated
 
 
+def _cells(cells: dict[tuple[str, str], tuple[int, int]]) -> tuple[list, dict]:
+    """Labelled predictions with exact counts: (client, version) -> (predictions, wrong ones)."""
+    import random
+
+    items, seg = [], {}
+    for (client, version), (n, wrong) in cells.items():
+        for i in range(n):
+            k = len(items) + 1
+            span = Span(f"{k:032x}", f"{k:016x}", "", "inference m", "INTERNAL", k, k + 1)
+            items.append(q.Labelled(span=span, row=0, t_ns=k, predicted=int(i < wrong), label=0, score=0.5))
+            seg[(span.trace_id, span.span_id)] = {"user_agent.original": client, semconv.ML_MODEL_VERSION: version}
+    random.Random(0).shuffle(items)
+    return items, seg
+
+
+def test_segment_explained_by_another_comes_after_it():
+    """The demo's confound (benchmarks/demo_canary_confound.py): a client sending amounts in
+    cents hurts the v1 model far more than the v2 canary, so in a short window v1's excess
+    errors can outrank the client's. The client is worse under both versions; v1 is no worse
+    than v2 outside that client: the client is named first, v1 after it, explained by it.
+    Controls: a version that is worse everywhere is not demoted, nor are two causes that
+    each hold without the other."""
+    confounded = {("pos", "v1"): (200, 170), ("pos", "v2"): (50, 12), ("web", "v1"): (600, 90), ("web", "v2"): (150, 12)}
+    items, seg = _cells(confounded)
+    got = [(f["attribute"], f["value"], f.get("explained_by")) for f in q._segments(items, seg, None)]
+    assert got == [("user_agent.original", "pos", None), (semconv.ML_MODEL_VERSION, "v1", "user_agent.original=pos")]
+    # v1 worse for every client, clients alike: the version is the cause, nothing explains it away
+    items, seg = _cells({("pos", "v1"): (200, 80), ("pos", "v2"): (200, 20), ("web", "v1"): (600, 240),
+                         ("web", "v2"): (600, 60)})
+    got = [(f["attribute"], f["value"], f.get("explained_by")) for f in q._segments(items, seg, None)]
+    assert got == [(semconv.ML_MODEL_VERSION, "v1", None)]
+    # two independent causes: each holds without the other, neither is explained by the other
+    items, seg = _cells({("pos", "v1"): (200, 150), ("pos", "v2"): (200, 80), ("web", "v1"): (600, 240),
+                         ("web", "v2"): (600, 60)})
+    found = q._segments(items, seg, None)
+    assert {(f["attribute"], f["value"]) for f in found} == {("user_agent.original", "pos"),
+                                                              (semconv.ML_MODEL_VERSION, "v1")}
+    assert not any(f.get("explained_by") for f in found)
+
+
 # --- the CLI ----------------------------------------------------------------------------------
 
 def _cli(*args, cwd=None):
