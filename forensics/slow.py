@@ -18,7 +18,7 @@ import dataclasses
 import math
 import random
 import re
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -407,11 +407,12 @@ MAX_STEP_SAMPLE = 600
 STRONG_P = 1e-6  # a rate incident this clear needs no corroboration from components
 
 
-def _component_step(backend: Backend, req: SpanColumns, row_of: dict[str, int], t0: np.ndarray,
+def _component_step(backend: Backend, req: SpanColumns, row_of: Mapping[str, int], t0: np.ndarray,
                     slow: np.ndarray, jumps_only: bool = False) -> incident.Incident | None:
-    """The earliest lasting step up in one operation's or call edge's own time per call,
-    on a sample of requests spread evenly over the data: an incident that runs from there
-    to the end of the data. None when no component stepped up."""
+    """Where one operation's or call edge's own time per call stepped up and stayed there,
+    on a sample of requests spread evenly over the data: the clearest order-of-magnitude
+    jump, else the earliest lasting step. An incident that runs from there to the end of
+    the data, naming the service it blames; None when no component stepped up."""
     n = len(req)
     if n < 2 * incident.MIN_OUTSIDE:
         return None
@@ -711,9 +712,15 @@ def _findings(bl: blame.Blame, groups, evidence, metric_stats, onset, changes, t
         out.append(Finding("change", f"{ch['attribute']}={ch['value']} first seen at {fmt_time(ch['first_seen_ns'])}"
                                      + (", near the onset" if near else ""), 0.35 if near else 0.1, near,
                            "medium" if near else "low", ch | {"tier": 1}, attribute=ch["attribute"], value=ch["value"]))
-    out.sort(key=lambda f: (not f.significant, f.evidence.get("tier", 1), -f.score))
+    out.sort(key=_rank)
     _attach_support(out)
     return out
+
+
+def _rank(f: Finding) -> tuple[bool, int, float]:
+    """The one ranking order: significant first, then tier (0: blamed components and saturated
+    resources), then score."""
+    return (not f.significant, f.evidence.get("tier", 1), -f.score)
 
 
 def _add_stepped_component(findings: list[Finding], inc: incident.Incident) -> None:
@@ -733,14 +740,14 @@ def _add_stepped_component(findings: list[Finding], inc: incident.Incident) -> N
     before, after = inc.key_ms
     summary = (f"{inc.service}: {what} went from {before:.1f} to {after:.1f} ms per call at "
                f"{fmt_time(inc.start_ns)} and stayed there, where the incident began"
-               + (f"; its other outgoing calls stepped up too: it is starved (CPU, GC or threads)" if starved else ""))
+               + ("; its other outgoing calls stepped up too: it is starved (CPU, GC or threads)" if starved else ""))
     f = Finding("stage", summary, 1.0, inc.significant, _confidence(inc.p, 1) if inc.significant else "low",
                 {"tier": 1, "level": "component step", "key": list(inc.key), "p_value": inc.p,
                  "before_ms": before, "after_ms": after, "onset_ns": inc.start_ns},
                 service=inc.service, operation=op if level == "operation" else None,
                 edge={"caller": caller, "callee": callee} if level == "edge" else None)
     findings.append(f)
-    findings.sort(key=lambda x: (not x.significant, x.evidence.get("tier", 1), -x.score))
+    findings.sort(key=_rank)
 
 
 def _call_attributes(c: blame.Component, incident: Sequence[Trace], base: Sequence[Trace]) -> list:
