@@ -54,6 +54,15 @@ class Incident:
     key: tuple[str, str, str] | None = None  # with by="component": the operation or call edge
     service: str | None = None  # with by="component": the service it blames (a starved caller for an edge)
     key_ms: tuple[float, float] | None = None  # with by="component": median time per call before, after
+    # with by="component": the slow share of the sampled requests through the key, before and after
+    key_slow: tuple[float, float] | None = None
+
+    @property
+    def made_slower(self) -> bool:
+        """Whether the requests got slower inside: all of them, or (located by a component)
+        the ones through that component. A rarely called service that stepped up makes its
+        own requests slow without moving the whole system's slow rate."""
+        return self.rate_in > self.rate_out or (self.key_slow is not None and self.key_slow[1] > self.key_slow[0])
 
 
     def evidence(self) -> dict[str, Any]:
@@ -63,7 +72,8 @@ class Incident:
                 "requests_outside": self.n_out, "hits_outside": self.hits_out, "p_value": self.p,
                 "frame_start_ns": self.frame[0], "frame_end_ns": self.frame[1], "located_by": self.by,
                 "key": list(self.key) if self.key else None, "service": self.service,
-                "key_ms": list(self.key_ms) if self.key_ms else None}
+                "key_ms": list(self.key_ms) if self.key_ms else None,
+                "key_slow": list(self.key_slow) if self.key_slow else None}
 
 
 def resolution(times_ns: np.ndarray, max_buckets: int = MAX_BUCKETS) -> tuple[int, int, int]:

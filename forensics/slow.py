@@ -140,9 +140,9 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
             by_step = guard.run("component steps", _component_step, backend, req, row_of, t0, dur > thr_arr,
                                 jumps_only=weak)
             # the clearer of the two: a weak burst of slow requests loses to a component that
-            # jumped by an order of magnitude
+            # jumped by an order of magnitude and made requests slower
             if by_step is not None and (inc is None or not inc.significant
-                                        or (by_step.p < inc.p and by_step.rate_in > by_step.rate_out)):
+                                        or (by_step.p < inc.p and by_step.made_slower)):
                 inc = by_step
                 normal = ~((t0 >= inc.start_ns) & (t0 < inc.end_ns)) & (t0 >= inc.frame[0]) & (t0 < inc.frame[1])
                 thr_arr, thr_label, per_op = op_thresholds(threshold, ops, dur, warr, mask=normal)
@@ -441,10 +441,14 @@ def _component_step(backend: Backend, req: SpanColumns, row_of: Mapping[str, int
         step = min(steps_found, key=lambda o: o.time_ns)
     inside = t0 >= step.time_ns
     ki, ni, ko, no = int(slow[inside].sum()), int(inside.sum()), int(slow[~inside].sum()), int((~inside).sum())
+    through = [(start_of[tc.trace_id] >= step.time_ns, bool(slow[row_of[tc.trace_id]]))
+               for tc in costs if step.key in tc.count]
+    own = [[s for a, s in through if a == side] for side in (False, True)]
+    key_slow = (float(np.mean(own[0])), float(np.mean(own[1]))) if own[0] and own[1] else None
     return incident.Incident(step.time_ns, hi, step.p, ki / max(ni, 1), ko / max(no, 1), ki, ni, ko, no, True, True,
                              incident.frame_of(step.time_ns, hi, lo, hi), by="component", key=step.key,
                              service=blame.key_service(step, costs, start_of),
-                             key_ms=(step.before_ns / 1e6, step.after_ns / 1e6))
+                             key_ms=(step.before_ns / 1e6, step.after_ns / 1e6), key_slow=key_slow)
 
 
 def _onset_of(inc: incident.Incident, e: np.ndarray) -> timeline.Onset:
