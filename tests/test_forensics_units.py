@@ -161,3 +161,58 @@ def test_error_logs_without_trace_ids_merge_by_burst():
     burst = next(c for c in clusters if any("connection reset" in f["template"] for f in c["fingerprints"]))
     assert any("retry budget" in f["template"] for f in burst["fingerprints"])
     assert not any("disk almost full" in f["template"] for f in burst["fingerprints"])
+
+
+def test_exceedance_test_is_exact_when_nothing_changed():
+    """How many values of A lie above B's maximum: the p-value must equal the share of all
+    splits of the pooled values (A's size kept) that put at least as many there, the
+    permutation distribution it claims to compute in closed form."""
+    from itertools import combinations
+
+    pooled = [3.0, 1.0, 4.0, 1.5, 5.0, 9.0, 2.0, 6.0, 8.5]
+    for a_idx in [(4, 5, 7, 8), (0, 1, 2, 3), (5, 8, 0, 1), (6, 7, 8, 5)]:
+        a = [pooled[i] for i in a_idx]
+        b = [v for i, v in enumerate(pooled) if i not in a_idx]
+        k = sum(x > max(b) for x in a)
+        splits = list(combinations(range(len(pooled)), len(a)))
+        as_extreme = sum(sum(pooled[i] > max(pooled[j] for j in range(len(pooled)) if j not in s) for i in s) >= k
+                         for s in splits)
+        assert stats.exceedance_test(a, b) == pytest.approx(as_extreme / len(splits)), a_idx
+    assert stats.exceedance_test([], [1.0]) == stats.exceedance_test([1.0], []) == 1.0
+
+
+def _costs(rnd, n, shard_slow=0, batch_slow=0, tag="b"):
+    """Requests of an ML service (the demo's shape): a feature fetch and a preprocess step
+    with a natural tail (2 % of calls 3-8x), the first ``shard_slow`` with a slow fetch
+    (+60 ms), the next ``batch_slow`` with a CPU-bound preprocess (20-40 ms against ~0.5 ms)."""
+    from stagetrace.forensics import blame
+
+    fetch, prep = ("operation", "feature-store", "OnlineStore.get"), ("operation", "fraud-api", "preprocess")
+    out = []
+    for i in range(n):
+        f = rnd.lognormvariate(0, 0.4) * MS + (60 * MS if i < shard_slow else 0)
+        p = rnd.lognormvariate(-0.7, 0.6) * MS * (rnd.uniform(3, 8) if rnd.random() < 0.02 else 1)  # natural tail
+        if shard_slow <= i < shard_slow + batch_slow:
+            p = rnd.uniform(20, 40) * MS
+        out.append(blame.TraceCost(f"{tag}{i:04d}", int(f + p + 5 * MS), {fetch: int(f), prep: int(p)},
+                                   {fetch: 1, prep: 1}, {fetch: "feature_fetch", prep: "preprocess"}, {}))
+    return out
+
+
+def test_a_cause_in_a_tenth_of_the_incident_beyond_anything_the_baseline_held_is_significant():
+    """Two concurrent causes, as in `stagetrace demo`: a slow shard behind a fifth of the
+    incident's requests and CPU-bound preprocessing of large batches behind a tenth, every one
+    of those far beyond the longest preprocess of a small baseline (114 requests). Both are
+    causes; with preprocessing unchanged, only the shard is."""
+    from stagetrace.forensics import blame
+
+    for seed in range(5):
+        rnd = random.Random(seed)
+        base = _costs(rnd, 114, tag="b")
+        for batch in (21, 0):
+            after = _costs(rnd, 262, shard_slow=22, batch_slow=batch, tag=f"a{batch}-")
+            sel = [tc for tc in after if tc.duration_ns > 30 * MS]
+            grown = blame.keys_grown(base, after)
+            bl = blame.blame(sel, base, after=after, stepped=grown)
+            named = {c.service for c in bl.components if c.significant}
+            assert named == ({"feature-store", "fraud-api"} if batch else {"feature-store"}), (seed, batch, named)
