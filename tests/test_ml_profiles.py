@@ -10,10 +10,6 @@ scored. Labels go through ``POST /stagetrace/v1/labels`` and are read back too.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -27,19 +23,11 @@ from stagetrace.collector import labels as labels_mod
 from stagetrace.collector.process import start_collector
 from stagetrace.collector.query import EmbeddedBackend
 
+from ml_apps import inference_spans as _inference_spans  # noqa: I001 - tests/ helper
+from ml_apps import run_instrumented as _run_instrumented
+
 APP = Path(__file__).parent / "apps" / "mlprofile_app.py"
 MORE_APP = Path(__file__).parent / "apps" / "mlprofile_more_app.py"
-BIN = Path(sys.executable).parent
-
-
-def _inference_spans(data_dir: Path, want: int, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        with EmbeddedBackend(data_dir) as be:
-            spans = [s for s in be.find_spans(TraceQuery(limit=None)) if s.attributes.get(semconv.ML_STAGE) == "inference"]
-        if len(spans) >= want or time.monotonic() > deadline:
-            return spans
-        time.sleep(0.5)
 
 
 def _post(url: str, body: bytes, token: str | None = None) -> tuple[int, dict]:
@@ -51,20 +39,6 @@ def _post(url: str, body: bytes, token: str | None = None) -> tuple[int, dict]:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
-
-
-def _run_instrumented(app: Path, args: list[str], collector, cwd: Path, **env_vars: str) -> None:
-    """``opentelemetry-instrument python app args...`` exporting to ``collector``, with no
-    OTEL_/STAGETRACE_ variable of the test run leaking in."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STAGETRACE_"))}
-    env.update({"PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "OTEL_SERVICE_NAME": "scorer",
-                "OTEL_EXPORTER_OTLP_ENDPOINT": collector.http_endpoint,
-                "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer%20s3cret", "OTEL_METRICS_EXPORTER": "none"})
-    env.update(env_vars)
-    run = subprocess.run([str(BIN / "opentelemetry-instrument"), sys.executable, str(app), *args], env=env,
-                         capture_output=True, text=True, timeout=300, cwd=cwd)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "internal error" not in run.stderr, run.stderr[-3000:]  # a profile failure is logged, not raised
 
 
 @pytest.mark.slow
