@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
@@ -43,20 +45,27 @@ def test_drift_no_false_alarm_and_detects_a_shift():
     assert flags == {"amount": True, "income": False, "country": False, "age": False}
 
 
-def test_investigate_drift_onset_and_segment(tmp_path):
+def _two_client_window(tmp_path, cents_from: int | None):
+    """(report, t0, sec): 10 intervals of 100 s, two clients; client 2.0 sends ``amount``
+    x100 from interval ``cents_from`` on (None: never)."""
     rng = np.random.default_rng(2)
     sec = 10**9
     t0 = 1_700_000_000 * sec
     spans = []
     for i in range(10):
         for client in ("1.0", "2.0"):
-            unit = 100.0 if (client == "2.0" and i >= 6) else 1.0
+            unit = 100.0 if (client == "2.0" and cents_from is not None and i >= cents_from) else 1.0
             spans += bench.spans_for(bench.rows(rng, 40, unit=unit), t0 + i * 100 * sec + (client == "2.0") * sec // 2,
                                      2 * sec, client=client, rng=rng)
     refp = tmp_path / "ref.json"
     save_reference(refp, "m", None, mp.distributions(bench.spans_for(bench.rows(rng, 4000), 0, 1, rng=rng)), None, "t")
     rep = investigate_drift(bench.MemoryBackend(spans), model="m", version=None, start_ns=t0, end_ns=t0 + 1000 * sec,
                             reference=refp, interval_ns=100 * sec)
+    return rep, t0, sec
+
+
+def test_investigate_drift_onset_and_segment(tmp_path):
+    rep, t0, sec = _two_client_window(tmp_path, 6)
     top = rep.findings[0]
     assert top.evidence["feature"] == "amount"
     assert top.evidence["onset_ns"] == t0 + 600 * sec
@@ -178,3 +187,71 @@ def test_input_evidence_counts_calls_not_the_rows_of_one_batch():
     assert diffs[0]["feature"] == "amount" and diffs[0]["significant"], diffs[0]
     assert "amount missing in 100% of failing vs 0% of normal" in diffs[0]["summary"]
     assert not any(d["significant"] for d in diffs[1:]), diffs[1:]
+
+
+class _DriftCharts(HTMLParser):
+    """The drift histograms of an html report: feature -> series -> [(group, share)],
+    and the example trace lines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.charts: dict[str, dict[str, list[tuple[str, float]]]] = {}
+        self.other_charts: list[str] = []
+        self._feature: str | None = None
+        self._li = False
+        self.lines: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "svg":
+            if a.get("data-chart") == "drift-histogram":
+                self._feature = a["data-feature"]
+                self.charts[self._feature] = {}
+            else:
+                self.other_charts.append(a.get("data-chart"))
+        elif tag == "rect" and self._feature and "data-series" in a:
+            self.charts[self._feature].setdefault(a["data-series"], []).append((a["data-group"], float(a["data-share"])))
+        self._li = tag == "li"
+
+    def handle_endtag(self, tag):
+        if tag == "svg":
+            self._feature = None
+
+    def handle_data(self, data):
+        if self._li:
+            self.lines.append(data)
+
+
+def test_html_drift_report_has_a_histogram_per_drifted_feature(tmp_path):
+    """Each drifted feature gets a histogram of the reference's and the window's shares in
+    the groups the test compared; the shares are the report's, the mass moved where the
+    finding says, and a clean window draws none."""
+    from stagetrace.forensics import render
+
+    rep, _, _ = _two_client_window(tmp_path, 6)
+    parser = _DriftCharts()
+    parser.feed(render([rep], "html"))
+    drifted = [f.evidence["feature"] for f in rep.findings]
+    assert drifted and "amount" in drifted
+    assert sorted(parser.charts) == sorted(drifted)
+    for f in rep.findings:
+        chart = parser.charts[f.evidence["feature"]]
+        groups = f.evidence["groups"]
+        for series in ("reference", "current"):
+            got = chart[series]
+            assert [g for g, _ in got] == [g["group"] for g in groups]
+            assert [v for _, v in got] == pytest.approx([g[series] for g in groups], abs=1e-6)
+            assert sum(v for _, v in got) == pytest.approx(1.0, abs=1e-3)
+        # where the finding says the new mass went, the window's bar is the taller
+        top = dict(chart["current"])[f.evidence["top_group"]]
+        assert top > dict(chart["reference"])[f.evidence["top_group"]]
+    amount = parser.charts["amount"]
+    assert max(v for _, v in amount["current"]) < 0.9  # a real histogram, not one bar
+    assert any(line.startswith("stagetrace trace ") for line in parser.lines)
+    assert any("client.version=2.0" in line for line in parser.lines)
+
+    clean, _, _ = _two_client_window(tmp_path, None)
+    assert clean.findings == []
+    parser = _DriftCharts()
+    parser.feed(render([clean], "html"))
+    assert parser.charts == {}
