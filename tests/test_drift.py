@@ -3,6 +3,8 @@ by the real capture code."""
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -15,8 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import drift as bench  # noqa: E402  (benchmarks/drift.py: the synthetic generator)
 
+from stagetrace import mlprofile  # noqa: E402
 from stagetrace.forensics import mlprofiles as mp  # noqa: E402
-from stagetrace.forensics.drift import investigate_drift, save_reference  # noqa: E402
+from stagetrace.forensics.drift import PREDICTION, investigate_drift, load_reference, save_reference  # noqa: E402
 from stagetrace.forensics.mlprofiles import compare_input_profiles  # noqa: E402
 
 
@@ -255,3 +258,103 @@ def test_html_drift_report_has_a_histogram_per_drifted_feature(tmp_path):
     parser = _DriftCharts()
     parser.feed(render([clean], "html"))
     assert parser.charts == {}
+
+
+def _scored(spans, rng, model_shift: float):
+    """Give each one-row span the output profile of a model whose fraud probability
+    depends on amount, through the real output capture; ``model_shift`` moves the logit
+    (a retrained or swapped model: the inputs unchanged, the predictions not)."""
+    from stagetrace.instrumentation.profile_capture import output_attributes
+
+    class Model:  # what the capture reads of a scikit-learn classifier: its classes
+        classes_ = np.array([0, 1])
+
+    for sp in spans:
+        amount = mp.distributions([sp])["amount"]
+        code = next(iter(amount.counts)) if amount.counts else None
+        x = 50.0 if code is None else float(np.mean(mlprofile.bin_edges(code)))
+        p = 1.0 / (1.0 + np.exp(-((x - 50.0) / 10.0 - 1.0 + model_shift + rng.normal(0, 0.5))))
+        sp.attributes.update(output_attributes(np.array([[1.0 - p, p]]), Model()))
+    return spans
+
+
+def test_prediction_drift_without_input_drift_and_the_previous_period(tmp_path):
+    """A model swapped under unchanged inputs: the prediction scores drift, no input does,
+    against a reference built from stored predictions and against the previous period.
+    Without a reference the previous period is the baseline, and the report says so."""
+    rng = np.random.default_rng(12)
+    sec = 10**9
+    t0 = 1_700_000_000 * sec
+    refp = tmp_path / "ref.json"
+    ref_spans = _scored(bench.spans_for(bench.rows(rng, 3000), 0, 1, rng=rng), rng, 0.0)
+    save_reference(refp, "m", None, mp.distributions(ref_spans), mp.score_dist(ref_spans), "stored predictions")
+    prev = _scored(bench.spans_for(bench.rows(rng, 1500), t0 - 1000 * sec, sec // 2, rng=rng), rng, 0.0)
+    clean = _scored(bench.spans_for(bench.rows(rng, 1500), t0, sec // 2, rng=rng), rng, 0.0)
+    swapped = _scored(bench.spans_for(bench.rows(rng, 1500), t0, sec // 2, rng=rng), rng, 1.5)
+
+    def drift(window, reference):
+        return investigate_drift(bench.MemoryBackend(prev + window), model="m", version=None, start_ns=t0,
+                                 end_ns=t0 + 1000 * sec, reference=reference, interval_ns=100 * sec)
+
+    rep = drift(swapped, refp)
+    assert [f.evidence["feature"] for f in rep.findings] == [PREDICTION], rep.verdict
+    row = next(r for r in rep.data["features"] if r["feature"] == PREDICTION)
+    assert row["vs_previous"] is not None and row["vs_previous"]["significant"], row["vs_previous"]
+    assert rep.findings[0].evidence["vs_previous_psi"] == row["vs_previous"]["psi"]
+    assert drift(clean, refp).findings == []
+    rep = drift(swapped, None)
+    assert any("previous period" in n for n in rep.notes), rep.notes
+    assert [f.evidence["feature"] for f in rep.findings] == [PREDICTION], rep.verdict
+    assert "the previous period" in rep.findings[0].summary
+    assert drift(clean, None).findings == []
+
+
+def _outputs(spans, values, instance):
+    from stagetrace.instrumentation.profile_capture import output_attributes
+
+    for sp, v in zip(spans, values):
+        sp.attributes.update(output_attributes(np.asarray(v), instance))
+    return spans
+
+
+def test_prediction_scores_in_score_units_for_classifiers_and_regressors(tmp_path):
+    """A confident classifier whose scores move within 0.80-0.95 (a 0.05 grid, labelled as
+    scores, not as internal bins), a regressor's values (not counted as missing), and a
+    version-1 reference's stored scores, read as score steps."""
+    rng = np.random.default_rng(8)
+
+    class Clf:
+        classes_ = np.array(["legit", "fraud"])
+
+    def clf_spans(n, center):
+        p = np.clip(rng.normal(center, 0.03, n), 0, 1)
+        return _outputs(bench.spans_for(bench.rows(rng, n), 0, 1, rng=rng), [[[1 - q, q]] for q in p], Clf())
+
+    ref = mp.score_dist(clf_spans(3000, 0.84))
+    assert ref.kind == "s" and ref.missing == 0
+    shifted = mp.compare(PREDICTION, ref, mp.score_dist(clf_spans(1500, 0.88)), tests=5)
+    assert shifted.significant and shifted.top_group in ("[0.85, 0.90)", "[0.90, 0.95)", ">= 0.90", ">= 0.95")
+    labels = [g["group"] for g in shifted.groups]
+    # score units on the 0.05 grid: "< 0.85", "[0.85, 0.90)", ">= 0.90" (main: "< 16", "[16, 20)")
+    assert len(labels) >= 4 and all(re.fullmatch(r"(< |>= )?\[?[01]\.\d[05](, [01]\.\d[05]\))?", lb)
+                                    for lb in labels[:-1]), labels
+    assert not mp.compare(PREDICTION, ref, mp.score_dist(clf_spans(1500, 0.84)), tests=5).significant
+
+    def reg_spans(n, mean):
+        return _outputs(bench.spans_for(bench.rows(rng, n), 0, 1, rng=rng), [[v] for v in rng.normal(mean, 20, n)], None)
+
+    reg = mp.score_dist(reg_spans(3000, 200.0))
+    assert reg.kind == "n" and reg.missing == 0 and reg.rows == 3000
+    assert mp.compare(PREDICTION, reg, mp.score_dist(reg_spans(1500, 215.0)), tests=5).significant
+    assert not mp.compare(PREDICTION, reg, mp.score_dist(reg_spans(1500, 200.0)), tests=5).significant
+
+    # a reference written before the steps (version 1: the steps plus one, as float bins)
+    old = mp.FeatureDist("n", missing=3, rows=33)
+    old.counts.update({int(mlprofile.bin_codes([17.0])[0]): 20, int(mlprofile.bin_codes([3.0])[0]): 10})
+    refp = tmp_path / "v1.json"
+    save_reference(refp, "m", None, {}, None, "t")
+    doc = json.loads(refp.read_text())
+    doc.update(version=1, prediction=old.to_json())
+    refp.write_text(json.dumps(doc))
+    _, pred, _ = load_reference(refp)
+    assert pred.kind == "s" and dict(pred.counts) == {15: 20, 2: 10} and (pred.missing, pred.rows) == (3, 33)
