@@ -48,6 +48,22 @@ def test_drift_no_false_alarm_and_detects_a_shift():
     assert flags == {"amount": True, "income": False, "country": False, "age": False}
 
 
+@pytest.mark.parametrize("change,feature", [({"extra_missing": 0.10}, "age"), ({"new_category": True}, "country"),
+                                            ({"unit": 100.0}, "amount")])
+def test_each_kind_of_shift_is_found_on_its_feature_alone(change, feature):
+    """The issue's known answers, 2 000 one-row predictions each: 10 more points of missing
+    values, a new category at 5 %, a x100 unit change; the clean window beside each names
+    nothing (benchmarks/drift.py runs these 10 times each and 20 clean windows)."""
+    rng = np.random.default_rng(31)
+    ref = mp.distributions(bench.spans_for(bench.rows(rng, 10_000), 0, 1, rng=rng))
+    tests = len(bench.NAMES) + 1
+    cur = mp.distributions(bench.spans_for(bench.rows(rng, 2000, **change), 0, 1, rng=rng))
+    flags = {f: mp.compare(f, ref[f], cur[f], tests=tests).significant for f in bench.NAMES}
+    assert flags == {f: f == feature for f in bench.NAMES}, flags
+    clean = mp.distributions(bench.spans_for(bench.rows(rng, 2000), 0, 1, rng=rng))
+    assert not any(mp.compare(f, ref[f], clean[f], tests=tests).significant for f in bench.NAMES)
+
+
 def _two_client_window(tmp_path, cents_from: int | None):
     """(report, t0, sec): 10 intervals of 100 s, two clients; client 2.0 sends ``amount``
     x100 from interval ``cents_from`` on (None: never)."""
