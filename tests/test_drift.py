@@ -374,3 +374,16 @@ def test_prediction_scores_in_score_units_for_classifiers_and_regressors(tmp_pat
     refp.write_text(json.dumps(doc))
     _, pred, _ = load_reference(refp)
     assert pred.kind == "s" and dict(pred.counts) == {15: 20, 2: 10} and (pred.missing, pred.rows) == (3, 33)
+
+
+def test_text_and_markdown_drift_reports_give_example_traces(tmp_path):
+    from stagetrace.forensics import render
+
+    rep, _, _ = _two_client_window(tmp_path, 6)
+    ids = rep.findings[0].evidence["example_trace_ids"]
+    assert ids
+    for fmt in ("text", "md"):
+        page = render([rep], fmt)
+        lines = "\n".join(ln for ln in page.splitlines() if ln.lstrip("- ").startswith("amount:"))
+        assert lines, page
+        assert all(f"stagetrace trace {t}" in lines for t in ids), (fmt, lines)
