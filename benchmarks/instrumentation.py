@@ -286,7 +286,10 @@ os._exit(0)  # no exit-time flush in the count
 
 def _instructions(pythonpath: str | None, mode: str, calls: int, gc_mode: str) -> int:
     """Instructions executed by one child process (valgrind's cachegrind, no cache simulation)."""
-    env = dict(os.environ, PYTHONHASHSEED="0")
+    # one BLAS thread: OpenBLAS's idle worker threads spin, and valgrind counts their spinning
+    # (2.2 k instructions per call of difference between two runs of the same code in session 9);
+    # the call under test makes no BLAS call
+    env = dict(os.environ, PYTHONHASHSEED="0", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     out = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
