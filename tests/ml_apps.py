@@ -1,6 +1,7 @@
 """Run a test app under the real ``opentelemetry-instrument``, exporting to a real
-``stagetrace collector``, and read its inference spans back from the store (shared by
-the issue 18 tests that run real models)."""
+``stagetrace collector``, and read its inference spans back from the store; or make
+calls in this process under the sklearn hook with a real SDK span processor and the
+SDK's in-memory exporter (shared by the issue 18 tests that run real models)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,25 @@ def run_instrumented(app: Path, args: list[str], collector, cwd: Path, **env_var
     assert "internal error" not in run.stderr, run.stderr[-3000:]  # a profile failure is logged, not raised
 
 
+
+
+def export_calls(processor_factory, profile, calls, sampler=None):
+    """(results, every exported span) of ``calls`` made under the sklearn hook, with
+    ``profile`` settings, through ``processor_factory(exporter)``; uninstrumented after."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from stagetrace.instrumentation.instrumentor import StagetraceInstrumentor
+
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider(sampler=sampler) if sampler is not None else TracerProvider()
+    tp.add_span_processor(processor_factory(exporter))
+    inst = StagetraceInstrumentor()
+    inst.instrument(tracer_provider=tp, stages="", libraries=["sklearn"], profile=profile)
+    try:
+        results = [call() for call in calls]
+        tp.force_flush()
+    finally:
+        inst.uninstrument()
+        tp.shutdown()
+    return results, exporter.get_finished_spans()

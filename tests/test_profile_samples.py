@@ -13,16 +13,15 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sklearn.feature_extraction import DictVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from stagetrace import mlprofile, semconv
 from stagetrace.instrumentation import profiling, wrapping
-from stagetrace.instrumentation.instrumentor import StagetraceInstrumentor
+
+from ml_apps import export_calls  # noqa: I001 - tests/ helper
 
 NAMES = ["amount", "ssn", "merchant_risk"]
 # values no bin, hash or float formatting can produce by chance: if one shows up on a span,
@@ -61,18 +60,7 @@ def _calls(models):
 
 def _export(settings, calls, processor=BatchSpanProcessor):
     """(results, exported spans) of ``calls`` made under the sklearn hook."""
-    exporter = InMemorySpanExporter()
-    tp = TracerProvider()
-    tp.add_span_processor(processor(exporter))
-    inst = StagetraceInstrumentor()
-    inst.instrument(tracer_provider=tp, stages="", libraries=["sklearn"], profile=settings)
-    try:
-        results = [call() for call in calls]
-        tp.force_flush()
-    finally:
-        inst.uninstrument()
-        tp.shutdown()
-    return results, exporter.get_finished_spans()
+    return export_calls(processor, settings, calls)
 
 
 def _spans(env: dict[str, str], models, processor=BatchSpanProcessor):
