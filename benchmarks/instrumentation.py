@@ -38,8 +38,9 @@ target is judged on the largest of the three. Targets: <= 3 % of the 64-row call
 for one row.
 
 ``--instructions --compare-with GITREF``: the profile's in-call cost in instructions
-(valgrind), GITREF's package and this tree's: independent of the machine's load, though runs
-of the same code differ by up to ~3 000 instructions per call (about 0.7 us).
+(valgrind), GITREF's package and this tree's: independent of the machine's load. Runs of the
+same code differ by about 60 instructions per call (they differed by up to ~3 000 before the
+child ran with one OpenBLAS thread, session 9).
 """
 
 from __future__ import annotations
@@ -303,8 +304,8 @@ def compare_instructions(ref: str, calls: tuple[int, int] = (1000, 5000), gc_mod
     """Per-call instructions of a one-row profiled call, profile off and on, ``ref``'s package
     and this tree's: (count at the larger call number - at the smaller) / the difference, so
     start-up and warm-up cancel. Independent of the machine's load (not of cache misses),
-    though not exact: runs of the same code differ by up to ~3 000 instructions per call
-    (memory layout, the spans' random ids), so read differences below that as none.
+    though not exact: runs of the same code differ by about 60 instructions per call (up to
+    ~3 000 while OpenBLAS's idle threads were counted), so read differences below that as none.
     Twice: with the cyclic GC off during the calls (the calls' own code), and on (adds the
     collections, whose cost grows with the spans left in the queue: the count is then
     sensitive to when the collections fall)."""
