@@ -58,8 +58,8 @@ def _investigation(con: Console, r: Report) -> None:
             con.print(f"({len(r.findings) - len(shown)} more below the significance bar: --format json lists all)",
                       style="dim")
         for feature, ids in drift_examples(r):
-            for t in ids:  # one per line: a console narrower than three ids would wrap one apart
-                con.print(f"{feature}: example stagetrace trace {t}", soft_wrap=True)
+            for tid in ids:  # one per line: a console narrower than three ids would wrap one apart
+                con.print(f"{feature}: example stagetrace trace {tid}", soft_wrap=True)
     if r.data.get("stage_breakdown"):
         t = Table(title="Critical-path self time per stage (mean)")
         for col in ("stage", "slow", "baseline", "excess", "share of excess"):
