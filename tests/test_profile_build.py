@@ -12,6 +12,7 @@ shifted feature, and only it, in the shifted period, and nothing in the clean on
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,7 +79,7 @@ def test_reference_from_a_training_file_finds_the_shift_and_only_it(served, trai
 def test_reference_from_a_healthy_window_is_stored_per_model_and_version(served, tmp_path):
     data, app_dir, periods = served
     store = tmp_path / "profiles-home"  # the data dir of the references: the spans' store, copied
-    subprocess.run(["cp", "-r", str(data), str(store)], check=True)
+    shutil.copytree(data, store)
     healthy, clean, shifted = periods["healthy"], periods["clean"], periods["shifted"]
     r = _cli("profile", "build", "--model", "fraud", "--version", "v1", "--from", str(healthy[0]),
              "--until", str(healthy[1]), "--data-dir", str(store))
