@@ -38,8 +38,10 @@ target is judged on the largest of the three. Targets: <= 3 % of the 64-row call
 for one row.
 
 ``--instructions --compare-with GITREF``: the profile's in-call cost in instructions
-(valgrind), GITREF's package and this tree's: independent of the machine's load, though runs
-of the same code differ by up to ~3 000 instructions per call (about 0.7 us).
+(valgrind), GITREF's package and this tree's, each laid out under the same paths
+(``--instr-layouts``): independent of the machine's load. Paired layout by layout, two copies
+of the same code agree to about 50 instructions per call; the layout alone moves the count
+by up to ~1.8k, and OpenBLAS's idle threads (now one) by ~2k (session 9).
 """
 
 from __future__ import annotations
@@ -219,14 +221,30 @@ def compare_profile_cost(ref: str, pairs: int, runs: int) -> None:
                                 str(pairs)], env=env, check=True)
 
 
+_FOLDERS = {"core": "stagetrace", "instrumentation": "stagetrace/instrumentation",
+            "collector": "stagetrace/collector", "forensics": "stagetrace/forensics"}
+
+
+def _extract_worktree(tmp: str) -> str:
+    """This working tree's package laid out under ``tmp`` as :func:`_extract` lays out a ref's:
+    counted the same way, the two differ only by their code (imported through the editable
+    install instead, this tree read 0.6-1.4k instructions per call below an extracted copy of
+    the same code, profile off and on alike; session 9)."""
+    import shutil
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for src, dst in _FOLDERS.items():
+        shutil.copytree(os.path.join(root, src), os.path.join(tmp, dst),
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True)
+    return tmp
+
+
 def _extract(ref: str, tmp: str) -> str:
     """``ref``'s stagetrace package under ``tmp`` (a path to put first on PYTHONPATH)."""
     import shutil
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    folders = {"core": "stagetrace", "instrumentation": "stagetrace/instrumentation",
-               "collector": "stagetrace/collector", "forensics": "stagetrace/forensics"}
-    for src, dst in folders.items():
+    for src, dst in _FOLDERS.items():
         archive = subprocess.run(["git", "-C", root, "archive", "--format=tar", ref, src],
                                  capture_output=True, check=True).stdout
         os.makedirs(os.path.join(tmp, "x"), exist_ok=True)
@@ -286,7 +304,10 @@ os._exit(0)  # no exit-time flush in the count
 
 def _instructions(pythonpath: str | None, mode: str, calls: int, gc_mode: str) -> int:
     """Instructions executed by one child process (valgrind's cachegrind, no cache simulation)."""
-    env = dict(os.environ, PYTHONHASHSEED="0")
+    # one BLAS thread: OpenBLAS's idle worker threads spin, and valgrind counts their spinning
+    # (2.2 k instructions per call of difference between two runs of the same code in session 9);
+    # the call under test makes no BLAS call
+    env = dict(os.environ, PYTHONHASHSEED="0", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     out = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
@@ -296,35 +317,52 @@ def _instructions(pythonpath: str | None, mode: str, calls: int, gc_mode: str) -
     return int(line.rsplit(None, 1)[-1].replace(",", ""))
 
 
-def compare_instructions(ref: str, calls: tuple[int, int] = (1000, 5000), gc_modes=("nogc", "gc")) -> None:
+def compare_instructions(ref: str, calls: tuple[int, int] = (1000, 5000), gc_modes=("nogc", "gc"),
+                         layouts: int = 3) -> None:
     """Per-call instructions of a one-row profiled call, profile off and on, ``ref``'s package
     and this tree's: (count at the larger call number - at the smaller) / the difference, so
-    start-up and warm-up cancel. Independent of the machine's load (not of cache misses),
-    though not exact: runs of the same code differ by up to ~3 000 instructions per call
-    (memory layout, the spans' random ids), so read differences below that as none.
-    Twice: with the cyclic GC off during the calls (the calls' own code), and on (adds the
-    collections, whose cost grows with the spans left in the queue: the count is then
-    sensitive to when the collections fall)."""
+    start-up and warm-up cancel. Independent of the machine's load (not of cache misses).
+
+    Where the package lies moves the count: the same code laid out under paths of other
+    lengths read 12.5k, 13.3k and 14.3k for the profile (session 9; allocations shift with
+    the path strings). So both trees are laid out under ``layouts`` paths of the same
+    lengths, and compared layout by layout: paired, two copies of the same code agree to
+    about 50 instructions per call. Twice: with the cyclic GC off during the calls (the
+    calls' own code), and on (adds the collections, whose cost grows with the spans left in
+    the queue: the count is then sensitive to when the collections fall)."""
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="stagetrace-bench-") as tmp:
-        trees = {f"{ref} (before)": _extract(ref, tmp), "this tree": None}
+    with tempfile.TemporaryDirectory(prefix="stagetrace-bench-") as root:
         lo, hi = calls
         print(f"instructions per one-row call (sklearn hook's spec, a model returning a (1, 2) array; "
-              f"calls {lo} and {hi}, PYTHONHASHSEED=0; load average {os.getloadavg()[0]:.1f})")
-        for label, path in trees.items():
-            env = dict(os.environ, **({"PYTHONPATH": path} if path else {}))
+              f"calls {lo} and {hi}, PYTHONHASHSEED=0; {layouts} layouts; load average {os.getloadavg()[0]:.1f})")
+        pairs = []
+        for k in range(layouts):
+            pad = "p" * (1 + 12 * k)  # the same path length for both trees in a layout
+            ref_dir, cur_dir = os.path.join(root, f"ref-{pad}"), os.path.join(root, f"cur-{pad}")
+            os.makedirs(ref_dir)
+            os.makedirs(cur_dir)
+            pairs.append({f"{ref} (before)": _extract(ref, ref_dir), "this tree": _extract_worktree(cur_dir)})
+        for label, path in pairs[0].items():
+            env = dict(os.environ, PYTHONPATH=path)
             per = {mode: subprocess.run([sys.executable, "-c", _INSTR_CHILD, mode, "2000", "count"], env=env,
                                         capture_output=True, text=True, check=True).stdout.strip()
                    for mode in ("off", "on")}
             print(f"  objects tracked by the cyclic GC per queued span, {label}: off {per['off']}, on {per['on']}")
         for gc_mode in gc_modes:
-            for label, path in trees.items():
-                per = {}
-                for mode in ("off", "on"):
-                    per[mode] = (_instructions(path, mode, hi, gc_mode) - _instructions(path, mode, lo, gc_mode)) / (hi - lo)
-                print(f"  GC {'off' if gc_mode == 'nogc' else 'on ':<4}{label:<16} off {per['off']:9.0f}   "
-                      f"on {per['on']:9.0f}   profile {per['on'] - per['off']:7.0f}", flush=True)
+            diffs = []
+            for k, trees in enumerate(pairs):
+                prof = {}
+                for label, path in trees.items():
+                    per = {}
+                    for mode in ("off", "on"):
+                        per[mode] = (_instructions(path, mode, hi, gc_mode) - _instructions(path, mode, lo, gc_mode)) / (hi - lo)
+                    prof[label] = per["on"] - per["off"]
+                    print(f"  GC {'off' if gc_mode == 'nogc' else 'on ':<4}layout {k + 1} {label:<16} off {per['off']:9.0f}   "
+                          f"on {per['on']:9.0f}   profile {prof[label]:7.0f}", flush=True)
+                diffs.append(prof["this tree"] - prof[f"{ref} (before)"])
+            print(f"  GC {'off' if gc_mode == 'nogc' else 'on '}: this tree's profile minus {ref}'s, layout by layout: "
+                  + ", ".join(f"{d:+.0f}" for d in diffs) + f" (median {statistics.median(diffs):+.0f})", flush=True)
 
 
 def main() -> None:
@@ -346,6 +384,8 @@ def main() -> None:
                     help="with --instructions: the two call counts whose difference is counted (more: less spread)")
     ap.add_argument("--instr-gc", choices=("both", "off", "on"), default="both",
                     help="with --instructions: count with the cyclic GC off, on, or both")
+    ap.add_argument("--instr-layouts", type=int, default=3, metavar="N",
+                    help="with --instructions: lay both trees out under N paths (the count moves with the layout)")
     a = ap.parse_args()
     if a.instructions and a.compare_with:
         try:
@@ -354,7 +394,8 @@ def main() -> None:
                 raise ValueError
         except ValueError:
             ap.error(f"--instr-calls {a.instr_calls!r}: two call counts LO,HI with 0 < LO < HI")
-        compare_instructions(a.compare_with, (lo, hi), {"both": ("nogc", "gc"), "off": ("nogc",), "on": ("gc",)}[a.instr_gc])
+        compare_instructions(a.compare_with, (lo, hi), {"both": ("nogc", "gc"), "off": ("nogc",), "on": ("gc",)}[a.instr_gc],
+                             max(1, a.instr_layouts))
         return
     if a.profile_only and a.compare_with:
         compare_profile_cost(a.compare_with, a.profile_pairs, a.runs)

@@ -39,6 +39,10 @@ _SKIP_ATTRS = {semconv.ML_INPUT_PROFILE, semconv.ML_OUTPUT_PROFILE, semconv.ML_P
 
 # --- reference profiles --------------------------------------------------------------
 
+# 2: a classifier's prediction scores are stored as 0.05 steps (mlprofiles.score_dist); 1 is read too
+REFERENCE_VERSION = 2
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "_"
 
@@ -53,7 +57,7 @@ def save_reference(path: Path, model: str, version: str | None, dists: dict[str,
     """``correlations``: :func:`row_correlations` of a reference made from stored
     predictions; None for independent rows (a training file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"schema": "stagetrace.profile", "version": 1, "model": model, "model_version": version, "source": source,
+    doc = {"schema": "stagetrace.profile", "version": REFERENCE_VERSION, "model": model, "model_version": version, "source": source,
            "features": {k: v.to_json() for k, v in dists.items()},
            "prediction": scores.to_json() if scores is not None and scores.rows else None}
     if correlations is not None:
@@ -69,6 +73,8 @@ def load_reference(path: Path) -> tuple[dict[str, mp.FeatureDist], mp.FeatureDis
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
         feats = {k: mp.FeatureDist.from_json(v) for k, v in doc["features"].items()}
         pred = mp.FeatureDist.from_json(doc["prediction"]) if doc.get("prediction") else None
+        if pred is not None and doc.get("version") == 1:
+            pred = mp.score_dist_from_v1(pred)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"cannot read reference profile {path}: {exc}") from None
     return feats, pred, doc

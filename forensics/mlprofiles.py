@@ -24,6 +24,7 @@ MISSING = "missing"
 NEW = "new category"
 OTHER = "other categories"
 PREDICTION = "prediction score"  # the model's scores, compared like a feature
+SCORE_STEPS = 20  # a classifier's scores (probabilities) are counted on a 0.05 grid: kind "s", code = step
 MIN_ICC_CALLS = 50  # calls: fewer give no usable estimate of how alike the rows of one call are
 
 
@@ -31,7 +32,7 @@ MIN_ICC_CALLS = 50  # calls: fewer give no usable estimate of how alike the rows
 class FeatureDist:
     """One feature's observed values: bin/category code counts, missing values, rows."""
 
-    kind: str  # n | c | r
+    kind: str  # n | c | r, or s: a classifier's scores, code = the 0.05 step (score_dist)
     counts: Counter = field(default_factory=Counter)
     missing: int = 0
     rows: int = 0
@@ -133,7 +134,7 @@ def row_correlations(spans: list[Span]) -> tuple[dict[str, float], dict[str, flo
         out = mlprofile.decode_output(text) if text is not None else None
         if out is not None:
             sc = out.scores.astype(np.float64)
-            per.setdefault(PREDICTION, []).append(np.floor(sc[~np.isnan(sc)] * 20))  # score_dist's grid
+            per.setdefault(PREDICTION, []).append(np.floor(sc[~np.isnan(sc)] * SCORE_STEPS))  # score_dist's grid
     iccs, effects = {}, {}
     for name, groups in per.items():
         sizes = [len(g) for g in groups if len(g)]
@@ -198,8 +199,18 @@ def groups_for(ref: FeatureDist, cur: FeatureDist) -> tuple[list[str], Any]:
     keys = list(ref.counts or cur.counts)
     if not keys:
         return [MISSING], lambda code: 0
+    if ref.kind == "s" or cur.kind == "s":  # score steps: ordered as they are, labelled as scores
+        return _ordered_groups(ref, keys, lambda codes: list(codes),
+                               lambda code: (code / SCORE_STEPS, (code + 1) / SCORE_STEPS), "{:.2f}")
+    return _ordered_groups(ref, keys, lambda codes: mlprofile.bin_order(np.array(codes)).tolist(),
+                           mlprofile.bin_edges, "{:.4g}")
+
+
+def _ordered_groups(ref: FeatureDist, keys: list, order: Any, edges: Any, fmt: str) -> tuple[list[str], Any]:
+    """Up to ``MAX_GROUPS`` quantile groups of ordered codes (by the reference's counts),
+    labelled with the value ranges ``edges`` gives each code; "missing" last."""
     # the value order of every code at once (a watch evaluates this many times a second)
-    order_of = dict(zip(keys, mlprofile.bin_order(np.array(keys)).tolist()))
+    order_of = dict(zip(keys, order(keys)))
     codes = sorted(keys, key=order_of.__getitem__)
     total = sum(ref.counts[c] for c in codes) or 1
     bounds: list[int] = []  # order value of the last code of each group
@@ -214,9 +225,8 @@ def groups_for(ref: FeatureDist, cur: FeatureDist) -> tuple[list[str], Any]:
     prev = None
     for b in bounds:
         first = codes[0] if prev is None else min((c for c in codes if order_of[c] > prev), key=order_of.__getitem__)
-        lo = mlprofile.bin_edges(first)[0]
-        hi = mlprofile.bin_edges(by_order[b])[1]
-        labels.append(f"[{lo:.4g}, {hi:.4g})")
+        lo, hi = edges(first)[0], edges(by_order[b])[1]
+        labels.append(f"[{fmt.format(lo)}, {fmt.format(hi)})")
         prev = b
     if len(labels) > 1:
         labels[0] = "< " + labels[0].split(", ")[1].rstrip(")")
@@ -226,7 +236,7 @@ def groups_for(ref: FeatureDist, cur: FeatureDist) -> tuple[list[str], Any]:
     def of(code: int) -> int:
         o = order_of.get(code)
         if o is None:
-            o = int(mlprofile.bin_order(np.array([code]))[0])
+            o = int(order([code])[0])
         return int(min(np.searchsorted(bnd, o, side="left"), len(bnd) - 1))
     return labels + [MISSING], of
 
@@ -275,6 +285,8 @@ def compare(feature: str, ref: FeatureDist, cur: FeatureDist, tests: int = 1, al
     sampling noise alone exceeds with probability alpha (PSI ~ chi2(G-1) * (1/n + 1/m)
     under no change), so small samples need a bigger shift and huge ones do not
     flag trivial shifts."""
+    if (ref.kind == "s") != (cur.kind == "s"):
+        return None  # a classifier's score steps against a regressor's values: not comparable
     labels, of = groups_for(ref, cur)
     r, c = grouped(ref, of, len(labels)), grouped(cur, of, len(labels))
     if r.sum() < 1 or c.sum() < 1:
@@ -367,8 +379,12 @@ def compare_input_profiles(failing_spans: Sequence[Span], normal_spans: Sequence
 
 
 def score_dist(spans: Iterable[Span]) -> FeatureDist:
-    """The prediction's score distribution as a feature (bins of the scores)."""
-    d = FeatureDist("n")
+    """The prediction's score distribution as a feature. A classifier's scores (its
+    output names classes: probabilities, or a top-class confidence) are counted on a
+    0.05 grid (kind ``s``: even steps, labelled as scores); any other model's (a
+    regressor's values, raw logits) are binned like a numeric feature (kind ``n``)."""
+    grid: FeatureDist | None = None
+    binned: FeatureDist | None = None
     for sp in spans:
         text = sp.attributes.get(semconv.ML_OUTPUT_PROFILE)
         if text is None:
@@ -378,9 +394,27 @@ def score_dist(spans: Iterable[Span]) -> FeatureDist:
             continue
         s = out.scores.astype(np.float64)
         ok = ~np.isnan(s)
-        # scores in [0, 1] binned on a 0.05 grid (the float bins are too fine near 0)
-        codes = np.where((s >= 0) & (s <= 1), np.floor(s * 20).clip(0, 19), np.nan)
-        d.counts.update(mlprofile.bin_codes(codes[ok] + 1).tolist())
+        if out.classes:
+            d = grid = grid or FeatureDist("s")
+            d.counts.update(np.floor(s[ok].clip(0.0, 1.0) * SCORE_STEPS).clip(0, SCORE_STEPS - 1).astype(int).tolist())
+        else:
+            d = binned = binned or FeatureDist("n")
+            d.counts.update(mlprofile.bin_codes(s[ok]).tolist())
         d.missing += int((~ok).sum())
         d.rows += len(s)
-    return d
+    if grid is not None and binned is not None:  # one model named classes on some calls only: the majority's
+        return grid if grid.rows >= binned.rows else binned
+    return grid or binned or FeatureDist("s")
+
+
+def score_dist_from_v1(d: FeatureDist) -> FeatureDist:
+    """A prediction distribution stored by a version-1 reference (the 0.05 steps plus one,
+    as float bins: 4 per power of two, so steps merge above 0.35) as score steps; a merged
+    bin goes to its lowest step."""
+    if d.kind != "n":
+        return d
+    out = FeatureDist("s", missing=d.missing, rows=d.rows)
+    for code, n in d.counts.items():
+        lo = mlprofile.bin_edges(code)[0]
+        out.counts[int(min(SCORE_STEPS - 1, max(0, round(lo) - 1)))] += n
+    return out

@@ -5,7 +5,9 @@ a ticket. Every chart is an ``<svg data-chart="...">``:
 - ``latency-histogram`` (slow): selection vs baseline, log-spaced bins;
 - ``stage-breakdown`` (slow): critical-path self time per stage, slow vs baseline;
 - ``timeline`` (slow, errors): requests, slow/errors per bucket and p95 latency;
-- ``waterfall`` (trace): spans on a time axis, critical path highlighted.
+- ``waterfall`` (trace): spans on a time axis, critical path highlighted;
+- ``drift-histogram`` (drift): per drifted feature (and the prediction scores), the
+  reference's and the window's share of rows in each group of bins the test compared.
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ def _investigation(r: Report) -> str:
         out.append("<h2>Latency: slow requests vs baseline</h2>" + _histogram(d["latency_histogram"]))
     if "stage_breakdown" in d:
         out.append("<h2>Critical-path self time per stage</h2>" + _stages(d["stage_breakdown"]))
+    for f in r.findings:
+        if f.kind == "drift" and f.evidence.get("groups"):
+            out.append(_drift_finding(f.evidence))
     if "timeline" in d:
         title = "Errors and latency over time"
         out.append(f"<h2>{title}</h2>" + _timeline(d["timeline"], r.kind))
@@ -135,6 +140,47 @@ def _histogram(h: dict) -> str:
     out.append("<text x='8' y='14'>share of requests</text>")
     out.append(f"<rect x='{W - 220}' y='8' width='10' height='10' fill='{SEL}'/><text x='{W - 206}' y='17'>slow (selection)</text>"
                f"<rect x='{W - 110}' y='8' width='10' height='10' fill='{BASE}'/><text x='{W - 96}' y='17'>baseline</text>")
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _drift_finding(ev: dict) -> str:
+    """A drifted feature: its histogram against the reference, then where and since when."""
+    feature = str(ev.get("feature"))
+    out = [f"<h2>Drift: {_e(feature)}</h2>", _drift_histogram(feature, ev["groups"]), "<ul>"]
+    if ev.get("onset_ns"):
+        where = ev.get("onset_located_in")
+        inside = f" (located in {_e(where['attribute'])}={_e(where['value'])})" if where else ""
+        out.append(f"<li>onset {_e(fmt_time(ev['onset_ns']))}{inside}</li>")
+    for sg in (ev.get("segments") or [])[:3]:
+        out.append(f"<li>concentrated in <code>{_e(sg['attribute'])}={_e(sg['value'])}</code>: PSI {sg['psi_inside']:.2f} "
+                   f"there vs {sg['psi_outside']:.2f} elsewhere, {sg['share']:.0%} of requests</li>")
+    out.extend(f"<li class='mono'>stagetrace trace {_e(t)}</li>" for t in (ev.get("example_trace_ids") or [])[:3])
+    out.append("</ul>")
+    return "".join(out)
+
+
+def _drift_histogram(feature: str, groups: list[dict]) -> str:
+    """Shares of rows per group (the bins the chi-square and PSI compared), reference
+    beside the window: the picture of where the mass went."""
+    W, H, L, B = 760, 240, 50, 48
+    n = len(groups)
+    top = max([g["reference"] for g in groups] + [g["current"] for g in groups] + [1e-9])
+    bw = (W - L - 10) / max(n, 1)
+    out = [_svg_open("drift-histogram", W, H, f"{feature}: reference vs window").replace(
+        "<svg ", f"<svg data-feature='{_e(feature)}' ", 1)]
+    for i, g in enumerate(groups):
+        x = L + i * bw
+        for j, (series, col) in enumerate((("reference", BASE), ("current", SEL))):
+            v = float(g[series])
+            hh = (H - B - 10) * v / top
+            out.append(f"<rect data-series='{series}' data-group='{_e(g['group'])}' data-share='{v:.6f}' "
+                       f"x='{x + j * bw / 2:.1f}' y='{H - B - hh:.1f}' width='{max(bw / 2 - 1, 1):.1f}' height='{hh:.1f}' "
+                       f"fill='{col}'><title>{_e(g['group'])}: {v:.1%} ({series})</title></rect>")
+        out.append(f"<text x='{x + bw / 2:.1f}' y='{H - B + 14}' text-anchor='middle'>{_e(g['group'])}</text>")
+    out.append("<text x='8' y='14'>share of rows</text>")
+    out.append(f"<rect x='{W - 220}' y='8' width='10' height='10' fill='{BASE}'/><text x='{W - 206}' y='17'>reference</text>"
+               f"<rect x='{W - 120}' y='8' width='10' height='10' fill='{SEL}'/><text x='{W - 106}' y='17'>window</text>")
     out.append("</svg>")
     return "".join(out)
 

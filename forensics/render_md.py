@@ -6,7 +6,7 @@ from typing import Sequence
 
 from .metricnames import limit_series
 from .render_text import METRIC_ROWS_PER_METRIC
-from .report import Report, headline
+from .report import Report, drift_examples, headline
 from .timefmt import fmt_ms, fmt_time
 
 
@@ -34,6 +34,9 @@ def render_md(reports: Sequence[Report]) -> str:
                 for i, f in enumerate(r.findings, 1):
                     out.append(f"| {i} | {f.kind} | {'yes' if f.significant else 'no'} | {f.confidence or ''} | "
                                f"{f.score:.2f} | {_cell(f.summary)} |")
+                out.append("")
+                for feature, ids in drift_examples(r):
+                    out.append(f"- {_cell(feature)}: " + ", ".join(f"`stagetrace trace {t}`" for t in ids))
                 out.append("")
             if r.data.get("stage_breakdown"):
                 out.append("## Critical-path self time per stage (mean)\n")

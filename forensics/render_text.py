@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .metricnames import limit_series
-from .report import Report, headline
+from .report import Report, drift_examples, headline
 from .timefmt import fmt_ms, fmt_time
 
 _SEV_STYLE = {"ERROR": "bold red", "FATAL": "bold red", "CRITICAL": "bold red", "WARN": "yellow", "WARNING": "yellow"}
@@ -57,6 +57,9 @@ def _investigation(con: Console, r: Report) -> None:
         if len(shown) < len(r.findings):
             con.print(f"({len(r.findings) - len(shown)} more below the significance bar: --format json lists all)",
                       style="dim")
+        for feature, ids in drift_examples(r):
+            for tid in ids:  # one per line: a console narrower than three ids would wrap one apart
+                con.print(f"{feature}: example stagetrace trace {tid}", soft_wrap=True)
     if r.data.get("stage_breakdown"):
         t = Table(title="Critical-path self time per stage (mean)")
         for col in ("stage", "slow", "baseline", "excess", "share of excess"):

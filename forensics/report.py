@@ -133,6 +133,13 @@ def to_json(reports: Sequence[Report], indent: int | None = 2) -> str:
     return json.dumps(doc, indent=indent, ensure_ascii=False, allow_nan=False) + "\n"
 
 
+def drift_examples(r: Report, limit: int = 3) -> list[tuple[str, list[str]]]:
+    """(feature, example trace ids) of each drift finding, for the renderers' example lines
+    (the html report draws them under the feature's histogram)."""
+    return [(str(f.evidence.get("feature")), list(f.evidence.get("example_trace_ids") or [])[:limit])
+            for f in r.findings if f.kind == "drift" and f.evidence.get("example_trace_ids")]
+
+
 def headline(text: Any, limit: int = 120) -> str:
     """A message fit for a one-sentence ``summary``: its first non-empty line,
     cut at ``limit`` characters with an ellipsis. Exception messages can be whole

@@ -310,7 +310,9 @@ def _profile_input(spec: StageSpec, instance, args, kwargs, model: str | None) -
 _MARK = "_stagetrace_profile"
 _DEFER_MAX_BYTES = 32768
 _defer_state: list = [None, False]  # [the tracer's span-processor tuple, whether profiles may be deferred]
-_ndarray: list = [None]  # numpy.ndarray, once the capture module (which imports numpy) is loaded
+# [numpy.ndarray, the float64 dtype], once the capture module (which imports numpy) is loaded: a
+# float64 array (the usual model input and output) is told numeric by identity, not by reading .kind
+_ndarray: list = [None, None]
 _UNSAMPLED = "unsampled"  # _Frame.profiled of a deferrable call whose span records nothing
 
 
@@ -321,7 +323,9 @@ def _defer_recheck(procs) -> None:
         from . import profile_export
         ok = profile_export.wrap_processors(procs)
         if _ndarray[0] is None:
-            _ndarray[0] = _capture_module().np.ndarray
+            np = _capture_module().np
+            _ndarray[1] = np.dtype(np.float64)
+            _ndarray[0] = np.ndarray
     except Exception:
         ok = False
     _defer_state[0], _defer_state[1] = procs, ok
@@ -385,7 +389,7 @@ def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
                     x = args[0] if args and spec.model_input is None else _model_input(spec, args, kwargs)
                     if x.__class__ is _ndarray[0] and 0 < x.nbytes <= _DEFER_MAX_BYTES:
                         dt = x.dtype
-                        if dt.kind in "fiub":
+                        if dt is _ndarray[1] or dt.kind in "fiub":
                             # tobytes: the app may reuse its buffer once the call returns; one flat
                             # list: slots 0-6 the input (resolve_input's arguments), 7-9 the output
                             pending = [prof, x.tobytes(), dt, x.shape, instance, spec.qualname, model, None, None, None]
@@ -459,9 +463,10 @@ def _end(active: _Active, spec: StageSpec, exc: BaseException | None, args, kwar
             if pending:
                 try:
                     if pending.__class__ is list and result.__class__ is _ndarray[0] \
-                            and 0 < result.nbytes <= _DEFER_MAX_BYTES and result.dtype.kind in "fiub":
+                            and 0 < result.nbytes <= _DEFER_MAX_BYTES \
+                            and ((dt := result.dtype) is _ndarray[1] or dt.kind in "fiub"):
                         # deferred input: defer the output too (a snapshot, as for the input)
-                        pending[7:] = result.tobytes(), result.dtype, result.shape
+                        pending[7:] = result.tobytes(), dt, result.shape
                     else:
                         _profile_output(active, spec, result)
                 except Exception:

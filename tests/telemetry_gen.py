@@ -224,11 +224,13 @@ def _hex(i: int, width: int) -> str:
 def generate(scenario: str, exporters, *, minutes: float = 20, per_minute: int = 60,
              onset_fraction: float = 0.5, seed: int = 7, end_ns: int | None = None,
              tail_sampling: TailSampling | None = None, metric_step_s: int = 10,
-             profiles: bool = False) -> GenResult:
+             profiles: bool = False, unrelated_inputs: bool = False) -> GenResult:
     """Emit ``minutes`` of history ending at ``end_ns`` (default: now); with
     ``tail_sampling``, store only the spans the gateway Collector would keep; with
     ``profiles`` (always under ``slow_inputs``), inference spans carry the model's input
-    profile, made by the real capture code."""
+    profile, made by the real capture code; with ``unrelated_inputs`` the profile's missing
+    feature is drawn apart from the one the fault depends on (a control: the same fault,
+    inputs that do not explain it)."""
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}")
     rnd = random.Random(f"{scenario}:{seed}")
@@ -245,7 +247,7 @@ def generate(scenario: str, exporters, *, minutes: float = 20, per_minute: int =
     for i in range(n):
         t = start_ns + int((i + rnd.random()) * (end_ns - start_ns - 3e9) / n)
         _request(rnd, scenario, t, t >= onset_ns, api[i % 2], feat, res,
-                 profiles or scenario == "slow_inputs")
+                 profiles or scenario == "slow_inputs", unrelated_inputs)
     for s in (*api, feat):
         s.flush()
     res.metric_points = _metrics(rnd, scenario, exporters, api, feat, start_ns, end_ns, onset_ns, metric_step_s)
@@ -294,7 +296,7 @@ def _exc_event(span, exc_type: str, message: str, frames: list[str], t: int) -> 
 
 
 def _request(rnd, scenario, t0, faulty, api: _Service, feat: _Service, res: GenResult,
-             profiles: bool = False) -> None:
+             profiles: bool = False, unrelated_inputs: bool = False) -> None:
     user = f"u{rnd.randrange(100000)}"
     shard = rnd.randrange(8)
     batch = rnd.randint(64, 256) if rnd.random() < 0.12 else rnd.randint(1, 32)
@@ -387,7 +389,8 @@ def _request(rnd, scenario, t0, faulty, api: _Service, feat: _Service, res: GenR
         if rnd.random() < 0.03:
             d += rnd.randint(60, 250) * MS  # natural tail: GC pause, no log line
         if profiles:
-            inf.set_attributes(_input_profile(rnd, batch, missing_feature))
+            shown = rnd.random() < 0.35 if unrelated_inputs else missing_feature
+            inf.set_attributes(_input_profile(rnd, batch, shown))
         if scenario == "slow_inputs" and faulty and missing_feature:
             d += rnd.randint(150, 400) * MS  # the new imputer's slow path for rows without merchant_risk
             injected = True

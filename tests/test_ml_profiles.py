@@ -10,10 +10,6 @@ scored. Labels go through ``POST /stagetrace/v1/labels`` and are read back too.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -27,19 +23,11 @@ from stagetrace.collector import labels as labels_mod
 from stagetrace.collector.process import start_collector
 from stagetrace.collector.query import EmbeddedBackend
 
+from ml_apps import inference_spans as _inference_spans  # noqa: I001 - tests/ helper
+from ml_apps import run_instrumented as _run_instrumented
+
 APP = Path(__file__).parent / "apps" / "mlprofile_app.py"
 MORE_APP = Path(__file__).parent / "apps" / "mlprofile_more_app.py"
-BIN = Path(sys.executable).parent
-
-
-def _inference_spans(data_dir: Path, want: int, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        with EmbeddedBackend(data_dir) as be:
-            spans = [s for s in be.find_spans(TraceQuery(limit=None)) if s.attributes.get(semconv.ML_STAGE) == "inference"]
-        if len(spans) >= want or time.monotonic() > deadline:
-            return spans
-        time.sleep(0.5)
 
 
 def _post(url: str, body: bytes, token: str | None = None) -> tuple[int, dict]:
@@ -51,20 +39,6 @@ def _post(url: str, body: bytes, token: str | None = None) -> tuple[int, dict]:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
-
-
-def _run_instrumented(app: Path, args: list[str], collector, cwd: Path, **env_vars: str) -> None:
-    """``opentelemetry-instrument python app args...`` exporting to ``collector``, with no
-    OTEL_/STAGETRACE_ variable of the test run leaking in."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "STAGETRACE_"))}
-    env.update({"PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "OTEL_SERVICE_NAME": "scorer",
-                "OTEL_EXPORTER_OTLP_ENDPOINT": collector.http_endpoint,
-                "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer%20s3cret", "OTEL_METRICS_EXPORTER": "none"})
-    env.update(env_vars)
-    run = subprocess.run([str(BIN / "opentelemetry-instrument"), sys.executable, str(app), *args], env=env,
-                         capture_output=True, text=True, timeout=300, cwd=cwd)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "internal error" not in run.stderr, run.stderr[-3000:]  # a profile failure is logged, not raised
 
 
 @pytest.mark.slow
@@ -274,3 +248,42 @@ def test_model_name_settings_precedence_and_bad_values(caplog):
     text = caplog.text
     assert "[tool.stagetrace.model] name" in text and "colour" in text and "[tool.stagetrace.model.stages] B" in text
     assert modelnames.load({}, "not a table", {}) is None and "it must be a table" in caplog.text
+
+
+@pytest.mark.slow
+def test_user_stage_functions_are_profiled_by_configuration(tmp_path):
+    """Plain functions named in ``STAGETRACE_STAGES`` (no model library inside) get the
+    same profiles under ``opentelemetry-instrument``: request dicts (names from the keys,
+    a categorical feature, missing values) and a bare array whose feature names come from
+    ``[tool.stagetrace.profile.features]`` keyed by the stage target; the scores they
+    return are the output profile."""
+    apps = Path(__file__).parent / "apps"
+    cfg = tmp_path / "stagetrace.toml"
+    cfg.write_text('[profile.features]\n"userstage_rules:score_matrix" = ["amount", "device_age_days"]\n')
+    out = tmp_path / "scored.json"
+    with start_collector(tmp_path / "data", token="s3cret") as c:
+        _run_instrumented(apps / "userstage_app.py", [str(out)], c, tmp_path, PYTHONPATH=str(apps),
+                          STAGETRACE_CONFIG=str(cfg),
+                          STAGETRACE_STAGES="inference=userstage_rules:score;inference=userstage_rules:score_matrix")
+        spans = _inference_spans(c.data_dir, 2)
+    scored = json.loads(out.read_text())
+    by_pid = {mlprofile.prediction_id(s.trace_id, s.span_id): s for s in spans}
+    assert len(spans) == 2
+    dicts = by_pid[scored["dicts"]["prediction_id"]].attributes
+    assert mlprofile.parse_feature_list(dicts[semconv.ML_INPUT_FEATURES]) == ["amount", "country", "device_age_days"]
+    prof = mlprofile.decode_input(dicts[semconv.ML_INPUT_PROFILE])
+    assert prof.rows == 4 and prof.kinds == "ncn"
+    assert prof.missing.tolist() == [0, 0, 2] and int(prof.distinct[1]) == 3  # FR, BR, DE
+    x = np.array([[np.nan if v is None else v for v in r] for r in scored["dicts"]["inputs"]], dtype=float)
+    _check_bins(type(prof)(prof.rows, "nn", prof.codes[:, [0, 2]], prof.missing[[0, 2]], prof.lo[[0, 2]],
+                           prof.hi[[0, 2]], prof.distinct[[0, 2]]), x, "dicts")
+    outp = mlprofile.decode_output(dicts[semconv.ML_OUTPUT_PROFILE])
+    np.testing.assert_allclose(outp.scores, scored["dicts"]["scores"], rtol=1e-5)
+    matrix = by_pid[scored["matrix"]["prediction_id"]].attributes
+    assert mlprofile.parse_feature_list(matrix[semconv.ML_INPUT_FEATURES]) == ["amount", "device_age_days"]
+    prof = mlprofile.decode_input(matrix[semconv.ML_INPUT_PROFILE])
+    assert prof.rows == 3 and prof.kinds == "nn" and prof.missing.tolist() == [0, 1]
+    _check_bins(prof, np.array(scored["matrix"]["inputs"], dtype=float), "matrix")
+    np.testing.assert_allclose(mlprofile.decode_output(matrix[semconv.ML_OUTPUT_PROFILE]).scores,
+                               scored["matrix"]["scores"], rtol=1e-5)
+    assert matrix[semconv.ML_PREDICTION_SCORE_MEAN] == pytest.approx(float(np.mean(scored["matrix"]["scores"])))

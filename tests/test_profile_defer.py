@@ -18,6 +18,8 @@ from stagetrace import mlprofile, semconv
 from stagetrace.instrumentation import profile_export, profiling, wrapping
 from stagetrace.instrumentation.instrumentor import StagetraceInstrumentor
 
+from ml_apps import export_calls  # noqa: I001 - tests/ helper
+
 PROFILE_KEYS = (semconv.ML_INPUT_FEATURES, semconv.ML_INPUT_PROFILE, semconv.ML_OUTPUT_PROFILE,
                 semconv.ML_PREDICTION_SCORE_MEAN, semconv.ML_PREDICTION_CLASS, semconv.ML_PREDICTION_CONFIDENCE_MEAN)
 
@@ -30,19 +32,8 @@ def model():
 
 
 def _run(processor_factory, profile, calls, sampler=None):
-    exporter = InMemorySpanExporter()
-    tp = TracerProvider(sampler=sampler) if sampler is not None else TracerProvider()
-    tp.add_span_processor(processor_factory(exporter))
-    inst = StagetraceInstrumentor()
-    inst.instrument(tracer_provider=tp, stages="", libraries=["sklearn"], profile=profile)
-    try:
-        results = [call() for call in calls]
-        tp.force_flush()
-    finally:
-        inst.uninstrument()
-        tp.shutdown()
-    spans = [s for s in exporter.get_finished_spans() if s.attributes.get(semconv.ML_STAGE) == "inference"]
-    return results, spans
+    results, spans = export_calls(processor_factory, profile, calls, sampler)
+    return results, [s for s in spans if s.attributes.get(semconv.ML_STAGE) == "inference"]
 
 
 def _profile(span):

@@ -59,6 +59,24 @@ def test_auc_matches_scikit_learn_with_ties_and_none_without_both_classes():
     assert q.auc(np.ones(10, dtype=int), rng.random(10)) is None
 
 
+def test_accuracy_precision_recall_match_scikit_learn():
+    from sklearn.metrics import accuracy_score, precision_score, recall_score
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 400)
+    p = np.clip(y * 0.35 + rng.random(400) * 0.65, 0, 1)
+    yhat = (p > 0.5).astype(int)
+    items = [q.Labelled(None, 0, i, int(a), int(b), float(c)) for i, (a, b, c) in enumerate(zip(yhat, y, p))]
+    got = q.metrics(items, binary=True)
+    assert got["accuracy"] == pytest.approx(accuracy_score(y, yhat))
+    assert got["precision"] == pytest.approx(precision_score(y, yhat))
+    assert got["recall"] == pytest.approx(recall_score(y, yhat))
+    assert got["errors"] == int((y != yhat).sum()) and got["labelled"] == 400
+    assert got["positive_rate"] == pytest.approx(y.mean()) and got["mean_score"] == pytest.approx(p.mean())
+    # nothing predicted positive, no positive label: undefined, not zero
+    none = q.metrics([q.Labelled(None, 0, 0, 0, 0, 0.1)], binary=True)
+    assert none["precision"] is None and none["recall"] is None
+
+
 def test_calibration_table_and_ece():
     y = np.array([1, 0, 1, 1, 0, 0])
     p = np.array([0.95, 0.91, 0.15, 0.12, 0.11, 0.5])

@@ -41,6 +41,12 @@ record("sklearn", batch.fillna(0.0).to_numpy(), proba[:, 1], names)
 one = df.iloc[[5]]
 record("sklearn", one.to_numpy(), lr.predict_proba(one)[:, 1], names)
 
+# plain numpy arrays (what most services pass): one row and 64 rows, profiled by default in
+# the span export thread from a snapshot taken in the call (instrumentation/profile_export.py)
+gb_np = GradientBoostingClassifier(n_estimators=10).fit(X, y)  # fitted on an array: no names
+for rows in (X[300:301], X[301:365]):
+    record("sklearn", rows, gb_np.predict_proba(rows)[:, 1], ["f0", "f1", "f2", "f3"])
+
 # a model that rejects NaN: the span fails, its input profile still says what was missing
 gb = GradientBoostingClassifier(n_estimators=10).fit(X, y)
 bad = X[:8].copy()
@@ -54,6 +60,11 @@ except ValueError:
 xm = xgb.XGBClassifier(n_estimators=10, max_depth=3).fit(df, y)
 xb = df.iloc[100:132]
 record("xgboost", xb.to_numpy(), xm.predict_proba(xb)[:, 1], names)
+
+# an XGBoost Booster fed an array (the names it was trained with come from the booster)
+booster = xm.get_booster()
+xa = X[140:172].copy()
+record("xgboost", xa, booster.inplace_predict(xa), names)
 
 # PyTorch module: no names anywhere, so f0..f3
 torch.manual_seed(0)
