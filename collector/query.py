@@ -44,7 +44,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from stagetrace import semconv
 from stagetrace.backend import (LogQuery, MetricQuery, SpanColumns, TraceQuery, attributes_match, log_in_query,
                                 span_columns)
-from stagetrace.config import normalize_trace_id
+from stagetrace.config import normalize_trace_id, trace_id_or_empty
 from stagetrace.errors import BackendError, UserError
 from stagetrace.traceids import HexIds, id_keys
 from stagetrace.model import (SPAN_KINDS, STATUS_CODES, LogRecord, MetricPoint, MetricSeries, Span, SpanEvent,
@@ -584,7 +584,8 @@ class EmbeddedBackend:
                 severity_number=d["severity_number"][i], severity_text=d["severity_text"][i],
                 body=otlp.any_value(rest.body) if rest.HasField("body") else None,
                 attributes=otlp.attributes(rest.attributes),
-                trace_id=d["trace_id"][i].hex(), span_id=d["span_id"][i].hex(),
+                # an all-zero id (accepted by the receiver: 16 bytes) means "no trace"
+                trace_id=trace_id_or_empty(d["trace_id"][i].hex()), span_id=d["span_id"][i].hex(),
                 resource=dict(resource), scope_name=scope_name)
 
     # --- Backend API ----------------------------------------------------------------

@@ -76,7 +76,13 @@ def resolve_window(since: str | None, from_: str | None, until: str | None) -> t
         if start >= end:
             raise UserError("--from must be before --until")
         return start, end
-    return now - parse_duration_ns(since or "1h", default_unit="m"), now
+    if since is not None and not since.strip():
+        raise UserError("--since needs a duration, e.g. 30m, 1h, 2d")
+    back = parse_duration_ns(since or "1h", default_unit="m")
+    if back <= 0:
+        raise UserError(f"--since {since!r} is an empty window: give a duration above 0, e.g. 30m")
+    # a look-back past 1970 means "everything": no telemetry is older (OTLP times are unsigned)
+    return max(0, now - back), now
 
 
 def _window_options(func):

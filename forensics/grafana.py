@@ -44,7 +44,7 @@ import requests
 
 from stagetrace import semconv
 from stagetrace.backend import LogQuery, MetricQuery, TraceQuery, attributes_match, log_in_query, value_equals
-from stagetrace.config import normalize_trace_id
+from stagetrace.config import normalize_trace_id, trace_id_or_empty
 from stagetrace.errors import BackendError, UserError
 from stagetrace.model import (SPAN_KINDS, Attributes, LogRecord, MetricPoint, MetricSeries, Span, SpanEvent,
                               SpanLink, Trace, TraceSummary)
@@ -341,7 +341,7 @@ def _log_record(ts: str, line: str, labels: dict[str, str], metadata: dict[str, 
         time_ns=time_ns, observed_time_ns=int(fields.pop("observed_timestamp", time_ns)),
         severity_number=int(sev_num) if sev_num not in (None, "") else _severity_number(sev_text or level),
         severity_text=sev_text, body=line,
-        trace_id=fields.pop("trace_id", "").lower(), span_id=fields.pop("span_id", "").lower(),
+        trace_id=trace_id_or_empty(fields.pop("trace_id", "")), span_id=fields.pop("span_id", "").lower(),
         scope_name=fields.pop("scope_name", ""))
     fields.pop("scope_version", None)
     fields.pop("flags", None)
