@@ -40,7 +40,8 @@ from .logtext import MessageTexts, message
 from .progress import steps
 from .report import EvidenceGuard, Finding, Report, headline
 from .slow import _note_missing_data
-from .window import ByTrace, comparison_weights, fmt_time, indexed_entry_requests, request_ops, request_weights
+from .window import (ByTrace, comparison_weights, fmt_time, indexed_entry_requests, request_ops, request_weights,
+                     rootless_note)
 
 MAX_ERROR_TRACES = 300
 MAX_SUCCESS_TRACES = 300
@@ -131,6 +132,9 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
         report = Report("errors", "Errors", query=query, window={"start_ns": start_ns, "end_ns": end_ns})
         if not times:
             report.verdict = ["No requests and no errors in the window."]
+            note = rootless_note(backend, service=service, start_ns=start_ns, end_ns=end_ns)
+            if note:
+                report.notes.append(note)
             return report
         w_start = start_ns if start_ns is not None else min(times)
         w_end = end_ns if end_ns is not None else max(times) + 1
