@@ -135,6 +135,7 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
             note = rootless_note(backend, service=service, start_ns=start_ns, end_ns=end_ns)
             if note:
                 report.notes.append(note)
+            _note_missing_data(backend, report, start_ns, end_ns)  # "no requests" may be a quarantined block
             return report
         w_start = start_ns if start_ns is not None else min(times)
         w_end = end_ns if end_ns is not None else max(times) + 1

@@ -122,6 +122,7 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
             note = None if route else rootless_note(backend, service=service, start_ns=start_ns, end_ns=end_ns)
             if note:
                 r.notes.append(note)
+            _note_missing_data(backend, r, start_ns, end_ns)  # "no requests" may be a quarantined block
             return r
         t0 = req.start_ns
         dur = np.maximum(req.duration_ns, 0)  # as Span.duration_ns

@@ -1,0 +1,253 @@
+"""Hostile telemetry as OTLP/protobuf requests, for end-to-end tests through the real
+collector and the real CLI (tests/test_cli_hostile.py).
+
+Built with the official opentelemetry-proto messages rather than the SDK because the SDK
+cannot make most of these on purpose: cycles in parent ids, a span that ends before it
+starts, a log trace id of the wrong length, timestamps at the epoch or past 2262. Every
+request is what a buggy or clock-skewed exporter could really send.
+"""
+
+from __future__ import annotations
+
+import math
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.resource.v1 import resource_pb2
+
+S = 1_000_000_000
+MS = 1_000_000
+UNSET, OK, ERROR = 0, 1, 2
+SERVER, INTERNAL, CLIENT = 2, 1, 3
+# names no exporter should send but some do: control characters, a right-to-left
+# override, an ANSI escape, NUL, combining marks, a noncharacter, astral emoji
+ODD_NAMES = ["GET /\u202epredict", "op\x00nul", "\x1b[31mred\x1b[0m", "e\u0301\u0301\u0301", "\uffff",
+             "\U0001f525 fire", "line\nbreak", "tab\there", ""]
+
+
+def _any(v) -> common_pb2.AnyValue:
+    if isinstance(v, bool):
+        return common_pb2.AnyValue(bool_value=v)
+    if isinstance(v, int):
+        return common_pb2.AnyValue(int_value=v)
+    if isinstance(v, float):
+        return common_pb2.AnyValue(double_value=v)
+    if isinstance(v, bytes):
+        return common_pb2.AnyValue(bytes_value=v)
+    return common_pb2.AnyValue(string_value=str(v))
+
+
+def _kvs(d: dict) -> list[common_pb2.KeyValue]:
+    return [common_pb2.KeyValue(key=k, value=_any(v)) for k, v in d.items()]
+
+
+@dataclass
+class HSpan:
+    """One span as a hostile exporter may send it; ids are ints (0 = absent)."""
+    trace: int
+    span: int
+    parent: int = 0
+    service: str = "api"
+    name: str = "POST /predict"
+    kind: int = SERVER
+    start_ns: int = 0
+    end_ns: int = 0
+    status: int = UNSET
+    message: str = ""
+    attrs: dict = field(default_factory=dict)
+    resource: dict = field(default_factory=dict)
+
+
+@dataclass
+class HLog:
+    time_ns: int
+    body: str
+    severity: int = 17
+    trace_id: bytes = b""  # raw: wrong lengths allowed
+    span_id: bytes = b""
+    service: str = "api"
+
+
+@dataclass
+class HPoint:
+    name: str
+    time_ns: int
+    value: float
+    service: str = "api"
+    histogram: bool = False
+
+
+def trace_id(n: int) -> bytes:
+    return n.to_bytes(16, "big")
+
+
+def span_id(n: int) -> bytes:
+    return n.to_bytes(8, "big")
+
+
+def traces_request(spans: list[HSpan]) -> bytes:
+    req = trace_service_pb2.ExportTraceServiceRequest()
+    by_res: dict[tuple, list[HSpan]] = {}
+    for s in spans:
+        by_res.setdefault((s.service, tuple(sorted(s.resource.items()))), []).append(s)
+    for (svc, res), group in by_res.items():
+        rs = req.resource_spans.add(resource=resource_pb2.Resource(attributes=_kvs({"service.name": svc, **dict(res)})))
+        ss = rs.scope_spans.add()
+        for s in group:
+            sp = ss.spans.add(trace_id=trace_id(s.trace), span_id=span_id(s.span),
+                              parent_span_id=span_id(s.parent) if s.parent else b"", name=s.name, kind=s.kind,
+                              start_time_unix_nano=s.start_ns, end_time_unix_nano=s.end_ns,
+                              attributes=_kvs(s.attrs))
+            sp.status.code = s.status
+            if s.message:
+                sp.status.message = s.message
+    return req.SerializeToString()
+
+
+def logs_request(logs: list[HLog]) -> bytes:
+    req = logs_service_pb2.ExportLogsServiceRequest()
+    by_svc: dict[str, list[HLog]] = {}
+    for lg in logs:
+        by_svc.setdefault(lg.service, []).append(lg)
+    for svc, group in by_svc.items():
+        rl = req.resource_logs.add(resource=resource_pb2.Resource(attributes=_kvs({"service.name": svc})))
+        sl = rl.scope_logs.add()
+        for lg in group:
+            sl.log_records.add(time_unix_nano=lg.time_ns, observed_time_unix_nano=lg.time_ns,
+                               severity_number=lg.severity, body=_any(lg.body), trace_id=lg.trace_id,
+                               span_id=lg.span_id)
+    return req.SerializeToString()
+
+
+def metrics_request(points: list[HPoint]) -> bytes:
+    req = metrics_service_pb2.ExportMetricsServiceRequest()
+    by_svc: dict[str, list[HPoint]] = {}
+    for p in points:
+        by_svc.setdefault(p.service, []).append(p)
+    for svc, group in by_svc.items():
+        rm = req.resource_metrics.add(resource=resource_pb2.Resource(attributes=_kvs({"service.name": svc})))
+        sm = rm.scope_metrics.add()
+        for p in group:
+            m = sm.metrics.add(name=p.name, unit="1")
+            if p.histogram:
+                dp = m.histogram.data_points.add(time_unix_nano=p.time_ns, start_time_unix_nano=max(0, p.time_ns - S),
+                                                 count=3, sum=p.value, explicit_bounds=[0.1, 1.0],
+                                                 bucket_counts=[1, 1, 1])
+                m.histogram.aggregation_temporality = 2
+                if not math.isnan(p.value):
+                    dp.min = p.value
+            else:
+                m.gauge.data_points.add(time_unix_nano=p.time_ns, as_double=p.value)
+    return req.SerializeToString()
+
+
+def post(base_url: str, path: str, body: bytes) -> int:
+    """POST one OTLP/protobuf body; the HTTP status (200, or 400/413 when refused)."""
+    req = urllib.request.Request(base_url + path, data=body, method="POST",
+                                 headers={"Content-Type": "application/x-protobuf"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def send(base_url: str, spans=(), logs=(), points=()) -> tuple[int, int, int]:
+    return (post(base_url, "/v1/traces", traces_request(list(spans))) if spans else 0,
+            post(base_url, "/v1/logs", logs_request(list(logs))) if logs else 0,
+            post(base_url, "/v1/metrics", metrics_request(list(points))) if points else 0)
+
+
+# ---- the named hostile cases: each a small set of traces at ``t0`` ----------------------
+
+def _request(tid: int, t0: int, dur_ns: int, **kw) -> list[HSpan]:
+    """A normal two-span request: api SERVER -> model INTERNAL."""
+    root = HSpan(tid, tid * 16 + 1, 0, "api", "POST /predict", SERVER, t0, t0 + dur_ns,
+                 attrs={"http.route": "/predict"}, **kw)
+    child = HSpan(tid, tid * 16 + 2, root.span, "model", "inference", INTERNAL, t0 + dur_ns // 10,
+                  t0 + dur_ns * 9 // 10, attrs={"ml.stage": "inference"})
+    return [root, child]
+
+
+def case(name: str, base: int, t0: int, n: int = 30) -> tuple[list[HSpan], list[HLog], list[HPoint]]:
+    """Spans, logs and metric points of one hostile case; trace numbers from ``base``."""
+    spans: list[HSpan] = []
+    logs: list[HLog] = []
+    points: list[HPoint] = []
+    for i in range(n):
+        tid = base + i
+        t = t0 + i * S
+        dur = 50 * MS + (i % 5) * MS
+        if name == "missing_parents":
+            spans += [HSpan(tid, tid * 16 + 1, tid * 16 + 9, "api", "POST /predict", SERVER, t, t + dur)]
+        elif name == "parent_cycle":
+            a, b = tid * 16 + 1, tid * 16 + 2
+            spans += [HSpan(tid, a, b, "api", "POST /predict", SERVER, t, t + dur),
+                      HSpan(tid, b, a, "model", "inference", INTERNAL, t, t + dur // 2)]
+        elif name == "self_parent":
+            spans += [HSpan(tid, tid * 16 + 1, tid * 16 + 1, "api", "POST /predict", SERVER, t, t + dur)]
+        elif name == "skewed_clocks":
+            sp = _request(tid, t, dur)
+            sp[1].start_ns = t - 3600 * S  # a child that starts an hour before its parent
+            sp[1].end_ns = t + 3 * 365 * 86400 * S  # ... and ends years later
+            spans += sp
+        elif name == "zero_negative":
+            sp = _request(tid, t, 0 if i % 2 else dur)
+            if i % 3 == 0:
+                sp[0].end_ns = sp[0].start_ns - 5 * MS  # ends before it starts
+            spans += sp
+        elif name == "error_no_message":
+            spans += _request(tid, t, dur, status=ERROR)
+        elif name == "shared_trace_id":
+            # the same trace id from two unrelated services with different resources
+            spans += _request(tid, t, dur)
+            spans += [HSpan(tid, tid * 16 + 5, 0, "billing", "POST /charge", SERVER, t + S // 2, t + S,
+                            resource={"host.name": f"other-{i}", "service.version": "9"})]
+        elif name == "lonely_service":
+            spans += _request(tid, t, dur)
+            if i == 0:
+                spans += [HSpan(tid + 10**6, 7, 0, "lonely", "GET /health", SERVER, t, t + MS)]
+        elif name == "huge_attribute":
+            sp = _request(tid, t, dur)
+            if i < 2:
+                sp[0].attrs["blob"] = "x" * 2_000_000
+            spans += sp
+        elif name == "odd_unicode":
+            sp = _request(tid, t, dur, status=ERROR if i % 3 == 0 else UNSET)
+            odd = ODD_NAMES[i % len(ODD_NAMES)]
+            sp[0].name = odd
+            sp[0].attrs["http.route"] = odd
+            sp[1].service = "svc-" + odd
+            spans += sp
+            logs.append(HLog(t, odd * 3, 17, trace_id(tid), span_id(sp[0].span)))
+        elif name == "bad_logs":
+            spans += _request(tid, t, dur, status=ERROR if i % 4 == 0 else UNSET)
+            logs += [HLog(t, "no trace id here", 17),
+                     HLog(t, "short trace id", 17, b"\x01\x02\x03", b"\x01"),
+                     HLog(t, "trace id of nowhere", 17, trace_id(10**9 + tid), span_id(99)),
+                     HLog(t, "all zero", 17, bytes(16), bytes(8))]
+        elif name == "nan_metrics":
+            spans += _request(tid, t, dur)
+            for v in (float("nan"), float("inf"), float("-inf"), 1e308):
+                points += [HPoint("process.cpu.utilization", t, v), HPoint("ml.queue.depth", t, v, histogram=True)]
+        elif name == "only_errors":
+            spans += _request(tid, t, dur, status=ERROR, message="boom")
+        elif name == "same_latency":
+            spans += _request(tid, t, 50 * MS)
+        elif name == "one_slow":
+            spans += _request(tid, t, 50 * MS if i != n // 2 else 5 * S)
+        elif name == "no_status":
+            spans += _request(tid, t, dur)
+        else:
+            raise ValueError(f"unknown case {name!r}")
+    return spans, logs, points
+
+
+CASES = ["missing_parents", "parent_cycle", "self_parent", "skewed_clocks", "zero_negative", "error_no_message",
+         "shared_trace_id", "lonely_service", "huge_attribute", "odd_unicode", "bad_logs", "nan_metrics",
+         "only_errors", "same_latency", "one_slow", "no_status"]
