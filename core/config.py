@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import UserError
+from .errors import BackendError, UserError
 from .semconv import ENV_DATA_DIR
 
 
@@ -25,6 +25,16 @@ def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     xdg = os.environ.get("XDG_DATA_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
     return base / "stagetrace"
+
+
+def path_exists(path: str | os.PathLike[str], what: str) -> bool:
+    """``Path.exists()``, except that a path below a directory this user may not enter is
+    one clear error (``cannot read {what}: Permission denied``, exit 3) rather than the
+    PermissionError Python 3.11's ``exists()`` raises: it says False only when missing."""
+    try:
+        return Path(path).exists()
+    except OSError as exc:
+        raise BackendError(f"cannot read {what}: {exc.strerror or exc}") from None
 
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h|d)?\s*$")

@@ -15,7 +15,7 @@ import click
 
 from stagetrace.backend import open_backend
 from stagetrace.cli import backend_options, report_options
-from stagetrace.config import parse_duration_ns, parse_time_ns  # noqa: F401 (re-exported)
+from stagetrace.config import parse_duration_ns, parse_time_ns, path_exists  # noqa: F401 (re-exported)
 from stagetrace.errors import UserError
 
 
@@ -31,9 +31,11 @@ def _missing_store(backend) -> str | None:
     """The embedded store reads a missing dir as empty; say so, or a typo in
     --data-dir looks like "no data"."""
     d = getattr(backend, "data_dir", None)
-    if d is not None and not Path(d).exists():
-        return f"no store at {d} (start `stagetrace collector`, or pass --data-dir)"
-    return None
+    if d is None:
+        return None
+    if path_exists(d, f"the store in {d}"):
+        return None
+    return f"no store at {d} (start `stagetrace collector`, or pass --data-dir)"
 
 
 def _open(opts: dict):

@@ -23,8 +23,8 @@ import sys
 import time
 import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 import threading
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -52,6 +52,18 @@ class Store:
         self.c = collector
         self.data_dir = str(collector.data_dir)
         self.slots = slots  # case -> (start_ns, end_ns, first trace number)
+
+    def span_blocks(self, timeout_s: float = 60) -> list[Path]:
+        """The spans blocks (not their .entries/.errors side files), once the collector has
+        cut the write-ahead log holding the fixture's data into them (--wal-segment-age 1s)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = sorted(p for p in (Path(self.data_dir) / "blocks" / "spans").glob("*.parquet")
+                           if p.name.count(".") == 1)
+            if found or time.monotonic() > deadline:
+                assert found, "the collector cut no spans block"
+                return found
+            time.sleep(0.2)
 
     def window(self, case: str) -> list[str]:
         a, b, _ = self.slots[case]
@@ -351,11 +363,12 @@ def test_bad_stores_and_ids_and_options(store, tmp_path, capsys):
 def test_a_corrupt_block_is_said_in_the_report(store, tmp_path, capsys):
     """A copy of the store whose spans block has 64 flipped bytes: the block is quarantined
     and the report, even one with no requests left, says data is missing."""
+    store.span_blocks()
     copy = tmp_path / "store"
     shutil.copytree(store.data_dir, copy, ignore=shutil.ignore_patterns("*.lock"))
-    blocks = sorted(p for p in (copy / "blocks" / "spans").glob("*.parquet") if p.name.count(".") == 1)
-    assert blocks
-    for p in blocks:
+    for p in (copy / "blocks" / "spans").glob("*.parquet"):
+        if p.name.count(".") != 1:
+            continue
         b = bytearray(p.read_bytes())
         m = len(b) // 2
         b[m:m + 64] = bytes(x ^ 0x5A for x in b[m:m + 64])
@@ -414,3 +427,45 @@ def test_unreachable_backends_are_one_line_from_the_script():
         code, out, err = run_script(argv)
         assert code == 3 and "is unreachable" in err, (argv, code, err)
         assert_report_or_one_line((code, out, err), argv)
+
+
+def test_unreadable_store_is_one_line(store, request):
+    """A store dir, or one block in it, this user may not read. Root reads everything, so
+    as root the script runs as nobody (setpriv); without either the test cannot judge."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: permissions cannot be denied")
+        prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    store.span_blocks()
+    # pytest's tmp_path lies under a 0700 directory of root's: nobody could enter any of it
+    import tempfile
+    top = Path(tempfile.mkdtemp(prefix="stagetrace-unreadable-"))
+    request.addfinalizer(lambda: shutil.rmtree(top, ignore_errors=True))
+    tmp_path = top / "parent"
+    copy = tmp_path / "store"
+    shutil.copytree(store.data_dir, copy, ignore=shutil.ignore_patterns("*.lock"))
+    for p in (top, tmp_path, *copy.rglob("*")):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    block = next(p for p in (copy / "blocks" / "spans").glob("*.parquet") if p.name.count(".") == 1)
+    def script(*argv: str) -> tuple[int, str, str]:
+        p = subprocess.run([*prefix, str(SCRIPT), *argv], capture_output=True, text=True, timeout=120)
+        assert_report_or_one_line((p.returncode, p.stdout, p.stderr), list(argv))
+        return p.returncode, p.stdout, p.stderr
+
+    copy.chmod(0o700)  # the store itself
+    code, _, err = script("investigate", "slow", "--since", "7d", "--data-dir", str(copy))
+    assert code == 2 and "is not readable" in err, err
+    copy.chmod(0o755)
+    block.chmod(0o000)  # one block in it
+    code, _, err = script("investigate", "slow", "--since", "7d", "--data-dir", str(copy))
+    assert code == 3 and "cannot read the store" in err, err
+    block.chmod(0o644)
+    # the store's parent may not be entered: Path.exists() raised PermissionError
+    tmp_path.chmod(0o700)
+    for argv in (["investigate", "errors", "--since", "7d"], ["trace", "4bf92f3577b34da6a3ce929d0e0e4736"],
+                 ["investigate", "drift", "--model", "m"], ["investigate", "quality", "--model", "m"],
+                 ["postmortem", "--alert", "x"], ["watch", "alerts"]):
+        code, _, err = script(*argv, "--data-dir", str(copy))
+        assert code == 3 and "Permission denied" in err, (argv, code, err)
+    tmp_path.chmod(0o755)
