@@ -469,3 +469,23 @@ def test_unreadable_store_is_one_line(store, request):
         code, _, err = script(*argv, "--data-dir", str(copy))
         assert code == 3 and "Permission denied" in err, (argv, code, err)
     tmp_path.chmod(0o755)
+
+
+def test_label_times_that_are_no_instant_fall_back_to_the_records_own():
+    """An ``ml.label.time`` of NaN, infinity or past 2262 (a sender's bug, sent as a
+    double): int(nan) raised ValueError and ended `investigate quality`."""
+    from stagetrace.forensics.quality import _label_time_ns
+    for bad in (float("nan"), float("inf"), -float("inf"), 1e30, -5.0):
+        assert _label_time_ns(bad, 7) == 7, bad
+    assert _label_time_ns(12.0, 7) == 12 and _label_time_ns("1970-01-01T00:00:01Z", 7) == S
+
+
+def test_loki_trace_ids_that_are_no_ids_are_no_trace():
+    """Loki's trace_id structured metadata as a buggy shipper writes it: all zero, short,
+    not hex. Such an id reached get_traces and ended `investigate errors` with "invalid
+    trace id" as if the user had typed it."""
+    from stagetrace.forensics.grafana import _log_record
+    for bad in ("0" * 32, "abc", "z" * 32, ""):
+        assert _log_record("1000", "line", {}, {"trace_id": bad}).trace_id == "", bad
+    good = "4BF92F3577B34DA6A3CE929D0E0E4736"
+    assert _log_record("1000", "line", {}, {"trace_id": good}).trace_id == good.lower()
