@@ -71,6 +71,7 @@ class HLog:
     trace_id: bytes = b""  # raw: wrong lengths allowed
     span_id: bytes = b""
     service: str = "api"
+    attrs: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -120,7 +121,7 @@ def logs_request(logs: list[HLog]) -> bytes:
         for lg in group:
             sl.log_records.add(time_unix_nano=lg.time_ns, observed_time_unix_nano=lg.time_ns,
                                severity_number=lg.severity, body=_any(lg.body), trace_id=lg.trace_id,
-                               span_id=lg.span_id)
+                               span_id=lg.span_id, attributes=_kvs(lg.attrs))
     return req.SerializeToString()
 
 
@@ -243,11 +244,37 @@ def case(name: str, base: int, t0: int, n: int = 30) -> tuple[list[HSpan], list[
             spans += _request(tid, t, 50 * MS if i != n // 2 else 5 * S)
         elif name == "no_status":
             spans += _request(tid, t, dur)
+        elif name == "ml_garbage":
+            sp = _request(tid, t, dur)
+            sp[1].attrs.update(_ml_garbage(i))
+            spans += sp
+            logs.append(HLog(t + S, "", 9, trace_id(tid), attrs={
+                "event.name": "ml.label", "ml.model.name": "model", "ml.label.trace_id": f"{tid:032x}",
+                "ml.label.value": [1, 0, "yes", 7.5][i % 4],
+                "ml.label.time": [float("nan"), float("inf"), t + S, "not a time"][i % 4]}))
         else:
             raise ValueError(f"unknown case {name!r}")
     return spans, logs, points
 
 
+def _ml_garbage(i: int) -> dict:
+    """Model-profile attributes a broken capture could send: infinite and out-of-range
+    scores, class indexes past the class list, row counts that are negative or huge."""
+    import numpy as np
+
+    from stagetrace import mlprofile
+    k = 1 + i % 3
+    out = mlprofile.OutputProfile([k, -5, 10**12][i % 3], [["0", "1"], [], ["a", "b", "c"]][i % 3],
+                                  np.array([[float("inf"), -float("inf"), 0.7, 5.0][(i + j) % 4] for j in range(k)],
+                                           np.float32),
+                                  np.array([[0, 5, -3, 32767][(i + j) % 4] for j in range(k)], np.int16),
+                                  np.array([float("inf"), 0.5, float("nan")][:k], np.float32))
+    codes = np.array([[(i * 7 + j) % 40 - 2, 32767][j % 2] for j in range(k * 2)], np.int16).reshape(k, 2)
+    return {"ml.model.name": "model", "ml.input.features": "amount\x1fcountry",
+            "ml.input.profile": mlprofile.encode_input([k, 0, -1][i % 3], "nc", codes),
+            "ml.output.profile": out.encode()}
+
+
 CASES = ["missing_parents", "parent_cycle", "self_parent", "skewed_clocks", "zero_negative", "error_no_message",
          "shared_trace_id", "lonely_service", "huge_attribute", "odd_unicode", "bad_logs", "nan_metrics",
-         "only_errors", "same_latency", "one_slow", "no_status"]
+         "only_errors", "same_latency", "one_slow", "no_status", "ml_garbage"]

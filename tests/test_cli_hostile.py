@@ -193,6 +193,21 @@ def test_the_epoch_is_a_window_like_any_other(store, capsys):
     assert "No requests matched" not in doc["verdict"][0], doc["verdict"]
 
 
+@pytest.mark.parametrize("cmd", ["drift", "quality"])
+def test_broken_model_profiles_and_labels(store, capsys, cmd):
+    """Inference spans whose output profiles hold infinite scores and class indexes past
+    the class list, input profiles with negative row counts, labels with NaN times: a
+    report (inf - inf in the row correlation printed NumPy warnings to the terminal)."""
+    for fmt in FORMATS:
+        argv = ["investigate", cmd, "--model", "model", *store.window("ml_garbage"), "--format", fmt,
+                "--data-dir", store.data_dir]
+        res = run(argv, capsys)
+        assert_report_or_one_line(res, argv)
+        assert res[0] == 0, (argv, res[2])
+    doc = _json(store, capsys, "investigate", cmd, "--model", "model", *store.window("ml_garbage"))
+    assert "No profiled inference spans" not in doc["verdict"][0], doc["verdict"]
+
+
 def test_since_windows_users_type(store, capsys):
     for since in ("5m", "1h", "24h", "7d", "100000d"):
         for argv in (["investigate", "slow", "--since", since], ["investigate", "errors", "--since", since],
