@@ -208,6 +208,22 @@ def test_broken_model_profiles_and_labels(store, capsys, cmd):
     assert "No profiled inference spans" not in doc["verdict"][0], doc["verdict"]
 
 
+def test_non_utf8_names_and_bodies_are_refused_whole_and_said(store, capsys):
+    """proto3 strings must be UTF-8: a span name or log body with 0xFF in it makes the
+    whole request a 400 the exporter logs (not a silently dropped record), and the
+    collector keeps serving; the trace is then one line "not found"."""
+    t = store.slots["mixed"][0] - 30 * S
+    sp, _, _ = h.case("no_status", 7_000_000, t, n=1)
+    sp[0].name = "NAMEMARK"
+    assert h.post(store.c.http_endpoint, "/v1/traces", h.traces_request(sp).replace(b"NAMEMARK", b"NA\xff\xfeMARK")) == 400
+    body = h.logs_request([h.HLog(t, "BODYMARK", 17, h.trace_id(7_000_000))]).replace(b"BODYMARK", b"BO\xc3\x28MARK")
+    assert h.post(store.c.http_endpoint, "/v1/logs", body) == 400
+    code, out, err = run(["trace", f"{7_000_000:032x}", "--data-dir", store.data_dir], capsys)
+    assert code == 2 and "not found" in err, err
+    assert_report_or_one_line((code, out, err), ["trace"])
+    assert store.c.poll() is None
+
+
 def test_since_windows_users_type(store, capsys):
     for since in ("5m", "1h", "24h", "7d", "100000d"):
         for argv in (["investigate", "slow", "--since", since], ["investigate", "errors", "--since", since],
