@@ -63,7 +63,24 @@ def _emit(reports, fmt: str, output: str | None) -> None:
                            width=max(100, shutil.get_terminal_size((140, 40)).columns) if color else 140)
     else:
         text = render(reports, fmt)
-    click.echo(text, nl=False)
+    try:
+        click.echo(text, nl=False)
+    except BrokenPipeError:
+        raise  # `... | head`: stagetrace.cli.main ends quietly
+    except OSError as exc:  # a full disk or a closed terminal: one line, not a traceback
+        _drop_stdout()
+        raise UserError(f"cannot write the report to standard output: {exc.strerror or exc}") from None
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null: what is left in its buffer would fail again when Python
+    flushes it on exit, as a second message ("Exception ignored ...")."""
+    import os
+    try:
+        sys.stdout.flush()
+    except OSError:
+        pass
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def resolve_window(since: str | None, from_: str | None, until: str | None) -> tuple[int, int]:

@@ -553,3 +553,39 @@ def test_odd_loki_answers_are_a_report_or_one_line(odd, capsys):
                 assert_report_or_one_line((code, out, err), argv)
     finally:
         stack.close()
+
+
+@pytest.mark.parametrize("toml,says", [
+    ('[backend]\nkind = "grafana"\ntempo = 7\n', "tempo must be a string"),
+    ("backend = 3\n", "'backend' must be a table"),
+    ('[backend]\nkind = "grafana"\ntempo = "http://127.0.0.1:1"\nheaders = { a = 1 }\n', "headers must be a table of strings"),
+    ("[backend]\nkind = 5\n", "kind must be a string"),
+])
+def test_backend_config_of_the_wrong_types_is_one_line(tmp_path, capsys, toml, says):
+    """A number where a URL belongs was an AttributeError ('int' object has no attribute 'rstrip')."""
+    cfg = tmp_path / "backend.toml"
+    cfg.write_text(toml)
+    argv = ["investigate", "slow", "--since", "1h", "--backend-config", str(cfg), "--data-dir", str(tmp_path)]
+    code, out, err = run(argv, capsys)
+    assert code == 2 and says in err, (code, err)
+    assert_report_or_one_line((code, out, err), argv)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_full_disk_on_standard_output_is_one_line(store):
+    """`stagetrace trace ID > file` on a full disk: OSError ENOSPC from click.echo was a
+    traceback. (A closed pipe, `| head`, stays quiet: test_cli_pipe_closed_early_is_quiet.)"""
+    tid = f"{store.slots['no_status'][2]:032x}"
+    for argv in (["trace", tid], ["investigate", "slow", *store.window("no_status"), "--format", "json"]):
+        argv = [*argv, "--data-dir", store.data_dir]
+        with open("/dev/full", "w") as full:
+            p = subprocess.run([str(SCRIPT), *argv], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+        assert p.returncode == 2 and "cannot write the report to standard output" in p.stderr, p.stderr
+        assert_report_or_one_line((p.returncode, "", p.stderr), argv)
+
+
+def test_cli_pipe_closed_early_is_quiet(store):
+    tid = f"{store.slots['no_status'][2]:032x}"
+    p = subprocess.run(f"'{SCRIPT}' trace {tid} --format html --data-dir '{store.data_dir}' | head -c 10 >/dev/null",
+                       shell=True, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
