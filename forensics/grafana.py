@@ -328,18 +328,28 @@ def _severity_number(text: str) -> int:
     return 0
 
 
+def _int_or(value: Any, default: int | None) -> int | None:
+    """An integer label or field as Loki gives it (a string), else ``default``."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
 def _log_record(ts: str, line: str, labels: dict[str, str], metadata: dict[str, str]) -> LogRecord:
     """One Loki entry back into the OTLP log model. ``labels`` are index labels (always
     from resource attributes), ``metadata`` is structured metadata (trace context,
     severity, scope, log attributes and the other resource attributes)."""
     fields = {**labels, **metadata}
-    time_ns = int(ts)
+    time_ns = _int_or(ts, None)
+    if time_ns is None:  # Loki's own field: not Loki, or a proxy rewrote the answer
+        raise BackendError(f"Loki returned an entry whose time is not Unix nanoseconds: {str(ts)[:40]!r}")
     sev_text = fields.pop("severity_text", "")
-    sev_num = fields.pop("severity_number", None)
+    sev_num = _int_or(fields.pop("severity_number", None), None)  # a shipper's label: may be any text
     level = fields.get("detected_level", "")
     rec = LogRecord(
-        time_ns=time_ns, observed_time_ns=int(fields.pop("observed_timestamp", time_ns)),
-        severity_number=int(sev_num) if sev_num not in (None, "") else _severity_number(sev_text or level),
+        time_ns=time_ns, observed_time_ns=_int_or(fields.pop("observed_timestamp", time_ns), time_ns),
+        severity_number=sev_num if sev_num is not None else _severity_number(sev_text or level),
         severity_text=sev_text, body=line,
         trace_id=trace_id_or_empty(fields.pop("trace_id", "")), span_id=fields.pop("span_id", "").lower(),
         scope_name=fields.pop("scope_name", ""))
@@ -362,13 +372,18 @@ def parse_loki_streams(doc: Any) -> list[LogRecord]:
         err = doc.get("error") if isinstance(doc, dict) else None
         raise BackendError(f"Loki query failed: {err or 'unexpected answer'}")
     data = doc.get("data") or {}
-    if data.get("resultType") != "streams":
-        raise BackendError(f"Loki returned {data.get('resultType')!r} where log streams were expected")
+    if not isinstance(data, dict) or data.get("resultType") != "streams":
+        kind = data.get("resultType") if isinstance(data, dict) else type(data).__name__
+        raise BackendError(f"Loki returned {kind!r} where log streams were expected")
     categorized = LOKI_CATEGORIZE in (data.get("encodingFlags") or [])
     out = []
     for stream in data.get("result") or []:
+        if not isinstance(stream, dict) or not isinstance(stream.get("values") or [], list):
+            raise BackendError("Loki returned a log stream that is not a JSON object with a list of values")
         labels = dict(stream.get("stream") or {})
         for value in stream.get("values") or []:
+            if not isinstance(value, list) or len(value) < 2:
+                raise BackendError(f"Loki returned a log entry that is not [time, line]: {str(value)[:60]}")
             meta: dict[str, str] = {}
             if len(value) > 2 and isinstance(value[2], dict):
                 meta = {**(value[2].get("structuredMetadata") or {}), **(value[2].get("parsed") or {})}
