@@ -20,6 +20,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 
+from stagetrace.collector.labels import _kv as kv  # the label endpoint's Python value -> AnyValue
+
 S = 1_000_000_000
 MS = 1_000_000
 UNSET, OK, ERROR = 0, 1, 2
@@ -30,20 +32,19 @@ ODD_NAMES = ["GET /\u202epredict", "op\x00nul", "\x1b[31mred\x1b[0m", "e\u0301\u
              "\U0001f525 fire", "line\nbreak", "tab\there", ""]
 
 
-def _any(v) -> common_pb2.AnyValue:
-    if isinstance(v, bool):
-        return common_pb2.AnyValue(bool_value=v)
-    if isinstance(v, int):
-        return common_pb2.AnyValue(int_value=v)
-    if isinstance(v, float):
-        return common_pb2.AnyValue(double_value=v)
-    if isinstance(v, bytes):
-        return common_pb2.AnyValue(bytes_value=v)
-    return common_pb2.AnyValue(string_value=str(v))
-
-
 def _kvs(d: dict) -> list[common_pb2.KeyValue]:
-    return [common_pb2.KeyValue(key=k, value=_any(v)) for k, v in d.items()]
+    return [kv(k, v) for k, v in d.items()]
+
+
+def _scoped(resources, scopes: str, items: list, resource_of):
+    """(scope message, its items): one resource per distinct ``resource_of(item)`` (a
+    tuple of attribute pairs, service.name first), in first-seen order."""
+    groups: dict = {}
+    for x in items:
+        groups.setdefault(resource_of(x), []).append(x)
+    for res, group in groups.items():
+        r = resources.add(resource=resource_pb2.Resource(attributes=_kvs(dict(res))))
+        yield getattr(r, scopes).add(), group
 
 
 @dataclass
@@ -93,12 +94,8 @@ def span_id(n: int) -> bytes:
 
 def traces_request(spans: list[HSpan]) -> bytes:
     req = trace_service_pb2.ExportTraceServiceRequest()
-    by_res: dict[tuple, list[HSpan]] = {}
-    for s in spans:
-        by_res.setdefault((s.service, tuple(sorted(s.resource.items()))), []).append(s)
-    for (svc, res), group in by_res.items():
-        rs = req.resource_spans.add(resource=resource_pb2.Resource(attributes=_kvs({"service.name": svc, **dict(res)})))
-        ss = rs.scope_spans.add()
+    for ss, group in _scoped(req.resource_spans, "scope_spans", spans,
+                             lambda s: (("service.name", s.service), *sorted(s.resource.items()))):
         for s in group:
             sp = ss.spans.add(trace_id=trace_id(s.trace), span_id=span_id(s.span),
                               parent_span_id=span_id(s.parent) if s.parent else b"", name=s.name, kind=s.kind,
@@ -112,27 +109,17 @@ def traces_request(spans: list[HSpan]) -> bytes:
 
 def logs_request(logs: list[HLog]) -> bytes:
     req = logs_service_pb2.ExportLogsServiceRequest()
-    by_svc: dict[str, list[HLog]] = {}
-    for lg in logs:
-        by_svc.setdefault(lg.service, []).append(lg)
-    for svc, group in by_svc.items():
-        rl = req.resource_logs.add(resource=resource_pb2.Resource(attributes=_kvs({"service.name": svc})))
-        sl = rl.scope_logs.add()
+    for sl, group in _scoped(req.resource_logs, "scope_logs", logs, lambda lg: (("service.name", lg.service),)):
         for lg in group:
             sl.log_records.add(time_unix_nano=lg.time_ns, observed_time_unix_nano=lg.time_ns,
-                               severity_number=lg.severity, body=_any(lg.body), trace_id=lg.trace_id,
+                               severity_number=lg.severity, body=kv("", lg.body).value, trace_id=lg.trace_id,
                                span_id=lg.span_id, attributes=_kvs(lg.attrs))
     return req.SerializeToString()
 
 
 def metrics_request(points: list[HPoint]) -> bytes:
     req = metrics_service_pb2.ExportMetricsServiceRequest()
-    by_svc: dict[str, list[HPoint]] = {}
-    for p in points:
-        by_svc.setdefault(p.service, []).append(p)
-    for svc, group in by_svc.items():
-        rm = req.resource_metrics.add(resource=resource_pb2.Resource(attributes=_kvs({"service.name": svc})))
-        sm = rm.scope_metrics.add()
+    for sm, group in _scoped(req.resource_metrics, "scope_metrics", points, lambda p: (("service.name", p.service),)):
         for p in group:
             m = sm.metrics.add(name=p.name, unit="1")
             if p.histogram:
