@@ -151,6 +151,32 @@ def _json(store, capsys, *argv) -> dict:
     return json.loads(out)
 
 
+def test_degenerate_windows_say_what_they_are(store, capsys):
+    """Zero variance names nothing; one slow request of 30 is too few to blame; a window
+    of only errors is 30 of 30 failed in one cluster: reports, not crashes or guesses."""
+    flat = _json(store, capsys, "investigate", "slow", *store.window("same_latency"))
+    assert not flat["findings"] and "nothing to explain" in flat["verdict"][0], flat["verdict"]
+    one = _json(store, capsys, "investigate", "slow", *store.window("one_slow"))
+    assert "too few slow requests (1 over" in one["verdict"][0], one["verdict"]
+    assert not [f for f in one["findings"] if f["significant"]], one["findings"]
+    errs = _json(store, capsys, "investigate", "errors", *store.window("only_errors"))
+    assert errs["verdict"][0].startswith("30 of 30 requests failed"), errs["verdict"]
+    assert [f["summary"].split(":")[1].strip() for f in errs["findings"]] == ["boom"], errs["findings"]
+    for case in ("same_latency", "only_errors"):
+        quiet = _json(store, capsys, "investigate", "errors" if case == "same_latency" else "slow", *store.window(case))
+        assert not quiet["findings"], (case, quiet["findings"])
+
+
+@pytest.mark.parametrize("case", ["only_errors", "one_slow", "zero_negative", "skewed_clocks", "odd_unicode",
+                                  "nan_metrics", "epoch"])
+def test_postmortem_on_hostile_windows(store, capsys, tmp_path, case):
+    argv = ["postmortem", *store.window(case), "--data-dir", store.data_dir, "--out", str(tmp_path)]
+    res = run(argv, capsys)
+    assert_report_or_one_line(res, argv, wrote=True)
+    assert res[0] == 0, res[2]
+    assert (tmp_path / "postmortem.md").read_text().strip() and (tmp_path / "postmortem.html").stat().st_size
+
+
 def test_all_zero_log_trace_ids_do_not_end_the_error_investigation(store, capsys):
     """A log record with an all-zero trace id (16 bytes: the receiver keeps it) means "no
     trace"; it used to reach get_traces as a user-typed id and end `investigate errors`
@@ -222,6 +248,13 @@ def test_non_utf8_names_and_bodies_are_refused_whole_and_said(store, capsys):
     assert code == 2 and "not found" in err, err
     assert_report_or_one_line((code, out, err), ["trace"])
     assert store.c.poll() is None
+
+
+def test_a_two_megabyte_attribute_is_stored_and_shown_whole(store, capsys):
+    """Values are bounded only by the receiver's request size (16 MiB; the 413 above it is
+    tests/test_collector_spec.py's): a 2 MB value comes back whole, not cut or lost."""
+    doc = _json(store, capsys, "trace", f"{store.slots['huge_attribute'][2]:032x}")
+    assert len(doc["data"]["spans"][0]["attributes"]["blob"]) == 2_000_000
 
 
 def test_since_windows_users_type(store, capsys):
