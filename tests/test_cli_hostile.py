@@ -195,6 +195,15 @@ def test_a_trace_whose_parent_ids_all_loop_is_shown(store, capsys):
         assert len(doc["data"]["spans"]) == n, doc["data"]["spans"]
 
 
+def test_a_span_left_off_the_critical_path_is_said(store, capsys):
+    """The root ends 5 ms before it starts (a broken clock), so its child lies outside
+    it: the waterfall shows the child, and a note now says its time counts nowhere (the
+    report's 'dropped' list said it only in JSON)."""
+    doc = _json(store, capsys, "trace", f"{store.slots['zero_negative'][2]:032x}")
+    assert doc["data"]["dropped"] and len(doc["data"]["spans"]) == 2, doc["data"]
+    assert any("left off the critical path" in n for n in doc["notes"]), doc["notes"]
+
+
 def test_rootless_traces_are_said_to_be_skipped(store, capsys):
     """Spans whose parents never arrived are no request; the report says it skipped them
     instead of "no requests" as if the window were empty; postmortem's one line too."""
