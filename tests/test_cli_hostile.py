@@ -226,6 +226,10 @@ def test_the_epoch_is_a_window_like_any_other(store, capsys):
     doc = _json(store, capsys, "investigate", "slow", "--from", "1970-01-01T00:00:00Z", "--until",
                 "1970-01-01T00:02:00Z")
     assert "No requests matched" not in doc["verdict"][0], doc["verdict"]
+    # the same window as Unix seconds, and as Unix milliseconds and nanoseconds (told apart by size)
+    for frm, until in (("0", "120"), ("0", str(120 * 10**3 + 10**11 + 1)), ("0", str(120 * 10**9 + 10**17))):
+        again = _json(store, capsys, "investigate", "slow", "--from", frm, "--until", until)
+        assert again["verdict"] == doc["verdict"] or "No requests matched" not in again["verdict"][0], (until, again)
 
 
 @pytest.mark.parametrize("cmd", ["drift", "quality"])
