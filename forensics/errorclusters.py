@@ -65,10 +65,15 @@ class ErrorEvent:
 
 
 @functools.lru_cache(maxsize=1 << 16)  # the same stack trace repeats with every failure of its kind
-def top_frames(stacktrace: str | None) -> tuple[str, ...]:
-    """Innermost frames first: where the exception was raised, not the framework around it."""
+def top_frames(stacktrace: Any) -> tuple[str, ...]:
+    """Innermost frames first: where the exception was raised, not the framework around it.
+
+    ``exception.stacktrace`` is a string by the semantic conventions, but an attribute can
+    hold any type (an array of lines, a number): read as text, never a TypeError."""
     if not stacktrace:
         return ()
+    if not isinstance(stacktrace, str):
+        stacktrace = "\n".join(map(str, stacktrace)) if isinstance(stacktrace, (list, tuple)) else str(stacktrace)
     frames = [f"{m.group(1).rsplit('/', 2)[-1] if '/' in m.group(1) else m.group(1)}:{m.group(2)}"
               for m in _FRAME_RE.finditer(stacktrace)]
     return tuple(reversed(frames))[:TOP_FRAMES]

@@ -32,8 +32,19 @@ ODD_NAMES = ["GET /\u202epredict", "op\x00nul", "\x1b[31mred\x1b[0m", "e\u0301\u
              "\U0001f525 fire", "line\nbreak", "tab\there", ""]
 
 
+def _value(v) -> common_pb2.AnyValue:
+    """Arrays, maps and bytes too (the label endpoint's encoder has no need of them)."""
+    if isinstance(v, list):
+        return common_pb2.AnyValue(array_value=common_pb2.ArrayValue(values=[_value(x) for x in v]))
+    if isinstance(v, dict):
+        return common_pb2.AnyValue(kvlist_value=common_pb2.KeyValueList(values=_kvs(v)))
+    if isinstance(v, bytes):
+        return common_pb2.AnyValue(bytes_value=v)
+    return kv("", v).value
+
+
 def _kvs(d: dict) -> list[common_pb2.KeyValue]:
-    return [kv(k, v) for k, v in d.items()]
+    return [common_pb2.KeyValue(key=k, value=_value(v)) for k, v in d.items()]
 
 
 def _scoped(resources, scopes: str, items: list, resource_of):
@@ -41,8 +52,9 @@ def _scoped(resources, scopes: str, items: list, resource_of):
     tuple of attribute pairs, service.name first), in first-seen order."""
     groups: dict = {}
     for x in items:
-        groups.setdefault(resource_of(x), []).append(x)
-    for res, group in groups.items():
+        res = resource_of(x)
+        groups.setdefault(repr(res), (res, []))[1].append(x)  # repr: resource values may be lists
+    for res, group in groups.values():
         r = resources.add(resource=resource_pb2.Resource(attributes=_kvs(dict(res))))
         yield getattr(r, scopes).add(), group
 
@@ -62,6 +74,7 @@ class HSpan:
     message: str = ""
     attrs: dict = field(default_factory=dict)
     resource: dict = field(default_factory=dict)
+    events: list = field(default_factory=list)  # (name, time_ns, attributes)
 
 
 @dataclass
@@ -101,6 +114,8 @@ def traces_request(spans: list[HSpan]) -> bytes:
                               parent_span_id=span_id(s.parent) if s.parent else b"", name=s.name, kind=s.kind,
                               start_time_unix_nano=s.start_ns, end_time_unix_nano=s.end_ns,
                               attributes=_kvs(s.attrs))
+            for name, t, attrs in s.events:
+                sp.events.add(name=name, time_unix_nano=t, attributes=_kvs(attrs))
             sp.status.code = s.status
             if s.message:
                 sp.status.message = s.message
@@ -112,7 +127,7 @@ def logs_request(logs: list[HLog]) -> bytes:
     for sl, group in _scoped(req.resource_logs, "scope_logs", logs, lambda lg: (("service.name", lg.service),)):
         for lg in group:
             sl.log_records.add(time_unix_nano=lg.time_ns, observed_time_unix_nano=lg.time_ns,
-                               severity_number=lg.severity, body=kv("", lg.body).value, trace_id=lg.trace_id,
+                               severity_number=lg.severity, body=_value(lg.body), trace_id=lg.trace_id,
                                span_id=lg.span_id, attributes=_kvs(lg.attrs))
     return req.SerializeToString()
 
@@ -231,6 +246,19 @@ def case(name: str, base: int, t0: int, n: int = 30) -> tuple[list[HSpan], list[
             spans += _request(tid, t, 50 * MS if i != n // 2 else 5 * S)
         elif name == "no_status":
             spans += _request(tid, t, dur)
+        elif name == "typed_values":
+            # attribute values of every OTLP type where strings are expected, and an
+            # exception event whose type, message and stack trace are not strings
+            odd = [["1", "2"], {"major": 1}, b"\xff\x00", float("nan"), -2**63, True][i % 6]
+            sp = _request(tid, t, dur if i % 5 else 20 * dur, status=ERROR if i % 3 == 0 else UNSET)
+            for key in ("http.route", "service.version", "ml.model.version", "host.name", "error.type",
+                        "peer.service", "http.response.status_code", "tenant"):
+                sp[0].attrs[key] = odd
+            sp[1].resource = {"service.version": odd, "service.instance.id": [odd, odd]}
+            if i % 3 == 0:
+                sp[1].events = [("exception", t, {"exception.type": odd, "exception.message": [odd],
+                                                  "exception.stacktrace": odd})]
+            spans += sp
         elif name == "ml_garbage":
             sp = _request(tid, t, dur)
             sp[1].attrs.update(_ml_garbage(i))
@@ -264,4 +292,4 @@ def _ml_garbage(i: int) -> dict:
 
 CASES = ["missing_parents", "parent_cycle", "self_parent", "skewed_clocks", "zero_negative", "error_no_message",
          "shared_trace_id", "lonely_service", "huge_attribute", "odd_unicode", "bad_logs", "nan_metrics",
-         "only_errors", "same_latency", "one_slow", "no_status", "ml_garbage"]
+         "only_errors", "same_latency", "one_slow", "no_status", "ml_garbage", "typed_values"]

@@ -195,6 +195,17 @@ def test_a_trace_whose_parent_ids_all_loop_is_shown(store, capsys):
         assert len(doc["data"]["spans"]) == n, doc["data"]["spans"]
 
 
+def test_attribute_values_of_any_type_are_evidence_not_errors(store, capsys):
+    """Arrays, maps, bytes and NaN where strings are expected (versions, routes, hosts) and
+    an exception event whose stack trace is a number: `investigate errors` ended in a
+    TypeError (re.finditer on an int, a list as a dict key), and the attribute evidence of
+    both investigations was skipped ("unhashable type: 'dict'")."""
+    for cmd in ("slow", "errors"):
+        doc = _json(store, capsys, "investigate", cmd, *store.window("typed_values"))
+        assert not [n for n in doc["notes"] if "skipped on odd data" in n], doc["notes"]
+        assert "skipped_evidence" not in doc["data"], doc["data"]["skipped_evidence"]
+
+
 def test_a_span_left_off_the_critical_path_is_said(store, capsys):
     """The root ends 5 ms before it starts (a broken clock), so its child lies outside
     it: the waterfall shows the child, and a note now says its time counts nowhere (the
