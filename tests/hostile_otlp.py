@@ -255,7 +255,8 @@ def case(name: str, base: int, t0: int, n: int = 30) -> tuple[list[HSpan], list[
                         "peer.service", "http.response.status_code", "tenant"):
                 sp[0].attrs[key] = odd
             sp[1].resource = {"service.version": odd, "service.instance.id": [odd, odd]}
-            if i % 3 == 0:
+            if i % 3 == 0:  # the failing span's own exception
+                sp[1].status = ERROR
                 sp[1].events = [("exception", t, {"exception.type": odd, "exception.message": [odd],
                                                   "exception.stacktrace": odd})]
             spans += sp
