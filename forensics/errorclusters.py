@@ -64,7 +64,6 @@ class ErrorEvent:
     template: str = ""
 
 
-@functools.lru_cache(maxsize=1 << 16)  # the same stack trace repeats with every failure of its kind
 def top_frames(stacktrace: Any) -> tuple[str, ...]:
     """Innermost frames first: where the exception was raised, not the framework around it.
 
@@ -74,6 +73,11 @@ def top_frames(stacktrace: Any) -> tuple[str, ...]:
         return ()
     if not isinstance(stacktrace, str):
         stacktrace = "\n".join(map(str, stacktrace)) if isinstance(stacktrace, (list, tuple)) else str(stacktrace)
+    return _top_frames(stacktrace)
+
+
+@functools.lru_cache(maxsize=1 << 16)  # the same stack trace repeats with every failure of its kind
+def _top_frames(stacktrace: str) -> tuple[str, ...]:
     frames = [f"{m.group(1).rsplit('/', 2)[-1] if '/' in m.group(1) else m.group(1)}:{m.group(2)}"
               for m in _FRAME_RE.finditer(stacktrace)]
     return tuple(reversed(frames))[:TOP_FRAMES]
