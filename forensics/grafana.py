@@ -29,6 +29,7 @@ with a one-line message.
 from __future__ import annotations
 
 import base64
+import functools
 import binascii
 import json
 import logging
@@ -38,7 +39,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import requests
 
@@ -254,6 +255,23 @@ def _status(st: dict[str, Any] | None) -> tuple[str, str]:
     return name, st.get("message", "") or ""
 
 
+def _readable(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Make a parser of a remote answer fail as one BackendError when the document's shape
+    is not the one documented (a field of the wrong type or missing: a proxy, another
+    version, another product on that port). Only the errors of reading a JSON tree of the
+    wrong shape are turned; a bug elsewhere still shows as itself."""
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def parse(doc: Any) -> Any:
+            try:
+                return fn(doc)
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+                raise BackendError(f"{what} this version cannot read: {type(exc).__name__}: {exc}"[:300]) from None
+        return parse
+    return wrap
+
+
+@_readable("Tempo returned a trace document")
 def parse_tempo_trace(doc: Any) -> list[Span]:
     """Spans of a Tempo trace-by-id answer, v1 (``batches``) or v2 (``trace.resourceSpans``),
     oldest first (ties by end), as the embedded store orders them."""
@@ -291,6 +309,17 @@ def parse_tempo_trace(doc: Any) -> list[Span]:
     return spans
 
 
+def _search_trace_id(raw: Any) -> str:
+    """A search hit's trace id, left-padded (Tempo's search drops leading zeros); not
+    :func:`normalize_trace_id`, whose UserError would blame the user for Tempo's answer."""
+    t = str(raw).strip().lower()
+    padded = trace_id_or_empty(t.rjust(32, "0")) if 0 < len(t) <= 32 else ""
+    if not padded:
+        raise BackendError(f"Tempo returned a search hit whose trace id is not one: {t[:40]!r}")
+    return padded
+
+
+@_readable("Tempo returned a search document")
 def parse_tempo_search(doc: Any) -> list[tuple[TraceSummary, list[tuple[str, int]]]]:
     """Search hits: a summary per trace plus the (span id, start) of its matched spans."""
     if not isinstance(doc, dict):
@@ -303,7 +332,7 @@ def parse_tempo_search(doc: Any) -> list[tuple[TraceSummary, list[tuple[str, int
             for sp in ss.get("spans") or []:
                 matched.append((str(sp.get("spanID", "")).rjust(16, "0"), int(sp.get("startTimeUnixNano", 0))))
         out.append((TraceSummary(
-            trace_id=normalize_trace_id(str(t["traceID"])),  # search may drop leading zeros
+            trace_id=_search_trace_id(t["traceID"]),
             root_service=t.get("rootServiceName", ""), root_name=t.get("rootTraceName", ""),
             start_ns=int(t.get("startTimeUnixNano", 0)),
             duration_ns=int(t.get("durationMs", 0)) * 1_000_000,  # whole ms only in search results
@@ -366,6 +395,7 @@ def _log_record(ts: str, line: str, labels: dict[str, str], metadata: dict[str, 
     return rec
 
 
+@_readable("Loki returned a streams document")
 def parse_loki_streams(doc: Any) -> list[LogRecord]:
     """Records of a Loki ``query_range`` streams answer, either encoding, oldest first."""
     if not isinstance(doc, dict) or doc.get("status") != "success":
