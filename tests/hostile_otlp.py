@@ -294,3 +294,19 @@ def _ml_garbage(i: int) -> dict:
 CASES = ["missing_parents", "parent_cycle", "self_parent", "skewed_clocks", "zero_negative", "error_no_message",
          "shared_trace_id", "lonely_service", "huge_attribute", "odd_unicode", "bad_logs", "nan_metrics",
          "only_errors", "same_latency", "one_slow", "no_status", "ml_garbage", "typed_values"]
+
+
+def replace_random_node(doc, rnd, value, max_steps: int = 8) -> None:
+    """Walk down a JSON tree (``rnd`` picks the way) and put ``value`` in place of the node
+    reached: one node of a real document of another type or shape."""
+    node = doc
+    for _ in range(rnd.randint(1, max_steps)):
+        keys = list(node.keys()) if isinstance(node, dict) else list(range(len(node)))
+        if not keys:
+            break
+        k = rnd.choice(keys)
+        if isinstance(node[k], (dict, list)) and rnd.random() < 0.8:
+            node = node[k]
+        else:
+            node[k] = value
+            break

@@ -655,17 +655,7 @@ def _mutations(doc, seeds: range):
     for seed in seeds:
         rnd = random.Random(seed)
         d = json.loads(json.dumps(doc))
-        node = d
-        for _ in range(rnd.randint(1, 10)):
-            keys = list(node.keys()) if isinstance(node, dict) else list(range(len(node)))
-            if not keys:
-                break
-            k = rnd.choice(keys)
-            if isinstance(node[k], (dict, list)) and rnd.random() < 0.8:
-                node = node[k]
-            else:
-                node[k] = rnd.choice(values)
-                break
+        h.replace_random_node(d, rnd, rnd.choice(values), max_steps=10)
         yield d
 
 
