@@ -26,6 +26,7 @@ import bisect
 import dataclasses
 import gc
 import json
+import math
 import os
 import sys
 import time
@@ -1204,21 +1205,30 @@ def _metric_point(d: dict[str, list], i: int, s: MetricSeries) -> MetricPoint:
     return mp
 
 
+def _pow(x: float, y: float) -> float:
+    """``x ** y``, infinite past the float range: a scale outside OTLP's [-10, 20] or a
+    huge bucket offset (a sender's bug) made the whole metric query an OverflowError."""
+    try:
+        return x ** y
+    except OverflowError:
+        return math.inf
+
+
 def exponential_to_explicit(p: Any) -> tuple[list[float], list[int]]:
     """Convert an exponential histogram point to explicit bounds, losslessly in counts:
     bucket ``i`` of scale ``s`` is ``(base**i, base**(i+1)]`` with ``base = 2**(2**-s)``;
     negative buckets mirror it and the zero bucket ends at ``zero_threshold``."""
-    base = 2.0 ** (2.0 ** -p.scale)
+    base = _pow(2.0, _pow(2.0, -p.scale))
     pairs: list[tuple[float, int]] = []  # (upper bound, count), ascending
     neg = p.negative
     for k in range(len(neg.bucket_counts) - 1, -1, -1):
         idx = neg.offset + k
-        pairs.append((-(base ** idx), int(neg.bucket_counts[k])))
+        pairs.append((-_pow(base, idx), int(neg.bucket_counts[k])))
     pairs.append((float(p.zero_threshold), int(p.zero_count)))
     pos = p.positive
     for k in range(len(pos.bucket_counts)):
         idx = pos.offset + k
-        pairs.append((base ** (idx + 1), int(pos.bucket_counts[k])))
+        pairs.append((_pow(base, idx + 1), int(pos.bucket_counts[k])))
     bounds = [ub for ub, _ in pairs]
     counts = [c for _, c in pairs] + [0]  # (last bound, +inf) is empty by construction
     return bounds, counts

@@ -71,7 +71,15 @@ def point_values(series: MetricSeries) -> tuple[np.ndarray, np.ndarray]:
 
     A counter reset (the count or value goes down, or the start time changes)
     starts a new run: the point after it counts from zero. Intervals without
-    observations (Δcount = 0) carry no value."""
+    observations (Δcount = 0) carry no value, and neither does a point whose level is
+    not a finite number (a NaN or infinite sum, inf - inf: a sender's bug)."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # those are dropped just below
+        t, v = _levels(series)
+    ok = np.isfinite(v)
+    return (t, v) if ok.all() else (t[ok], v[ok])
+
+
+def _levels(series: MetricSeries) -> tuple[np.ndarray, np.ndarray]:
     pts = sorted(series.points, key=lambda p: p.time_ns)
     t = np.array([p.time_ns for p in pts], dtype=np.int64)
     v = np.array([p.value for p in pts], dtype=float)

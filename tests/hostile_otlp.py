@@ -95,6 +95,7 @@ class HPoint:
     value: float
     service: str = "api"
     histogram: bool = False
+    kind: str = ""  # "summary" | "exponential": the point types a Prometheus bridge or a .NET SDK sends
 
 
 def trace_id(n: int) -> bytes:
@@ -137,7 +138,17 @@ def metrics_request(points: list[HPoint]) -> bytes:
     for sm, group in _scoped(req.resource_metrics, "scope_metrics", points, lambda p: (("service.name", p.service),)):
         for p in group:
             m = sm.metrics.add(name=p.name, unit="1")
-            if p.histogram:
+            if p.kind == "summary":
+                q = m.summary.data_points.add(time_unix_nano=p.time_ns, count=1, sum=p.value)
+                q.quantile_values.add(quantile=float("nan"), value=p.value)
+            elif p.kind == "exponential":
+                # a scale outside OTLP's [-10, 20] and an offset at the int32 edge
+                e = m.exponential_histogram.data_points.add(time_unix_nano=p.time_ns, count=5, sum=p.value,
+                                                            scale=[-20, 20, 0][p.time_ns // S % 3], zero_count=2)
+                e.positive.offset = -2**31 if p.time_ns // S % 2 else 2**31 - 3
+                e.positive.bucket_counts.extend([1, 2])
+                m.exponential_histogram.aggregation_temporality = 2
+            elif p.histogram:
                 dp = m.histogram.data_points.add(time_unix_nano=p.time_ns, start_time_unix_nano=max(0, p.time_ns - S),
                                                  count=3, sum=p.value, explicit_bounds=[0.1, 1.0],
                                                  bucket_counts=[1, 1, 1])
@@ -237,7 +248,9 @@ def case(name: str, base: int, t0: int, n: int = 30) -> tuple[list[HSpan], list[
         elif name == "nan_metrics":
             spans += _request(tid, t, dur)
             for v in (float("nan"), float("inf"), float("-inf"), 1e308):
-                points += [HPoint("process.cpu.utilization", t, v), HPoint("ml.queue.depth", t, v, histogram=True)]
+                points += [HPoint("process.cpu.utilization", t, v), HPoint("ml.queue.depth", t, v, histogram=True),
+                           HPoint("process.memory.usage", t, v, kind="summary"),
+                           HPoint("http.server.request.duration", t, v, kind="exponential")]
         elif name == "only_errors":
             spans += _request(tid, t, dur, status=ERROR, message="boom")
         elif name == "same_latency":

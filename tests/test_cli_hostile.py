@@ -206,6 +206,18 @@ def test_attribute_values_of_any_type_are_evidence_not_errors(store, capsys):
         assert "skipped_evidence" not in doc["data"], doc["data"]["skipped_evidence"]
 
 
+def test_summaries_and_out_of_spec_exponential_histograms_are_stored_and_shown(store, capsys):
+    """Summary points (no exemplars field: the receiver's validation raised AttributeError
+    and answered 503 to every request holding one) and exponential histograms with a scale
+    outside [-10, 20] (2.0 ** 2.0 ** 20: OverflowError, every metric query of the window
+    failed) next to NaN/inf gauges: the trace shows all four series."""
+    doc = _json(store, capsys, "trace", f"{store.slots['nan_metrics'][2]:032x}")
+    names = {m["name"] for m in doc["data"]["metrics"]}
+    assert {"process.memory.usage", "http.server.request.duration", "process.cpu.utilization",
+            "ml.queue.depth"} <= names, doc["data"]["metrics"]
+    assert "unavailable" not in json.dumps(doc["data"]["metrics"])
+
+
 def test_a_span_left_off_the_critical_path_is_said(store, capsys):
     """The root ends 5 ms before it starts (a broken clock), so its child lies outside
     it: the waterfall shows the child, and a note now says its time counts nowhere (the
