@@ -249,8 +249,9 @@ def case(name: str, base: int, t0: int, n: int = 30) -> tuple[list[HSpan], list[
             spans += _request(tid, t, dur)
             for v in (float("nan"), float("inf"), float("-inf"), 1e308):
                 points += [HPoint("process.cpu.utilization", t, v), HPoint("ml.queue.depth", t, v, histogram=True),
-                           HPoint("process.memory.usage", t, v, kind="summary"),
                            HPoint("http.server.request.duration", t, v, kind="exponential")]
+            # a cumulative summary whose sum is infinite at every point: inf - inf between them
+            points.append(HPoint("process.memory.usage", t, float("inf"), kind="summary"))
         elif name == "only_errors":
             spans += _request(tid, t, dur, status=ERROR, message="boom")
         elif name == "same_latency":
