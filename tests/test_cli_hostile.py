@@ -26,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -706,3 +707,17 @@ def test_a_tempo_search_hit_of_another_shape_is_one_line(capsys, field, value):
         assert_report_or_one_line((code, out, err), argv)
     finally:
         stack.close()
+
+
+def test_metric_levels_that_are_no_number_are_dropped_quietly():
+    """A cumulative summary whose sum is infinite at every point: inf - inf between points
+    printed NumPy's "invalid value encountered in subtract" on the user's terminal."""
+    from stagetrace.forensics.metricevidence import point_values
+    from stagetrace.model import MetricPoint, MetricSeries
+    pts = [MetricPoint("m", "summary", i * S, float("inf"), count=i + 1, sum=float("inf"), temporality="CUMULATIVE")
+           for i in range(5)]
+    pts.append(MetricPoint("m", "summary", 5 * S, 1.0, count=9, sum=9.0, temporality="CUMULATIVE"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        t, v = point_values(MetricSeries("m", "summary", {}, {"service.name": "api"}, pts))
+    assert np.isfinite(v).all() and len(t) == len(v)
