@@ -451,7 +451,13 @@ def _short_name(e: ErrorEvent) -> str:
     text = headline(tmpl)
     if text.endswith(" …"):
         text = text[:-2] + "…"
-    return f"{e.exc_type}: {text}" if e.exc_type else text
+    return _typed(e.exc_type, text)
+
+
+def _typed(exc_type: str, text: str) -> str:
+    """``Type: text``; just the type when the text is the type itself (an ERROR span with no
+    message is templated by its type: it read "error: error")."""
+    return f"{exc_type}: {text}" if exc_type and text and text != exc_type else (exc_type or text)
 
 
 def trend(times: Sequence[int], entry_times: np.ndarray, inc: Incident) -> tuple[str, float, float]:
@@ -550,7 +556,7 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, req: SpanCol
         origin = c.origin.most_common(1)[0][0] if c.origin else (main.service, main.operation, None)
         origin_share = (c.origin.most_common(1)[0][1] / sum(c.origin.values())) if c.origin else None
         cid = f"E{i + 1}"
-        name = f"{main.exc_type}: {main.template}" if main.exc_type else main.template
+        name = _typed(main.exc_type, main.template)
         short = _short_name(main)
         parts = [f"{short}: {affected} failed request{'s' if affected != 1 else ''} ({rate:.1%} of {total_label})",
                  f"origin {origin[0]} '{origin[1]}'" + (f" (stage {origin[2]})" if origin[2] else "")]

@@ -163,6 +163,9 @@ def test_degenerate_windows_say_what_they_are(store, capsys):
     errs = _json(store, capsys, "investigate", "errors", *store.window("only_errors"))
     assert errs["verdict"][0].startswith("30 of 30 requests failed"), errs["verdict"]
     assert [f["summary"].split(":")[1].strip() for f in errs["findings"]] == ["boom"], errs["findings"]
+    bare = _json(store, capsys, "investigate", "errors", *store.window("error_no_message"))
+    assert bare["findings"] and not [f for f in bare["findings"] if f["summary"].startswith("error: error")], \
+        [f["summary"] for f in bare["findings"]]  # an ERROR status with no message is "error", not "error: error"
     for case in ("same_latency", "only_errors"):
         quiet = _json(store, capsys, "investigate", "errors" if case == "same_latency" else "slow", *store.window(case))
         assert not quiet["findings"], (case, quiet["findings"])
