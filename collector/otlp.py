@@ -23,6 +23,8 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metr
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_svc
 from opentelemetry.proto.common.v1 import common_pb2
 
+from stagetrace.config import MAX_TIME_NS
+
 TRACES, LOGS, METRICS = "traces", "logs", "metrics"
 SIGNALS = (TRACES, LOGS, METRICS)
 
@@ -40,7 +42,7 @@ RESPONSE_TYPES: dict[str, type[Message]] = {
 # OTLP/JSON encodes these bytes fields as hex, not base64 (the one deviation from
 # the proto3 JSON mapping the spec makes); they never occur as attribute keys.
 _HEX_ID_FIELDS = frozenset({"traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"})
-_MAX_TIME = (1 << 63) - 1  # the store keeps times as int64 nanoseconds (until year 2262)
+_MAX_TIME = MAX_TIME_NS  # the store keeps times as int64 nanoseconds (until year 2262)
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
 _METRIC_DATA_FIELDS = ("gauge", "sum", "histogram", "exponential_histogram", "summary")
@@ -210,7 +212,7 @@ def _validate_metrics(req: Any) -> Validation:
                         if p.time_unix_nano > _MAX_TIME or p.start_time_unix_nano > _MAX_TIME:
                             problem = f"metric {m.name!r}: timestamp out of range"
                             break
-                        for ex in p.exemplars:
+                        for ex in getattr(p, "exemplars", ()):  # a Summary's points have none
                             if len(ex.trace_id) not in (0, 16) or len(ex.span_id) not in (0, 8):
                                 problem = f"metric {m.name!r}: exemplar with invalid trace_id/span_id length"
                                 break

@@ -26,6 +26,7 @@ import bisect
 import dataclasses
 import gc
 import json
+import math
 import os
 import sys
 import time
@@ -44,7 +45,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from stagetrace import semconv
 from stagetrace.backend import (LogQuery, MetricQuery, SpanColumns, TraceQuery, attributes_match, log_in_query,
                                 span_columns)
-from stagetrace.config import normalize_trace_id
+from stagetrace.config import normalize_trace_id, trace_id_or_empty
 from stagetrace.errors import BackendError, UserError
 from stagetrace.traceids import HexIds, id_keys
 from stagetrace.model import (SPAN_KINDS, STATUS_CODES, LogRecord, MetricPoint, MetricSeries, Span, SpanEvent,
@@ -584,7 +585,8 @@ class EmbeddedBackend:
                 severity_number=d["severity_number"][i], severity_text=d["severity_text"][i],
                 body=otlp.any_value(rest.body) if rest.HasField("body") else None,
                 attributes=otlp.attributes(rest.attributes),
-                trace_id=d["trace_id"][i].hex(), span_id=d["span_id"][i].hex(),
+                # an all-zero id (accepted by the receiver: 16 bytes) means "no trace"
+                trace_id=trace_id_or_empty(d["trace_id"][i].hex()), span_id=d["span_id"][i].hex(),
                 resource=dict(resource), scope_name=scope_name)
 
     # --- Backend API ----------------------------------------------------------------
@@ -1203,21 +1205,30 @@ def _metric_point(d: dict[str, list], i: int, s: MetricSeries) -> MetricPoint:
     return mp
 
 
+def _pow(x: float, y: float) -> float:
+    """``x ** y``, infinite past the float range: a scale outside OTLP's [-10, 20] or a
+    huge bucket offset (a sender's bug) made the whole metric query an OverflowError."""
+    try:
+        return x ** y
+    except OverflowError:
+        return math.inf
+
+
 def exponential_to_explicit(p: Any) -> tuple[list[float], list[int]]:
     """Convert an exponential histogram point to explicit bounds, losslessly in counts:
     bucket ``i`` of scale ``s`` is ``(base**i, base**(i+1)]`` with ``base = 2**(2**-s)``;
     negative buckets mirror it and the zero bucket ends at ``zero_threshold``."""
-    base = 2.0 ** (2.0 ** -p.scale)
+    base = _pow(2.0, _pow(2.0, -p.scale))
     pairs: list[tuple[float, int]] = []  # (upper bound, count), ascending
     neg = p.negative
     for k in range(len(neg.bucket_counts) - 1, -1, -1):
         idx = neg.offset + k
-        pairs.append((-(base ** idx), int(neg.bucket_counts[k])))
+        pairs.append((-_pow(base, idx), int(neg.bucket_counts[k])))
     pairs.append((float(p.zero_threshold), int(p.zero_count)))
     pos = p.positive
     for k in range(len(pos.bucket_counts)):
         idx = pos.offset + k
-        pairs.append((base ** (idx + 1), int(pos.bucket_counts[k])))
+        pairs.append((_pow(base, idx + 1), int(pos.bucket_counts[k])))
     bounds = [ub for ub, _ in pairs]
     counts = [c for _, c in pairs] + [0]  # (last bound, +inf) is empty by construction
     return bounds, counts

@@ -236,6 +236,26 @@ class Backend(Protocol):
         ...
 
 
+_BACKEND_KEYS = ("kind", "data_dir", "tempo", "loki", "prometheus", "tenant")
+
+
+def _backend_table(doc: dict, path: str) -> dict:
+    """The ``[backend]`` table of a config file, its types checked: a number where a URL
+    belongs failed later as an AttributeError deep in the HTTP client."""
+    from .errors import UserError
+
+    cfg = doc.get("backend", {})
+    if not isinstance(cfg, dict):
+        raise UserError(f"backend config {path}: 'backend' must be a table ([backend]), not {type(cfg).__name__}")
+    for key in _BACKEND_KEYS:
+        if key in cfg and not isinstance(cfg[key], str):
+            raise UserError(f"backend config {path}: [backend] {key} must be a string, not {cfg[key]!r}")
+    hdrs = cfg.get("headers", {})
+    if not isinstance(hdrs, dict) or not all(isinstance(v, str) for v in hdrs.values()):
+        raise UserError(f"backend config {path}: [backend] headers must be a table of strings (Name = \"value\")")
+    return cfg
+
+
 def open_backend(*, kind: str | None = None, data_dir: str | None = None,
                  tempo_url: str | None = None, loki_url: str | None = None,
                  prometheus_url: str | None = None, tenant: str | None = None,
@@ -252,7 +272,7 @@ def open_backend(*, kind: str | None = None, data_dir: str | None = None,
         import tomllib
         try:
             with open(backend_config, "rb") as fh:
-                cfg = tomllib.load(fh).get("backend", {})
+                cfg = _backend_table(tomllib.load(fh), backend_config)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise UserError(f"cannot read backend config {backend_config}: {exc}") from None
     kind = kind or cfg.get("kind") or "embedded"

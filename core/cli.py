@@ -123,6 +123,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("stagetrace: aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:
+        # one line, like every other error: click's own form is three (usage, hint, error)
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        message = " ".join(exc.format_message().split())
+        click.echo(f"stagetrace: error: {message}{hint}", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

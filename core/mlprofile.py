@@ -235,6 +235,10 @@ def decode_output(text: str) -> OutputProfile | None:
         predicted = predicted if len(predicted) else np.full(k, -1, dtype=np.int16)
         if not (len(scores) == len(predicted) == len(conf)):
             return None
+        # an infinite score or confidence (a model's or a sender's bug) is no value: unknown,
+        # as NaN already is, so no analysis subtracts inf from inf
+        scores = np.where(np.isfinite(scores), scores, np.float32(np.nan)).astype(np.float32)
+        conf = np.where(np.isfinite(conf), conf, np.float32(np.nan)).astype(np.float32)
         return OutputProfile(int(parts[1]), classes, scores, predicted, conf)
     except (ValueError, TypeError, UnicodeDecodeError, binascii.Error):
         return None

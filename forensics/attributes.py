@@ -149,9 +149,14 @@ def _value_order(v: Any) -> tuple[str, str]:
     return type(v).__name__, repr(v)
 
 
-def _scalar(v: Any) -> Any:
+def scalar_value(v: Any) -> Any:
+    """An attribute value as one hashable value to count and compare: a short array or
+    map (OTLP allows both; a map value was a TypeError that cost the whole attribute
+    evidence) as its text, a long one as None (no value worth comparing)."""
     if isinstance(v, (list, tuple)):
         return ",".join(map(str, v)) if len(v) <= 4 else None
+    if isinstance(v, dict):
+        return ",".join(f"{k}={x}" for k, x in sorted(v.items(), key=lambda kv: str(kv[0]))) if len(v) <= 4 else None
     return v
 
 
@@ -163,7 +168,7 @@ def trace_attributes(trace: Trace) -> dict[str, set]:
             for k, v in src.items():
                 if not _usable(k):
                     continue
-                v = _scalar(v)
+                v = scalar_value(v)
                 if v is None or v == "":
                     continue
                 out.setdefault(k, set()).add(v)
@@ -193,7 +198,7 @@ def compare(selection: Sequence[Trace], baseline: Sequence[Trace], *, min_delta:
             for src in (sp.attributes, sp.resource):
                 for k, v in src.items():
                     if _usable(k):
-                        v = _scalar(v)
+                        v = scalar_value(v)
                         if v is not None and v != "":
                             carriers.setdefault((k, v), set()).add(sp.service_name)
     services = {t.trace_id: {sp.service_name for sp in t.spans} for t in (*selection, *baseline)}

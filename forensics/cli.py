@@ -15,7 +15,7 @@ import click
 
 from stagetrace.backend import open_backend
 from stagetrace.cli import backend_options, report_options
-from stagetrace.config import parse_duration_ns, parse_time_ns  # noqa: F401 (re-exported)
+from stagetrace.config import parse_duration_ns, parse_time_ns, path_exists  # noqa: F401 (re-exported)
 from stagetrace.errors import UserError
 
 
@@ -31,9 +31,11 @@ def _missing_store(backend) -> str | None:
     """The embedded store reads a missing dir as empty; say so, or a typo in
     --data-dir looks like "no data"."""
     d = getattr(backend, "data_dir", None)
-    if d is not None and not Path(d).exists():
-        return f"no store at {d} (start `stagetrace collector`, or pass --data-dir)"
-    return None
+    if d is None:
+        return None
+    if path_exists(d, f"the store in {d}"):
+        return None
+    return f"no store at {d} (start `stagetrace collector`, or pass --data-dir)"
 
 
 def _open(opts: dict):
@@ -61,7 +63,24 @@ def _emit(reports, fmt: str, output: str | None) -> None:
                            width=max(100, shutil.get_terminal_size((140, 40)).columns) if color else 140)
     else:
         text = render(reports, fmt)
-    click.echo(text, nl=False)
+    try:
+        click.echo(text, nl=False)
+    except BrokenPipeError:
+        raise  # `... | head`: stagetrace.cli.main ends quietly
+    except OSError as exc:  # a full disk or a closed terminal: one line, not a traceback
+        _drop_stdout()
+        raise UserError(f"cannot write the report to standard output: {exc.strerror or exc}") from None
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null: what is left in its buffer would fail again when Python
+    flushes it on exit, as a second message ("Exception ignored ...")."""
+    import os
+    try:
+        sys.stdout.flush()
+    except OSError:
+        pass
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def resolve_window(since: str | None, from_: str | None, until: str | None) -> tuple[int, int]:
@@ -76,7 +95,13 @@ def resolve_window(since: str | None, from_: str | None, until: str | None) -> t
         if start >= end:
             raise UserError("--from must be before --until")
         return start, end
-    return now - parse_duration_ns(since or "1h", default_unit="m"), now
+    if since is not None and not since.strip():
+        raise UserError("--since needs a duration, e.g. 30m, 1h, 2d")
+    back = parse_duration_ns(since or "1h", default_unit="m")
+    if back <= 0:
+        raise UserError(f"--since {since!r} is an empty window: give a duration above 0, e.g. 30m")
+    # a look-back past 1970 means "everything": no telemetry is older (OTLP times are unsigned)
+    return max(0, now - back), now
 
 
 def _window_options(func):

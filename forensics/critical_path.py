@@ -135,8 +135,8 @@ def build_tree(spans: Iterable[Span]) -> tuple[Node | None, dict[str, Node], lis
     orphans = [n for n in nodes.values() if n.span.parent_span_id and n.span.parent_span_id not in nodes]
     if true_roots:
         root = max(true_roots, key=lambda n: (n.end_ns - n.start_ns, -n.start_ns))
-    else:
-        root = min(orphans, key=lambda n: (n.start_ns, -(n.end_ns - n.start_ns)))
+    else:  # the root was lost; with no orphan either, every parent id loops (corrupt ids)
+        root = min(orphans or nodes.values(), key=lambda n: (n.start_ns, -(n.end_ns - n.start_ns)))
     for n in nodes.values():
         if n is root:
             continue
@@ -145,16 +145,21 @@ def build_tree(spans: Iterable[Span]) -> tuple[Node | None, dict[str, Node], lis
         if parent is None or parent is n:
             parent = root
         n.parent = parent
-    # Cut cycles (corrupt parent ids): any node that cannot reach the root is re-hung under it.
+    # Cut cycles (corrupt parent ids): any node that cannot reach the root is re-hung
+    # under it, and marked as an orphan so the report says the trace is broken.
+    looped: list[Node] = []
     for n in nodes.values():
         seen: set[int] = set()
         p = n
         while p is not None and p is not root:
             if id(p) in seen:
                 n.parent = root
+                looped.append(n)
                 break
             seen.add(id(p))
             p = p.parent
+    known = {id(n) for n in orphans}
+    orphans += [n for n in looped if id(n) not in known]
     for n in nodes.values():
         if n.parent is not None:
             n.parent.children.append(n)

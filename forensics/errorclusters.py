@@ -40,7 +40,8 @@ from .logtext import MessageTexts, message
 from .progress import steps
 from .report import EvidenceGuard, Finding, Report, headline
 from .slow import _note_missing_data
-from .window import ByTrace, comparison_weights, fmt_time, indexed_entry_requests, request_ops, request_weights
+from .window import (ByTrace, comparison_weights, fmt_time, indexed_entry_requests, request_ops, request_weights,
+                     rootless_note)
 
 MAX_ERROR_TRACES = 300
 MAX_SUCCESS_TRACES = 300
@@ -63,11 +64,20 @@ class ErrorEvent:
     template: str = ""
 
 
-@functools.lru_cache(maxsize=1 << 16)  # the same stack trace repeats with every failure of its kind
-def top_frames(stacktrace: str | None) -> tuple[str, ...]:
-    """Innermost frames first: where the exception was raised, not the framework around it."""
+def top_frames(stacktrace: Any) -> tuple[str, ...]:
+    """Innermost frames first: where the exception was raised, not the framework around it.
+
+    ``exception.stacktrace`` is a string by the semantic conventions, but an attribute can
+    hold any type (an array of lines, a number): read as text, never a TypeError."""
     if not stacktrace:
         return ()
+    if not isinstance(stacktrace, str):
+        stacktrace = "\n".join(map(str, stacktrace)) if isinstance(stacktrace, (list, tuple)) else str(stacktrace)
+    return _top_frames(stacktrace)
+
+
+@functools.lru_cache(maxsize=1 << 16)  # the same stack trace repeats with every failure of its kind
+def _top_frames(stacktrace: str) -> tuple[str, ...]:
     frames = [f"{m.group(1).rsplit('/', 2)[-1] if '/' in m.group(1) else m.group(1)}:{m.group(2)}"
               for m in _FRAME_RE.finditer(stacktrace)]
     return tuple(reversed(frames))[:TOP_FRAMES]
@@ -131,6 +141,10 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
         report = Report("errors", "Errors", query=query, window={"start_ns": start_ns, "end_ns": end_ns})
         if not times:
             report.verdict = ["No requests and no errors in the window."]
+            note = rootless_note(backend, service=service, start_ns=start_ns, end_ns=end_ns)
+            if note:
+                report.notes.append(note)
+            _note_missing_data(backend, report, start_ns, end_ns)  # "no requests" may be a quarantined block
             return report
         w_start = start_ns if start_ns is not None else min(times)
         w_end = end_ns if end_ns is not None else max(times) + 1
@@ -437,7 +451,13 @@ def _short_name(e: ErrorEvent) -> str:
     text = headline(tmpl)
     if text.endswith(" …"):
         text = text[:-2] + "…"
-    return f"{e.exc_type}: {text}" if e.exc_type else text
+    return _typed(e.exc_type, text)
+
+
+def _typed(exc_type: str, text: str) -> str:
+    """``Type: text``; just the type when the text is the type itself (an ERROR span with no
+    message is templated by its type: it read "error: error")."""
+    return f"{exc_type}: {text}" if exc_type and text and text != exc_type else (exc_type or text)
 
 
 def trend(times: Sequence[int], entry_times: np.ndarray, inc: Incident) -> tuple[str, float, float]:
@@ -536,7 +556,7 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, req: SpanCol
         origin = c.origin.most_common(1)[0][0] if c.origin else (main.service, main.operation, None)
         origin_share = (c.origin.most_common(1)[0][1] / sum(c.origin.values())) if c.origin else None
         cid = f"E{i + 1}"
-        name = f"{main.exc_type}: {main.template}" if main.exc_type else main.template
+        name = _typed(main.exc_type, main.template)
         short = _short_name(main)
         parts = [f"{short}: {affected} failed request{'s' if affected != 1 else ''} ({rate:.1%} of {total_label})",
                  f"origin {origin[0]} '{origin[1]}'" + (f" (stage {origin[2]})" if origin[2] else "")]

@@ -29,6 +29,7 @@ with a one-line message.
 from __future__ import annotations
 
 import base64
+import functools
 import binascii
 import json
 import logging
@@ -38,13 +39,13 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import requests
 
 from stagetrace import semconv
 from stagetrace.backend import LogQuery, MetricQuery, TraceQuery, attributes_match, log_in_query, value_equals
-from stagetrace.config import normalize_trace_id
+from stagetrace.config import normalize_trace_id, trace_id_or_empty
 from stagetrace.errors import BackendError, UserError
 from stagetrace.model import (SPAN_KINDS, Attributes, LogRecord, MetricPoint, MetricSeries, Span, SpanEvent,
                               SpanLink, Trace, TraceSummary)
@@ -254,6 +255,23 @@ def _status(st: dict[str, Any] | None) -> tuple[str, str]:
     return name, st.get("message", "") or ""
 
 
+def _readable(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Make a parser of a remote answer fail as one BackendError when the document's shape
+    is not the one documented (a field of the wrong type or missing: a proxy, another
+    version, another product on that port). Only the errors of reading a JSON tree of the
+    wrong shape are turned; a bug elsewhere still shows as itself."""
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def parse(doc: Any) -> Any:
+            try:
+                return fn(doc)
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+                raise BackendError(f"{what} this version cannot read: {type(exc).__name__}: {exc}"[:300]) from None
+        return parse
+    return wrap
+
+
+@_readable("Tempo returned a trace document")
 def parse_tempo_trace(doc: Any) -> list[Span]:
     """Spans of a Tempo trace-by-id answer, v1 (``batches``) or v2 (``trace.resourceSpans``),
     oldest first (ties by end), as the embedded store orders them."""
@@ -291,6 +309,17 @@ def parse_tempo_trace(doc: Any) -> list[Span]:
     return spans
 
 
+def _search_trace_id(raw: Any) -> str:
+    """A search hit's trace id, left-padded (Tempo's search drops leading zeros); not
+    :func:`normalize_trace_id`, whose UserError would blame the user for Tempo's answer."""
+    t = str(raw).strip().lower()
+    padded = trace_id_or_empty(t.rjust(32, "0")) if 0 < len(t) <= 32 else ""
+    if not padded:
+        raise BackendError(f"Tempo returned a search hit whose trace id is not one: {t[:40]!r}")
+    return padded
+
+
+@_readable("Tempo returned a search document")
 def parse_tempo_search(doc: Any) -> list[tuple[TraceSummary, list[tuple[str, int]]]]:
     """Search hits: a summary per trace plus the (span id, start) of its matched spans."""
     if not isinstance(doc, dict):
@@ -303,7 +332,7 @@ def parse_tempo_search(doc: Any) -> list[tuple[TraceSummary, list[tuple[str, int
             for sp in ss.get("spans") or []:
                 matched.append((str(sp.get("spanID", "")).rjust(16, "0"), int(sp.get("startTimeUnixNano", 0))))
         out.append((TraceSummary(
-            trace_id=normalize_trace_id(str(t["traceID"])),  # search may drop leading zeros
+            trace_id=_search_trace_id(t["traceID"]),
             root_service=t.get("rootServiceName", ""), root_name=t.get("rootTraceName", ""),
             start_ns=int(t.get("startTimeUnixNano", 0)),
             duration_ns=int(t.get("durationMs", 0)) * 1_000_000,  # whole ms only in search results
@@ -328,20 +357,30 @@ def _severity_number(text: str) -> int:
     return 0
 
 
+def _int_or(value: Any, default: int | None) -> int | None:
+    """An integer label or field as Loki gives it (a string), else ``default``."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
 def _log_record(ts: str, line: str, labels: dict[str, str], metadata: dict[str, str]) -> LogRecord:
     """One Loki entry back into the OTLP log model. ``labels`` are index labels (always
     from resource attributes), ``metadata`` is structured metadata (trace context,
     severity, scope, log attributes and the other resource attributes)."""
     fields = {**labels, **metadata}
-    time_ns = int(ts)
+    time_ns = _int_or(ts, None)
+    if time_ns is None:  # Loki's own field: not Loki, or a proxy rewrote the answer
+        raise BackendError(f"Loki returned an entry whose time is not Unix nanoseconds: {str(ts)[:40]!r}")
     sev_text = fields.pop("severity_text", "")
-    sev_num = fields.pop("severity_number", None)
+    sev_num = _int_or(fields.pop("severity_number", None), None)  # a shipper's label: may be any text
     level = fields.get("detected_level", "")
     rec = LogRecord(
-        time_ns=time_ns, observed_time_ns=int(fields.pop("observed_timestamp", time_ns)),
-        severity_number=int(sev_num) if sev_num not in (None, "") else _severity_number(sev_text or level),
+        time_ns=time_ns, observed_time_ns=_int_or(fields.pop("observed_timestamp", time_ns), time_ns),
+        severity_number=sev_num if sev_num is not None else _severity_number(sev_text or level),
         severity_text=sev_text, body=line,
-        trace_id=fields.pop("trace_id", "").lower(), span_id=fields.pop("span_id", "").lower(),
+        trace_id=trace_id_or_empty(fields.pop("trace_id", "")), span_id=fields.pop("span_id", "").lower(),
         scope_name=fields.pop("scope_name", ""))
     fields.pop("scope_version", None)
     fields.pop("flags", None)
@@ -356,19 +395,25 @@ def _log_record(ts: str, line: str, labels: dict[str, str], metadata: dict[str, 
     return rec
 
 
+@_readable("Loki returned a streams document")
 def parse_loki_streams(doc: Any) -> list[LogRecord]:
     """Records of a Loki ``query_range`` streams answer, either encoding, oldest first."""
     if not isinstance(doc, dict) or doc.get("status") != "success":
         err = doc.get("error") if isinstance(doc, dict) else None
         raise BackendError(f"Loki query failed: {err or 'unexpected answer'}")
     data = doc.get("data") or {}
-    if data.get("resultType") != "streams":
-        raise BackendError(f"Loki returned {data.get('resultType')!r} where log streams were expected")
+    if not isinstance(data, dict) or data.get("resultType") != "streams":
+        kind = data.get("resultType") if isinstance(data, dict) else type(data).__name__
+        raise BackendError(f"Loki returned {kind!r} where log streams were expected")
     categorized = LOKI_CATEGORIZE in (data.get("encodingFlags") or [])
     out = []
     for stream in data.get("result") or []:
+        if not isinstance(stream, dict) or not isinstance(stream.get("values") or [], list):
+            raise BackendError("Loki returned a log stream that is not a JSON object with a list of values")
         labels = dict(stream.get("stream") or {})
         for value in stream.get("values") or []:
+            if not isinstance(value, list) or len(value) < 2:
+                raise BackendError(f"Loki returned a log entry that is not [time, line]: {str(value)[:60]}")
             meta: dict[str, str] = {}
             if len(value) > 2 and isinstance(value[2], dict):
                 meta = {**(value[2].get("structuredMetadata") or {}), **(value[2].get("parsed") or {})}

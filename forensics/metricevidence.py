@@ -71,7 +71,15 @@ def point_values(series: MetricSeries) -> tuple[np.ndarray, np.ndarray]:
 
     A counter reset (the count or value goes down, or the start time changes)
     starts a new run: the point after it counts from zero. Intervals without
-    observations (Δcount = 0) carry no value."""
+    observations (Δcount = 0) carry no value, and neither does a point whose level is
+    not a finite number (a NaN or infinite sum, inf - inf: a sender's bug)."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # those are dropped just below
+        t, v = _levels(series)
+    ok = np.isfinite(v)
+    return (t, v) if ok.all() else (t[ok], v[ok])
+
+
+def _levels(series: MetricSeries) -> tuple[np.ndarray, np.ndarray]:
     pts = sorted(series.points, key=lambda p: p.time_ns)
     t = np.array([p.time_ns for p in pts], dtype=np.int64)
     v = np.array([p.value for p in pts], dtype=float)
@@ -238,24 +246,27 @@ def resource_steps(series: Sequence[MetricSeries], lo_ns: int, hi_ns: int, *,
     for s, t, v, starts in scanned:
         y = np.log(np.maximum(v, float(v[v > 0].min()) / 2))
         best = None
-        for i in starts:
-            mb = float(np.median(v[:i]))
-            if mb <= 0:
-                continue
-            # every point of the episode is above all history and ten times its usual level
-            bar = max(float(v[:i].max()), STEP_MIN_RATIO * mb)
-            run = i
-            while run < v.size and v[run] > bar:
-                run += 1
-            if run - i < STEP_MIN_AFTER:
-                continue
-            ma = float(np.median(v[i:run]))
-            tt = _st.ttest_ind(y[i:run], y[:i], equal_var=False, alternative="greater")
-            # a flat series has no variance: its step is then as certain as its size says
-            p = min(1.0, (float(tt.pvalue) if np.isfinite(tt.pvalue) else 0.0) * max(n_tests, 1.0))
-            if p < alpha:  # the earliest start that holds is where it began
-                best = (p, i, run, mb, ma)
-                break
+        # values near the float limit (a sender's bug, e.g. 1e308) overflow a median's mean
+        # to inf, which then is no step: quietly, not a RuntimeWarning on the user's terminal
+        with np.errstate(over="ignore"):
+            for i in starts:
+                mb = float(np.median(v[:i]))
+                if mb <= 0:
+                    continue
+                # every point of the episode is above all history and ten times its usual level
+                bar = max(float(v[:i].max()), STEP_MIN_RATIO * mb)
+                run = i
+                while run < v.size and v[run] > bar:
+                    run += 1
+                if run - i < STEP_MIN_AFTER:
+                    continue
+                ma = float(np.median(v[i:run]))
+                tt = _st.ttest_ind(y[i:run], y[:i], equal_var=False, alternative="greater")
+                # a flat series has no variance: its step is then as certain as its size says
+                p = min(1.0, (float(tt.pvalue) if np.isfinite(tt.pvalue) else 0.0) * max(n_tests, 1.0))
+                if p < alpha:  # the earliest start that holds is where it began
+                    best = (p, i, run, mb, ma)
+                    break
         if best is not None:
             p, i, run, mb, ma = best
             out.append(ResourceStep(s.name, s.service_name, _labels(s), s.unit, int(t[i]), mb, ma, run - i, p,

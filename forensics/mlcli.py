@@ -13,7 +13,7 @@ import click
 
 from stagetrace.cli import backend_options, report_options
 from stagetrace.config import data_dir as resolve_data_dir
-from stagetrace.config import parse_duration_ns
+from stagetrace.config import parse_duration_ns, path_exists
 from stagetrace.errors import UserError
 
 
@@ -43,12 +43,12 @@ def _reference(reference: str | None, model: str, version: str | None, data_dir)
     from .drift import reference_path
     if reference:
         ref = Path(reference)
-        if not ref.exists():
+        if not path_exists(ref, f"reference profile {ref}"):
             raise UserError(f"no reference profile at {ref}")
         return ref
     root = resolve_data_dir(data_dir)
     for ref in (reference_path(root, model, version), reference_path(root, model, None)):
-        if ref.exists():
+        if path_exists(ref, f"reference profile {ref}"):
             return ref
     return None
 

@@ -31,7 +31,7 @@ from scipy import stats
 
 from stagetrace import mlprofile, semconv
 from stagetrace.backend import Backend, LogQuery
-from stagetrace.config import UserError, parse_time_ns
+from stagetrace.config import MAX_TIME_NS, UserError, parse_time_ns
 from stagetrace.model import LogRecord, Span
 
 from . import mlprofiles as mp
@@ -219,7 +219,8 @@ def _label_time_ns(value: Any, default: int) -> int:
     """``ml.label.time`` as a number (our store) or as text (Loki returns every attribute
     as a string); ``default`` (the record's time) when it is absent or unreadable."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return int(value)
+        # NaN, an infinity or a time past 2262 (a sender's bug) has no instant: the record's own
+        return int(value) if math.isfinite(value) and 0 <= value <= MAX_TIME_NS else default
     if isinstance(value, str):
         try:
             return parse_time_ns(value, semconv.ML_LABEL_TIME)

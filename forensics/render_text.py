@@ -32,7 +32,7 @@ def render_text(reports: Sequence[Report], color: bool = False, width: int = 140
 def _header(con: Console, r: Report) -> None:
     con.print(Text(r.title, style="bold"))
     w = r.window or {}
-    if w.get("start_ns") and w.get("end_ns") and r.kind != "trace":
+    if w.get("start_ns") is not None and w.get("end_ns") and r.kind != "trace":  # 0 is the epoch, a real start
         con.print(f"window {fmt_time(w['start_ns'])} .. {fmt_time(w['end_ns'])}", style="dim")
 
 

@@ -32,7 +32,7 @@ from . import attributes, blame, incident, logmining, metricevidence, mlprofiles
 from .progress import steps
 from .report import EvidenceGuard, Finding, Report, headline
 from .window import (ByTrace, Operations, comparison_weights, entry_requests, fmt_ms, fmt_time,
-                     indexed_entry_requests, request_ops, request_weights)
+                     indexed_entry_requests, request_ops, request_weights, rootless_note)
 
 ERROR = STATUS_CODES.index("ERROR")
 MAX_SELECTION = 200
@@ -119,6 +119,10 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         if not len(req):
             r = Report("slow", "Slow requests", query=query, window={"start_ns": start_ns, "end_ns": end_ns})
             r.verdict = ["No requests matched the window and filters, so there is nothing to explain."]
+            note = None if route else rootless_note(backend, service=service, start_ns=start_ns, end_ns=end_ns)
+            if note:
+                r.notes.append(note)
+            _note_missing_data(backend, r, start_ns, end_ns)  # "no requests" may be a quarantined block
             return r
         t0 = req.start_ns
         dur = np.maximum(req.duration_ns, 0)  # as Span.duration_ns

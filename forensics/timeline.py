@@ -16,6 +16,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from . import stats
+from .attributes import scalar_value
 
 MIN_BUCKET_NS = 1_000_000_000  # finer than a metric export interval is pointless
 MIN_PER_BUCKET = 20  # requests per bucket on average, so a bucket's rate means something
@@ -128,6 +129,9 @@ def first_seen(observations: Iterable[tuple[int, str, Any]]) -> list[FirstSeen]:
     """(time, attribute, value) observations -> first time each value appears."""
     seen: dict[tuple[str, Any], FirstSeen] = {}
     for t, k, v in observations:
+        v = scalar_value(v)  # an array or map value (e.g. a version sent as ["1", "2"]) is a dict key
+        if v is None:
+            continue
         fs = seen.get((k, v))
         if fs is None:
             seen[(k, v)] = FirstSeen(k, v, t, 1)
@@ -198,6 +202,9 @@ def versions_first_seen_groups(groups: Iterable[Sequence], keys: Sequence[str]) 
                 v = r.get(k)
                 if v is None:
                     continue
+            v = scalar_value(v)
+            if v is None:
+                continue
             fs = seen.get((k, v))
             if fs is None:
                 seen[(k, v)] = FirstSeen(k, str(v), t, n)

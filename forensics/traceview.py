@@ -121,7 +121,11 @@ def build_trace_report(backend: Backend, trace_id: str, *, trace: Trace | None =
                                        operation=deepest["name"], stage=deepest["stage"]))
     report.findings.sort(key=lambda f: -f.score)
     if cp.orphans:
-        report.notes.append(f"Broken trace: {len(cp.orphans)} span(s) whose parent is missing are shown under the root.")
+        report.notes.append(f"Broken trace: {len(cp.orphans)} span(s) whose parent is missing (or whose parent ids "
+                            "loop) are shown under the root.")
     if cp.clamped:
         report.notes.append(f"{len(cp.clamped)} span(s) overflowed their parent (clock skew) and were clamped for the critical path.")
+    if cp.dropped:  # shown in the waterfall, but their time counts nowhere: say so
+        report.notes.append(f"{len(cp.dropped)} span(s) lie wholly outside their parent's time (clock skew, or a parent "
+                            "that ends before it starts) and were left off the critical path.")
     return report

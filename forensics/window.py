@@ -90,6 +90,28 @@ def entry_spans(backend: Backend, *, service: str | None, route: str | None,
     return sorted(seen.values(), key=lambda s: s.start_ns)
 
 
+_ROOTLESS_PROBE = 1000  # spans read to tell "no data" from "data without requests": bounded
+
+
+def rootless_note(backend: Backend, *, service: str | None, start_ns: int | None,
+                  end_ns: int | None) -> str | None:
+    """Why a window with no requests is not a window with no data, or None if it is.
+
+    A trace whose root span was lost (or whose parent ids loop) has no entry span, so
+    it is no request; without this note such a window read as "nothing there" and
+    every span in it was dropped without a word. Read only when there is no request
+    at all, and bounded, so a large window pays nothing."""
+    spans = backend.find_spans(TraceQuery(service=service, start_ns=start_ns, end_ns=end_ns,
+                                          limit=_ROOTLESS_PROBE, read_only=True))
+    if not spans:
+        return None
+    tids = sorted({s.trace_id for s in spans})
+    more = "+" if len(spans) >= _ROOTLESS_PROBE else ""
+    return (f"{len(spans)}{more} span(s) of {len(tids)}{more} trace(s) in the window were skipped: none is a "
+            f"request's entry span (a trace's root{', or a SERVER/CONSUMER span of ' + service if service else ''}); "
+            f"the root was lost or the parent ids loop (see `stagetrace trace {tids[0]}`)")
+
+
 def entry_operation(span: Span) -> str:
     """What a request *is*, for per-operation baselines: its service and route
     (``http.route``, else the RPC method), else its span name."""

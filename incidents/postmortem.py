@@ -30,7 +30,7 @@ import numpy as np
 from stagetrace import semconv
 from stagetrace.backend import Backend
 from stagetrace.errors import UserError
-from stagetrace.forensics.window import entry_spans, fmt_ms, fmt_time
+from stagetrace.forensics.window import entry_spans, fmt_ms, fmt_time, rootless_note
 
 from .rules import WatchConfig, default_rules, fmt_duration
 from .series import is_failure
@@ -103,8 +103,10 @@ def build_postmortem(backend: Backend, *, start_ns: int | None, end_ns: int | No
 
     entries = entry_spans(backend, service=service, route=None, start_ns=start_ns, end_ns=end_ns)
     if not entries:
+        note = rootless_note(backend, service=service, start_ns=start_ns, end_ns=end_ns)
         raise UserError(f"no requests between {fmt_time(start_ns)} and {fmt_time(end_ns)}"
-                        + (f" for service {service}" if service else "") + ": nothing to write about")
+                        + (f" for service {service}" if service else "")
+                        + (f": {note}" if note else ": nothing to write about"))
     # the latency threshold: the SLO's, else 2x the p99 of an equally long period before the window
     thr_ns, thr_how = None, ""
     if lat_rule and lat_rule.threshold_ns:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from stagetrace.errors import UserError
+from stagetrace.errors import BackendError, UserError
 
 STATE_VERSION = 1
 MAX_HISTORY = 500
@@ -33,8 +33,12 @@ def watch_dir(data_dir: str | os.PathLike[str]) -> Path:
 
 @contextmanager
 def locked(directory: Path) -> Iterator[None]:
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "w") as fh:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fh = open(directory / ".lock", "w")
+    except OSError as exc:  # a data dir this user may not write: one line, not a traceback
+        raise BackendError(f"cannot use the watch state in {directory}: {exc.strerror or exc}") from None
+    with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield

@@ -18,6 +18,8 @@ from stagetrace.collector import otlp, store
 from stagetrace.collector.process import start_collector
 from stagetrace.collector.query import EmbeddedBackend
 
+from hostile_otlp import replace_random_node
+
 SAMPLES = Path(__file__).resolve().parent / "data" / "samples" / "input"
 VALID_JSON = {otlp.TRACES: (SAMPLES / "input_traces.otlp.json").read_bytes(),
               otlp.LOGS: (SAMPLES / "input_logs.otlp.json").read_bytes()}
@@ -98,18 +100,7 @@ JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
 def test_json_decoder_structurally_mutated(signal, path_seed, value):
     """Replace one random node of a real OTLP/JSON document with arbitrary JSON."""
     doc = json.loads(VALID_JSON[signal])
-    rnd = random.Random(path_seed)
-    node = doc
-    for _ in range(rnd.randint(1, 8)):
-        keys = list(node.keys()) if isinstance(node, dict) else list(range(len(node)))
-        if not keys:
-            break
-        k = rnd.choice(keys)
-        if isinstance(node[k], (dict, list)) and rnd.random() < 0.8:
-            node = node[k]
-        else:
-            node[k] = value
-            break
+    replace_random_node(doc, random.Random(path_seed), value)
     _exercise(signal, json.dumps(doc).encode(), json_body=True)
 
 
