@@ -558,7 +558,8 @@ def _findings(clusters: list[Cluster], total: int, events_by_trace, req: SpanCol
         cid = f"E{i + 1}"
         name = _typed(main.exc_type, main.template)
         short = _short_name(main)
-        parts = [f"{short}: {affected} failed request{'s' if affected != 1 else ''} ({rate:.1%} of {total_label})",
+        share = f"{rate:.1%} of {total_label}" if total else "their spans are not in the window: seen in logs alone"
+        parts = [f"{short}: {affected} failed request{'s' if affected != 1 else ''} ({share})",
                  f"origin {origin[0]} '{origin[1]}'" + (f" (stage {origin[2]})" if origin[2] else "")]
         if c.propagated:
             parts.append("propagated to " + ", ".join(f"{s} '{o}'" for (s, o), _ in c.propagated.most_common(3)))
@@ -645,6 +646,10 @@ def _verdict(report: Report) -> list[str]:
         head = (f"~{c['estimated_failed_requests']:.0f} of ~{c['estimated_requests']:.0f} requests failed "
                 f"({c['estimated_failed_requests'] / max(c['estimated_requests'], 1e-9):.1%}, re-weighted for tail "
                 f"sampling; {c['failed_requests']} of {c['requests']} stored)")
+    elif not c["requests"]:
+        # trace-linked ERROR logs whose spans never arrived (or were not kept): the failures are
+        # real, but there is no request to count them against
+        head = "No request's spans are in the window: the errors below were seen in ERROR logs alone"
     else:
         head = f"{c['failed_requests']} of {c['requests']} requests failed"
     inside = c.get("failed_seen_inside", 0)

@@ -252,6 +252,8 @@ def case(name: str, base: int, t0: int, n: int = 30) -> tuple[list[HSpan], list[
                            HPoint("http.server.request.duration", t, v, kind="exponential")]
             # a cumulative summary whose sum is infinite at every point: inf - inf between them
             points.append(HPoint("process.memory.usage", t, float("inf"), kind="summary"))
+        elif name == "logs_only":  # trace-linked ERROR logs whose spans never arrived
+            logs.append(HLog(t, f"payment failed for order {i}", 17, trace_id(tid), span_id(tid * 16 + 1)))
         elif name == "only_errors":
             spans += _request(tid, t, dur, status=ERROR, message="boom")
         elif name == "same_latency":
@@ -307,7 +309,7 @@ def _ml_garbage(i: int) -> dict:
 
 CASES = ["missing_parents", "parent_cycle", "self_parent", "skewed_clocks", "zero_negative", "error_no_message",
          "shared_trace_id", "lonely_service", "huge_attribute", "odd_unicode", "bad_logs", "nan_metrics",
-         "only_errors", "same_latency", "one_slow", "no_status", "ml_garbage", "typed_values"]
+         "only_errors", "same_latency", "one_slow", "no_status", "ml_garbage", "typed_values", "logs_only"]
 
 
 def replace_random_node(doc, rnd, value, max_steps: int = 8) -> None:
