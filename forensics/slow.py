@@ -237,15 +237,26 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         after_costs = blame.trace_costs(after)
         if onset_ns is not None and inc.by == "rate":
             # The slow rate's onset can sit on a busy component's burst; a component that
-            # stepped up earlier marks the real start: re-split the same samples there.
+            # stepped up earlier marks the real start. And a rate incident that ended can be
+            # the first of two faults: a component that stepped up after it, and stayed up,
+            # is the trouble going on in another form (its requests may not clear the slow bar,
+            # which the first wave's tail set). Either way, re-split the same samples.
             # (An incident located by a component's own step already starts there.)
             start_of = ByTrace(row_of, ids_of, lambda i: int(t0[i]), in_frame)
-            upto = [tc for tc in (*base_costs, *after_costs) if start_of[tc.trace_id] < inc_end]
+            pool = {tc.trace_id: tc for tc in (*base_costs, *after_costs)}
+            upto = [tc for tc in pool.values() if start_of[tc.trace_id] < inc_end]
             stepped = blame.key_steps(upto, start_of, f_lo, inc_end)
             step = min(stepped, key=lambda o: o.time_ns) if stepped else None
-            if step is not None and onset_ns - step.time_ns >= (inc_end - f_lo) // 10:
-                onset_ns = step.time_ns
-                pool = {tc.trace_id: tc for tc in (*base_costs, *after_costs)}
+            new_onset = step.time_ns if step is not None and onset_ns - step.time_ns >= (inc_end - f_lo) // 10 \
+                else onset_ns
+            later = None
+            if not inc.ongoing:
+                outside = [tc for tc in pool.values() if not onset_ns <= start_of[tc.trace_id] < inc_end]
+                after_end = [o for o in blame.key_steps(outside, start_of, f_lo, f_hi) if o.time_ns >= inc_end]
+                later = min(after_end, key=lambda o: o.time_ns) if after_end else None
+            new_end = f_hi if later is not None else inc_end
+            if (new_onset, new_end) != (onset_ns, inc_end):
+                onset_ns, inc_end = new_onset, new_end
                 base_costs = [tc for tc in pool.values() if not onset_ns <= start_of[tc.trace_id] < inc_end]
                 after_costs = [tc for tc in pool.values() if onset_ns <= start_of[tc.trace_id] < inc_end]
                 slow_ids = ByTrace(row_of, ids_of, bool, in_frame & slow)
@@ -254,11 +265,19 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
                 by_trace = {t.trace_id: t for t in (*sel, *base, *after)}
                 sel = [by_trace[tc.trace_id] for tc in sel_costs]
                 base = [by_trace[tc.trace_id] for tc in base_costs]
+                after = [by_trace[tc.trace_id] for tc in after_costs]
                 onset = _onset_at(onset_ns, f_t0, f_slow, onset, inc_end)
-                report.data["onset_from"] = {"key": list(step.key), "p_value": step.p,
-                                             "before_ms": step.before_ns / 1e6, "after_ms": step.after_ns / 1e6}
-                anomaly[0:1] = [f"the slow rate rose from {onset.rate_before:.1%} to {onset.rate_after:.1%} "
-                                f"at {fmt_time(onset.time_ns)}"]
+                what = f"the slow rate rose from {onset.rate_before:.1%} to {onset.rate_after:.1%} at {fmt_time(onset.time_ns)}"
+                if new_onset != inc.start_ns:
+                    report.data["onset_from"] = {"key": list(step.key), "p_value": step.p,
+                                                 "before_ms": step.before_ns / 1e6, "after_ms": step.after_ns / 1e6}
+                if later is not None:
+                    report.data["second_wave"] = {"key": list(later.key), "p_value": later.p, "onset_ns": later.time_ns,
+                                                  "first_end_ns": inc.end_ns, "before_ms": later.before_ns / 1e6,
+                                                  "after_ms": later.after_ns / 1e6}
+                    what += (f"; as that wave ended at {fmt_time(inc.end_ns)}, "
+                             f"{_key_text(later.key)} stepped up at {fmt_time(later.time_ns)} (its own time per call) and is still up")
+                anomaly[0:1] = [what]
         grown = guard.run("per-call growth", blame.keys_grown, base_costs, after_costs, default=set()) \
             if after_costs else set()
         bl = guard.run("component blame", blame.blame, sel_costs, base_costs, after=after_costs or None,
@@ -460,11 +479,15 @@ def _onset_of(inc: incident.Incident, e: np.ndarray) -> timeline.Onset:
     return timeline.Onset(idx, inc.start_ns, inc.p, inc.rate_out, inc.rate_in, True)
 
 
+def _key_text(key: tuple[str, str, str]) -> str:
+    """An operation or call edge as the verdict names it."""
+    level, svc, op = key
+    return f"calls {op.replace('->', ' to ')}" if level == "edge" else f"{svc}: {op}"
+
+
 def _incident_text(inc: incident.Incident) -> str:
     if inc.by == "component" and inc.key:
-        level, svc, op = inc.key
-        what = f"calls {op.replace('->', ' to ')}" if level == "edge" else f"{svc}: {op}"
-        return (f"{what} stepped up at {fmt_time(inc.start_ns)} (its own time per call), "
+        return (f"{_key_text(inc.key)} stepped up at {fmt_time(inc.start_ns)} (its own time per call), "
                 f"{inc.n_in} requests since then")
     until = "and is still going on" if inc.ongoing else f"until {fmt_time(inc.end_ns)}"
     return (f"the slow rate rose from {inc.rate_out:.1%} to {inc.rate_in:.1%} at {fmt_time(inc.start_ns)} {until} "

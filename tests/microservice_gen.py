@@ -23,6 +23,10 @@ with its own work. Faults start at ``onset`` (a share of the window):
   service called a few times a minute); if True, after the onset its own work is 20x
   longer: a jump from well under a millisecond to several, which leaves the requests
   within their route's normal latency;
+- ``until``: faults end at this share of the window (default: they last to its end);
+- ``then_slow_work``: from ``until`` on, that service's own work takes 20-40 ms longer: a
+  second fault right after the first, too small for its requests to clear the slow bar
+  that the first one's tail sets (the demo's CPU-bound preprocessing after its slow shard);
 - ``java_logs``: services log with a logback header (timestamp, level, thread,
   logger#line, TraceID/SpanID) in the body, as a filelog receiver ships them.
 
@@ -64,11 +68,13 @@ def generate(*, seconds: int = 180, rate: int = 12, onset: float = 0.5, seed: in
              net_delay: str | None = None, cpu_starved: str | None = None, slow_work: str | None = None,
              background_errors: bool = False, version_errors: bool = False, slow_host: str | None = None,
              java_logs: bool = False, spliced_head: str | None = None, rare_jump: bool | None = None,
-             end_ns: int | None = None) -> tuple[MemoryBackend, Result]:
+             end_ns: int | None = None, until: float | None = None,
+             then_slow_work: str | None = None) -> tuple[MemoryBackend, Result]:
     rnd = random.Random(seed)
     end = end_ns or (1_800_000_000 * S)
     start = end - seconds * S
     res = Result(start, end, start + int(onset * seconds * S))
+    until_ns = start + int(until * seconds * S) if until is not None else end + 1
     spans: list[Span] = []
     logs: list[LogRecord] = []
     n = seconds * rate
@@ -92,7 +98,8 @@ def generate(*, seconds: int = 180, rate: int = 12, onset: float = 0.5, seed: in
 
     for i in range(n):
         t0 = start + int(i * S / rate) + rnd.randint(0, S // rate)
-        after = t0 >= res.onset_ns
+        after = res.onset_ns <= t0 < until_ns
+        then = t0 >= until_ns
         route = rnd.choices([r for r, _ in ROUTE_MIX], [w for _, w in ROUTE_MIX])[0]
         tid = f"{rnd.getrandbits(128):032x}"
         version = "2.0" if rnd.random() < 0.3 else "1.9"
@@ -122,6 +129,9 @@ def generate(*, seconds: int = 180, rate: int = 12, onset: float = 0.5, seed: in
                 res.faulty.add(tid)
             if after and slow_work == callee:
                 work += rnd.uniform(80, 160) * MS
+            if then and then_slow_work == callee:
+                work += rnd.uniform(20, 40) * MS
+                res.faulty.add(tid)
             host = rnd.choice("ab") if slow_host == callee else "a"
             if after and host == "b":
                 work += rnd.uniform(80, 160) * MS

@@ -170,3 +170,22 @@ def test_a_stepped_call_edge_is_blamed_on_the_callee_or_on_a_starved_caller():
         start_of = {tid: min(s.start_ns for s in traces[tid].spans) for tid in ids}
         step = blame.KeyOnset(("edge", "catalog", "frontend->catalog"), res.onset_ns, 1e-9, 1e6, 1e8)
         assert blame.key_service(step, costs, start_of) == blamed, fault
+
+
+def test_a_second_fault_after_the_first_is_named_too():
+    """Two faults one after the other, as in the demo (a slow shard, then CPU-bound
+    preprocessing): catalog's host-b is slow from 30 % to 55 % of the window, then ads'
+    own work takes 20-40 ms longer to the end. The first fault's tail sets the slow bar
+    so high that few of the second's requests clear it, and the incident located on the
+    slow rate can end with the first fault. The component that stepped up after it must
+    be named as a cause too; without the second fault, nothing but catalog is."""
+    for seed in range(1, 7):
+        kw = dict(seed=seed, onset=0.3, until=0.55, slow_host="catalog")
+        rep, _ = _slow(then_slow_work="ads", **kw)
+        comps = [f for f in _components(rep) if f.significant]
+        assert comps and comps[0].service == "catalog", (seed, [f.summary for f in comps])
+        assert any(f.service == "ads" for f in comps), (seed, [f.summary for f in _components(rep)], rep.verdict[0])
+        clean, _ = _slow(**kw)
+        named = {f.service for f in _components(clean) if f.significant}
+        assert named == {"catalog"}, (seed, named)
+        assert "second_wave" not in clean.data
