@@ -89,8 +89,9 @@ class Memory:
         pass
 
 
-def stream(model, rng, kind: str, start_bucket: int = 12, label_share: float = 0.9):
-    """(spans, label records) of one stream; ``kind`` is clean | unit | concept."""
+def stream(model, rng, kind: str, start_bucket: int = 12, label_share: float = 0.9, canary=None):
+    """(spans, label records) of one stream; ``kind`` is clean | unit | concept. With
+    ``canary`` (another fitted model), client 2.0 is served by it, as version v2."""
     spans, logs = [], []
     i = 0
     for b in range(BUCKETS):
@@ -108,10 +109,11 @@ def stream(model, rng, kind: str, start_bucket: int = 12, label_share: float = 0
                 i += 1
                 row = x_sent[r:r + 1]
                 t = T0 + b * BUCKET + int((r + 0.5 * (client == "2.0")) * BUCKET / n)
-                attrs = {semconv.ML_STAGE: "inference", semconv.ML_MODEL_NAME: "fraud", semconv.ML_MODEL_VERSION: "v1",
+                m, version = (canary, "v2") if canary is not None and client == "2.0" else (model, "v1")
+                attrs = {semconv.ML_STAGE: "inference", semconv.ML_MODEL_NAME: "fraud", semconv.ML_MODEL_VERSION: version,
                          "tenant": str(tenants[r])}
-                attrs.update(input_attributes(SETTINGS, row, model, "LogisticRegression.predict_proba", "fraud"))
-                attrs.update(output_attributes(model.predict_proba(row), model))
+                attrs.update(input_attributes(SETTINGS, row, m, "LogisticRegression.predict_proba", "fraud"))
+                attrs.update(output_attributes(m.predict_proba(row), m))
                 tid, sid = f"{rng.integers(1, 2**63):016x}{i:016x}", f"{i:016x}"
                 spans.append(Span(trace_id=tid, span_id=sid, parent_span_id="", name="inference fraud", kind="INTERNAL",
                                   start_ns=t, end_ns=t + 1000, attributes=attrs,

@@ -278,6 +278,8 @@ def metrics(items: Sequence[Labelled], binary: bool) -> dict[str, Any]:
         with np.errstate(invalid="ignore"):
             out["mean_score"] = float(np.nanmean(p)) if (~np.isnan(p)).any() else None
         out["calibration_gap"] = (out["mean_score"] - out["positive_rate"]) if out["mean_score"] is not None else None
+        # the mean score can match the positive rate while every bin is off (over-confidence)
+        out["ece"] = calibration(y, p)[1]
     return out
 
 
@@ -771,11 +773,16 @@ def _tables(data: dict[str, Any], binary: bool) -> list[dict[str, Any]]:
                     num(b.get("positive_rate"))]
         rows.append(row)
     tables = [{"title": "Quality over time", "columns": cols, "rows": rows}]
-    vcols = ["version", "labelled", "accuracy"] + (["precision", "recall", "AUC"] if binary else [])
+    # calibration per version and segment: a canary can rank as well and score too high
+    vcols = ["version", "labelled", "accuracy"] + (["precision", "recall", "AUC", "mean score", "positive rate", "ECE"]
+                                                   if binary else [])
+
+    def quality_cells(r: dict[str, Any]) -> list[str]:
+        return [str(r["labelled"]), pct(r.get("accuracy"))] + (
+            [pct(r.get("precision")), pct(r.get("recall")), num(r.get("auc")), num(r.get("mean_score")),
+             num(r.get("positive_rate")), num(r.get("ece"))] if binary else [])
     tables.append({"title": "Per model version", "columns": vcols, "rows": [
-        [str(v["version"]), str(v["labelled"]), pct(v.get("accuracy"))]
-        + ([pct(v.get("precision")), pct(v.get("recall")), num(v.get("auc"))] if binary else [])
-        for v in data["versions"]]})
+        [str(v["version"]), *quality_cells(v)] for v in data["versions"]]})
     if data.get("segments"):
         tables.append({"title": "Segments where predictions got worse", "columns":
                        ["segment", "labelled", "accuracy inside", "accuracy elsewhere", "p"], "rows": [
@@ -783,9 +790,7 @@ def _tables(data: dict[str, Any], binary: bool) -> list[dict[str, Any]]:
                             pct(s["accuracy_outside"]), f"{s['p_value']:.1e}"] for s in data["segments"]]})
     if data.get("by_segment"):
         tables.append({"title": "Per segment (window)", "columns": vcols[:0] + ["segment"] + vcols[1:], "rows": [
-            [f"{r['attribute']}={r['value']}", str(r["labelled"]), pct(r.get("accuracy"))]
-            + ([pct(r.get("precision")), pct(r.get("recall")), num(r.get("auc"))] if binary else [])
-            for r in data["by_segment"]]})
+            [f"{r['attribute']}={r['value']}", *quality_cells(r)] for r in data["by_segment"]]})
     if binary and data.get("calibration", {}).get("bins"):
         tables.append({"title": "Calibration (window)", "columns": ["score bin", "predictions", "mean score",
                                                                    "positive rate"], "rows": [
