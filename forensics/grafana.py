@@ -792,12 +792,13 @@ class GrafanaBackend:
                 return []
             if start is None or end is None:
                 traces = self.get_traces(ids, start_ns=start, end_ns=end, with_logs=False)
-                if not traces:
-                    return []
-                lo = min(t.start_ns for t in traces.values())
-                hi = max(t.end_ns for t in traces.values())
-                start = lo if start is None else start
-                end = hi if end is None else end
+                if traces:
+                    lo = min(t.start_ns for t in traces.values())
+                    hi = max(t.end_ns for t in traces.values())
+                    start = lo if start is None else start
+                    end = hi if end is None else end
+                else:  # Tempo has no span of them (a trace only logs carry): Loki's own default window
+                    start, end = self._window(start, end)
             recs = self._logs_for_traces(ids, start, end, service)
         else:
             now = time.time_ns()

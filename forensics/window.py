@@ -112,6 +112,35 @@ def rootless_note(backend: Backend, *, service: str | None, start_ns: int | None
             f"the root was lost or the parent ids loop (see `stagetrace trace {tids[0]}`)")
 
 
+_ROOTLESS_SCAN = 100_000  # spans of a window with requests read to find the traces that are none
+_ROOTLESS_CHECK = 200  # of those traces, looked up whole: a root outside the window makes one a request
+
+
+def rootless_beside_note(backend: Backend, *, service: str | None, start_ns: int | None, end_ns: int | None,
+                         requests: Mapping[str, int]) -> str | None:
+    """How many traces with spans in a window that has requests have no root span at all
+    (lost, or parent ids that loop), so they were no request and were skipped; None if none.
+
+    :func:`rootless_note` says it only for a window with no request at all; beside
+    counted requests the skipped traces were silent. A trace with spans in the window but
+    no request there is looked up whole: its root may just lie outside the window. Both
+    reads are bounded, and the count says "at least" when a bound was reached."""
+    cols = find_span_columns(backend, TraceQuery(service=service, start_ns=start_ns, end_ns=end_ns,
+                                                 limit=_ROOTLESS_SCAN, read_only=True))
+    others = sorted({t for t in cols.trace_ids if t not in requests})
+    if not others:
+        return None
+    checked = others[:_ROOTLESS_CHECK]
+    traces = backend.get_traces(checked, with_logs=False)  # no window: the root may lie outside it
+    rootless = [t for t in checked if t in traces and all(s.parent_span_id for s in traces[t].spans)]
+    if not rootless:
+        return None
+    least = "at least " if len(cols) >= _ROOTLESS_SCAN or len(others) > len(checked) else ""
+    return (f"{least}{len(rootless)} trace(s) in the window were skipped beside the {len(requests)} request(s) "
+            f"counted: none of their spans is a root (it was lost, or the parent ids loop), so they are no "
+            f"request (see `stagetrace trace {rootless[0]}`)")
+
+
 def entry_operation(span: Span) -> str:
     """What a request *is*, for per-operation baselines: its service and route
     (``http.route``, else the RPC method), else its span name."""

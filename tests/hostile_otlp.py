@@ -237,6 +237,9 @@ def case(name: str, base: int, t0: int, n: int = 30) -> tuple[list[HSpan], list[
             sp[0].name = odd
             sp[0].attrs["http.route"] = odd
             sp[1].service = "svc-" + odd
+            if i % 3 == 0:  # the failing request's exception says it too
+                sp[1].status = ERROR
+                sp[1].events = [("exception", t, {"exception.type": "Err" + odd, "exception.message": odd})]
             spans += sp
             logs.append(HLog(t, odd * 3, 17, trace_id(tid), span_id(sp[0].span)))
         elif name == "bad_logs":
@@ -254,6 +257,10 @@ def case(name: str, base: int, t0: int, n: int = 30) -> tuple[list[HSpan], list[
             points.append(HPoint("process.memory.usage", t, float("inf"), kind="summary"))
         elif name == "logs_only":  # trace-linked ERROR logs whose spans never arrived
             logs.append(HLog(t, f"payment failed for order {i}", 17, trace_id(tid), span_id(tid * 16 + 1)))
+        elif name == "some_rootless":  # rooted requests, and every third trace without its root
+            sp = _request(tid, t, dur, status=ERROR if i % 5 == 1 else UNSET)
+            spans += sp if i % 3 else [HSpan(tid, tid * 16 + 2, tid * 16 + 9, "model", "inference", INTERNAL, t,
+                                             t + dur, ERROR)]
         elif name == "only_errors":
             spans += _request(tid, t, dur, status=ERROR, message="boom")
         elif name == "same_latency":
@@ -309,7 +316,8 @@ def _ml_garbage(i: int) -> dict:
 
 CASES = ["missing_parents", "parent_cycle", "self_parent", "skewed_clocks", "zero_negative", "error_no_message",
          "shared_trace_id", "lonely_service", "huge_attribute", "odd_unicode", "bad_logs", "nan_metrics",
-         "only_errors", "same_latency", "one_slow", "no_status", "ml_garbage", "typed_values", "logs_only"]
+         "only_errors", "same_latency", "one_slow", "no_status", "ml_garbage", "typed_values", "logs_only",
+         "some_rootless"]
 
 
 def replace_random_node(doc, rnd, value, max_steps: int = 8) -> None:

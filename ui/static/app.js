@@ -515,7 +515,9 @@ function renderTrace(doc) {
   const total = Math.max(d.duration_ms, 1e-6);
   const head = el("div", { class: "trace-head" },
     el("h2", {}, "Trace ", el("code", { text: d.trace_id })),
-    el("p", { class: "muted", text: `${d.root.service} · ${d.root.name} · ${d.start} · ${fmtMs(d.duration_ms)} · ${d.span_count} spans · ${d.log_count} logs · ${d.errors} errors` }));
+    // root is null for a trace id only log records carry (its verdict says no span was found)
+    el("p", { class: "muted", text: `${d.root ? d.root.service + " · " + d.root.name + " · " : ""}${d.start} · ${fmtMs(d.duration_ms)} · ${d.span_count} spans · ${d.log_count} logs · ${d.errors} errors` }),
+    ...(doc.verdict || []).map((v) => el("p", { class: "verdict", text: v })));
   const stageBar = el("div", { class: "stagebar", id: "stage-bar", title: "self time per ML stage on the critical path" });
   for (const st of d.stage_self_time) {
     stageBar.append(el("span", { class: "stage-seg", style: `flex:${Math.max(st.share, 0.002)};background:${serviceColor("stage:" + st.stage)}`, title: `${st.stage}: ${fmtMs(st.self_ms)} (${fmtPct(st.share)})` },
