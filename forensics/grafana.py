@@ -815,23 +815,39 @@ class GrafanaBackend:
     # -- metrics --------------------------------------------------------------------
 
     def _prom_data(self, path: str, params: dict[str, Any]) -> Any:
+        """The ``data`` of a Prometheus API answer; any other answer is a BackendError that
+        says what was wrong with it in words (the report shows it as the reason metrics
+        were skipped), never a Python exception's text."""
         doc = self.prometheus.get_json(path, params)
-        if not isinstance(doc, dict) or doc.get("status") != "success":
-            err = (doc or {}).get("error") if isinstance(doc, dict) else None
-            raise BackendError(f"Prometheus query failed: {err or 'unexpected answer'}")
-        if doc.get("warnings"):
-            raise BackendError(f"Prometheus returned a partial result: {doc['warnings'][0]}")
+        if doc is None:  # get_json's 404
+            raise BackendError(f"Prometheus answered HTTP 404 for {path} (is --prometheus a Prometheus API?)")
+        if not isinstance(doc, dict):
+            raise BackendError(f"Prometheus answered {path} with {_json_kind(doc)}, not an API object")
+        if doc.get("status") != "success":
+            err = doc.get("error")
+            raise BackendError(f"Prometheus query failed ({path}): "
+                               + (_first_line(str(err)) if err else f"status {_first_line(json.dumps(doc.get('status')))}"))
+        warnings = doc.get("warnings")
+        if warnings:
+            first = warnings[0] if isinstance(warnings, list) else warnings
+            text = first if isinstance(first, str) else json.dumps(first)
+            raise BackendError(f"Prometheus returned a partial result for {path}: {_first_line(text)}")
         return doc.get("data")
 
     def query_range(self, promql: str, start_ns: int, end_ns: int, step_s: float | None = None) -> list[dict]:
-        """Raw ``/api/v1/query_range`` matrix for a PromQL expression (for callers that
-        want PromQL, e.g. span-metric rates)."""
+        """The ``/api/v1/query_range`` matrix for a PromQL expression (for callers that
+        want PromQL, e.g. span-metric rates), checked: each series is ``{"metric": labels,
+        "values": [(t_s, value), ...]}`` with string labels and float times and values."""
         step = step_s or max(1.0, math.ceil((end_ns - start_ns) / 1e9 / MAX_POINTS_PER_SERIES))
-        data = self._prom_data("/api/v1/query_range", {"query": promql, "start": f"{start_ns / 1e9:.3f}",
-                                                        "end": f"{end_ns / 1e9:.3f}", "step": f"{step:g}"})
-        if (data or {}).get("resultType") != "matrix":
-            raise BackendError(f"Prometheus returned {(data or {}).get('resultType')!r} for a range query")
-        return data.get("result") or []
+        path = "/api/v1/query_range"
+        data = self._prom_data(path, {"query": promql, "start": f"{start_ns / 1e9:.3f}",
+                                      "end": f"{end_ns / 1e9:.3f}", "step": f"{step:g}"})
+        if not isinstance(data, dict):
+            raise BackendError(f"Prometheus answered {path} with {_json_kind(data)} as its data, not an object")
+        if data.get("resultType") != "matrix":
+            raise BackendError(f"Prometheus answered {path} with result type "
+                               f"{_first_line(json.dumps(data.get('resultType')))}, not a matrix")
+        return _matrix(data.get("result"), path)
 
     def _window(self, start_ns: int | None, end_ns: int | None) -> tuple[int, int]:
         end = end_ns if end_ns is not None else time.time_ns()
@@ -849,9 +865,18 @@ class GrafanaBackend:
         units = "|".join(_UNIT_SUFFIXES)
         regex = f"{re.escape(base)}(_({units}))?(_total|_bucket|_sum|_count)?"
         matcher = f'{{__name__=~{_prom_str(regex)}{self._service_matcher(service)}}}'
-        names = self._prom_data("/api/v1/label/__name__/values",
-                                {"match[]": matcher, "start": f"{start / 1e9:.3f}", "end": f"{end / 1e9:.3f}"}) or []
+        names = self._label_values({"match[]": matcher, "start": f"{start / 1e9:.3f}", "end": f"{end / 1e9:.3f}"})
         return _group_names(names)
+
+    def _label_values(self, params: dict[str, Any]) -> list[str]:
+        path = "/api/v1/label/__name__/values"
+        names = self._prom_data(path, params)
+        if names is None:
+            return []
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise BackendError(f"Prometheus answered {path} with {_json_kind(names)} where a list of metric names "
+                               "was expected")
+        return names
 
     def metric_series(self, query: MetricQuery) -> list[MetricSeries]:
         """Series from ``query_range`` at a step that keeps at most 1000 points per
@@ -910,8 +935,7 @@ class GrafanaBackend:
         params: dict[str, Any] = {"start": f"{start / 1e9:.3f}", "end": f"{end / 1e9:.3f}"}
         if service:
             params["match[]"] = f'{{__name__=~".+"{self._service_matcher(service)}}}'
-        names = self._prom_data("/api/v1/label/__name__/values", params) or []
-        return sorted(_group_names(names))
+        return sorted(_group_names(self._label_values(params)))
 
     def close(self) -> None:
         self.session.close()
@@ -949,6 +973,42 @@ def _log_attrs_match(want: Attributes, r: LogRecord) -> bool:
 
 def _log_matches(r: LogRecord, q: LogQuery, service: str | None, attrs: Attributes) -> bool:
     return log_in_query(r, q, service) and (not attrs or _log_attrs_match(attrs, r))
+
+
+def _json_kind(x: Any) -> str:
+    """What a JSON value is, in words, for messages about answers of another shape."""
+    if x is None:
+        return "null"
+    if isinstance(x, bool):
+        return "a boolean"
+    if isinstance(x, (int, float)):
+        return "a number"
+    if isinstance(x, str):
+        return "a string"
+    if isinstance(x, list):
+        return "a list" if x else "an empty list"
+    return "an object"
+
+
+def _matrix(result: Any, path: str) -> list[dict]:
+    """A range query's ``result`` checked and converted: string labels, float pairs."""
+    if result is None:
+        return []
+    if not isinstance(result, list):
+        raise BackendError(f"Prometheus answered {path} with {_json_kind(result)} as its result, not a list of series")
+    out = []
+    for r in result:
+        labels = r.get("metric") if isinstance(r, dict) else None
+        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+            raise BackendError(f"Prometheus answered {path} with a series whose labels are not an object of strings")
+        values = r.get("values") or []
+        try:
+            pairs = [(float(t), float(v)) for t, v in values]
+        except (TypeError, ValueError):
+            raise BackendError(f"Prometheus answered {path} with series values that are not [time, number] "
+                               "pairs") from None
+        out.append({"metric": labels, "values": pairs})
+    return out
 
 
 def _group_names(names: Iterable[str]) -> dict[str, str]:
@@ -1006,7 +1066,10 @@ def _histogram_series(display: str, raw: dict[str, list[dict]], want: Attributes
 
     for r in raw["bucket"]:
         g = groups.setdefault(key_of(r["metric"]), {"labels": r["metric"], "buckets": {}, "sum": {}, "count": {}})
-        le = float(r["metric"].get("le", "+Inf"))
+        try:
+            le = float(r["metric"].get("le", "+Inf"))
+        except ValueError:
+            raise BackendError("Prometheus answered a histogram bucket series whose le label is not a number") from None
         for t, v in r.get("values") or []:
             g["buckets"].setdefault(float(t), {})[le] = float(v)
     for part in ("sum", "count"):

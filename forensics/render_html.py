@@ -272,7 +272,7 @@ def _trace(r: Report) -> str:
                    "<th>min</th><th>max</th></tr>")
         for kind, m in limit_series(d["metrics"], METRIC_ROWS_PER_METRIC):
             if kind == "error":
-                out.append(f"<tr><td colspan='4' class='err'>{_e(m['service'])}: metrics unavailable: {_e(m['error'])}</td></tr>")
+                out.append(f"<tr><td colspan='4' class='err'>{_e(m['service'])}: metrics skipped: {_e(m['error'])}</td></tr>")
             elif kind == "more":
                 out.append(f"<tr class='dim'><td colspan='4'>+{m['hidden']} more {_e(m['service'])} {_e(m['name'])} series "
                            "(the JSON report lists all)</td></tr>")

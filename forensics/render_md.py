@@ -108,7 +108,7 @@ def _trace(r: Report) -> list[str]:
         out += ["", "## Metrics around the trace (most varying series first)\n", "| series | points | min | max |", "|---|---|---|---|"]
         for kind, m in limit_series(d["metrics"], METRIC_ROWS_PER_METRIC):
             if kind == "error":
-                out.append(f"| {_cell(m['service'])}: metrics unavailable: {_cell(m['error'])} | | | |")
+                out.append(f"| {_cell(m['service'])}: metrics skipped: {_cell(m['error'])} | | | |")
             elif kind == "more":
                 out.append(f"| _+{m['hidden']} more {_cell(m['service'])} {_cell(m['name'])} series (JSON lists all)_ | | | |")
             else:

@@ -156,7 +156,7 @@ def _trace(con: Console, r: Report) -> None:
             mt.add_column(col, justify="right")
         for kind, m in limit_series(d["metrics"], METRIC_ROWS_PER_METRIC):
             if kind == "error":
-                mt.add_row(f"{m['service']}: metrics unavailable: {m['error']}", "", "", "", "")
+                mt.add_row(f"{m['service']}: metrics skipped: {m['error']}", "", "", "", "")
             elif kind == "more":
                 mt.add_row(Text(f"  +{m['hidden']} more {m['service']} {m['name']} series (--format json lists all)",
                                 style="dim"), "", "", "", "")

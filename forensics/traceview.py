@@ -21,7 +21,7 @@ from stagetrace.model import Trace
 from .critical_path import critical_path
 from .logmining import body_text
 from .metricnames import SeriesKey, display_names
-from .report import Finding, Report
+from .report import Finding, Report, skipped_reason
 from .timefmt import fmt_ms, fmt_time
 
 METRIC_PAD_NS = 30_000_000_000
@@ -86,7 +86,7 @@ def build_trace_report(backend: Backend, trace_id: str, *, trace: Trace | None =
             series = backend.metric_series(MetricQuery(service=svc, start_ns=trace.start_ns - METRIC_PAD_NS,
                                                        end_ns=trace.end_ns + METRIC_PAD_NS))
         except Exception as exc:  # metrics are context; a metrics outage must not hide the trace
-            metrics.append({"service": svc, "error": str(exc)})
+            metrics.append({"service": svc, "error": skipped_reason(exc)})
             continue
         for ms in series:
             inst = ms.resource.get(semconv.SERVICE_INSTANCE_ID)

@@ -624,6 +624,58 @@ def test_tempo_answering_html_or_500_is_one_line(status, capsys):
         srv.server_close()
 
 
+_NAMES = {"status": "success", "data": ["process_cpu_utilization"]}
+PROMETHEUS_ODD = {  # (label-values answer, query_range answer, what the report must say)
+    "HTTP 500": (None, None, "answered HTTP 500 for /api/v1/"),
+    "not JSON": (b"<html>bad gateway</html>", None, "a body that is not JSON"),
+    "names of another shape": ({"status": "success", "data": {"a": 1}}, None, "where a list of metric names"),
+    "series without labels": (_NAMES, {"status": "success", "data": {"resultType": "matrix",
+                                                                     "result": [{"values": [[1, "2"]]}]}},
+                              "a series whose labels are not an object"),
+    "values not numbers": (_NAMES, {"status": "success", "data": {"resultType": "matrix", "result": [
+        {"metric": {"job": "api"}, "values": [["x", "y"]]}]}}, "not [time, number] pairs"),
+    "data a list": (_NAMES, {"status": "success", "data": []}, "an empty list as its data"),
+    "warnings an object": (_NAMES, {"status": "success", "warnings": {"a": 1},
+                                    "data": {"resultType": "matrix", "result": []}}, 'partial result for /api/v1/query_range: {"a": 1}'),
+}
+
+
+@pytest.mark.parametrize("odd", sorted(PROMETHEUS_ODD))
+def test_bad_prometheus_answers_are_one_worded_line_and_metrics_are_skipped(odd, capsys):
+    """Prometheus answers of another shape (a local HTTP server, tests/grafana_fakes.py;
+    Tempo is the recorded fake too, since neither can run here as configured): the trace
+    view and `investigate slow` showed Python's text ("'metric'", "could not convert
+    string to float: 'x'", "KeyError: 0"). Now one line says what was wrong with the
+    answer and that metrics were skipped; the rest of the report stands."""
+    from grafana_fakes import TRACE_ID, FakeGrafanaStack
+    names, series, says = PROMETHEUS_ODD[odd]
+    stack = FakeGrafanaStack()
+    if names is None:
+        stack.fail["/api/v1/"] = (500, b"internal error")
+    else:
+        stack.raw["/api/v1/label"] = names if isinstance(names, bytes) else json.dumps(names).encode()
+    if series is not None:
+        stack.raw["/api/v1/query_range"] = json.dumps(series).encode()
+    python_text = ("Error:", "'metric'", "could not convert", "object has no attribute", "{'", "Traceback")
+    try:
+        grafana = ["--backend", "grafana", "--tempo", stack.url, "--prometheus", stack.url]
+        code, out, err = run(["trace", TRACE_ID, "--format", "text", *grafana], capsys)
+        assert code == 0, err
+        lines = [ln for ln in out.splitlines() if "metrics skipped: Prometheus" in ln]  # (the table folds the rest)
+        assert lines and not [p for p in python_text if p in lines[0]], (odd, out)
+        code, out, err = run(["trace", TRACE_ID, "--format", "json", *grafana], capsys)
+        errors = [m["error"] for m in json.loads(out)["data"]["metrics"] if "error" in m]
+        assert code == 0 and errors and says in errors[0], (code, err, errors)
+    finally:
+        stack.close()
+    # what `investigate slow` notes when its metric evidence fails the same way
+    from stagetrace.errors import BackendError
+    from stagetrace.forensics.report import EvidenceGuard
+    guard = EvidenceGuard()
+    guard.run("metrics", lambda: (_ for _ in ()).throw(BackendError(errors[0])))
+    assert guard.skipped == [f"metrics was skipped: {errors[0]}"], guard.skipped
+
+
 def test_unreachable_backends_are_one_line_from_the_script():
     port = _free_port()  # closed again: connection refused
     url = f"http://127.0.0.1:{port}"

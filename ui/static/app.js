@@ -622,7 +622,7 @@ function spanDetail(sp) {
 function metricsSection(d, total) {
   const box = el("section", { class: "metrics", id: "metrics" }, el("h3", { text: "Service metrics around the trace" }));
   const series = d.metrics.filter((m) => !m.error && m.points && m.points.length);
-  for (const m of d.metrics.filter((m) => m.error)) box.append(el("p", { class: "error", text: `${m.service}: metrics unavailable: ${m.error}` }));
+  for (const m of d.metrics.filter((m) => m.error)) box.append(el("p", { class: "error", text: `${m.service}: metrics skipped: ${m.error}` }));
   if (!series.length) { box.append(el("p", { class: "muted", text: "No metric points for these services in this window." })); return box; }
   const grid = el("div", { class: "metric-grid" });
   const shown = series.slice(0, 24);
