@@ -16,6 +16,7 @@ One place for both, so each renderer does not grow its own rules.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 MAX_SHOWN_BYTES = 4096  # of one attribute value or log body in a view (UTF-8 bytes); docs/report-schema.md
@@ -28,6 +29,10 @@ _ESCAPES = {c: (f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}") for c in _HIDDEN}
 _ESCAPES_KEEP_NEWLINES = {c: e for c, e in _ESCAPES.items() if c != 0x0A}
 
 
+_NEEDS_ESCAPE = re.compile("[" + "".join(re.escape(chr(c)) for c in _HIDDEN) + "]")
+_SCALARS = (int, float, bool, type(None))
+
+
 def visible(text: str, *, keep_newlines: bool = False) -> str:
     """``text`` with every control or bidi character written as its escape, so a terminal
     shows the name as sent instead of obeying it. ``keep_newlines`` for our own multi-line
@@ -37,17 +42,30 @@ def visible(text: str, *, keep_newlines: bool = False) -> str:
 
 def visible_tree(obj: Any) -> Any:
     """A copy of ``obj`` (a report, or the dicts, lists and dataclasses in it) with
-    :func:`visible` applied to every string, keys included: what the text renderers draw."""
-    if isinstance(obj, str):
-        return visible(obj)
-    if isinstance(obj, dict):
-        return {visible_tree(k): visible_tree(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(visible_tree(v) for v in obj) if not hasattr(obj, "_fields") else obj
+    :func:`visible` applied to every string, keys included: what the text renderers draw.
+    Parts with nothing to escape are returned as they are (a 2,000-span trace report is
+    mostly such parts; copying them doubled the cost of the walk)."""
+    t = type(obj)
+    if t is str:
+        return obj.translate(_ESCAPES) if _NEEDS_ESCAPE.search(obj) else obj
+    if t in _SCALARS:
+        return obj
+    if t is dict:
+        out = {visible_tree(k): visible_tree(v) for k, v in obj.items()}
+        return obj if all(a is b for a, b in zip(out.values(), obj.values())) and out.keys() == obj.keys() else out
+    if t is list or t is tuple:
+        items = [visible_tree(v) for v in obj]
+        return obj if all(a is b for a, b in zip(items, obj)) else t(items)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: visible_tree(getattr(obj, f.name))
-                                           for f in dataclasses.fields(obj) if f.init})
-    return obj
+        changed = {}
+        for f in dataclasses.fields(obj):
+            if f.init:
+                v = getattr(obj, f.name)
+                nv = visible_tree(v)
+                if nv is not v:
+                    changed[f.name] = nv
+        return dataclasses.replace(obj, **changed) if changed else obj
+    return obj  # numpy scalars and arrays, sets, bytes: not drawn as telemetry text
 
 
 def shown(value: Any, limit: int = MAX_SHOWN_BYTES) -> Any:
