@@ -16,7 +16,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from stagetrace import semconv, traceids
-from stagetrace.backend import Backend, SpanColumns, TraceQuery, find_span_columns, span_columns
+from stagetrace.backend import (Backend, SpanColumns, TraceQuery, find_span_columns, rootless_trace_ids,
+                                span_columns)
 
 from stagetrace.model import Span, Trace
 
@@ -112,8 +113,7 @@ def rootless_note(backend: Backend, *, service: str | None, start_ns: int | None
             f"the root was lost or the parent ids loop (see `stagetrace trace {tids[0]}`)")
 
 
-_ROOTLESS_SCAN = 100_000  # spans of a window with requests read to find the traces that are none
-_ROOTLESS_CHECK = 200  # of those traces, looked up whole: a root outside the window makes one a request
+_ROOTLESS_CHECK = 200  # traces without a root in the window looked up whole: the root may lie outside it
 
 
 def rootless_beside_note(backend: Backend, *, service: str | None, start_ns: int | None, end_ns: int | None,
@@ -122,20 +122,21 @@ def rootless_beside_note(backend: Backend, *, service: str | None, start_ns: int
     (lost, or parent ids that loop), so they were no request and were skipped; None if none.
 
     :func:`rootless_note` says it only for a window with no request at all; beside
-    counted requests the skipped traces were silent. A trace with spans in the window but
-    no request there is looked up whole: its root may just lie outside the window. Both
-    reads are bounded, and the count says "at least" when a bound was reached."""
-    cols = find_span_columns(backend, TraceQuery(service=service, start_ns=start_ns, end_ns=end_ns,
-                                                 limit=_ROOTLESS_SCAN, read_only=True))
-    others = sorted({t for t in cols.trace_ids if t not in requests})
-    if not others:
+    counted requests the skipped traces were silent. The traces without a root among
+    their spans in the window (one aggregate in the embedded store) are looked up whole,
+    at most :data:`_ROOTLESS_CHECK` of them: a root may just lie outside the window, and
+    with ``service`` only traces that touch it count. "at least" when the bound was hit."""
+    candidates = [t for t in rootless_trace_ids(backend, TraceQuery(start_ns=start_ns, end_ns=end_ns, limit=None))
+                  if t not in requests]
+    if not candidates:
         return None
-    checked = others[:_ROOTLESS_CHECK]
+    checked = candidates[:_ROOTLESS_CHECK]
     traces = backend.get_traces(checked, with_logs=False)  # no window: the root may lie outside it
-    rootless = [t for t in checked if t in traces and all(s.parent_span_id for s in traces[t].spans)]
+    rootless = [t for t in checked if t in traces and all(s.parent_span_id for s in traces[t].spans)
+                and (service is None or any(s.service_name == service for s in traces[t].spans))]
     if not rootless:
         return None
-    least = "at least " if len(cols) >= _ROOTLESS_SCAN or len(others) > len(checked) else ""
+    least = "at least " if len(candidates) > len(checked) else ""
     return (f"{least}{len(rootless)} trace(s) in the window were skipped beside the {len(requests)} request(s) "
             f"counted: none of their spans is a root (it was lost, or the parent ids loop), so they are no "
             f"request (see `stagetrace trace {rootless[0]}`)")

@@ -386,6 +386,18 @@ def test_control_and_bidi_characters_are_shown_escaped_on_the_terminal(store, ca
     assert code == 0 and "GET /\u202epredict" in html_out, "the HTML view names the span as sent"
 
 
+def test_rootless_trace_ids_from_the_store_and_from_spans_agree(store):
+    """The embedded store answers with one DuckDB aggregate; other backends (Tempo) from
+    their spans: the same ids, the 10 rootless traces of case some_rootless."""
+    from stagetrace.backend import TraceQuery, open_backend, rootless_trace_ids
+    a, b, base = store.slots["some_rootless"]
+    with open_backend(kind="embedded", data_dir=store.data_dir) as backend:
+        plain = type("SpansOnly", (), {"find_spans": staticmethod(backend.find_spans)})()
+        q = TraceQuery(start_ns=a, end_ns=b, limit=None)
+        fast, generic = rootless_trace_ids(backend, q), rootless_trace_ids(plain, q)
+    assert fast == generic == [f"{base + i:032x}" for i in range(0, 30, 3)], (fast, generic)
+
+
 def test_skipped_rootless_traces_are_counted_beside_requests(store, capsys):
     """A window of 20 rooted requests and 10 traces whose root never arrived (case
     some_rootless): the note that traces were skipped came only when a window had no
