@@ -539,6 +539,43 @@ def test_same_investigations_on_a_generated_incident(scenario):
     assert any("nestedSetParent = -1" in r["query"]["q"] for r in stack.requests if r["path"] == "/api/search")
 
 
+@pytest.mark.parametrize("names,series,says", [
+    ({"status": "success", "data": ["process_cpu_utilization"]},
+     {"status": "success", "data": {"resultType": "matrix", "result": [{"values": [[1, "2"]]}]}},
+     "Prometheus answered /api/v1/query_range with a series whose labels are not an object of strings"),
+    ({"status": "success", "data": {"process_cpu_utilization": 1}}, None,
+     "Prometheus answered /api/v1/label/__name__/values with an object where a list of metric names was expected"),
+])
+def test_investigate_slow_says_in_words_why_prometheus_metrics_were_skipped(scenario, capsys, names, series, says):
+    """`investigate slow` through the CLI with Tempo and Loki as the data-set fakes and a
+    'Prometheus' (a local HTTP server: a misbehaving proxy cannot be made of a real one)
+    answering in another shape: the note said "KeyError: 'metric'" or nothing useful.
+    It now names what was wrong with the answer, and the findings stand."""
+    import datetime as dt
+
+    from stagetrace.cli import main
+    bad = FakeGrafanaStack()
+    bad.raw["/api/v1/label"] = json.dumps(names).encode()
+    if series is not None:
+        bad.raw["/api/v1/query_range"] = json.dumps(series).encode()
+    res, stack = scenario["result"], scenario["stack"]
+    iso = [dt.datetime.fromtimestamp(t / 1e9, tz=dt.timezone.utc).isoformat() for t in (res.start_ns, res.end_ns)]
+    try:
+        try:
+            main(["investigate", "slow", "--from", iso[0], "--until", iso[1], "--format", "json", "--backend",
+                  "grafana", "--tempo", stack.url, "--loki", stack.url, "--prometheus", bad.url])
+        except SystemExit as ended:
+            assert ended.code in (0, None), capsys.readouterr().err
+    finally:
+        bad.close()
+    doc = json.loads(capsys.readouterr().out)
+    skipped = [n for n in doc["notes"] if "skipped" in n and "Prometheus" in n]
+    assert skipped and all(says in n for n in skipped), doc["notes"]
+    assert not [n for n in skipped if "Error:" in n or "'metric'" in n], skipped
+    assert any(f.get("attribute") == "feature.store.shard" for f in doc["findings"] if f["significant"]), \
+        [f["summary"] for f in doc["findings"]]
+
+
 def test_missing_loki_or_prometheus_means_no_evidence_and_one_warning(stack, caplog):
     b = GrafanaBackend(tempo_url=stack.url)
     with caplog.at_level("WARNING", logger="stagetrace.forensics.grafana"):
