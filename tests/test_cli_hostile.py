@@ -398,6 +398,26 @@ def test_rootless_trace_ids_from_the_store_and_from_spans_agree(store):
     assert fast == generic == [f"{base + i:032x}" for i in range(0, 30, 3)], (fast, generic)
 
 
+def test_watch_alert_lines_show_control_characters_escaped(tmp_path, capsys):
+    """An alert whose service label and summary carry a service name with ESC [31m and
+    U+202E in it (the names come from the telemetry): `watch alerts` and the watch's own
+    alert log line printed them raw. The saved state is written as the watch writes it."""
+    from stagetrace.incidents.cli import _echo
+    from stagetrace.incidents.notify import LogTarget
+    from stagetrace.incidents.state import STATE_VERSION, StateStore
+    odd = "svc-\x1b[31mred\u202e"
+    alert = {"id": "a1b2c3d4e5f6", "state": "firing", "active_since": 1, "fired_at": 1, "resolved_at": 2,
+             "labels": {"alertname": "route-latency", "severity": "page", "service": odd},
+             "annotations": {"summary": f"p99 of {odd} over 500 ms", "root_cause": f"{odd} '\x00op'"}}
+    StateStore(tmp_path).save({"version": STATE_VERSION, "alerts": {"k": alert}, "history": [dict(alert)]})
+    code, out, err = run(["watch", "alerts", "--all", "--data-dir", str(tmp_path)], capsys)
+    assert code == 0 and "svc-\\x1b[31mred\\u202e over 500 ms" in out, (out, err)
+    assert not _raw_controls(out), _raw_controls(out)
+    LogTarget(_echo).send("firing", alert, 0)
+    err = capsys.readouterr().err
+    assert "cause: svc-\\x1b[31mred\\u202e '\\x00op'" in err and not _raw_controls(err), err
+
+
 def test_skipped_rootless_traces_are_counted_beside_requests(store, capsys):
     """A window of 20 rooted requests and 10 traces whose root never arrived (case
     some_rootless): the note that traces were skipped came only when a window had no
