@@ -576,6 +576,41 @@ def test_investigate_slow_says_in_words_why_prometheus_metrics_were_skipped(scen
         [f["summary"] for f in doc["findings"]]
 
 
+def test_a_trace_id_only_loki_has_shows_its_logs(capsys):
+    """Tempo has no span of the trace (404), Loki has its two log lines (Tempo and Loki as
+    the data-set fakes, answering in the recorded shapes): `trace ID --backend grafana`
+    said "not found"; it now shows the lines and says no span was found. Loki is asked
+    over its default last hour, as no trace window is known."""
+    from grafana_fakes import DatasetStack
+    from stagetrace.cli import main
+    from stagetrace.model import LogRecord
+    tid = "5" * 32
+    now = time.time_ns()
+    logs = [LogRecord(now - 120 * 10**9 + i, now - 120 * 10**9 + i, 17, "ERROR", f"payment {i} failed", trace_id=tid,
+                      span_id="7" * 16, resource={"service.name": "checkout"}) for i in range(2)]
+    logs.append(LogRecord(now - 60 * 10**9, now - 60 * 10**9, 17, "ERROR", "another trace", trace_id="6" * 32,
+                          resource={"service.name": "checkout"}))
+    stack = DatasetStack([], logs)
+    try:
+        argv = ["trace", tid, "--backend", "grafana", "--tempo", stack.url, "--loki", stack.url, "--format", "json"]
+        try:
+            main(argv)
+        except SystemExit as ended:
+            assert ended.code in (0, None), capsys.readouterr().err
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["verdict"][0].startswith(f"No spans were found for trace {tid}"), doc["verdict"]
+        assert [(lg["service"], lg["body"]) for lg in doc["data"]["unattached_logs"]] == \
+            [("checkout", "payment 0 failed"), ("checkout", "payment 1 failed")]
+        try:
+            main(["trace", "4" * 32, "--backend", "grafana", "--tempo", stack.url, "--loki", stack.url])
+            code = 0
+        except SystemExit as ended:
+            code = ended.code
+        assert code == 2 and "not found" in capsys.readouterr().err
+    finally:
+        stack.close()
+
+
 def test_missing_loki_or_prometheus_means_no_evidence_and_one_warning(stack, caplog):
     b = GrafanaBackend(tempo_url=stack.url)
     with caplog.at_level("WARNING", logger="stagetrace.forensics.grafana"):
