@@ -61,6 +61,7 @@ LOG_WINDOW_PAD_NS = 60 * 1_000_000_000  # logs of a span may be stamped by anoth
 DEFAULT_LOG_LOOKBACK_NS = 3600 * 1_000_000_000  # Loki's own default when no window is known
 MAX_POINTS_PER_SERIES = 1000
 FETCH_WORKERS = 8
+TEMPO_NO_ROOT = "<root span not yet received>"  # a search hit's rootServiceName (Tempo's search.RootSpanNotYetReceivedText)
 LOG_TRACES_PER_QUERY = 50  # trace ids per LogQL regex filter
 # Trace documents fetched by one backend (one CLI run): an investigation reads the same
 # traces several times. Kept briefly, since a recent trace may still be growing.
@@ -699,6 +700,16 @@ class GrafanaBackend:
             raise BackendError(f"Tempo search was partial ({done} of {total} jobs completed); "
                                "retry, or narrow the time window")
         return hits
+
+    def rootless_trace_ids(self, query: TraceQuery) -> list[str]:
+        """See :func:`stagetrace.backend.rootless_trace_ids`: one search of the window, one
+        span per hit; Tempo names a trace whose root span it never received by
+        :data:`TEMPO_NO_ROOT` in place of its root service. Tempo answers at most
+        ``search_cap`` traces, so in a larger window these are the rootless ones among them."""
+        q = TraceQuery(start_ns=query.start_ns, end_ns=query.end_ns)
+        limit = min(query.limit, self.search_cap) if query.limit is not None else self.search_cap
+        hits = self._search(q, self.search_cap, spss=1)
+        return sorted(h[0].trace_id for h in hits if h[0].root_service == TEMPO_NO_ROOT)[:limit]
 
     def search_traces(self, query: TraceQuery) -> list[TraceSummary]:
         """Summaries from Tempo's search, newest first by the matching span's start.

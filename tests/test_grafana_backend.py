@@ -576,6 +576,40 @@ def test_investigate_slow_says_in_words_why_prometheus_metrics_were_skipped(scen
         [f["summary"] for f in doc["findings"]]
 
 
+def test_rootless_traces_beside_requests_are_counted_from_tempo_search(scenario, capsys):
+    """Ten traces of the generated incident lose their root span (Tempo and Loki as the
+    data-set fakes; the search names such a trace's root service "<root span not yet
+    received>", as Tempo does): `investigate slow` and `errors` over Tempo say 10 were
+    skipped beside the requests; the same data with every root says nothing."""
+    import datetime as dt
+
+    from grafana_fakes import DatasetStack
+    from stagetrace.cli import main
+    emb, res = scenario["embedded"], scenario["result"]
+    spans = emb.find_spans(TraceQuery(limit=None, start_ns=res.start_ns, end_ns=res.end_ns))
+    logs = emb.find_logs(LogQuery(limit=None, start_ns=res.start_ns, end_ns=res.end_ns))
+    lost = sorted({s.trace_id for s in spans if not s.parent_span_id})[5:15]
+    iso = [dt.datetime.fromtimestamp(t / 1e9, tz=dt.timezone.utc).isoformat() for t in (res.start_ns, res.end_ns)]
+    for dropped, want in ((set(lost), 10), (set(), 0)):
+        stack = DatasetStack([s for s in spans if not (s.trace_id in dropped and not s.parent_span_id)], logs)
+        try:
+            for cmd in ("slow", "errors"):
+                try:
+                    main(["investigate", cmd, "--from", iso[0], "--until", iso[1], "--format", "json", "--backend",
+                          "grafana", "--tempo", stack.url, "--loki", stack.url])
+                except SystemExit as ended:
+                    assert ended.code in (0, None), capsys.readouterr().err
+                doc = json.loads(capsys.readouterr().out)
+                said = [n for n in doc["notes"] if "skipped beside" in n]
+                if want:
+                    assert len(said) == 1 and said[0].startswith(f"{want} trace(s)"), (cmd, doc["notes"])
+                    assert said[0].split("see `stagetrace trace ")[1][:32] in lost
+                else:
+                    assert not said, (cmd, said)
+        finally:
+            stack.close()
+
+
 def test_a_trace_id_only_loki_has_shows_its_logs(capsys):
     """Tempo has no span of the trace (404), Loki has its two log lines (Tempo and Loki as
     the data-set fakes, answering in the recorded shapes): `trace ID --backend grafana`
