@@ -837,12 +837,11 @@ class GrafanaBackend:
         if doc.get("status") != "success":
             err = doc.get("error")
             raise BackendError(f"Prometheus query failed ({path}): "
-                               + (_first_line(str(err)) if err else f"status {_first_line(json.dumps(doc.get('status')))}"))
+                               + (_json_text(err) if err else f"status {_json_text(doc.get('status'))}"))
         warnings = doc.get("warnings")
         if warnings:
             first = warnings[0] if isinstance(warnings, list) else warnings
-            text = first if isinstance(first, str) else json.dumps(first)
-            raise BackendError(f"Prometheus returned a partial result for {path}: {_first_line(text)}")
+            raise BackendError(f"Prometheus returned a partial result for {path}: {_json_text(first)}")
         return doc.get("data")
 
     def query_range(self, promql: str, start_ns: int, end_ns: int, step_s: float | None = None) -> list[dict]:
@@ -856,8 +855,8 @@ class GrafanaBackend:
         if not isinstance(data, dict):
             raise BackendError(f"Prometheus answered {path} with {_json_kind(data)} as its data, not an object")
         if data.get("resultType") != "matrix":
-            raise BackendError(f"Prometheus answered {path} with result type "
-                               f"{_first_line(json.dumps(data.get('resultType')))}, not a matrix")
+            raise BackendError(f"Prometheus answered {path} with result type {_json_text(data.get('resultType'))}, "
+                               "not a matrix")
         return _matrix(data.get("result"), path)
 
     def _window(self, start_ns: int | None, end_ns: int | None) -> tuple[int, int]:
@@ -999,6 +998,12 @@ def _json_kind(x: Any) -> str:
     if isinstance(x, list):
         return "a list" if x else "an empty list"
     return "an object"
+
+
+def _json_text(x: Any) -> str:
+    """A value from an answer, as its first line of text: strings as they are, the rest as
+    JSON (never a Python repr such as ``{'a': 1}``)."""
+    return _first_line(x if isinstance(x, str) else json.dumps(x))
 
 
 def _matrix(result: Any, path: str) -> list[dict]:

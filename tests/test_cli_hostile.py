@@ -402,6 +402,20 @@ def test_rootless_trace_ids_from_the_store_and_from_spans_agree(store):
     assert fast == generic == [f"{base + i:032x}" for i in range(0, 30, 3)], (fast, generic)
 
 
+@pytest.mark.parametrize("cmd", ["drift", "quality"])
+def test_model_and_feature_names_are_shown_escaped_by_drift_and_quality(store, capsys, cmd):
+    """A model name and feature names with ESC [31m and U+202E (case ml_odd_names): the
+    text views of `investigate drift` and `quality` write them as escapes, as every text
+    view does (one helper, stagetrace.display); JSON keeps the true model name."""
+    argv = ["investigate", cmd, "--model", h.ODD_MODEL, *store.window("ml_odd_names"), "--data-dir", store.data_dir]
+    code, out, err = run([*argv, "--format", "text"], capsys)
+    assert code == 0, err
+    assert not _raw_controls(out) and "fraud\\x1b[31m\\u202eledom" in out, (_raw_controls(out), out)
+    code, out, err = run([*argv, "--format", "json"], capsys)
+    assert code == 0 and h.ODD_MODEL in json.loads(out)["title"] + json.dumps(json.loads(out)["query"],
+                                                                                 ensure_ascii=False), out[:500]
+
+
 def test_watch_alert_lines_show_control_characters_escaped(tmp_path, capsys):
     """An alert whose service label and summary carry a service name with ESC [31m and
     U+202E in it (the names come from the telemetry): `watch alerts` and the watch's own
@@ -671,6 +685,7 @@ PROMETHEUS_ODD = {  # (label-values answer, query_range answer, what the report 
     "values not numbers": (_NAMES, {"status": "success", "data": {"resultType": "matrix", "result": [
         {"metric": {"job": "api"}, "values": [["x", "y"]]}]}}, "not [time, number] pairs"),
     "data a list": (_NAMES, {"status": "success", "data": []}, "an empty list as its data"),
+    "error an object": ({"status": "error", "error": {"why": 1}}, None, 'query failed (/api/v1/label/__name__/values): {"why": 1}'),
     "warnings an object": (_NAMES, {"status": "success", "warnings": {"a": 1},
                                     "data": {"resultType": "matrix", "result": []}}, 'partial result for /api/v1/query_range: {"a": 1}'),
 }
