@@ -16,6 +16,8 @@ the ``email`` package) would cost a short-lived CLI more than the lookup.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import os
@@ -123,7 +125,16 @@ class ServedBackend:
     def find_span_columns(self, query: TraceQuery) -> Any:
         return self._store().find_span_columns(query)
 
+    def rootless_trace_ids(self, query: TraceQuery) -> list[str]:
+        return self._store().rootless_trace_ids(query)
+
     def find_logs(self, query: LogQuery) -> list[LogRecord]:
+        """By trace id with a limit (what `stagetrace trace` asks for an id with no spans):
+        served, so the lookup loads no store in this process; any other query is a scan."""
+        from .queryapi import MAX_SERVED_LOG_TRACES, MAX_SERVED_LOGS
+        if (query.trace_ids is not None and 0 < len(query.trace_ids) <= MAX_SERVED_LOG_TRACES
+                and query.limit is not None and 0 < query.limit <= MAX_SERVED_LOGS):
+            return self._ask("find_logs", [dataclasses.replace(query, trace_ids=list(query.trace_ids))], {})
         return self._store().find_logs(query)
 
     def _store(self) -> Any:

@@ -829,6 +829,18 @@ class EmbeddedBackend:
                     return out
         return out
 
+    def rootless_trace_ids(self, query: TraceQuery) -> list[str]:
+        """See :func:`stagetrace.backend.rootless_trace_ids`: one DuckDB aggregate over the
+        trace and parent ids of the window's spans, not a span decoded."""
+        where, params, _ = self._span_where(dataclasses.replace(query, attributes={}))
+        lim = f" LIMIT {int(query.limit)}" if query.limit is not None else ""
+        out: list[str] = []
+        for batch in self._sql(SPANS, "trace_id", where, params,
+                               f"GROUP BY trace_id HAVING bool_and(octet_length(parent_span_id) > 0) "
+                               f"ORDER BY trace_id{lim}"):
+            out.extend(t.hex() for t in batch.column(0).to_pylist())
+        return out
+
     def search_traces(self, query: TraceQuery) -> list[TraceSummary]:
         """Traces with at least one span matching every condition (Tempo spanset
         semantics), newest first by the matching span's start, at most ``query.limit``."""

@@ -30,7 +30,9 @@ from typing import Any
 log = logging.getLogger("stagetrace.collector.query")
 
 PREFIX = "/stagetrace/v1/query/"
-SERVED = frozenset({"get_trace", "metric_series", "metric_names", "stats"})
+SERVED = frozenset({"get_trace", "metric_series", "metric_names", "stats", "find_logs"})
+MAX_SERVED_LOG_TRACES = 100  # find_logs is served only as a bounded lookup: by trace id, with a limit
+MAX_SERVED_LOGS = 10_000
 DISCOVERY_FILE = "collector.json"
 MAX_QUERY_BYTES = 1 << 20
 MAX_ANSWER_BYTES = 64 << 20  # over this the reader is told to read the store itself
@@ -92,6 +94,9 @@ class QueryService:
                 raise ValueError("args must be a list and kwargs an object")
         except (ValueError, TypeError, AttributeError) as exc:
             return 400, _error(f"bad query body: {exc}")
+        if method == "find_logs" and not _bounded_log_lookup(args, kwargs):
+            return 400, _error(f"find_logs is served by trace id only (at most {MAX_SERVED_LOG_TRACES} ids, "
+                               f"limit at most {MAX_SERVED_LOGS}); read the store for scans")
         try:
             with self._lock:
                 result = getattr(self._open(), method)(*args, **kwargs)
@@ -112,6 +117,15 @@ class QueryService:
             if self._backend is not None:
                 self._backend.close()
                 self._backend = None
+
+
+def _bounded_log_lookup(args: list, kwargs: dict) -> bool:
+    """A served find_logs must be a lookup (a trace id only log records carry, for
+    `stagetrace trace`), not a scan that would take the collector's core from ingest."""
+    from stagetrace.backend import LogQuery
+    q = args[0] if len(args) == 1 and not kwargs else None
+    return (isinstance(q, LogQuery) and isinstance(q.trace_ids, list) and 0 < len(q.trace_ids) <= MAX_SERVED_LOG_TRACES
+            and isinstance(q.limit, int) and 0 < q.limit <= MAX_SERVED_LOGS)
 
 
 def _error(message: str, kind: str = "") -> bytes:

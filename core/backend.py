@@ -11,6 +11,7 @@ means unbounded on that side. Results are ordered by time unless stated.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
@@ -155,6 +156,22 @@ def find_span_columns(backend: "Backend", query: TraceQuery) -> SpanColumns:
     return span_columns(backend.find_spans(query))
 
 
+def rootless_trace_ids(backend: "Backend", query: TraceQuery) -> list[str]:
+    """Ids of the traces with spans matching ``query`` (its window) none of which is a root
+    (all have a parent id), sorted, at most ``query.limit``: traces an investigation cannot
+    count as requests. ``backend.rootless_trace_ids(query)`` where the backend has one
+    (the embedded store: one aggregate over two id columns), else from the spans."""
+    fn = getattr(backend, "rootless_trace_ids", None)
+    if fn is not None:
+        return fn(query)
+    cols = find_span_columns(backend, dataclasses.replace(query, limit=None, read_only=True))
+    has_root: dict[str, bool] = {}
+    for tid, parent in zip(cols.trace_ids, cols.parent_span_ids):
+        has_root[tid] = has_root.get(tid, False) or not parent
+    out = sorted(t for t, rooted in has_root.items() if not rooted)
+    return out[:query.limit] if query.limit is not None else out
+
+
 def value_equals(have: Any, want: Any) -> bool:
     """Attribute equality as every backend applies it to ``*Query.attributes``:
     exact, else by text (a CLI gives ``"500"`` for an int 500), booleans case-blind
@@ -218,6 +235,7 @@ class Backend(Protocol):
 
     # Optional: find_span_columns(query) -> SpanColumns, the rows of find_spans as columns.
     # Callers use the module function find_span_columns(), which falls back to find_spans.
+    # Optional: rootless_trace_ids(query) -> list[str]; callers use the module function of that name.
 
     def find_logs(self, query: LogQuery) -> list[LogRecord]:
         """Log records, oldest first, at most ``query.limit``."""

@@ -41,7 +41,7 @@ from .progress import steps
 from .report import EvidenceGuard, Finding, Report, headline
 from .slow import _note_missing_data
 from .window import (ByTrace, comparison_weights, fmt_time, indexed_entry_requests, request_ops, request_weights,
-                     rootless_note)
+                     rootless_beside_note, rootless_note)
 
 MAX_ERROR_TRACES = 300
 MAX_SUCCESS_TRACES = 300
@@ -146,6 +146,10 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
                 report.notes.append(note)
             _note_missing_data(backend, report, start_ns, end_ns)  # "no requests" may be a quarantined block
             return report
+        skipped = guard.run("the rootless-trace count", rootless_beside_note, backend, service=service,
+                            start_ns=start_ns, end_ns=end_ns, requests=row_of)
+        if skipped:
+            report.notes.append(skipped)
         w_start = start_ns if start_ns is not None else min(times)
         w_end = end_ns if end_ns is not None else max(times) + 1
         report.window = {"start_ns": w_start, "end_ns": w_end}

@@ -61,6 +61,7 @@ LOG_WINDOW_PAD_NS = 60 * 1_000_000_000  # logs of a span may be stamped by anoth
 DEFAULT_LOG_LOOKBACK_NS = 3600 * 1_000_000_000  # Loki's own default when no window is known
 MAX_POINTS_PER_SERIES = 1000
 FETCH_WORKERS = 8
+TEMPO_NO_ROOT = "<root span not yet received>"  # a search hit's rootServiceName (Tempo's search.RootSpanNotYetReceivedText)
 LOG_TRACES_PER_QUERY = 50  # trace ids per LogQL regex filter
 # Trace documents fetched by one backend (one CLI run): an investigation reads the same
 # traces several times. Kept briefly, since a recent trace may still be growing.
@@ -700,6 +701,16 @@ class GrafanaBackend:
                                "retry, or narrow the time window")
         return hits
 
+    def rootless_trace_ids(self, query: TraceQuery) -> list[str]:
+        """See :func:`stagetrace.backend.rootless_trace_ids`: one search of the window, one
+        span per hit; Tempo names a trace whose root span it never received by
+        :data:`TEMPO_NO_ROOT` in place of its root service. Tempo answers at most
+        ``search_cap`` traces, so in a larger window these are the rootless ones among them."""
+        q = TraceQuery(start_ns=query.start_ns, end_ns=query.end_ns)
+        limit = min(query.limit, self.search_cap) if query.limit is not None else self.search_cap
+        hits = self._search(q, self.search_cap, spss=1)
+        return sorted(h[0].trace_id for h in hits if h[0].root_service == TEMPO_NO_ROOT)[:limit]
+
     def search_traces(self, query: TraceQuery) -> list[TraceSummary]:
         """Summaries from Tempo's search, newest first by the matching span's start.
         Durations are whole milliseconds (Tempo's ``durationMs``)."""
@@ -792,12 +803,13 @@ class GrafanaBackend:
                 return []
             if start is None or end is None:
                 traces = self.get_traces(ids, start_ns=start, end_ns=end, with_logs=False)
-                if not traces:
-                    return []
-                lo = min(t.start_ns for t in traces.values())
-                hi = max(t.end_ns for t in traces.values())
-                start = lo if start is None else start
-                end = hi if end is None else end
+                if traces:
+                    lo = min(t.start_ns for t in traces.values())
+                    hi = max(t.end_ns for t in traces.values())
+                    start = lo if start is None else start
+                    end = hi if end is None else end
+                else:  # Tempo has no span of them (a trace only logs carry): Loki's own default window
+                    start, end = self._window(start, end)
             recs = self._logs_for_traces(ids, start, end, service)
         else:
             now = time.time_ns()
@@ -814,23 +826,38 @@ class GrafanaBackend:
     # -- metrics --------------------------------------------------------------------
 
     def _prom_data(self, path: str, params: dict[str, Any]) -> Any:
+        """The ``data`` of a Prometheus API answer; any other answer is a BackendError that
+        says what was wrong with it in words (the report shows it as the reason metrics
+        were skipped), never a Python exception's text."""
         doc = self.prometheus.get_json(path, params)
-        if not isinstance(doc, dict) or doc.get("status") != "success":
-            err = (doc or {}).get("error") if isinstance(doc, dict) else None
-            raise BackendError(f"Prometheus query failed: {err or 'unexpected answer'}")
-        if doc.get("warnings"):
-            raise BackendError(f"Prometheus returned a partial result: {doc['warnings'][0]}")
+        if doc is None:  # get_json's 404
+            raise BackendError(f"Prometheus answered HTTP 404 for {path} (is --prometheus a Prometheus API?)")
+        if not isinstance(doc, dict):
+            raise BackendError(f"Prometheus answered {path} with {_json_kind(doc)}, not an API object")
+        if doc.get("status") != "success":
+            err = doc.get("error")
+            raise BackendError(f"Prometheus query failed ({path}): "
+                               + (_json_text(err) if err else f"status {_json_text(doc.get('status'))}"))
+        warnings = doc.get("warnings")
+        if warnings:
+            first = warnings[0] if isinstance(warnings, list) else warnings
+            raise BackendError(f"Prometheus returned a partial result for {path}: {_json_text(first)}")
         return doc.get("data")
 
     def query_range(self, promql: str, start_ns: int, end_ns: int, step_s: float | None = None) -> list[dict]:
-        """Raw ``/api/v1/query_range`` matrix for a PromQL expression (for callers that
-        want PromQL, e.g. span-metric rates)."""
+        """The ``/api/v1/query_range`` matrix for a PromQL expression (for callers that
+        want PromQL, e.g. span-metric rates), checked: each series is ``{"metric": labels,
+        "values": [(t_s, value), ...]}`` with string labels and float times and values."""
         step = step_s or max(1.0, math.ceil((end_ns - start_ns) / 1e9 / MAX_POINTS_PER_SERIES))
-        data = self._prom_data("/api/v1/query_range", {"query": promql, "start": f"{start_ns / 1e9:.3f}",
-                                                        "end": f"{end_ns / 1e9:.3f}", "step": f"{step:g}"})
-        if (data or {}).get("resultType") != "matrix":
-            raise BackendError(f"Prometheus returned {(data or {}).get('resultType')!r} for a range query")
-        return data.get("result") or []
+        path = "/api/v1/query_range"
+        data = self._prom_data(path, {"query": promql, "start": f"{start_ns / 1e9:.3f}",
+                                      "end": f"{end_ns / 1e9:.3f}", "step": f"{step:g}"})
+        if not isinstance(data, dict):
+            raise BackendError(f"Prometheus answered {path} with {_json_kind(data)} as its data, not an object")
+        if data.get("resultType") != "matrix":
+            raise BackendError(f"Prometheus answered {path} with result type {_json_text(data.get('resultType'))}, "
+                               "not a matrix")
+        return _matrix(data.get("result"), path)
 
     def _window(self, start_ns: int | None, end_ns: int | None) -> tuple[int, int]:
         end = end_ns if end_ns is not None else time.time_ns()
@@ -848,9 +875,18 @@ class GrafanaBackend:
         units = "|".join(_UNIT_SUFFIXES)
         regex = f"{re.escape(base)}(_({units}))?(_total|_bucket|_sum|_count)?"
         matcher = f'{{__name__=~{_prom_str(regex)}{self._service_matcher(service)}}}'
-        names = self._prom_data("/api/v1/label/__name__/values",
-                                {"match[]": matcher, "start": f"{start / 1e9:.3f}", "end": f"{end / 1e9:.3f}"}) or []
+        names = self._label_values({"match[]": matcher, "start": f"{start / 1e9:.3f}", "end": f"{end / 1e9:.3f}"})
         return _group_names(names)
+
+    def _label_values(self, params: dict[str, Any]) -> list[str]:
+        path = "/api/v1/label/__name__/values"
+        names = self._prom_data(path, params)
+        if names is None:
+            return []
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise BackendError(f"Prometheus answered {path} with {_json_kind(names)} where a list of metric names "
+                               "was expected")
+        return names
 
     def metric_series(self, query: MetricQuery) -> list[MetricSeries]:
         """Series from ``query_range`` at a step that keeps at most 1000 points per
@@ -909,8 +945,7 @@ class GrafanaBackend:
         params: dict[str, Any] = {"start": f"{start / 1e9:.3f}", "end": f"{end / 1e9:.3f}"}
         if service:
             params["match[]"] = f'{{__name__=~".+"{self._service_matcher(service)}}}'
-        names = self._prom_data("/api/v1/label/__name__/values", params) or []
-        return sorted(_group_names(names))
+        return sorted(_group_names(self._label_values(params)))
 
     def close(self) -> None:
         self.session.close()
@@ -948,6 +983,48 @@ def _log_attrs_match(want: Attributes, r: LogRecord) -> bool:
 
 def _log_matches(r: LogRecord, q: LogQuery, service: str | None, attrs: Attributes) -> bool:
     return log_in_query(r, q, service) and (not attrs or _log_attrs_match(attrs, r))
+
+
+def _json_kind(x: Any) -> str:
+    """What a JSON value is, in words, for messages about answers of another shape."""
+    if x is None:
+        return "null"
+    if isinstance(x, bool):
+        return "a boolean"
+    if isinstance(x, (int, float)):
+        return "a number"
+    if isinstance(x, str):
+        return "a string"
+    if isinstance(x, list):
+        return "a list" if x else "an empty list"
+    return "an object"
+
+
+def _json_text(x: Any) -> str:
+    """A value from an answer, as its first line of text: strings as they are, the rest as
+    JSON (never a Python repr such as ``{'a': 1}``)."""
+    return _first_line(x if isinstance(x, str) else json.dumps(x))
+
+
+def _matrix(result: Any, path: str) -> list[dict]:
+    """A range query's ``result`` checked and converted: string labels, float pairs."""
+    if result is None:
+        return []
+    if not isinstance(result, list):
+        raise BackendError(f"Prometheus answered {path} with {_json_kind(result)} as its result, not a list of series")
+    out = []
+    for r in result:
+        labels = r.get("metric") if isinstance(r, dict) else None
+        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+            raise BackendError(f"Prometheus answered {path} with a series whose labels are not an object of strings")
+        values = r.get("values") or []
+        try:
+            pairs = [(float(t), float(v)) for t, v in values]
+        except (TypeError, ValueError):
+            raise BackendError(f"Prometheus answered {path} with series values that are not [time, number] "
+                               "pairs") from None
+        out.append({"metric": labels, "values": pairs})
+    return out
 
 
 def _group_names(names: Iterable[str]) -> dict[str, str]:
@@ -1005,7 +1082,10 @@ def _histogram_series(display: str, raw: dict[str, list[dict]], want: Attributes
 
     for r in raw["bucket"]:
         g = groups.setdefault(key_of(r["metric"]), {"labels": r["metric"], "buckets": {}, "sum": {}, "count": {}})
-        le = float(r["metric"].get("le", "+Inf"))
+        try:
+            le = float(r["metric"].get("le", "+Inf"))
+        except ValueError:
+            raise BackendError("Prometheus answered a histogram bucket series whose le label is not a number") from None
         for t, v in r.get("values") or []:
             g["buckets"].setdefault(float(t), {})[le] = float(v)
     for part in ("sum", "count"):

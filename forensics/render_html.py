@@ -241,6 +241,12 @@ def _timeline(t: dict, kind: str) -> str:
 
 def _trace(r: Report) -> str:
     d = r.data
+    if d.get("spans_missing"):  # a trace id only log records carry
+        return "\n".join([*(f"<p><b>{_e(line)}</b></p>" for line in r.verdict),
+                          "<h2>Logs</h2><table><tr><th>time</th><th>level</th><th>service</th><th>message</th></tr>",
+                          *(f"<tr class='{'err' if lg['marked'] else ''}'><td>{_e(fmt_time(lg['time_ns']))}</td>"
+                            f"<td>{_e(lg['severity'])}</td><td>{_e(lg['service'])}</td><td class='mono'>{_e(lg['body'])}</td></tr>"
+                            for lg in d["unattached_logs"]), "</table>"])
     out = [f"<p>{_e(d['root']['service'])} <code>{_e(d['root']['name'])}</code>, {_e(fmt_ms(d['duration_ms'] * 1e6))}, "
            f"{d['span_count']} spans, {d['log_count']} logs, started {_e(d['start'])}"
            + (" &mdash; <b class='err'>broken trace</b>: orphans shown under the root" if d["broken"] else "") + "</p>"]
@@ -266,7 +272,7 @@ def _trace(r: Report) -> str:
                    "<th>min</th><th>max</th></tr>")
         for kind, m in limit_series(d["metrics"], METRIC_ROWS_PER_METRIC):
             if kind == "error":
-                out.append(f"<tr><td colspan='4' class='err'>{_e(m['service'])}: metrics unavailable: {_e(m['error'])}</td></tr>")
+                out.append(f"<tr><td colspan='4' class='err'>{_e(m['service'])}: metrics skipped: {_e(m['error'])}</td></tr>")
             elif kind == "more":
                 out.append(f"<tr class='dim'><td colspan='4'>+{m['hidden']} more {_e(m['service'])} {_e(m['name'])} series "
                            "(the JSON report lists all)</td></tr>")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from stagetrace.display import visible_tree
+
 from .metricnames import limit_series
 from .render_text import METRIC_ROWS_PER_METRIC
 from .report import Report, drift_examples, headline
@@ -15,8 +17,10 @@ def _cell(x: object) -> str:
 
 
 def render_md(reports: Sequence[Report]) -> str:
+    """Control and bidi characters in the telemetry are written as escapes, as on the
+    terminal: Markdown is read as plain text as often as it is rendered."""
     out: list[str] = []
-    for r in reports:
+    for r in visible_tree(list(reports)):
         out.append(f"# {r.title}\n")
         w = r.window or {}
         if r.kind != "trace" and w.get("start_ns") and w.get("end_ns"):
@@ -76,6 +80,10 @@ def render_md(reports: Sequence[Report]) -> str:
 
 def _trace(r: Report) -> list[str]:
     d = r.data
+    if d.get("spans_missing"):  # a trace id only log records carry
+        return [*(f"**{line}**  " for line in r.verdict), "", "## Logs\n", "| time | level | service | message |",
+                "|---|---|---|---|", *(f"| {fmt_time(lg['time_ns'])} | {_cell(lg['severity'])} | {_cell(lg['service'])} | "
+                                       f"{_cell(lg['body'])} |" for lg in d["unattached_logs"]), ""]
     out = [f"{d['root']['service']} `{d['root']['name']}`, {fmt_ms(d['duration_ms'] * 1e6)}, {d['span_count']} spans, "
            f"{d['log_count']} logs, started {d['start']}" + (" — **broken trace** (orphans shown)" if d["broken"] else ""), "",
            "## Waterfall (★ = critical path)\n", "| span | service | stage | start | duration | self on critical path | status |",
@@ -100,7 +108,7 @@ def _trace(r: Report) -> list[str]:
         out += ["", "## Metrics around the trace (most varying series first)\n", "| series | points | min | max |", "|---|---|---|---|"]
         for kind, m in limit_series(d["metrics"], METRIC_ROWS_PER_METRIC):
             if kind == "error":
-                out.append(f"| {_cell(m['service'])}: metrics unavailable: {_cell(m['error'])} | | | |")
+                out.append(f"| {_cell(m['service'])}: metrics skipped: {_cell(m['error'])} | | | |")
             elif kind == "more":
                 out.append(f"| _+{m['hidden']} more {_cell(m['service'])} {_cell(m['name'])} series (JSON lists all)_ | | | |")
             else:

@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from stagetrace.display import visible_tree
+
 from .metricnames import limit_series
 from .report import Report, drift_examples, headline
 from .timefmt import fmt_ms, fmt_time
@@ -19,10 +21,13 @@ METRIC_ROWS_PER_METRIC = 4  # per service and metric; the rest is one "+N more" 
 
 
 def render_text(reports: Sequence[Report], color: bool = False, width: int = 140) -> str:
+    """Control and bidi characters in the telemetry are drawn as escapes (a span name must
+    not recolour or reverse the terminal), and rich's markup and :emoji: codes are off
+    (a name with ``[red]`` or ``:fire:`` in it is shown as sent)."""
     buf = io.StringIO()
     con = Console(file=buf, force_terminal=color, color_system="standard" if color else None, width=width,
-                  highlight=False, soft_wrap=False)
-    for i, r in enumerate(reports):
+                  highlight=False, soft_wrap=False, markup=False, emoji=False)
+    for i, r in enumerate(visible_tree(list(reports))):
         if i:
             con.rule()
         {"trace": _trace, "slow": _investigation, "errors": _investigation}.get(r.kind, _investigation)(con, r)
@@ -97,6 +102,9 @@ def _investigation(con: Console, r: Report) -> None:
 def _trace(con: Console, r: Report) -> None:
     d = r.data
     con.print(Text(f"Trace {d['trace_id']}", style="bold"))
+    if d.get("spans_missing"):
+        _logs_without_spans(con, r)
+        return
     con.print(f"{d['root']['service']} '{d['root']['name']}'  {fmt_ms(d['duration_ms'] * 1e6)}  {d['span_count']} spans  "
               f"{d['log_count']} logs  started {d['start']}" + ("  BROKEN TRACE (orphans shown)" if d["broken"] else ""))
     total = max(d["duration_ms"], 1e-9)
@@ -148,7 +156,7 @@ def _trace(con: Console, r: Report) -> None:
             mt.add_column(col, justify="right")
         for kind, m in limit_series(d["metrics"], METRIC_ROWS_PER_METRIC):
             if kind == "error":
-                mt.add_row(f"{m['service']}: metrics unavailable: {m['error']}", "", "", "", "")
+                mt.add_row(f"{m['service']}: metrics skipped: {m['error']}", "", "", "", "")
             elif kind == "more":
                 mt.add_row(Text(f"  +{m['hidden']} more {m['service']} {m['name']} series (--format json lists all)",
                                 style="dim"), "", "", "", "")
@@ -159,5 +167,17 @@ def _trace(con: Console, r: Report) -> None:
                     continue
                 mt.add_row(m["display_name"], str(len(vals)), f"{min(vals):.4g}", f"{max(vals):.4g}", f"{vals[-1]:.4g}")
         con.print(mt)
+    for n in r.notes:
+        con.print(n, style="magenta")
+
+
+def _logs_without_spans(con: Console, r: Report) -> None:
+    """A trace id only log records carry: say so, then the logs (time, level, service, message)."""
+    for line in r.verdict:
+        con.print(line, style="bold")
+    for lg in r.data["unattached_logs"]:
+        sev = str(lg["severity"]).upper()
+        con.print(Text(f"{fmt_time(lg['time_ns'])}  {sev:5} {lg['service'] or '-'}: {lg['body']}",
+                       style=_SEV_STYLE.get(sev)), soft_wrap=True)
     for n in r.notes:
         con.print(n, style="magenta")

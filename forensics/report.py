@@ -66,6 +66,16 @@ class Finding:
         }
 
 
+def skipped_reason(exc: Exception) -> str:
+    """Why a piece of evidence was skipped, for the report: a backend's or user's error is
+    already one worded line (e.g. what was wrong with Prometheus' answer); anything else is
+    odd data we did not foresee, named by its exception type so it can be reported."""
+    from stagetrace.errors import UserError
+    if isinstance(exc, UserError):
+        return str(exc)[:300]
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
 class EvidenceGuard:
     """Runs each evidence source of an investigation on its own: one that fails on odd data
     is skipped, and the report says which and why, instead of the command ending in a
@@ -80,7 +90,7 @@ class EvidenceGuard:
         except (KeyboardInterrupt, SystemExit, MemoryError):
             raise
         except Exception as exc:  # odd data must not cost the whole report
-            self.skipped.append(f"{name} was skipped: {type(exc).__name__}: {str(exc)[:200]}")
+            self.skipped.append(f"{name} was skipped: {skipped_reason(exc)}")
             return default
 
     def note(self, report: "Report") -> None:

@@ -32,7 +32,8 @@ from . import attributes, blame, incident, logmining, metricevidence, mlprofiles
 from .progress import steps
 from .report import EvidenceGuard, Finding, Report, headline
 from .window import (ByTrace, Operations, comparison_weights, entry_requests, fmt_ms, fmt_time,
-                     indexed_entry_requests, request_ops, request_weights, rootless_note)
+                     indexed_entry_requests, request_ops, request_weights, rootless_beside_note,
+                     rootless_note)
 
 ERROR = STATUS_CODES.index("ERROR")
 MAX_SELECTION = 200
@@ -169,6 +170,10 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         thr_ns = int(np.median(thr_arr))
         report = Report("slow", f"Slow requests (over {thr_label})", query=query,
                         window={"start_ns": w_start, "end_ns": w_end})
+        skipped = None if route else guard.run("the rootless-trace count", rootless_beside_note, backend,
+                                                service=service, start_ns=start_ns, end_ns=end_ns, requests=row_of)
+        if skipped:
+            report.notes.append(skipped)
         report.data.update({"threshold_ns": thr_ns, "threshold_label": thr_label,
                             "thresholds_by_operation": {o: v / 1e6 for o, v in list(per_op.items())[:50]},
                             "counts": {"requests": int(dur.size), "slow": int(slow.sum())}})

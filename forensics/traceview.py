@@ -12,36 +12,44 @@ from __future__ import annotations
 from typing import Any
 
 from stagetrace import semconv
-from stagetrace.backend import Backend, MetricQuery
+from stagetrace.backend import Backend, LogQuery, MetricQuery
 from stagetrace.config import normalize_trace_id
+from stagetrace.display import severity_name, shown
 from stagetrace.errors import NotFound
 from stagetrace.model import Trace
 
 from .critical_path import critical_path
 from .logmining import body_text
 from .metricnames import SeriesKey, display_names
-from .report import Finding, Report
+from .report import Finding, Report, skipped_reason
 from .timefmt import fmt_ms, fmt_time
 
 METRIC_PAD_NS = 30_000_000_000
+MAX_LOGS_WITHOUT_SPANS = 1000  # log records shown for a trace id that only logs carry
 
 
 def build_trace_report(backend: Backend, trace_id: str, *, trace: Trace | None = None) -> Report:
-    """``trace``: the trace when the caller already fetched it from ``backend``."""
+    """``trace``: the trace when the caller already fetched it from ``backend``.
+
+    Attribute values, log bodies and exception texts are cut at
+    :data:`stagetrace.display.MAX_SHOWN_BYTES` (a view of a trace is no place for a 2 MB
+    value; the store keeps it whole). A trace id that only log records carry (the spans
+    were lost or never sent) is a report of those logs that says no span was found."""
     tid = normalize_trace_id(trace_id)
     if trace is None:
         trace = backend.get_trace(tid)
     if trace is None or not trace.spans:
-        raise NotFound(f"trace {tid} not found in the {backend.name} backend")
+        logs = backend.find_logs(LogQuery(trace_ids=[tid], limit=MAX_LOGS_WITHOUT_SPANS))
+        if not logs:
+            raise NotFound(f"trace {tid} not found in the {backend.name} backend")
+        return _logs_only_report(backend, tid, logs)
     cp = critical_path(trace)
     root = cp.root
     t0 = root.span.start_ns
     logs_by_span: dict[str, list] = {}
     unattached = []
     for r in sorted(trace.logs, key=lambda r: r.time_ns):
-        item = {"time_ns": r.time_ns, "offset_ms": (r.time_ns - t0) / 1e6, "severity": r.severity_text or str(r.severity_number),
-                "severity_number": r.severity_number, "body": body_text(r), "service": r.service_name,
-                "marked": r.severity_number >= 13 or r.is_error}
+        item = _log_item(r, t0)
         if r.span_id and r.span_id in cp.nodes:
             logs_by_span.setdefault(r.span_id, []).append(item)
         else:
@@ -56,17 +64,18 @@ def build_trace_report(backend: Backend, trace_id: str, *, trace: Trace | None =
         seen.add(id(n))
         s = n.span
         events = [{"time_ns": e.time_ns, "offset_ms": (e.time_ns - t0) / 1e6, "name": e.name,
-                   "exception_type": e.attributes.get(semconv.EXCEPTION_TYPE),
-                   "message": e.attributes.get(semconv.EXCEPTION_MESSAGE),
-                   "stacktrace": e.attributes.get(semconv.EXCEPTION_STACKTRACE)} for e in s.events]
+                   "exception_type": shown(e.attributes.get(semconv.EXCEPTION_TYPE)),
+                   "message": shown(e.attributes.get(semconv.EXCEPTION_MESSAGE)),
+                   "stacktrace": shown(e.attributes.get(semconv.EXCEPTION_STACKTRACE))} for e in s.events]
         rows.append({
             "span_id": s.span_id, "parent_span_id": s.parent_span_id, "depth": n.depth, "service": s.service_name,
             "name": s.name, "kind": s.kind, "stage": n.stage, "own_stage": s.stage,
             "offset_ms": (s.start_ns - t0) / 1e6, "duration_ms": s.duration_ns / 1e6,
-            "status": s.status_code, "status_message": s.status_message,
+            "status": s.status_code, "status_message": shown(s.status_message),
             "critical": s.span_id in cp.self_ns, "self_ms": cp.self_ns.get(s.span_id, 0) / 1e6,
             "orphan": n.orphan, "clamped": n.clamped, "outside_parent": n.outside_parent,
-            "attributes": {k: v for k, v in s.attributes.items() if k not in (semconv.ML_INPUT_VALUE, semconv.ML_OUTPUT_VALUE)},
+            "attributes": {k: shown(v) for k, v in s.attributes.items()
+                           if k not in (semconv.ML_INPUT_VALUE, semconv.ML_OUTPUT_VALUE)},
             "events": events, "logs": logs_by_span.get(s.span_id, []),
         })
         stack.extend(reversed(n.children))
@@ -77,7 +86,7 @@ def build_trace_report(backend: Backend, trace_id: str, *, trace: Trace | None =
             series = backend.metric_series(MetricQuery(service=svc, start_ns=trace.start_ns - METRIC_PAD_NS,
                                                        end_ns=trace.end_ns + METRIC_PAD_NS))
         except Exception as exc:  # metrics are context; a metrics outage must not hide the trace
-            metrics.append({"service": svc, "error": str(exc)})
+            metrics.append({"service": svc, "error": skipped_reason(exc)})
             continue
         for ms in series:
             inst = ms.resource.get(semconv.SERVICE_INSTANCE_ID)
@@ -128,4 +137,31 @@ def build_trace_report(backend: Backend, trace_id: str, *, trace: Trace | None =
     if cp.dropped:  # shown in the waterfall, but their time counts nowhere: say so
         report.notes.append(f"{len(cp.dropped)} span(s) lie wholly outside their parent's time (clock skew, or a parent "
                             "that ends before it starts) and were left off the critical path.")
+    return report
+
+
+def _log_item(r, t0: int) -> dict[str, Any]:
+    """One log record as the trace view shows it (its body cut at the display limit)."""
+    return {"time_ns": r.time_ns, "offset_ms": (r.time_ns - t0) / 1e6, "severity": severity_name(r.severity_text, r.severity_number),
+            "severity_number": r.severity_number, "body": shown(body_text(r)), "service": r.service_name,
+            "marked": r.severity_number >= 13 or r.is_error}
+
+
+def _logs_only_report(backend: Backend, tid: str, logs: list) -> Report:
+    """The report for a trace id that log records carry but no span does: the logs
+    (time, level, service, message), and plainly that no span was found. The same keys
+    as a trace with spans, so every renderer and the UI draw it."""
+    logs = sorted(logs, key=lambda r: r.time_ns)
+    t0, t1 = logs[0].time_ns, logs[-1].time_ns
+    services = sorted({r.service_name for r in logs if r.service_name})
+    report = Report("trace", f"Trace {tid}", query={"trace_id": tid}, window={"start_ns": t0, "end_ns": t1})
+    report.data = {
+        "trace_id": tid, "root": None, "start": fmt_time(t0), "duration_ms": (t1 - t0) / 1e6, "span_count": 0,
+        "log_count": len(logs), "services": services, "spans": [], "unattached_logs": [_log_item(r, t0) for r in logs],
+        "critical_path": [], "stage_self_time": [], "orphans": [], "clamped": [], "dropped": [], "broken": False,
+        "metrics": [], "errors": 0, "spans_missing": True,
+    }
+    more = " (the first ones)" if len(logs) >= MAX_LOGS_WITHOUT_SPANS else ""
+    report.verdict = [f"No spans were found for trace {tid} in the {backend.name} backend; "
+                      f"{len(logs)} log record(s){more} carry its id and are shown below."]
     return report

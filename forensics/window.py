@@ -16,7 +16,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from stagetrace import semconv, traceids
-from stagetrace.backend import Backend, SpanColumns, TraceQuery, find_span_columns, span_columns
+from stagetrace.backend import (Backend, SpanColumns, TraceQuery, find_span_columns, rootless_trace_ids,
+                                span_columns)
 
 from stagetrace.model import Span, Trace
 
@@ -110,6 +111,35 @@ def rootless_note(backend: Backend, *, service: str | None, start_ns: int | None
     return (f"{len(spans)}{more} span(s) of {len(tids)}{more} trace(s) in the window were skipped: none is a "
             f"request's entry span (a trace's root{', or a SERVER/CONSUMER span of ' + service if service else ''}); "
             f"the root was lost or the parent ids loop (see `stagetrace trace {tids[0]}`)")
+
+
+_ROOTLESS_CHECK = 200  # traces without a root in the window looked up whole: the root may lie outside it
+
+
+def rootless_beside_note(backend: Backend, *, service: str | None, start_ns: int | None, end_ns: int | None,
+                         requests: Mapping[str, int]) -> str | None:
+    """How many traces with spans in a window that has requests have no root span at all
+    (lost, or parent ids that loop), so they were no request and were skipped; None if none.
+
+    :func:`rootless_note` says it only for a window with no request at all; beside
+    counted requests the skipped traces were silent. The traces without a root among
+    their spans in the window (one aggregate in the embedded store) are looked up whole,
+    at most :data:`_ROOTLESS_CHECK` of them: a root may just lie outside the window, and
+    with ``service`` only traces that touch it count. "at least" when the bound was hit."""
+    candidates = [t for t in rootless_trace_ids(backend, TraceQuery(start_ns=start_ns, end_ns=end_ns, limit=None))
+                  if t not in requests]
+    if not candidates:
+        return None
+    checked = candidates[:_ROOTLESS_CHECK]
+    traces = backend.get_traces(checked, with_logs=False)  # no window: the root may lie outside it
+    rootless = [t for t in checked if t in traces and all(s.parent_span_id for s in traces[t].spans)
+                and (service is None or any(s.service_name == service for s in traces[t].spans))]
+    if not rootless:
+        return None
+    least = "at least " if len(candidates) > len(checked) else ""
+    return (f"{least}{len(rootless)} trace(s) in the window were skipped beside the {len(requests)} request(s) "
+            f"counted: none of their spans is a root (it was lost, or the parent ids loop), so they are no "
+            f"request (see `stagetrace trace {rootless[0]}`)")
 
 
 def entry_operation(span: Span) -> str:

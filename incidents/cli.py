@@ -16,6 +16,7 @@ import click
 from stagetrace.cli import backend_options
 from stagetrace.config import data_dir as resolve_data_dir
 from stagetrace.config import parse_duration_ns
+from stagetrace.display import visible
 from stagetrace.errors import UserError
 
 
@@ -31,8 +32,10 @@ def _open_factory(opts: dict):
 
 
 def _echo(msg: str) -> None:
+    """One watch message on stderr; alert names and summaries carry telemetry text, so
+    control and bidi characters are shown as escapes (our own line breaks are kept)."""
     ts = _dt.datetime.now(_dt.timezone.utc).strftime("%H:%M:%S")
-    click.echo(f"[{ts}] {msg}", err=True)
+    click.echo(f"[{ts}] {visible(msg, keep_newlines=True)}", err=True)
 
 
 @click.group("watch", invoke_without_command=True)
@@ -107,8 +110,8 @@ def _print_alerts(state: dict) -> None:
         click.echo("no active alerts")
     for a in sorted(active, key=lambda a: a.get("active_since", 0)):
         lab = a["labels"]
-        click.echo(f"{a['state']:<8} {a['id']}  {lab.get('alertname')} [{lab.get('severity')}] "
-                   f"{a.get('annotations', {}).get('summary', '')}")
+        click.echo(visible(f"{a['state']:<8} {a['id']}  {lab.get('alertname')} [{lab.get('severity')}] "
+                           f"{a.get('annotations', {}).get('summary', '')}"))
 
 
 @watch_group.command("alerts")
@@ -122,8 +125,8 @@ def alerts_cmd(data_dir, show_all) -> None:
     if show_all:
         for a in state.get("history", [])[-50:]:
             lab = a["labels"]
-            click.echo(f"resolved {a['id']}  {lab.get('alertname')} [{lab.get('severity')}] "
-                       f"{_fmt_ns(a.get('fired_at'))} .. {_fmt_ns(a.get('resolved_at'))}")
+            click.echo(visible(f"resolved {a['id']}  {lab.get('alertname')} [{lab.get('severity')}] "
+                               f"{_fmt_ns(a.get('fired_at'))} .. {_fmt_ns(a.get('resolved_at'))}"))
 
 
 def _fmt_ns(ns) -> str:

@@ -369,8 +369,11 @@ class _DatasetHandler(_Handler):
             ss = {"spans": [{"spanID": s.span_id, "startTimeUnixNano": str(s.start_ns),
                              "durationNanos": str(s.duration_ns), "attributes": []}
                             for s in matched[:int(q.get("spss", 3))]], "matched": len(matched)}
-            hits.append({"traceID": tid.lstrip("0"), "rootServiceName": root.resource.get("service.name"),
-                         "rootTraceName": root.name, "startTimeUnixNano": str(t0),
+            hit = {"traceID": tid.lstrip("0"), "rootServiceName": root.resource.get("service.name"),
+                   "rootTraceName": root.name}
+            if not roots:  # Tempo's words for a trace without its root span (search.RootSpanNotYetReceivedText)
+                hit = {"traceID": tid.lstrip("0"), "rootServiceName": "<root span not yet received>"}
+            hits.append({**hit, "startTimeUnixNano": str(t0),
                          "durationMs": (t1 - t0) // 10**6, "spanSet": ss, "spanSets": [ss], "serviceStats": stats})
         hits.sort(key=lambda h: -int(h["startTimeUnixNano"]))
         hits = hits[:int(q.get("limit", 20))]

@@ -28,6 +28,7 @@ UNSET, OK, ERROR = 0, 1, 2
 SERVER, INTERNAL, CLIENT = 2, 1, 3
 # names no exporter should send but some do: control characters, a right-to-left
 # override, an ANSI escape, NUL, combining marks, a noncharacter, astral emoji
+ODD_MODEL = "fraud\x1b[31m\u202eledom"  # a model name with an ANSI escape and a right-to-left override
 ODD_NAMES = ["GET /\u202epredict", "op\x00nul", "\x1b[31mred\x1b[0m", "e\u0301\u0301\u0301", "\uffff",
              "\U0001f525 fire", "line\nbreak", "tab\there", ""]
 
@@ -237,6 +238,9 @@ def case(name: str, base: int, t0: int, n: int = 30) -> tuple[list[HSpan], list[
             sp[0].name = odd
             sp[0].attrs["http.route"] = odd
             sp[1].service = "svc-" + odd
+            if i % 3 == 0:  # the failing request's exception says it too
+                sp[1].status = ERROR
+                sp[1].events = [("exception", t, {"exception.type": "Err" + odd, "exception.message": odd})]
             spans += sp
             logs.append(HLog(t, odd * 3, 17, trace_id(tid), span_id(sp[0].span)))
         elif name == "bad_logs":
@@ -254,6 +258,10 @@ def case(name: str, base: int, t0: int, n: int = 30) -> tuple[list[HSpan], list[
             points.append(HPoint("process.memory.usage", t, float("inf"), kind="summary"))
         elif name == "logs_only":  # trace-linked ERROR logs whose spans never arrived
             logs.append(HLog(t, f"payment failed for order {i}", 17, trace_id(tid), span_id(tid * 16 + 1)))
+        elif name == "some_rootless":  # rooted requests, and every third trace without its root
+            sp = _request(tid, t, dur, status=ERROR if i % 5 == 1 else UNSET)
+            spans += sp if i % 3 else [HSpan(tid, tid * 16 + 2, tid * 16 + 9, "model", "inference", INTERNAL, t,
+                                             t + dur, ERROR)]
         elif name == "only_errors":
             spans += _request(tid, t, dur, status=ERROR, message="boom")
         elif name == "same_latency":
@@ -276,12 +284,15 @@ def case(name: str, base: int, t0: int, n: int = 30) -> tuple[list[HSpan], list[
                 sp[1].events = [("exception", t, {"exception.type": odd, "exception.message": [odd],
                                                   "exception.stacktrace": odd})]
             spans += sp
-        elif name == "ml_garbage":
+        elif name in ("ml_garbage", "ml_odd_names"):
+            model = "model" if name == "ml_garbage" else ODD_MODEL
             sp = _request(tid, t, dur)
-            sp[1].attrs.update(_ml_garbage(i))
+            sp[1].attrs.update(_ml_garbage(i) | {"ml.model.name": model})
+            if name == "ml_odd_names":
+                sp[1].attrs["ml.input.features"] = "amo\x1b[31munt\x1f\u202ecountry"
             spans += sp
             logs.append(HLog(t + S, "", 9, trace_id(tid), attrs={
-                "event.name": "ml.label", "ml.model.name": "model", "ml.label.trace_id": f"{tid:032x}",
+                "event.name": "ml.label", "ml.model.name": model, "ml.label.trace_id": f"{tid:032x}",
                 "ml.label.value": [1, 0, "yes", 7.5][i % 4],
                 "ml.label.time": [float("nan"), float("inf"), t + S, "not a time"][i % 4]}))
         else:
@@ -309,7 +320,8 @@ def _ml_garbage(i: int) -> dict:
 
 CASES = ["missing_parents", "parent_cycle", "self_parent", "skewed_clocks", "zero_negative", "error_no_message",
          "shared_trace_id", "lonely_service", "huge_attribute", "odd_unicode", "bad_logs", "nan_metrics",
-         "only_errors", "same_latency", "one_slow", "no_status", "ml_garbage", "typed_values", "logs_only"]
+         "only_errors", "same_latency", "one_slow", "no_status", "ml_garbage", "typed_values", "logs_only",
+         "some_rootless", "ml_odd_names"]
 
 
 def replace_random_node(doc, rnd, value, max_steps: int = 8) -> None:

@@ -101,3 +101,27 @@ def test_stop_leaves_no_process_of_the_group(tmp_path):
     assert _wait_for(lambda: not any(_alive(p) for p in [c.pid] + maint), 10)
     with pytest.raises(ProcessLookupError):
         os.killpg(c.pid, 0)  # the whole group is gone
+
+
+def test_a_slow_graceful_stop_says_which_part_took_the_time(tmp_path, caplog):
+    """A stop once took 10 s under load in CI (usually < 1 s) and nothing said why. The
+    maintainer is stopped (SIGSTOP) for 2.5 s as the collector stops, so the stop waits
+    on its exit: the collector logs one line naming that part and its time."""
+    import logging
+    import threading
+
+    from stagetrace.collector.server import SLOW_STOP_S, Collector, CollectorConfig
+    c = Collector(CollectorConfig(data_dir=tmp_path, grpc_port=0, http_port=0))
+    c.start()
+    child = c._child
+    assert child is not None and _wait_for(lambda: child.poll() is None, 5)
+    os.kill(child.pid, signal.SIGSTOP)
+    resume = threading.Timer(SLOW_STOP_S + 0.5, os.kill, (child.pid, signal.SIGCONT))
+    resume.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="stagetrace.collector"):
+            c.stop()
+    finally:
+        resume.join()
+    said = [r.getMessage() for r in caplog.records if "graceful stop took" in r.getMessage()]
+    assert len(said) == 1 and "maintainer exit" in said[0], said

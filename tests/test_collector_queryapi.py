@@ -22,7 +22,7 @@ import pytest
 
 import telemetry_gen as gen
 from stagetrace import semconv, wire
-from stagetrace.backend import MetricQuery, TraceQuery
+from stagetrace.backend import LogQuery, MetricQuery, TraceQuery
 from stagetrace.collector.client import ENV_DIRECT, ServedBackend, open_embedded
 from stagetrace.collector.process import start_collector
 from stagetrace.collector.queryapi import DISCOVERY_FILE, PREFIX
@@ -132,6 +132,15 @@ def test_bad_queries_get_clear_http_errors(tmp_path):
                 return exc.code, json.loads(exc.read() or b"{}")
 
         assert post("find_spans", b"{}")[0] == 404  # unbounded scans are not served
+        # find_logs only as a lookup by trace id with a limit (`stagetrace trace` of an id only logs carry)
+        from stagetrace import wire
+        from stagetrace.backend import LogQuery
+        for scan in (LogQuery(limit=None), LogQuery(trace_ids=["0" * 31 + "1"], limit=None),
+                     LogQuery(trace_ids=[], limit=10), LogQuery(trace_ids=["0" * 31 + "1"] * 101, limit=10)):
+            st, doc = post("find_logs", wire.dumps({"args": [scan]}))
+            assert st == 400 and "served by trace id only" in doc["error"], (scan, st, doc)
+        st, doc = post("find_logs", wire.dumps({"args": [LogQuery(trace_ids=["0" * 31 + "1"], limit=10)]}))
+        assert st == 200 and doc["result"] == [], doc
         st, doc = post("get_trace", b"not json")
         assert st == 400 and "bad query body" in doc["error"]
         st, doc = post("get_trace", json.dumps({"args": ["zz"]}).encode())
@@ -166,6 +175,8 @@ def test_served_backend_answers_like_the_store(tmp_path):
             q = MetricQuery(start_ns=res.start_ns, end_ns=res.end_ns)
             assert served.metric_series(q) == direct.metric_series(q)
             assert served.metric_names() == direct.metric_names()
+            lq = LogQuery(trace_ids=list(res.all_trace_ids[:5]), limit=100)  # served: a lookup by trace id
+            assert served.find_logs(lq) == direct.find_logs(lq)
             # not served: delegated to a local read, same answer
             tq = TraceQuery(root_only=True, limit=None, start_ns=res.start_ns, end_ns=res.end_ns)
             assert len(served.find_spans(tq)) == len(direct.find_spans(tq)) > 0

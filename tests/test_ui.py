@@ -246,6 +246,32 @@ def test_open_the_slowest_trace_from_the_plot(store, driver):
     assert console_errors(d) == []
 
 
+def test_a_trace_only_logs_carry_is_drawn_with_its_logs(tmp_path, driver):
+    """A trace id whose spans never arrived, only its log lines (one with markup and an
+    ANSI escape in it): the page said the trace was not found; it now says no span was
+    found and lists the lines, as text (no markup runs), without a script error."""
+    import hostile_otlp as h
+    from stagetrace.collector.process import start_collector
+    d = driver
+    n = 0x5EED
+    now = time.time_ns()
+    with start_collector(tmp_path / "store") as c:
+        lines = [h.HLog(now - 60 * 10**9 + i, body, 17, h.trace_id(n), h.span_id(7), service="checkout")
+                 for i, body in enumerate(["payment failed", "<b id='injected'>bold</b> \x1b[31mred"])]
+        assert h.send(c.http_endpoint, logs=lines)[1] == 200
+        proc, url = start_ui(c.data_dir)
+        try:
+            open_page(d, f"{url.rstrip('/')}/trace/{n:032x}")
+            text = d.find_element("id", "app").text
+            assert f"No spans were found for trace {n:032x}" in text and "payment failed" in text, text[:800]
+            assert "<b id='injected'>bold</b>" in text and not d.find_elements("id", "injected")
+            assert console_errors(d) == []
+            shot(d, "trace-logs-only")
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
 def test_brushing_the_slow_region_names_the_injected_cause(store, driver):
     d, slow = driver, store["slow"]
     open_page(d, f"{store['url']}?{window(slow)}")

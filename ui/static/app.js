@@ -515,7 +515,9 @@ function renderTrace(doc) {
   const total = Math.max(d.duration_ms, 1e-6);
   const head = el("div", { class: "trace-head" },
     el("h2", {}, "Trace ", el("code", { text: d.trace_id })),
-    el("p", { class: "muted", text: `${d.root.service} · ${d.root.name} · ${d.start} · ${fmtMs(d.duration_ms)} · ${d.span_count} spans · ${d.log_count} logs · ${d.errors} errors` }));
+    // root is null for a trace id only log records carry (its verdict says no span was found)
+    el("p", { class: "muted", text: `${d.root ? d.root.service + " · " + d.root.name + " · " : ""}${d.start} · ${fmtMs(d.duration_ms)} · ${d.span_count} spans · ${d.log_count} logs · ${d.errors} errors` }),
+    ...(doc.verdict || []).map((v) => el("p", { class: "verdict", text: v })));
   const stageBar = el("div", { class: "stagebar", id: "stage-bar", title: "self time per ML stage on the critical path" });
   for (const st of d.stage_self_time) {
     stageBar.append(el("span", { class: "stage-seg", style: `flex:${Math.max(st.share, 0.002)};background:${serviceColor("stage:" + st.stage)}`, title: `${st.stage}: ${fmtMs(st.self_ms)} (${fmtPct(st.share)})` },
@@ -620,7 +622,7 @@ function spanDetail(sp) {
 function metricsSection(d, total) {
   const box = el("section", { class: "metrics", id: "metrics" }, el("h3", { text: "Service metrics around the trace" }));
   const series = d.metrics.filter((m) => !m.error && m.points && m.points.length);
-  for (const m of d.metrics.filter((m) => m.error)) box.append(el("p", { class: "error", text: `${m.service}: metrics unavailable: ${m.error}` }));
+  for (const m of d.metrics.filter((m) => m.error)) box.append(el("p", { class: "error", text: `${m.service}: metrics skipped: ${m.error}` }));
   if (!series.length) { box.append(el("p", { class: "muted", text: "No metric points for these services in this window." })); return box; }
   const grid = el("div", { class: "metric-grid" });
   const shown = series.slice(0, 24);
