@@ -170,7 +170,7 @@ pending_input(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 PyDoc_STRVAR(pending_output_doc,
 "pending_output(pending, result, max_bytes) -> bool\n\n"
 "Snapshot the call's result into pending[7:10] (bytes, dtype, shape); False, and pending\n"
-"unchanged, when result is not snapshotted.");
+"unchanged, when result is not snapshotted or pending is not a list (nothing was deferred).");
 
 static PyObject *
 pending_output(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -180,8 +180,10 @@ pending_output(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *pending = args[0];
-    if (!PyList_CheckExact(pending) || PyList_GET_SIZE(pending) != 10) {
-        PyErr_SetString(PyExc_TypeError, "pending_output: pending must be the 10-slot list of pending_input");
+    if (!PyList_CheckExact(pending))  /* True (captured in the call) or "unsampled": nothing deferred */
+        Py_RETURN_FALSE;
+    if (PyList_GET_SIZE(pending) != 10) {
+        PyErr_SetString(PyExc_ValueError, "pending_output: pending must be the 10-slot list of pending_input");
         return NULL;
     }
     Py_ssize_t max_bytes = PyLong_AsSsize_t(args[2]);

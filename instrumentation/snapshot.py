@@ -41,9 +41,14 @@ def py_pending_input(x: Any, max_bytes: int, prof: Any, instance: Any, qualname:
     return None
 
 
-def py_pending_output(pending: list, result: Any, max_bytes: int) -> bool:
+def py_pending_output(pending: Any, result: Any, max_bytes: int) -> bool:
     """Snapshot ``result`` into ``pending[7:10]`` (bytes, dtype, shape); False, ``pending``
-    unchanged, when it is not snapshotted (the output is then captured in the call)."""
+    unchanged, when it is not snapshotted or ``pending`` is not a list (nothing was deferred):
+    the output is then captured in the call."""
+    if pending.__class__ is not list:
+        return False
+    if len(pending) != 10:
+        raise ValueError("pending_output: pending must be the 10-slot list of pending_input")
     if result.__class__ is _NUMPY[0] and 0 < result.nbytes <= max_bytes:
         dt = result.dtype
         if dt is _NUMPY[1] or dt.kind in "fiub":

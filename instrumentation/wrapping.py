@@ -310,10 +310,16 @@ def _profile_input(spec: StageSpec, instance, args, kwargs, model: str | None) -
 _MARK = "_stagetrace_profile"
 _DEFER_MAX_BYTES = 32768
 _defer_state: list = [None, False]  # [the tracer's span-processor tuple, whether profiles may be deferred]
-# snapshot.pending_input / pending_output (the C accelerator or the Python functions), bound
-# with the first deferred call (snapshot.py imports nothing heavy, but numpy must be loaded)
+
+
+def _nothing_deferred(pending: Any, result: Any, max_bytes: int) -> bool:
+    return False  # before the first deferred call no input was deferred (profiles inline)
+
+
+# snapshot.pending_input / pending_output (the C accelerator or the Python functions),
+# bound at the first deferred call, once numpy is loaded
 _pending_input: Callable | None = None
-_pending_output: Callable | None = None
+_pending_output: Callable = _nothing_deferred
 _UNSAMPLED = "unsampled"  # _Frame.profiled of a deferrable call whose span records nothing
 
 
@@ -403,14 +409,15 @@ def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
                 profiled = True
     span = tracer.start_span(f"{spec.stage} {model}" if model else spec.default_name, kind=SpanKind.INTERNAL, attributes=attrs)
     if pending is not None:
-        # encoded by the exporter (profile_export.py); an unsampled span exports nothing
+        # encoded by the exporter (profile_export.py); an unsampled span records nothing, and
+        # last_prediction_id() still names this call
         target = getattr(span, "_attributes", None)
         if target is not None:
             profiled = pending
             # a plain attribute (the name is a constant): cheaper than materialising __dict__
             target._stagetrace_profile = profiled
         else:
-            profiled = _UNSAMPLED  # nothing to record; last_prediction_id() still names this call
+            profiled = _UNSAMPLED
     metric_attrs = metrics.attributes_for(spec.stage, model, version)
     return _Active(span, _Frame(spec.stage, span, has_model, profiled, parent), metric_attrs, out_owner)
 
@@ -462,7 +469,7 @@ def _end(active: _Active, spec: StageSpec, exc: BaseException | None, args, kwar
             if pending:
                 try:
                     # deferred input: defer the output too (a snapshot, as for the input)
-                    if not (pending.__class__ is list and _pending_output(pending, result, _DEFER_MAX_BYTES)):
+                    if not _pending_output(pending, result, _DEFER_MAX_BYTES):
                         _profile_output(active, spec, result)
                 except Exception:
                     _internal_error("output profile", spec)
