@@ -6,7 +6,8 @@ with one row that copy is most of the profile's in-call cost. So there are two
 implementations of the same two functions:
 
 * ``_snapshot`` (``_snapshot.c``), an optional C accelerator built by ``pip install``
-  when a compiler is there: one buffer export and one memcpy for the common array;
+  when a compiler is there: for the common array one attribute read (its dtype), one
+  buffer export and one copy, with no interpreter dispatch in between;
 * the pure-Python functions below, used when the accelerator did not build or when
   ``STAGETRACE_NO_ACCEL=1`` is set (tests run both and compare them).
 
@@ -34,7 +35,7 @@ def py_pending_input(x: Any, max_bytes: int, prof: Any, instance: Any, qualname:
     """The deferred-profile list of a call whose model input is ``x`` (a numeric ndarray of at
     most ``max_bytes``): slots 0-6 are ``profile_capture.resolve_input``'s arguments, 7-9 the
     output's (filled by :func:`py_pending_output`); None when ``x`` is not snapshotted."""
-    if x.__class__ is _NUMPY[0] and 0 < x.nbytes <= max_bytes:
+    if type(x) is _NUMPY[0] and 0 < x.nbytes <= max_bytes:  # type(): what C's Py_TYPE sees (not a Mock's __class__)
         dt = x.dtype
         if dt is _NUMPY[1] or dt.kind in "fiub":  # float64 (the usual input) told by identity
             return [prof, x.tobytes(), dt, x.shape, instance, qualname, model, None, None, None]
@@ -45,11 +46,11 @@ def py_pending_output(pending: Any, result: Any, max_bytes: int) -> bool:
     """Snapshot ``result`` into ``pending[7:10]`` (bytes, dtype, shape); False, ``pending``
     unchanged, when it is not snapshotted or ``pending`` is not a list (nothing was deferred):
     the output is then captured in the call."""
-    if pending.__class__ is not list:
+    if type(pending) is not list:
         return False
     if len(pending) != 10:
         raise ValueError("pending_output: pending must be the 10-slot list of pending_input")
-    if result.__class__ is _NUMPY[0] and 0 < result.nbytes <= max_bytes:
+    if type(result) is _NUMPY[0] and 0 < result.nbytes <= max_bytes:
         dt = result.dtype
         if dt is _NUMPY[1] or dt.kind in "fiub":
             pending[7:] = result.tobytes(), dt, result.shape
