@@ -27,6 +27,23 @@ static PyObject *known[MAX_KNOWN];  /* numpy's own dtype objects of kinds f, i, 
 static int n_known;
 static PyObject *s_nbytes, *s_dtype, *s_kind, *s_tobytes, *s_shape, *s_fiub;
 
+/* Hand the three new references out (1), or drop what was made and fail (-1) when one of
+ * them could not be made (its exception is set). */
+static int
+hand_out(PyObject *b, PyObject *d, PyObject *t, PyObject **raw, PyObject **dt, PyObject **shape)
+{
+    if (b == NULL || d == NULL || t == NULL) {
+        Py_XDECREF(b);
+        Py_XDECREF(d);
+        Py_XDECREF(t);
+        return -1;
+    }
+    *raw = b;
+    *dt = d;
+    *shape = t;
+    return 1;
+}
+
 /* The Python path, step for step, for what the fast path does not answer:
  * 0 < x.nbytes <= max_bytes and (x.dtype is float64 or x.dtype.kind in "fiub"),
  * then x.tobytes(), x.dtype, x.shape. */
@@ -59,20 +76,8 @@ snap_slow(PyObject *x, Py_ssize_t max_bytes, PyObject **raw, PyObject **dt, PyOb
         }
     }
     PyObject *b = PyObject_CallMethodNoArgs(x, s_tobytes);
-    if (b == NULL) {
-        Py_DECREF(d);
-        return -1;
-    }
-    PyObject *t = PyObject_GetAttr(x, s_shape);
-    if (t == NULL) {
-        Py_DECREF(d);
-        Py_DECREF(b);
-        return -1;
-    }
-    *raw = b;
-    *dt = d;
-    *shape = t;
-    return 1;
+    PyObject *t = b != NULL ? PyObject_GetAttr(x, s_shape) : NULL;
+    return hand_out(b, d, t, raw, dt, shape);
 }
 
 /* 1 and three new references (bytes, dtype, shape) when x is a snapshot-able array of at
@@ -116,15 +121,27 @@ snap(PyObject *x, Py_ssize_t max_bytes, PyObject **raw, PyObject **dt, PyObject 
             PyTuple_SET_ITEM(t, j, n);
     }
     PyBuffer_Release(&view);
-    if (b == NULL) {
-        Py_XDECREF(t);
-        Py_DECREF(d);
+    return hand_out(b, d, t, raw, dt, shape);
+}
+
+/* 1 when a function got its number of positional arguments, else 0 and a TypeError */
+static int
+arity(const char *name, Py_ssize_t nargs, Py_ssize_t want)
+{
+    if (nargs == want)
+        return 1;
+    PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", name, want, nargs);
+    return 0;
+}
+
+/* snap() with its byte limit given as a Python int */
+static int
+snap_arg(PyObject *x, PyObject *limit, PyObject **raw, PyObject **dt, PyObject **shape)
+{
+    Py_ssize_t max_bytes = PyLong_AsSsize_t(limit);
+    if (max_bytes == -1 && PyErr_Occurred())
         return -1;
-    }
-    *raw = b;
-    *dt = d;
-    *shape = t;
-    return 1;
+    return snap(x, max_bytes, raw, dt, shape);
 }
 
 PyDoc_STRVAR(pending_input_doc,
@@ -135,15 +152,10 @@ PyDoc_STRVAR(pending_input_doc,
 static PyObject *
 pending_input(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "pending_input takes 6 arguments");
-        return NULL;
-    }
-    Py_ssize_t max_bytes = PyLong_AsSsize_t(args[1]);
-    if (max_bytes == -1 && PyErr_Occurred())
+    if (!arity("pending_input", nargs, 6))
         return NULL;
     PyObject *raw, *dt, *shape;
-    int got = snap(args[0], max_bytes, &raw, &dt, &shape);
+    int got = snap_arg(args[0], args[1], &raw, &dt, &shape);
     if (got < 0)
         return NULL;
     if (got == 0)
@@ -175,10 +187,8 @@ PyDoc_STRVAR(pending_output_doc,
 static PyObject *
 pending_output(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "pending_output takes 3 arguments");
+    if (!arity("pending_output", nargs, 3))
         return NULL;
-    }
     PyObject *pending = args[0];
     if (!PyList_CheckExact(pending))  /* True (captured in the call) or "unsampled": nothing deferred */
         Py_RETURN_FALSE;
@@ -186,11 +196,8 @@ pending_output(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "pending_output: pending must be the 10-slot list of pending_input");
         return NULL;
     }
-    Py_ssize_t max_bytes = PyLong_AsSsize_t(args[2]);
-    if (max_bytes == -1 && PyErr_Occurred())
-        return NULL;
     PyObject *raw, *dt, *shape;
-    int got = snap(args[1], max_bytes, &raw, &dt, &shape);
+    int got = snap_arg(args[1], args[2], &raw, &dt, &shape);
     if (got < 0)
         return NULL;
     if (got == 0)

@@ -27,7 +27,8 @@ from stagetrace import semconv
 
 from .wrapping import env_flag
 
-_NUMPY: list = [None, None]  # [numpy.ndarray, the float64 dtype] once configured
+_ndarray: Any = None  # numpy.ndarray, once configured
+_float64: Any = None  # numpy's float64 dtype: the usual model input and output, told by identity
 
 
 def py_pending_input(x: Any, max_bytes: int, prof: Any, instance: Any, qualname: str,
@@ -35,9 +36,9 @@ def py_pending_input(x: Any, max_bytes: int, prof: Any, instance: Any, qualname:
     """The deferred-profile list of a call whose model input is ``x`` (a numeric ndarray of at
     most ``max_bytes``): slots 0-6 are ``profile_capture.resolve_input``'s arguments, 7-9 the
     output's (filled by :func:`py_pending_output`); None when ``x`` is not snapshotted."""
-    if type(x) is _NUMPY[0] and 0 < x.nbytes <= max_bytes:  # type(): what C's Py_TYPE sees (not a Mock's __class__)
+    if type(x) is _ndarray and 0 < x.nbytes <= max_bytes:  # type(): what C's Py_TYPE sees (not a Mock's __class__)
         dt = x.dtype
-        if dt is _NUMPY[1] or dt.kind in "fiub":  # float64 (the usual input) told by identity
+        if dt is _float64 or dt.kind in "fiub":
             return [prof, x.tobytes(), dt, x.shape, instance, qualname, model, None, None, None]
     return None
 
@@ -45,14 +46,11 @@ def py_pending_input(x: Any, max_bytes: int, prof: Any, instance: Any, qualname:
 def py_pending_output(pending: Any, result: Any, max_bytes: int) -> bool:
     """Snapshot ``result`` into ``pending[7:10]`` (bytes, dtype, shape); False, ``pending``
     unchanged, when it is not snapshotted or ``pending`` is not a list (nothing was deferred):
-    the output is then captured in the call."""
-    if type(pending) is not list:
-        return False
-    if len(pending) != 10:
-        raise ValueError("pending_output: pending must be the 10-slot list of pending_input")
-    if type(result) is _NUMPY[0] and 0 < result.nbytes <= max_bytes:
+    the output is then captured in the call. (The accelerator also checks the list has its 10
+    slots, which only :func:`py_pending_input` makes.)"""
+    if type(pending) is list and type(result) is _ndarray and 0 < result.nbytes <= max_bytes:
         dt = result.dtype
-        if dt is _NUMPY[1] or dt.kind in "fiub":
+        if dt is _float64 or dt.kind in "fiub":
             pending[7:] = result.tobytes(), dt, result.shape
             return True
     return False
@@ -81,7 +79,8 @@ _FAST_DTYPES = "dfelqihbLQIHB?g"
 
 def configure(np: Any) -> None:
     """Hand numpy to both implementations (at the first deferred call, never at import)."""
-    _NUMPY[0], _NUMPY[1] = np.ndarray, np.dtype(np.float64)
+    global _ndarray, _float64
+    _ndarray, _float64 = np.ndarray, np.dtype(np.float64)
     if _accel is not None:
         known = tuple(dict.fromkeys(np.dtype(c) for c in _FAST_DTYPES))  # 'l' and 'q' may be one object
         _accel.configure(np.ndarray, np.dtype(np.float64), known)
