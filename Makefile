@@ -49,4 +49,4 @@ bench: deps
 	$(VENV)/bin/python benchmarks/grafana_backend.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info stagetrace-demo
+	rm -rf $(VENV) build *.egg-info stagetrace-demo instrumentation/_snapshot.*.so
