@@ -12,8 +12,10 @@ PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 # after the others, by themselves. tests/test_skeleton.py checks this list is complete.
 ALONE_FILES = tests/test_demo.py
 # Servers the tests start themselves (on 127.0.0.1): Prometheus, Alertmanager, and
-# headless Chromium with its WebDriver for the UI tests.
-APT_PACKAGES = prometheus prometheus-alertmanager chromium chromium-driver
+# headless Chromium with its WebDriver for the UI tests. gcc and python3-dev: pip builds the
+# optional C accelerator of the profile snapshots (instrumentation/_snapshot.c) with them;
+# without them the install still succeeds, and tests/test_profile_snapshot.py fails under CI.
+APT_PACKAGES = prometheus prometheus-alertmanager chromium chromium-driver gcc python3-dev
 
 .PHONY: test deps venv demo bench clean
 
@@ -47,4 +49,4 @@ bench: deps
 	$(VENV)/bin/python benchmarks/grafana_backend.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info stagetrace-demo
+	rm -rf $(VENV) build *.egg-info stagetrace-demo instrumentation/_snapshot.*.so

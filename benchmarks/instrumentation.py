@@ -42,6 +42,10 @@ for one row.
 (``--instr-layouts``): independent of the machine's load. Paired layout by layout, two copies
 of the same code agree to about 50 instructions per call; the layout alone moves the count
 by up to ~1.8k, and OpenBLAS's idle threads (now one) by ~2k (session 9).
+
+When this tree's C accelerator of the snapshots is built (instrumentation/snapshot.py), both
+comparisons also run this tree with it turned off (``STAGETRACE_NO_ACCEL=1``): the same files,
+only the snapshot implementation differs.
 """
 
 from __future__ import annotations
@@ -210,15 +214,27 @@ def compare_profile_cost(ref: str, pairs: int, runs: int) -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="stagetrace-bench-") as tmp:
-        trees = {f"{ref} (before)": _extract(ref, tmp), "this tree": None}
+        trees = {f"{ref} (before)": (_extract(ref, tmp), {}), "this tree": (None, {})}
+        trees.update(_no_accel_variant(None))
         for run in range(runs):
-            for label, path in trees.items():
-                env = dict(os.environ)
+            for label, (path, extra) in trees.items():
+                env = dict(os.environ, **extra)
                 if path:  # a plain path entry is found before the editable install's finder
                     env["PYTHONPATH"] = path
                 print(f"\n=== run {run + 1}: {label}", flush=True)
                 subprocess.run([sys.executable, os.path.abspath(__file__), "--profile-only", "--profile-pairs",
                                 str(pairs)], env=env, check=True)
+
+
+def _no_accel_variant(path: str | None) -> dict:
+    """{label: (path, env)} of this tree with its C accelerator turned off, when it has one
+    (instrumentation/snapshot.py): the same files, only the snapshot implementation differs."""
+    from stagetrace import semconv
+    from stagetrace.instrumentation import snapshot
+
+    if not snapshot.ACCELERATED:
+        return {}
+    return {"this tree, no accel": (path, {semconv.ENV_NO_ACCEL: "1"})}
 
 
 _FOLDERS = {"core": "stagetrace", "instrumentation": "stagetrace/instrumentation",
@@ -302,12 +318,12 @@ os._exit(0)  # no exit-time flush in the count
 '''
 
 
-def _instructions(pythonpath: str | None, mode: str, calls: int, gc_mode: str) -> int:
+def _instructions(pythonpath: str | None, mode: str, calls: int, gc_mode: str, extra_env: dict | None = None) -> int:
     """Instructions executed by one child process (valgrind's cachegrind, no cache simulation)."""
     # one BLAS thread: OpenBLAS's idle worker threads spin, and valgrind counts their spinning
     # (2.2 k instructions per call of difference between two runs of the same code in session 9);
     # the call under test makes no BLAS call
-    env = dict(os.environ, PYTHONHASHSEED="0", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONHASHSEED="0", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", **(extra_env or {}))
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     out = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
@@ -342,27 +358,33 @@ def compare_instructions(ref: str, calls: tuple[int, int] = (1000, 5000), gc_mod
             ref_dir, cur_dir = os.path.join(root, f"ref-{pad}"), os.path.join(root, f"cur-{pad}")
             os.makedirs(ref_dir)
             os.makedirs(cur_dir)
-            pairs.append({f"{ref} (before)": _extract(ref, ref_dir), "this tree": _extract_worktree(cur_dir)})
-        for label, path in pairs[0].items():
-            env = dict(os.environ, PYTHONPATH=path)
+            cur = _extract_worktree(cur_dir)
+            pairs.append({f"{ref} (before)": (_extract(ref, ref_dir), {}), "this tree": (cur, {}),
+                          **_no_accel_variant(cur)})
+        for label, (path, extra) in pairs[0].items():
+            env = dict(os.environ, PYTHONPATH=path, **extra)
             per = {mode: subprocess.run([sys.executable, "-c", _INSTR_CHILD, mode, "2000", "count"], env=env,
                                         capture_output=True, text=True, check=True).stdout.strip()
                    for mode in ("off", "on")}
             print(f"  objects tracked by the cyclic GC per queued span, {label}: off {per['off']}, on {per['on']}")
         for gc_mode in gc_modes:
-            diffs = []
+            diffs: dict[str, list] = {}
             for k, trees in enumerate(pairs):
                 prof = {}
-                for label, path in trees.items():
+                for label, (path, extra) in trees.items():
                     per = {}
                     for mode in ("off", "on"):
-                        per[mode] = (_instructions(path, mode, hi, gc_mode) - _instructions(path, mode, lo, gc_mode)) / (hi - lo)
+                        per[mode] = (_instructions(path, mode, hi, gc_mode, extra)
+                                     - _instructions(path, mode, lo, gc_mode, extra)) / (hi - lo)
                     prof[label] = per["on"] - per["off"]
-                    print(f"  GC {'off' if gc_mode == 'nogc' else 'on ':<4}layout {k + 1} {label:<16} off {per['off']:9.0f}   "
+                    print(f"  GC {'off' if gc_mode == 'nogc' else 'on ':<4}layout {k + 1} {label:<20} off {per['off']:9.0f}   "
                           f"on {per['on']:9.0f}   profile {prof[label]:7.0f}", flush=True)
-                diffs.append(prof["this tree"] - prof[f"{ref} (before)"])
-            print(f"  GC {'off' if gc_mode == 'nogc' else 'on '}: this tree's profile minus {ref}'s, layout by layout: "
-                  + ", ".join(f"{d:+.0f}" for d in diffs) + f" (median {statistics.median(diffs):+.0f})", flush=True)
+                for label in trees:
+                    if label != "this tree":
+                        diffs.setdefault(label, []).append(prof["this tree"] - prof[label])
+            for label, d in diffs.items():
+                print(f"  GC {'off' if gc_mode == 'nogc' else 'on '}: this tree's profile minus {label}'s, layout by layout: "
+                      + ", ".join(f"{v:+.0f}" for v in d) + f" (median {statistics.median(d):+.0f})", flush=True)
 
 
 def main() -> None:

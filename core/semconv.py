@@ -113,6 +113,7 @@ ENV_PROFILE_FEATURES = "STAGETRACE_PROFILE_FEATURES"  # comma-separated feature 
 ENV_PROFILE_REDACT = "STAGETRACE_PROFILE_REDACT"  # comma-separated features never binned nor sampled
 ENV_PROFILE_SAMPLE_RATE = "STAGETRACE_PROFILE_SAMPLE_RATE"  # opt-in raw samples: share of calls (default 0)
 ENV_PROFILE_DEFER = "STAGETRACE_PROFILE_DEFER"  # false: encode profiles in the call, not in the span export thread
+ENV_NO_ACCEL = "STAGETRACE_NO_ACCEL"  # true: the pure-Python call-time snapshots, not the C accelerator (tests)
 ENV_DEBUG_REQUESTS = "STAGETRACE_DEBUG_REQUESTS"  # true: per-request DEBUG logs (instrumentation/debuglog.py); off by default
 ENV_DEBUG_HEADER = "STAGETRACE_DEBUG_HEADER"  # header and baggage key that asks for them (default stagetrace-debug)
 ENV_DEBUG_RATE = "STAGETRACE_DEBUG_RATE"  # admitted debug traces per process: N/s, N/min, N/h (default 10/min)

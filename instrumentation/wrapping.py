@@ -310,22 +310,30 @@ def _profile_input(spec: StageSpec, instance, args, kwargs, model: str | None) -
 _MARK = "_stagetrace_profile"
 _DEFER_MAX_BYTES = 32768
 _defer_state: list = [None, False]  # [the tracer's span-processor tuple, whether profiles may be deferred]
-# [numpy.ndarray, the float64 dtype], once the capture module (which imports numpy) is loaded: a
-# float64 array (the usual model input and output) is told numeric by identity, not by reading .kind
-_ndarray: list = [None, None]
+
+
+def _nothing_deferred(pending: Any, result: Any, max_bytes: int) -> bool:
+    return False  # before the first deferred call no input was deferred (profiles inline)
+
+
+# snapshot.pending_input / pending_output (the C accelerator or the Python functions),
+# bound at the first deferred call, once numpy is loaded
+_pending_input: Callable | None = None
+_pending_output: Callable = _nothing_deferred
 _UNSAMPLED = "unsampled"  # _Frame.profiled of a deferrable call whose span records nothing
 
 
 def _defer_recheck(procs) -> None:
     """Whether every span processor in ``procs`` exports through our resolving exporter
     (asked again whenever the provider's processor tuple changes)."""
+    global _pending_input, _pending_output
     try:
         from . import profile_export
         ok = profile_export.wrap_processors(procs)
-        if _ndarray[0] is None:
-            np = _capture_module().np
-            _ndarray[1] = np.dtype(np.float64)
-            _ndarray[0] = np.ndarray
+        if _pending_input is None:
+            from . import snapshot
+            snapshot.configure(_capture_module().np)
+            _pending_input, _pending_output = snapshot.pending_input, snapshot.pending_output
     except Exception:
         ok = False
     _defer_state[0], _defer_state[1] = procs, ok
@@ -387,12 +395,9 @@ def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
                     _defer_recheck(procs)
                 if _defer_state[1]:
                     x = args[0] if args and spec.model_input is None else _model_input(spec, args, kwargs)
-                    if x.__class__ is _ndarray[0] and 0 < x.nbytes <= _DEFER_MAX_BYTES:
-                        dt = x.dtype
-                        if dt is _ndarray[1] or dt.kind in "fiub":
-                            # tobytes: the app may reuse its buffer once the call returns; one flat
-                            # list: slots 0-6 the input (resolve_input's arguments), 7-9 the output
-                            pending = [prof, x.tobytes(), dt, x.shape, instance, spec.qualname, model, None, None, None]
+                    # a copy (the app may reuse its buffer once the call returns) of a small numeric
+                    # array, in one flat list: slots 0-6 the input (resolve_input's arguments), 7-9 the output
+                    pending = _pending_input(x, _DEFER_MAX_BYTES, prof, instance, spec.qualname, model)
             except AttributeError:
                 pass  # not the SDK's tracer: inline
             except Exception:
@@ -404,14 +409,15 @@ def _begin(tracer, spec: StageSpec, instance, args, kwargs) -> _Active | None:
                 profiled = True
     span = tracer.start_span(f"{spec.stage} {model}" if model else spec.default_name, kind=SpanKind.INTERNAL, attributes=attrs)
     if pending is not None:
-        # encoded by the exporter (profile_export.py); an unsampled span exports nothing
+        # encoded by the exporter (profile_export.py); an unsampled span records nothing, and
+        # last_prediction_id() still names this call
         target = getattr(span, "_attributes", None)
         if target is not None:
             profiled = pending
             # a plain attribute (the name is a constant): cheaper than materialising __dict__
             target._stagetrace_profile = profiled
         else:
-            profiled = _UNSAMPLED  # nothing to record; last_prediction_id() still names this call
+            profiled = _UNSAMPLED
     metric_attrs = metrics.attributes_for(spec.stage, model, version)
     return _Active(span, _Frame(spec.stage, span, has_model, profiled, parent), metric_attrs, out_owner)
 
@@ -462,12 +468,8 @@ def _end(active: _Active, spec: StageSpec, exc: BaseException | None, args, kwar
             pending = active.frame.profiled
             if pending:
                 try:
-                    if pending.__class__ is list and result.__class__ is _ndarray[0] \
-                            and 0 < result.nbytes <= _DEFER_MAX_BYTES \
-                            and ((dt := result.dtype) is _ndarray[1] or dt.kind in "fiub"):
-                        # deferred input: defer the output too (a snapshot, as for the input)
-                        pending[7:] = result.tobytes(), dt, result.shape
-                    else:
+                    # deferred input: defer the output too (a snapshot, as for the input)
+                    if not _pending_output(pending, result, _DEFER_MAX_BYTES):
                         _profile_output(active, spec, result)
                 except Exception:
                     _internal_error("output profile", spec)
