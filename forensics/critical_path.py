@@ -11,8 +11,10 @@ Real traces are messy, so before walking we repair a copy of the tree:
 - clock skew: a child that overflows its parent is clamped to the parent's
   window; one entirely outside it cannot be on the parent's path and is dropped
   from the walk (it is still shown in the waterfall);
-- orphans (parent span missing): attached under the main root so their time is
-  still accounted for, and reported so the view can flag the trace as broken;
+- orphans (parent span missing): attached under the deepest span whose time holds
+  theirs (the lost parent's nearest surviving ancestor, as far as times tell), else
+  under the main root, so their time is still accounted for where it was spent; and
+  reported so the view can flag the trace as broken;
 - cycles from corrupt parent ids are cut.
 
 Stage of a span is its own ``ml.stage``, else the nearest ancestor's, across
@@ -109,6 +111,9 @@ def callee_of(node: Node) -> str | None:
     for c in node.children:
         if c.span.kind in ("SERVER", "CONSUMER") and c.span.service_name != node.span.service_name:
             return c.span.service_name
+    for c in node.children:  # its SERVER span was lost: the callee's own spans, re-hung here
+        if c.orphan and c.span.service_name != node.span.service_name:
+            return c.span.service_name
     attrs = node.span.attributes
     for key in (semconv.PEER_SERVICE, semconv.SERVER_ADDRESS):
         v = attrs.get(key)
@@ -163,12 +168,58 @@ def build_tree(spans: Iterable[Span]) -> tuple[Node | None, dict[str, Node], lis
     for n in nodes.values():
         if n.parent is not None:
             n.parent.children.append(n)
+    _rehang(root, [n for n in orphans if n is not root], nodes)
     orphan_ids = [n.span.span_id for n in orphans if n is not root]
     for sid in orphan_ids:
         nodes[sid].orphan = True
     for n in nodes.values():
         n.children.sort(key=lambda c: (c.start_ns, c.span.span_id))
     return root, nodes, orphan_ids
+
+
+MAX_REHANG_WORK = 2_000_000  # orphans x spans compared; beyond it orphans stay under the root
+
+
+def _rehang(root: Node, orphans: list[Node], nodes: dict[str, Node]) -> None:
+    """Move each orphan (hung under the root) under the deepest span whose time holds its
+    own. A lost span's children would otherwise sit beside the whole request at the root:
+    a lost CLIENT span's callee looks like the root's work, and a lost SERVER span's work
+    leaves its caller's CLIENT span looking like all network. A span whose time holds no
+    orphan's (clock skew) leaves it at the root, as before."""
+    if not orphans or len(orphans) * len(nodes) > MAX_REHANG_WORK:
+        return
+    depth: dict[int, int] = {id(root): 0}
+    stack = [root]
+    while stack:
+        p = stack.pop()
+        for c in p.children:
+            depth[id(c)] = depth[id(p)] + 1
+            stack.append(c)
+    for o in orphans:
+        below: set[int] = set()
+        stack = [o]
+        while stack:
+            p = stack.pop()
+            below.add(id(p))
+            stack.extend(p.children)
+        best, best_depth = root, 0
+        for n in nodes.values():
+            d = depth.get(id(n), 0)
+            if (d > best_depth and id(n) not in below and n.start_ns <= o.start_ns and o.end_ns <= n.end_ns
+                    and n.end_ns > n.start_ns):
+                best, best_depth = n, d
+        if best is not o.parent and o.parent is not None:
+            o.parent.children.remove(o)
+            o.parent = best
+            best.children.append(o)
+            # depths below it change; the orphans still to place only compare depths
+            stack = [o]
+            depth[id(o)] = best_depth + 1
+            while stack:
+                p = stack.pop()
+                for c in p.children:
+                    depth[id(c)] = depth[id(p)] + 1
+                    stack.append(c)
 
 
 def _prepare(root: Node) -> tuple[list[str], list[str]]:
