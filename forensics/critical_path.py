@@ -8,9 +8,12 @@ any child is the span's own ("self") time on the critical path.
 
 Real traces are messy, so before walking we repair a copy of the tree:
 
-- clock skew: a child that overflows its parent is clamped to the parent's
-  window; one entirely outside it cannot be on the parent's path and is dropped
-  from the walk (it is still shown in the waterfall);
+- clock skew: the callee's span of a call (a CLIENT span's child in another service)
+  that does not fit in the call's window but could (it is no longer) is moved, with its subtree, to the middle of the
+  parent's window, as Jaeger's clock-skew adjuster does: two hosts' clocks disagree,
+  the call's own durations do not. Otherwise a child that overflows its parent is
+  clamped to the parent's window; one entirely outside it cannot be on the parent's
+  path and is dropped from the walk (it is still shown in the waterfall);
 - orphans (parent span missing): attached under the deepest span whose time holds
   theirs (the lost parent's nearest surviving ancestor, as far as times tell), else
   under the main root, so their time is still accounted for where it was spent; and
@@ -234,6 +237,12 @@ def _prepare(root: Node) -> tuple[list[str], list[str]]:
         for c in p.children:
             c.depth = p.depth + 1
             c.stage = c.span.stage or p.stage
+            if (not p.outside_parent and (c.start_ns < p.start_ns or c.end_ns > p.end_ns)
+                    and p.span.kind == "CLIENT" and c.span.service_name != p.span.service_name
+                    and c.end_ns - c.start_ns <= p.end_ns - p.start_ns):
+                _shift(c, p.start_ns + ((p.end_ns - p.start_ns) - (c.end_ns - c.start_ns)) // 2 - c.start_ns)
+                c.clamped = True
+                clamped.append(c.span.span_id)
             if p.outside_parent or c.end_ns <= p.start_ns or c.start_ns >= p.end_ns:
                 # Entirely outside the parent (or under such a span): it cannot
                 # be on the parent's path. Zero-length marks at an edge are harmless.
@@ -247,6 +256,16 @@ def _prepare(root: Node) -> tuple[list[str], list[str]]:
                 clamped.append(c.span.span_id)
             stack.append(c)
     return clamped, dropped
+
+
+def _shift(node: Node, delta: int) -> None:
+    """Move a subtree in time (one host's clock against its caller's)."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        n.start_ns += delta
+        n.end_ns += delta
+        stack.extend(n.children)
 
 
 def _walk(root: Node) -> list[Segment]:

@@ -188,3 +188,22 @@ def test_orphan_outside_every_span_stays_at_the_root():
         sp("5", "9", 40, 120, service="other"),  # skewed: no span holds it
     ])
     assert cp.nodes["0000000000000005"].parent is cp.root
+
+
+def test_skewed_callee_of_a_call_is_moved_into_it():
+    """The callee's host clock is 500 ms behind: its SERVER span lies wholly before the
+    caller's CLIENT span. It is moved, with its children, to the middle of the call (as
+    Jaeger's clock-skew adjuster does), so the call's edge is what the callee does not
+    cover (20 ms), not the whole call with the callee dropped from the path."""
+    cp = critical_path([
+        sp("1", "", 0, 100, name="GET /", service="api", kind="SERVER"),
+        sp("2", "1", 10, 90, name="GET /x", service="api", kind="CLIENT"),
+        sp("3", "2", -480, -420, name="GET /x", service="x", kind="SERVER"),
+        sp("4", "3", -470, -430, name="query", service="x"),
+    ])
+    n3, n4 = cp.nodes["0000000000000003"], cp.nodes["0000000000000004"]
+    assert (n3.start_ns, n3.end_ns, n4.start_ns, n4.end_ns) == (20 * MS, 80 * MS, 30 * MS, 70 * MS)
+    assert not cp.dropped
+    blame = {k: v // MS for k, v in cp.by_blame().items()}
+    assert blame == {("operation", "api", "GET /"): 20, ("edge", "x", "api->x"): 20,
+                     ("operation", "x", "GET /x"): 20, ("operation", "x", "query"): 40}
