@@ -81,9 +81,10 @@ def trace_costs(traces: Sequence[Trace]) -> list[TraceCost]:
                 stage_of.setdefault(key, node.stage)
             if key[0] == "edge":
                 caller, _, callee = key[2].partition("->")
+                # the callee's SERVER span, or (that span lost) its own spans re-hung here
                 covered = max((c.end_ns - c.start_ns for c in node.children
-                               if c.span.kind in ("SERVER", "CONSUMER") and c.span.service_name == callee
-                               and not c.outside_parent), default=0)
+                               if (c.span.kind in ("SERVER", "CONSUMER") or c.orphan)
+                               and c.span.service_name == callee and not c.outside_parent), default=0)
                 gaps[(caller, callee)].append(max(0, (node.end_ns - node.start_ns) - covered))
         out.append(TraceCost(t.trace_id, cp.duration_ns, cp.by_blame(), dict(count), stage_of, dict(gaps)))
     return out

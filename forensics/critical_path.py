@@ -8,11 +8,16 @@ any child is the span's own ("self") time on the critical path.
 
 Real traces are messy, so before walking we repair a copy of the tree:
 
-- clock skew: a child that overflows its parent is clamped to the parent's
-  window; one entirely outside it cannot be on the parent's path and is dropped
-  from the walk (it is still shown in the waterfall);
-- orphans (parent span missing): attached under the main root so their time is
-  still accounted for, and reported so the view can flag the trace as broken;
+- clock skew: the callee's span of a call (a CLIENT span's child in another service)
+  that does not fit in the call's window but could (it is no longer) is moved, with its subtree, to the middle of the
+  parent's window, as Jaeger's clock-skew adjuster does: two hosts' clocks disagree,
+  the call's own durations do not. Otherwise a child that overflows its parent is
+  clamped to the parent's window; one entirely outside it cannot be on the parent's
+  path and is dropped from the walk (it is still shown in the waterfall);
+- orphans (parent span missing): attached under the deepest span whose time holds
+  theirs (the lost parent's nearest surviving ancestor, as far as times tell), else
+  under the main root, so their time is still accounted for where it was spent; and
+  reported so the view can flag the trace as broken;
 - cycles from corrupt parent ids are cut.
 
 Stage of a span is its own ``ml.stage``, else the nearest ancestor's, across
@@ -109,6 +114,9 @@ def callee_of(node: Node) -> str | None:
     for c in node.children:
         if c.span.kind in ("SERVER", "CONSUMER") and c.span.service_name != node.span.service_name:
             return c.span.service_name
+    for c in node.children:  # its SERVER span was lost: the callee's own spans, re-hung here
+        if c.orphan and c.span.service_name != node.span.service_name:
+            return c.span.service_name
     attrs = node.span.attributes
     for key in (semconv.PEER_SERVICE, semconv.SERVER_ADDRESS):
         v = attrs.get(key)
@@ -163,12 +171,58 @@ def build_tree(spans: Iterable[Span]) -> tuple[Node | None, dict[str, Node], lis
     for n in nodes.values():
         if n.parent is not None:
             n.parent.children.append(n)
+    _rehang(root, [n for n in orphans if n is not root], nodes)
     orphan_ids = [n.span.span_id for n in orphans if n is not root]
     for sid in orphan_ids:
         nodes[sid].orphan = True
     for n in nodes.values():
         n.children.sort(key=lambda c: (c.start_ns, c.span.span_id))
     return root, nodes, orphan_ids
+
+
+MAX_REHANG_WORK = 2_000_000  # orphans x spans compared; beyond it orphans stay under the root
+
+
+def _rehang(root: Node, orphans: list[Node], nodes: dict[str, Node]) -> None:
+    """Move each orphan (hung under the root) under the deepest span whose time holds its
+    own. A lost span's children would otherwise sit beside the whole request at the root:
+    a lost CLIENT span's callee looks like the root's work, and a lost SERVER span's work
+    leaves its caller's CLIENT span looking like all network. A span whose time holds no
+    orphan's (clock skew) leaves it at the root, as before."""
+    if not orphans or len(orphans) * len(nodes) > MAX_REHANG_WORK:
+        return
+    depth: dict[int, int] = {id(root): 0}
+    stack = [root]
+    while stack:
+        p = stack.pop()
+        for c in p.children:
+            depth[id(c)] = depth[id(p)] + 1
+            stack.append(c)
+    for o in orphans:
+        below: set[int] = set()
+        stack = [o]
+        while stack:
+            p = stack.pop()
+            below.add(id(p))
+            stack.extend(p.children)
+        best, best_depth = root, 0
+        for n in nodes.values():
+            d = depth.get(id(n), 0)
+            if (d > best_depth and id(n) not in below and n.start_ns <= o.start_ns and o.end_ns <= n.end_ns
+                    and n.end_ns > n.start_ns):
+                best, best_depth = n, d
+        if best is not o.parent and o.parent is not None:
+            o.parent.children.remove(o)
+            o.parent = best
+            best.children.append(o)
+            # depths below it change; the orphans still to place only compare depths
+            stack = [o]
+            depth[id(o)] = best_depth + 1
+            while stack:
+                p = stack.pop()
+                for c in p.children:
+                    depth[id(c)] = depth[id(p)] + 1
+                    stack.append(c)
 
 
 def _prepare(root: Node) -> tuple[list[str], list[str]]:
@@ -183,6 +237,12 @@ def _prepare(root: Node) -> tuple[list[str], list[str]]:
         for c in p.children:
             c.depth = p.depth + 1
             c.stage = c.span.stage or p.stage
+            if (not p.outside_parent and (c.start_ns < p.start_ns or c.end_ns > p.end_ns)
+                    and p.span.kind == "CLIENT" and c.span.service_name != p.span.service_name
+                    and c.end_ns - c.start_ns <= p.end_ns - p.start_ns):
+                _shift(c, p.start_ns + ((p.end_ns - p.start_ns) - (c.end_ns - c.start_ns)) // 2 - c.start_ns)
+                c.clamped = True
+                clamped.append(c.span.span_id)
             if p.outside_parent or c.end_ns <= p.start_ns or c.start_ns >= p.end_ns:
                 # Entirely outside the parent (or under such a span): it cannot
                 # be on the parent's path. Zero-length marks at an edge are harmless.
@@ -196,6 +256,16 @@ def _prepare(root: Node) -> tuple[list[str], list[str]]:
                 clamped.append(c.span.span_id)
             stack.append(c)
     return clamped, dropped
+
+
+def _shift(node: Node, delta: int) -> None:
+    """Move a subtree in time (one host's clock against its caller's)."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        n.start_ns += delta
+        n.end_ns += delta
+        stack.extend(n.children)
 
 
 def _walk(root: Node) -> list[Segment]:

@@ -145,3 +145,65 @@ def test_uninstrumented_callee_is_named_by_peer_service():
     ])
     blame = {k: v // MS for k, v in cp.by_blame().items()}
     assert blame[("edge", "postgres", "api->postgres")] == 80
+
+
+def test_orphan_of_a_lost_client_span_hangs_where_its_time_was_spent():
+    """The CLIENT span of api's call to features was never received: features' SERVER
+    span is an orphan. Its time lies inside api's handler span, so it hangs there (not
+    beside the whole request at the root), and the handler's own time is what is left."""
+    cp = critical_path([
+        sp("1", "", 0, 100, name="GET /", service="gateway", kind="SERVER"),
+        sp("2", "1", 10, 90, name="handler", service="api", kind="SERVER"),
+        sp("4", "3", 30, 70, name="GET /features", service="features", kind="SERVER"),  # parent 3 lost
+    ])
+    assert cp.orphans == ["0000000000000004"]
+    assert cp.nodes["0000000000000004"].parent is cp.nodes["0000000000000002"]
+    assert ms(cp.self_ns) == {"1": 20, "2": 40, "4": 40}
+
+
+def test_lost_server_span_leaves_its_callees_work_off_the_edge():
+    """features' SERVER span was never received; its own child spans are orphans inside
+    api's CLIENT span. They hang under it, name its callee, and cover the call: the edge
+    (network, queueing) is the 10 ms they leave, not all 80 ms of the call."""
+    from stagetrace.forensics.blame import trace_costs
+
+    spans = [
+        sp("1", "", 0, 100, name="GET /", service="api", kind="SERVER"),
+        sp("2", "1", 10, 90, name="GET /features", service="api", kind="CLIENT"),
+        sp("4", "3", 15, 85, name="lookup", service="features"),  # parent 3 (features' SERVER span) lost
+    ]
+    cp = critical_path(spans)
+    assert cp.nodes["0000000000000004"].parent is cp.nodes["0000000000000002"]
+    blame = {k: v // MS for k, v in cp.by_blame().items()}
+    assert blame == {("operation", "api", "GET /"): 20, ("edge", "features", "api->features"): 10,
+                     ("operation", "features", "lookup"): 70}
+    (tc,) = trace_costs([Trace(T, spans)])
+    assert tc.gaps == {("api", "features"): [10 * MS]}
+
+
+def test_orphan_outside_every_span_stays_at_the_root():
+    cp = critical_path([
+        sp("1", "", 0, 100, service="api", kind="SERVER"),
+        sp("2", "1", 10, 50, service="api"),
+        sp("5", "9", 40, 120, service="other"),  # skewed: no span holds it
+    ])
+    assert cp.nodes["0000000000000005"].parent is cp.root
+
+
+def test_skewed_callee_of_a_call_is_moved_into_it():
+    """The callee's host clock is 500 ms behind: its SERVER span lies wholly before the
+    caller's CLIENT span. It is moved, with its children, to the middle of the call (as
+    Jaeger's clock-skew adjuster does), so the call's edge is what the callee does not
+    cover (20 ms), not the whole call with the callee dropped from the path."""
+    cp = critical_path([
+        sp("1", "", 0, 100, name="GET /", service="api", kind="SERVER"),
+        sp("2", "1", 10, 90, name="GET /x", service="api", kind="CLIENT"),
+        sp("3", "2", -480, -420, name="GET /x", service="x", kind="SERVER"),
+        sp("4", "3", -470, -430, name="query", service="x"),
+    ])
+    n3, n4 = cp.nodes["0000000000000003"], cp.nodes["0000000000000004"]
+    assert (n3.start_ns, n3.end_ns, n4.start_ns, n4.end_ns) == (20 * MS, 80 * MS, 30 * MS, 70 * MS)
+    assert not cp.dropped
+    blame = {k: v // MS for k, v in cp.by_blame().items()}
+    assert blame == {("operation", "api", "GET /"): 20, ("edge", "x", "api->x"): 20,
+                     ("operation", "x", "GET /x"): 20, ("operation", "x", "query"): 40}

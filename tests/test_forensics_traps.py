@@ -189,3 +189,14 @@ def test_a_second_fault_after_the_first_is_named_too():
         named = {f.service for f in _components(clean) if f.significant}
         assert named == {"catalog"}, (seed, named)
         assert "second_wave" not in clean.data
+
+
+def test_network_delay_is_found_with_a_tenth_of_the_spans_lost():
+    """Traces break: a tenth of the non-root spans never arrive (their children are
+    orphans). The delayed callee is still named first; a clean run with the same losses
+    names nothing."""
+    rep, _ = _slow(net_delay="catalog", seed=4, drop_spans=0.1)
+    top = rep.findings[0]
+    assert top.kind == "stage" and top.significant and top.service == "catalog", [f.summary for f in rep.findings[:3]]
+    clean, _ = _slow(seed=4, drop_spans=0.1)
+    assert not clean.significant_findings, [f.summary for f in clean.significant_findings]
