@@ -22,7 +22,11 @@ It prints AC@1 and AC@3 per dataset and window, and how many runs raised (must b
 Nothing here knows a case, a service name or a fault type: the labels are read only to score.
 
     .venv/bin/python benchmarks/accuracy.py [--dataset DIR ...] [--keep DIR] [--case case-11 ...]
-        [--window exact --window 1h ...] [--without-metrics] [--json FILE] [-v]
+        [--window exact --window 1h ...] [--without-metrics] [--broken-traces] [--json FILE] [-v]
+
+``--broken-traces`` breaks each case's traces as real pipelines do before sending them: 5 % of
+the non-root spans are lost (their children become orphans), one service's clock is moved by
+50-300 ms, and no span keeps its status. Seeded per case, so every run loses the same spans.
 
 ``--keep DIR`` keeps the per-case stores and reuses them on the next run (ingest takes most
 of the time; the windows are relative to the stored case, not to the wall clock).
@@ -32,7 +36,9 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
+import random
 import sys
 import time
 import traceback
@@ -95,9 +101,45 @@ def load(case_dir: Path, name: str) -> dict | None:
     return json.loads(gzip.open(p).read()) if p.exists() else None
 
 
-def ingest(case_dir: Path, data_dir: Path, gt: dict, end_ns: int, metrics: bool = True) -> dict[str, int]:
+def break_traces(doc: dict, case: str, lose: float = 0.05, skew_ms: tuple[int, int] = (50, 300)) -> str:
+    """Break one OTLP/JSON traces document in place, as real pipelines do (see the module
+    docstring). Seeded by the case: a case's traces and its baseline minute draw the same
+    skew, and the same service when both hold the same services (a host's clock). Returns
+    what was done, for the log."""
+    rnd = random.Random(int(hashlib.sha1(case.encode()).hexdigest()[:8], 16))
+
+    def service(rs: dict) -> str | None:
+        for a in rs.get("resource", {}).get("attributes", []):
+            if a.get("key") == "service.name":
+                return a.get("value", {}).get("stringValue")
+        return None
+
+    names = sorted({n for n in map(service, doc.get("resourceSpans", [])) if n})
+    skewed = rnd.choice(names) if names else None
+    skew = rnd.choice((-1, 1)) * rnd.randint(*skew_ms) * 1_000_000
+    lost = 0
+    for rs in doc.get("resourceSpans", []):
+        shift = skew if service(rs) == skewed else 0
+        for ss in rs.get("scopeSpans", []):
+            kept = []
+            for sp in ss.get("spans", []):
+                if sp.get("parentSpanId") and rnd.random() < lose:
+                    lost += 1
+                    continue
+                sp.pop("status", None)
+                if shift:
+                    for k in ("startTimeUnixNano", "endTimeUnixNano"):
+                        sp[k] = str(int(sp[k]) + shift)
+                kept.append(sp)
+            ss["spans"] = kept
+    return f"{lost} spans lost, {skewed} skewed by {skew / 1e6:+.0f} ms, statuses removed"
+
+
+def ingest(case_dir: Path, data_dir: Path, gt: dict, end_ns: int, metrics: bool = True,
+           broken: bool = False) -> dict[str, int]:
     """Send one case (and its baseline minute) to a fresh collector on ``data_dir``; without
-    its metrics when ``metrics`` is False (traces and logs only, as many users have)."""
+    its metrics when ``metrics`` is False (traces and logs only, as many users have); its
+    traces broken by :func:`break_traces` when ``broken``."""
     from stagetrace.collector.process import start_collector
     from stagetrace.collector.query import EmbeddedBackend
 
@@ -107,6 +149,8 @@ def ingest(case_dir: Path, data_dir: Path, gt: dict, end_ns: int, metrics: bool 
         d = load(case_dir, name)
         if d is not None:
             shift_times(d, offset)
+            if broken and name == "traces":
+                print(f"  {case_dir.name}/{name}: {break_traces(d, case_dir.name)}", file=sys.stderr)
             docs.append(d)
     base_end = (gt.get("baseline_window") or {}).get("end_unix_nano")
     if base_end:
@@ -115,6 +159,8 @@ def ingest(case_dir: Path, data_dir: Path, gt: dict, end_ns: int, metrics: bool 
             d = load(case_dir, name)
             if d is not None:
                 shift_times(d, b_off)
+                if broken and name == "baseline_traces":
+                    print(f"  {case_dir.name}/{name}: {break_traces(d, case_dir.name)}", file=sys.stderr)
                 docs.append(d)
     n_spans = sum(count(d) for d in docs if "resourceSpans" in d)
     n_logs = sum(count(d) for d in docs if "resourceLogs" in d)
@@ -150,9 +196,11 @@ def significant_rank(findings: list[dict], culprit: str) -> int | None:
     return None
 
 
-def prepare(case_dir: Path, store_root: Path, reuse: bool, metrics: bool = True) -> tuple[dict, Path, dict]:
+def prepare(case_dir: Path, store_root: Path, reuse: bool, metrics: bool = True,
+            broken: bool = False) -> tuple[dict, Path, dict]:
     gt = json.loads((case_dir / "ground_truth.json").read_text())
-    data_dir = store_root / f"{case_dir.parent.name}-{case_dir.name}{'' if metrics else '-nometrics'}"
+    data_dir = store_root / (f"{case_dir.parent.name}-{case_dir.name}{'' if metrics else '-nometrics'}"
+                             f"{'-broken' if broken else ''}")
     meta_path = data_dir / "accuracy-case.json"
     if reuse and meta_path.exists():
         return gt, data_dir, json.loads(meta_path.read_text())
@@ -161,7 +209,7 @@ def prepare(case_dir: Path, store_root: Path, reuse: bool, metrics: bool = True)
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True)
     t = time.perf_counter()
-    meta = ingest(case_dir, data_dir, gt, time.time_ns() - MINUTE, metrics)
+    meta = ingest(case_dir, data_dir, gt, time.time_ns() - MINUTE, metrics, broken)
     meta["ingest_s"] = time.perf_counter() - t
     meta_path.write_text(json.dumps(meta))
     return gt, data_dir, meta
@@ -204,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--without-metrics", action="store_true",
                     help="ingest traces and logs only (what the before-stop smoke sends); datasets are "
                          "reported as NAME/no-metrics")
+    ap.add_argument("--broken-traces", action="store_true",
+                    help="lose 5%% of the spans, skew one service's clock, drop every status (see the docstring); "
+                         "datasets are reported as NAME/broken")
     ap.add_argument("-v", "--verbose", action="store_true", help="print each run's verdict too")
     args = ap.parse_args(argv)
     datasets = args.dataset or sorted(p for p in DATASETS.iterdir() if p.is_dir()) if DATASETS.is_dir() else args.dataset
@@ -224,14 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
 
     def label(ds: Path) -> str:
-        return ds.name + ("/no-metrics" if args.without_metrics else "")
+        return ds.name + ("/no-metrics" if args.without_metrics else "") + ("/broken" if args.broken_traces else "")
 
     for ds in datasets:
         cases = sorted(p for p in ds.iterdir() if (p / "ground_truth.json").exists())
         if args.case:
             cases = [c for c in cases if c.name in set(args.case)]
         for c in cases:
-            gt, data_dir, meta = prepare(c, store_root, reuse=args.keep is not None, metrics=not args.without_metrics)
+            gt, data_dir, meta = prepare(c, store_root, reuse=args.keep is not None, metrics=not args.without_metrics,
+                                         broken=args.broken_traces)
             backend = EmbeddedBackend(data_dir)
             try:
                 for w in windows:
