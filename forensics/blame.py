@@ -427,15 +427,21 @@ def key_onset(costs: Sequence[TraceCost], start_of: Mapping[str, int], w_start: 
 
 
 def _timed_per_call(costs: Sequence[TraceCost], start_of: Mapping[str, int]) -> dict[Key, list[tuple[int, float]]]:
-    """Key -> (request start, time per call of the key in it), for the requests with a start time."""
+    """Key -> (request start, time per call of the key in it), for the requests with a start time.
+
+    A key with no time on the request's critical path is left out of its series, not read
+    as 0: its calls ran off the path (beside a longer sibling, or in a broken part of the
+    trace: a lost span, a skewed clock), which says nothing of how long they took. One such
+    zero among a handful of calls, on a log scale, hides an order-of-magnitude jump."""
     series: dict[Key, list[tuple[int, float]]] = defaultdict(list)
     for tc in costs:
         t = start_of.get(tc.trace_id)
         if t is None:
             continue
         for k, n in tc.count.items():
-            if n > 0:
-                series[k].append((t, tc.self_ns.get(k, 0) / n))
+            ns = tc.self_ns.get(k, 0)
+            if n > 0 and ns > 0:
+                series[k].append((t, ns / n))
     return series
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 
 import telemetry_gen as gen
@@ -216,3 +217,27 @@ def test_a_cause_in_a_tenth_of_the_incident_beyond_anything_the_baseline_held_is
             bl = blame.blame(sel, base, after=after, stepped=grown)
             named = {c.service for c in bl.components if c.significant}
             assert named == ({"feature-store", "fraud-api"} if batch else {"feature-store"}), (seed, batch, named)
+
+
+def test_a_call_off_the_critical_path_is_no_zero_in_its_keys_series():
+    """A handful of calls into a service (one every 20 s), ~3 ms each, then ~90 ms each
+    after a fault (Train-Ticket's case-90 with a span lost), among 200 steady keys. In one early request the call ran off the critical path (its span lost,
+    or beside a longer sibling): its critical-path time is 0. That request says nothing of
+    how long the call took; read as 0 on a log scale it hid the jump. Another key that
+    never changed is not named."""
+    from stagetrace.forensics.blame import TraceCost, key_jumps
+
+    edge = ("edge", "food", "gateway->food")
+    steady = [("operation", f"svc{k}", "GET /") for k in range(200)]  # the rest of a system: the tests scanned
+    rng = np.random.default_rng(3)
+    costs, start_of = [], {}
+    for i in range(12):
+        ms = 90.0 * rng.uniform(0.9, 1.1) if i >= 5 else rng.uniform(1, 10)
+        own = 0 if i == 1 else int(ms * 1e6)  # request 1: the call is off the critical path
+        tid = f"{i:032x}"
+        self_ns = {edge: own} | {k: int(rng.uniform(4, 6) * 1e6) for k in steady}
+        costs.append(TraceCost(tid, sum(self_ns.values()), self_ns, {k: 1 for k in self_ns}, {}, {}))
+        start_of[tid] = i * 20_000_000_000
+    found = key_jumps(costs, start_of)
+    assert [j.key for j in found] == [edge], found
+    assert found[0].time_ns == 5 * 20_000_000_000
