@@ -9,9 +9,9 @@ any child is the span's own ("self") time on the critical path.
 Real traces are messy, so before walking we repair a copy of the tree:
 
 - clock skew: the callee's span of a call (a CLIENT span's child in another service)
-  that does not fit in the call's window but could (it is no longer) is moved, with its subtree, to the middle of the
-  parent's window, as Jaeger's clock-skew adjuster does: two hosts' clocks disagree,
-  the call's own durations do not. Otherwise a child that overflows its parent is
+  that does not fit in the call's window but could (it is no longer) is moved, with
+  its subtree, to the middle of the call, as Jaeger's clock-skew adjuster does: two
+  hosts' clocks disagree, the call's own durations do not. Otherwise a child that overflows its parent is
   clamped to the parent's window; one entirely outside it cannot be on the parent's
   path and is dropped from the walk (it is still shown in the waterfall);
 - orphans (parent span missing): attached under the deepest span whose time holds
@@ -191,20 +191,17 @@ def _rehang(root: Node, orphans: list[Node], nodes: dict[str, Node]) -> None:
     orphan's (clock skew) leaves it at the root, as before."""
     if not orphans or len(orphans) * len(nodes) > MAX_REHANG_WORK:
         return
-    depth: dict[int, int] = {id(root): 0}
-    stack = [root]
-    while stack:
-        p = stack.pop()
-        for c in p.children:
-            depth[id(c)] = depth[id(p)] + 1
-            stack.append(c)
+    depth: dict[int, int] = {}
+
+    def set_depths(top: Node, d: int) -> None:
+        depth[id(top)] = d
+        for n in _subtree(top):  # parents come before their children
+            if n is not top:
+                depth[id(n)] = depth[id(n.parent)] + 1
+
+    set_depths(root, 0)
     for o in orphans:
-        below: set[int] = set()
-        stack = [o]
-        while stack:
-            p = stack.pop()
-            below.add(id(p))
-            stack.extend(p.children)
+        below = {id(n) for n in _subtree(o)}
         best, best_depth = root, 0
         for n in nodes.values():
             d = depth.get(id(n), 0)
@@ -215,14 +212,16 @@ def _rehang(root: Node, orphans: list[Node], nodes: dict[str, Node]) -> None:
             o.parent.children.remove(o)
             o.parent = best
             best.children.append(o)
-            # depths below it change; the orphans still to place only compare depths
-            stack = [o]
-            depth[id(o)] = best_depth + 1
-            while stack:
-                p = stack.pop()
-                for c in p.children:
-                    depth[id(c)] = depth[id(p)] + 1
-                    stack.append(c)
+            set_depths(o, best_depth + 1)  # the orphans still to place compare depths
+
+
+def _subtree(node: Node):
+    """The node and everything below it, each after its parent."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        stack.extend(n.children)
 
 
 def _prepare(root: Node) -> tuple[list[str], list[str]]:
@@ -260,12 +259,9 @@ def _prepare(root: Node) -> tuple[list[str], list[str]]:
 
 def _shift(node: Node, delta: int) -> None:
     """Move a subtree in time (one host's clock against its caller's)."""
-    stack = [node]
-    while stack:
-        n = stack.pop()
+    for n in _subtree(node):
         n.start_ns += delta
         n.end_ns += delta
-        stack.extend(n.children)
 
 
 def _walk(root: Node) -> list[Segment]:
