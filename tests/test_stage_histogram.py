@@ -344,3 +344,44 @@ def test_invalid_values_are_dropped_like_the_sdk():
     feed(hist, [0.01, -1.0, math.inf, math.nan, 0.02])
     points = assert_same(ours.get_metrics_data(), ref.get_metrics_data())
     assert sum(p.count for p in points.values()) == 2
+
+
+def test_queued_records_are_folded_in_without_a_collect_and_the_queue_stays_bounded():
+    ours, ref, hist = sdk_pair()
+    values = [VALUES[n % len(VALUES)] for n in range(metrics._DRAIN_AT * 5 + 7)]
+    feed(hist, values)
+    assert len(metrics._state.fast.pending) < metrics._DRAIN_AT  # folded in by the recording thread
+    assert_same(ours.get_metrics_data(), ref.get_metrics_data())
+
+
+def test_concurrent_records_and_collects_lose_and_double_count_nothing():
+    import threading
+
+    reader = InMemoryMetricReader(preferred_temporality={Histogram: AggregationTemporality.DELTA})
+    use(MeterProvider(metric_readers=[reader]))
+    per_outcome = metrics.attributes_for("inference", "fraud", "v1")
+    threads, per_thread = 4, 3000
+    done = threading.Event()
+    batches = []
+
+    def collect():
+        while not done.is_set():
+            batches.append(reader.get_metrics_data())
+
+    def work(k):
+        for n in range(per_thread):
+            metrics.record(0.001 * (k + 1), per_outcome, "ok")
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    done.set()
+    collector.join()
+    batches.append(reader.get_metrics_data())
+    assert count_in(batches) == threads * per_thread
+    total = sum(p.sum for b in batches if (m := stage_metrics(b)) for p in m.data.data_points)
+    assert total == pytest.approx(sum(0.001 * (k + 1) * per_thread for k in range(threads)))
