@@ -677,7 +677,7 @@ def _collect_cost_us(reader, st_metrics, n: int = 2000) -> float | None:
     data = r.orig(reader, timeout_millis=10_000)  # the SDK's own collect, for a realistic MetricsData
     times = []
     for _ in range(n):
-        agg.record(0.001, st_metrics.attributes_for("preprocess", None, None)["ok"], None, None)
+        st_metrics.record(0.001, st_metrics.attributes_for("preprocess", None, None), "ok")
         t0 = time.perf_counter_ns()
         agg.inject(r, data)
         times.append(time.perf_counter_ns() - t0)

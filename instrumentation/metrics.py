@@ -106,14 +106,21 @@ def record(seconds: float, per_outcome: dict[str, dict], outcome: str, context=N
     span that took this long.
     """
     agg = _state.fast
-    if agg is not None:
-        agg.record(seconds, per_outcome[outcome], span, context)
+    if agg is not None:  # the hot path, written out here (one Python frame fewer per call)
+        if span is None:  # resolved here: the queue may be folded on another thread
+            span = trace_api.get_current_span(context)
+        # The span, not the context: it is alive anyway (in the span processor's queue), while
+        # keeping each call's context alive would give the cyclic GC more to walk.
+        queue = agg.pending
+        queue.append((seconds, per_outcome[outcome], span))
+        if len(queue) >= _DRAIN_AT:
+            agg.drain()
         return
     hist = _state.histogram
     if hist is not None:
         hist.record(seconds, per_outcome[outcome], context=context)
         return
-    _record_undecided(seconds, per_outcome[outcome], context, span)
+    _record_undecided(seconds, per_outcome, outcome, context, span)
 
 
 def reset() -> None:
@@ -131,23 +138,20 @@ def reset() -> None:
 
 
 # --- choosing the path -----------------------------------------------------------
-def _record_undecided(seconds: float, attrs: dict, context, span) -> None:
+def _record_undecided(seconds: float, per_outcome: dict[str, dict], outcome: str, context, span) -> None:
     provider = _state.explicit_provider or metrics_api.get_meter_provider()
     if _is_proxy(provider):
         # No SDK yet: the proxy instrument (drops until one is set); decide once it is.
         hist = _state.proxy_histogram
         if hist is None:
             hist = _state.proxy_histogram = _sdk_histogram(provider)
-        hist.record(seconds, attrs, context=context)
+        hist.record(seconds, per_outcome[outcome], context=context)
         return
     with _decide_lock:
         if _state.fast is None and _state.histogram is None:
             _decide(provider)
-    agg = _state.fast
-    if agg is not None:
-        agg.record(seconds, attrs, span, context)
-    elif _state.histogram is not None:
-        _state.histogram.record(seconds, attrs, context=context)
+    if _state.fast is not None or _state.histogram is not None:  # decided for good: no recursion
+        record(seconds, per_outcome, outcome, context, span)
 
 
 def _is_proxy(provider) -> bool:
@@ -321,17 +325,6 @@ class _Aggregator:
         self.pending: deque = deque()
         self.provider_patched = False
         self.warned = False
-
-    def record(self, value: float, attrs: dict, span, context) -> None:
-        """Queue one measurement: the hot path."""
-        if span is None:  # resolved here: the queue may be folded on another thread
-            span = trace_api.get_current_span(context)
-        # The span, not the context: it is alive anyway (in the span processor's queue), while
-        # keeping each call's context alive would give the cyclic GC more to walk.
-        queue = self.pending
-        queue.append((value, attrs, span))
-        if len(queue) >= _DRAIN_AT:
-            self.drain()
 
     def drain(self) -> None:
         """Fold the queued measurements into every reader's cells (any thread).
