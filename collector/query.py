@@ -42,7 +42,7 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from stagetrace import semconv
+from stagetrace import astguard, semconv
 from stagetrace.backend import (LogQuery, MetricQuery, SpanColumns, TraceQuery, attributes_match, log_in_query,
                                 span_columns)
 from stagetrace.config import normalize_trace_id, trace_id_or_empty
@@ -293,6 +293,8 @@ def _load_blocks(refs: Sequence[store.BlockRef]) -> dict[Path, _Block | str]:
     if len(refs) < 2:
         return {ref.path: _load_block(ref) for ref in refs}
     from concurrent.futures import ThreadPoolExecutor
+
+    astguard.serialize_ast_parse()  # np.load parses each .npy header: two threads at once (gh-106905)
 
     with ThreadPoolExecutor(max_workers=_LOAD_THREADS, thread_name_prefix="stagetrace-open") as pool:
         return dict(zip([ref.path for ref in refs], pool.map(_load_block, refs)))  # re-raises FileNotFoundError

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import click
 
-from . import __version__
+from . import __version__, astguard
 from .errors import UserError
 from . import semconv
 
@@ -115,6 +115,7 @@ def report_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one line on stderr and an exit code."""
+    astguard.serialize_ast_parse()  # our threads parse (.npy headers, tracebacks): gh-106905
     try:
         cli.main(args=argv, prog_name="stagetrace", standalone_mode=False)
     except UserError as exc:

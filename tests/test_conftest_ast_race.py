@@ -25,6 +25,20 @@ import ast, gc, sys, threading
 if sys.argv[1] == "guard":
     sys.path.insert(0, sys.argv[2])
     import conftest  # installs the guard
+elif sys.argv[1] == "cli":  # what the console script installs before running any command
+    from stagetrace import cli
+    try:
+        cli.main(["--version"])
+    except SystemExit:
+        pass
+elif sys.argv[1] == "store":  # what the store's reader installs before opening blocks on threads
+    from stagetrace.collector import query
+    query._load_blocks([])  # one block or none: no threads, no guard yet
+    assert not getattr(ast.parse, "_stagetrace_serialized", False)
+    try:
+        query._load_blocks([None, None])  # two: the guard first, then the (here failing) opens
+    except Exception:
+        pass
 started, done = threading.Event(), threading.Event()
 
 def other():
@@ -78,8 +92,11 @@ def test_reproducer_shows_the_race_where_cpython_has_it():
         assert got == "ok", got
 
 
-def test_guard_makes_concurrent_parses_safe():
-    assert _run("guard") == "ok"
+@pytest.mark.parametrize("mode", ["guard", "cli", "store"])
+def test_guard_makes_concurrent_parses_safe(mode):
+    """The suite's guard, and the product's: the console script and the store's threaded
+    block reader (NumPy parses each .npy header with ``ast.literal_eval``) install it."""
+    assert _run(mode).splitlines()[-1] == "ok"
 
 
 def test_guard_is_installed_in_this_session():
