@@ -773,7 +773,7 @@ def _add_stepped_component(findings: list[Finding], inc: incident.Incident) -> N
     findings[:] = [f for f in findings if not (f.kind == "stage" and f.service == inc.service)]
     level, _, op = inc.key
     pooled = inc.key == blame.calls_into(inc.service)  # no one edge to name
-    what = _key_text(inc.key) if pooled else f"calls {op.replace('->', ' to ')}" if level == "edge" else op
+    what = _key_text(inc.key) if level == "edge" else op
     caller, _, callee = op.partition("->")
     starved = level == "edge" and inc.service == caller
     before, after = inc.key_ms
