@@ -22,11 +22,24 @@ It prints AC@1 and AC@3 per dataset and window, and how many runs raised (must b
 Nothing here knows a case, a service name or a fault type: the labels are read only to score.
 
     .venv/bin/python benchmarks/accuracy.py [--dataset DIR ...] [--keep DIR] [--case case-11 ...]
-        [--window exact --window 1h ...] [--without-metrics] [--broken-traces] [--json FILE] [-v]
+        [--window exact --window 1h ...] [--without-metrics] [--broken-traces] [--thin F]
+        [--short-fault S] [--json FILE] [-v]
 
 ``--broken-traces`` breaks each case's traces as real pipelines do before sending them: 5 % of
 the non-root spans are lost (their children become orphans), one service's clock is moved by
 50-300 ms, and no span keeps its status. Seeded per case, so every run loses the same spans.
+
+``--thin F`` and ``--short-fault S`` make each case's incident smaller, as a held-out system may
+see it (lower traffic, a short fault). ``--thin F`` keeps a fraction F of the traces, whole traces,
+in the case and its baseline minute, and the log records carrying their trace ids (log records
+without a trace id and the metrics are kept: a quieter system still logs and is still scraped). A
+trace is kept when a hash of the case and its trace id falls below F: the same traces every run, and
+those kept at 0.25 are among those kept at 0.5. ``--short-fault S`` keeps the traces that start after
+the fault's injection only for its first S seconds (and the log records of the traces dropped); the
+traces before the injection, the baseline minute, the other logs and the metrics are untouched, so
+the metrics still show the fault lasting: the traces-and-logs runs (``--without-metrics``) are the
+real test of a short fault. Both can be combined with each other and with the other flags; datasets
+are reported as NAME/thin0.5, NAME/short60s.
 
 ``--keep DIR`` keeps the per-case stores and reuses them on the next run (ingest takes most
 of the time; the windows are relative to the stored case, not to the wall clock).
@@ -135,19 +148,71 @@ def break_traces(doc: dict, case: str, lose: float = 0.05, skew_ms: tuple[int, i
     return f"{lost} spans lost, {skewed} skewed by {skew / 1e6:+.0f} ms, statuses removed"
 
 
+def _spans(doc: dict) -> Iterator[dict]:
+    for rs in doc.get("resourceSpans", []):
+        for ss in rs.get("scopeSpans", []):
+            yield from ss.get("spans", [])
+
+
+def drop_traces(doc: dict, dropped: Any) -> int:
+    """Remove, in place, the spans (or log records) whose trace id is in ``dropped``; a log
+    record without a trace id is kept. Returns how many records were removed."""
+    top, scopes, items = (("resourceSpans", "scopeSpans", "spans") if "resourceSpans" in doc
+                          else ("resourceLogs", "scopeLogs", "logRecords"))
+    n = 0
+    for res in doc.get(top, []):
+        for sc in res.get(scopes, []):
+            recs = sc.get(items, [])
+            kept = [r for r in recs if not r.get("traceId") or r["traceId"] not in dropped]
+            n += len(recs) - len(kept)
+            sc[items] = kept
+    return n
+
+
+class _Thinned:
+    """The trace ids ``--thin`` drops: those whose hash with the case is at or above the fraction
+    (membership is computed, so it holds for log records whose trace is not in the recording)."""
+
+    def __init__(self, case: str, keep: float) -> None:
+        self.case, self.keep = case, keep
+
+    def __contains__(self, trace_id: str) -> bool:
+        h = int(hashlib.sha1(f"{self.case}:{trace_id}".encode()).hexdigest()[:8], 16)
+        return h / 0x1_0000_0000 >= self.keep
+
+
+def shorten_fault(traces: dict, inject_ns: int, seconds: float) -> set[str]:
+    """The trace ids of ``traces`` that start ``seconds`` or more after the injection: what
+    ``--short-fault`` drops (a trace starts at its earliest span)."""
+    start: dict[str, int] = {}
+    for sp in _spans(traces):
+        t = int(sp["startTimeUnixNano"])
+        start[sp["traceId"]] = min(t, start.get(sp["traceId"], t))
+    cut = inject_ns + int(seconds * 1e9)
+    return {tid for tid, t in start.items() if t >= cut}
+
+
 def ingest(case_dir: Path, data_dir: Path, gt: dict, end_ns: int, metrics: bool = True,
-           broken: bool = False) -> dict[str, int]:
+           broken: bool = False, thin: float | None = None, short_fault: float | None = None) -> dict[str, int]:
     """Send one case (and its baseline minute) to a fresh collector on ``data_dir``; without
     its metrics when ``metrics`` is False (traces and logs only, as many users have); its
-    traces broken by :func:`break_traces` when ``broken``."""
+    traces broken by :func:`break_traces` when ``broken``; a smaller incident with ``thin``
+    and ``short_fault`` (see the module docstring)."""
     from stagetrace.collector.process import start_collector
     from stagetrace.collector.query import EmbeddedBackend
 
     offset = end_ns - int(gt["window"]["end_unix_nano"])
     docs: list[dict] = []
+    thinned = _Thinned(case_dir.name, thin) if thin is not None else None
+    dropped: list[Any] = [thinned] if thinned is not None else []
     for name in ("traces", "logs", "metrics") if metrics else ("traces", "logs"):
         d = load(case_dir, name)
         if d is not None:
+            if name == "traces" and short_fault is not None:  # before the logs, which follow their traces
+                dropped.append(shorten_fault(d, int(gt["fault"]["inject_time_unix_nano"]), short_fault))
+            if name != "metrics" and dropped:
+                n = sum(drop_traces(d, drop) for drop in dropped)
+                print(f"  {case_dir.name}/{name}: {n} records of dropped traces removed", file=sys.stderr)
             shift_times(d, offset)
             if broken and name == "traces":
                 print(f"  {case_dir.name}/{name}: {break_traces(d, case_dir.name)}", file=sys.stderr)
@@ -158,6 +223,8 @@ def ingest(case_dir: Path, data_dir: Path, gt: dict, end_ns: int, metrics: bool 
         for name in ("baseline_traces", "baseline_logs"):
             d = load(case_dir, name)
             if d is not None:
+                if thinned is not None:
+                    drop_traces(d, thinned)
                 shift_times(d, b_off)
                 if broken and name == "baseline_traces":
                     print(f"  {case_dir.name}/{name}: {break_traces(d, case_dir.name)}", file=sys.stderr)
@@ -197,10 +264,11 @@ def significant_rank(findings: list[dict], culprit: str) -> int | None:
 
 
 def prepare(case_dir: Path, store_root: Path, reuse: bool, metrics: bool = True,
-            broken: bool = False) -> tuple[dict, Path, dict]:
+            broken: bool = False, thin: float | None = None,
+            short_fault: float | None = None) -> tuple[dict, Path, dict]:
     gt = json.loads((case_dir / "ground_truth.json").read_text())
     data_dir = store_root / (f"{case_dir.parent.name}-{case_dir.name}{'' if metrics else '-nometrics'}"
-                             f"{'-broken' if broken else ''}")
+                             f"{'-broken' if broken else ''}{variant(thin, short_fault, '-')}")
     meta_path = data_dir / "accuracy-case.json"
     if reuse and meta_path.exists():
         return gt, data_dir, json.loads(meta_path.read_text())
@@ -209,10 +277,36 @@ def prepare(case_dir: Path, store_root: Path, reuse: bool, metrics: bool = True,
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True)
     t = time.perf_counter()
-    meta = ingest(case_dir, data_dir, gt, time.time_ns() - MINUTE, metrics, broken)
+    meta = ingest(case_dir, data_dir, gt, time.time_ns() - MINUTE, metrics, broken, thin, short_fault)
     meta["ingest_s"] = time.perf_counter() - t
     meta_path.write_text(json.dumps(meta))
     return gt, data_dir, meta
+
+
+def variant(thin: float | None, short_fault: float | None, sep: str) -> str:
+    """The suffix naming a smaller incident, for store folders and dataset labels."""
+    return ((f"{sep}thin{thin:g}" if thin is not None else "")
+            + (f"{sep}short{short_fault:g}s" if short_fault is not None else ""))
+
+
+def _fraction(text: str) -> float:
+    try:
+        f = float(text)
+    except ValueError:
+        f = -1.0
+    if not 0 < f <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in (0, 1]")
+    return f
+
+
+def _seconds(text: str) -> float:
+    try:
+        f = float(text)
+    except ValueError:
+        f = -1.0
+    if not f > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return f
 
 
 def run_window(backend, gt: dict, meta: dict, window: str) -> dict[str, Any]:
@@ -255,6 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--broken-traces", action="store_true",
                     help="lose 5%% of the spans, skew one service's clock, drop every status (see the docstring); "
                          "datasets are reported as NAME/broken")
+    ap.add_argument("--thin", type=_fraction, default=None, metavar="F",
+                    help="keep this fraction of the traces, whole, and their logs (seeded per case; see the "
+                         "docstring); datasets are reported as NAME/thinF")
+    ap.add_argument("--short-fault", type=_seconds, default=None, metavar="S",
+                    help="keep the traces after the fault's injection only for its first S seconds (see the "
+                         "docstring); datasets are reported as NAME/shortSs")
     ap.add_argument("-v", "--verbose", action="store_true", help="print each run's verdict too")
     args = ap.parse_args(argv)
     datasets = args.dataset or sorted(p for p in DATASETS.iterdir() if p.is_dir()) if DATASETS.is_dir() else args.dataset
@@ -275,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
 
     def label(ds: Path) -> str:
-        return ds.name + ("/no-metrics" if args.without_metrics else "") + ("/broken" if args.broken_traces else "")
+        return (ds.name + ("/no-metrics" if args.without_metrics else "") + ("/broken" if args.broken_traces else "")
+                + variant(args.thin, args.short_fault, "/"))
 
     for ds in datasets:
         cases = sorted(p for p in ds.iterdir() if (p / "ground_truth.json").exists())
@@ -283,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
             cases = [c for c in cases if c.name in set(args.case)]
         for c in cases:
             gt, data_dir, meta = prepare(c, store_root, reuse=args.keep is not None, metrics=not args.without_metrics,
-                                         broken=args.broken_traces)
+                                         broken=args.broken_traces, thin=args.thin,
+                                         short_fault=args.short_fault)
             backend = EmbeddedBackend(data_dir)
             try:
                 for w in windows:

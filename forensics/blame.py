@@ -501,6 +501,43 @@ def keys_grown(base: Sequence[TraceCost], after: Sequence[TraceCost], alpha: flo
 
 
 
+ANY_CALLER = "*"  # the caller of a key that pools every call edge into one service
+
+
+def calls_into(service: str) -> Key:
+    """The key of every call into ``service``, whoever made it (see :func:`key_jumps`)."""
+    return ("edge", service, f"{ANY_CALLER}->{service}")
+
+
+def has_key(tc: TraceCost, key: Key) -> bool:
+    """Whether the request went through ``key`` (for a :func:`calls_into` key: called the service)."""
+    if key[2].startswith(ANY_CALLER + "->"):
+        return any(k[0] == "edge" and k[1] == key[1] and "->" in k[2] for k in tc.count)
+    return key in tc.count
+
+
+def _timed_calls_into(costs: Sequence[TraceCost], start_of: Mapping[str, int]
+                      ) -> dict[Key, list[tuple[int, float, frozenset[str]]]]:
+    """:func:`calls_into` key -> (request start, time per call over every call edge into the
+    service, the callers), for services called by two callers or more. Timed calls only,
+    as in :func:`_timed_per_call`."""
+    series: dict[Key, list[tuple[int, float, frozenset[str]]]] = defaultdict(list)
+    for tc in costs:
+        t = start_of.get(tc.trace_id)
+        if t is None:
+            continue
+        into: dict[str, tuple[int, int, frozenset[str]]] = {}
+        for k, n in tc.count.items():
+            ns = tc.self_ns.get(k, 0)
+            if k[0] != "edge" or "->" not in k[2] or n <= 0 or ns <= 0:
+                continue
+            total, calls, callers = into.get(k[1], (0, 0, frozenset()))
+            into[k[1]] = (total + ns, calls + n, callers | {k[2].split("->", 1)[0]})
+        for callee, (total, calls, callers) in into.items():
+            series[calls_into(callee)].append((t, total / calls, callers))
+    return {k: v for k, v in series.items() if len(frozenset().union(*(c for _, _, c in v))) >= 2}
+
+
 def key_jumps(costs: Sequence[TraceCost], start_of: Mapping[str, int], alpha: float = stats.ALPHA,
               min_side: int = MIN_JUMP_CALLS, min_before: int = 3, min_ratio: float = 5.0,
               max_calls: int = 2000) -> list[KeyOnset]:
@@ -512,8 +549,19 @@ def key_jumps(costs: Sequence[TraceCost], start_of: Mapping[str, int], alpha: fl
 
     This is what a fault in one component looks like when it touches only a handful of
     calls (a CPU-starved or network-delayed service called a few times a minute): too few
-    for rank tests, which saturate, but unmistakable in size."""
+    for rank tests, which saturate, but unmistakable in size.
+
+    The calls into a service from all its callers are one more series (:func:`calls_into`):
+    a network delay into a service with several callers, each calling it rarely, leaves
+    each edge too few calls, while together they show it. Such a jump counts only when calls
+    from two callers or more jumped (above the 90th percentile before): one starved caller's
+    calls are its own side, and its own edge says so."""
     series = _timed_per_call(costs, start_of)
+    callers_at: dict[Key, list[frozenset[str]]] = {}
+    for k, pts3 in _timed_calls_into(costs, start_of).items():
+        pts3 = sorted(pts3, key=lambda p: (p[0], p[1]))[-max_calls:]
+        series[k] = [(t, v) for t, v, _ in pts3]
+        callers_at[k] = [c for _, _, c in pts3]
     tested = {k: sorted(v)[-max_calls:] for k, v in series.items() if len(v) >= min_before + min_side}
     n_tests = sum(stats.scan_tests(len(v) - min_before - min_side + 1) for v in tested.values())
     found: list[KeyOnset] = []
@@ -526,7 +574,11 @@ def key_jumps(costs: Sequence[TraceCost], start_of: Mapping[str, int], alpha: fl
         p = min(1.0, p1 * n_tests)
         before, after = raw[:split], raw[split:]
         mbf, maf = float(np.median(before)), float(np.median(after))
-        consistent = float(np.mean(after > np.percentile(before, 90))) >= 0.8
+        above = after > np.percentile(before, 90)
+        consistent = float(np.mean(above)) >= 0.8
+        if k in callers_at:  # pooled calls into a service: the jump is seen by two callers or more
+            seen = frozenset().union(*(c for c, a in zip(callers_at[k][split:], above) if a))
+            consistent = consistent and len(seen) >= 2
         if p < alpha and maf >= min_ratio * mbf and maf - mbf >= MIN_GROWTH_NS and consistent:
             found.append(KeyOnset(k, int(pts[split][0]), p, mbf, maf))
     return sorted(found, key=lambda o: o.p)

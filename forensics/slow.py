@@ -470,7 +470,7 @@ def _component_step(backend: Backend, req: SpanColumns, row_of: Mapping[str, int
     inside = t0 >= step.time_ns
     ki, ni, ko, no = int(slow[inside].sum()), int(inside.sum()), int(slow[~inside].sum()), int((~inside).sum())
     through = [(start_of[tc.trace_id] >= step.time_ns, bool(slow[row_of[tc.trace_id]]))
-               for tc in costs if step.key in tc.count]
+               for tc in costs if blame.has_key(tc, step.key)]
     own = [[s for a, s in through if a == side] for side in (False, True)]
     key_slow = (float(np.mean(own[0])), float(np.mean(own[1]))) if own[0] and own[1] else None
     return incident.Incident(step.time_ns, hi, step.p, ki / max(ni, 1), ko / max(no, 1), ki, ni, ko, no, True, True,
@@ -487,6 +487,8 @@ def _onset_of(inc: incident.Incident, e: np.ndarray) -> timeline.Onset:
 def _key_text(key: tuple[str, str, str]) -> str:
     """An operation or call edge as the verdict names it."""
     level, svc, op = key
+    if key == blame.calls_into(svc):
+        return f"calls into {svc} (from every caller)"
     return f"calls {op.replace('->', ' to ')}" if level == "edge" else f"{svc}: {op}"
 
 
@@ -770,7 +772,8 @@ def _add_stepped_component(findings: list[Finding], inc: incident.Incident) -> N
         return  # blamed already: one finding per component
     findings[:] = [f for f in findings if not (f.kind == "stage" and f.service == inc.service)]
     level, _, op = inc.key
-    what = f"calls {op.replace('->', ' to ')}" if level == "edge" else op
+    pooled = inc.key == blame.calls_into(inc.service)  # no one edge to name
+    what = _key_text(inc.key) if level == "edge" else op
     caller, _, callee = op.partition("->")
     starved = level == "edge" and inc.service == caller
     before, after = inc.key_ms
@@ -781,7 +784,7 @@ def _add_stepped_component(findings: list[Finding], inc: incident.Incident) -> N
                 {"tier": 1, "level": "component step", "key": list(inc.key), "p_value": inc.p,
                  "before_ms": before, "after_ms": after, "onset_ns": inc.start_ns},
                 service=inc.service, operation=op if level == "operation" else None,
-                edge={"caller": caller, "callee": callee} if level == "edge" else None)
+                edge={"caller": caller, "callee": callee} if level == "edge" and not pooled else None)
     findings.append(f)
     findings.sort(key=_rank)
 

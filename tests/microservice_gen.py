@@ -23,6 +23,10 @@ with its own work. Faults start at ``onset`` (a share of the window):
   service called a few times a minute); if True, after the onset its own work is 20x
   longer: a jump from well under a millisecond to several, which leaves the requests
   within their route's normal latency;
+- ``shared_rare``: ``cart`` (on one call in 40) and ``payment`` (one in ten) each call
+  ``verify`` from inside their own work: a service with two callers, each calling it a
+  few times in ten minutes; if True, after the onset calls into it wait 1-2 s on the
+  network (Nezha Train-Ticket case-84 with half its traces: two calls on each edge);
 - ``until``: faults end at this share of the window (default: they last to its end);
 - ``then_slow_work``: from ``until`` on, that service's own work takes 20-40 ms longer: a
   second fault right after the first, too small for its requests to clear the slow bar
@@ -71,7 +75,8 @@ def generate(*, seconds: int = 180, rate: int = 12, onset: float = 0.5, seed: in
              background_errors: bool = False, version_errors: bool = False, slow_host: str | None = None,
              java_logs: bool = False, spliced_head: str | None = None, rare_jump: bool | None = None,
              end_ns: int | None = None, until: float | None = None,
-             then_slow_work: str | None = None, drop_spans: float = 0.0) -> tuple[MemoryBackend, Result]:
+             then_slow_work: str | None = None, drop_spans: float = 0.0,
+             shared_rare: bool | None = None) -> tuple[MemoryBackend, Result]:
     rnd = random.Random(seed)
     end = end_ns or (1_800_000_000 * S)
     start = end - seconds * S
@@ -134,6 +139,17 @@ def generate(*, seconds: int = 180, rate: int = 12, onset: float = 0.5, seed: in
             if then and then_slow_work == callee:
                 work += rnd.uniform(20, 40) * MS
                 res.faulty.add(tid)
+            nested: list[Span] = []
+            if shared_rare is not None and rnd.random() < {"cart": 1 / 40, "payment": 1 / 10}.get(callee, 0):
+                # callee -> verify, from inside the callee's work (which then includes the call)
+                v_c, v_s = sid(), sid()
+                v_out, v_work = rnd.randint(200, 600) * 1000, int(rnd.uniform(*WORK_MS["verify"]) * MS)
+                v_in = rnd.randint(200, 600) * 1000 + (rnd.randint(1000, 2000) * MS if after and shared_rare else 0)
+                lead = rnd.randint(1, 2) * MS  # the callee's own work before the call
+                nested = [(v_c, v_s, lead, v_out, v_work, v_in)]
+                work += v_out + v_work + v_in
+                if after and shared_rare:
+                    res.faulty.add(tid)
             host = rnd.choice("ab") if slow_host == callee else "a"
             if after and host == "b":
                 work += rnd.uniform(80, 160) * MS
@@ -159,6 +175,12 @@ def generate(*, seconds: int = 180, rate: int = 12, onset: float = 0.5, seed: in
                               attributes={"rpc.service": callee, "rpc.method": op}, resource=res_of("frontend")))
             child.append(Span(tid, s_id, c_id, f"{callee}.{op}", "SERVER", s_start, s_end, status, "",
                               {"rpc.method": op}, events, [], res_of(callee, host)))
+            for v_c, v_s, lead, v_out, v_work, v_in in nested:
+                vc0 = s_start + lead
+                child.append(Span(tid, v_c, s_id, "verify.Check", "CLIENT", vc0, vc0 + v_out + v_work + v_in, "UNSET",
+                                  attributes={"rpc.service": "verify", "rpc.method": "Check"}, resource=res_of(callee, host)))
+                child.append(Span(tid, v_s, v_c, "verify.Check", "SERVER", vc0 + v_out, vc0 + v_out + v_work, "UNSET", "",
+                                  {"rpc.method": "Check"}, [], [], res_of("verify")))
             cur = c_end + rnd.randint(100, 300) * 1000
             if status == "ERROR":
                 break

@@ -200,3 +200,27 @@ def test_network_delay_is_found_with_a_tenth_of_the_spans_lost():
     assert top.kind == "stage" and top.significant and top.service == "catalog", [f.summary for f in rep.findings[:3]]
     clean, _ = _slow(seed=4, drop_spans=0.1)
     assert not clean.significant_findings, [f.summary for f in clean.significant_findings]
+
+
+def test_a_delay_into_a_service_seen_by_two_callers_is_named_from_their_calls_together():
+    """A service called by two callers, each a few times in ten minutes (``shared_rare``):
+    after the onset every call into it waits 1-2 s on the network. Each edge has at most
+    three calls after the onset, too few for a jump on its own (4 needed); together they are
+    four or five, from both callers, each ~500x its usual gap. The service is named first;
+    the same run without the delay names nothing. (Nezha Train-Ticket case-84 with half its
+    traces: two delayed calls on each of the two edges into ts-contacts-service.)"""
+    from stagetrace.forensics import blame
+
+    for seed in (5, 13, 17, 28):
+        b, res = gen.generate(seconds=600, rate=1, onset=0.7, shared_rare=True, seed=seed)
+        per_caller: dict[str, int] = {}
+        for s in b.spans:
+            if s.kind == "CLIENT" and s.name == "verify.Check" and s.start_ns >= res.onset_ns:
+                per_caller[s.service_name] = per_caller.get(s.service_name, 0) + 1
+        # the premise: two callers, neither with enough calls after the onset on its own edge
+        assert len(per_caller) == 2 and max(per_caller.values()) < blame.MIN_JUMP_CALLS, (seed, per_caller)
+        rep = investigate_slow(b, start_ns=res.start_ns, end_ns=res.end_ns)
+        sig = [f for f in rep.significant_findings if f.kind == "stage"]
+        assert sig and sig[0].service == "verify", (seed, [f.summary for f in rep.findings[:3]])
+        clean, _ = _slow(seconds=600, rate=1, onset=0.7, shared_rare=False, seed=seed)
+        assert not clean.significant_findings, (seed, [f.summary for f in clean.significant_findings])
