@@ -6,12 +6,13 @@ investigation over a kept store's window, rendered to JSON; wall, CPU and peak R
 that process): "on", the count as the installed package ships it; "off", the count
 replaced by ``None`` in this benchmark's child only (no switch in the product); and with
 ``--before PKG`` (a package tree holding ``stagetrace/``, e.g. main's sources laid out
-as the package dirs map them) "before", that package's count. The variants take turns,
+as the package dirs map them) "before", that package's count; ``--after PKG`` runs "on"
+and "off" with that tree in place of the installed package. The variants take turns,
 their order rotated each round, after one unmeasured warm-up run of each command;
 medians of wall and CPU per command and variant, ratios to "off", and the load average
 before and after.
 
-    .venv/bin/python benchmarks/rootless_cost.py --data-dir DIR [--rounds 3] [--only slow,errors] [--before PKG]
+    .venv/bin/python benchmarks/rootless_cost.py --data-dir DIR [--rounds 3] [--only slow,errors] [--before PKG] [--after PKG]
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ _s.rootless_ids_beside = _e.rootless_ids_beside = lambda *a, **k: None  # its re
 """
 
 
-def run(data_dir: Path, what: str, start: int, end: int, variant: str, before: Path | None = None) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(before)) if variant == "before" else None
+def run(data_dir: Path, what: str, start: int, end: int, variant: str, pkg: dict[str, Path | None]) -> dict:
+    tree = pkg["before"] if variant == "before" else pkg["after"]
+    env = dict(os.environ, PYTHONPATH=str(tree)) if tree else None
     p = subprocess.run([sys.executable, "-c", (OFF if variant == "off" else "") + CHILD, str(data_dir), what,
                         str(start), str(end)], capture_output=True, text=True, cwd=ROOT, env=env)
     if p.returncode:
@@ -53,19 +55,21 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="slow,errors")
     ap.add_argument("--before", type=Path, help="a package tree (holding stagetrace/) to run as 'before'")
+    ap.add_argument("--after", type=Path, help="a package tree for 'on' and 'off' (default: the installed package)")
     args = ap.parse_args()
+    pkg = {"before": args.before, "after": args.after}
     variants = ["on", "off"] + (["before"] if args.before else [])
     meta = json.loads((args.data_dir / "bench-meta.json").read_text())
     start, end = meta["start_ns"], meta["end_ns"]
     whats = [w for w in args.only.split(",") if w]
     for what in whats:  # warm the page cache; not measured
-        run(args.data_dir, what, start, end, "on")
+        run(args.data_dir, what, start, end, "on", pkg)
     load0 = os.getloadavg()
     res: dict[tuple[str, str], list[dict]] = {(w, v): [] for w in whats for v in variants}
     for i in range(args.rounds):
         for what in whats:
             for v in variants[i % len(variants):] + variants[:i % len(variants)]:
-                r = run(args.data_dir, what, start, end, v, args.before)
+                r = run(args.data_dir, what, start, end, v, pkg)
                 res[(what, v)].append(r)
                 print(f"  round {i + 1} {what:<6} {v:<6} wall {r['seconds']:6.2f} s  cpu {r['cpu_seconds']:6.2f} s  "
                       f"rss {r['peak_rss_mb']:6.0f} MB  significant {r['significant']}  "
