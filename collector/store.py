@@ -318,11 +318,22 @@ def sort_table(table: str, t: pa.Table) -> pa.Table:
 
 def trace_prefixes(trace_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Sorted unique uint64 big-endian prefixes of the non-empty 16-byte trace ids."""
+    return sorted_unique(id_prefixes(trace_ids))
+
+
+def id_prefixes(trace_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The uint64 big-endian prefix of each non-empty 16-byte trace id, in row order."""
     if len(trace_ids) == 0:
         return np.zeros(0, dtype=np.uint64)
     hi, lo = _id_keys(trace_ids)
-    present = (hi != 0) | (lo != 0)
-    return np.unique(hi[present])
+    return hi[(hi != 0) | (lo != 0)]
+
+
+def sorted_unique(a: np.ndarray) -> np.ndarray:
+    """``np.unique(a)`` by sorting: NumPy 2.4's ``np.unique`` hashes integers, ~100x slower
+    on millions of uint64 (3.5 s against 38 ms for 2.2M on this machine)."""
+    s = np.sort(a)
+    return s[np.concatenate(([True], s[1:] != s[:-1]))] if len(s) else s
 
 
 def prefix_of(trace_id: bytes) -> int:

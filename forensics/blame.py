@@ -68,7 +68,7 @@ class TraceCost:
 def trace_costs(traces: Sequence[Trace]) -> list[TraceCost]:
     out = []
     for t in traces:
-        cp = critical_path(t)
+        cp = critical_path(t, implied_calls=True)  # a lost call's gap is its edge's, not the caller's
         if cp.root is None:
             continue
         count: dict[Key, int] = defaultdict(int)

@@ -18,7 +18,12 @@ Real traces are messy, so before walking we repair a copy of the tree:
   theirs (the lost parent's nearest surviving ancestor, as far as times tell), else
   under the main root, so their time is still accounted for where it was spent; and
   reported so the view can flag the trace as broken;
-- cycles from corrupt parent ids are cut.
+- cycles from corrupt parent ids are cut;
+- a lost call (``implied_calls``): a re-hung SERVER/CONSUMER span of another service
+  whose CLIENT/PRODUCER parent was lost gets an implied call span in the caller, over
+  the caller's time around it that no other call of its covers, so the network and
+  queueing gap is the call edge's (the callee's side, as for a traced call), not the
+  caller's own work.
 
 Stage of a span is its own ``ml.stage``, else the nearest ancestor's, across
 service boundaries: the feature service's time counts as ``feature_fetch`` of
@@ -46,6 +51,7 @@ class Node:
     clamped: bool = False
     outside_parent: bool = False  # entirely outside its parent: skipped by the walk
     stage: str = semconv.STAGE_OTHER
+    implied: bool = False  # stands for a lost CLIENT/PRODUCER span (_imply_calls): no span was received
 
 
 @dataclass(slots=True)
@@ -125,12 +131,13 @@ def callee_of(node: Node) -> str | None:
     return None
 
 
-def build_tree(spans: Iterable[Span]) -> tuple[Node | None, dict[str, Node], list[str]]:
+def build_tree(spans: Iterable[Span], *, implied_calls: bool = False) -> tuple[Node | None, dict[str, Node], list[str]]:
     """Link spans into a tree rooted at the main root; returns (root, nodes, orphans).
 
     The main root is the longest span without a parent id; failing that (the
     root was lost) the earliest-starting orphan. Other roots and orphans hang
-    under it.
+    under it. ``implied_calls``: see :func:`_imply_calls` (``nodes`` then holds the
+    implied calls too, under their lost spans' ids, with ``implied`` set).
     """
     nodes: dict[str, Node] = {}
     for s in spans:
@@ -171,8 +178,10 @@ def build_tree(spans: Iterable[Span]) -> tuple[Node | None, dict[str, Node], lis
     for n in nodes.values():
         if n.parent is not None:
             n.parent.children.append(n)
-    _rehang(root, [n for n in orphans if n is not root], nodes)
+    placed = _rehang(root, [n for n in orphans if n is not root], nodes)
     orphan_ids = [n.span.span_id for n in orphans if n is not root]
+    if implied_calls and placed:
+        _imply_calls([n for n in orphans if n is not root], nodes)
     for sid in orphan_ids:
         nodes[sid].orphan = True
     for n in nodes.values():
@@ -183,14 +192,15 @@ def build_tree(spans: Iterable[Span]) -> tuple[Node | None, dict[str, Node], lis
 MAX_REHANG_WORK = 2_000_000  # orphans x spans compared; beyond it orphans stay under the root
 
 
-def _rehang(root: Node, orphans: list[Node], nodes: dict[str, Node]) -> None:
+def _rehang(root: Node, orphans: list[Node], nodes: dict[str, Node]) -> bool:
     """Move each orphan (hung under the root) under the deepest span whose time holds its
     own. A lost span's children would otherwise sit beside the whole request at the root:
     a lost CLIENT span's callee looks like the root's work, and a lost SERVER span's work
     leaves its caller's CLIENT span looking like all network. A span whose time holds no
-    orphan's (clock skew) leaves it at the root, as before."""
+    orphan's (clock skew) leaves it at the root, as before. False if the orphans were
+    left at the root unplaced (too much work)."""
     if not orphans or len(orphans) * len(nodes) > MAX_REHANG_WORK:
-        return
+        return not orphans
     depth: dict[int, int] = {}
 
     def set_depths(top: Node, d: int) -> None:
@@ -213,6 +223,38 @@ def _rehang(root: Node, orphans: list[Node], nodes: dict[str, Node]) -> None:
             o.parent = best
             best.children.append(o)
             set_depths(o, best_depth + 1)  # the orphans still to place compare depths
+    return True
+
+
+_CALL_KIND = {"SERVER": "CLIENT", "CONSUMER": "PRODUCER"}  # the callee's span kind -> the lost caller span's
+
+
+def _imply_calls(orphans: list[Node], nodes: dict[str, Node]) -> None:
+    """Put an implied call span (the lost CLIENT/PRODUCER, under its own id) between each
+    re-hung SERVER/CONSUMER orphan of another service and the caller span that holds it.
+
+    Without it the gap between the caller's span and the callee's (network, the callee's
+    queue) is the caller's own time, and a delay into the callee blames the caller too
+    whenever its call span was lost. The lost span's extent is unknown: the implied one
+    spans the caller's time around the callee that none of its other children covers
+    (from the last one to end before the callee started to the first to start after it
+    ended), which holds the lost span; the caller's own work there, if any, goes with it."""
+    for o in orphans:
+        p, lost = o.parent, o.span.parent_span_id
+        kind = _CALL_KIND.get(o.span.kind)
+        if (p is None or kind is None or lost in nodes or p.span.kind in _CALL_KIND.values()
+                or p.span.service_name == o.span.service_name
+                or not (p.start_ns <= o.start_ns and o.end_ns <= p.end_ns)):
+            continue  # not a call into another service, held by its caller's time (or already implied)
+        others = [c for c in p.children if c is not o]
+        lo = max((c.end_ns for c in others if c.end_ns <= o.start_ns), default=p.start_ns)
+        hi = min((c.start_ns for c in others if c.start_ns >= o.end_ns), default=p.end_ns)
+        call = Node(Span(o.span.trace_id, lost, p.span.span_id, o.span.name, kind, lo, hi,
+                         resource=p.span.resource), lo, hi, parent=p, children=[o], implied=True)
+        p.children.remove(o)
+        p.children.append(call)
+        o.parent = call
+        nodes[lost] = call
 
 
 def _subtree(node: Node):
@@ -296,9 +338,11 @@ def _walk(root: Node) -> list[Segment]:
     return segments
 
 
-def critical_path(trace: Trace | Iterable[Span]) -> CriticalPath:
+def critical_path(trace: Trace | Iterable[Span], *, implied_calls: bool = False) -> CriticalPath:
+    """``implied_calls``: time a lost call span's gap to its edge (see :func:`_imply_calls`),
+    for blame; the views keep to the spans received."""
     spans = trace.spans if isinstance(trace, Trace) else list(trace)
-    root, nodes, orphans = build_tree(spans)
+    root, nodes, orphans = build_tree(spans, implied_calls=implied_calls)
     if root is None:
         return CriticalPath(None, nodes, [], [], [], [], {})
     clamped, dropped = _prepare(root)

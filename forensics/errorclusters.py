@@ -41,7 +41,7 @@ from .progress import steps
 from .report import EvidenceGuard, Finding, Report, headline
 from .slow import _note_missing_data
 from .window import (ByTrace, comparison_weights, fmt_time, indexed_entry_requests, request_ops, request_weights,
-                     rootless_beside_note, rootless_note)
+                     rootless_beside_note, rootless_ids_beside, rootless_note)
 
 MAX_ERROR_TRACES = 300
 MAX_SUCCESS_TRACES = 300
@@ -146,10 +146,15 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
                 report.notes.append(note)
             _note_missing_data(backend, report, start_ns, end_ns)  # "no requests" may be a quarantined block
             return report
-        skipped = guard.run("the rootless-trace count", rootless_beside_note, backend, service=service,
-                            start_ns=start_ns, end_ns=end_ns, requests=row_of)
-        if skipped:
-            report.notes.append(skipped)
+        # the rootless-trace count's read runs beside the fingerprinting below; its note takes
+        # this place among the notes when it is collected, before the next read of traces
+        rootless, rootless_at = rootless_ids_beside(backend, start_ns=start_ns, end_ns=end_ns), len(report.notes)
+
+        def note_rootless() -> None:
+            skipped = guard.run("the rootless-trace count", rootless_beside_note, backend, service=service,
+                                start_ns=start_ns, end_ns=end_ns, requests=row_of, ids=rootless)
+            if skipped:
+                report.notes.insert(rootless_at, skipped)
         w_start = start_ns if start_ns is not None else min(times)
         w_end = end_ns if end_ns is not None else max(times) + 1
         report.window = {"start_ns": w_start, "end_ns": w_end}
@@ -209,6 +214,7 @@ def investigate_errors(backend: Backend, *, service: str | None = None, start_ns
                 "attribute": semconv.SAMPLING_ADJUSTED_COUNT, "stored_requests": total_requests,
                 "estimated_requests": est_total, "weighted_requests": int((wv != 1.0).sum()),
                 "max_adjusted_count": float(wv.max())})
+        note_rootless()
         if not events:
             report.data["counts"] = {"requests": total_requests, "error_events": 0, "failed_requests": 0}
             report.verdict = [f"No errors among {total_requests} requests in the window."]

@@ -33,7 +33,7 @@ from .progress import steps
 from .report import EvidenceGuard, Finding, Report, headline
 from .window import (ByTrace, Operations, comparison_weights, entry_requests, fmt_ms, fmt_time,
                      indexed_entry_requests, request_ops, request_weights, rootless_beside_note,
-                     rootless_note)
+                     rootless_ids_beside, rootless_note)
 
 ERROR = STATUS_CODES.index("ERROR")
 MAX_SELECTION = 200
@@ -125,6 +125,8 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
                 r.notes.append(note)
             _note_missing_data(backend, r, start_ns, end_ns)  # "no requests" may be a quarantined block
             return r
+        # the rootless-trace count's read runs beside the analysis of the requests below
+        rootless = None if route else rootless_ids_beside(backend, start_ns=start_ns, end_ns=end_ns)
         t0 = req.start_ns
         dur = np.maximum(req.duration_ns, 0)  # as Span.duration_ns
         w_start = start_ns if start_ns is not None else int(t0[0])
@@ -171,7 +173,8 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         report = Report("slow", f"Slow requests (over {thr_label})", query=query,
                         window={"start_ns": w_start, "end_ns": w_end})
         skipped = None if route else guard.run("the rootless-trace count", rootless_beside_note, backend,
-                                                service=service, start_ns=start_ns, end_ns=end_ns, requests=row_of)
+                                                service=service, start_ns=start_ns, end_ns=end_ns, requests=row_of,
+                                                ids=rootless)
         if skipped:
             report.notes.append(skipped)
         report.data.update({"threshold_ns": thr_ns, "threshold_label": thr_label,

@@ -32,7 +32,8 @@ with its own work. Faults start at ``onset`` (a share of the window):
   second fault right after the first, too small for its requests to clear the slow bar
   that the first one's tail sets (the demo's CPU-bound preprocessing after its slow shard);
 - ``drop_spans``: that share of the non-root spans is lost at random (an exporter's queue
-  overflowed, a collector restarted): their children are orphans;
+  overflowed, a collector restarted): their children are orphans; ``drop_kind``: only
+  spans of that kind are lost (``"CLIENT"``: the callee's SERVER span survives without its call);
 - ``java_logs``: services log with a logback header (timestamp, level, thread,
   logger#line, TraceID/SpanID) in the body, as a filelog receiver ships them.
 
@@ -76,7 +77,8 @@ def generate(*, seconds: int = 180, rate: int = 12, onset: float = 0.5, seed: in
              java_logs: bool = False, spliced_head: str | None = None, rare_jump: bool | None = None,
              end_ns: int | None = None, until: float | None = None,
              then_slow_work: str | None = None, drop_spans: float = 0.0,
-             shared_rare: bool | None = None) -> tuple[MemoryBackend, Result]:
+             shared_rare: bool | None = None,
+             drop_kind: str | None = None) -> tuple[MemoryBackend, Result]:
     rnd = random.Random(seed)
     end = end_ns or (1_800_000_000 * S)
     start = end - seconds * S
@@ -197,7 +199,8 @@ def generate(*, seconds: int = 180, rate: int = 12, onset: float = 0.5, seed: in
         spans.extend(child)
     if drop_spans:
         lose = random.Random(seed + 1)
-        spans = [s for s in spans if not s.parent_span_id or lose.random() >= drop_spans]
+        spans = [s for s in spans if not s.parent_span_id or (drop_kind or s.kind) != s.kind
+                 or lose.random() >= drop_spans]
     spans.sort(key=lambda s: s.start_ns)
     logs.sort(key=lambda r: r.time_ns)
     return MemoryBackend(spans, logs, []), res

@@ -4,6 +4,7 @@ WAL tail, and a missing or damaged sidecar must only cost speed."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pyarrow.parquet as pq
@@ -154,3 +155,59 @@ def test_sidecars_follow_their_block(mixed_store, sidecar):
     orphan.write_bytes(b"PAR1")
     store.BlockStore(data_dir)
     assert not orphan.exists()
+
+
+def _trace_part(tid: int, spans: list[tuple[int, int | None, int]]) -> bytes:
+    """Spans (span id, parent id or None for a root, start second after NOW) of trace ``tid``."""
+    req = trace_service_pb2.ExportTraceServiceRequest()
+    rs = req.resource_spans.add(resource=resource_pb2.Resource(attributes=[_kv("service.name", string_value="api")]))
+    ss = rs.scope_spans.add()
+    for sid, parent, t in spans:
+        ss.spans.add(trace_id=tid.to_bytes(16, "big"), span_id=sid.to_bytes(8, "big"),
+                     parent_span_id=b"" if parent is None else parent.to_bytes(8, "big"), name="op", kind=2,
+                     start_time_unix_nano=NOW + t * SEC, end_time_unix_nano=NOW + t * SEC + 1000)
+    return req.SerializeToString()
+
+
+@pytest.mark.parametrize("window", [(None, None), (0, 400), (-50, 1000), (0, 150), (100, 200), (125, 255),
+                                    (255, 300), (500, 600)])
+@pytest.mark.parametrize("ids", ["random", "shared prefix"])
+def test_rootless_trace_ids_over_whole_blocks_equal_the_aggregate_over_spans(tmp_path, monkeypatch, window, ids):
+    """The embedded store's rootless-trace ids take whole blocks' traces from their id
+    sidecars and the rooted ones from the entry sidecars: the same ids as grouping every
+    span of the window, with traces spread over blocks (rooted in another block, rootless
+    in two), a root before the window, and the WAL tail; and when the ids' first 8 bytes
+    are alike (64-bit ids padded with zeros) too, where the prefixes cannot stand for them."""
+    from stagetrace.backend import rootless_trace_ids
+    from stagetrace.collector import query
+
+    # a handful of roots, not 10,000: from two on, prefixes stand for traces if no two share one
+    monkeypatch.setattr(query, "_PREFIX_ROOTS", 2)
+    took: list[int] = []
+    monkeypatch.setattr(query, "_missing", lambda a, present: took.append(1) or a[query._missing_mask(a, present)])
+    rnd = random.Random(5)
+    A, B, C, D, E, F, G, H = (rnd.getrandbits(128) if ids == "random" else k + 1 for k in range(8))
+    segments = [
+        [_trace_part(A, [(1, None, 10), (2, 1, 20)]), _trace_part(B, [(2, 1, 30)]), _trace_part(C, [(2, 1, 40)]),
+         _trace_part(E, [(1, None, -20), (2, 1, 50)])],
+        [_trace_part(D, [(2, 1, 120), (3, 1, 130)]), _trace_part(B, [(3, 1, 160)])],
+        [_trace_part(F, [(1, None, 250)]), _trace_part(C, [(1, None, 150)])],  # C's root: a block of roots only
+        [_trace_part(G, [(2, 1, 260)]), _trace_part(H, [(2, 1, 280)]), _trace_part(A, [(3, 1, 290)])],
+    ]
+    bs = store.BlockStore(tmp_path)
+    w = write_segments(tmp_path, segments)
+    for seq in (2, 3, 4):  # one block per segment; the fourth stays in the WAL
+        bs.cut(store.SPANS, seq)
+    w.close()
+    assert len(store.list_blocks(tmp_path, store.SPANS)) == 3
+    lo, hi = window
+    q = TraceQuery(start_ns=None if lo is None else NOW + lo * SEC, end_ns=None if hi is None else NOW + hi * SEC,
+                   limit=None)
+    with EmbeddedBackend(tmp_path) as b:
+        fast = b.rootless_trace_ids(q)
+        plain = type("SpansOnly", (), {"find_spans": staticmethod(b.find_spans)})()
+        assert fast == rootless_trace_ids(plain, q)
+        assert b.rootless_trace_ids(dataclasses.replace(q, limit=2)) == fast[:2]
+    if window == (None, None):
+        assert fast == sorted(f"{t:032x}" for t in (B, D, G, H))
+        assert bool(took) == (ids == "random"), "whole blocks by their prefixes only where those are distinct"

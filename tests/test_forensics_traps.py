@@ -224,3 +224,20 @@ def test_a_delay_into_a_service_seen_by_two_callers_is_named_from_their_calls_to
         assert sig and sig[0].service == "verify", (seed, [f.summary for f in rep.findings[:3]])
         clean, _ = _slow(seconds=600, rate=1, onset=0.7, shared_rare=False, seed=seed)
         assert not clean.significant_findings, (seed, [f.summary for f in clean.significant_findings])
+
+
+def test_a_lost_call_span_leaves_its_network_time_on_the_edge_not_the_caller():
+    """A tenth of the CLIENT spans never arrive: the callee's SERVER span is re-hung under
+    the caller's span, and the network time into the delayed callee used to be the
+    caller's own time, which made the caller a second significant component. With an
+    implied call edge it is the callee's alone; a clean run with the same losses names
+    nothing, and a CPU-starved caller (every call it sends waits) is still the caller's."""
+    for seed in (1, 2, 3):
+        rep, _ = _slow(net_delay="cart", seed=seed, drop_spans=0.1, drop_kind="CLIENT")
+        named = [f.service for f in _components(rep) if f.significant]
+        assert named == ["cart"], (seed, [f.summary for f in _components(rep)])
+        clean, _ = _slow(seed=seed, drop_spans=0.1, drop_kind="CLIENT")
+        assert not clean.significant_findings, (seed, [f.summary for f in clean.significant_findings])
+    rep, _ = _slow(cpu_starved="frontend", seed=5, drop_spans=0.1, drop_kind="CLIENT")
+    named = [f.service for f in _components(rep) if f.significant]
+    assert named == ["frontend"], [f.summary for f in _components(rep)]

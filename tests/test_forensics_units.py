@@ -241,3 +241,27 @@ def test_a_call_off_the_critical_path_is_no_zero_in_its_keys_series():
     found = key_jumps(costs, start_of)
     assert [j.key for j in found] == [edge], found
     assert found[0].time_ns == 5 * 20_000_000_000
+
+
+def test_the_rootless_count_read_beside_the_analysis_hands_back_its_answer_and_its_error():
+    """The rootless-trace count's read runs on a thread beside the investigation
+    (window.rootless_ids_beside): its answer reaches the note, and a failing read is
+    skipped evidence in the report, as when it ran in line, not a lost thread's traceback."""
+    import microservice_gen as mgen
+    from stagetrace.forensics import investigate_errors, investigate_slow
+
+    b, res = mgen.generate(seconds=60, slow_work="cart", background_errors=True, seed=2)
+    rootless = [s for s in b.spans if s.trace_id == b.spans[-1].trace_id]
+    tid = rootless[0].trace_id
+    b.spans[:] = [s for s in b.spans if s.trace_id != tid or s.parent_span_id]  # its root is lost
+    b.by_trace[tid] = [s for s in b.by_trace[tid] if s.parent_span_id]
+    for fn in (investigate_slow, investigate_errors):
+        rep = fn(b, start_ns=res.start_ns, end_ns=res.end_ns)
+        assert any("1 trace(s) in the window were skipped beside" in n and tid in n for n in rep.notes), rep.notes
+
+    def fail(query):
+        raise ValueError("store went away")
+    b.rootless_trace_ids = fail
+    for fn in (investigate_slow, investigate_errors):
+        rep = fn(b, start_ns=res.start_ns, end_ns=res.end_ns)
+        assert "the rootless-trace count was skipped: ValueError: store went away" in " ".join(rep.notes), rep.notes
