@@ -60,7 +60,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,7 +233,8 @@ def execute(run: Run) -> Run:
 
 def outcome(run: Run, json_rank: dict[str, int | None]) -> str:
     """One word per run, for the table: raised | first | named | missed | wrong-first (an
-    incident), quiet | names-something (clean), report | not-empty (empty), ok | lost (format)."""
+    incident), quiet | names-culprit | names-other (clean), report | not-empty (empty), ok | lost
+    (format)."""
     o = run.out
     if o["traceback"] or o["rc"] != 0 or o.get("bad_json"):
         return "raised"
@@ -243,8 +244,8 @@ def outcome(run: Run, json_rank: dict[str, int | None]) -> str:
     e = run.expect
     if e == "empty":
         return "report" if o["n_findings"] == 0 and len(o["verdict"]) == 1 else "not-empty"
-    if e == "clean":
-        return "names-something" if o["n_sig"] else "quiet"
+    if e == "clean":  # naming the culprit there means its effect began before the labelled injection
+        return "quiet" if not o["n_sig"] else "names-culprit" if o["first"] == run.case.culprit else "names-other"
     if o["first"] is not None and o["first"] != run.case.culprit:
         return "wrong-first"
     if o["rank"] == 1:
@@ -279,7 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(runs)} runs, {args.jobs} at a time; load average {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f}",
           flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:
-        done = list(pool.map(execute, runs))
+        for i, fut in enumerate(as_completed([pool.submit(execute, r) for r in runs]), 1):
+            fut.result()  # a failure of this script itself (not of a run) stops it
+            if i % 20 == 0:
+                print(f"  {i} of {len(runs)} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+    done = runs  # in plan order (execute fills each run in place)
     wall = time.perf_counter() - t0
     c1 = os.times()
     cpu = (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
@@ -290,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         key = r.kind if r.kind in ("format", "clean-base", "clean-pre", "empty") else {
             "incident": r.kind, "short": f"{r.kind} (<{MIN_INCIDENT_S} s of the fault)"}.get(r.expect, f"{r.kind} ({r.expect})")
         rows.setdefault(key, Counter())[r.out["outcome"]] += 1
-        bad = r.out["outcome"] in ("raised", "wrong-first", "names-something", "not-empty", "lost", "missed")
+        bad = r.out["outcome"] in ("raised", "wrong-first", "names-culprit", "names-other", "not-empty", "lost", "missed")
         if bad or args.verbose:
             print(f"{r.case.dataset[6:12]} {r.case.name} {r.case.kind:6} {r.kind:10} {r.label:48} "
                   f"{r.out['outcome']:15} rc={r.out['rc']} rank={r.out.get('rank')} first={r.out.get('first')} "
