@@ -39,8 +39,8 @@ fixes it a minute after the case, because ``--since`` counts back from the wall 
 seconds, milliseconds and nanoseconds.
 
     .venv/bin/python benchmarks/window_sweep.py --keep /tmp/x/acc [--without-metrics]
-        [--dataset DIR ...] [--case case-84 ...] [--seed 11] [--since-per-case 3]
-        [--jobs 2] [--json FILE] [-v]
+        [--dataset DIR ...] [--case case-84 ...] [--kind from-mid ...] [--seed 11]
+        [--since-per-case 3] [--jobs 2] [--json FILE] [-v]
 
 ``--keep DIR`` holds accuracy.py's per-case stores (named as it names them; a case without
 one is ingested there first, as ``accuracy.py --keep DIR`` would). Copy a shared store
@@ -262,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--without-metrics", action="store_true", help="the stores ingested without metrics")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--since-per-case", type=int, default=3, help="--since windows drawn per case (of 7)")
+    ap.add_argument("--kind", action="append", default=[],
+                    help="only runs of this window kind (repeatable; the draws are the same, so a subset "
+                         "re-run matches a full run's runs one for one)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None, help="write every run here")
     ap.add_argument("-v", "--verbose", action="store_true", help="print the top findings of runs that are not right")
@@ -274,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             case = load_case(ds, cdir, args.keep, metrics=not args.without_metrics)
             seed = int(hashlib.sha1(f"{args.seed}/{ds.name}/{cdir.name}".encode()).hexdigest()[:8], 16)
-            runs += plan(case, random.Random(seed), args.since_per_case)
+            runs += [r for r in plan(case, random.Random(seed), args.since_per_case)
+                     if not args.kind or r.kind in args.kind]
     load0 = os.getloadavg()
     t0, c0 = time.perf_counter(), os.times()
     print(f"{len(runs)} runs, {args.jobs} at a time; load average {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f}",
