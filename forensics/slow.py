@@ -18,6 +18,7 @@ import dataclasses
 import math
 import random
 import re
+from collections import ChainMap
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -244,6 +245,8 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         # With --service S called by others, the request is S's entry span: analyse its subtree only.
         sel = [_subtree(fetched[t], entry_of[t]) for t in sel_ids if t in fetched]
         base = [_subtree(fetched[t], base_entry[t]) for t in base_ids if t in fetched and t in base_entry]
+        if before is not None:  # the baseline's operations and adjusted counts are the period before's
+            op_of, wmap = ChainMap(op_of, before.op_of), ChainMap(wmap, before.weights) if before.weights else wmap
         report.data["counts"].update({"selection": len(sel_pool), "baseline": len(base_pool),
                                       "sampled_selection": len(sel), "sampled_baseline": len(base)})
         if onset_ns is not None:
@@ -604,6 +607,8 @@ class _Before:
     per_op: dict[str, int]
     slow: np.ndarray  # per request of the window: slower than that
     text: str  # the anomaly, as the verdict says it
+    op_of: Mapping[str, str]  # trace id -> entry operation, of the requests before the window
+    weights: Mapping[str, float] | None  # trace id -> adjusted count there (tail-sampled data)
 
 
 def _before_window(backend: Backend, service: str | None, route: str | None, threshold: str | int,
@@ -621,7 +626,8 @@ def _before_window(backend: Backend, service: str | None, route: str | None, thr
     if len(req_b) < incident.MIN_OUTSIDE:
         return None
     dur_b, w_b = np.maximum(req_b.duration_ns, 0), request_weights(req_b)
-    thr_b, label, per_op = op_thresholds(threshold, request_ops(backend, req_b), dur_b, w_b)
+    ops_b = request_ops(backend, req_b)
+    thr_b, label, per_op = op_thresholds(threshold, ops_b, dur_b, w_b)
     of_code = np.array([per_op.get(name, -1) for name in ops.names], dtype=np.int64)
     thr = np.where(of_code[ops.codes] >= 0, of_code[ops.codes], own_thr)
     slow, slow_b = dur > thr, dur_b > thr_b
@@ -634,7 +640,9 @@ def _before_window(backend: Backend, service: str | None, route: str | None, thr
         return None
     label = f"{label} before the window"
     return _Before(req_b, rows_b, int(req_b.start_ns.min()), thr, label, per_op, slow,
-                   f"{rin:.1%} of requests were slower than {label} vs {rb:.1%} before it")
+                   f"{rin:.1%} of requests were slower than {label} vs {rb:.1%} before it",
+                   ByTrace(rows_b, req_b.trace_ids, lambda i: ops_b.names[ops_b.codes[i]]),
+                   ByTrace(rows_b, req_b.trace_ids, lambda i: float(w_b[i])) if w_b is not None else None)
 
 
 def _histogram(sel: np.ndarray, base: np.ndarray, thr: int, weights=None) -> dict[str, Any]:
