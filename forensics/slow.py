@@ -18,6 +18,7 @@ import dataclasses
 import math
 import random
 import re
+from collections import ChainMap
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -154,6 +155,16 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
                 normal = ~((t0 >= inc.start_ns) & (t0 < inc.end_ns)) & (t0 >= inc.frame[0]) & (t0 < inc.frame[1])
                 thr_arr, thr_label, per_op = op_thresholds(threshold, ops, dur, warr, mask=normal)
         slow = dur > thr_arr
+        before = None
+        if (inc is None or not inc.significant) and start_ns is not None:
+            # No incident inside the window: it may have begun before the window did (a window
+            # that starts mid-incident holds no normal data, and its own p95 is the fault's
+            # tail). Then the period before the window is the normal data: each request is
+            # judged against what its operation took there, and compared with those requests.
+            before = guard.run("the period before the window", _before_window, backend, service, route, threshold,
+                               ops, dur, thr_arr, warr, w_start, w_end)
+            if before is not None:
+                thr_arr, thr_label, per_op, slow = before.thr, before.label, before.per_op, before.slow
         if inc is not None and inc.significant:
             # Analyse the incident and the normal data around it; the rest of the window
             # (however long the user made it) does not dilute it.
@@ -201,9 +212,8 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         anomaly: list[str] = []
         if onset is not None:
             anomaly.append(_incident_text(inc))
-        elif start_ns is not None:
-            anomaly += _compare_before_window(backend, service, route, w_start, w_end, per_op, thr_ns,
-                                              k.sum(), n.sum(), kw.sum(), nw.sum())
+        elif before is not None:
+            anomaly.append(before.text)
         # --- samples ----------------------------------------------------------------------
         bar.step("fetching sample traces")
         onset_ns = inc.start_ns if onset is not None else None
@@ -218,20 +228,28 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
             base_pool = fi[~f_inside]
             if len(base_pool) < MIN_BASELINE:
                 base_pool = np.concatenate([base_pool, fi[~f_slow & f_inside]])
+        elif before is not None:  # the whole window is the incident; the period before it is normal
+            base_pool = np.arange(len(before.req))
         else:
             base_pool = fi[~f_slow]
         ids_of = req.trace_ids
         sel_ids = [ids_of[i] for i in _sample(sel_pool, MAX_SELECTION, "selection").tolist()]
-        base_ids = [ids_of[i] for i in _sample(base_pool, MAX_BASELINE, "baseline").tolist()]
+        base_ids = [(before.req.trace_ids if before is not None else ids_of)[i]
+                    for i in _sample(base_pool, MAX_BASELINE, "baseline").tolist()]
         # Every request of the incident, slow or not: what components are scored on (see blame).
-        after_ids = ([ids_of[i] for i in _sample(fi[f_inside], MAX_AFTER, "after").tolist()]
-                     if onset_ns is not None else [])
+        after_ids = ([ids_of[i] for i in _sample(fi[f_inside] if onset_ns is not None else fi, MAX_AFTER,
+                                                 "after").tolist()]
+                     if onset_ns is not None or before is not None else [])
         want = list(dict.fromkeys(sel_ids + base_ids + after_ids))
-        fetched = backend.get_traces(want, start_ns=f_lo, end_ns=f_hi + 600_000_000_000, with_logs=True)
+        fetched = backend.get_traces(want, start_ns=before.start_ns if before is not None else f_lo,
+                                     end_ns=f_hi + 600_000_000_000, with_logs=True)
         entry_of = ByTrace(row_of, ids_of, req.span, in_frame)
+        base_entry = ByTrace(before.rows, before.req.trace_ids, before.req.span) if before is not None else entry_of
         # With --service S called by others, the request is S's entry span: analyse its subtree only.
         sel = [_subtree(fetched[t], entry_of[t]) for t in sel_ids if t in fetched]
-        base = [_subtree(fetched[t], entry_of[t]) for t in base_ids if t in fetched]
+        base = [_subtree(fetched[t], base_entry[t]) for t in base_ids if t in fetched and t in base_entry]
+        if before is not None:  # the baseline's operations and adjusted counts are the period before's
+            op_of, wmap = ChainMap(op_of, before.op_of), ChainMap(wmap, before.weights) if before.weights else wmap
         report.data["counts"].update({"selection": len(sel_pool), "baseline": len(base_pool),
                                       "sampled_selection": len(sel), "sampled_baseline": len(base)})
         if onset_ns is not None:
@@ -310,7 +328,7 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
         # against the incident's other requests (the same time: inputs that drift over the
         # window would otherwise set the whole incident apart, slow or not).
         slow_set = ByTrace(row_of, ids_of, bool, in_frame & slow)  # the frame's slow requests
-        peers = [t for t in after if t.trace_id not in slow_set] if onset_ns is not None else base
+        peers = [t for t in after if t.trace_id not in slow_set] if after else base
         inputs = guard.run("model inputs", mlprofiles.compare_trace_inputs, sel, peers, "slow", default=[])
         if any(x["significant"] for x in inputs):
             anomaly.append("the model's inputs set the slow requests apart")
@@ -582,29 +600,54 @@ def _subtree(trace: Trace, entry: Span) -> Trace:
     return Trace(trace.trace_id, keep, logs)
 
 
-def _compare_before_window(backend, service, route, w_start, w_end, per_op, thr_ns, k_in, n_in,
-                           kw_in=None, nw_in=None) -> list[str]:
-    """Slow rate in the window vs an equally long period before it (capped at 1 h), each
-    request against its own operation's threshold. The test runs on stored counts; the
-    rates compared (the effect) are the weighted ones when the data is tail-sampled."""
-    span = min(w_end - w_start, 3_600_000_000_000)
-    before = entry_requests(backend, service=service, route=route, start_ns=w_start - span, end_ns=w_start)
-    if len(before) < 20:
-        return []
-    op_b = request_ops(backend, before)
-    thr_of = np.array([per_op.get(name, thr_ns) for name in op_b.names], dtype=np.int64)
-    slow_b = (np.maximum(before.duration_ns, 0) > thr_of[op_b.codes]).tolist()
-    kb = sum(slow_b)
-    p = stats.share_test(int(k_in), int(n_in), kb, len(before))
-    rin, rb = k_in / max(n_in, 1), kb / len(before)
-    bw = request_weights(before)
-    if nw_in is not None and (bw is not None or nw_in != n_in):
-        w_before = bw.tolist() if bw is not None else [1.0] * len(before)
-        rin = float(kw_in) / max(float(nw_in), 1e-9)
-        rb = sum(w for f, w in zip(slow_b, w_before) if f) / max(sum(w_before), 1e-9)
-    if p < stats.ALPHA and rin >= 2 * max(rb, 1e-9):
-        return [f"{rin:.1%} of requests were slow in the window vs {rb:.1%} before it"]
-    return []
+@dataclasses.dataclass(frozen=True)
+class _Before:
+    """The period before the window as the normal data of a window that holds none."""
+
+    req: SpanColumns  # its requests
+    rows: Mapping[str, int]  # trace id -> row of ``req``
+    start_ns: int
+    thr: np.ndarray  # per request of the window: its operation's threshold before the window
+    label: str
+    per_op: dict[str, int]
+    slow: np.ndarray  # per request of the window: slower than that
+    text: str  # the anomaly, as the verdict says it
+    op_of: Mapping[str, str]  # trace id -> entry operation, of the requests before the window
+    weights: Mapping[str, float] | None  # trace id -> adjusted count there (tail-sampled data)
+
+
+def _before_window(backend: Backend, service: str | None, route: str | None, threshold: str | int,
+                   ops: Operations, dur: np.ndarray, own_thr: np.ndarray, warr: np.ndarray | None,
+                   w_start: int, w_end: int) -> _Before | None:
+    """The window against an equally long period before it (capped at 1 h), when the window's
+    requests are slower than their operations were there: the share of them over the
+    threshold taken before the window (p95 of each operation there) against that period's
+    own share. The test runs on stored counts; the rates compared (the effect) are the
+    weighted ones when the data is tail-sampled. An operation not seen before the window
+    keeps the window's own threshold. None when the window is not slower."""
+    span = min(3 * (w_end - w_start), 3_600_000_000_000)
+    req_b, rows_b = indexed_entry_requests(backend, service=service, route=route, start_ns=w_start - span,
+                                           end_ns=w_start)
+    if len(req_b) < incident.MIN_OUTSIDE:
+        return None
+    dur_b, w_b = np.maximum(req_b.duration_ns, 0), request_weights(req_b)
+    ops_b = request_ops(backend, req_b)
+    thr_b, label, per_op = op_thresholds(threshold, ops_b, dur_b, w_b)
+    of_code = np.array([per_op.get(name, -1) for name in ops.names], dtype=np.int64)
+    thr = np.where(of_code[ops.codes] >= 0, of_code[ops.codes], own_thr)
+    slow, slow_b = dur > thr, dur_b > thr_b
+    p = stats.share_test(int(slow.sum()), len(slow), int(slow_b.sum()), len(slow_b))
+
+    def rate(flags: np.ndarray, w: np.ndarray | None) -> float:
+        return float(w[flags].sum() / max(w.sum(), 1e-9)) if w is not None else float(flags.mean())
+    rin, rb = rate(slow, warr), rate(slow_b, w_b)
+    if not (p < stats.ALPHA and rin >= 2 * max(rb, 1e-9)):
+        return None
+    label = f"{label} before the window"
+    return _Before(req_b, rows_b, int(req_b.start_ns.min()), thr, label, per_op, slow,
+                   f"{rin:.1%} of requests were slower than {label} vs {rb:.1%} before it",
+                   ByTrace(rows_b, req_b.trace_ids, lambda i: ops_b.names[ops_b.codes[i]]),
+                   ByTrace(rows_b, req_b.trace_ids, lambda i: float(w_b[i])) if w_b is not None else None)
 
 
 def _histogram(sel: np.ndarray, base: np.ndarray, thr: int, weights=None) -> dict[str, Any]:
