@@ -293,7 +293,7 @@ def investigate_slow(backend: Backend, *, service: str | None = None, route: str
                 base = [by_trace[tc.trace_id] for tc in base_costs]
                 after = [by_trace[tc.trace_id] for tc in after_costs]
                 onset = _onset_at(onset_ns, f_t0, f_slow, onset, inc_end)
-                what = f"the slow rate rose from {onset.rate_before:.1%} to {onset.rate_after:.1%} at {fmt_time(onset.time_ns)}"
+                what = _rate_change(onset.rate_before, onset.rate_after, onset.time_ns)
                 if new_onset != inc.start_ns:
                     report.data["onset_from"] = {"key": list(step.key), "p_value": step.p,
                                                  "before_ms": step.before_ns / 1e6, "after_ms": step.after_ns / 1e6}
@@ -503,6 +503,14 @@ def _component_step(backend: Backend, req: SpanColumns, row_of: Mapping[str, int
 def _onset_of(inc: incident.Incident, e: np.ndarray) -> timeline.Onset:
     idx = int(np.clip(np.searchsorted(e, inc.start_ns, side="right") - 1, 0, max(len(e) - 2, 0)))
     return timeline.Onset(idx, inc.start_ns, inc.p, inc.rate_out, inc.rate_in, True)
+
+
+def _rate_change(before: float, after: float, at_ns: int) -> str:
+    """The slow rate's change at a re-split onset, as it went: a re-split that runs to the end
+    of the frame (a second wave) can take in more ordinary requests than slow ones."""
+    if after > before:
+        return f"the slow rate rose from {before:.1%} to {after:.1%} at {fmt_time(at_ns)}"
+    return f"the incident starts at {fmt_time(at_ns)} (slow rate {before:.1%} before, {after:.1%} from then on)"
 
 
 def _key_text(key: tuple[str, str, str]) -> str:

@@ -543,19 +543,31 @@ def _in_training(spec: StageSpec, instance, args, kwargs) -> bool:
 
 
 def _sync_call(spec: StageSpec, tracer, fn, instance, dargs, args, kwargs):
+    # _safe_begin, _safe_enter and _exit_quietly written out: the most common path, and each
+    # Python frame is a measurable share of a span's cost (issue 2's ratio; docs/benchmarks.md)
     if spec.training is not None and _in_training(spec, instance, dargs, kwargs):
         return _call_quietly(fn, args, kwargs)
-    active = _safe_begin(tracer, spec, instance, dargs, kwargs)
+    try:
+        active = _begin(tracer, spec, instance, dargs, kwargs)
+    except Exception:
+        _internal_error("begin", spec)
+        active = None
     if active is None:
         return fn(*args, **kwargs)
-    _safe_enter(active, spec)
+    try:
+        active.enter()
+    except Exception:
+        _internal_error("context attach", spec)
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
         _exit_quietly(active, spec)
         _end(active, spec, exc, dargs, kwargs)
         raise
-    _exit_quietly(active, spec, True)
+    try:
+        active.exit(True, True)
+    except Exception:
+        _internal_error("context detach", spec)
     _end(active, spec, None, dargs, kwargs, result)
     return result
 

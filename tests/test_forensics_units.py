@@ -265,3 +265,14 @@ def test_the_rootless_count_read_beside_the_analysis_hands_back_its_answer_and_i
     for fn in (investigate_slow, investigate_errors):
         rep = fn(b, start_ns=res.start_ns, end_ns=res.end_ns)
         assert "the rootless-trace count was skipped: ValueError: store went away" in " ".join(rep.notes), rep.notes
+
+
+def test_a_re_split_onset_says_rose_only_when_the_slow_rate_rose():
+    """A second wave's re-split can run to the frame's end and take in more ordinary requests
+    than slow ones; its verdict said "the slow rate rose from 9.4% to 6.5%" (window sweep,
+    Online Boutique case-00, session 11)."""
+    from stagetrace.forensics.slow import _rate_change
+
+    assert "rose from 1.0% to 5.0%" in _rate_change(0.01, 0.05, 1_700_000_000 * 10**9)
+    fell = _rate_change(0.094, 0.065, 1_700_000_000 * 10**9)
+    assert "rose" not in fell and "9.4% before, 6.5% from then on" in fell
